@@ -102,14 +102,15 @@ def print_report(console: Console, report: ValidationReport, *, base: str | None
     summary.add_row("examples", str(report.examples))
     summary.add_row("duplicates", str(report.duplicates))
     summary.add_row("sha256", report.digest[:16] + "…")
-    if report.tokens is not None:
-        tokens = report.tokens
-        summary.add_row("tokenizer", base or report.tokenizer or "")
+    if report.tokenizer is not None:
+        summary.add_row("tokenizer", base or report.tokenizer)
         summary.add_row("max length", str(report.max_length))
         summary.add_row("training examples", str(report.training_examples))
-        summary.add_row("tokens min / mean / max",
-                        f"{tokens.min} / {tokens.mean:.1f} / {tokens.max}")
-        summary.add_row("tokens total", f"{tokens.total:,}")
+        if report.tokens is not None:
+            tokens = report.tokens
+            summary.add_row("tokens min / mean / max",
+                            f"{tokens.min} / {tokens.mean:.1f} / {tokens.max}")
+            summary.add_row("tokens total", f"{tokens.total:,}")
         summary.add_row("truncated", str(report.truncated))
     else:
         summary.add_row("tokens", "not counted (pass --base MODEL)")

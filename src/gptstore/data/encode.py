@@ -93,7 +93,9 @@ def parse_file(
     else:
         fmt, problem = detect_format(path, task)
         if problem is not None:
-            parsed.issues.append(problem)
+            blank = not path.read_bytes().strip()
+            parsed.issues.append(error("empty_file", "the file is empty; add training "
+                                       "examples") if blank else problem)
     if fmt is None:
         return parsed
     parsed.format = fmt
