@@ -172,8 +172,10 @@ def parse_delimited(path: Path, delimiter: str | None) -> tuple[list[Record], li
         return [], issues
     if delimiter is None:
         delimiter = "\t" if "\t" in text.splitlines()[0] else ","
-    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    reader = csv.reader(io.StringIO(text), delimiter=delimiter, quoting=quoting)
+    if delimiter == "\t":
+        reader = csv.reader(io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE)
+    else:
+        reader = csv.reader(io.StringIO(text), delimiter=delimiter)
     kind = "TSV" if delimiter == "\t" else "CSV"
     try:
         header = [c.strip().lower() for c in next(reader)]
