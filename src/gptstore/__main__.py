@@ -1,0 +1,3 @@
+from gptstore.cli.app import main
+
+main()

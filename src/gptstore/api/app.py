@@ -1,0 +1,45 @@
+"""The FastAPI app factory: `build_app(settings)`; no import-time side effects.
+
+The lifespan opens the catalog (and runs pending migrations) and closes it on shutdown;
+shared state lives on `app.state` and reaches routes through `deps`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from gptstore import __version__
+from gptstore.api.errors import install_error_handlers
+from gptstore.settings import Settings
+
+
+def build_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from gptstore.catalog.repository import Catalog
+
+        app.state.settings = settings
+        app.state.catalog = Catalog(settings)
+        try:
+            yield
+        finally:
+            app.state.catalog.close()
+
+    app = FastAPI(title="gptstore", version=__version__, lifespan=lifespan)
+    install_error_handlers(app)
+
+    from gptstore.api.openai import models as openai_models
+    from gptstore.api.store import models as store_models
+
+    @app.get("/healthz", tags=["meta"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    app.include_router(store_models.router, prefix="/api")
+    app.include_router(openai_models.router, prefix="/v1")
+    return app

@@ -1,0 +1,1 @@
+"""OpenAI-compatible routes under /v1; wire types in protocol.py."""

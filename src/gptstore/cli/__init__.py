@@ -1,0 +1,1 @@
+"""The `gptstore` command line: a Typer app, one module per noun."""

@@ -1,0 +1,145 @@
+"""The root `gptstore` command: sub-apps per noun plus serve, generate and gc."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from gptstore import __version__
+from gptstore.cli import models
+from gptstore.cli.common import console, fail, human_size, open_catalog, settings
+from gptstore.errors import GptStoreError
+from gptstore.settings import describe_settings
+
+SETTINGS_HELP = "Settings (environment variables):\n\n" + "\n\n".join(
+    describe_settings().splitlines()
+)
+
+app = typer.Typer(
+    name="gptstore",
+    help="gptstore: a self-hosted store of GPT-style language models.",
+    epilog=SETTINGS_HELP,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(models.app, name="models")
+
+
+def _add_optional_subapps() -> None:
+    from gptstore.cli import data
+
+    app.add_typer(data.app, name="data", help="Check training files before fine-tuning.")
+
+
+try:
+    _add_optional_subapps()
+except ImportError:  # pragma: no cover - a sub-app still being written
+    pass
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        console.print(f"gptstore {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", callback=_version_callback,
+                                          is_eager=True, help="Print the version.")] = False,
+) -> None:
+    """gptstore: pick, fine-tune, publish and serve GPT-style models."""
+
+
+@app.command(epilog=SETTINGS_HELP)
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (GPTSTORE_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (GPTSTORE_PORT).")] = None,
+    pull_builtin: Annotated[bool, typer.Option(
+        help="Pull the built-in base model first if the store lacks it.")] = False,
+) -> None:
+    """Start the HTTP server (OpenAI-compatible API under /v1, store API under /api)."""
+    import uvicorn
+
+    from gptstore.api.app import build_app
+
+    cfg = settings()
+    if host:
+        cfg.host = host
+    if port is not None:
+        cfg.port = port
+    if pull_builtin:
+        from gptstore.catalog.importers import BUILTIN_NAME, ensure_builtin
+
+        with open_catalog() as catalog:
+            if not catalog.exists(BUILTIN_NAME):
+                with console.status(f"pulling {BUILTIN_NAME} (first run only)…"):
+                    ensure_builtin(catalog)
+    uvicorn.run(build_app(cfg), host=cfg.host, port=cfg.port, log_level="info")
+
+
+@app.command()
+def gc(
+    grace: Annotated[int | None, typer.Option(
+        help="Keep unreferenced blobs younger than this many seconds "
+             "(default GPTSTORE_GC_GRACE_SECONDS).")] = None,
+) -> None:
+    """Delete blobs that no version references any more."""
+    with open_catalog() as catalog:
+        removed, freed = catalog.gc(grace_seconds=grace)
+    console.print(f"removed {removed} unreferenced files, freed {human_size(freed)}")
+
+
+@app.command()
+def generate(
+    name: Annotated[str, typer.Argument(help="Model: namespace/name[@VERSION].")],
+    prompt: Annotated[str, typer.Argument(help="The prompt (a user message, unless --raw).")],
+    max_tokens: Annotated[int, typer.Option(min=1, help="Most new tokens.")] = 256,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy.")] = 0.7,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="Nucleus sampling.")] = 0.95,
+    seed: Annotated[int | None, typer.Option(help="Seed for reproducible sampling.")] = None,
+    raw: Annotated[bool, typer.Option(help="Do not apply the chat template.")] = False,
+) -> None:
+    """Generate text, streaming tokens to the terminal."""
+    import threading
+
+    import torch
+    from transformers import TextIteratorStreamer
+
+    from gptstore.inference.loader import load_causal_lm
+
+    with open_catalog() as catalog:
+        loaded = load_causal_lm(catalog, name)
+    tokenizer = loaded.tokenizer
+    if raw or not tokenizer.chat_template:
+        inputs = tokenizer(prompt, return_tensors="pt")
+    else:
+        inputs = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True,
+            return_tensors="pt", return_dict=True,
+        )
+    if seed is not None:
+        torch.manual_seed(seed)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} \
+        if temperature > 0 else {"do_sample": False}
+    kwargs = dict(**inputs, max_new_tokens=max_tokens, streamer=streamer, **sampling)
+    worker = threading.Thread(target=loaded.model.generate, kwargs=kwargs, daemon=True)
+    worker.start()
+    for piece in streamer:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    worker.join()
+    sys.stdout.write("\n")
+
+
+def main() -> None:
+    """Console entry point: GptStoreError becomes one clear line and exit status 1."""
+    try:
+        app()
+    except GptStoreError as exc:
+        fail(exc)
+    except KeyboardInterrupt:
+        fail("interrupted", code=130)

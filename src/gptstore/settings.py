@@ -1,0 +1,81 @@
+"""The one Settings object: every knob of gptstore, read from `GPTSTORE_*` variables.
+
+Nothing else in the code reads the environment. Front ends (CLI, server) build one
+`Settings` and pass it down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """gptstore settings; each field is read from the variable `GPTSTORE_<FIELD>`."""
+
+    model_config = SettingsConfigDict(env_prefix="GPTSTORE_", extra="ignore")
+
+    home: Path = Field(
+        default=Path("~/.gptstore"),
+        description="Folder holding the database, blobs, snapshots and run logs.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the catalog database "
+        "(default: SQLite file gptstore.db in the home; postgresql://... for scale).",
+    )
+    host: str = Field(default="127.0.0.1", description="Address `gptstore serve` binds.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port `gptstore serve` binds.")
+    max_loaded_bytes: int = Field(
+        default=4 * 1024**3,
+        ge=0,
+        description="Memory budget of models and adapters kept loaded by the inference "
+        "engine; least recently used ones are evicted beyond it.",
+    )
+    offline: bool = Field(
+        default=False,
+        description="Never try the Hugging Face Hub (pull only built-in models).",
+    )
+    gc_grace_seconds: int = Field(
+        default=3600,
+        ge=0,
+        description="`gptstore gc` keeps unreferenced blobs younger than this, so it never "
+        "races an import that is still writing.",
+    )
+
+    def model_post_init(self, __context: object) -> None:
+        self.home = self.home.expanduser().resolve()
+
+    @property
+    def db_url(self) -> str:
+        """The catalog database URL, defaulting to SQLite inside the home."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.home / 'gptstore.db'}"
+
+    @property
+    def blobs_dir(self) -> Path:
+        return self.home / "blobs"
+
+    @property
+    def snapshots_dir(self) -> Path:
+        return self.home / "snapshots"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.home / "runs"
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.home / "tmp"
+
+
+def describe_settings() -> str:
+    """A plain-text table of the settings and their variables, for `--help` texts."""
+    lines = []
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        lines.append(f"GPTSTORE_{name.upper()} (default: {default}): {field.description}")
+    return "\n".join(lines)

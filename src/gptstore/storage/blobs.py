@@ -1,0 +1,190 @@
+"""Content-addressed blob storage (sha256), in the style of Ollama and huggingface_hub.
+
+Layout under the root folder::
+
+    sha256/ab/abcdef...   one file per distinct content, named by its sha256
+    tmp/                  files being written; never referenced by anything
+
+A blob is written to `tmp/`, hashed while it is written, fsynced, then renamed to its
+address (rename is atomic on POSIX), and the directory is fsynced. So a blob either
+exists whole at its address or not at all: a process killed mid-write leaves at most
+a stray temp file, which `gc` removes. Identical content is stored once.
+
+This module knows nothing about models or the database; `catalog` decides which blobs
+are referenced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from gptstore.errors import InvalidRequest, NotFound, StorageError
+
+_CHUNK = 4 * 1024 * 1024
+_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    digest: str  # "sha256:<hex>"
+    size: int
+
+
+def check_digest(digest: str) -> str:
+    if not _DIGEST_RE.match(digest):
+        raise InvalidRequest(f"malformed blob digest {digest!r}: expected 'sha256:' + 64 hex digits")
+    return digest
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _storage_error(exc: OSError, what: str) -> StorageError:
+    if exc.errno == errno.ENOSPC:
+        return StorageError(
+            f"disk full while {what}: free some space (or point GPTSTORE_HOME at a larger "
+            "disk) and run the command again; nothing was stored"
+        )
+    return StorageError(f"{what} failed: {exc.strerror or exc}; nothing was stored")
+
+
+class BlobStore:
+    """sha256-addressed files under `root`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.tmp = self.root / "tmp"
+
+    def _ensure_dirs(self) -> None:
+        try:
+            (self.root / "sha256").mkdir(parents=True, exist_ok=True)
+            self.tmp.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _storage_error(exc, f"creating the blob folder {self.root}") from exc
+
+    def path(self, digest: str) -> Path:
+        hexdigest = check_digest(digest).split(":", 1)[1]
+        return self.root / "sha256" / hexdigest[:2] / hexdigest
+
+    def exists(self, digest: str) -> bool:
+        return self.path(digest).is_file()
+
+    def open(self, digest: str) -> BinaryIO:
+        try:
+            return self.path(digest).open("rb")
+        except FileNotFoundError as exc:
+            raise NotFound(f"blob {digest} is missing from {self.root}") from exc
+
+    def put_stream(self, stream: BinaryIO) -> BlobInfo:
+        """Store the bytes read from `stream`; returns their digest and size."""
+        self._ensure_dirs()
+        hasher = hashlib.sha256()
+        size = 0
+        fd, tmp_name = tempfile.mkstemp(dir=self.tmp, prefix="blob-")
+        tmp_path = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                while chunk := stream.read(_CHUNK):
+                    hasher.update(chunk)
+                    out.write(chunk)
+                    size += len(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            digest = "sha256:" + hasher.hexdigest()
+            final = self.path(digest)
+            if final.exists():
+                # Identical content is stored once; the new copy is dropped.
+                tmp_path.unlink()
+            else:
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.chmod(tmp_path, 0o444)
+                os.replace(tmp_path, final)
+                _fsync_dir(final.parent)
+            return BlobInfo(digest, size)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp_path.unlink()
+            raise _storage_error(exc, "writing a blob") from exc
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp_path.unlink()
+            raise
+
+    def put_file(self, path: Path) -> BlobInfo:
+        try:
+            with Path(path).open("rb") as f:
+                return self.put_stream(f)
+        except FileNotFoundError as exc:
+            raise NotFound(f"file {path} does not exist") from exc
+        except PermissionError as exc:
+            raise InvalidRequest(f"file {path} is not readable: check its permissions") from exc
+
+    def put_bytes(self, data: bytes) -> BlobInfo:
+        import io
+
+        return self.put_stream(io.BytesIO(data))
+
+    def read_bytes(self, digest: str) -> bytes:
+        with self.open(digest) as f:
+            return f.read()
+
+    def verify(self, digest: str) -> bool:
+        """Re-hash a stored blob; False when its bytes no longer match its name."""
+        hasher = hashlib.sha256()
+        with self.open(digest) as f:
+            while chunk := f.read(_CHUNK):
+                hasher.update(chunk)
+        return "sha256:" + hasher.hexdigest() == digest
+
+    def iter_blobs(self) -> Iterator[tuple[str, Path]]:
+        base = self.root / "sha256"
+        if not base.is_dir():
+            return
+        for sub in sorted(base.iterdir()):
+            if sub.is_dir():
+                for f in sorted(sub.iterdir()):
+                    yield "sha256:" + f.name, f
+
+    def gc(self, referenced: set[str], *, grace_seconds: float) -> tuple[int, int]:
+        """Delete blobs not in `referenced` and stray temp files older than the grace.
+
+        The grace period keeps blobs an import has just written but not yet committed
+        (like git's prune expiry). Returns (files removed, bytes freed).
+        """
+        now = time.time()
+        removed = freed = 0
+        candidates = list(self.iter_blobs())
+        if self.tmp.is_dir():
+            candidates += [("", p) for p in self.tmp.iterdir()]
+        for digest, path in candidates:
+            if digest in referenced:
+                continue
+            try:
+                stat = path.stat()
+                if now - stat.st_mtime < grace_seconds:
+                    continue
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+            except FileNotFoundError:
+                continue
+            removed += 1
+            freed += stat.st_size
+        return removed, freed

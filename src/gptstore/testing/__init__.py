@@ -1,0 +1,1 @@
+"""Helpers for tests, examples and benchmarks: tiny random models that need no network."""

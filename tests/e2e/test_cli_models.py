@@ -1,0 +1,68 @@
+"""The `gptstore` command as a user runs it: a real process, exit codes, JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def gptstore(*args: str, home: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "GPTSTORE_HOME": str(home), "COLUMNS": "200"}
+    proc = subprocess.run([sys.executable, "-m", "gptstore", *args], env=env,
+                          capture_output=True, text=True, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"gptstore {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def test_help_lists_settings(tmp_path: Path) -> None:
+    for args in (["--help"], ["serve", "--help"]):
+        out = gptstore(*args, home=tmp_path).stdout
+        for var in ("GPTSTORE_HOME", "GPTSTORE_DATABASE_URL", "GPTSTORE_HOST", "GPTSTORE_PORT"):
+            assert var in out
+
+
+def test_models_lifecycle(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    home = tmp_path / "home"
+    assert json.loads(gptstore("models", "list", "--json", home=home).stdout) == []
+    gptstore("models", "import", str(tiny_models["llama"]), "--name", "acme/tiny",
+             "--license", "mit", home=home)
+    listed = json.loads(gptstore("models", "list", "--json", home=home).stdout)
+    assert [m["name"] for m in listed] == ["acme/tiny"]
+    shown = json.loads(gptstore("models", "show", "acme/tiny", "--json", home=home).stdout)
+    assert shown["versions"][0]["lineage"]["model_type"] == "llama"
+    assert shown["card"].startswith("---\n")
+    assert "model.safetensors" in gptstore("models", "show", "acme/tiny", home=home).stdout
+    out = tmp_path / "exported"
+    gptstore("models", "export", "acme/tiny", str(out), home=home)
+    assert (out / "model.safetensors").is_file() and (out / "README.md").is_file()
+    text = gptstore("generate", "acme/tiny", "hello", "--max-tokens", "5", "--temperature", "0",
+                    home=home).stdout
+    assert text.strip() != "" or text == "\n"
+    gptstore("models", "rm", "acme/tiny", "--yes", home=home)
+    assert json.loads(gptstore("models", "list", "--json", home=home).stdout) == []
+    assert "removed" in gptstore("gc", "--grace", "0", home=home).stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["models", "show", "acme/none"], "is not in the store"),
+        (["models", "show", "../x"], "invalid namespace"),
+        (["models", "import", "/no/such/path", "--name", "acme/x"], "does not exist"),
+        (["generate", "a b/c", "hi"], "invalid namespace"),
+        (["models", "pull", "someone/else"], "Only the built-in"),
+    ],
+)
+def test_errors_are_one_clear_line(tmp_path: Path, args: list[str], message: str) -> None:
+    proc = gptstore(*args, home=tmp_path / "home", check=False)
+    assert proc.returncode == 1
+    assert message in " ".join(proc.stderr.split())
+    assert "Traceback" not in proc.stderr
