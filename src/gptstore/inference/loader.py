@@ -52,12 +52,18 @@ def model_folder(catalog: Catalog, ref: str | VersionInfo) -> Path:
 
 
 def load_tokenizer_from(catalog: Catalog, ref: str | VersionInfo) -> Any:
+    """The version's tokenizer (its base's, for adapters without one), with
+    `model_max_length` capped at the model's context length."""
     from transformers import AutoTokenizer
 
     version = catalog.resolve(ref) if isinstance(ref, str) else ref
     if version.kind == "adapter" and not version.has_file("tokenizer.json"):
         version = catalog.get_version(version.base_version_id)  # type: ignore[arg-type]
-    return AutoTokenizer.from_pretrained(catalog.snapshot(version))
+    tokenizer = AutoTokenizer.from_pretrained(catalog.snapshot(version))
+    context = version.lineage.get("context_length")
+    if isinstance(context, int) and context < tokenizer.model_max_length:
+        tokenizer.model_max_length = context
+    return tokenizer
 
 
 def load_tokenizer(settings: Settings, name: str) -> Any:

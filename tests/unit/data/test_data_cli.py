@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-import types
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +11,6 @@ from typer.testing import CliRunner
 
 from gptstore.cli.data import app
 from gptstore.data import CPU_LORA_TOKENS_PER_SECOND
-from gptstore.testing.tiny import tiny_tokenizer
 
 runner = CliRunner()
 GOOD = [{"messages": [{"role": "user", "content": "Hi"},
@@ -30,26 +27,17 @@ def write_jsonl(tmp_path: Path, rows: list[Any], name: str = "train.jsonl") -> P
 
 
 @pytest.fixture
-def store_tokenizer(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, str]]:
-    """Stand in for `gptstore.inference.loader.load_tokenizer`; records its calls."""
-    calls: list[tuple[Any, str]] = []
-    tok = tiny_tokenizer()
-    tok.model_max_length = 256
+def store_base(settings: Any, tiny_models: dict[str, Path]) -> str:
+    """A real store (in GPTSTORE_HOME) holding a tiny Llama with a 256-token context."""
+    from gptstore.catalog.importers import import_path
+    from gptstore.catalog.repository import Catalog
 
-    def load_tokenizer(settings: Any, name: str) -> Any:
-        calls.append((settings, name))
-        return tok
-
-    module = types.ModuleType("gptstore.inference.loader")
-    module.load_tokenizer = load_tokenizer  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "gptstore.inference.loader", module)
-    if "gptstore.inference" not in sys.modules:
-        try:
-            import gptstore.inference  # noqa: F401
-        except ImportError:
-            monkeypatch.setitem(sys.modules, "gptstore.inference",
-                                types.ModuleType("gptstore.inference"))
-    return calls
+    catalog = Catalog(settings)
+    try:
+        import_path(catalog, tiny_models["llama"], "tiny/base")
+    finally:
+        catalog.close()
+    return "tiny/base"
 
 
 def test_json_output_for_a_good_file(tmp_path: Path) -> None:
@@ -82,16 +70,12 @@ def test_errors_exit_1_with_lines_in_both_modes(tmp_path: Path) -> None:
     assert "2 errors" in result.output and "training refuses" in result.output
 
 
-def test_base_counts_tokens_and_estimates_time(
-    tmp_path: Path, store_tokenizer: list[tuple[Any, str]]
-) -> None:
+def test_base_counts_tokens_and_estimates_time(tmp_path: Path, store_base: str) -> None:
     path = write_jsonl(tmp_path, GOOD)
     result = runner.invoke(app, ["validate", str(path), "--base", "tiny/base", "--json",
                                  "--epochs", "2"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
-    (settings, name), = store_tokenizer
-    assert name == "tiny/base" and type(settings).__name__ == "Settings"
     assert report["max_length"] == 256  # the tokenizer's context length (< 1024)
     assert report["tokens_per_second"] == CPU_LORA_TOKENS_PER_SECOND
     assert report["estimated_training_seconds"] == pytest.approx(
