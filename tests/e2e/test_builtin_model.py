@@ -1,0 +1,79 @@
+"""The real built-in model, SmolLM2-135M-Instruct (slow: ~1-2 minutes in all)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gptstore.catalog.importers import BUILTIN_NAME, ensure_builtin
+from gptstore.catalog.repository import Catalog
+from gptstore.settings import Settings
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+
+@pytest.fixture(scope="session")
+def builtin_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home = tmp_path_factory.mktemp("builtin-home")
+    catalog = Catalog(Settings(home=home))
+    try:
+        ensure_builtin(catalog)
+    finally:
+        catalog.close()
+    return home
+
+
+def _gptstore(home: Path, *args: str) -> str:
+    env = {**os.environ, "GPTSTORE_HOME": str(home)}
+    proc = subprocess.run([sys.executable, "-m", "gptstore", *args], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_pull_stores_bf16_safetensors_with_card(builtin_home: Path) -> None:
+    catalog = Catalog(Settings(home=builtin_home))
+    try:
+        version = catalog.resolve(BUILTIN_NAME)
+        assert version.lineage["parameters"] == 134_515_008
+        assert version.lineage["dtype"] == "bfloat16"
+        paths = {f.path for f in version.files}
+        assert {"model.safetensors", "tokenizer.json", "config.json",
+                "generation_config.json", "README.md"} <= paths
+        assert "chat_template.jinja" in paths or "im_start" in catalog.read_file(
+            version, "tokenizer_config.json").decode()
+        assert "license: apache-2.0" in catalog.card(version)
+        again = ensure_builtin(catalog)  # idempotent
+        assert again.id == version.id
+    finally:
+        catalog.close()
+
+
+def test_generate_answers_paris(builtin_home: Path) -> None:
+    out = _gptstore(builtin_home, "generate", BUILTIN_NAME, "What is the capital of France?",
+                    "--max-tokens", "20", "--temperature", "0")
+    assert "Paris" in out
+
+
+def test_export_matches_raw_generate(builtin_home: Path, tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from gptstore.inference.loader import preferred_dtype
+
+    prompt = "The three primary colors are"
+    ours = _gptstore(builtin_home, "generate", BUILTIN_NAME, prompt, "--raw",
+                     "--max-tokens", "16", "--temperature", "0")
+    out = tmp_path / "export"
+    _gptstore(builtin_home, "models", "export", BUILTIN_NAME, str(out))
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=preferred_dtype())
+    ids = tokenizer(prompt, return_tensors="pt")
+    with torch.inference_mode():
+        gen = model.generate(**ids, max_new_tokens=16, do_sample=False)
+    text = tokenizer.decode(gen[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert ours.rstrip("\n") == text
