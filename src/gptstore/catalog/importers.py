@@ -76,7 +76,8 @@ def check_safetensors(path: Path) -> int:
             (v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0
         )
         if 8 + header_len + data_end != size:
-            raise ValueError(f"file has {size} bytes, its header describes {8 + header_len + data_end}")
+            expected = 8 + header_len + data_end
+            raise ValueError(f"file has {size} bytes, its header describes {expected}")
         count = 0
         with safe_open(str(path), framework="pt") as st:
             for key in st.keys():  # noqa: SIM118 - safe_open is not a dict

@@ -33,10 +33,7 @@ def _add_optional_subapps() -> None:
     app.add_typer(data.app, name="data", help="Check training files before fine-tuning.")
 
 
-try:
-    _add_optional_subapps()
-except ImportError:  # pragma: no cover - a sub-app still being written
-    pass
+_add_optional_subapps()
 
 
 def _version_callback(value: bool) -> None:

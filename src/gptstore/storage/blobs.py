@@ -43,7 +43,9 @@ class BlobInfo:
 
 def check_digest(digest: str) -> str:
     if not _DIGEST_RE.match(digest):
-        raise InvalidRequest(f"malformed blob digest {digest!r}: expected 'sha256:' + 64 hex digits")
+        raise InvalidRequest(
+            f"malformed blob digest {digest!r}: expected 'sha256:' + 64 hex digits"
+        )
     return digest
 
 

@@ -90,7 +90,7 @@ def test_bad_inputs_leave_the_store_unchanged(catalog: Catalog, tiny_models: dic
         import_path(catalog, tmp_path / "nowhere", "acme/x")
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(InvalidRequest, match="no config.json"):
+    with pytest.raises(InvalidRequest, match=r"no config\.json"):
         import_path(catalog, empty, "acme/x")
     vision = tmp_path / "vit"
     ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -125,7 +125,7 @@ def test_bad_inputs_leave_the_store_unchanged(catalog: Catalog, tiny_models: dic
         import_path(catalog, not_gguf, "acme/x")
     other_file = tmp_path / "notes.txt"
     other_file.write_text("hi")
-    with pytest.raises(InvalidRequest, match="not a .gguf"):
+    with pytest.raises(InvalidRequest, match=r"not a \.gguf"):
         import_path(catalog, other_file, "acme/x")
     with pytest.raises(Conflict, match="already exists"):
         import_path(catalog, tiny_models["gpt2"], "acme/existing")
