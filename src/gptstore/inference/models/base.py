@@ -1,0 +1,306 @@
+"""What every model runner offers the scheduler, and the shared parts of our decoders.
+
+A *runner* executes one batched forward step over many sequences: `forward(rows)`,
+where each row is a sequence's slot in the KV cache plus the tokens to run through the
+model this step (the whole or a chunk of the prompt for a newcomer, one token for a
+decoding sequence). It returns the logits at the last token of the rows that asked.
+
+`DecoderRunner` is the base of our hand-written decoders (Llama family, GPT-2). Why
+hand-written: on a CPU the per-token cost of `transformers` `generate` is framework
+overhead (module calls, cache objects, mask building, logits processors: ~50 ms per
+token for a 135M model), not arithmetic. Our step flattens the batch's tokens into one
+`[N, hidden]` matrix so each projection is one matmul for all sequences (prefill and
+decode mixed), fuses q/k/v and gate/up into single matmuls, keeps keys/values in a
+slot cache (kv_cache.py), and builds masks and rotary tables once per step, not per
+layer. Attention is the only per-sequence part: decoding rows on consecutive slots
+share one `scaled_dot_product_attention` call; a prompt chunk gets its own causal call.
+
+Knows nothing of sampling, requests or adapters' storage.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from gptstore.inference.kv_cache import Slot, SlotKVCache
+from gptstore.inference.lora import LoraBatch, SiteTarget
+
+
+@dataclass
+class RowInput:
+    """One sequence's part of a step."""
+
+    slot: Slot | None  # None: no cache (classification, one-shot)
+    token_ids: list[int]  # tokens to run now; their positions start at `start`
+    start: int
+    want_logits: bool = True
+
+
+@dataclass
+class Head:
+    """The output projection applied to the last hidden state of each row."""
+
+    weight: torch.Tensor  # [out, hidden]
+    bias: torch.Tensor | None = None
+    lora_site: str | None = "lm_head"  # LoRA site name, None for a classifier head
+
+
+class Runner(ABC):
+    """The interface the scheduler uses; one runner per loaded base model."""
+
+    vocab_size: int
+    context_length: int
+    supports_lora: bool = False
+
+    @abstractmethod
+    def allocate(self) -> Slot: ...
+
+    @abstractmethod
+    def release(self, slot: Slot) -> None: ...
+
+    @property
+    @abstractmethod
+    def free_slots(self) -> int: ...
+
+    @abstractmethod
+    def forward(self, rows: Sequence[RowInput], lora: LoraBatch | None = None,
+                head: Head | None = None) -> torch.Tensor:
+        """Run one step; return float32 outputs [rows wanting logits, out] in row order."""
+
+    def site_of(self, module: str) -> SiteTarget | None:
+        return None
+
+    @property
+    def cache_nbytes(self) -> int:
+        return 0
+
+
+@dataclass
+class _AttnGroup:
+    """Tokens [t0, t1) of the flattened batch and how to attend for them."""
+
+    t0: int
+    t1: int
+    slot0: int  # first slot (decode run) or the row's slot
+    n_rows: int
+    length: int  # keys to attend to (max over the run)
+    mask: torch.Tensor | None  # decode run: [b, 1, 1, length]; chunk: [T, length]
+    decode: bool  # True: one token per row on consecutive slots
+    fresh: bool  # chunk starting at 0: attend to its own fresh keys (is_causal)
+    cached: bool  # keys/values are (also) in the cache
+
+
+@dataclass
+class StepPlan:
+    """Everything about a step that does not depend on the layer: built once."""
+
+    n_tokens: int
+    token_ids: torch.Tensor  # [N]
+    positions: torch.Tensor  # [N]
+    write_slots: torch.Tensor | None  # [N'] slot of each cached token
+    write_positions: torch.Tensor | None  # [N']
+    write_rows: torch.Tensor | slice | None  # which of the N tokens are cached
+    groups: list[_AttnGroup]
+    last_index: torch.Tensor  # [R] index of the last token of rows wanting logits
+
+
+class DecoderRunner(Runner):
+    """Shared machinery of the hand-written decoders: plan, cache writes, attention."""
+
+    supports_lora = True
+
+    def __init__(self, *, n_layers: int, n_heads: int, n_kv_heads: int, head_dim: int,
+                 vocab_size: int, context_length: int, dtype: torch.dtype,
+                 max_slots: int) -> None:
+        self.n_layers, self.n_heads, self.n_kv_heads = n_layers, n_heads, n_kv_heads
+        self.head_dim, self.vocab_size = head_dim, vocab_size
+        self.context_length, self.dtype = context_length, dtype
+        self.kv = SlotKVCache(n_layers, n_kv_heads, head_dim, max_slots, context_length, dtype)
+
+    def allocate(self) -> Slot:
+        return self.kv.allocate()
+
+    def release(self, slot: Slot) -> None:
+        self.kv.release(slot)
+
+    @property
+    def free_slots(self) -> int:
+        return self.kv.free_slots
+
+    @property
+    def cache_nbytes(self) -> int:
+        return self.kv.nbytes
+
+    # -- the step plan ----------------------------------------------------------------
+
+    def plan(self, rows: Sequence[RowInput]) -> StepPlan:
+        ids: list[int] = []
+        positions: list[int] = []
+        w_slots: list[int] = []
+        w_pos: list[int] = []
+        w_rows: list[int] = []
+        groups: list[_AttnGroup] = []
+        last: list[int] = []
+        need = 0
+        run: list[RowInput] = []  # current run of decoding rows on consecutive slots
+
+        def close_run() -> None:
+            if not run:
+                return
+            t1 = len(ids)
+            t0 = t1 - len(run)
+            ends = [r.start + 1 for r in run]
+            length = max(ends)
+            mask = None
+            if min(ends) != length:  # rows of different lengths: mask the padding
+                mask = (torch.arange(length)[None, :] < torch.tensor(ends)[:, None])
+                mask = mask[:, None, None, :]
+            groups.append(_AttnGroup(t0, t1, run[0].slot.index, len(run), length,  # type: ignore[union-attr]
+                                     mask, decode=True, fresh=False, cached=True))
+            run.clear()
+
+        for row in rows:
+            n = len(row.token_ids)
+            t0 = len(ids)
+            is_decode = n == 1 and row.slot is not None and row.start > 0
+            if not is_decode or (run and row.slot.index != run[-1].slot.index + 1):  # type: ignore[union-attr]
+                close_run()
+            ids.extend(row.token_ids)
+            positions.extend(range(row.start, row.start + n))
+            if row.slot is not None:
+                w_slots.extend([row.slot.index] * n)
+                w_pos.extend(range(row.start, row.start + n))
+                w_rows.extend(range(t0, t0 + n))
+                need = max(need, row.start + n)
+            if is_decode:
+                run.append(row)
+            else:
+                end = row.start + n
+                mask = None
+                if row.start > 0:  # a later chunk of a long prompt: causal over the cache
+                    q_pos = torch.arange(row.start, end)[:, None]
+                    mask = torch.arange(end)[None, :] <= q_pos
+                groups.append(_AttnGroup(t0, t0 + n, row.slot.index if row.slot else -1, 1,
+                                         end, mask, decode=False, fresh=row.start == 0,
+                                         cached=row.slot is not None))
+            if row.want_logits:
+                last.append(t0 + n - 1)
+        close_run()
+
+        if need:
+            self.kv.ensure_capacity(need)
+        n_tokens = len(ids)
+        write_rows: torch.Tensor | slice | None = None
+        if w_rows:
+            write_rows = slice(0, n_tokens) if len(w_rows) == n_tokens else torch.tensor(w_rows)
+        return StepPlan(
+            n_tokens=n_tokens,
+            token_ids=torch.tensor(ids, dtype=torch.long),
+            positions=torch.tensor(positions, dtype=torch.long),
+            write_slots=torch.tensor(w_slots, dtype=torch.long) if w_slots else None,
+            write_positions=torch.tensor(w_pos, dtype=torch.long) if w_pos else None,
+            write_rows=write_rows,
+            groups=groups,
+            last_index=torch.tensor(last, dtype=torch.long),
+        )
+
+    # -- attention ----------------------------------------------------------------------
+
+    def attend(self, plan: StepPlan, layer: int, q: torch.Tensor, k: torch.Tensor,
+               v: torch.Tensor, scale: float) -> torch.Tensor:
+        """Attention for all rows. q [N, H, hd], k/v [N, KV, hd] -> [N, H * hd].
+
+        Writes this step's keys/values into the cache first, so decoding rows read
+        everything (old and new) from one cache view.
+        """
+        n_heads, n_kv, hd = self.n_heads, self.n_kv_heads, self.head_dim
+        k_cache = v_cache = None
+        if plan.write_slots is not None:
+            k_cache, v_cache = self.kv.k[layer], self.kv.v[layer]  # [slots, KV, cap, hd]
+            rows = plan.write_rows
+            assert rows is not None
+            k_w = k if isinstance(rows, slice) else k.index_select(0, rows)
+            v_w = v if isinstance(rows, slice) else v.index_select(0, rows)
+            k_cache[plan.write_slots, :, plan.write_positions] = k_w
+            v_cache[plan.write_slots, :, plan.write_positions] = v_w
+
+        outputs = []
+        for g in plan.groups:
+            if g.decode:
+                assert k_cache is not None and v_cache is not None
+                # GQA without repeating keys: the G query heads that share a kv head
+                # act as G query positions of that head ([b, KV, G, hd]).
+                qg = q[g.t0:g.t1].reshape(g.n_rows, n_kv, n_heads // n_kv, hd)
+                keys = k_cache[g.slot0:g.slot0 + g.n_rows, :, :g.length]
+                values = v_cache[g.slot0:g.slot0 + g.n_rows, :, :g.length]
+                out = F.scaled_dot_product_attention(qg, keys, values, attn_mask=g.mask,
+                                                     scale=scale)
+                outputs.append(out.reshape(g.n_rows, n_heads * hd))
+                continue
+            qc = q[g.t0:g.t1].transpose(0, 1)[None]  # [1, H, T, hd]
+            if g.fresh:
+                keys = k[g.t0:g.t1].transpose(0, 1)[None]
+                values = v[g.t0:g.t1].transpose(0, 1)[None]
+            else:
+                assert k_cache is not None and v_cache is not None
+                keys = k_cache[g.slot0, :, :g.length][None]
+                values = v_cache[g.slot0, :, :g.length][None]
+            out = F.scaled_dot_product_attention(
+                qc, keys, values, attn_mask=g.mask, is_causal=g.fresh, scale=scale,
+                enable_gqa=n_kv != n_heads,
+            )
+            outputs.append(out[0].transpose(0, 1).reshape(g.t1 - g.t0, n_heads * hd))
+        if len(outputs) == 1:
+            return outputs[0]
+        return torch.cat(outputs, dim=0)
+
+    # -- the step -----------------------------------------------------------------------
+
+    @abstractmethod
+    def hidden_states(self, plan: StepPlan, lora: LoraBatch | None) -> torch.Tensor:
+        """Run the layer stack; return the final-normed hidden states of the last
+        tokens of rows wanting logits, [R, hidden]."""
+
+    @abstractmethod
+    def default_head(self) -> Head: ...
+
+    def forward(self, rows: Sequence[RowInput], lora: LoraBatch | None = None,
+                head: Head | None = None) -> torch.Tensor:
+        plan = self.plan(rows)
+        with torch.inference_mode(), _small_batch_matmul(plan.n_tokens, self.dtype):
+            hidden = self.hidden_states(plan, lora)
+            head = head or self.default_head()
+            out = F.linear(hidden, head.weight, head.bias)
+            if lora is not None and head.lora_site is not None:
+                lora.apply(-1, head.lora_site, hidden, out, rows=True)
+            return out.float()
+
+
+class _small_batch_matmul:
+    """Route bf16 matmuls of a few rows around oneDNN, for the duration of a step.
+
+    Measured here (torch 2.13, 2 cores): oneDNN runs a bf16 matrix-vector product at
+    ~11 GB/s of weights, while ATen's own bf16 GEMV kernel, used when oneDNN is off,
+    reaches ~28 GB/s; from ~4 rows up oneDNN's AMX kernels win. Single-stream decode is
+    all matrix-vector products, so this switch alone is worth ~2x there. The flag is
+    process-global: another thread's bf16 matmul during our step takes ATen's path too
+    (still correct, and the engine runs its steps on one thread).
+    """
+
+    def __init__(self, n_rows: int, dtype: torch.dtype) -> None:
+        self.active = dtype == torch.bfloat16 and n_rows <= 2
+        self.previous = True
+
+    def __enter__(self) -> None:
+        if self.active:
+            self.previous = torch.backends.mkldnn.is_available() and torch._C._get_mkldnn_enabled()
+            torch._C._set_mkldnn_enabled(False)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.active:
+            torch._C._set_mkldnn_enabled(self.previous)

@@ -1,0 +1,210 @@
+"""Hand-written forward pass for the Llama family (Llama, Mistral, Qwen2, SmolLM2).
+
+Reads the weights of a loaded `transformers` model (`*ForCausalLM` or
+`*ForSequenceClassification`) and runs the same maths with fewer, larger operations
+(see models/base.py for why): q/k/v fused into one matmul, gate/up fused into one,
+residual adds folded into `addmm`, rotary tables precomputed for every position once,
+RMSNorm as one `F.rms_norm` call. The fused weights replace the model's own parameters
+(the modules keep views into them), so the base weights live in memory once.
+
+Numerics follow `transformers` (same rotary tables computed by the model's own rotary
+module, same order of operations in the rotation), so fp32 greedy decoding gives the
+same tokens as `generate`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from gptstore.inference.lora import LoraBatch, SiteTarget
+from gptstore.inference.models.base import DecoderRunner, Head, StepPlan
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+
+
+def supports(model: Any) -> bool:
+    """Whether this runner reproduces `model` exactly (else the generic runner serves it)."""
+    config = model.config
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        return False
+    if getattr(config, "hidden_act", "silu") != "silu":
+        return False
+    rope = getattr(config, "rope_parameters", None) or {}
+    if rope.get("rope_type", "default") in ("dynamic", "longrope"):
+        return False  # tables that change with the sequence length
+    if getattr(config, "use_sliding_window", False) and config.model_type == "qwen2":
+        return False
+    decoder = _decoder(model)
+    return decoder is not None and not hasattr(decoder.layers[0].self_attn, "q_norm")
+
+
+def _decoder(model: Any) -> Any:
+    return getattr(model, "model", None)
+
+
+@dataclass
+class _Layer:
+    norm1: torch.Tensor
+    w_qkv: torch.Tensor  # [(H + 2 KV) hd, D]
+    b_qkv: torch.Tensor | None
+    w_o: torch.Tensor  # [D, H hd]
+    b_o: torch.Tensor | None
+    norm2: torch.Tensor
+    w_gate_up: torch.Tensor  # [2 I, D]
+    b_gate_up: torch.Tensor | None
+    w_down: torch.Tensor  # [D, I]
+    b_down: torch.Tensor | None
+
+
+def _fuse(modules: list[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Concatenate the weights (and biases) of linear layers along their outputs and
+    point the modules at views of the result, so nothing is stored twice."""
+    weight = torch.cat([m.weight.detach() for m in modules], dim=0).contiguous()
+    has_bias = [m.bias is not None for m in modules]
+    bias = None
+    if any(has_bias):
+        bias = torch.cat([m.bias.detach() if m.bias is not None
+                          else torch.zeros(m.out_features, dtype=weight.dtype)
+                          for m in modules]).contiguous()
+    row = 0
+    for m in modules:
+        n = m.weight.shape[0]
+        m.weight.data = weight[row:row + n]
+        if m.bias is not None and bias is not None:
+            m.bias.data = bias[row:row + n]
+        row += n
+    return weight, bias
+
+
+class LlamaRunner(DecoderRunner):
+    def __init__(self, model: Any, *, max_slots: int, max_context: int | None = None) -> None:
+        config = model.config
+        decoder = _decoder(model)
+        first = decoder.layers[0].self_attn
+        n_heads = config.num_attention_heads
+        n_kv = getattr(config, "num_key_value_heads", None) or n_heads
+        head_dim = first.head_dim
+        context = config.max_position_embeddings
+        if getattr(config, "sliding_window", None):
+            context = min(context, config.sliding_window)  # exact without window masks
+        if max_context:
+            context = min(context, max_context)
+        dtype = decoder.embed_tokens.weight.dtype
+        super().__init__(n_layers=len(decoder.layers), n_heads=n_heads, n_kv_heads=n_kv,
+                         head_dim=head_dim, vocab_size=config.vocab_size,
+                         context_length=context, dtype=dtype, max_slots=max_slots)
+        self.eps = float(config.rms_norm_eps)
+        self.hidden = config.hidden_size
+        self.intermediate = config.intermediate_size
+        self.scale = first.scaling
+        self.embed = decoder.embed_tokens.weight.detach()
+        self.final_norm = decoder.norm.weight.detach()
+        self.layers: list[_Layer] = []
+        for layer in decoder.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            w_qkv, b_qkv = _fuse([attn.q_proj, attn.k_proj, attn.v_proj])
+            w_gu, b_gu = _fuse([mlp.gate_proj, mlp.up_proj])
+            self.layers.append(_Layer(
+                norm1=layer.input_layernorm.weight.detach(),
+                w_qkv=w_qkv, b_qkv=b_qkv,
+                w_o=attn.o_proj.weight.detach(), b_o=_bias(attn.o_proj),
+                norm2=layer.post_attention_layernorm.weight.detach(),
+                w_gate_up=w_gu, b_gate_up=b_gu,
+                w_down=mlp.down_proj.weight.detach(), b_down=_bias(mlp.down_proj),
+            ))
+        lm_head = getattr(model, "lm_head", None)
+        self.lm_head = Head(lm_head.weight.detach(), _bias(lm_head)) if lm_head is not None \
+            else None
+        score = getattr(model, "score", None)
+        self.score = Head(score.weight.detach(), _bias(score), lora_site=None) \
+            if score is not None else None
+
+        # Rotary tables for every position, from the model's own rotary module (so
+        # scaled variants like llama3 match), in the model dtype as transformers uses
+        # them. `sin_signed` folds rotate_half's negation into the table:
+        # rotate_half(x) * sin == flip_halves(x) * sin_signed, one op less per layer.
+        with torch.inference_mode():
+            positions = torch.arange(context)[None]
+            probe = torch.zeros(1, dtype=dtype)
+            cos, sin = decoder.rotary_emb(probe, positions)
+        half = head_dim // 2
+        self.cos = cos[0].contiguous()  # [context, hd]
+        self.sin_signed = torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1).contiguous()
+
+    def default_head(self) -> Head:
+        head = self.lm_head or self.score
+        assert head is not None
+        return head
+
+    def site_of(self, module: str) -> SiteTarget | None:
+        if re.fullmatch(r"(.*\.)?lm_head", module):
+            return SiteTarget(-1, "lm_head", 0, self.vocab_size, self.vocab_size)
+        match = re.fullmatch(r"(?:.*\.)?layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)", module)
+        if not match:
+            return None
+        layer, name = int(match[1]), match[2]
+        hd = self.head_dim
+        q, kv = self.n_heads * hd, self.n_kv_heads * hd
+        qkv_total, gu_total = q + 2 * kv, 2 * self.intermediate
+        table = {
+            "q_proj": ("qkv", 0, q, qkv_total), "k_proj": ("qkv", q, kv, qkv_total),
+            "v_proj": ("qkv", q + kv, kv, qkv_total), "o_proj": ("o", 0, self.hidden, self.hidden),
+            "gate_proj": ("gate_up", 0, self.intermediate, gu_total),
+            "up_proj": ("gate_up", self.intermediate, self.intermediate, gu_total),
+            "down_proj": ("down", 0, self.hidden, self.hidden),
+        }
+        if name not in table or layer >= self.n_layers:
+            return None
+        site, offset, width, total = table[name]
+        return SiteTarget(layer, site, offset, width, total)
+
+    def hidden_states(self, plan: StepPlan, lora: LoraBatch | None) -> torch.Tensor:
+        n, d, hd = plan.n_tokens, self.hidden, self.head_dim
+        n_q, n_kv, inter, eps = self.n_heads, self.n_kv_heads, self.intermediate, self.eps
+        qk_width = (n_q + n_kv) * hd
+        cos = self.cos[plan.positions][:, None, :]  # [N, 1, hd], shared by all layers
+        sin = self.sin_signed[plan.positions][:, None, :]
+        x = F.embedding(plan.token_ids, self.embed)  # [N, D]
+        for i, w in enumerate(self.layers):
+            # attention block
+            h = F.rms_norm(x, (d,), w.norm1, eps)
+            qkv = F.linear(h, w.w_qkv, w.b_qkv)  # [N, (H + 2 KV) hd]
+            if lora is not None:
+                lora.apply(i, "qkv", h, qkv)
+            qk = qkv[:, :qk_width].view(n, n_q + n_kv, hd)  # q and k rotated together
+            swapped = qk.unflatten(-1, (2, hd // 2)).flip(-2).flatten(-2)
+            qk = qk * cos + swapped * sin
+            v = qkv[:, qk_width:].view(n, n_kv, hd)
+            attn = self.attend(plan, i, qk[:, :n_q], qk[:, n_q:], v, self.scale)
+            x = _linear_residual(x, attn, w.w_o, w.b_o)
+            if lora is not None:
+                lora.apply(i, "o", attn, x)
+            # MLP block
+            h = F.rms_norm(x, (d,), w.norm2, eps)
+            gate_up = F.linear(h, w.w_gate_up, w.b_gate_up)  # [N, 2 I]
+            if lora is not None:
+                lora.apply(i, "gate_up", h, gate_up)
+            act = F.silu(gate_up[:, :inter]) * gate_up[:, inter:]
+            x = _linear_residual(x, act, w.w_down, w.b_down)
+            if lora is not None:
+                lora.apply(i, "down", act, x)
+        x = x[plan.last_index]
+        return F.rms_norm(x, (d,), self.final_norm, eps)
+
+
+def _bias(module: Any) -> torch.Tensor | None:
+    bias = getattr(module, "bias", None)
+    return None if bias is None else bias.detach()
+
+
+def _linear_residual(x: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor,
+                     bias: torch.Tensor | None) -> torch.Tensor:
+    """x + inp @ weight^T (+ bias) as one addmm: the residual add rides on the matmul."""
+    if bias is not None:
+        return x + F.linear(inp, weight, bias)
+    return torch.addmm(x, inp, weight.t())

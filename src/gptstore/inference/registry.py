@@ -1,0 +1,215 @@
+"""Which bases and adapters are in memory: load on first use, evict the least recently
+used beyond a byte budget.
+
+The registry does not know what a store model name means: the caller's resolver turns a
+name into a `ModelSpec` (a base key, a loader callback, maybe a LoRA folder) and the
+registry loads what the spec asks for. Several names can share one base; adapters on a
+base share its weights. Anything in use by a running or queued request is pinned and
+never evicted; budgets are targets (a base larger than the budget still loads, after
+everything unpinned has been evicted), because refusing to serve the only model asked
+for helps nobody.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gptstore.errors import InvalidRequest
+from gptstore.inference.lora import LoraAdapter, load_lora_adapter
+from gptstore.inference.models import Runner, build_runner
+from gptstore.inference.types import EngineConfig, ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class LoadedBase:
+    key: str
+    model: Any
+    tokenizer: Any
+    runner: Runner
+    nbytes: int
+    eos_token_ids: frozenset[int]
+    is_classifier: bool
+    label_names: list[str] | None
+    pins: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+
+
+@dataclass(eq=False)
+class LoadedAdapter:
+    adapter: LoraAdapter
+    base_key: str
+    pins: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+
+
+class ModelRegistry:
+    """Loaded bases and adapters, with LRU eviction under byte budgets."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self._lock = threading.RLock()
+        self._bases: dict[str, LoadedBase] = {}
+        self._adapters: dict[tuple[str, str], LoadedAdapter] = {}
+        self.evictions: list[str] = []  # keys evicted so far, oldest first (for stats/tests)
+
+    # -- public ---------------------------------------------------------------------------
+
+    def acquire(self, spec: ModelSpec) -> tuple[LoadedBase, LoadedAdapter | None]:
+        """Load (if needed) and pin the base and adapter of `spec`; pair with `release`."""
+        with self._lock:
+            base = self._base(spec)
+            base.pins += 1
+            try:
+                adapter = self._adapter(base, spec.adapter_dir) if spec.adapter_dir else None
+            except BaseException:
+                base.pins -= 1
+                raise
+            if adapter is not None:
+                adapter.pins += 1
+            return base, adapter
+
+    def release(self, base: LoadedBase, adapter: LoadedAdapter | None) -> None:
+        with self._lock:
+            base.pins = max(0, base.pins - 1)
+            base.last_used = time.monotonic()
+            if adapter is not None:
+                adapter.pins = max(0, adapter.pins - 1)
+                adapter.last_used = time.monotonic()
+
+    def loaded(self) -> dict[str, list[str]]:
+        """Base keys -> adapter folders currently loaded."""
+        with self._lock:
+            out: dict[str, list[str]] = {key: [] for key in self._bases}
+            for (base_key, folder) in self._adapters:
+                out.setdefault(base_key, []).append(folder)
+            return out
+
+    @property
+    def base_bytes(self) -> int:
+        return sum(b.nbytes for b in self._bases.values())
+
+    @property
+    def adapter_bytes(self) -> int:
+        return sum(a.adapter.nbytes for a in self._adapters.values())
+
+    # -- bases ----------------------------------------------------------------------------
+
+    def _base(self, spec: ModelSpec) -> LoadedBase:
+        base = self._bases.get(spec.base_key)
+        if base is None:
+            base = self._load_base(spec)
+            self._bases[spec.base_key] = base
+            self._evict_bases(keep=base)
+        base.last_used = time.monotonic()
+        return base
+
+    def _load_base(self, spec: ModelSpec) -> LoadedBase:
+        import torch
+
+        started = time.monotonic()
+        model, tokenizer = spec.base_loader()
+        if self.config.dtype:
+            model = model.to(getattr(torch, self.config.dtype))
+        model.eval()
+        runner = build_runner(model, max_slots=self.config.max_running,
+                              max_context=self.config.max_context,
+                              fast=self.config.use_fast_path)
+        is_classifier = type(model).__name__.endswith("ForSequenceClassification")
+        labels = None
+        if is_classifier:
+            id2label = getattr(model.config, "id2label", None) or {}
+            labels = [str(id2label.get(i, f"LABEL_{i}")) for i in range(model.config.num_labels)]
+        base = LoadedBase(
+            key=spec.base_key, model=model, tokenizer=tokenizer, runner=runner,
+            nbytes=_model_bytes(model), eos_token_ids=_eos_ids(model, tokenizer),
+            is_classifier=is_classifier, label_names=labels,
+        )
+        log.info("loaded base %s (%s, %.0f MB) in %.1f s", spec.base_key,
+                 type(runner).__name__, base.nbytes / 1e6, time.monotonic() - started)
+        return base
+
+    def _evict_bases(self, keep: LoadedBase) -> None:
+        budget = self.config.base_budget_bytes
+        while self.base_bytes > budget:
+            victims = [b for b in self._bases.values() if b is not keep and b.pins == 0]
+            if not victims:
+                return
+            victim = min(victims, key=lambda b: b.last_used)
+            self._drop_base(victim)
+
+    def _drop_base(self, base: LoadedBase) -> None:
+        del self._bases[base.key]
+        for key in [k for k in self._adapters if k[0] == base.key]:
+            del self._adapters[key]
+        self.evictions.append(base.key)
+        log.info("evicted base %s", base.key)
+
+    # -- adapters -------------------------------------------------------------------------
+
+    def _adapter(self, base: LoadedBase, folder: Path) -> LoadedAdapter:
+        key = (base.key, str(Path(folder).resolve()))
+        loaded = self._adapters.get(key)
+        if loaded is None:
+            if not base.runner.supports_lora:
+                raise InvalidRequest(
+                    f"LoRA adapters on {type(base.model).__name__} cannot be served yet "
+                    "(supported: Llama, Mistral, Qwen2 and GPT-2 bases); merge the adapter "
+                    "into its base to serve it", param="model")
+            adapter = load_lora_adapter(Path(folder), key[1], base.runner.site_of,
+                                        getattr(base.runner, "dtype", None) or _dtype(base))
+            loaded = LoadedAdapter(adapter=adapter, base_key=base.key)
+            self._adapters[key] = loaded
+            self._evict_adapters(keep=loaded)
+        loaded.last_used = time.monotonic()
+        return loaded
+
+    def _evict_adapters(self, keep: LoadedAdapter) -> None:
+        budget = self.config.adapter_budget_bytes
+        while self.adapter_bytes > budget:
+            victims = [(k, a) for k, a in self._adapters.items() if a is not keep and a.pins == 0]
+            if not victims:
+                return
+            key, _ = min(victims, key=lambda item: item[1].last_used)
+            del self._adapters[key]
+            self.evictions.append(key[1])
+            log.info("evicted adapter %s", key[1])
+
+
+def _dtype(base: LoadedBase) -> Any:
+    return next(base.model.parameters()).dtype
+
+
+def _model_bytes(model: Any) -> int:
+    """Bytes of distinct tensor storage (tied and fused weights counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            total += storage.nbytes()
+    return total
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    """Tokens that end generation: the generation config's eos ids and the tokenizer's."""
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
+        value = getattr(source, "eos_token_id", None) if source is not None else None
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list | tuple):
+            ids.update(int(v) for v in value)
+        if ids:  # the first source that names any wins (as generate does)
+            break
+    tok_eos = getattr(tokenizer, "eos_token_id", None)
+    if isinstance(tok_eos, int):
+        ids.add(tok_eos)
+    return frozenset(ids)

@@ -1,0 +1,300 @@
+"""The batching loop: one background thread that steps every running sequence together.
+
+Continuous batching: requests join and leave between steps. Each step, per loaded
+base, the scheduler
+
+1. drops cancelled sequences (their KV slot is free before this step computes),
+2. admits queued requests while fewer than `max_running` sequences run,
+3. builds one batch of rows ordered by KV slot: every decoding sequence contributes its
+   last token, newcomers contribute their prompt (chunked so one step prefills at most
+   `max_step_tokens` prompt tokens, which bounds the pause a long prompt causes for
+   everyone else),
+4. runs the runner's forward once, samples each row with its own parameters, and
+   streams a `TokenEvent` to each request's handle (detokenised, stop strings handled).
+
+Classification jobs run on the same thread between steps, so one thread owns the CPU's
+matrix units and nothing races on a model. Knows no HTTP and no store names: sequences
+arrive with their base and adapter already loaded by the registry.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from gptstore.errors import Unavailable
+from gptstore.inference.detokenize import IncrementalDetokenizer, StopStringMatcher
+from gptstore.inference.handle import RequestHandle
+from gptstore.inference.kv_cache import Slot
+from gptstore.inference.lora import LoraBatch
+from gptstore.inference.models import RowInput
+from gptstore.inference.registry import LoadedAdapter, LoadedBase, ModelRegistry
+from gptstore.inference.sampling import SamplerState, sample
+from gptstore.inference.types import (
+    EngineConfig,
+    FinishReason,
+    GenerationRequest,
+    TokenEvent,
+    TopLogprob,
+    Usage,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Sequence:
+    """A request in flight: its tokens, cache slot and streaming state."""
+
+    request: GenerationRequest
+    handle: RequestHandle
+    base: LoadedBase
+    adapter: LoadedAdapter | None
+    max_new_tokens: int
+    stop_ids: frozenset[int]
+    sampler: SamplerState
+    detok: IncrementalDetokenizer
+    stopper: StopStringMatcher
+    output: list[int] = field(default_factory=list)
+    slot: Slot | None = None
+    computed: int = 0  # tokens whose keys/values are in the cache
+    cancelled: bool = False
+
+    @property
+    def prompt(self) -> list[int]:
+        return self.request.prompt_ids
+
+
+class Scheduler:
+    """Owns the queue, the running batches and the thread that steps them."""
+
+    def __init__(self, config: EngineConfig, registry: ModelRegistry) -> None:
+        self.config = config
+        self.registry = registry
+        self._cond = threading.Condition()
+        self._waiting: deque[Sequence] = deque()
+        self._running: dict[str, list[Sequence]] = {}
+        self._jobs: deque[Callable[[], None]] = deque()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.steps = 0  # forward steps run so far (tests and stats)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stopping = False
+            self._thread = threading.Thread(target=self._loop, name="gptstore-engine",
+                                            daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        with self._cond:
+            leftovers = list(self._waiting) + [s for seqs in self._running.values() for s in seqs]
+            self._waiting.clear()
+            self._running.clear()
+        for seq in leftovers:
+            self._finish(seq, "cancelled")
+
+    # -- called from any thread ---------------------------------------------------------
+
+    def add(self, seq: Sequence) -> None:
+        with self._cond:
+            if len(self._waiting) >= self.config.max_queue:
+                raise Unavailable(
+                    f"the engine is busy: {self.running_count} requests running and "
+                    f"{len(self._waiting)} queued; retry in {self.config.retry_after_s:g} s",
+                )
+            self._waiting.append(seq)
+            self._cond.notify_all()
+
+    def cancel(self, seq: Sequence) -> None:
+        with self._cond:
+            seq.cancelled = True
+            queued = seq in self._waiting
+            if queued:
+                self._waiting.remove(seq)
+            self._cond.notify_all()
+        if queued:
+            self._finish(seq, "cancelled")
+        else:  # the consumer returns now; the slot is freed before the next step
+            seq.handle._push(TokenEvent(token_id=None, text="", finish_reason="cancelled",
+                                        usage=Usage(len(seq.prompt), len(seq.output))))
+
+    def run_job(self, job: Callable[[], Any]) -> Future[Any]:
+        """Run `job` on the engine thread between steps; its result comes as a Future."""
+        future: Future[Any] = Future()
+
+        def wrapped() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(job())
+            except BaseException as error:  # delivered to the caller, not raised here
+                future.set_exception(error)
+
+        with self._cond:
+            self._jobs.append(wrapped)
+            self._cond.notify_all()
+        return future
+
+    @property
+    def running_count(self) -> int:
+        return sum(len(seqs) for seqs in self._running.values())
+
+    @property
+    def waiting_count(self) -> int:
+        return len(self._waiting)
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        if self.config.num_threads:
+            torch.set_num_threads(self.config.num_threads)
+        while True:
+            with self._cond:
+                while not (self._stopping or self._waiting or self._jobs or self._running):
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                jobs = list(self._jobs)
+                self._jobs.clear()
+            for job in jobs:
+                job()
+            self._drop_cancelled()
+            self._admit()
+            for key in list(self._running):
+                seqs = self._running.get(key)
+                if seqs:
+                    self._step_base(seqs)
+                if not self._running.get(key):
+                    self._running.pop(key, None)
+
+    def _drop_cancelled(self) -> None:
+        for seqs in self._running.values():
+            for seq in [s for s in seqs if s.cancelled]:
+                seqs.remove(seq)
+                self._release(seq)
+
+    def _admit(self) -> None:
+        with self._cond:
+            while self._waiting and self.running_count < self.config.max_running:
+                seq = self._waiting.popleft()
+                runner = seq.base.runner
+                if runner.free_slots <= 0:  # cannot happen with one slot per running seq
+                    self._waiting.appendleft(seq)
+                    return
+                seq.slot = runner.allocate()
+                self._running.setdefault(seq.base.key, []).append(seq)
+
+    def _step_base(self, seqs: list[Sequence]) -> None:
+        """One forward step for the running sequences of one base."""
+        seqs.sort(key=lambda s: s.slot.index if s.slot else 0)
+        rows: list[RowInput] = []
+        stepped: list[Sequence] = []
+        budget = self.config.max_step_tokens
+        for seq in seqs:
+            all_ids = seq.prompt + seq.output
+            pending = len(all_ids) - seq.computed
+            if pending > 1:  # prompt (or its rest): a chunk within the step's budget
+                n = min(pending, budget)
+                if n <= 0:
+                    continue
+                budget -= n
+            else:
+                n = 1
+            tokens = all_ids[seq.computed:seq.computed + n]
+            rows.append(RowInput(seq.slot, tokens, seq.computed,
+                                 want_logits=seq.computed + n == len(all_ids)))
+            stepped.append(seq)
+        if not rows:
+            return
+        adapters = [s.adapter.adapter if s.adapter else None for s in stepped]
+        lora = LoraBatch.build(
+            [a for a, r in zip(adapters, rows, strict=True) for _ in r.token_ids],
+            [a for a, r in zip(adapters, rows, strict=True) if r.want_logits],
+        )
+        try:
+            logits = stepped[0].base.runner.forward(rows, lora)
+        except Exception as error:  # a bad step fails its requests, not the engine
+            log.exception("engine step failed")
+            for seq in list(seqs):
+                seqs.remove(seq)
+                self._release(seq)
+                seq.handle._fail(error)
+            return
+        self.steps += 1
+        sampled: list[Sequence] = []
+        for seq, row in zip(stepped, rows, strict=True):
+            seq.computed += len(row.token_ids)
+            if seq.slot is not None:
+                seq.slot.length = seq.computed
+            if row.want_logits:
+                sampled.append(seq)
+        if not sampled:
+            return
+        result = sample(logits, [s.sampler for s in sampled])
+        for i, seq in enumerate(sampled):
+            reason = self._emit(seq, result.token_ids[i], result.logprobs[i],
+                                result.top_logprobs[i])
+            if reason is not None:
+                seqs.remove(seq)
+                self._release(seq)
+
+    # -- per-token bookkeeping ----------------------------------------------------------
+
+    def _emit(self, seq: Sequence, token: int, logprob: float | None,
+              top: list[tuple[int, float]] | None) -> FinishReason | None:
+        seq.output.append(token)
+        reason: FinishReason | None = None
+        if token in seq.stop_ids:
+            reason = "stop"
+            text = self._flush(seq)  # the eos token itself adds no text
+        else:
+            text, hit = seq.stopper.push(seq.detok.push(token))
+            if hit:
+                reason = "stop"
+            elif (len(seq.output) >= seq.max_new_tokens
+                  or len(seq.prompt) + len(seq.output) >= seq.base.runner.context_length):
+                reason = "length"
+                text += self._flush(seq)
+        tokenizer = seq.base.tokenizer
+        top_list = None
+        if top is not None:
+            top_list = [TopLogprob(t, tokenizer.decode([t]), lp) for t, lp in top]
+        usage = Usage(len(seq.prompt), len(seq.output)) if reason else None
+        if seq.cancelled:
+            return reason or "cancelled"
+        seq.handle._push(TokenEvent(token_id=token, text=text, logprob=logprob,
+                                    top_logprobs=top_list, finish_reason=reason, usage=usage))
+        return reason
+
+    @staticmethod
+    def _flush(seq: Sequence) -> str:
+        """Text held back at the end (an incomplete character, a stop-string prefix)."""
+        tail, hit = seq.stopper.push(seq.detok.flush())
+        return tail if hit else tail + seq.stopper.flush()
+
+    def _release(self, seq: Sequence) -> None:
+        if seq.slot is not None:
+            seq.base.runner.release(seq.slot)
+            seq.slot = None
+        self.registry.release(seq.base, seq.adapter)
+
+    def _finish(self, seq: Sequence, reason: FinishReason) -> None:
+        self._release(seq)
+        seq.handle._push(TokenEvent(token_id=None, text="", finish_reason=reason,
+                                    usage=Usage(len(seq.prompt), len(seq.output))))

@@ -1,0 +1,204 @@
+"""Plain-Python types of the inference engine's public API.
+
+What a caller builds (`GenerationRequest`, `SamplingParams`, `ModelSpec`,
+`EngineConfig`) and what it gets back (`TokenEvent`, `Usage`, `Completion`). These are
+dataclasses with checks in `__post_init__`, not pydantic models: the HTTP layer owns the
+wire types (api/openai/protocol.py) and translates them into these. This module imports
+no torch, so the API process can build requests without loading the engine.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from gptstore.errors import InvalidRequest
+
+FinishReason = Literal["stop", "length", "cancelled", "error"]
+Task = Literal["generation", "classification"]
+
+
+@dataclass
+class SamplingParams:
+    """How to pick each next token, and when to stop.
+
+    `temperature=0` is greedy decoding (argmax; identical to `transformers` `generate`
+    with `do_sample=False`). Penalties follow OpenAI for `frequency_penalty` /
+    `presence_penalty` (on generated tokens, subtracted from logits) and Hugging Face for
+    `repetition_penalty` (on prompt and generated tokens, logits divided or multiplied).
+    Logprobs are those of the model's own distribution (log-softmax of the raw logits),
+    as OpenAI and vLLM report them, not of the tempered / truncated one.
+    """
+
+    max_tokens: int | None = 16  # None: until the context is full
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0: no top-k truncation
+    seed: int | None = None  # per-request generator: same seed, same tokens
+    stop: Sequence[str] = ()  # matched on the decoded text, not included in the output
+    stop_token_ids: Sequence[int] | None = None  # ends generation, besides the model's eos
+    ignore_eos: bool = False  # True: only stop_token_ids / stop / max_tokens end it
+    repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    logprobs: bool = False
+    top_logprobs: int = 0  # with logprobs: also the k most likely alternatives
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            self.stop = (self.stop,)
+        self.stop = tuple(s for s in self.stop if s)
+        checks: list[tuple[str, bool, str]] = [
+            ("max_tokens", self.max_tokens is None or self.max_tokens >= 1, "at least 1"),
+            ("temperature", _finite(self.temperature) and self.temperature >= 0, ">= 0"),
+            ("top_p", _finite(self.top_p) and 0 < self.top_p <= 1, "in (0, 1]"),
+            ("top_k", self.top_k >= 0, ">= 0 (0 disables it)"),
+            ("repetition_penalty",
+             _finite(self.repetition_penalty) and self.repetition_penalty > 0, "> 0"),
+            ("frequency_penalty",
+             _finite(self.frequency_penalty) and -2 <= self.frequency_penalty <= 2,
+             "in [-2, 2]"),
+            ("presence_penalty",
+             _finite(self.presence_penalty) and -2 <= self.presence_penalty <= 2,
+             "in [-2, 2]"),
+            ("top_logprobs", 0 <= self.top_logprobs <= 20, "in [0, 20]"),
+            ("stop", len(self.stop) <= 16, "at most 16 strings"),
+        ]
+        for name, ok, rule in checks:
+            if not ok:
+                raise InvalidRequest(
+                    f"{name} must be {rule}, got {getattr(self, name)!r}", param=name
+                )
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0 or self.top_k == 1
+
+    @property
+    def has_penalties(self) -> bool:
+        return (
+            self.repetition_penalty != 1.0
+            or self.frequency_penalty != 0.0
+            or self.presence_penalty != 0.0
+        )
+
+
+def _finite(x: float) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x)
+
+
+@dataclass
+class GenerationRequest:
+    """One completion to run: already-tokenised prompt, the store model name, params.
+
+    The serving layer renders chat templates and tokenises (it has the tokenizer from
+    `Engine.tokenizer(model)`); the engine only sees token ids.
+    """
+
+    prompt_ids: list[int]
+    model: str
+    params: SamplingParams = field(default_factory=SamplingParams)
+    request_id: str | None = None  # filled in by the engine when None
+
+    def __post_init__(self) -> None:
+        if not self.prompt_ids:
+            raise InvalidRequest("the prompt is empty: give at least one token", param="prompt")
+        self.prompt_ids = [int(t) for t in self.prompt_ids]
+
+
+@dataclass
+class TopLogprob:
+    token_id: int
+    text: str
+    logprob: float
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class TokenEvent:
+    """One step of one request's output, as streamed to the caller.
+
+    `text` is the new stable text (possibly "" while a multi-byte character or a
+    possible stop string is incomplete). The last event of a request has
+    `finish_reason` set and `usage` filled; a cancelled or failed request ends with an
+    event whose `token_id` is None.
+    """
+
+    token_id: int | None
+    text: str
+    logprob: float | None = None
+    top_logprobs: list[TopLogprob] | None = None
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None
+    error: BaseException | None = None
+
+
+@dataclass
+class Completion:
+    """All of a finished request's output, as `RequestHandle.result()` collects it."""
+
+    request_id: str
+    token_ids: list[int]
+    text: str
+    finish_reason: FinishReason
+    usage: Usage
+    logprobs: list[float] | None = None
+    top_logprobs: list[list[TopLogprob]] | None = None
+
+
+@dataclass
+class ModelSpec:
+    """What the caller's resolver says a store model name means.
+
+    `base_key` identifies the shared base weights (several names may map to one base:
+    adapters on the same base share its memory); `base_loader` builds the base as
+    `(model, tokenizer)` when it is not loaded yet; `adapter_dir` is a PEFT LoRA folder
+    or None. For `task="classification"` the base is an `*ForSequenceClassification`
+    model, or a causal LM plus an adapter that carries the classifier head (PEFT's
+    `modules_to_save=["score"]`); `label_names` name its outputs.
+    """
+
+    base_key: str
+    base_loader: Callable[[], tuple[Any, Any]]
+    adapter_dir: Path | None = None
+    task: Task = "generation"
+    label_names: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.adapter_dir is not None:
+            self.adapter_dir = Path(self.adapter_dir)
+        if self.task not in ("generation", "classification"):
+            raise InvalidRequest(f"unknown task {self.task!r}", param="task")
+
+
+@dataclass
+class EngineConfig:
+    """Limits and knobs of one engine."""
+
+    max_running: int = 16  # sequences decoded together (KV-cache slots per base)
+    max_queue: int = 64  # requests waiting for a slot; beyond it submit() raises Unavailable
+    max_step_tokens: int = 512  # prompt tokens prefilled per step (long prompts are chunked)
+    max_context: int | None = None  # cap on the model's own context length (memory)
+    base_budget_bytes: int = 4 * 1024**3  # loaded base weights, LRU-evicted beyond it
+    adapter_budget_bytes: int = 512 * 1024**2  # loaded LoRA weights, LRU-evicted beyond it
+    dtype: str | None = None  # "bfloat16" / "float32" to cast bases on load; None: as loaded
+    num_threads: int | None = None  # torch intra-op threads of the scheduler thread
+    use_fast_path: bool = True  # False: always the generic transformers forward (tests)
+    retry_after_s: float = 1.0  # the hint given with Unavailable when the queue is full
+
+    def __post_init__(self) -> None:
+        for name in ("max_running", "max_queue", "max_step_tokens"):
+            if getattr(self, name) < 1:
+                raise InvalidRequest(f"{name} must be at least 1", param=name)
