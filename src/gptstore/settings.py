@@ -34,6 +34,15 @@ class Settings(BaseSettings):
         description="Memory budget of models and adapters kept loaded by the inference "
         "engine; least recently used ones are evicted beyond it.",
     )
+    max_batch: int = Field(
+        default=16, ge=1,
+        description="Most sequences the inference engine decodes together in one step.",
+    )
+    max_queue: int = Field(
+        default=64, ge=1,
+        description="Most requests waiting for a slot; beyond it the API answers 503 "
+        "with Retry-After.",
+    )
     offline: bool = Field(
         default=False,
         description="Never try the Hugging Face Hub (pull only built-in models).",

@@ -25,21 +25,33 @@ def build_app(settings: Settings | None = None) -> FastAPI:
 
         app.state.settings = settings
         app.state.catalog = Catalog(settings)
+        app.state.engine = None  # built on first use: see deps.get_serving
+        app.state.serving = None
         try:
             yield
         finally:
+            if app.state.engine is not None:
+                app.state.engine.shutdown()
             app.state.catalog.close()
 
     app = FastAPI(title="gptstore", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
 
     from gptstore.api.openai import models as openai_models
+    from gptstore.api.openai import routes as openai_routes
     from gptstore.api.store import models as store_models
 
     @app.get("/healthz", tags=["meta"])
     def healthz() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
+    @app.get("/api/engine", tags=["meta"])
+    def engine_stats() -> dict[str, object]:
+        """What the inference engine is doing: running / waiting requests, loaded models."""
+        engine = app.state.engine
+        return {"started": engine is not None, **(engine.stats() if engine else {})}
+
     app.include_router(store_models.router, prefix="/api")
     app.include_router(openai_models.router, prefix="/v1")
+    app.include_router(openai_routes.router, prefix="/v1")
     return app

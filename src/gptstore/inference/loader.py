@@ -128,3 +128,48 @@ def export_merged(catalog: Catalog, version: VersionInfo, out_dir: Path) -> None
     loaded.tokenizer.save_pretrained(out_dir)
     (out_dir / "README.md").write_bytes(catalog.read_file(version, "README.md"))
     catalog.count_download(version.model)
+
+
+def load_classifier_base(catalog: Catalog, version: VersionInfo, *, dtype: Any = None) -> Any:
+    """A full sequence-classification version as a transformers model in eval mode."""
+    from transformers import AutoModelForSequenceClassification
+
+    _check_weights(version)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        catalog.snapshot(version), dtype=dtype or preferred_dtype(), use_safetensors=True
+    )
+    model.eval()
+    return model
+
+
+def store_resolver(catalog: Catalog) -> Any:
+    """The engine's resolver over the store: a model name -> `ModelSpec`.
+
+    A full version is its own base (keyed by manifest digest, so two names for the same
+    bytes share memory); an adapter version points at its base version's weights plus
+    its own PEFT folder, so all adapters of one base share one copy of it.
+    """
+    from gptstore.inference.types import ModelSpec
+
+    def resolve(name: str) -> ModelSpec:
+        version = catalog.resolve(name)
+        task = "classification" if version.task == "classification" else "generation"
+        labels = version.lineage.get("label_names")
+        if version.kind == "adapter":
+            if version.base_version_id is None:
+                raise InvalidRequest(f"{version.ref} is an adapter without a base version")
+            base = catalog.get_version(version.base_version_id)
+            adapter_dir: Path | None = catalog.snapshot(version)
+        else:
+            base, adapter_dir = version, None
+
+        def load_base() -> tuple[Any, Any]:
+            if base.task == "classification":
+                return load_classifier_base(catalog, base), load_tokenizer_from(catalog, base)
+            loaded = load_causal_lm(catalog, base)
+            return loaded.model, loaded.tokenizer
+
+        return ModelSpec(base_key=base.manifest_digest, base_loader=load_base,
+                         adapter_dir=adapter_dir, task=task, label_names=labels)
+
+    return resolve

@@ -1,0 +1,58 @@
+"""`/v1/chat/completions`, `/v1/completions`, `/v1/classifications`: parse, call the
+serving layer, answer JSON or SSE. Nothing else happens here."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from gptstore.api.deps import ServingDep
+from gptstore.api.openai.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ClassificationRequest,
+    ClassificationResponse,
+    CompletionRequest,
+    CompletionResponse,
+)
+
+router = APIRouter(tags=["openai"])
+
+
+def _answer(result: Any) -> Any:
+    if isinstance(result, AsyncIterator):
+        return StreamingResponse(result, media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache",
+                                          "X-Accel-Buffering": "no"})
+    return JSONResponse(result.model_dump())
+
+
+@router.post("/chat/completions", response_model=ChatCompletionResponse,
+             summary="Chat completion (OpenAI-compatible; stream=true for SSE chunks)")
+async def chat_completions(request: ChatCompletionRequest, serving: ServingDep) -> Any:
+    return _answer(await serving.chat(request))
+
+
+@router.post("/completions", response_model=CompletionResponse,
+             summary="Text completion of a raw prompt (OpenAI-compatible)")
+async def completions(request: CompletionRequest, serving: ServingDep) -> Any:
+    return _answer(await serving.completion(request))
+
+
+@router.post(
+    "/classifications",
+    response_model=ClassificationResponse,
+    summary="Classify texts with a classifier model (gptstore extension)",
+    description=(
+        "Runs a classification model of the store (one fine-tuned with the "
+        "classification task) on one text or a list of texts and returns, for each, the "
+        "most probable label and the probability of every label. Not part of OpenAI's "
+        "API; errors use OpenAI's envelope."
+    ),
+)
+async def classifications(request: ClassificationRequest, serving: ServingDep
+                          ) -> ClassificationResponse:
+    return await serving.classify(request)

@@ -1,0 +1,423 @@
+"""The OpenAI serving layer: validates wire requests, renders prompts, resolves the
+model, drives the engine and builds responses and SSE chunks.
+
+It is a translation (as Ollama's OpenAI middleware is): wire types from protocol.py in,
+the engine's plain `GenerationRequest` / `SamplingParams` out, and back. The routers only
+parse HTTP and pick JSON or SSE; the engine knows no HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gptstore.api.openai.protocol import (
+    ChatCompletionChoice,
+    ChatCompletionChunk,
+    ChatCompletionChunkChoice,
+    ChatCompletionMessage,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChoiceLogprobs,
+    ClassificationRequest,
+    ClassificationResponse,
+    ClassificationResult,
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+    DeltaMessage,
+    LabelScore,
+    LogprobEntry,
+    SamplingFields,
+    TopLogprobEntry,
+    UsageInfo,
+    new_id,
+    now,
+)
+from gptstore.errors import GptStoreError, InvalidRequest
+
+# OpenAI's default is 1.0 for both; we keep them.
+DEFAULT_TEMPERATURE = 1.0
+
+
+@dataclass
+class _Choice:
+    """One engine request behind one response choice."""
+
+    index: int
+    handle: Any  # RequestHandle
+    prompt_text: str = ""
+
+
+def _unsupported(field: str, value: Any) -> None:
+    if value:
+        raise InvalidRequest(f"{field} is not supported by gptstore yet; leave it out",
+                             param=field)
+
+
+def sampling_params(req: SamplingFields, *, max_tokens: int | None, logprobs: bool,
+                    top_logprobs: int, index: int) -> Any:
+    from gptstore.inference.types import SamplingParams
+
+    stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    seed = None if req.seed is None else req.seed + index  # n choices must differ
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=DEFAULT_TEMPERATURE if req.temperature is None else req.temperature,
+        top_p=1.0 if req.top_p is None else req.top_p,
+        top_k=req.top_k or 0,
+        seed=seed,
+        stop=stop,
+        repetition_penalty=req.repetition_penalty or 1.0,
+        frequency_penalty=req.frequency_penalty or 0.0,
+        presence_penalty=req.presence_penalty or 0.0,
+        logprobs=logprobs,
+        top_logprobs=top_logprobs,
+    )
+
+
+def _finish(reason: str | None) -> Any:
+    return "length" if reason == "length" else ("stop" if reason else None)
+
+
+def _token_text(tokenizer: Any, token_id: int) -> str:
+    return str(tokenizer.decode([token_id]))
+
+
+def _chat_logprobs(tokenizer: Any, events: Sequence[Any]) -> ChoiceLogprobs:
+    entries = []
+    for e in events:
+        if e.token_id is None or e.logprob is None:
+            continue
+        text = _token_text(tokenizer, e.token_id)
+        entries.append(LogprobEntry(
+            token=text, logprob=e.logprob, bytes=list(text.encode()),
+            top_logprobs=[TopLogprobEntry(token=t.text, logprob=t.logprob,
+                                          bytes=list(t.text.encode()))
+                          for t in (e.top_logprobs or [])],
+        ))
+    return ChoiceLogprobs(content=entries)
+
+
+def sse(payload: Any) -> str:
+    body = payload.model_dump_json(exclude_unset=False) if hasattr(payload, "model_dump_json") \
+        else json.dumps(payload)
+    return f"data: {body}\n\n"
+
+
+class OpenAIServing:
+    """Chat, completions and classifications over one engine."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+    # -- helpers ----------------------------------------------------------------------
+
+    async def _tokenizer(self, model: str) -> Any:
+        # may load the model (seconds): keep the event loop free
+        return await asyncio.to_thread(self.engine.tokenizer, model)
+
+    async def _submit(self, model: str, prompt_ids: list[int], params: Any,
+                      prompt_param: str) -> Any:
+        from gptstore.inference.types import GenerationRequest
+
+        try:
+            return await asyncio.to_thread(
+                self.engine.submit,
+                GenerationRequest(prompt_ids=prompt_ids, model=model, params=params),
+            )
+        except InvalidRequest as exc:
+            if exc.param in (None, "prompt", "messages"):
+                exc.param = prompt_param
+            raise
+
+    async def _start(self, model: str, prompts: list[list[int]], n: int, params_for: Any,
+                     prompt_param: str, prompt_texts: list[str] | None = None) -> list[_Choice]:
+        choices: list[_Choice] = []
+        try:
+            for p, ids in enumerate(prompts):
+                for j in range(n):
+                    index = p * n + j
+                    handle = await self._submit(model, ids, params_for(index), prompt_param)
+                    choices.append(_Choice(index, handle,
+                                           prompt_texts[p] if prompt_texts else ""))
+        except BaseException:
+            for choice in choices:
+                choice.handle.cancel()
+            raise
+        return choices
+
+    # -- chat -------------------------------------------------------------------------
+
+    def render_chat(self, tokenizer: Any, request: ChatCompletionRequest) -> list[int]:
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                    for m in request.messages]
+        if getattr(tokenizer, "chat_template", None):
+            try:
+                rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                         tokenize=False)
+            except Exception as exc:  # jinja raises TemplateError for odd role orders
+                raise InvalidRequest(f"the model's chat template refused these messages: {exc}",
+                                     param="messages") from exc
+            return list(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+        from gptstore.data.formats.chat import render_plain_chat
+
+        text = render_plain_chat(messages, eos_token=tokenizer.eos_token,
+                                 add_generation_prompt=True)
+        return list(tokenizer(text)["input_ids"])
+
+    async def chat(self, request: ChatCompletionRequest) -> Any:
+        """A `ChatCompletionResponse`, or an async iterator of SSE lines when streaming."""
+        _unsupported("tools", request.tools)
+        if request.response_format and request.response_format.get("type") not in (None, "text"):
+            _unsupported("response_format", True)
+        tokenizer = await self._tokenizer(request.model)
+        prompt_ids = self.render_chat(tokenizer, request)
+        max_tokens = request.max_completion_tokens or request.max_tokens
+        top = request.top_logprobs or 0
+        if top and not request.logprobs:
+            raise InvalidRequest("top_logprobs needs logprobs: true", param="top_logprobs")
+        choices = await self._start(
+            request.model, [prompt_ids], request.n,
+            lambda i: sampling_params(request, max_tokens=max_tokens, logprobs=request.logprobs,
+                                      top_logprobs=top, index=i),
+            "messages",
+        )
+        if request.stream:
+            return self._chat_stream(request, tokenizer, choices)
+        results = await asyncio.gather(*(c.handle.aresult() for c in choices))
+        usage = UsageInfo(prompt_tokens=len(prompt_ids))
+        out = []
+        for choice, result in zip(choices, results, strict=True):
+            usage.completion_tokens += result.usage.completion_tokens
+            logprobs = None
+            if request.logprobs:
+                events = _events_from(result)
+                logprobs = _chat_logprobs(tokenizer, events)
+            out.append(ChatCompletionChoice(
+                index=choice.index, message=ChatCompletionMessage(content=result.text),
+                finish_reason=_finish(result.finish_reason), logprobs=logprobs))
+        usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
+        return ChatCompletionResponse(model=request.model, choices=out, usage=usage)
+
+    async def _chat_stream(self, request: ChatCompletionRequest, tokenizer: Any,
+                           choices: list[_Choice]) -> AsyncIterator[str]:
+        chunk_id, created = new_id("chatcmpl"), now()
+        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+
+        def chunk(index: int, delta: DeltaMessage, finish: Any = None,
+                  logprobs: ChoiceLogprobs | None = None) -> str:
+            return sse(ChatCompletionChunk(
+                id=chunk_id, created=created, model=request.model,
+                choices=[ChatCompletionChunkChoice(index=index, delta=delta,
+                                                   finish_reason=finish, logprobs=logprobs)]))
+
+        usage = UsageInfo()
+        try:
+            for choice in choices:
+                yield chunk(choice.index, DeltaMessage(role="assistant", content=""))
+            async for index, event in _merge(choices):
+                if event.token_id is not None and (event.text or request.logprobs):
+                    logprobs = _chat_logprobs(tokenizer, [event]) if request.logprobs else None
+                    yield chunk(index, DeltaMessage(content=event.text), None, logprobs)
+                elif event.text:
+                    yield chunk(index, DeltaMessage(content=event.text))
+                if event.finish_reason is not None:
+                    if event.usage is not None:
+                        usage.prompt_tokens = event.usage.prompt_tokens
+                        usage.completion_tokens += event.usage.completion_tokens
+                    yield chunk(index, DeltaMessage(), _finish(event.finish_reason))
+            if include_usage:
+                usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
+                yield sse(ChatCompletionChunk(id=chunk_id, created=created, model=request.model,
+                                              choices=[], usage=usage))
+            yield "data: [DONE]\n\n"
+        except GptStoreError as exc:
+            yield _sse_error(exc)
+        finally:
+            for choice in choices:  # a closed stream frees the slots at once
+                choice.handle.cancel()
+
+    # -- completions --------------------------------------------------------------------
+
+    def _completion_prompts(self, tokenizer: Any, prompt: Any) -> tuple[list[list[int]],
+                                                                         list[str]]:
+        if isinstance(prompt, str):
+            prompts: list[Any] = [prompt]
+        elif prompt and all(isinstance(t, int) for t in prompt):
+            prompts = [prompt]
+        else:
+            prompts = list(prompt)
+        if not prompts:
+            raise InvalidRequest("prompt is empty", param="prompt")
+        ids, texts = [], []
+        vocab = len(tokenizer)
+        for p in prompts:
+            if isinstance(p, str):
+                tokens = list(tokenizer(p)["input_ids"])
+                texts.append(p)
+            else:
+                tokens = [int(t) for t in p]
+                if any(t < 0 or t >= vocab for t in tokens):
+                    raise InvalidRequest(f"prompt token ids must be in [0, {vocab})",
+                                         param="prompt")
+                texts.append(tokenizer.decode(tokens))
+            if not tokens:
+                raise InvalidRequest("prompt is empty", param="prompt")
+            ids.append(tokens)
+        return ids, texts
+
+    async def completion(self, request: CompletionRequest) -> Any:
+        _unsupported("suffix", request.suffix)
+        if request.best_of is not None and request.best_of != request.n:
+            raise InvalidRequest("best_of must equal n (or be left out)", param="best_of")
+        tokenizer = await self._tokenizer(request.model)
+        prompts, texts = self._completion_prompts(tokenizer, request.prompt)
+        want_logprobs = request.logprobs is not None
+        choices = await self._start(
+            request.model, prompts, request.n,
+            lambda i: sampling_params(request, max_tokens=request.max_tokens,
+                                      logprobs=want_logprobs, top_logprobs=request.logprobs or 0,
+                                      index=i),
+            "prompt", texts,
+        )
+        if request.stream:
+            return self._completion_stream(request, tokenizer, choices,
+                                           sum(len(p) for p in prompts))
+        results = await asyncio.gather(*(c.handle.aresult() for c in choices))
+        usage = UsageInfo(prompt_tokens=sum(len(p) for p in prompts))
+        out = []
+        for choice, result in zip(choices, results, strict=True):
+            usage.completion_tokens += result.usage.completion_tokens
+            text = (choice.prompt_text if request.echo else "") + result.text
+            logprobs = _completion_logprobs(tokenizer, _events_from(result),
+                                            len(choice.prompt_text) if request.echo else 0) \
+                if want_logprobs else None
+            out.append(CompletionChoice(index=choice.index, text=text, logprobs=logprobs,
+                                        finish_reason=_finish(result.finish_reason)))
+        usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
+        return CompletionResponse(model=request.model, choices=out, usage=usage)
+
+    async def _completion_stream(self, request: CompletionRequest, tokenizer: Any,
+                                 choices: list[_Choice], prompt_tokens: int
+                                 ) -> AsyncIterator[str]:
+        cmpl_id, created = new_id("cmpl"), now()
+        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        want_logprobs = request.logprobs is not None
+        usage = UsageInfo(prompt_tokens=prompt_tokens)
+
+        def chunk(index: int, text: str, finish: Any = None,
+                  logprobs: CompletionLogprobs | None = None) -> str:
+            return sse(CompletionResponse(id=cmpl_id, created=created, model=request.model,
+                                          choices=[CompletionChoice(index=index, text=text,
+                                                                    finish_reason=finish,
+                                                                    logprobs=logprobs)]))
+
+        try:
+            if request.echo:
+                for choice in choices:
+                    yield chunk(choice.index, choice.prompt_text)
+            async for index, event in _merge(choices):
+                if event.text or (want_logprobs and event.token_id is not None):
+                    lp = _completion_logprobs(tokenizer, [event], 0) if want_logprobs else None
+                    yield chunk(index, event.text, None, lp)
+                if event.finish_reason is not None:
+                    if event.usage is not None:
+                        usage.completion_tokens += event.usage.completion_tokens
+                    yield chunk(index, "", _finish(event.finish_reason))
+            if include_usage:
+                usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
+                yield sse(CompletionResponse(id=cmpl_id, created=created, model=request.model,
+                                             choices=[], usage=usage))
+            yield "data: [DONE]\n\n"
+        except GptStoreError as exc:
+            yield _sse_error(exc)
+        finally:
+            for choice in choices:
+                choice.handle.cancel()
+
+    # -- classifications ----------------------------------------------------------------
+
+    async def classify(self, request: ClassificationRequest) -> ClassificationResponse:
+        texts = [request.input] if isinstance(request.input, str) else list(request.input)
+        results = await asyncio.to_thread(self.engine.classify, request.model, texts)
+        tokenizer = await self._tokenizer(request.model)
+        prompt_tokens = sum(len(tokenizer(t)["input_ids"]) for t in texts)
+        data = []
+        for i, probs in enumerate(results):
+            ranked = sorted(probs, key=lambda lp: lp[1], reverse=True)
+            data.append(ClassificationResult(
+                index=i, label=ranked[0][0],
+                probabilities=[LabelScore(label=label, probability=p) for label, p in ranked]))
+        return ClassificationResponse(model=request.model, data=data,
+                                      usage=UsageInfo(prompt_tokens=prompt_tokens,
+                                                      total_tokens=prompt_tokens))
+
+
+def _events_from(result: Any) -> list[Any]:
+    """Rebuild per-token events (id, logprob, top) from a finished `Completion`."""
+    from gptstore.inference.types import TokenEvent
+
+    logprobs = result.logprobs or [None] * len(result.token_ids)
+    tops = result.top_logprobs or [None] * len(result.token_ids)
+    return [TokenEvent(token_id=t, text="", logprob=lp, top_logprobs=top)
+            for t, lp, top in zip(result.token_ids, logprobs, tops, strict=True)]
+
+
+def _completion_logprobs(tokenizer: Any, events: Sequence[Any], offset: int
+                         ) -> CompletionLogprobs:
+    out = CompletionLogprobs()
+    for e in events:
+        if e.token_id is None:
+            continue
+        text = _token_text(tokenizer, e.token_id)
+        out.tokens.append(text)
+        out.token_logprobs.append(e.logprob)
+        out.top_logprobs.append({t.text: t.logprob for t in e.top_logprobs}
+                                if e.top_logprobs else None)
+        out.text_offset.append(offset)
+        offset += len(text)
+    return out
+
+
+async def _merge(choices: list[_Choice]) -> AsyncIterator[tuple[int, Any]]:
+    """Interleave the events of several handles as they arrive."""
+    if len(choices) == 1:
+        async for event in choices[0].handle:
+            yield choices[0].index, event
+        return
+    queue: asyncio.Queue[tuple[int, Any] | None] = asyncio.Queue()
+
+    async def pump(choice: _Choice) -> None:
+        try:
+            async for event in choice.handle:
+                await queue.put((choice.index, event))
+        except BaseException as exc:  # re-raised in the consumer
+            await queue.put((choice.index, exc))
+        finally:
+            await queue.put(None)
+
+    tasks = [asyncio.create_task(pump(c)) for c in choices]
+    try:
+        done = 0
+        while done < len(tasks):
+            item = await queue.get()
+            if item is None:
+                done += 1
+                continue
+            if isinstance(item[1], BaseException):
+                raise item[1]
+            yield item
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+def _sse_error(exc: GptStoreError) -> str:
+    from gptstore.api.errors import envelope
+
+    return f"data: {json.dumps(envelope(exc.message, exc.type, exc.param))}\n\n"
