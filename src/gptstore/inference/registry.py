@@ -82,6 +82,11 @@ class ModelRegistry:
             if adapter is not None:
                 adapter.pins = max(0, adapter.pins - 1)
                 adapter.last_used = time.monotonic()
+            # What was pinned over the budget can go now that it is free (but not the
+            # model just used: it is the likeliest to be asked for again).
+            self._evict_bases(keep=base)
+            if adapter is not None:
+                self._evict_adapters(keep=adapter)
 
     def loaded(self) -> dict[str, list[str]]:
         """Base keys -> adapter folders currently loaded."""

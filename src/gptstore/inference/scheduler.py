@@ -179,9 +179,21 @@ class Scheduler:
             for key in list(self._running):
                 seqs = self._running.get(key)
                 if seqs:
-                    self._step_base(seqs)
+                    self._step_safely(seqs)
                 if not self._running.get(key):
                     self._running.pop(key, None)
+
+    def _step_safely(self, seqs: list[Sequence]) -> None:
+        """A failing step fails the requests of that base, never the engine thread."""
+        try:
+            with torch.inference_mode():
+                self._step_base(seqs)
+        except Exception as error:
+            log.exception("engine step failed")
+            for seq in list(seqs):
+                seqs.remove(seq)
+                self._release(seq)
+                seq.handle._fail(error)
 
     def _drop_cancelled(self) -> None:
         for seqs in self._running.values():
@@ -227,15 +239,7 @@ class Scheduler:
             [a for a, r in zip(adapters, rows, strict=True) for _ in r.token_ids],
             [a for a, r in zip(adapters, rows, strict=True) if r.want_logits],
         )
-        try:
-            logits = stepped[0].base.runner.forward(rows, lora)
-        except Exception as error:  # a bad step fails its requests, not the engine
-            log.exception("engine step failed")
-            for seq in list(seqs):
-                seqs.remove(seq)
-                self._release(seq)
-                seq.handle._fail(error)
-            return
+        logits = stepped[0].base.runner.forward(rows, lora)
         self.steps += 1
         sampled: list[Sequence] = []
         for seq, row in zip(stepped, rows, strict=True):
