@@ -7,6 +7,7 @@ Nothing else in the code reads the environment. Front ends (CLI, server) build o
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -42,6 +43,11 @@ class Settings(BaseSettings):
         default=64, ge=1,
         description="Most requests waiting for a slot; beyond it the API answers 503 "
         "with Retry-After.",
+    )
+    inference_dtype: Literal["auto", "bfloat16", "float32"] = Field(
+        default="auto",
+        description="Weights dtype of served models: auto = bfloat16 on CPUs with fast "
+        "bf16 (AMX / AVX-512 BF16), else float32.",
     )
     offline: bool = Field(
         default=False,

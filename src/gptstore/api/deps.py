@@ -29,10 +29,11 @@ def get_serving(request: Request) -> Any:
                 from gptstore.inference.types import EngineConfig
 
                 settings = state.settings
+                dtype = None if settings.inference_dtype == "auto" else settings.inference_dtype
                 config = EngineConfig(base_budget_bytes=settings.max_loaded_bytes,
                                       max_running=settings.max_batch,
                                       max_queue=settings.max_queue)
-                state.engine = Engine(store_resolver(state.catalog), config)
+                state.engine = Engine(store_resolver(state.catalog, dtype=dtype), config)
                 state.serving = OpenAIServing(state.engine)
     return state.serving
 

@@ -142,14 +142,19 @@ def load_classifier_base(catalog: Catalog, version: VersionInfo, *, dtype: Any =
     return model
 
 
-def store_resolver(catalog: Catalog) -> Any:
+def store_resolver(catalog: Catalog, *, dtype: str | None = None) -> Any:
     """The engine's resolver over the store: a model name -> `ModelSpec`.
 
     A full version is its own base (keyed by manifest digest, so two names for the same
     bytes share memory); an adapter version points at its base version's weights plus
-    its own PEFT folder, so all adapters of one base share one copy of it.
+    its own PEFT folder, so all adapters of one base share one copy of it. `dtype`
+    ("bfloat16" / "float32") overrides `preferred_dtype()`; weights load straight in it.
     """
+    import torch
+
     from gptstore.inference.types import ModelSpec
+
+    torch_dtype = getattr(torch, dtype) if dtype else None
 
     def resolve(name: str) -> ModelSpec:
         version = catalog.resolve(name)
@@ -165,8 +170,9 @@ def store_resolver(catalog: Catalog) -> Any:
 
         def load_base() -> tuple[Any, Any]:
             if base.task == "classification":
-                return load_classifier_base(catalog, base), load_tokenizer_from(catalog, base)
-            loaded = load_causal_lm(catalog, base)
+                return (load_classifier_base(catalog, base, dtype=torch_dtype),
+                        load_tokenizer_from(catalog, base))
+            loaded = load_causal_lm(catalog, base, dtype=torch_dtype)
             return loaded.model, loaded.tokenizer
 
         return ModelSpec(base_key=base.manifest_digest, base_loader=load_base,

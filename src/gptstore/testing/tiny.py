@@ -108,3 +108,46 @@ def make_tiny_model(arch: Arch, out_dir: Path, *, seed: int = 0, **overrides: An
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def make_tiny_adapter(base_dir: Path, out_dir: Path, *, seed: int = 0, r: int = 4,
+                      target_modules: tuple[str, ...] | None = None) -> Path:
+    """A PEFT LoRA adapter for the model in `base_dir`, with random (non-zero) B so it
+    changes the model's outputs, saved as PEFT writes it."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    if target_modules is None:
+        target_modules = ("c_attn",) if base.config.model_type == "gpt2" else ("q_proj", "v_proj")
+    model = get_peft_model(base, LoraConfig(r=r, lora_alpha=2 * r,
+                                            target_modules=list(target_modules)))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir)
+    return out_dir
+
+
+def make_tiny_classifier(base_dir: Path, out_dir: Path, labels: list[str], *,
+                         seed: int = 0) -> Path:
+    """A `*ForSequenceClassification` model on the backbone in `base_dir`, with a random
+    head over the last non-padding token, and the base's tokenizer."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        base_dir, num_labels=len(labels), id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
+    with torch.no_grad():
+        model.score.weight.normal_(0, 1.0)
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    AutoTokenizer.from_pretrained(base_dir).save_pretrained(out_dir)
+    return out_dir

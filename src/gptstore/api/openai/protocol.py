@@ -79,6 +79,7 @@ class SamplingFields(OpenAIBaseModel):
     # extensions (vLLM uses the same names)
     top_k: Annotated[int, Field(ge=0)] | None = None
     repetition_penalty: Annotated[float, Field(gt=0)] | None = None
+    ignore_eos: bool = False  # keep going past end-of-sequence (benchmarks, tests)
 
 
 # -- chat completions ------------------------------------------------------------------

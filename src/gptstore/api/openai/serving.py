@@ -77,6 +77,7 @@ def sampling_params(req: SamplingFields, *, max_tokens: int | None, logprobs: bo
         presence_penalty=req.presence_penalty or 0.0,
         logprobs=logprobs,
         top_logprobs=top_logprobs,
+        ignore_eos=req.ignore_eos,
     )
 
 
