@@ -52,12 +52,12 @@ class _Layer:
     norm1: torch.Tensor
     w_qkv: torch.Tensor  # [(H + 2 KV) hd, D]
     b_qkv: torch.Tensor | None
-    w_o: torch.Tensor  # [D, H hd]
+    w_o: torch.Tensor  # [H hd, D] (transposed view: addmm takes it as is)
     b_o: torch.Tensor | None
     norm2: torch.Tensor
     w_gate_up: torch.Tensor  # [2 I, D]
     b_gate_up: torch.Tensor | None
-    w_down: torch.Tensor  # [D, I]
+    w_down: torch.Tensor  # [I, D] (transposed view)
     b_down: torch.Tensor | None
 
 
@@ -112,10 +112,10 @@ class LlamaRunner(DecoderRunner):
             self.layers.append(_Layer(
                 norm1=layer.input_layernorm.weight.detach(),
                 w_qkv=w_qkv, b_qkv=b_qkv,
-                w_o=attn.o_proj.weight.detach(), b_o=_bias(attn.o_proj),
+                w_o=attn.o_proj.weight.detach().t(), b_o=_bias(attn.o_proj),
                 norm2=layer.post_attention_layernorm.weight.detach(),
                 w_gate_up=w_gu, b_gate_up=b_gu,
-                w_down=mlp.down_proj.weight.detach(), b_down=_bias(mlp.down_proj),
+                w_down=mlp.down_proj.weight.detach().t(), b_down=_bias(mlp.down_proj),
             ))
         lm_head = getattr(model, "lm_head", None)
         self.lm_head = Head(lm_head.weight.detach(), _bias(lm_head)) if lm_head is not None \
@@ -178,7 +178,7 @@ class LlamaRunner(DecoderRunner):
                 lora.apply(i, "qkv", h, qkv)
             qk = qkv[:, :qk_width].view(n, n_q + n_kv, hd)  # q and k rotated together
             swapped = qk.unflatten(-1, (2, hd // 2)).flip(-2).flatten(-2)
-            qk = qk * cos + swapped * sin
+            qk = torch.addcmul(qk * cos, swapped, sin)  # == q * cos + rotate_half(q) * sin
             v = qkv[:, qk_width:].view(n, n_kv, hd)
             attn = self.attend(plan, i, qk[:, :n_q], qk[:, n_q:], v, self.scale)
             x = _linear_residual(x, attn, w.w_o, w.b_o)
@@ -202,9 +202,9 @@ def _bias(module: Any) -> torch.Tensor | None:
     return None if bias is None else bias.detach()
 
 
-def _linear_residual(x: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor,
+def _linear_residual(x: torch.Tensor, inp: torch.Tensor, weight_t: torch.Tensor,
                      bias: torch.Tensor | None) -> torch.Tensor:
-    """x + inp @ weight^T (+ bias) as one addmm: the residual add rides on the matmul."""
+    """x + inp @ weight_t (+ bias) as one addmm: the residual add rides on the matmul."""
     if bias is not None:
-        return x + F.linear(inp, weight, bias)
-    return torch.addmm(x, inp, weight.t())
+        return x + torch.addmm(bias, inp, weight_t)
+    return torch.addmm(x, inp, weight_t)
