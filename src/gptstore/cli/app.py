@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import typer
 
 from gptstore import __version__
-from gptstore.cli import models
+from gptstore.cli import models, run
 from gptstore.cli.common import console, fail, human_size, open_catalog, settings
 from gptstore.errors import GptStoreError
 from gptstore.settings import describe_settings
@@ -25,6 +24,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(models.app, name="models")
+app.command()(run.generate)
+app.command()(run.chat)
 
 
 def _add_optional_subapps() -> None:
@@ -87,49 +88,6 @@ def gc(
     with open_catalog() as catalog:
         removed, freed = catalog.gc(grace_seconds=grace)
     console.print(f"removed {removed} unreferenced files, freed {human_size(freed)}")
-
-
-@app.command()
-def generate(
-    name: Annotated[str, typer.Argument(help="Model: namespace/name[@VERSION].")],
-    prompt: Annotated[str, typer.Argument(help="The prompt (a user message, unless --raw).")],
-    max_tokens: Annotated[int, typer.Option(min=1, help="Most new tokens.")] = 256,
-    temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy.")] = 0.7,
-    top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="Nucleus sampling.")] = 0.95,
-    seed: Annotated[int | None, typer.Option(help="Seed for reproducible sampling.")] = None,
-    raw: Annotated[bool, typer.Option(help="Do not apply the chat template.")] = False,
-) -> None:
-    """Generate text, streaming tokens to the terminal."""
-    import threading
-
-    import torch
-    from transformers import TextIteratorStreamer
-
-    from gptstore.inference.loader import load_causal_lm
-
-    with open_catalog() as catalog:
-        loaded = load_causal_lm(catalog, name)
-    tokenizer = loaded.tokenizer
-    if raw or not tokenizer.chat_template:
-        inputs = tokenizer(prompt, return_tensors="pt")
-    else:
-        inputs = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True,
-            return_tensors="pt", return_dict=True,
-        )
-    if seed is not None:
-        torch.manual_seed(seed)
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} \
-        if temperature > 0 else {"do_sample": False}
-    kwargs = dict(**inputs, max_new_tokens=max_tokens, streamer=streamer, **sampling)
-    worker = threading.Thread(target=loaded.model.generate, kwargs=kwargs, daemon=True)
-    worker.start()
-    for piece in streamer:
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-    worker.join()
-    sys.stdout.write("\n")
 
 
 def main() -> None:

@@ -155,21 +155,11 @@ class OpenAIServing:
     # -- chat -------------------------------------------------------------------------
 
     def render_chat(self, tokenizer: Any, request: ChatCompletionRequest) -> list[int]:
+        from gptstore.inference.prompts import render_chat_prompt
+
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in request.messages]
-        if getattr(tokenizer, "chat_template", None):
-            try:
-                rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                                         tokenize=False)
-            except Exception as exc:  # jinja raises TemplateError for odd role orders
-                raise InvalidRequest(f"the model's chat template refused these messages: {exc}",
-                                     param="messages") from exc
-            return list(tokenizer(rendered, add_special_tokens=False)["input_ids"])
-        from gptstore.data.formats.chat import render_plain_chat
-
-        text = render_plain_chat(messages, eos_token=tokenizer.eos_token,
-                                 add_generation_prompt=True)
-        return list(tokenizer(text)["input_ids"])
+        return render_chat_prompt(tokenizer, messages)
 
     async def chat(self, request: ChatCompletionRequest) -> Any:
         """A `ChatCompletionResponse`, or an async iterator of SSE lines when streaming."""

@@ -1,0 +1,218 @@
+"""Serving benchmark: gptstore's engine and HTTP server vs transformers `generate`, on
+SmolLM2-135M-Instruct, in one run, with the same prompts and 128 new tokens each.
+
+    .venv/bin/python benchmarks/serve_vs_hf.py [--home /tmp/gptstore-bench]
+
+Prints:
+ (a) single-stream decode tokens/s: gptstore engine vs `model.generate` (greedy);
+ (b) aggregate tokens/s of 16 concurrent streaming HTTP clients against `gptstore serve`
+     vs the same 16 requests sent one after another to `generate`;
+ (c) time to first token p50 / p95 under that load;
+ (d) resident memory of 1 base + 20 LoRA adapters loaded vs the base alone, against the
+     adapters' own file sizes.
+Every figure is a ratio against a peer measured in the same run (this machine is noisy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import torch
+
+from gptstore.catalog.importers import BUILTIN_NAME, ensure_builtin
+from gptstore.catalog.repository import Catalog
+from gptstore.inference.loader import load_causal_lm, preferred_dtype, store_resolver
+from gptstore.inference.prompts import render_chat_prompt
+from gptstore.settings import Settings
+from gptstore.testing.server import RemoteServer
+
+NEW_TOKENS = 128
+QUESTIONS = [
+    "Explain how a bicycle works.", "Write a short story about a lighthouse keeper.",
+    "What are the benefits of regular exercise?", "Describe the water cycle.",
+    "How do vaccines train the immune system?", "Give me tips for learning a new language.",
+    "What is the difference between weather and climate?", "Describe a day in ancient Rome.",
+    "How does a computer store numbers?", "Why is the sky blue?",
+    "Write a poem about autumn leaves.", "What makes a good team leader?",
+    "Explain photosynthesis to a child.", "How do airplanes stay in the air?",
+    "What should I pack for a week of hiking?", "Describe how bread is made.",
+]
+
+
+def rss_bytes() -> int:
+    with open(f"/proc/{os.getpid()}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def hf_generate(model: object, ids: list[int]) -> tuple[int, float]:
+    start = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(  # type: ignore[attr-defined]
+            torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
+    return out.shape[1] - len(ids), time.perf_counter() - start
+
+
+def part_a(catalog: Catalog, prompts: list[list[int]]) -> dict[str, float]:
+    from gptstore.inference.engine import Engine
+    from gptstore.inference.types import EngineConfig, SamplingParams
+
+    loaded = load_causal_lm(catalog, BUILTIN_NAME)
+    hf_generate(loaded.model, prompts[0][:8])  # warm-up
+    hf_tokens = hf_time = 0.0
+    for ids in prompts:
+        n, t = hf_generate(loaded.model, ids)
+        hf_tokens, hf_time = hf_tokens + n, hf_time + t
+    del loaded
+    engine = Engine(store_resolver(catalog), EngineConfig(max_running=16))
+    params = SamplingParams(max_tokens=NEW_TOKENS, temperature=0, ignore_eos=True)
+    engine.generate(BUILTIN_NAME, prompts[0][:8], params)  # warm-up (loads the model)
+    ours_tokens = ours_time = 0.0
+    for ids in prompts:
+        start = time.perf_counter()
+        done = engine.generate(BUILTIN_NAME, ids, params)
+        ours_time += time.perf_counter() - start
+        ours_tokens += done.usage.completion_tokens
+    engine.shutdown()
+    hf_rate, ours_rate = hf_tokens / hf_time, ours_tokens / ours_time
+    return {"hf_tok_s": hf_rate, "gptstore_tok_s": ours_rate, "ratio": ours_rate / hf_rate}
+
+
+def stream_one(url: str, question: str, results: list[dict[str, float]]) -> None:
+    body = {"model": BUILTIN_NAME, "messages": [{"role": "user", "content": question}],
+            "max_tokens": NEW_TOKENS, "temperature": 0, "stream": True, "ignore_eos": True,
+            "stream_options": {"include_usage": True}}
+    start = time.perf_counter()
+    first = None
+    tokens = 0
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=600) as resp:
+        resp.raise_for_status()
+        for line in resp.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            elif chunk["choices"] and chunk["choices"][0]["delta"].get("content") and not first:
+                first = time.perf_counter() - start
+    results.append({"ttft": first or 0.0, "tokens": tokens,
+                    "seconds": time.perf_counter() - start})
+
+
+def part_bc(home: Path, catalog: Catalog, prompts: list[list[int]]) -> dict[str, float]:
+    loaded = load_causal_lm(catalog, BUILTIN_NAME)
+    hf_tokens, start = 0, time.perf_counter()
+    for ids in prompts:
+        hf_tokens += hf_generate(loaded.model, ids)[0]
+    hf_rate = hf_tokens / (time.perf_counter() - start)
+    del loaded
+    with RemoteServer(home, env={"GPTSTORE_MAX_BATCH": "16"}, timeout=300) as server:
+        warm: list[dict[str, float]] = []
+        stream_one(server.url, "Hello", warm)  # loads the model
+        results: list[dict[str, float]] = []
+        threads = [threading.Thread(target=stream_one, args=(server.url, q, results))
+                   for q in QUESTIONS]
+        start = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - start
+    total = sum(r["tokens"] for r in results)
+    ttfts = sorted(r["ttft"] for r in results)
+    p95 = ttfts[min(len(ttfts) - 1, round(0.95 * (len(ttfts) - 1)))]
+    return {"hf_sequential_tok_s": hf_rate, "gptstore_16_clients_tok_s": total / elapsed,
+            "ratio": total / elapsed / hf_rate, "ttft_p50_s": statistics.median(ttfts),
+            "ttft_p95_s": p95, "completion_tokens": total}
+
+
+def make_adapters(catalog: Catalog, root: Path, count: int) -> list[tuple[str, int]]:
+    """`count` LoRA adapters (r=8 on q/k/v/o) on the base, published as adapter versions."""
+    from peft import LoraConfig, get_peft_model
+
+    names = []
+    base_version = catalog.resolve(BUILTIN_NAME)
+    for i in range(count):
+        name = f"bench/adapter-{i}"
+        if not catalog.exists(name):
+            model = load_causal_lm(catalog, BUILTIN_NAME, dtype=torch.float32).model
+            peft_model = get_peft_model(model, LoraConfig(
+                r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+            gen = torch.Generator().manual_seed(i)
+            with torch.no_grad():
+                for pname, p in peft_model.named_parameters():
+                    if "lora_B" in pname:
+                        p.copy_(torch.randn(p.shape, generator=gen) * 0.01)
+            folder = root / f"adapter-{i}"
+            peft_model.save_pretrained(folder)
+            catalog.publish(name, folder, kind="adapter", base=base_version.ref)
+        version = catalog.resolve(name)
+        size = sum(f.size for f in version.files if f.path.endswith(".safetensors"))
+        names.append((name, size))
+    return names
+
+
+def part_d(catalog: Catalog, root: Path) -> dict[str, float]:
+    from gptstore.inference.engine import Engine
+    from gptstore.inference.types import EngineConfig, SamplingParams
+
+    adapters = make_adapters(catalog, root, 20)
+    tokenizer = load_causal_lm(catalog, BUILTIN_NAME).tokenizer
+    ids = render_chat_prompt(tokenizer, [{"role": "user", "content": "Hi"}])
+    params = SamplingParams(max_tokens=4, temperature=0)
+    engine = Engine(store_resolver(catalog), EngineConfig(max_running=16))
+    engine.generate(BUILTIN_NAME, ids, params)
+    before = rss_bytes()
+    for name, _ in adapters:
+        engine.generate(name, ids, params)
+    after = rss_bytes()
+    engine.shutdown()
+    files = sum(size for _, size in adapters)
+    return {"rss_base_mb": before / 1e6, "rss_base_plus_20_adapters_mb": after / 1e6,
+            "adapter_files_mb": files / 1e6, "rss_growth_over_files": (after - before) / files}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--home", type=Path, default=Path("/tmp/gptstore-bench"))
+    parser.add_argument("--single-prompts", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count() or 2)
+    os.environ["GPTSTORE_HOME"] = str(args.home)
+    settings = Settings(home=args.home)
+    catalog = Catalog(settings)
+    ensure_builtin(catalog)
+    tokenizer = load_causal_lm(catalog, BUILTIN_NAME).tokenizer
+    prompts = [render_chat_prompt(tokenizer, [{"role": "user", "content": q}])
+               for q in QUESTIONS]
+    print(f"SmolLM2-135M-Instruct, {preferred_dtype()}, {NEW_TOKENS} new tokens, "
+          f"{torch.get_num_threads()} threads", flush=True)
+    a = part_a(catalog, prompts[: args.single_prompts])
+    print(f"(a) single stream: gptstore {a['gptstore_tok_s']:.1f} tok/s, transformers "
+          f"generate {a['hf_tok_s']:.1f} tok/s -> {a['ratio']:.2f}x", flush=True)
+    bc = part_bc(args.home, catalog, prompts)
+    print(f"(b) 16 concurrent HTTP streams: {bc['gptstore_16_clients_tok_s']:.1f} tok/s, "
+          f"16 sequential generate: {bc['hf_sequential_tok_s']:.1f} tok/s -> "
+          f"{bc['ratio']:.2f}x", flush=True)
+    print(f"(c) time to first token under that load: p50 {bc['ttft_p50_s']:.2f} s, "
+          f"p95 {bc['ttft_p95_s']:.2f} s", flush=True)
+    d = part_d(catalog, args.home / "adapters")
+    print(f"(d) resident memory: base {d['rss_base_mb']:.0f} MB, base + 20 adapters "
+          f"{d['rss_base_plus_20_adapters_mb']:.0f} MB; adapter files "
+          f"{d['adapter_files_mb']:.1f} MB -> growth {d['rss_growth_over_files']:.2f}x "
+          "their size", flush=True)
+    json.dump({"a": a, "bc": bc, "d": d}, sys.stdout)
+    print()
+    catalog.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""`gptstore finetune`, `gptstore classify`, `gptstore eval` (added to the root app by
+`register(app)`).
+
+Owns only the presentation: the flags build one `TrainConfig` (help texts come from its
+fields), a rich progress bar follows the run's events (loss, tokens/s, ETA) on stderr,
+and the run ends with a summary table, or with one JSON object on stdout with `--json`.
+torch and transformers are imported inside the commands, so `gptstore --help` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from gptstore.cli.common import console, open_catalog, print_json, settings
+from gptstore.training.config import AUTO, TrainConfig, field_help
+
+err_console = Console(stderr=True)
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+
+
+def _h(name: str) -> str:
+    return field_help(name)
+
+
+def _auto(value: str) -> Any:
+    """Typer gives strings for auto-able options: 'auto' stays, numbers are parsed."""
+    if value == AUTO:
+        return AUTO
+    try:
+        return int(value)
+    except ValueError:
+        try:
+            return float(value)
+        except ValueError:
+            return value  # TrainConfig names the field in its error
+
+
+def finetune(
+    base: Annotated[str, typer.Option(help=_h("base"))],
+    train: Annotated[Path, typer.Option(help=_h("train_file"))],
+    name: Annotated[str, typer.Option(help=_h("name"))],
+    valid: Annotated[Path | None, typer.Option(help=_h("valid_file"))] = None,
+    task: Annotated[str, typer.Option(help=_h("task"))] = AUTO,
+    method: Annotated[str, typer.Option(help=_h("method"))] = "lora",
+    epochs: Annotated[str, typer.Option(help=_h("epochs"))] = AUTO,
+    lr: Annotated[str, typer.Option("--lr", help=_h("learning_rate"))] = AUTO,
+    batch_size: Annotated[str, typer.Option(help=_h("batch_size"))] = AUTO,
+    grad_accum: Annotated[int, typer.Option(help=_h("grad_accum_steps"))] = 1,
+    weight_decay: Annotated[float, typer.Option(help=_h("weight_decay"))] = 0.01,
+    dropout: Annotated[str, typer.Option(help=_h("dropout"))] = AUTO,
+    optimizer: Annotated[str, typer.Option(help=_h("optimizer"))] = "adamw",
+    momentum: Annotated[float, typer.Option(help=_h("momentum"))] = 0.9,
+    schedule: Annotated[str, typer.Option(help=_h("schedule"))] = "linear",
+    warmup: Annotated[float, typer.Option(help=_h("warmup_ratio"))] = 0.05,
+    max_grad_norm: Annotated[float, typer.Option(help=_h("max_grad_norm"))] = 1.0,
+    lora_r: Annotated[int, typer.Option(help=_h("lora_r"))] = 8,
+    lora_alpha: Annotated[str, typer.Option(help=_h("lora_alpha"))] = AUTO,
+    lora_dropout: Annotated[float, typer.Option(help=_h("lora_dropout"))] = 0.05,
+    lora_target: Annotated[str, typer.Option(help=_h("lora_target"))] = AUTO,
+    max_length: Annotated[str, typer.Option(help=_h("max_length"))] = AUTO,
+    valid_split: Annotated[str, typer.Option(help=_h("valid_split"))] = AUTO,
+    format: Annotated[str | None, typer.Option("--format", help=_h("format"))] = None,
+    eval_every: Annotated[str, typer.Option(help=_h("eval_every"))] = AUTO,
+    metric: Annotated[str, typer.Option(help=_h("metric"))] = AUTO,
+    patience: Annotated[int, typer.Option(help=_h("early_stopping_patience"))] = 3,
+    save_every: Annotated[str, typer.Option(help=_h("save_every"))] = AUTO,
+    max_steps: Annotated[int | None, typer.Option(help=_h("max_steps"))] = None,
+    seed: Annotated[int, typer.Option(help=_h("seed"))] = 0,
+    precision: Annotated[str, typer.Option(help=_h("precision"))] = AUTO,
+    threads: Annotated[int | None, typer.Option(help=_h("threads"))] = None,
+    run_dir: Annotated[Path | None, typer.Option(help=_h("run_dir"))] = None,
+    resume: Annotated[bool, typer.Option("--resume", help=_h("resume"))] = False,
+    description: Annotated[str, typer.Option(help=_h("description"))] = "",
+    tag: Annotated[list[str] | None, typer.Option(help="A tag (repeatable).")] = None,
+    license: Annotated[str | None, typer.Option(help=_h("license"))] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Fine-tune a store model on a training file and publish the result."""
+    config = TrainConfig(
+        base=base, train_file=str(train), name=name,
+        valid_file=str(valid) if valid else None, task=task, method=method,
+        epochs=_auto(epochs), learning_rate=_auto(lr), batch_size=_auto(batch_size),
+        grad_accum_steps=grad_accum, weight_decay=weight_decay, dropout=_auto(dropout),
+        optimizer=optimizer, momentum=momentum, schedule=schedule, warmup_ratio=warmup,
+        max_grad_norm=max_grad_norm, lora_r=lora_r, lora_alpha=_auto(lora_alpha),
+        lora_dropout=lora_dropout, lora_target=lora_target, max_length=_auto(max_length),
+        valid_split=_auto(valid_split), format=format, eval_every=_auto(eval_every),
+        metric=metric, early_stopping_patience=patience, save_every=_auto(save_every),
+        max_steps=max_steps, seed=seed, precision=precision, threads=threads,
+        run_dir=str(run_dir) if run_dir else None, resume=resume, description=description,
+        tags=tag or [], license=license)
+    from gptstore.training.loop import finetune as run_finetune
+
+    with ProgressView() as view, open_catalog() as catalog:
+        result = run_finetune(config, settings=settings(), catalog=catalog,
+                              callbacks=[view])
+    if as_json:
+        print_json({k: v for k, v in result.to_dict().items()})
+        return
+    _summary(result)
+
+
+class ProgressView:
+    """A rich progress bar on stderr fed by the run's events."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]}"),
+            TextColumn("{task.fields[valid]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=err_console, transient=False)
+        self.task_id: Any = None
+
+    def __enter__(self) -> ProgressView:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def __call__(self, event: Any) -> None:
+        if self.task_id is None:
+            self.task_id = self.progress.add_task("training", total=event.total_steps,
+                                                  completed=event.step, loss="-", speed="",
+                                                  valid="")
+        values = event.values
+        if event.kind == "step":
+            self.progress.update(self.task_id, completed=event.step,
+                                 loss=f"{values['loss']:.4f}",
+                                 speed=f"{values['tokens_per_second']:.0f} tok/s")
+        elif event.kind == "eval":
+            shown = {k: v for k, v in values.items() if k in ("loss", "accuracy", "perplexity")}
+            text = " ".join(f"{k} {v:.4g}" for k, v in shown.items())
+            self.progress.update(self.task_id, valid=f"valid: {text}")
+        elif event.kind == "end":
+            self.progress.update(self.task_id, description="published")
+
+
+def _summary(result: Any) -> None:
+    table = Table(title=f"published {result.ref}", show_header=False)
+    rows = [("task / method", f"{result.task} / {result.method} ({result.kind})"),
+            ("examples (train / valid)", f"{result.train_examples} / {result.valid_examples}"),
+            ("steps / epochs", f"{result.steps} / {result.epochs}"),
+            ("training time", f"{result.train_seconds:.1f} s"),
+            ("throughput", f"{result.tokens_per_second:.0f} non-padding tokens/s"),
+            ("padding", f"{result.padding_fraction:.1%} of token slots"),
+            ("stopped early", "yes" if result.stopped_early else "no")]
+    for key, value in (result.final or {}).items():
+        rows.append((f"valid {key}", f"{value:.4g}"))
+    if result.best:
+        rows.append(("published weights", f"best at step {result.best['step']}"))
+    rows.append(("logs", f"{result.run_dir} (tensorboard --logdir {result.run_dir})"))
+    for key, value in rows:
+        table.add_row(key, value)
+    console.print(table)
+
+
+def classify(
+    name: Annotated[str, typer.Argument(help="Classifier: namespace/name[@VERSION].")],
+    texts: Annotated[list[str], typer.Argument(help="Texts to classify.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Classify texts with a fine-tuned classifier: label and probabilities."""
+    from gptstore.training.loading import classify as run_classify
+    from gptstore.training.loading import load_for_inference
+
+    with open_catalog() as catalog:
+        model, tokenizer, info = load_for_inference(catalog, name)
+    results = run_classify(model, tokenizer, info, texts)
+    if as_json:
+        print_json({"model": info.ref, "results": results})
+        return
+    table = Table("text", "label", *(info.label_names or []), title=info.ref)
+    for row in results:
+        probs = [f"{row['probabilities'][n]:.3f}" for n in info.label_names or []]
+        table.add_row(row["text"][:60], f"[bold]{row['label']}[/]", *probs)
+    console.print(table)
+
+
+def eval_(
+    name: Annotated[str, typer.Argument(help="Model: namespace/name[@VERSION].")],
+    data: Annotated[Path, typer.Option(help="A labelled file in a training format.")],
+    batch_size: Annotated[int, typer.Option(min=1, help="Examples per batch.")] = 32,
+    as_json: JsonFlag = False,
+) -> None:
+    """Evaluate a store model on a labelled file (the task's validation metrics)."""
+    from gptstore.training.evaluate import evaluate_file
+
+    with open_catalog() as catalog, err_console.status(f"evaluating {name}…"):
+        report = evaluate_file(catalog, name, data, batch_size=batch_size)
+    if as_json:
+        print_json(report)
+        return
+    table = Table("metric", "value", title=f"{report['model']} on {data.name} "
+                  f"({report['examples']} examples)")
+    for key, value in report["metrics"].items():
+        table.add_row(key, f"{value:.4f}")
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `finetune`, `classify` and `eval` to the root app."""
+    app.command("finetune")(finetune)
+    app.command("classify")(classify)
+    app.command("eval")(eval_)
