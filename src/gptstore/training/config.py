@@ -1,0 +1,336 @@
+"""The one fine-tuning configuration: `TrainConfig`, and how its `auto` values resolve.
+
+Every front end (the `gptstore finetune` flags, the REST payload, a job record, a
+notebook) builds this one dataclass; each field carries its help text in
+`metadata["help"]` (the CLI reuses it), and `__post_init__` refuses a bad value with a
+message naming the field and the fix. Fields that accept `"auto"` are filled by
+`resolve_auto` from the data size and the method, following OpenAI's fine-tuning API
+(epochs from the example count, a learning rate per method); the resolved config, and
+which fields were auto, go into the published model's lineage.
+
+Owns no torch, no files: checks that need the store (does the base exist, is the
+context longer than the base supports, is the run folder writable) happen in `loop.py`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from typing import Any
+
+from gptstore.catalog.names import parse_ref
+from gptstore.errors import InvalidRequest
+
+AUTO = "auto"
+TASK_CHOICES = ("auto", "causal-lm", "classification")
+METHOD_CHOICES = ("lora", "full", "head")
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("linear", "cosine", "constant")
+PRECISIONS = ("auto", "bf16", "fp32")
+METRICS = ("auto", "loss", "accuracy", "macro_f1", "token_accuracy")
+
+#: OpenAI's fine-tuning API aims at this many example passes (epochs x examples) ...
+MIN_TARGET_EXAMPLES = 100
+#: ... and at most this many; epochs are clamped to [1, MAX_AUTO_EPOCHS].
+MAX_TARGET_EXAMPLES = 25_000
+DEFAULT_EPOCHS = 3
+MAX_AUTO_EPOCHS = 25
+
+#: learning rates by method (and task where the head is new and needs more)
+AUTO_LEARNING_RATES: dict[tuple[str, str], float] = {
+    ("lora", "causal-lm"): 2e-4,
+    ("lora", "classification"): 5e-4,
+    ("full", "causal-lm"): 2e-5,
+    ("full", "classification"): 3e-5,
+    ("head", "causal-lm"): 1e-3,
+    ("head", "classification"): 2e-3,
+}
+
+
+def _help(text: str, default: Any = MISSING) -> Any:
+    """A dataclass field with help text (the CLI and the docs show it)."""
+    if default is MISSING:
+        return field(metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class TrainConfig:
+    """Everything a fine-tuning run needs, with OpenAI-style `auto` defaults."""
+
+    # -- what to train ---------------------------------------------------------------
+    base: str = _help("Base model in the store, namespace/name[@VERSION].")
+    train_file: str = _help("Training file (chat / prompt-completion JSONL, .txt, "
+                            "text+label JSONL, CSV or TSV).")
+    name: str = _help("Name of the new store model, namespace/name.")
+    task: str = _help("causal-lm (generation, chat, QA, ...) or classification; auto: "
+                      "from the training file's format.", AUTO)
+    method: str = _help("lora (an adapter over the frozen base), full (every weight) or "
+                        "head (only the output layer: the linear-probe baseline).", "lora")
+    valid_file: str | None = _help("Validation file; without one, a held-out split of "
+                                   "the training file is used (see valid_split).", None)
+    valid_split: float | str = _help("Fraction of the training file held out for "
+                                     "validation when no valid_file is given; auto: 10% "
+                                     "(at most 1000 examples, none below 10 examples).", AUTO)
+    format: str | None = _help("Training-file format, overriding detection.", None)
+    max_length: int | str = _help("Context length in tokens; longer examples are cut. "
+                                  "auto: the base's context, at most 1024.", AUTO)
+    # -- optimisation ----------------------------------------------------------------
+    epochs: int | str = _help("Passes over the training data; auto: 3, more for small "
+                              "files, fewer for large ones (OpenAI's rule).", AUTO)
+    learning_rate: float | str = _help("Peak learning rate; auto: by method (LoRA 2e-4, "
+                                       "5e-4 for classification; full 2e-5; head 1e-3).",
+                                       AUTO)
+    batch_size: int | str = _help("Examples per micro-batch; auto: 8, or 16 from 1000 "
+                                  "examples on.", AUTO)
+    grad_accum_steps: int = _help("Micro-batches per optimiser step (effective batch = "
+                                  "batch_size x grad_accum_steps).", 1)
+    optimizer: str = _help("adamw or sgd (with momentum).", "adamw")
+    momentum: float = _help("SGD momentum.", 0.9)
+    adam_beta1: float = _help("AdamW beta1.", 0.9)
+    adam_beta2: float = _help("AdamW beta2.", 0.999)
+    weight_decay: float = _help("L2 weight decay (decoupled for AdamW); never on biases, "
+                                "norms or other 1-D parameters.", 0.01)
+    schedule: str = _help("Learning-rate schedule after warm-up: linear, cosine or "
+                          "constant.", "linear")
+    warmup_ratio: float = _help("Fraction of the optimiser steps spent warming the "
+                                "learning rate up from 0.", 0.05)
+    max_grad_norm: float = _help("Clip the gradient norm to this; 0 turns clipping off.",
+                                 1.0)
+    dropout: float | str = _help("Dropout at the model's dropout points (attention, "
+                                 "residual, embeddings, as the architecture has them) and "
+                                 "before a classification head; auto: 0.1 for full and "
+                                 "head, 0 for LoRA (which has lora_dropout).", AUTO)
+    # -- LoRA ------------------------------------------------------------------------
+    lora_r: int = _help("LoRA rank.", 8)
+    lora_alpha: float | str = _help("LoRA alpha (scale = alpha / r); auto: 2 x r.", AUTO)
+    lora_dropout: float = _help("Dropout on the LoRA input.", 0.05)
+    lora_target: list[str] | str = field(default=AUTO, metadata={"help": (
+        "Modules that get LoRA, e.g. q_proj,v_proj; auto: PEFT's default for the "
+        "architecture (q_proj,v_proj for Llama, c_attn for GPT-2).")})
+    # -- validation, checkpoints, logging --------------------------------------------
+    eval_every: int | str = _help("Validate every N optimiser steps (and at each epoch "
+                                  "end); 0: at epoch ends only; auto: about 10 times a run.",
+                                  AUTO)
+    metric: str = _help("Validation metric that picks the best checkpoint and drives "
+                        "early stopping; auto: accuracy (classification) or loss.", AUTO)
+    early_stopping_patience: int = _help("Stop after this many validations without "
+                                         "improvement; 0 never stops early.", 3)
+    save_every: int | str = _help("Checkpoint every N optimiser steps (for --resume); "
+                                  "0: never; auto: about 10 times a run.", AUTO)
+    log_every: int = _help("Log the training loss every N optimiser steps.", 1)
+    max_steps: int | None = _help("Stop after this many optimiser steps (a quick trial).",
+                                  None)
+    # -- runtime ---------------------------------------------------------------------
+    seed: int = _help("Seed of the split, the batch order, the new weights and dropout: "
+                      "the same seed and data give the same metrics.", 0)
+    precision: str = _help("auto: bf16 autocast on CPUs with AMX / AVX-512-BF16, else "
+                           "fp32; or force bf16 / fp32.", AUTO)
+    group_by_length: bool = _help("Batch examples of similar length together (little "
+                                  "padding); off: plain shuffled batches.", True)
+    threads: int | None = _help("torch CPU threads; default: torch's choice (the cores).",
+                                None)
+    run_dir: str | None = _help("Folder for checkpoints and logs; default "
+                                "GPTSTORE_HOME/runs/<namespace>--<name>.", None)
+    resume: bool = _help("Continue the run in run_dir from its last checkpoint.", False)
+    # -- publishing ------------------------------------------------------------------
+    description: str = _help("Description on the model card.", "")
+    tags: list[str] = field(default_factory=list, metadata={"help": "Tags of the new model."})
+    license: str | None = _help("License id of the new model, e.g. apache-2.0.", None)
+
+    def __post_init__(self) -> None:
+        self._check_names()
+        self._check_choices()
+        self._check_numbers()
+
+    # -- checks ----------------------------------------------------------------------
+
+    def _check_names(self) -> None:
+        for key in ("base", "train_file", "name"):
+            if not isinstance(getattr(self, key), str) or not getattr(self, key).strip():
+                raise InvalidRequest(f"{key} is required: give the {_WHAT[key]}", param=key)
+        try:
+            parse_ref(self.base)
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"base: {exc.message}", param="base") from exc
+        try:
+            parse_ref(self.name, allow_version=False)
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"name: {exc.message}", param="name") from exc
+        if isinstance(self.lora_target, str) and self.lora_target != AUTO:
+            self.lora_target = [t.strip() for t in self.lora_target.split(",") if t.strip()]
+        if isinstance(self.lora_target, list) and not self.lora_target:
+            raise InvalidRequest("lora_target is empty: name modules such as q_proj,v_proj "
+                                 "or leave it at auto", param="lora_target")
+
+    def _check_choices(self) -> None:
+        for key, choices in (("task", TASK_CHOICES), ("method", METHOD_CHOICES),
+                             ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
+                             ("precision", PRECISIONS), ("metric", METRICS)):
+            value = getattr(self, key)
+            if value not in choices:
+                raise InvalidRequest(f"{key} {value!r} is not one of {', '.join(choices)}",
+                                     param=key)
+
+    def _check_numbers(self) -> None:
+        _positive(self, "learning_rate", "try 2e-4 for LoRA, or leave it at auto")
+        _at_least(self, "epochs", 1, "one pass over the data is the least")
+        _at_least(self, "batch_size", 1, "try 8 or 16, or leave it at auto")
+        _at_least(self, "max_length", 2, "the context must hold at least 2 tokens")
+        _at_least(self, "grad_accum_steps", 1, "1 means no accumulation")
+        _at_least(self, "lora_r", 1, "8 is a good start")
+        _positive(self, "lora_alpha", "auto gives 2 x lora_r")
+        _at_least(self, "eval_every", 0, "0 validates at epoch ends only")
+        _at_least(self, "save_every", 0, "0 turns checkpoints off")
+        _at_least(self, "early_stopping_patience", 0, "0 never stops early")
+        _at_least(self, "log_every", 1, "1 logs every step")
+        if self.max_steps is not None:
+            _at_least(self, "max_steps", 1, "leave it unset to train all epochs")
+        if self.threads is not None:
+            _at_least(self, "threads", 1, "leave it unset for torch's choice")
+        for key in ("dropout", "lora_dropout", "warmup_ratio"):
+            value = getattr(self, key)
+            if value != AUTO and not (_is_number(value) and 0 <= value < 1):
+                raise InvalidRequest(f"{key} must be in [0, 1), got {value!r}", param=key)
+        split = self.valid_split
+        if split != AUTO and not (_is_number(split) and 0 <= split < 1):
+            raise InvalidRequest(f"valid_split must be a fraction in [0, 1) or auto, got "
+                                 f"{split!r}; 0 trains without validation", param="valid_split")
+        for key in ("weight_decay", "max_grad_norm", "momentum"):
+            value = getattr(self, key)
+            if not _is_number(value) or value < 0:
+                raise InvalidRequest(f"{key} must be a number >= 0, got {value!r}", param=key)
+        for key in ("adam_beta1", "adam_beta2"):
+            value = getattr(self, key)
+            if not _is_number(value) or not 0 <= value < 1:
+                raise InvalidRequest(f"{key} must be in [0, 1), got {value!r}", param=key)
+
+    # -- views -----------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field (what the lineage records)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> TrainConfig:
+        """Build from a dict (REST payload, job record); unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(doc) - known)
+        if unknown:
+            raise InvalidRequest(f"unknown training option(s) {', '.join(unknown)}; known: "
+                                 f"{', '.join(sorted(known))}", param=unknown[0])
+        return cls(**doc)
+
+    @property
+    def auto_fields(self) -> list[str]:
+        return [f.name for f in fields(self) if getattr(self, f.name) == AUTO]
+
+
+_WHAT = {"base": "base model (namespace/name)", "train_file": "path of the training file",
+         "name": "name of the new model (namespace/name)"}
+
+
+def field_help(name: str) -> str:
+    """The help text of a TrainConfig field (the CLI shows it)."""
+    for f in fields(TrainConfig):
+        if f.name == name:
+            return str(f.metadata.get("help", ""))
+    raise KeyError(name)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive(cfg: TrainConfig, key: str, fix: str) -> None:
+    value = getattr(cfg, key)
+    if value == AUTO:
+        return
+    if not _is_number(value) or value <= 0:
+        raise InvalidRequest(f"{key} must be > 0, got {value!r}; {fix}", param=key)
+
+
+def _at_least(cfg: TrainConfig, key: str, low: int, fix: str) -> None:
+    value = getattr(cfg, key)
+    if value == AUTO:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise InvalidRequest(f"{key} must be an integer >= {low}, got {value!r}; {fix}",
+                             param=key)
+
+
+# ------------------------------------------------------------------------ auto values
+
+
+def auto_epochs(n_examples: int) -> int:
+    """OpenAI's rule: 3 epochs, more when that makes under 100 example passes, fewer when
+    it makes over 25 000."""
+    n = max(1, n_examples)
+    epochs = DEFAULT_EPOCHS
+    if n * epochs < MIN_TARGET_EXAMPLES:
+        epochs = min(MAX_AUTO_EPOCHS, math.ceil(MIN_TARGET_EXAMPLES / n))
+    elif n * epochs > MAX_TARGET_EXAMPLES:
+        epochs = max(1, MAX_TARGET_EXAMPLES // n)
+    return epochs
+
+
+def auto_batch_size(n_examples: int) -> int:
+    """8, or 16 from 1000 examples on: larger batches use a CPU's matrix units better, and
+    small files need enough optimiser steps."""
+    return max(1, min(n_examples, 16 if n_examples >= 1000 else 8))
+
+
+def auto_valid_split(n_examples: int) -> float:
+    """10% held out (at most 1000 examples); nothing below 10 examples."""
+    if n_examples < 10:
+        return 0.0
+    return min(0.1, 1000 / n_examples)
+
+
+def resolve_auto(cfg: TrainConfig, *, task: str, n_train: int, steps_per_epoch: int | None
+                 = None, max_length: int | None = None, lora_target: list[str] | None = None
+                 ) -> TrainConfig:
+    """A copy of `cfg` with every `auto` replaced by its value for this data.
+
+    `n_train` is the number of training examples after the validation split;
+    `steps_per_epoch` (optimiser steps) drives eval_every / save_every when known.
+    """
+    values: dict[str, Any] = {"task": task}
+    if cfg.epochs == AUTO:
+        values["epochs"] = auto_epochs(n_train)
+    if cfg.batch_size == AUTO:
+        values["batch_size"] = auto_batch_size(n_train)
+    if cfg.learning_rate == AUTO:
+        values["learning_rate"] = AUTO_LEARNING_RATES[(cfg.method, task)]
+    if cfg.dropout == AUTO:
+        values["dropout"] = 0.0 if cfg.method == "lora" else 0.1
+    if cfg.lora_alpha == AUTO:
+        values["lora_alpha"] = 2 * cfg.lora_r
+    if cfg.metric == AUTO:
+        values["metric"] = "accuracy" if task == "classification" else "loss"
+    if cfg.max_length == AUTO and max_length is not None:
+        values["max_length"] = max_length
+    if cfg.lora_target == AUTO and lora_target is not None:
+        values["lora_target"] = list(lora_target)
+    if steps_per_epoch is not None:
+        epochs = values.get("epochs", cfg.epochs)
+        total = steps_per_epoch * int(epochs)
+        if cfg.max_steps is not None:
+            total = min(total, cfg.max_steps)
+        if cfg.eval_every == AUTO:
+            values["eval_every"] = max(1, math.ceil(total / 10))
+        if cfg.save_every == AUTO:
+            values["save_every"] = max(1, math.ceil(total / 10))
+    if task == "classification" and values.get("metric", cfg.metric) == "token_accuracy":
+        raise InvalidRequest("metric token_accuracy is for causal-lm; use accuracy, "
+                             "macro_f1 or loss for classification", param="metric")
+    if task == "causal-lm" and values.get("metric", cfg.metric) in ("accuracy", "macro_f1"):
+        raise InvalidRequest("metric accuracy / macro_f1 is for classification; use loss "
+                             "or token_accuracy for causal-lm", param="metric")
+    return replace(cfg, **values)
+
+
+def steps_per_epoch(n_batches: int, grad_accum_steps: int) -> int:
+    """Optimiser steps in an epoch of `n_batches` micro-batches (a last partial window
+    still makes a step)."""
+    return max(1, math.ceil(n_batches / grad_accum_steps))

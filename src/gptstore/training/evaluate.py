@@ -1,0 +1,106 @@
+"""Validation: a task's metrics over a set of examples, during training or on a stored model.
+
+- `evaluate_examples`: the loop's validation (and `gptstore eval`'s core): examples are
+  batched by length (least padding), run without gradients under the run's precision,
+  and the task turns the summed terms into metrics (loss / perplexity / token accuracy
+  for causal-lm; loss / accuracy / macro-F1 for classification).
+- `extract_features`: the frozen backbone's pooled output per example, computed once
+  for head-only classification (training then costs one small matmul per batch).
+- `evaluate_file`: `gptstore eval NAME --data FILE`: load any store model through
+  `loading.load_for_inference`, read the labelled file with the model's tokenizer and
+  label set, and evaluate.
+
+Does not train, checkpoint or publish.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from gptstore.data.batching import plan_eval_batches
+from gptstore.data.types import EncodedExample
+from gptstore.errors import InvalidRequest
+from gptstore.training.tasks import Stats, Task, amp
+
+#: evaluation batches hold this many examples (no gradients: larger batches are cheap)
+EVAL_BATCH_SIZE = 32
+
+
+def evaluate_examples(
+    model: nn.Module,
+    task: Task,
+    examples: Sequence[EncodedExample],
+    *,
+    pad_id: int,
+    bf16: bool,
+    batch_size: int = EVAL_BATCH_SIZE,
+    features: torch.Tensor | None = None,
+    frozen_backbone: bool = False,
+) -> dict[str, float]:
+    """The task's metrics over `examples`; `features` [N, H] replaces the backbone for a
+    head-only classifier. The caller puts the model in eval mode."""
+    stats = Stats()
+    lengths = [e.num_tokens for e in examples]
+    with torch.no_grad(), amp(bf16):
+        for indices in plan_eval_batches(lengths, batch_size):
+            batch = task.make_batch([examples[i] for i in indices], pad_id)
+            if features is not None:
+                batch.features = features[indices]
+            stats.add(task.forward(model, batch, frozen_backbone=frozen_backbone))
+    return task.metrics(stats)
+
+
+def extract_features(
+    model: nn.Module,
+    task: Any,
+    examples: Sequence[EncodedExample],
+    *,
+    pad_id: int,
+    bf16: bool,
+    batch_size: int = EVAL_BATCH_SIZE,
+) -> tuple[torch.Tensor, int]:
+    """Pooled backbone output per example, in the examples' order: ([N, H] fp32, tokens)."""
+    out: torch.Tensor | None = None
+    tokens = 0
+    lengths = [e.num_tokens for e in examples]
+    with torch.no_grad(), amp(bf16):
+        for indices in plan_eval_batches(lengths, batch_size):
+            batch = task.make_batch([examples[i] for i in indices], pad_id)
+            pooled = task.features(model, batch)  # [B, H]
+            if out is None:
+                out = torch.empty(len(examples), pooled.shape[1], dtype=torch.float32)
+            out[torch.tensor(indices)] = pooled
+            tokens += batch.n_tokens
+    assert out is not None
+    return out, tokens
+
+
+def evaluate_file(catalog: Any, ref: str, path: str | Path, *, batch_size: int =
+                  EVAL_BATCH_SIZE, max_length: int | None = None) -> dict[str, Any]:
+    """`gptstore eval`: the task's metrics of store model `ref` on a labelled file."""
+    from gptstore.data import default_max_length, load_training_data
+    from gptstore.inference.loader import cpu_has_fast_bf16
+    from gptstore.training.loading import load_for_inference
+    from gptstore.training.tasks import get_task
+
+    model, tokenizer, info = load_for_inference(catalog, ref)
+    task = get_task(info.task)
+    length = max_length or info.max_length or default_max_length(tokenizer)
+    data = load_training_data(path, info.task, tokenizer, length,  # type: ignore[arg-type]
+                              label_names=info.label_names)
+    if info.task == "classification" and data.label_names != info.label_names:
+        raise InvalidRequest(f"{Path(path).name}: its labels do not match the model's "
+                             f"({', '.join(info.label_names or [])})", param="data")
+    started = time.perf_counter()
+    bf16 = cpu_has_fast_bf16() and any(p.dtype == torch.bfloat16 for p in model.parameters())
+    metrics = evaluate_examples(model, task, data.examples, pad_id=info.pad_token_id,
+                                bf16=bf16, batch_size=batch_size)
+    return {"model": info.ref, "task": info.task, "data": str(path),
+            "examples": len(data.examples), "metrics": metrics,
+            "seconds": round(time.perf_counter() - started, 3)}
