@@ -105,7 +105,10 @@ def load_with_adapter(catalog: Catalog, version: VersionInfo, *, dtype: Any = No
     if version.base_version_id is None:
         raise InvalidRequest(f"{version.ref} is an adapter without a base version")
     base = catalog.get_version(version.base_version_id)
-    loaded = load_causal_lm(catalog, base, dtype=dtype)
+    if version.task == "classification":
+        loaded = load_classifier_for_adapter(catalog, version, base, dtype=dtype)
+    else:
+        loaded = load_causal_lm(catalog, base, dtype=dtype)
     adapter_folder = catalog.snapshot(version)
     model = PeftModel.from_pretrained(loaded.model, adapter_folder)
     model.eval()
@@ -123,11 +126,50 @@ def export_merged(catalog: Catalog, version: VersionInfo, out_dir: Path) -> None
                              param="dir")
     loaded = load_with_adapter(catalog, version, dtype=torch.float32)
     merged = loaded.model.merge_and_unload()
+    if _head_untied(merged):  # a trained LM head (head-only fine-tune) of a tied model
+        merged.config.tie_word_embeddings = False
     out_dir.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(out_dir, safe_serialization=True)
     loaded.tokenizer.save_pretrained(out_dir)
     (out_dir / "README.md").write_bytes(catalog.read_file(version, "README.md"))
     catalog.count_download(version.model)
+
+
+def _head_untied(model: Any) -> bool:
+    """True when the model's config ties the LM head to the embeddings but the weights
+    differ (saving would silently drop the trained head)."""
+    out, inp = model.get_output_embeddings(), model.get_input_embeddings()
+    if out is None or inp is None or not getattr(model.config, "tie_word_embeddings", False):
+        return False
+    return out.weight.data_ptr() != inp.weight.data_ptr()
+
+
+def load_classifier_for_adapter(catalog: Catalog, version: VersionInfo, base: VersionInfo, *,
+                                dtype: Any = None) -> LoadedModel:
+    """The base of a classification adapter as `*ForSequenceClassification` with the
+    adapter's label set (lineage `label_names`) and pad token; its `score` head is a
+    placeholder until the adapter's `modules_to_save` replaces it."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    _check_weights(base)
+    labels = [str(n) for n in version.lineage.get("label_names") or []]
+    if not labels:
+        raise InvalidRequest(f"{version.ref} is a classifier without label_names in its lineage")
+    tokenizer = load_tokenizer_from(catalog, version)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    folder = catalog.snapshot(base)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "score newly initialised" is expected here
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            folder, dtype=dtype or preferred_dtype(), use_safetensors=True,
+            num_labels=len(labels), id2label=dict(enumerate(labels)),
+            label2id={name: i for i, name in enumerate(labels)}, pad_token_id=pad)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    model.eval()
+    return LoadedModel(version=base, folder=folder, model=model, tokenizer=tokenizer)
 
 
 def load_classifier_base(catalog: Catalog, version: VersionInfo, *, dtype: Any = None) -> Any:
