@@ -36,6 +36,32 @@ QUESTIONS = [
 ]
 
 
+class ForeignLoad:
+    """Share of the machine's CPU time used by *other* processes since the last call
+    (Linux /proc): a round run while others were busy is not a measurement of us."""
+
+    def __init__(self) -> None:
+        self._last = self._snapshot()
+
+    @staticmethod
+    def _snapshot() -> tuple[int, int, int] | None:
+        try:
+            cpu = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+            fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        idle = cpu[3] + cpu[4]
+        return sum(cpu), sum(cpu) - idle, int(fields[11]) + int(fields[12])
+
+    def __call__(self) -> float:
+        now, last = self._snapshot(), self._last
+        self._last = now
+        if now is None or last is None or now[0] == last[0]:
+            return float("nan")
+        total, busy, ours = (a - b for a, b in zip(now, last, strict=True))
+        return max(0.0, (busy - ours) / total)
+
+
 def load(model_dir: str | None, dtype: torch.dtype) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -117,6 +143,7 @@ def main() -> None:
     hf_single(model, batch[0], 8)
 
     rows: dict[str, list[float]] = {k: [] for k in ("hf", "ours", "ours_e2e", "many")}
+    foreign = ForeignLoad()
     for r in range(args.rounds):
         rows["hf"].append(hf_single(model, batch[r % len(batch)], args.tokens))
         decode, e2e = engine_single(engine, batch[r % len(batch)], args.tokens)
@@ -125,7 +152,7 @@ def main() -> None:
         rows["many"].append(engine_many(engine, batch, args.tokens))
         print(f"round {r + 1}: generate {rows['hf'][-1]:5.1f} tok/s | engine 1 stream "
               f"{decode:5.1f} tok/s ({e2e:5.1f} incl. prefill) | engine {args.streams} streams "
-              f"{rows['many'][-1]:6.1f} tok/s", flush=True)
+              f"{rows['many'][-1]:6.1f} tok/s | other processes' CPU {foreign():.0%}", flush=True)
     engine.shutdown()
 
     for label, pick in (("best", max), ("median", statistics.median)):

@@ -32,7 +32,7 @@ from gptstore.errors import InvalidRequest
 from gptstore.inference.detokenize import IncrementalDetokenizer, StopStringMatcher
 from gptstore.inference.handle import RequestHandle
 from gptstore.inference.lora import LoraBatch
-from gptstore.inference.models import Head, RowInput
+from gptstore.inference.models import Head, Linear, RowInput
 from gptstore.inference.registry import LoadedAdapter, LoadedBase, ModelRegistry
 from gptstore.inference.sampling import SamplerState
 from gptstore.inference.scheduler import Scheduler
@@ -191,8 +191,9 @@ class Engine:
                          adapter: LoadedAdapter | None) -> tuple[Head | None, list[str]]:
         head: Head | None = None
         if adapter is not None and adapter.adapter.head_weight is not None:
-            head = Head(adapter.adapter.head_weight, adapter.adapter.head_bias, lora_site=None)
-            n_labels = head.weight.shape[0]
+            head = Head(Linear.of(adapter.adapter.head_weight, adapter.adapter.head_bias),
+                        lora_site=None)
+            n_labels = adapter.adapter.head_weight.shape[0]
         elif base.is_classifier:
             head = getattr(base.runner, "score", None)  # None: generic runner, own head
             n_labels = len(base.label_names or [])

@@ -125,7 +125,8 @@ class ModelRegistry:
         model.eval()
         runner = build_runner(model, max_slots=self.config.max_running,
                               max_context=self.config.max_context,
-                              fast=self.config.use_fast_path)
+                              fast=self.config.use_fast_path,
+                              pack=self.config.pack_weights)
         is_classifier = type(model).__name__.endswith("ForSequenceClassification")
         labels = None
         if is_classifier:
@@ -133,7 +134,8 @@ class ModelRegistry:
             labels = [str(id2label.get(i, f"LABEL_{i}")) for i in range(model.config.num_labels)]
         base = LoadedBase(
             key=spec.base_key, model=model, tokenizer=tokenizer, runner=runner,
-            nbytes=_model_bytes(model), eos_token_ids=_eos_ids(model, tokenizer),
+            nbytes=_model_bytes(model) + runner.extra_nbytes,
+            eos_token_ids=_eos_ids(model, tokenizer),
             is_classifier=is_classifier, label_names=labels,
         )
         log.info("loaded base %s (%s, %.0f MB) in %.1f s", spec.base_key,

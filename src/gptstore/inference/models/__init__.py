@@ -7,19 +7,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from gptstore.inference.models.base import Head, RowInput, Runner
+from gptstore.inference.models.base import Head, Linear, RowInput, Runner
 
 
 def build_runner(model: Any, *, max_slots: int, max_context: int | None = None,
-                 fast: bool = True) -> Runner:
-    """The runner for a loaded `transformers` model (causal LM or sequence classifier)."""
+                 fast: bool = True, pack: bool = True) -> Runner:
+    """The runner for a loaded `transformers` model (causal LM or sequence classifier).
+
+    `pack`: keep a oneDNN-packed copy of bf16 weights for batched steps (models/base.py
+    `Linear`): ~1.7x faster batches for twice the weight memory.
+    """
     from gptstore.inference.models import generic, gpt2, llama
 
     if fast and llama.supports(model):
-        return llama.LlamaRunner(model, max_slots=max_slots, max_context=max_context)
+        return llama.LlamaRunner(model, max_slots=max_slots, max_context=max_context,
+                                 pack=pack)
     if fast and gpt2.supports(model):
-        return gpt2.GPT2Runner(model, max_slots=max_slots, max_context=max_context)
+        return gpt2.GPT2Runner(model, max_slots=max_slots, max_context=max_context, pack=pack)
     return generic.GenericRunner(model, max_slots=max_slots, max_context=max_context)
 
 
-__all__ = ["Head", "RowInput", "Runner", "build_runner"]
+__all__ = ["Head", "Linear", "RowInput", "Runner", "build_runner"]

@@ -41,12 +41,73 @@ class RowInput:
     want_logits: bool = True
 
 
+_GEMV_MAX_ROWS = 2  # up to this many rows a bf16 matmul is a matrix-vector product
+
+
+class Linear:
+    """`x @ W^T + b` (optionally `+ residual`) with the fastest CPU kernel for the rows.
+
+    Measured here (torch 2.13, 2 cores, bf16):
+
+    * 1-2 rows (single-stream decode): ATen's own bf16 GEMV reads weights at ~28 GB/s;
+      oneDNN, which PyTorch picks for bf16 whenever it is enabled, manages ~11 GB/s. So
+      for these calls oneDNN is switched off around the matmul (the flag is
+      process-global; other threads' matmuls meanwhile take ATen's path too, which is
+      still correct).
+    * 3+ rows (batched decode, prefill): oneDNN's AMX kernels, but on weights reordered
+      once into oneDNN's blocked layout (`_reorder_linear_weight`): a plain `F.linear`
+      reorders the weight on every call and is 1.4-1.9x slower at 3-512 rows. The packed
+      copy doubles the memory of the weights; `pack=False` skips it.
+    """
+
+    def __init__(self, weight_t: torch.Tensor, bias: torch.Tensor | None = None, *,
+                 pack: bool = False) -> None:
+        self.weight_t = weight_t  # [in, out]: a transposed view of an nn.Linear weight,
+        self.bias = bias  # or a GPT-2 Conv1D weight as it is
+        self.gemv_toggle = weight_t.dtype == torch.bfloat16 and torch.backends.mkldnn.is_available()
+        self.packed = None
+        if pack and self.gemv_toggle:
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight_t.t(), None)
+
+    @classmethod
+    def of(cls, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
+           pack: bool = False) -> Linear:
+        """From an `nn.Linear`-style weight [out, in]."""
+        return cls(weight.t(), bias, pack=pack)
+
+    @property
+    def packed_nbytes(self) -> int:
+        return 0 if self.packed is None else int(torch.ops.mkldnn._nbytes(self.packed))
+
+    def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        if self.packed is not None and x.shape[0] > _GEMV_MAX_ROWS:
+            if residual is None:
+                return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none",
+                                                          [], "")
+            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.packed,
+                                                             self.bias, "add")
+        toggle = self.gemv_toggle and x.shape[0] <= _GEMV_MAX_ROWS and \
+            torch._C._get_mkldnn_enabled()
+        if toggle:
+            torch._C._set_mkldnn_enabled(False)
+        try:
+            if residual is None:
+                if self.bias is None:
+                    return torch.mm(x, self.weight_t)
+                return torch.addmm(self.bias, x, self.weight_t)
+            if self.bias is None:  # the residual add rides on the matmul
+                return torch.addmm(residual, x, self.weight_t)
+            return residual + torch.addmm(self.bias, x, self.weight_t)
+        finally:
+            if toggle:
+                torch._C._set_mkldnn_enabled(True)
+
+
 @dataclass
 class Head:
     """The output projection applied to the last hidden state of each row."""
 
-    weight: torch.Tensor  # [out, hidden]
-    bias: torch.Tensor | None = None
+    linear: Linear  # [hidden] -> [out]
     lora_site: str | None = "lm_head"  # LoRA site name, None for a classifier head
 
 
@@ -77,6 +138,11 @@ class Runner(ABC):
 
     @property
     def cache_nbytes(self) -> int:
+        return 0
+
+    @property
+    def extra_nbytes(self) -> int:
+        """Memory the runner holds beyond the model's own tensors (packed weights)."""
         return 0
 
 
@@ -116,11 +182,23 @@ class DecoderRunner(Runner):
 
     def __init__(self, *, n_layers: int, n_heads: int, n_kv_heads: int, head_dim: int,
                  vocab_size: int, context_length: int, dtype: torch.dtype,
-                 max_slots: int) -> None:
+                 max_slots: int, pack: bool) -> None:
         self.n_layers, self.n_heads, self.n_kv_heads = n_layers, n_heads, n_kv_heads
         self.head_dim, self.vocab_size = head_dim, vocab_size
         self.context_length, self.dtype = context_length, dtype
         self.kv = SlotKVCache(n_layers, n_kv_heads, head_dim, max_slots, context_length, dtype)
+        self.pack = pack
+        self._linears: list[Linear] = []
+
+    def linear(self, weight_t: torch.Tensor, bias: torch.Tensor | None = None) -> Linear:
+        """A projection of this model (packed when the runner packs), from [in, out]."""
+        layer = Linear(weight_t, bias, pack=self.pack)
+        self._linears.append(layer)
+        return layer
+
+    @property
+    def extra_nbytes(self) -> int:
+        return sum(layer.packed_nbytes for layer in self._linears)
 
     def allocate(self) -> Slot:
         return self.kv.allocate()
@@ -236,8 +314,9 @@ class DecoderRunner(Runner):
                 # GQA without repeating keys: the G query heads that share a kv head
                 # act as G query positions of that head ([b, KV, G, hd]).
                 qg = q[g.t0:g.t1].reshape(g.n_rows, n_kv, n_heads // n_kv, hd)
-                keys = k_cache[g.slot0:g.slot0 + g.n_rows, :, :g.length]
-                values = v_cache[g.slot0:g.slot0 + g.n_rows, :, :g.length]
+                rows = slice(g.slot0, g.slot0 + g.n_rows)
+                keys = k_cache[rows, :, :g.length]  # a view: nothing is copied
+                values = v_cache[rows, :, :g.length]
                 out = F.scaled_dot_product_attention(qg, keys, values, attn_mask=g.mask,
                                                      scale=scale)
                 outputs.append(out.reshape(g.n_rows, n_heads * hd))
@@ -272,35 +351,10 @@ class DecoderRunner(Runner):
     def forward(self, rows: Sequence[RowInput], lora: LoraBatch | None = None,
                 head: Head | None = None) -> torch.Tensor:
         plan = self.plan(rows)
-        with torch.inference_mode(), _small_batch_matmul(plan.n_tokens, self.dtype):
+        with torch.inference_mode():
             hidden = self.hidden_states(plan, lora)
             head = head or self.default_head()
-            out = F.linear(hidden, head.weight, head.bias)
+            out = head.linear(hidden)
             if lora is not None and head.lora_site is not None:
                 lora.apply(-1, head.lora_site, hidden, out, rows=True)
             return out.float()
-
-
-class _small_batch_matmul:
-    """Route bf16 matmuls of a few rows around oneDNN, for the duration of a step.
-
-    Measured here (torch 2.13, 2 cores): oneDNN runs a bf16 matrix-vector product at
-    ~11 GB/s of weights, while ATen's own bf16 GEMV kernel, used when oneDNN is off,
-    reaches ~28 GB/s; from ~4 rows up oneDNN's AMX kernels win. Single-stream decode is
-    all matrix-vector products, so this switch alone is worth ~2x there. The flag is
-    process-global: another thread's bf16 matmul during our step takes ATen's path too
-    (still correct, and the engine runs its steps on one thread).
-    """
-
-    def __init__(self, n_rows: int, dtype: torch.dtype) -> None:
-        self.active = dtype == torch.bfloat16 and n_rows <= 2
-        self.previous = True
-
-    def __enter__(self) -> None:
-        if self.active:
-            self.previous = torch.backends.mkldnn.is_available() and torch._C._get_mkldnn_enabled()
-            torch._C._set_mkldnn_enabled(False)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.active:
-            torch._C._set_mkldnn_enabled(self.previous)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from gptstore.inference.lora import LoraBatch, SiteTarget
-from gptstore.inference.models.base import DecoderRunner, Head, StepPlan
+from gptstore.inference.models.base import DecoderRunner, Head, Linear, StepPlan
 
 _TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
@@ -33,21 +33,18 @@ def supports(model: Any) -> bool:
 class _Layer:
     ln1_w: torch.Tensor
     ln1_b: torch.Tensor
-    w_attn: torch.Tensor  # [D, 3D] (Conv1D layout: in, out)
-    b_attn: torch.Tensor
-    w_proj: torch.Tensor  # [D, D]
-    b_proj: torch.Tensor
+    attn: Linear  # D -> 3D (Conv1D weight [in, out] used as it is)
+    proj: Linear  # D -> D
     ln2_w: torch.Tensor
     ln2_b: torch.Tensor
-    w_fc: torch.Tensor  # [D, I]
-    b_fc: torch.Tensor
-    w_out: torch.Tensor  # [I, D]
-    b_out: torch.Tensor
+    fc: Linear  # D -> I
+    out: Linear  # I -> D
     scale: float
 
 
 class GPT2Runner(DecoderRunner):
-    def __init__(self, model: Any, *, max_slots: int, max_context: int | None = None) -> None:
+    def __init__(self, model: Any, *, max_slots: int, max_context: int | None = None,
+                 pack: bool = False) -> None:
         config = model.config
         tr = model.transformer
         d, n_heads = config.n_embd, config.n_head
@@ -57,7 +54,7 @@ class GPT2Runner(DecoderRunner):
         dtype = tr.wte.weight.dtype
         super().__init__(n_layers=len(tr.h), n_heads=n_heads, n_kv_heads=n_heads,
                          head_dim=d // n_heads, vocab_size=config.vocab_size,
-                         context_length=context, dtype=dtype, max_slots=max_slots)
+                         context_length=context, dtype=dtype, max_slots=max_slots, pack=pack)
         self.hidden = d
         self.eps = float(config.layer_norm_epsilon)
         self.wte = tr.wte.weight.detach()
@@ -79,19 +76,22 @@ class GPT2Runner(DecoderRunner):
                 scale /= float(i + 1)
             self.layers.append(_Layer(
                 ln1_w=block.ln_1.weight.detach(), ln1_b=block.ln_1.bias.detach(),
-                w_attn=block.attn.c_attn.weight.detach(), b_attn=block.attn.c_attn.bias.detach(),
-                w_proj=block.attn.c_proj.weight.detach(), b_proj=block.attn.c_proj.bias.detach(),
+                attn=self._conv1d(block.attn.c_attn), proj=self._conv1d(block.attn.c_proj),
                 ln2_w=block.ln_2.weight.detach(), ln2_b=block.ln_2.bias.detach(),
-                w_fc=block.mlp.c_fc.weight.detach(), b_fc=block.mlp.c_fc.bias.detach(),
-                w_out=block.mlp.c_proj.weight.detach(), b_out=block.mlp.c_proj.bias.detach(),
+                fc=self._conv1d(block.mlp.c_fc), out=self._conv1d(block.mlp.c_proj),
                 scale=scale,
             ))
-        self.intermediate = self.layers[0].w_fc.shape[1]
+        self.intermediate = self.layers[0].fc.weight_t.shape[1]
         lm_head = getattr(model, "lm_head", None)
-        self.lm_head = Head(lm_head.weight.detach(), None) if lm_head is not None else None
+        self.lm_head = Head(self.linear(lm_head.weight.detach().t())) \
+            if lm_head is not None else None
         score = getattr(model, "score", None)
-        self.score = Head(score.weight.detach(), None if score.bias is None
-                          else score.bias.detach(), lora_site=None) if score is not None else None
+        self.score = Head(Linear.of(score.weight.detach(), None if score.bias is None
+                                    else score.bias.detach()), lora_site=None) \
+            if score is not None else None
+
+    def _conv1d(self, module: Any) -> Linear:
+        return self.linear(module.weight.detach(), module.bias.detach())
 
     def default_head(self) -> Head:
         head = self.lm_head or self.score
@@ -116,23 +116,23 @@ class GPT2Runner(DecoderRunner):
         x = F.embedding(plan.token_ids, self.wte) + F.embedding(plan.positions, self.wpe)
         for i, w in enumerate(self.layers):
             h = F.layer_norm(x, (d,), w.ln1_w, w.ln1_b, eps)
-            qkv = torch.addmm(w.b_attn, h, w.w_attn)  # [N, 3D]
+            qkv = w.attn(h)  # [N, 3D]
             if lora is not None:
                 lora.apply(i, "qkv", h, qkv)
             q = qkv[:, :d].view(n, n_heads, hd)
             k = qkv[:, d:2 * d].view(n, n_heads, hd)
             v = qkv[:, 2 * d:].view(n, n_heads, hd)
             attn = self.attend(plan, i, q, k, v, w.scale)
-            out = torch.addmm(w.b_proj, attn, w.w_proj)
+            out = w.proj(attn)
             if lora is not None:
                 lora.apply(i, "o", attn, out)
             x = x + out
             h = F.layer_norm(x, (d,), w.ln2_w, w.ln2_b, eps)
-            f = torch.addmm(w.b_fc, h, w.w_fc)
+            f = w.fc(h)
             if lora is not None:
                 lora.apply(i, "up", h, f)
             f = self.act(f)
-            out = torch.addmm(w.b_out, f, w.w_out)
+            out = w.out(f)
             if lora is not None:
                 lora.apply(i, "down", f, out)
             x = x + out

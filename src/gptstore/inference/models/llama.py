@@ -3,9 +3,10 @@
 Reads the weights of a loaded `transformers` model (`*ForCausalLM` or
 `*ForSequenceClassification`) and runs the same maths with fewer, larger operations
 (see models/base.py for why): q/k/v fused into one matmul, gate/up fused into one,
-residual adds folded into `addmm`, rotary tables precomputed for every position once,
-RMSNorm as one `F.rms_norm` call. The fused weights replace the model's own parameters
-(the modules keep views into them), so the base weights live in memory once.
+residual adds folded into the matmul (models/base.py `Linear`), rotary tables
+precomputed for every position once, RMSNorm as one `F.rms_norm` call. The fused weights
+replace the model's own parameters (the modules keep views into them), so the base
+weights live in memory once (plus a packed copy for batched steps, see `Linear`).
 
 Numerics follow `transformers` (same rotary tables computed by the model's own rotary
 module, same order of operations in the rotation), so fp32 greedy decoding gives the
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from gptstore.inference.lora import LoraBatch, SiteTarget
-from gptstore.inference.models.base import DecoderRunner, Head, StepPlan
+from gptstore.inference.models.base import DecoderRunner, Head, Linear, StepPlan
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
@@ -50,15 +51,11 @@ def _decoder(model: Any) -> Any:
 @dataclass
 class _Layer:
     norm1: torch.Tensor
-    w_qkv: torch.Tensor  # [(H + 2 KV) hd, D]
-    b_qkv: torch.Tensor | None
-    w_o: torch.Tensor  # [H hd, D] (transposed view: addmm takes it as is)
-    b_o: torch.Tensor | None
+    qkv: Linear  # D -> (H + 2 KV) hd
+    o: Linear  # H hd -> D
     norm2: torch.Tensor
-    w_gate_up: torch.Tensor  # [2 I, D]
-    b_gate_up: torch.Tensor | None
-    w_down: torch.Tensor  # [I, D] (transposed view)
-    b_down: torch.Tensor | None
+    gate_up: Linear  # D -> 2 I
+    down: Linear  # I -> D
 
 
 def _fuse(modules: list[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -82,7 +79,8 @@ def _fuse(modules: list[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 
 class LlamaRunner(DecoderRunner):
-    def __init__(self, model: Any, *, max_slots: int, max_context: int | None = None) -> None:
+    def __init__(self, model: Any, *, max_slots: int, max_context: int | None = None,
+                 pack: bool = False) -> None:
         config = model.config
         decoder = _decoder(model)
         first = decoder.layers[0].self_attn
@@ -97,7 +95,7 @@ class LlamaRunner(DecoderRunner):
         dtype = decoder.embed_tokens.weight.dtype
         super().__init__(n_layers=len(decoder.layers), n_heads=n_heads, n_kv_heads=n_kv,
                          head_dim=head_dim, vocab_size=config.vocab_size,
-                         context_length=context, dtype=dtype, max_slots=max_slots)
+                         context_length=context, dtype=dtype, max_slots=max_slots, pack=pack)
         self.eps = float(config.rms_norm_eps)
         self.hidden = config.hidden_size
         self.intermediate = config.intermediate_size
@@ -111,17 +109,17 @@ class LlamaRunner(DecoderRunner):
             w_gu, b_gu = _fuse([mlp.gate_proj, mlp.up_proj])
             self.layers.append(_Layer(
                 norm1=layer.input_layernorm.weight.detach(),
-                w_qkv=w_qkv, b_qkv=b_qkv,
-                w_o=attn.o_proj.weight.detach().t(), b_o=_bias(attn.o_proj),
+                qkv=self.linear(w_qkv.t(), b_qkv),
+                o=self.linear(attn.o_proj.weight.detach().t(), _bias(attn.o_proj)),
                 norm2=layer.post_attention_layernorm.weight.detach(),
-                w_gate_up=w_gu, b_gate_up=b_gu,
-                w_down=mlp.down_proj.weight.detach().t(), b_down=_bias(mlp.down_proj),
+                gate_up=self.linear(w_gu.t(), b_gu),
+                down=self.linear(mlp.down_proj.weight.detach().t(), _bias(mlp.down_proj)),
             ))
         lm_head = getattr(model, "lm_head", None)
-        self.lm_head = Head(lm_head.weight.detach(), _bias(lm_head)) if lm_head is not None \
-            else None
+        self.lm_head = Head(self.linear(lm_head.weight.detach().t(), _bias(lm_head))) \
+            if lm_head is not None else None
         score = getattr(model, "score", None)
-        self.score = Head(score.weight.detach(), _bias(score), lora_site=None) \
+        self.score = Head(Linear.of(score.weight.detach(), _bias(score)), lora_site=None) \
             if score is not None else None
 
         # Rotary tables for every position, from the model's own rotary module (so
@@ -173,7 +171,7 @@ class LlamaRunner(DecoderRunner):
         for i, w in enumerate(self.layers):
             # attention block
             h = F.rms_norm(x, (d,), w.norm1, eps)
-            qkv = F.linear(h, w.w_qkv, w.b_qkv)  # [N, (H + 2 KV) hd]
+            qkv = w.qkv(h)  # [N, (H + 2 KV) hd]
             if lora is not None:
                 lora.apply(i, "qkv", h, qkv)
             qk = qkv[:, :qk_width].view(n, n_q + n_kv, hd)  # q and k rotated together
@@ -181,16 +179,16 @@ class LlamaRunner(DecoderRunner):
             qk = torch.addcmul(qk * cos, swapped, sin)  # == q * cos + rotate_half(q) * sin
             v = qkv[:, qk_width:].view(n, n_kv, hd)
             attn = self.attend(plan, i, qk[:, :n_q], qk[:, n_q:], v, self.scale)
-            x = _linear_residual(x, attn, w.w_o, w.b_o)
+            x = w.o(attn, residual=x)
             if lora is not None:
                 lora.apply(i, "o", attn, x)
             # MLP block
             h = F.rms_norm(x, (d,), w.norm2, eps)
-            gate_up = F.linear(h, w.w_gate_up, w.b_gate_up)  # [N, 2 I]
+            gate_up = w.gate_up(h)  # [N, 2 I]
             if lora is not None:
                 lora.apply(i, "gate_up", h, gate_up)
             act = F.silu(gate_up[:, :inter]) * gate_up[:, inter:]
-            x = _linear_residual(x, act, w.w_down, w.b_down)
+            x = w.down(act, residual=x)
             if lora is not None:
                 lora.apply(i, "down", act, x)
         x = x[plan.last_index]
@@ -201,10 +199,3 @@ def _bias(module: Any) -> torch.Tensor | None:
     bias = getattr(module, "bias", None)
     return None if bias is None else bias.detach()
 
-
-def _linear_residual(x: torch.Tensor, inp: torch.Tensor, weight_t: torch.Tensor,
-                     bias: torch.Tensor | None) -> torch.Tensor:
-    """x + inp @ weight_t (+ bias) as one addmm: the residual add rides on the matmul."""
-    if bias is not None:
-        return x + torch.addmm(bias, inp, weight_t)
-    return torch.addmm(x, inp, weight_t)
