@@ -205,11 +205,16 @@ class FineTuneRun:
         if not path.is_file():
             raise NotFound(f"training file not found: {path}", param="train_file")
         task_name = cfg.task
+        fmt = None if cfg.format is not None else detect_format(path, task_name if
+                                                                 task_name != AUTO else None)[0]
         if task_name == AUTO:
-            fmt = None
-            if cfg.format is None:
-                fmt, _ = detect_format(path, None)
             task_name = fmt.task if fmt is not None else "causal-lm"
+        elif task_name == "classification" and fmt is not None and fmt.task != task_name:
+            raise InvalidRequest(
+                f"{path.name}: classification needs a label on every example, and this file "
+                f"reads as {fmt.name} data without labels; give lines like "
+                '{"text": "...", "label": "..."} (or a CSV / TSV with text and label '
+                "columns), or train with --task causal-lm", param="train_file")
         self.task = get_task(task_name)
         self.folder = self.catalog.snapshot(self.base)
         self.base_config = AutoConfig.from_pretrained(self.folder)

@@ -1,0 +1,95 @@
+"""Using fine-tuned models: the one loader for every kind, classify, eval, and the merged
+export that loads in plain transformers and matches adapter inference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gptstore.errors import InvalidRequest
+from gptstore.inference.loader import export_merged
+from gptstore.training import classify, evaluate_file, finetune, load_for_inference
+
+TEXTS = ["honestly the food was great", "the plot was dull", "it was hated"]
+
+
+@pytest.fixture(scope="module")
+def trained(store, config_for) -> dict[str, str]:
+    """One short fine-tune per (task, method) kind used below: name -> store name."""
+    settings, catalog = store
+    runs = {
+        "cls-lora": ("classification", "lora", "llama", {"epochs": 3}),
+        "cls-full": ("classification", "full", "gpt2", {"epochs": 2}),
+        "cls-head": ("classification", "head", "gpt2", {"epochs": 2}),
+        "lm-lora": ("causal-lm", "lora", "llama", {"epochs": 1}),
+        "lm-head": ("causal-lm", "head", "gpt2", {"epochs": 1}),  # tied embeddings
+    }
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for key, (task, method, arch, extra) in runs.items():
+            finetune(config_for(task, method, arch, f"acme/use-{key}", **extra),
+                     settings=settings, catalog=catalog)
+    finally:
+        torch.set_num_threads(before)
+    return {key: f"acme/use-{key}" for key in runs}
+
+
+@pytest.mark.parametrize("key", ["cls-lora", "cls-full", "cls-head"])
+def test_classify_every_classifier_kind(store, trained, key):
+    _, catalog = store
+    model, tokenizer, info = load_for_inference(catalog, trained[key])
+    assert not model.training
+    assert info.task == "classification" and info.label_names == ["negative", "positive"]
+    rows = classify(model, tokenizer, info, TEXTS)
+    assert [r["text"] for r in rows] == TEXTS
+    for row in rows:
+        assert row["label"] in ("negative", "positive")
+        assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_eval_of_a_stored_model_matches_its_published_metrics(store, trained, data):
+    _, catalog = store
+    version = catalog.resolve(trained["cls-lora"])
+    report = evaluate_file(catalog, version.ref, data["cls_valid"])
+    assert report["examples"] == 24 and report["task"] == "classification"
+    published = version.metrics["final"]
+    assert report["metrics"]["accuracy"] == pytest.approx(published["accuracy"], abs=1 / 24)
+    assert report["metrics"]["loss"] == pytest.approx(published["loss"], rel=0.05, abs=0.02)
+    lm = evaluate_file(catalog, trained["lm-lora"], data["lm_valid"])
+    assert set(lm["metrics"]) == {"loss", "perplexity", "token_accuracy"}
+
+
+def test_classify_refuses_a_causal_lm(store, trained):
+    _, catalog = store
+    model, tokenizer, info = load_for_inference(catalog, trained["lm-lora"])
+    with pytest.raises(InvalidRequest, match="not a classifier"):
+        classify(model, tokenizer, info, ["hello"])
+
+
+@pytest.mark.parametrize("key", ["cls-lora", "cls-head", "lm-lora", "lm-head"])
+def test_merged_export_loads_in_transformers_and_matches_the_adapter(store, trained, key,
+                                                                     tmp_path):
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
+
+    _, catalog = store
+    version = catalog.resolve(trained[key])
+    out = tmp_path / "merged"
+    export_merged(catalog, version, out)
+    classifier = version.task == "classification"
+    auto = AutoModelForSequenceClassification if classifier else AutoModelForCausalLM
+    merged = auto.from_pretrained(out, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    adapter, _, _ = load_for_inference(catalog, version.ref, dtype=torch.float32)
+    if classifier:
+        assert merged.config.architectures[0].endswith("ForSequenceClassification")
+        assert merged.config.id2label == {0: "negative", 1: "positive"}
+    ids = torch.tensor([tokenizer(TEXTS[0])["input_ids"]])
+    with torch.no_grad():
+        expected = adapter(input_ids=ids).logits
+        got = merged(input_ids=ids).logits
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
