@@ -68,7 +68,7 @@ def finetune(
     max_grad_norm: Annotated[float, typer.Option(help=_h("max_grad_norm"))] = 1.0,
     lora_r: Annotated[int, typer.Option(help=_h("lora_r"))] = 8,
     lora_alpha: Annotated[str, typer.Option(help=_h("lora_alpha"))] = AUTO,
-    lora_dropout: Annotated[float, typer.Option(help=_h("lora_dropout"))] = 0.05,
+    lora_dropout: Annotated[float, typer.Option(help=_h("lora_dropout"))] = 0.0,
     lora_target: Annotated[str, typer.Option(help=_h("lora_target"))] = AUTO,
     max_length: Annotated[str, typer.Option(help=_h("max_length"))] = AUTO,
     valid_split: Annotated[str, typer.Option(help=_h("valid_split"))] = AUTO,

@@ -278,6 +278,12 @@ class FineTuneRun:
             dropout=0.0 if frozen else dropout, label_names=self.label_names,
             pad_token_id=self.pad_id)
         self.model = self.method.prepare(model, self.task, cfg)
+        if self.bf16:
+            # autocast already runs the adapters' matmuls in bf16: PEFT's cast of each
+            # LoRA input to the fp32 adapter dtype would be two extra copies per layer
+            for module in self.model.modules():
+                if hasattr(module, "cast_input_dtype_enabled"):
+                    module.cast_input_dtype_enabled = False
         self.head_dropout = dropout if frozen else 0.0
         if isinstance(self.task, ClassificationTask) and not frozen:
             self.task.add_head_dropout(self.model, dropout)

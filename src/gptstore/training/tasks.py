@@ -33,6 +33,7 @@ from torch import nn
 from gptstore.data.batching import pad_batch
 from gptstore.data.types import IGNORE_INDEX, EncodedExample
 from gptstore.errors import InvalidRequest
+from gptstore.training import attention
 
 #: config attributes that are dropout probabilities, by architecture family
 DROPOUT_KEYS = ("attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop",
@@ -149,8 +150,10 @@ class Task(ABC):
         config = AutoConfig.from_pretrained(folder)
         old = apply_dropout(config, dropout)
         self.configure(config, label_names=label_names, pad_token_id=pad_token_id)
+        # attention: explicit for short batches, SDPA for long ones (see attention.py)
         model = self.auto_class().from_pretrained(folder, config=config, dtype=dtype,
-                                                  use_safetensors=True)
+                                                  use_safetensors=True,
+                                                  attn_implementation=attention.register())
         return model, old
 
     def configure(self, config: Any, *, label_names: Sequence[str] | None,

@@ -145,3 +145,26 @@ def test_logs_drop_entries_after_the_resumed_step(tmp_path):
                                                          ("train", 3), ("train", 4)]
     assert "note" not in entries[0]
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_short_attention_equals_sdpa_with_and_without_padding(tiny_models, arch):
+    from transformers import AutoModelForCausalLM
+
+    from gptstore.training import attention
+
+    name = attention.register()
+    sdpa = AutoModelForCausalLM.from_pretrained(tiny_models[arch], attn_implementation="sdpa")
+    short = AutoModelForCausalLM.from_pretrained(tiny_models[arch], attn_implementation=name)
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10], [11, 12, 13, 3, 3, 3]])
+    for mask in (torch.ones_like(ids), torch.tensor([[1] * 6, [1, 1, 1, 0, 0, 0]])):
+        keep = mask.bool()
+        with torch.no_grad():
+            expected = sdpa.eval()(input_ids=ids, attention_mask=mask).logits[keep]
+            got = short.eval()(input_ids=ids, attention_mask=mask).logits[keep]
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    # long batches go to SDPA itself
+    long_ids = torch.randint(5, 100, (1, attention.SHORT_MAX_TOKENS + 8))
+    with torch.no_grad():
+        torch.testing.assert_close(short(input_ids=long_ids).logits,
+                                   sdpa(input_ids=long_ids).logits, atol=1e-5, rtol=1e-5)

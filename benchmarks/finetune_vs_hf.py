@@ -1,0 +1,218 @@
+"""Fine-tuning throughput: gptstore vs Hugging Face `Trainer` + PEFT, same task, one run.
+
+    .venv/bin/python benchmarks/finetune_vs_hf.py [--data ../shared/data/sst2]
+
+The setting of issue 3: SmolLM2-135M-Instruct as a sentiment classifier on the first
+2000 sentences of SST-2 (`stsa.binary.train`), 1 epoch, LoRA r=8 on q_proj and v_proj,
+batch 16, the same learning rate, warm-up, schedule, weight decay, LoRA alpha and
+dropout on both sides. Prints each side's training throughput in non-padding tokens per
+second (tokens of the training examples x epochs / training-loop seconds), the ratio,
+and both dev accuracies (`stsa.binary.dev`, 872 sentences).
+
+The Trainer runs as people run it: fp32 (its default on CPU; `--hf-bf16` turns on its
+bf16 autocast), `DataCollatorWithPadding` (dynamic padding), default sampler.
+gptstore runs with its defaults: bf16 frozen weights + autocast where the CPU has AMX,
+length-grouped batches, SDPA attention, no LM head for classification.
+
+The store lives in --home (default /tmp/gptstore-bench): the built-in base is pulled
+there the first time (~40 s) and reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "sst2"
+LABELS = {"0": "negative", "1": "positive"}
+
+
+# ------------------------------------------------------------------------ shared bits
+
+
+def read_sst2(path: Path, limit: int | None = None) -> list[tuple[str, str]]:
+    """`LABEL sentence` lines -> [(sentence, "negative" | "positive")]."""
+    rows = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        label, _, text = line.partition(" ")
+        rows.append((text.strip(), LABELS[label]))
+        if limit is not None and len(rows) >= limit:
+            break
+    return rows
+
+
+def write_jsonl(rows: list[tuple[str, str]], path: Path) -> Path:
+    """Our classification format: one {"text", "label"} object per line."""
+    with path.open("w") as handle:
+        for text, label in rows:
+            handle.write(json.dumps({"text": text, "label": label}) + "\n")
+    return path
+
+
+def open_store(home: Path) -> tuple[Any, Any, Any]:
+    """(settings, catalog, base version) of the benchmark store, pulling the base once."""
+    os.environ["GPTSTORE_HOME"] = str(home)
+    from gptstore.catalog.importers import BUILTIN_NAME, ensure_builtin
+    from gptstore.catalog.repository import Catalog
+    from gptstore.settings import Settings
+
+    settings = Settings(home=home)
+    catalog = Catalog(settings)
+    if not catalog.exists(BUILTIN_NAME):
+        print(f"pulling {BUILTIN_NAME} into {home} (first run only)...", flush=True)
+        ensure_builtin(catalog)
+    return settings, catalog, catalog.resolve(BUILTIN_NAME)
+
+
+def fresh_name(catalog: Any, name: str) -> str:
+    """Remove an earlier benchmark model of that name (and its run folder)."""
+    import shutil
+
+    if catalog.exists(name):
+        catalog.delete_model(name)
+    ns, model = name.split("/")
+    shutil.rmtree(catalog.settings.runs_dir / f"{ns}--{model}", ignore_errors=True)
+    return name
+
+
+# --------------------------------------------------------------------------- gptstore
+
+
+def run_gptstore(args: argparse.Namespace, settings: Any, catalog: Any, base: Any,
+                 train: Path, dev: Path) -> dict[str, Any]:
+    from gptstore.training import TrainConfig, finetune
+
+    name = fresh_name(catalog, "bench/sst2-2000-lora")
+    config = TrainConfig(
+        base=base.ref, train_file=str(train), valid_file=str(dev), name=name,
+        task="classification", method="lora", epochs=args.epochs, batch_size=16,
+        learning_rate=args.lr, lora_r=8, lora_alpha=16, lora_dropout=args.lora_dropout,
+        lora_target=["q_proj", "v_proj"], weight_decay=0.01, warmup_ratio=args.warmup,
+        schedule="linear", eval_every=0, save_every=0, seed=args.seed)
+    result = finetune(config, settings=settings, catalog=catalog)
+    return {"tokens": result.train_tokens, "seconds": result.train_seconds,
+            "tokens_per_second": result.tokens_per_second,
+            "dev_accuracy": result.final["accuracy"], "padding": result.padding_fraction}
+
+
+# ------------------------------------------------------------------ HF Trainer + PEFT
+
+
+def run_trainer(args: argparse.Namespace, folder: Path, train_rows: list[tuple[str, str]],
+                dev_rows: list[tuple[str, str]]) -> dict[str, Any]:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+    )
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    label_id = {"negative": 0, "positive": 1}
+
+    def encode(rows: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        return [{"input_ids": tokenizer(text)["input_ids"], "labels": label_id[label]}
+                for text, label in rows]
+
+    train_set, dev_set = encode(train_rows), encode(dev_rows)
+    torch.manual_seed(args.seed)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        folder, num_labels=2, dtype=torch.float32, pad_token_id=tokenizer.pad_token_id)
+    model = get_peft_model(model, LoraConfig(
+        task_type="SEQ_CLS", r=8, lora_alpha=16, lora_dropout=args.lora_dropout,
+        target_modules=["q_proj", "v_proj"]))
+    steps = -(-len(train_set) // 16) * args.epochs
+    with tempfile.TemporaryDirectory() as out:
+        training_args = TrainingArguments(
+            output_dir=out, per_device_train_batch_size=16, per_device_eval_batch_size=32,
+            num_train_epochs=args.epochs, learning_rate=args.lr, weight_decay=0.01,
+            warmup_steps=round(args.warmup * steps), lr_scheduler_type="linear",
+            logging_steps=25, save_strategy="no", eval_strategy="no", report_to=[],
+            seed=args.seed, use_cpu=True, bf16=args.hf_bf16, disable_tqdm=True)
+        trainer = Trainer(model=model, args=training_args, train_dataset=train_set,
+                          data_collator=DataCollatorWithPadding(tokenizer))
+        output = trainer.train()
+        seconds = output.metrics["train_runtime"]
+        predictions = trainer.predict(dev_set).predictions
+    tokens = sum(len(row["input_ids"]) for row in train_set) * args.epochs
+    correct = sum(int(p.argmax() == row["labels"]) for p, row in zip(predictions, dev_set,
+                                                                     strict=True))
+    return {"tokens": tokens, "seconds": round(seconds, 3),
+            "tokens_per_second": round(tokens / seconds, 1),
+            "dev_accuracy": correct / len(dev_set)}
+
+
+# ------------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                        help="folder with stsa.binary.train and stsa.binary.dev")
+    parser.add_argument("--home", type=Path, default=Path("/tmp/gptstore-bench"),
+                        help="GPTSTORE_HOME of the benchmark store")
+    parser.add_argument("--examples", type=int, default=2000)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--warmup", type=float, default=0.05, help="warm-up fraction")
+    parser.add_argument("--lora-dropout", type=float, default=0.0, help="both sides")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hf-bf16", action="store_true", help="Trainer with bf16=True")
+    parser.add_argument("--only", choices=["gptstore", "hf"], help="run one side only")
+    parser.add_argument("--json", action="store_true", help="print one JSON object too")
+    args = parser.parse_args()
+
+    train_file = args.data / "stsa.binary.train"
+    dev_file = args.data / "stsa.binary.dev"
+    if not train_file.is_file() or not dev_file.is_file():
+        sys.exit(f"SST-2 not found under {args.data}: pass --data DIR")
+    train_rows = read_sst2(train_file, args.examples)
+    dev_rows = read_sst2(dev_file)
+    settings, catalog, base = open_store(args.home)
+    work = Path(tempfile.mkdtemp(prefix="sst2-"))
+    train = write_jsonl(train_rows, work / "train.jsonl")
+    dev = write_jsonl(dev_rows, work / "dev.jsonl")
+    print(f"SST-2: {len(train_rows)} training sentences, {len(dev_rows)} dev; {args.epochs} "
+          f"epoch(s), LoRA r=8 q_proj,v_proj, batch 16, lr {args.lr}", flush=True)
+
+    results: dict[str, Any] = {}
+    if args.only in (None, "gptstore"):
+        started = time.perf_counter()
+        results["gptstore"] = run_gptstore(args, settings, catalog, base, train, dev)
+        results["gptstore"]["wall_seconds"] = round(time.perf_counter() - started, 1)
+        _print("gptstore", results["gptstore"])
+    if args.only in (None, "hf"):
+        started = time.perf_counter()
+        results["hf"] = run_trainer(args, catalog.snapshot(base), train_rows, dev_rows)
+        results["hf"]["wall_seconds"] = round(time.perf_counter() - started, 1)
+        _print("HF Trainer + PEFT" + (" (bf16)" if args.hf_bf16 else " (fp32)"), results["hf"])
+    if "gptstore" in results and "hf" in results:
+        ratio = results["gptstore"]["tokens_per_second"] / results["hf"]["tokens_per_second"]
+        results["speedup"] = round(ratio, 2)
+        print(f"speed-up (non-padding tokens/s): {ratio:.2f}x   dev accuracy: gptstore "
+              f"{results['gptstore']['dev_accuracy']:.3f} vs Trainer "
+              f"{results['hf']['dev_accuracy']:.3f}")
+    if args.json:
+        print(json.dumps(results))
+    catalog.close()
+
+
+def _print(label: str, r: dict[str, Any]) -> None:
+    print(f"{label:<26} {r['tokens_per_second']:>8.1f} tok/s  ({r['tokens']} tokens in "
+          f"{r['seconds']:.1f} s of training)  dev accuracy {r['dev_accuracy']:.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
