@@ -113,11 +113,15 @@ class Scheduler:
 
     def add(self, seq: Sequence) -> None:
         with self._cond:
+            if self._stopping:
+                raise Unavailable("the engine is shutting down; retry on another server")
             if len(self._waiting) >= self.config.max_queue:
-                raise Unavailable(
+                error = Unavailable(
                     f"the engine is busy: {self.running_count} requests running and "
                     f"{len(self._waiting)} queued; retry in {self.config.retry_after_s:g} s",
                 )
+                error.retry_after = self.config.retry_after_s  # type: ignore[attr-defined]
+                raise error
             self._waiting.append(seq)
             self._cond.notify_all()
 
@@ -219,18 +223,18 @@ class Scheduler:
         stepped: list[Sequence] = []
         budget = self.config.max_step_tokens
         for seq in seqs:
-            all_ids = seq.prompt + seq.output
-            pending = len(all_ids) - seq.computed
-            if pending > 1:  # prompt (or its rest): a chunk within the step's budget
-                n = min(pending, budget)
+            total = len(seq.prompt) + len(seq.output)
+            if seq.computed < len(seq.prompt) - 1:  # (the rest of) the prompt, chunked
+                n = min(len(seq.prompt) - seq.computed, budget)
                 if n <= 0:
                     continue
                 budget -= n
-            else:
+                tokens = seq.prompt[seq.computed:seq.computed + n]
+            else:  # decoding: the one token not yet in the cache
                 n = 1
-            tokens = all_ids[seq.computed:seq.computed + n]
+                tokens = [seq.output[-1] if seq.output else seq.prompt[-1]]
             rows.append(RowInput(seq.slot, tokens, seq.computed,
-                                 want_logits=seq.computed + n == len(all_ids)))
+                                 want_logits=seq.computed + n == total))
             stepped.append(seq)
         if not rows:
             return

@@ -203,3 +203,10 @@ def test_generic_fallback_runner_matches_too(tiny_dirs, make_engine):
     reference, _ = load_causal(tiny_dirs["gpt2"])
     for prompt, handle in zip(PROMPTS, handles, strict=False):
         assert handle.result(timeout=30).token_ids == hf_greedy(reference, prompt, 6)
+
+
+def test_submit_after_shutdown_is_unavailable(tiny_dirs, make_engine):
+    engine = make_engine({"m": causal_spec(tiny_dirs["gpt2"])})
+    engine.shutdown()
+    with pytest.raises(Unavailable, match="shutting down"):
+        engine.submit(GenerationRequest(PROMPTS[1], "m", _greedy(2)))

@@ -71,3 +71,16 @@ def test_a_failing_step_fails_its_requests_not_the_engine(tiny_dirs, make_engine
     monkeypatch.setattr(runner, "forward", real_forward)
     assert len(engine.generate("m", [5, 6], SamplingParams(max_tokens=3), timeout=30)
                .token_ids) == 3
+
+
+def test_long_context_grows_rotary_tables_and_cache(tmp_path, make_engine):
+    from gptstore.testing.tiny import make_tiny_model
+
+    folder = make_tiny_model("llama", tmp_path / "long", initializer_range=0.2,
+                             max_position_embeddings=4096)
+    engine = make_engine({"m": causal_spec(folder)}, max_step_tokens=1024)
+    prompt = [(13 * i) % 450 + 10 for i in range(2100)]  # beyond the first 2048 positions
+    out = engine.generate("m", prompt, SamplingParams(temperature=0, max_tokens=4,
+                                                      ignore_eos=True), timeout=60)
+    reference, _ = load_causal(folder)
+    assert out.token_ids == hf_greedy(reference, prompt, 4)

@@ -173,6 +173,7 @@ class StepPlan:
     write_rows: torch.Tensor | slice | None  # which of the N tokens are cached
     groups: list[_AttnGroup]
     last_index: torch.Tensor  # [R] index of the last token of rows wanting logits
+    max_position: int  # largest position in the step (+1): rotary tables must reach it
 
 
 class DecoderRunner(Runner):
@@ -285,6 +286,7 @@ class DecoderRunner(Runner):
             write_rows=write_rows,
             groups=groups,
             last_index=torch.tensor(last, dtype=torch.long),
+            max_position=max((r.start + len(r.token_ids) for r in rows), default=0),
         )
 
     # -- attention ----------------------------------------------------------------------

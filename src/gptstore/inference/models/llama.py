@@ -122,16 +122,23 @@ class LlamaRunner(DecoderRunner):
         self.score = Head(Linear.of(score.weight.detach(), _bias(score)), lora_site=None) \
             if score is not None else None
 
-        # Rotary tables for every position, from the model's own rotary module (so
-        # scaled variants like llama3 match), in the model dtype as transformers uses
-        # them. `sin_signed` folds rotate_half's negation into the table:
+        # Rotary tables from the model's own rotary module (so scaled variants like
+        # llama3 match), in the model dtype as transformers uses them, grown on demand
+        # (a 128k-context model should not pay for 128k positions up front).
+        # `sin_signed` folds rotate_half's negation into the table:
         # rotate_half(x) * sin == flip_halves(x) * sin_signed, one op less per layer.
+        self._rotary = decoder.rotary_emb
+        self.cos = self.sin_signed = torch.empty(0, head_dim, dtype=dtype)
+        self._ensure_rotary(min(context, 2048))
+
+    def _ensure_rotary(self, n_positions: int) -> None:
+        if n_positions <= self.cos.shape[0]:
+            return
+        n = min(self.context_length, max(n_positions, 2 * self.cos.shape[0]))
         with torch.inference_mode():
-            positions = torch.arange(context)[None]
-            probe = torch.zeros(1, dtype=dtype)
-            cos, sin = decoder.rotary_emb(probe, positions)
-        half = head_dim // 2
-        self.cos = cos[0].contiguous()  # [context, hd]
+            cos, sin = self._rotary(torch.zeros(1, dtype=self.dtype), torch.arange(n)[None])
+        half = self.head_dim // 2
+        self.cos = cos[0].contiguous()  # [n, hd]
         self.sin_signed = torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1).contiguous()
 
     def default_head(self) -> Head:
@@ -165,6 +172,7 @@ class LlamaRunner(DecoderRunner):
         n, d, hd = plan.n_tokens, self.hidden, self.head_dim
         n_q, n_kv, inter, eps = self.n_heads, self.n_kv_heads, self.intermediate, self.eps
         qk_width = (n_q + n_kv) * hd
+        self._ensure_rotary(plan.max_position)
         cos = self.cos[plan.positions][:, None, :]  # [N, 1, hd], shared by all layers
         sin = self.sin_signed[plan.positions][:, None, :]
         x = F.embedding(plan.token_ids, self.embed)  # [N, D]
