@@ -25,7 +25,6 @@ from torch import nn
 
 from gptstore.data.batching import plan_eval_batches
 from gptstore.data.types import EncodedExample
-from gptstore.errors import InvalidRequest
 from gptstore.training.tasks import Stats, Task, amp
 
 #: evaluation batches hold this many examples (no gradients: larger batches are cheap)
@@ -94,9 +93,6 @@ def evaluate_file(catalog: Any, ref: str, path: str | Path, *, batch_size: int =
     length = max_length or info.max_length or default_max_length(tokenizer)
     data = load_training_data(path, info.task, tokenizer, length,  # type: ignore[arg-type]
                               label_names=info.label_names)
-    if info.task == "classification" and data.label_names != info.label_names:
-        raise InvalidRequest(f"{Path(path).name}: its labels do not match the model's "
-                             f"({', '.join(info.label_names or [])})", param="data")
     started = time.perf_counter()
     bf16 = cpu_has_fast_bf16() and any(p.dtype == torch.bfloat16 for p in model.parameters())
     metrics = evaluate_examples(model, task, data.examples, pad_id=info.pad_token_id,

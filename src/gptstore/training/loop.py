@@ -27,7 +27,6 @@ Owns the order of things and the run's state; the task (what is predicted), the 
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
@@ -41,7 +40,7 @@ from gptstore.catalog.names import parse_ref
 from gptstore.catalog.repository import Catalog, VersionInfo
 from gptstore.data import default_max_length, detect_format, load_training_data
 from gptstore.data.batching import padding_stats, plan_batches
-from gptstore.data.types import EncodedExample, TrainingData
+from gptstore.data.types import EncodedExample
 from gptstore.errors import Conflict, InvalidRequest, NotFound, StorageError
 from gptstore.settings import Settings
 from gptstore.training import checkpoint as ckpt
@@ -535,13 +534,3 @@ def split_examples(examples: Sequence[EncodedExample], fraction: float, *, seed:
     valid = [e for i, e in enumerate(examples) if i in held]
     return train, valid
 
-
-def remove_run(run_dir: Path) -> None:
-    """Delete a run folder entirely (checkpoints and logs)."""
-    shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def data_summary(data: TrainingData) -> dict[str, Any]:
-    return {"name": Path(data.path).name, "digest": f"sha256:{data.digest}",
-            "format": data.format, "examples": len(data.examples),
-            "truncated": data.truncated}

@@ -155,3 +155,31 @@ def test_early_stopping_publishes_the_best_checkpoint(store, config_for):
     assert result.final["loss"] == result.best["loss"] <= result.last["loss"]
     lineage = catalog.resolve("acme/stopped").lineage
     assert lineage["published_checkpoint"]["step"] == result.best["step"]
+
+
+def test_every_training_format_trains(store, config_for, tmp_path):
+    """Chat JSONL (loss on assistant turns), plain text, and CSV classification files all
+    go through the same loop; the task comes from the format when left at auto."""
+    settings, catalog = store
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text("".join(json.dumps({"messages": [
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": f"What is the capital of {country}?"},
+        {"role": "assistant", "content": f"The capital of {country} is {city}."}]}) + "\n"
+        for country, city in [("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome")] * 8))
+    text = tmp_path / "corpus.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 60)
+    table = tmp_path / "reviews.csv"
+    table.write_text("text,label\n" + "".join(
+        f"the movie was {'great' if i % 2 else 'bad'},{'pos' if i % 2 else 'neg'}\n"
+        for i in range(30)))
+    for path, task, name in ((chat, "causal-lm", "acme/fmt-chat"),
+                             (text, "causal-lm", "acme/fmt-text"),
+                             (table, "classification", "acme/fmt-csv")):
+        result = finetune(config_for("auto", "lora", "llama", name, train_file=str(path),
+                                     valid_file=None, epochs=1, max_length=64),
+                          settings=settings, catalog=catalog)
+        assert result.task == task and result.valid_examples > 0
+        assert catalog.resolve(name).lineage["dataset"]["format"] in ("chat", "text",
+                                                                      "classification")
+    assert catalog.resolve("acme/fmt-csv").lineage["label_names"] == ["neg", "pos"]
