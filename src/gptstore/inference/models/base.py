@@ -353,10 +353,27 @@ class DecoderRunner(Runner):
     def forward(self, rows: Sequence[RowInput], lora: LoraBatch | None = None,
                 head: Head | None = None) -> torch.Tensor:
         plan = self.plan(rows)
-        with torch.inference_mode():
+        # A step of 1-2 tokens is all matrix-vector products: switch oneDNN off once for
+        # the step rather than around each matmul (see `Linear`).
+        gemv_step = self.dtype == torch.bfloat16 and plan.n_tokens <= _GEMV_MAX_ROWS \
+            and torch.backends.mkldnn.is_available() and torch._C._get_mkldnn_enabled()
+        with torch.inference_mode(), _mkldnn_off(gemv_step):
             hidden = self.hidden_states(plan, lora)
             head = head or self.default_head()
             out = head.linear(hidden)
             if lora is not None and head.lora_site is not None:
                 lora.apply(-1, head.lora_site, hidden, out, rows=True)
             return out.float()
+
+
+class _mkldnn_off:
+    def __init__(self, active: bool) -> None:
+        self.active = active
+
+    def __enter__(self) -> None:
+        if self.active:
+            torch._C._set_mkldnn_enabled(False)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.active:
+            torch._C._set_mkldnn_enabled(True)
