@@ -27,8 +27,8 @@ def builtin_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return home
 
 
-def _gptstore(home: Path, *args: str) -> str:
-    env = {**os.environ, "GPTSTORE_HOME": str(home)}
+def _gptstore(home: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    env = {**os.environ, "GPTSTORE_HOME": str(home), **(env or {})}
     proc = subprocess.run([sys.executable, "-m", "gptstore", *args], env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
@@ -60,20 +60,21 @@ def test_generate_answers_paris(builtin_home: Path) -> None:
 
 
 def test_export_matches_raw_generate(builtin_home: Path, tmp_path: Path) -> None:
+    """Token-for-token parity is a float32 property: in bf16 two implementations round
+    differently and flip near-ties (docs/design-inference.md)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from gptstore.inference.loader import preferred_dtype
-
     prompt = "The three primary colors are"
     ours = _gptstore(builtin_home, "generate", BUILTIN_NAME, prompt, "--raw",
-                     "--max-tokens", "16", "--temperature", "0")
+                     "--max-tokens", "24", "--temperature", "0",
+                     env={"GPTSTORE_INFERENCE_DTYPE": "float32"})
     out = tmp_path / "export"
     _gptstore(builtin_home, "models", "export", BUILTIN_NAME, str(out))
     tokenizer = AutoTokenizer.from_pretrained(out)
-    model = AutoModelForCausalLM.from_pretrained(out, dtype=preferred_dtype())
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     ids = tokenizer(prompt, return_tensors="pt")
     with torch.inference_mode():
-        gen = model.generate(**ids, max_new_tokens=16, do_sample=False)
+        gen = model.generate(**ids, max_new_tokens=24, do_sample=False)
     text = tokenizer.decode(gen[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
     assert ours.rstrip("\n") == text

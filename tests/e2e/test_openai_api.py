@@ -251,22 +251,21 @@ def test_busy_server_answers_503_with_retry_after(tmp_path: Path) -> None:
     env = {"GPTSTORE_MAX_BATCH": "1", "GPTSTORE_MAX_QUEUE": "1"}
     body = {"model": "acme/long", "prompt": "Once", "max_tokens": 16000, "stream": True,
             "temperature": 1.0, "ignore_eos": True}
-    with RemoteServer(home, env=env) as srv:
-        # generous timeouts: the first request loads torch and the model
+    # generous timeouts: the first request loads torch and the model
+    with RemoteServer(home, env=env) as srv, \
+            httpx.stream("POST", srv.url + "/v1/completions", json=body, timeout=120) as first:
+        # keep the iterator: a discarded one closes the stream (and cancels it)
+        first_lines = first.iter_lines()
+        next(first_lines)
         with httpx.stream("POST", srv.url + "/v1/completions", json=body,
-                          timeout=120) as first:
-            # keep the iterator: a discarded one closes the stream (and cancels it)
-            first_lines = first.iter_lines()
-            next(first_lines)
-            with httpx.stream("POST", srv.url + "/v1/completions", json=body,
-                              timeout=60) as second:
-                deadline = time.monotonic() + 10
-                while _engine(srv)["waiting"] != 1 and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                assert _engine(srv)["running"] == 1
-                third = httpx.post(srv.url + "/v1/completions", json={**body, "stream": False},
-                                   timeout=60)
-                assert third.status_code == 503
-                assert int(third.headers["Retry-After"]) >= 1
-                assert "busy" in json.loads(third.text)["error"]["message"]
-                second.close()
+                          timeout=60) as second:
+            deadline = time.monotonic() + 10
+            while _engine(srv)["waiting"] != 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert _engine(srv)["running"] == 1
+            third = httpx.post(srv.url + "/v1/completions", json={**body, "stream": False},
+                               timeout=60)
+            assert third.status_code == 503
+            assert int(third.headers["Retry-After"]) >= 1
+            assert "busy" in json.loads(third.text)["error"]["message"]
+            second.close()

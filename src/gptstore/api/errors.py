@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -43,8 +45,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(GptStoreError)
     async def _store_error(_request: Request, exc: GptStoreError) -> JSONResponse:
         status = status_of(exc)
-        headers = {"Retry-After": str(getattr(exc, "retry_after", 1))} if status in (429, 503) \
-            else None
+        # Retry-After is whole seconds (RFC 9110)
+        retry = max(1, math.ceil(float(getattr(exc, "retry_after", None) or 1)))
+        headers = {"Retry-After": str(retry)} if status in (429, 503) else None
         code = "model_not_found" if isinstance(exc, NotFound) and exc.param == "model" else None
         return JSONResponse(envelope(exc.message, exc.type, exc.param, code), status_code=status,
                             headers=headers)

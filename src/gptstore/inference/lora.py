@@ -182,6 +182,10 @@ class LoraBatch:
             return None
         return LoraBatch(token_adapters, row_adapters)
 
+    def touches(self, site: str, layer: int = -1) -> bool:
+        """Whether any adapter of the step's rows has LoRA weights at this site."""
+        return any((layer, site) in adapter.sites for adapter, _ in self.row_groups)
+
     def apply(self, layer: int, site: str, x: torch.Tensor, y: torch.Tensor,
               rows: bool = False) -> None:
         """y += LoRA delta of each adapter group, computed from the site's input x."""
