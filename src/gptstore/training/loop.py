@@ -54,6 +54,7 @@ from gptstore.training.config import (
 from gptstore.training.evaluate import evaluate_examples, extract_features
 from gptstore.training.logs import Callback, RunLog, TrainEvent
 from gptstore.training.methods import get_method, trainable_parameters
+from gptstore.training.parallel import ShardRunner, ShardWork, auto_shards, split_rows
 from gptstore.training.tasks import ClassificationTask, amp, get_task
 
 #: fields that may differ between a run and its resume (they do not change the result)
@@ -286,6 +287,16 @@ class FineTuneRun:
         self.head_dropout = dropout if frozen else 0.0
         if isinstance(self.task, ClassificationTask) and not frozen:
             self.task.add_head_dropout(self.model, dropout)
+        random_forward = dropout > 0 or (self.method.name == "lora" and cfg.lora_dropout > 0)
+        if cfg.shards == AUTO:
+            # head-only trains on cached features or a no-grad backbone: nothing to split
+            self.rcfg.shards = auto_shards(torch.get_num_threads(), int(cfg.batch_size),
+                                           random_forward=random_forward or frozen)
+        elif int(cfg.shards) > 1 and random_forward:
+            raise InvalidRequest("shards > 1 needs a forward pass without dropout (dropout "
+                                 "and lora_dropout 0): worker threads would draw random "
+                                 "numbers in no fixed order and runs would not repeat; set "
+                                 "shards to 1 or the dropouts to 0", param="shards")
         self.describe = self.method.describe(self.model)
         if "lora_target" in self.describe and cfg.lora_target == AUTO:
             self.rcfg.lora_target = list(self.describe["lora_target"])
@@ -297,11 +308,7 @@ class FineTuneRun:
         cfg = self.rcfg
         params = trainable_parameters(self.model)
         self.params = [p for _, p in params]
-        # weight decay on matrices only: biases, norm scales (1-D) are not shrunk
-        decay = [p for _, p in params if p.ndim >= 2]
-        no_decay = [p for _, p in params if p.ndim < 2]
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0}]
+        groups = decay_groups(params, cfg.weight_decay)
         lr = float(cfg.learning_rate)
         if cfg.optimizer == "sgd":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
@@ -334,10 +341,20 @@ class FineTuneRun:
     # -- 5. train ----------------------------------------------------------------------
 
     def _train(self) -> None:
+        cfg = self.rcfg
+        self._cache_features()
+        self.shard_runner = (ShardRunner(int(cfg.shards), self.params, torch.get_num_threads())
+                             if int(cfg.shards) > 1 else None)
+        try:
+            self._train_epochs()
+        finally:
+            if self.shard_runner is not None:
+                self.shard_runner.close()
+
+    def _train_epochs(self) -> None:
         cfg, state, task, method = self.rcfg, self.state, self.task, self.method
         accum = cfg.grad_accum_steps
         epochs = int(cfg.epochs)
-        self._cache_features()
         self.log.emit(TrainEvent("start", state.step, self.total_steps, state.epoch,
                                  {"resumed": self.resumed_from is not None}))
         session_steps, session_seconds = 0, 0.0
@@ -356,17 +373,24 @@ class FineTuneRun:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 method.set_mode(self.model, task, True)
-                batches = [self._batch(indices) for indices in windows[state.window]]
+                shards = int(cfg.shards)
+                batches = [self._batch(part) for indices in windows[state.window]
+                           for part in split_rows(indices, shards)]
                 denominator = sum(b.n_targets for b in batches)
-                loss_sum = 0.0
-                # 2. forward [B, T] -> summed loss, backward, per micro-batch
-                for batch in batches:
-                    with amp(self.bf16):
-                        terms = task.forward(self.model, batch,
-                                             frozen_backbone=method.frozen_backbone,
-                                             head_dropout=self.head_dropout)
-                    (terms.loss_sum / denominator).backward()
-                    loss_sum += float(terms.loss_sum.detach())
+                # 2. forward [B, T] -> summed loss, backward, per micro-batch (or per shard
+                #    on worker threads, gradients summed in a fixed order)
+                if self.shard_runner is not None:
+                    loss_sum = self.shard_runner.accumulate(
+                        [self._shard_work(b, denominator) for b in batches]).loss_sum
+                else:
+                    loss_sum = 0.0
+                    for batch in batches:
+                        with amp(self.bf16):
+                            terms = task.forward(self.model, batch,
+                                                 frozen_backbone=method.frozen_backbone,
+                                                 head_dropout=self.head_dropout)
+                        (terms.loss_sum / denominator).backward()
+                        loss_sum += float(terms.loss_sum.detach())
                 # 3. clip, step, clear
                 grad_norm = (float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm))
                              if cfg.max_grad_norm > 0 else None)
@@ -395,6 +419,16 @@ class FineTuneRun:
                 if cfg.save_every and (state.step % int(cfg.save_every) == 0 or
                                        self._done()):
                     self._checkpoint()
+
+    def _shard_work(self, batch: Any, denominator: int) -> ShardWork:
+        def work() -> tuple[torch.Tensor, float, int]:
+            with amp(self.bf16):
+                terms = self.task.forward(self.model, batch,
+                                          frozen_backbone=self.method.frozen_backbone,
+                                          head_dropout=self.head_dropout)
+            return terms.loss_sum / denominator, float(terms.loss_sum.detach()), batch.n_tokens
+
+        return work
 
     def _done(self) -> bool:
         return self.state.step >= self.total_steps or self.state.stopped_early
@@ -512,6 +546,14 @@ class FineTuneRun:
             stopped_early=state.stopped_early,
             padding_fraction=round(stats.padding_fraction, 4), run_dir=str(self.run_dir),
             config=self.rcfg.to_dict())
+
+
+def decay_groups(params: Sequence[tuple[str, torch.nn.Parameter]], weight_decay: float
+                 ) -> list[dict[str, Any]]:
+    """Optimiser groups: weight decay on matrices only; biases, norm scales and other 1-D
+    weights are not shrunk (nanoGPT's rule)."""
+    return [{"params": [p for _, p in params if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for _, p in params if p.ndim < 2], "weight_decay": 0.0}]
 
 
 def split_examples(examples: Sequence[EncodedExample], fraction: float, *, seed: int,

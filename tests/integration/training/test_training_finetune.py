@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from gptstore.errors import InvalidRequest
 from gptstore.training import finetune
 from gptstore.training.logs import read_metrics
 
@@ -183,3 +184,21 @@ def test_every_training_format_trains(store, config_for, tmp_path):
         assert catalog.resolve(name).lineage["dataset"]["format"] in ("chat", "text",
                                                                       "classification")
     assert catalog.resolve("acme/fmt-csv").lineage["label_names"] == ["neg", "pos"]
+
+
+def test_shards_repeat_exactly_and_match_one_pass(store, config_for):
+    """A micro-batch split over worker threads: the same seed gives the same metrics, and
+    the result equals one pass up to float rounding."""
+    settings, catalog = store
+    common = {"epochs": 2, "precision": "fp32", "dropout": 0.0, "lora_dropout": 0.0}
+    runs = [finetune(config_for("classification", "lora", "llama", f"acme/shards-{i}",
+                                shards=shards, **common), settings=settings, catalog=catalog)
+            for i, shards in enumerate((1, 2, 2))]
+    assert runs[1].final == runs[2].final
+    assert runs[1].final["loss"] == pytest.approx(runs[0].final["loss"], rel=1e-4)
+    assert runs[1].train_tokens == runs[0].train_tokens
+    assert catalog.resolve("acme/shards-1").lineage["hyperparameters"]["shards"] == 2
+    with pytest.raises(InvalidRequest, match="shards") as info:
+        finetune(config_for("classification", "lora", "llama", "acme/shards-dropout",
+                            shards=2, lora_dropout=0.1), settings=settings, catalog=catalog)
+    assert info.value.param == "shards"

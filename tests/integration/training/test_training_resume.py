@@ -37,15 +37,19 @@ def _strip(result) -> dict:
             "steps": result.steps, "train_tokens": result.train_tokens}
 
 
-def test_resume_after_an_exception_equals_the_uninterrupted_run(store, config_for):
+@pytest.mark.parametrize("extra", [{}, {"dropout": 0.0, "lora_dropout": 0.0, "shards": 2}],
+                         ids=["dropout", "shards"])
+def test_resume_after_an_exception_equals_the_uninterrupted_run(store, config_for, extra):
     settings, catalog = store
-    reference = finetune(config_for("classification", "lora", "llama", "acme/ref", **RUN),
+    run = {**RUN, **extra}
+    tag = "shards" if extra else "dropout"
+    reference = finetune(config_for("classification", "lora", "llama", f"acme/ref-{tag}", **run),
                          settings=settings, catalog=catalog)
-    config = config_for("classification", "lora", "llama", "acme/crashed", **RUN)
+    config = config_for("classification", "lora", "llama", f"acme/crashed-{tag}", **run)
     with pytest.raises(Crash):
         finetune(config, settings=settings, catalog=catalog, callbacks=[crash_at(10)])
-    assert not catalog.exists("acme/crashed")  # nothing half-published
-    run_dir = settings.runs_dir / "acme--crashed"
+    assert not catalog.exists(f"acme/crashed-{tag}")  # nothing half-published
+    run_dir = settings.runs_dir / f"acme--crashed-{tag}"
     assert (run_dir / "checkpoints" / "step-00000008").is_dir()
     # without --resume the unfinished run is protected
     with pytest.raises(Conflict, match="--resume"):
@@ -53,8 +57,8 @@ def test_resume_after_an_exception_equals_the_uninterrupted_run(store, config_fo
     resumed = finetune(TrainConfig(**{**config.to_dict(), "resume": True}), settings=settings,
                        catalog=catalog)
     assert _strip(resumed) == _strip(reference)
-    ref_curves = catalog.resolve("acme/ref").metrics["curves"]
-    assert catalog.resolve("acme/crashed").metrics["curves"] == ref_curves
+    ref_curves = catalog.resolve(f"acme/ref-{tag}").metrics["curves"]
+    assert catalog.resolve(f"acme/crashed-{tag}").metrics["curves"] == ref_curves
     # the logs read as one run: each step once, in order
     steps = [e["step"] for e in read_metrics(run_dir) if e["split"] == "train"]
     assert steps == list(range(1, resumed.steps + 1))

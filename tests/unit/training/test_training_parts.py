@@ -11,7 +11,7 @@ import torch
 from gptstore.data.types import IGNORE_INDEX, EncodedExample
 from gptstore.training import checkpoint as ckpt
 from gptstore.training.logs import RunLog, read_metrics
-from gptstore.training.loop import lr_at, split_examples
+from gptstore.training.loop import decay_groups, lr_at, split_examples
 from gptstore.training.tasks import get_task
 
 
@@ -25,6 +25,17 @@ def test_learning_rate_schedule():
     assert lr_at(10, 100, 10, 1.0, "cosine") == 1.0
     assert lr_at(80, 100, 10, 2.0, "constant") == 2.0
     assert lr_at(0, 10, 0, 1.0, "linear") == 1.0
+
+
+def test_no_weight_decay_on_biases_and_norms(tiny_models):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["llama"])
+    decay, plain = decay_groups(list(model.named_parameters()), 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decay["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+    assert all("norm" in names[id(p)] for p in plain["params"]) and plain["params"]
+    assert all(p.ndim == 2 for p in decay["params"])
 
 
 def test_split_is_stratified_and_seeded():
