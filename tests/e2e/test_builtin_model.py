@@ -61,7 +61,7 @@ def test_generate_answers_paris(builtin_home: Path) -> None:
 
 def test_export_matches_raw_generate(builtin_home: Path, tmp_path: Path) -> None:
     """Token-for-token parity is a float32 property: in bf16 two implementations round
-    differently and flip near-ties (docs/design-inference.md)."""
+    differently and flip near-ties (docs/design.md, "bf16 logits")."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
