@@ -184,6 +184,20 @@ def load_classifier_base(catalog: Catalog, version: VersionInfo, *, dtype: Any =
     return model
 
 
+_HEAD_MODULES = {"score", "classifier"}
+
+
+def _merge_to_serve(catalog: Catalog, version: VersionInfo) -> bool:
+    """Whether a PEFT adapter saves whole modules other than a classifier head."""
+    import json
+
+    if not version.has_file("adapter_config.json"):
+        return False
+    config = json.loads(catalog.read_file(version, "adapter_config.json"))
+    saved = set(config.get("modules_to_save") or [])
+    return bool(saved - _HEAD_MODULES)
+
+
 def store_resolver(catalog: Catalog, *, dtype: str | None = None) -> Any:
     """The engine's resolver over the store: a model name -> `ModelSpec`.
 
@@ -202,6 +216,18 @@ def store_resolver(catalog: Catalog, *, dtype: str | None = None) -> Any:
         version = catalog.resolve(name)
         task = "classification" if version.task == "classification" else "generation"
         labels = version.lineage.get("label_names")
+        if version.kind == "adapter" and _merge_to_serve(catalog, version):
+            # The engine applies LoRA deltas and classifier heads per request; an adapter
+            # that replaces other whole modules (a trained LM head) is served merged, as
+            # a model of its own.
+            def load_merged() -> tuple[Any, Any]:
+                from gptstore.training.loading import load_for_inference
+
+                model, tokenizer, _ = load_for_inference(catalog, version, dtype=torch_dtype)
+                return model.merge_and_unload(), tokenizer
+
+            return ModelSpec(base_key=version.manifest_digest, base_loader=load_merged,
+                             task=task, label_names=labels)
         if version.kind == "adapter":
             if version.base_version_id is None:
                 raise InvalidRequest(f"{version.ref} is an adapter without a base version")

@@ -93,3 +93,32 @@ def test_merged_export_loads_in_transformers_and_matches_the_adapter(store, trai
         expected = adapter(input_ids=ids).logits
         got = merged(input_ids=ids).logits
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("key", ["cls-lora", "cls-full", "cls-head", "lm-lora", "lm-head"])
+def test_the_serving_engine_runs_every_fine_tuned_kind(store, trained, key):
+    """What the API serves equals what the training side's loader computes."""
+    from gptstore.inference.engine import Engine
+    from gptstore.inference.loader import store_resolver
+    from gptstore.inference.types import SamplingParams
+
+    _, catalog = store
+    name = trained[key]
+    model, tokenizer, info = load_for_inference(catalog, name, dtype=torch.float32)
+    engine = Engine(store_resolver(catalog, dtype="float32"))
+    try:
+        if info.task == "classification":
+            served = engine.classify(name, TEXTS)
+            expected = classify(model, tokenizer, info, TEXTS)
+            for row, want in zip(served, expected, strict=True):
+                assert dict(row) == pytest.approx(want["probabilities"], abs=1e-4)
+        else:
+            ids = tokenizer(TEXTS[0])["input_ids"]
+            served = engine.generate(name, ids, SamplingParams(max_tokens=8, temperature=0))
+            with torch.no_grad():
+                out = model.generate(input_ids=torch.tensor([ids]), max_new_tokens=8,
+                                     do_sample=False,
+                                     attention_mask=torch.ones(1, len(ids), dtype=torch.long))
+            assert served.token_ids == out[0, len(ids):].tolist()
+    finally:
+        engine.shutdown()
