@@ -8,11 +8,14 @@
    logsumexp over its spellings: with / without a leading space, capitalised or not)
    on the 872 dev sentences;
 2. fine-tune: `gptstore.training.finetune` on all 6920 training sentences (converted
-   to our {"text", "label"} JSONL), a classification head + LoRA (r=16 on every
-   projection of every layer), `auto` epochs / learning rate, 10% of the training set
-   held out for validation (best checkpoint, early stopping) -- the dev set is never
-   seen during training;
-3. the published model is evaluated on the dev set with `gptstore eval`'s code.
+   to our {"text", "label"} JSONL, each sentence written as "Review: <sentence>\n
+   Sentiment:" so the classifier reads the hidden state where the instruct model would
+   name the sentiment; +1.2 points over the bare sentence in a 2000-sentence trial), a
+   classification head + LoRA (r=16 on every projection of every layer), `auto`
+   epochs / learning rate, 10% of the training set held out for validation (best
+   checkpoint, early stopping) -- the dev set is never seen during training;
+3. the published model is evaluated on the dev set (the same template) with
+   `gptstore eval`'s code.
 
 Prints the zero-shot dev accuracy, the fine-tuned dev accuracy, the training time
 (training loop only, and wall clock including validation) and throughput.
@@ -27,13 +30,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-from finetune_vs_hf import DEFAULT_DATA, fresh_name, open_store, read_sst2, write_jsonl
+from finetune_vs_hf import (
+    DEFAULT_DATA,
+    ForeignLoad,
+    fresh_name,
+    open_store,
+    read_sst2,
+    wait_for_quiet,
+    write_jsonl,
+)
 
 QUESTION = ("Is the sentiment of this movie review positive or negative? Answer with one "
             "word.\n\nReview: {text}")
 #: the answer's first token in its spellings; a class scores the logsumexp of its own
 LABEL_WORDS = {"negative": ["negative", " negative", "Negative", " Negative"],
                "positive": ["positive", " positive", "Positive", " Positive"]}
+#: how each sentence is written into the classifier's training and dev files
+TEMPLATE = "Review: {text}\nSentiment:"
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -79,7 +92,12 @@ def main() -> None:
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--targets", default=",".join(ALL_PROJECTIONS))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--template", default=TEMPLATE,
+                        help="how a sentence is written for the classifier ({text})")
     parser.add_argument("--skip-zero-shot", action="store_true")
+    parser.add_argument("--wait-quiet", type=float, default=600, metavar="SECONDS",
+                        help="first wait up to this long for other processes to leave the "
+                             "CPU (0: do not wait)")
     parser.add_argument("--json", action="store_true", help="print one JSON object too")
     args = parser.parse_args()
 
@@ -89,9 +107,16 @@ def main() -> None:
     dev_rows = read_sst2(args.data / "stsa.binary.dev")
     settings, catalog, base = open_store(args.home)
     work = Path(tempfile.mkdtemp(prefix="sst2-full-"))
-    train = write_jsonl(train_rows, work / "train.jsonl")
-    dev = write_jsonl(dev_rows, work / "dev.jsonl")
-    results: dict[str, Any] = {"train_sentences": len(train_rows), "dev_sentences": len(dev_rows)}
+    template = args.template.replace("\\n", "\n")
+    train = write_jsonl([(template.format(text=t), label) for t, label in train_rows],
+                        work / "train.jsonl")
+    dev = write_jsonl([(template.format(text=t), label) for t, label in dev_rows],
+                      work / "dev.jsonl")
+    results: dict[str, Any] = {"train_sentences": len(train_rows), "dev_sentences": len(dev_rows),
+                               "template": template}
+    if args.wait_quiet:
+        wait_for_quiet(args.wait_quiet)
+    meter = ForeignLoad()
 
     if not args.skip_zero_shot:
         started = time.perf_counter()
@@ -120,13 +145,15 @@ def main() -> None:
         "tokens_per_second": result.tokens_per_second,
         "learning_rate": result.config["learning_rate"],
         "stopped_early": result.stopped_early, "best_step": (result.best or {}).get("step"),
+        "foreign_cpu": round(meter(), 3),
     })
     print(f"fine-tuned {result.ref}: dev accuracy {results['dev_accuracy']:.3f} (macro-F1 "
           f"{results['dev_macro_f1']:.3f}); held-out validation accuracy "
           f"{results['valid_accuracy']:.3f}", flush=True)
     print(f"training: {result.train_examples} sentences x {result.epochs} epochs, "
           f"{result.steps} steps, {result.train_seconds / 60:.1f} min in the training loop "
-          f"({result.tokens_per_second:.0f} tok/s), {wall / 60:.1f} min wall with validation")
+          f"({result.tokens_per_second:.0f} tok/s), {wall / 60:.1f} min wall with validation "
+          f"[other processes: {results['foreign_cpu']:.0%} of the CPU]")
     if args.json:
         print(json.dumps(results))
     catalog.close()

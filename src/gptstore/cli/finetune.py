@@ -81,6 +81,7 @@ def finetune(
     seed: Annotated[int, typer.Option(help=_h("seed"))] = 0,
     precision: Annotated[str, typer.Option(help=_h("precision"))] = AUTO,
     threads: Annotated[int | None, typer.Option(help=_h("threads"))] = None,
+    shards: Annotated[str, typer.Option(help=_h("shards"))] = AUTO,
     run_dir: Annotated[Path | None, typer.Option(help=_h("run_dir"))] = None,
     resume: Annotated[bool, typer.Option("--resume", help=_h("resume"))] = False,
     description: Annotated[str, typer.Option(help=_h("description"))] = "",
@@ -100,6 +101,7 @@ def finetune(
         valid_split=_auto(valid_split), format=format, eval_every=_auto(eval_every),
         metric=metric, early_stopping_patience=patience, save_every=_auto(save_every),
         max_steps=max_steps, seed=seed, precision=precision, threads=threads,
+        shards=_auto(shards),
         run_dir=str(run_dir) if run_dir else None, resume=resume, description=description,
         tags=tag or [], license=license)
     from gptstore.training.loop import finetune as run_finetune
