@@ -175,20 +175,27 @@ def classify(
     texts: Annotated[list[str], typer.Argument(help="Texts to classify.")],
     as_json: JsonFlag = False,
 ) -> None:
-    """Classify texts with a fine-tuned classifier: label and probabilities."""
-    from gptstore.training.loading import classify as run_classify
-    from gptstore.training.loading import load_for_inference
+    """Classify texts with a fine-tuned classifier: label and probabilities.
+
+    Runs on the same inference engine as the HTTP API's /v1/classifications."""
+    from gptstore.cli.run import local_engine
 
     with open_catalog() as catalog:
-        model, tokenizer, info = load_for_inference(catalog, name)
-    results = run_classify(model, tokenizer, info, texts)
+        ref = catalog.resolve(name).ref
+    with local_engine() as engine:
+        scored = engine.classify(name, texts)
+    label_names = [label for label, _ in scored[0]] if scored else []
+    results = []
+    for text, probs in zip(texts, scored, strict=True):
+        best = max(probs, key=lambda lp: lp[1])[0]
+        results.append({"text": text, "label": best, "probabilities": dict(probs)})
     if as_json:
-        print_json({"model": info.ref, "results": results})
+        print_json({"model": ref, "results": results})
         return
-    table = Table("text", "label", *(info.label_names or []), title=info.ref)
+    table = Table("text", "label", *label_names, title=ref)
     for row in results:
-        probs = [f"{row['probabilities'][n]:.3f}" for n in info.label_names or []]
-        table.add_row(row["text"][:60], f"[bold]{row['label']}[/]", *probs)
+        probs_text = [f"{row['probabilities'][n]:.3f}" for n in label_names]
+        table.add_row(row["text"][:60], f"[bold]{row['label']}[/]", *probs_text)
     console.print(table)
 
 
