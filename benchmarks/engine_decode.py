@@ -1,6 +1,6 @@
 """Decode speed of the gptstore engine vs transformers `generate`, on one machine, one run.
 
-    .venv/bin/python benchmarks/engine_decode.py                 # SmolLM2-135M (GGUF) in bf16
+    .venv/bin/python benchmarks/engine_decode.py                 # SmolLM2-135M (GGUF)
     .venv/bin/python benchmarks/engine_decode.py --model DIR     # any local HF causal LM folder
 
 Prints, per round, and then best and median over rounds:
@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from serve_vs_hf import on_own_thread
 
 from gptstore.inference import Engine, EngineConfig, GenerationRequest, ModelSpec, SamplingParams
+from gptstore.inference.loader import preferred_dtype
 
 QUESTIONS = [
     "What is the capital of France?", "Write a haiku about the sea.",
@@ -120,7 +122,9 @@ def engine_many(engine: Engine, batch: list[list[int]], n: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="HF causal-LM folder (default: SmolLM2-135M GGUF)")
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument("--dtype", default=str(preferred_dtype()).removeprefix("torch."),
+                        choices=["bfloat16", "float32"],
+                        help="default: bfloat16 on CPUs with AMX, else float32")
     parser.add_argument("--tokens", type=int, default=64, help="new tokens per request")
     parser.add_argument("--streams", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
@@ -130,7 +134,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     started = time.perf_counter()
-    model, tokenizer = load(args.model, getattr(torch, args.dtype))
+    # The reference runs on short-lived threads (see serve_vs_hf.on_own_thread).
+    model, tokenizer = on_own_thread(lambda: load(args.model, getattr(torch, args.dtype)))
     print(f"loaded in {time.perf_counter() - started:.1f} s; torch threads "
           f"{torch.get_num_threads()}; {Path(args.model or 'SmolLM2-135M-Instruct').name} "
           f"{args.dtype}")
@@ -140,12 +145,13 @@ def main() -> None:
                                                       num_threads=args.threads))
     engine.tokenizer("m")  # load: the engine fuses weights in place (HF still works)
     engine_single(engine, batch[0], 8)  # warm-up
-    hf_single(model, batch[0], 8)
+    on_own_thread(lambda: hf_single(model, batch[0], 8))
 
     rows: dict[str, list[float]] = {k: [] for k in ("hf", "ours", "ours_e2e", "many")}
     foreign = ForeignLoad()
     for r in range(args.rounds):
-        rows["hf"].append(hf_single(model, batch[r % len(batch)], args.tokens))
+        prompt = batch[r % len(batch)]
+        rows["hf"].append(on_own_thread(lambda p=prompt: hf_single(model, p, args.tokens)))
         decode, e2e = engine_single(engine, batch[r % len(batch)], args.tokens)
         rows["ours"].append(decode)
         rows["ours_e2e"].append(e2e)

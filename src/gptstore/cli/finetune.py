@@ -75,7 +75,7 @@ def finetune(
     format: Annotated[str | None, typer.Option("--format", help=_h("format"))] = None,
     eval_every: Annotated[str, typer.Option(help=_h("eval_every"))] = AUTO,
     metric: Annotated[str, typer.Option(help=_h("metric"))] = AUTO,
-    patience: Annotated[int, typer.Option(help=_h("early_stopping_patience"))] = 3,
+    patience: Annotated[int, typer.Option(help=_h("early_stopping_patience"))] = 5,
     save_every: Annotated[str, typer.Option(help=_h("save_every"))] = AUTO,
     max_steps: Annotated[int | None, typer.Option(help=_h("max_steps"))] = None,
     seed: Annotated[int, typer.Option(help=_h("seed"))] = 0,

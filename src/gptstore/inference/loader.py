@@ -19,12 +19,18 @@ from gptstore.settings import Settings
 
 @functools.lru_cache(maxsize=1)
 def cpu_has_fast_bf16() -> bool:
-    """True on CPUs with AMX or AVX-512 BF16 (bf16 matmuls ~3x fp32 there)."""
+    """True on CPUs with AMX, where bf16 matmuls run ~3x fp32 (NOTES.md: 709 vs 231
+    GFLOP/s at 2048^2).
+
+    AVX-512 BF16 alone is not enough: on a Sapphire Rapids VM without AMX enabled
+    (oneDNN reports "AVX 10.1") bf16 matmuls measured 2x *slower* than fp32 (160 vs 321
+    GFLOP/s at 2048 x 576 x 1536) and the decode GEMVs no faster, so fp32 is chosen there.
+    """
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
-    return any(flag in flags for flag in ("amx_bf16", "avx512_bf16"))
+    return "amx_bf16" in flags
 
 
 def preferred_dtype() -> Any:

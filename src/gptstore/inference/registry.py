@@ -75,6 +75,14 @@ class ModelRegistry:
                 adapter.pins += 1
             return base, adapter
 
+    def is_loaded(self, spec: ModelSpec) -> bool:
+        """Whether `acquire(spec)` would find everything in memory (no loading)."""
+        with self._lock:
+            if spec.base_key not in self._bases:
+                return False
+            return spec.adapter_dir is None or \
+                (spec.base_key, str(Path(spec.adapter_dir).resolve())) in self._adapters
+
     def release(self, base: LoadedBase, adapter: LoadedAdapter | None) -> None:
         with self._lock:
             base.pins = max(0, base.pins - 1)

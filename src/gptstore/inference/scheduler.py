@@ -81,7 +81,7 @@ class Scheduler:
         self._cond = threading.Condition()
         self._waiting: deque[Sequence] = deque()
         self._running: dict[str, list[Sequence]] = {}
-        self._jobs: deque[Callable[[], None]] = deque()
+        self._jobs: deque[tuple[Callable[[], None], Future[Any]]] = deque()
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.steps = 0  # forward steps run so far (tests and stats)
@@ -104,10 +104,15 @@ class Scheduler:
             self._thread = None
         with self._cond:
             leftovers = list(self._waiting) + [s for seqs in self._running.values() for s in seqs]
+            jobs = list(self._jobs)
+            self._jobs.clear()
             self._waiting.clear()
             self._running.clear()
         for seq in leftovers:
             self._finish(seq, "cancelled")
+        for _job, future in jobs:  # never run: their callers must not wait forever
+            if future.set_running_or_notify_cancel():
+                future.set_exception(Unavailable("the engine shut down before this ran"))
 
     # -- called from any thread ---------------------------------------------------------
 
@@ -151,9 +156,16 @@ class Scheduler:
                 future.set_exception(error)
 
         with self._cond:
-            self._jobs.append(wrapped)
+            if self._stopping:
+                raise Unavailable("the engine is shutting down; retry on another server")
+            self._jobs.append((wrapped, future))
             self._cond.notify_all()
         return future
+
+    @property
+    def on_engine_thread(self) -> bool:
+        """Whether the caller is the engine thread (or no engine thread runs)."""
+        return self._thread is None or threading.current_thread() is self._thread
 
     @property
     def running_count(self) -> int:
@@ -176,7 +188,7 @@ class Scheduler:
                     return
                 jobs = list(self._jobs)
                 self._jobs.clear()
-            for job in jobs:
+            for job, _future in jobs:
                 job()
             self._drop_cancelled()
             self._admit()

@@ -115,8 +115,9 @@ class TrainConfig:
                                   AUTO)
     metric: str = _help("Validation metric that picks the best checkpoint and drives "
                         "early stopping; auto: accuracy (classification) or loss.", AUTO)
-    early_stopping_patience: int = _help("Stop after this many validations without "
-                                         "improvement; 0 never stops early.", 3)
+    early_stopping_patience: int = _help("Stop after this many validations in a row "
+                                         "without improvement (about half a run at the "
+                                         "auto eval_every); 0 never stops early.", 5)
     save_every: int | str = _help("Checkpoint every N optimiser steps (for --resume); "
                                   "0: never; auto: about 10 times a run.", AUTO)
     log_every: int = _help("Log the training loss every N optimiser steps.", 1)

@@ -210,3 +210,23 @@ def test_submit_after_shutdown_is_unavailable(tiny_dirs, make_engine):
     engine.shutdown()
     with pytest.raises(Unavailable, match="shutting down"):
         engine.submit(GenerationRequest(PROMPTS[1], "m", _greedy(2)))
+
+
+def test_models_load_on_the_engine_thread(tiny_dirs, make_engine):
+    """Loading (heavy torch work) from a request thread would give PyTorch's OpenMP
+    runtime a second thread team and slow every later step (engine.py `_acquire`)."""
+    import threading
+
+    loaded_on: list[str] = []
+    spec = causal_spec(tiny_dirs["llama"])
+    load = spec.base_loader
+
+    def recording_loader():  # type: ignore[no-untyped-def]
+        loaded_on.append(threading.current_thread().name)
+        return load()
+
+    spec.base_loader = recording_loader
+    engine = make_engine({"m": spec})
+    engine.tokenizer("m")
+    assert engine.generate("m", PROMPTS[1], _greedy(3)).token_ids
+    assert loaded_on == ["gptstore-engine"]  # once, and not on this (the caller's) thread
