@@ -196,7 +196,7 @@ class EngineConfig:
     dtype: str | None = None  # "bfloat16" / "float32" to cast bases on load; None: as loaded
     num_threads: int | None = None  # torch intra-op threads of the scheduler thread
     use_fast_path: bool = True  # False: always the generic transformers forward (tests)
-    pack_weights: bool = True  # bf16: oneDNN-packed weight copies, ~1.7x faster batches
+    pack_weights: bool = True  # oneDNN-packed weight copies: faster batches (models/base.py)
     retry_after_s: float = 1.0  # the hint given with Unavailable when the queue is full
 
     def __post_init__(self) -> None:

@@ -14,8 +14,8 @@ def build_runner(model: Any, *, max_slots: int, max_context: int | None = None,
                  fast: bool = True, pack: bool = True) -> Runner:
     """The runner for a loaded `transformers` model (causal LM or sequence classifier).
 
-    `pack`: keep a oneDNN-packed copy of bf16 weights for batched steps (models/base.py
-    `Linear`): ~1.7x faster batches for twice the weight memory.
+    `pack`: keep a oneDNN-packed copy of the weights for batched steps (models/base.py
+    `Linear`): 1.2-1.9x faster batches for twice the weight memory.
     """
     from gptstore.inference.models import generic, gpt2, llama
 

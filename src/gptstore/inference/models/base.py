@@ -48,26 +48,31 @@ REFINE_TOP = 32  # bf16 logits: the top candidates recomputed in fp32 (see _refi
 class Linear:
     """`x @ W^T + b` (optionally `+ residual`) with the fastest CPU kernel for the rows.
 
-    Measured here (torch 2.13, 2 cores, bf16):
+    Measured (torch 2.13, 2 cores):
 
-    * 1-2 rows (single-stream decode): ATen's own bf16 GEMV reads weights at ~28 GB/s;
-      oneDNN, which PyTorch picks for bf16 whenever it is enabled, manages ~11 GB/s. So
-      for these calls oneDNN is switched off around the matmul (the flag is
-      process-global; other threads' matmuls meanwhile take ATen's path too, which is
-      still correct).
-    * 3+ rows (batched decode, prefill): oneDNN's AMX kernels, but on weights reordered
-      once into oneDNN's blocked layout (`_reorder_linear_weight`): a plain `F.linear`
-      reorders the weight on every call and is 1.4-1.9x slower at 3-512 rows. The packed
-      copy doubles the memory of the weights; `pack=False` skips it.
+    * 1-2 rows (single-stream decode): a plain matmul (MKL's GEMV in fp32). In bf16,
+      ATen's own GEMV reads weights at ~28 GB/s where oneDNN, which PyTorch picks for bf16
+      whenever it is enabled, manages ~11 GB/s; so for these calls oneDNN is switched
+      off around the matmul (the flag is process-global; other threads' matmuls
+      meanwhile take ATen's path too, which is still correct).
+    * 3+ rows in bf16, 4+ in fp32 (batched decode, prefill): oneDNN on weights
+      reordered once into its blocked layout (`_reorder_linear_weight`), with the
+      residual add fused. bf16 on an AMX machine: a plain `F.linear` reorders the
+      weight on every call and is 1.4-1.9x slower at 3-512 rows. fp32 without AMX:
+      all of SmolLM2's projections at 16 rows took 39 ms against 48 ms for MKL's `mm`.
+      The packed copy doubles the memory of the weights; `pack=False` skips it.
     """
 
     def __init__(self, weight_t: torch.Tensor, bias: torch.Tensor | None = None, *,
                  pack: bool = False) -> None:
         self.weight_t = weight_t  # [in, out]: a transposed view of an nn.Linear weight,
         self.bias = bias  # or a GPT-2 Conv1D weight as it is
-        self.gemv_toggle = weight_t.dtype == torch.bfloat16 and torch.backends.mkldnn.is_available()
+        mkldnn = torch.backends.mkldnn.is_available()
+        self.gemv_toggle = weight_t.dtype == torch.bfloat16 and mkldnn
         self.packed = None
-        if pack and self.gemv_toggle:
+        # fp32 at 3 rows: MKL 23.5 ms vs packed oneDNN 25.9 (all projections); 4: 35 vs 27
+        self.packed_min_rows = _GEMV_MAX_ROWS + (1 if self.gemv_toggle else 2)
+        if pack and mkldnn and weight_t.dtype in (torch.bfloat16, torch.float32):
             self.packed = torch.ops.mkldnn._reorder_linear_weight(weight_t.t(), None)
 
     @classmethod
@@ -81,7 +86,7 @@ class Linear:
         return 0 if self.packed is None else int(torch.ops.mkldnn._nbytes(self.packed))
 
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        if self.packed is not None and x.shape[0] > _GEMV_MAX_ROWS:
+        if self.packed is not None and x.shape[0] >= self.packed_min_rows:
             if residual is None:
                 return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none",
                                                           [], "")
