@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import torch
@@ -32,6 +32,7 @@ import torch
 from gptstore.catalog.importers import BUILTIN_NAME, ensure_builtin
 from gptstore.catalog.repository import Catalog
 from gptstore.inference.loader import (
+    engine_precision,
     load_causal_lm,
     load_tokenizer_from,
     preferred_dtype,
@@ -80,9 +81,16 @@ def hf_generate(model: object, ids: list[int]) -> tuple[int, float]:
     return out.shape[1] - len(ids), time.perf_counter() - start
 
 
-def part_a(catalog: Catalog, prompts: list[list[int]]) -> dict[str, float]:
+def our_engine(catalog: Catalog, dtype: str) -> Any:
     from gptstore.inference.engine import Engine
-    from gptstore.inference.types import EngineConfig, SamplingParams
+    from gptstore.inference.types import EngineConfig
+
+    config = EngineConfig(max_running=16, **engine_precision(dtype))
+    return Engine(store_resolver(catalog, dtype=config.dtype), config)
+
+
+def part_a(catalog: Catalog, prompts: list[list[int]], dtype: str) -> dict[str, float]:
+    from gptstore.inference.types import SamplingParams
 
     def reference() -> tuple[float, float]:
         model = load_causal_lm(catalog, BUILTIN_NAME).model
@@ -94,7 +102,7 @@ def part_a(catalog: Catalog, prompts: list[list[int]]) -> dict[str, float]:
         return hf_tokens, hf_time
 
     hf_tokens, hf_time = on_own_thread(reference)
-    engine = Engine(store_resolver(catalog), EngineConfig(max_running=16))
+    engine = our_engine(catalog, dtype)
     params = SamplingParams(max_tokens=NEW_TOKENS, temperature=0, ignore_eos=True)
     engine.generate(BUILTIN_NAME, prompts[0][:8], params)  # warm-up (loads the model)
     ours_tokens = ours_time = 0.0
@@ -129,7 +137,8 @@ def stream_one(url: str, question: str, results: list[dict[str, float]]) -> None
                     "seconds": time.perf_counter() - start})
 
 
-def part_bc(home: Path, catalog: Catalog, prompts: list[list[int]]) -> dict[str, float]:
+def part_bc(home: Path, catalog: Catalog, prompts: list[list[int]], dtype: str
+            ) -> dict[str, float]:
     def reference() -> float:
         model = load_causal_lm(catalog, BUILTIN_NAME).model
         hf_tokens, start = 0, time.perf_counter()
@@ -138,7 +147,8 @@ def part_bc(home: Path, catalog: Catalog, prompts: list[list[int]]) -> dict[str,
         return hf_tokens / (time.perf_counter() - start)
 
     hf_rate = on_own_thread(reference)
-    with RemoteServer(home, env={"GPTSTORE_MAX_BATCH": "16"}, timeout=300) as server:
+    env = {"GPTSTORE_MAX_BATCH": "16", "GPTSTORE_INFERENCE_DTYPE": dtype}
+    with RemoteServer(home, env=env, timeout=300) as server:
         warm: list[dict[str, float]] = []
         stream_one(server.url, "Hello", warm)  # loads the model
         results: list[dict[str, float]] = []
@@ -184,15 +194,14 @@ def make_adapters(catalog: Catalog, root: Path, count: int) -> list[tuple[str, i
     return names
 
 
-def part_d(catalog: Catalog, root: Path) -> dict[str, float]:
-    from gptstore.inference.engine import Engine
-    from gptstore.inference.types import EngineConfig, SamplingParams
+def part_d(catalog: Catalog, root: Path, dtype: str) -> dict[str, float]:
+    from gptstore.inference.types import SamplingParams
 
     adapters = make_adapters(catalog, root, 20)
     tokenizer = load_tokenizer_from(catalog, BUILTIN_NAME)
     ids = render_chat_prompt(tokenizer, [{"role": "user", "content": "Hi"}])
     params = SamplingParams(max_tokens=4, temperature=0)
-    engine = Engine(store_resolver(catalog), EngineConfig(max_running=16))
+    engine = our_engine(catalog, dtype)
     engine.generate(BUILTIN_NAME, ids, params)
     before = rss_bytes()
     for name, _ in adapters:
@@ -208,6 +217,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", type=Path, default=Path("/tmp/gptstore-bench"))
     parser.add_argument("--single-prompts", type=int, default=3)
+    parser.add_argument("--dtype", default="auto",
+                        choices=["auto", "bfloat16", "float32", "int4"],
+                        help="gptstore's GPTSTORE_INFERENCE_DTYPE (transformers always runs "
+                             "the exact model in the auto dtype)")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 2)
     os.environ["GPTSTORE_HOME"] = str(args.home)
@@ -217,18 +230,19 @@ def main() -> None:
     tokenizer = load_tokenizer_from(catalog, BUILTIN_NAME)
     prompts = [render_chat_prompt(tokenizer, [{"role": "user", "content": q}])
                for q in QUESTIONS]
-    print(f"SmolLM2-135M-Instruct, {preferred_dtype()}, {NEW_TOKENS} new tokens, "
+    print(f"SmolLM2-135M-Instruct, gptstore {args.dtype}, transformers {preferred_dtype()}, "
+          f"{NEW_TOKENS} new tokens, "
           f"{torch.get_num_threads()} threads", flush=True)
-    a = part_a(catalog, prompts[: args.single_prompts])
+    a = part_a(catalog, prompts[: args.single_prompts], args.dtype)
     print(f"(a) single stream: gptstore {a['gptstore_tok_s']:.1f} tok/s, transformers "
           f"generate {a['hf_tok_s']:.1f} tok/s -> {a['ratio']:.2f}x", flush=True)
-    bc = part_bc(args.home, catalog, prompts)
+    bc = part_bc(args.home, catalog, prompts, args.dtype)
     print(f"(b) 16 concurrent HTTP streams: {bc['gptstore_16_clients_tok_s']:.1f} tok/s, "
           f"16 sequential generate: {bc['hf_sequential_tok_s']:.1f} tok/s -> "
           f"{bc['ratio']:.2f}x", flush=True)
     print(f"(c) time to first token under that load: p50 {bc['ttft_p50_s']:.2f} s, "
           f"p95 {bc['ttft_p95_s']:.2f} s", flush=True)
-    d = part_d(catalog, args.home / "adapters")
+    d = part_d(catalog, args.home / "adapters", args.dtype)
     print(f"(d) resident memory: base {d['rss_base_mb']:.0f} MB, base + 20 adapters "
           f"{d['rss_base_plus_20_adapters_mb']:.0f} MB; adapter files "
           f"{d['adapter_files_mb']:.1f} MB -> growth {d['rss_growth_over_files']:.2f}x "

@@ -44,10 +44,11 @@ class Settings(BaseSettings):
         description="Most requests waiting for a slot; beyond it the API answers 503 "
         "with Retry-After.",
     )
-    inference_dtype: Literal["auto", "bfloat16", "float32"] = Field(
+    inference_dtype: Literal["auto", "bfloat16", "float32", "int4"] = Field(
         default="auto",
-        description="Weights dtype of served models: auto = bfloat16 on CPUs with fast "
-        "bf16 (AMX / AVX-512 BF16), else float32.",
+        description="Weights dtype of served models: auto = bfloat16 on CPUs with AMX, "
+        "else float32 (both exact); int4 = 4-bit projection weights with bf16 activations "
+        "(faster, outputs differ slightly from the exact model).",
     )
     offline: bool = Field(
         default=False,

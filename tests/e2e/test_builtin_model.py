@@ -78,3 +78,11 @@ def test_export_matches_raw_generate(builtin_home: Path, tmp_path: Path) -> None
         gen = model.generate(**ids, max_new_tokens=24, do_sample=False)
     text = tokenizer.decode(gen[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
     assert ours.rstrip("\n") == text
+
+
+def test_int4_serving_still_answers_paris(builtin_home: Path) -> None:
+    """4-bit weights re-find the GGUF's own Q4_1 grid: the answer survives."""
+    out = _gptstore(builtin_home, "generate", BUILTIN_NAME, "What is the capital of France?",
+                    "--max-tokens", "20", "--temperature", "0",
+                    env={"GPTSTORE_INFERENCE_DTYPE": "int4"})
+    assert "Paris" in out

@@ -25,15 +25,15 @@ def get_serving(request: Request) -> Any:
             if state.serving is None:
                 from gptstore.api.openai.serving import OpenAIServing
                 from gptstore.inference.engine import Engine
-                from gptstore.inference.loader import store_resolver
+                from gptstore.inference.loader import engine_precision, store_resolver
                 from gptstore.inference.types import EngineConfig
 
                 settings = state.settings
-                dtype = None if settings.inference_dtype == "auto" else settings.inference_dtype
+                precision = engine_precision(settings.inference_dtype)
                 config = EngineConfig(base_budget_bytes=settings.max_loaded_bytes,
                                       max_running=settings.max_batch,
-                                      max_queue=settings.max_queue)
-                state.engine = Engine(store_resolver(state.catalog, dtype=dtype), config)
+                                      max_queue=settings.max_queue, **precision)
+                state.engine = Engine(store_resolver(state.catalog, dtype=config.dtype), config)
                 state.serving = OpenAIServing(state.engine)
     return state.serving
 

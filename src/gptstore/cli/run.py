@@ -23,14 +23,14 @@ Seed = Annotated[int | None, typer.Option(help="Seed for reproducible sampling."
 def local_engine() -> Iterator[Any]:
     """An in-process engine over the store (one request at a time is all a CLI needs)."""
     from gptstore.inference.engine import Engine
-    from gptstore.inference.loader import store_resolver
+    from gptstore.inference.loader import engine_precision, store_resolver
     from gptstore.inference.types import EngineConfig
 
     cfg = settings()
-    dtype = None if cfg.inference_dtype == "auto" else cfg.inference_dtype
+    config = EngineConfig(max_running=4, base_budget_bytes=cfg.max_loaded_bytes,
+                          **engine_precision(cfg.inference_dtype))
     with open_catalog() as catalog:
-        engine = Engine(store_resolver(catalog, dtype=dtype),
-                        EngineConfig(max_running=4, base_budget_bytes=cfg.max_loaded_bytes))
+        engine = Engine(store_resolver(catalog, dtype=config.dtype), config)
         try:
             yield engine
         finally:

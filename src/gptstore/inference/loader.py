@@ -33,6 +33,13 @@ def cpu_has_fast_bf16() -> bool:
     return "amx_bf16" in flags
 
 
+def engine_precision(setting: str) -> dict[str, str | None]:
+    """`EngineConfig` fields for the `GPTSTORE_INFERENCE_DTYPE` setting."""
+    if setting == "int4":
+        return {"dtype": "bfloat16", "quantize": "int4"}
+    return {"dtype": None if setting == "auto" else setting, "quantize": None}
+
+
 def preferred_dtype() -> Any:
     import torch
 

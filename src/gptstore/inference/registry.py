@@ -134,7 +134,7 @@ class ModelRegistry:
         runner = build_runner(model, max_slots=self.config.max_running,
                               max_context=self.config.max_context,
                               fast=self.config.use_fast_path,
-                              pack=self.config.pack_weights)
+                              pack=self.config.pack_weights, quantize=self.config.quantize)
         is_classifier = type(model).__name__.endswith("ForSequenceClassification")
         labels = None
         if is_classifier:

@@ -194,12 +194,18 @@ class EngineConfig:
     base_budget_bytes: int = 4 * 1024**3  # loaded base weights, LRU-evicted beyond it
     adapter_budget_bytes: int = 512 * 1024**2  # loaded LoRA weights, LRU-evicted beyond it
     dtype: str | None = None  # "bfloat16" / "float32" to cast bases on load; None: as loaded
+    quantize: str | None = None  # "int4": 4-bit projection weights, bf16 activations
     num_threads: int | None = None  # torch intra-op threads of the scheduler thread
     use_fast_path: bool = True  # False: always the generic transformers forward (tests)
     pack_weights: bool = True  # oneDNN-packed weight copies: faster batches (models/base.py)
     retry_after_s: float = 1.0  # the hint given with Unavailable when the queue is full
 
     def __post_init__(self) -> None:
+        if self.quantize not in (None, "int4"):
+            raise InvalidRequest(f"unknown quantization {self.quantize!r} (known: int4)",
+                                 param="quantize")
+        if self.quantize:
+            self.dtype = "bfloat16"  # the int4 kernel's activations
         for name in ("max_running", "max_queue", "max_step_tokens"):
             if getattr(self, name) < 1:
                 raise InvalidRequest(f"{name} must be at least 1", param=name)

@@ -7,24 +7,27 @@ from __future__ import annotations
 
 from typing import Any
 
-from gptstore.inference.models.base import Head, Linear, RowInput, Runner
+from gptstore.inference.models.base import Head, Int4Linear, Linear, RowInput, Runner
 
 
 def build_runner(model: Any, *, max_slots: int, max_context: int | None = None,
-                 fast: bool = True, pack: bool = True) -> Runner:
+                 fast: bool = True, pack: bool = True, quantize: str | None = None) -> Runner:
     """The runner for a loaded `transformers` model (causal LM or sequence classifier).
 
     `pack`: keep a oneDNN-packed copy of the weights for batched steps (models/base.py
-    `Linear`): 1.2-1.9x faster batches for twice the weight memory.
+    `Linear`): 1.2-1.9x faster batches for twice the weight memory. `quantize="int4"`:
+    4-bit projection weights (`Int4Linear`; the model must be bf16); the generic runner
+    does not quantize.
     """
     from gptstore.inference.models import generic, gpt2, llama
 
     if fast and llama.supports(model):
         return llama.LlamaRunner(model, max_slots=max_slots, max_context=max_context,
-                                 pack=pack)
+                                 pack=pack, quantize=quantize)
     if fast and gpt2.supports(model):
-        return gpt2.GPT2Runner(model, max_slots=max_slots, max_context=max_context, pack=pack)
+        return gpt2.GPT2Runner(model, max_slots=max_slots, max_context=max_context, pack=pack,
+                               quantize=quantize)
     return generic.GenericRunner(model, max_slots=max_slots, max_context=max_context)
 
 
-__all__ = ["Head", "Linear", "RowInput", "Runner", "build_runner"]
+__all__ = ["Head", "Int4Linear", "Linear", "RowInput", "Runner", "build_runner"]

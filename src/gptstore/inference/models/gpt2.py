@@ -44,7 +44,7 @@ class _Layer:
 
 class GPT2Runner(DecoderRunner):
     def __init__(self, model: Any, *, max_slots: int, max_context: int | None = None,
-                 pack: bool = False) -> None:
+                 pack: bool = False, quantize: str | None = None) -> None:
         config = model.config
         tr = model.transformer
         d, n_heads = config.n_embd, config.n_head
@@ -54,7 +54,8 @@ class GPT2Runner(DecoderRunner):
         dtype = tr.wte.weight.dtype
         super().__init__(n_layers=len(tr.h), n_heads=n_heads, n_kv_heads=n_heads,
                          head_dim=d // n_heads, vocab_size=config.vocab_size,
-                         context_length=context, dtype=dtype, max_slots=max_slots, pack=pack)
+                         context_length=context, dtype=dtype, max_slots=max_slots, pack=pack,
+                         quantize=quantize)
         self.hidden = d
         self.eps = float(config.layer_norm_epsilon)
         self.wte = tr.wte.weight.detach()

@@ -98,7 +98,7 @@ def _fuse(modules: list[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 class LlamaRunner(DecoderRunner):
     def __init__(self, model: Any, *, max_slots: int, max_context: int | None = None,
-                 pack: bool = False) -> None:
+                 pack: bool = False, quantize: str | None = None) -> None:
         config = model.config
         decoder = _decoder(model)
         first = decoder.layers[0].self_attn
@@ -113,7 +113,8 @@ class LlamaRunner(DecoderRunner):
         dtype = decoder.embed_tokens.weight.dtype
         super().__init__(n_layers=len(decoder.layers), n_heads=n_heads, n_kv_heads=n_kv,
                          head_dim=head_dim, vocab_size=config.vocab_size,
-                         context_length=context, dtype=dtype, max_slots=max_slots, pack=pack)
+                         context_length=context, dtype=dtype, max_slots=max_slots, pack=pack,
+                         quantize=quantize)
         self.eps = float(config.rms_norm_eps)
         self.hidden = config.hidden_size
         self.intermediate = config.intermediate_size
@@ -134,8 +135,9 @@ class LlamaRunner(DecoderRunner):
                 down=self.linear(mlp.down_proj.weight.detach().t(), _bias(mlp.down_proj)),
             ))
         lm_head = getattr(model, "lm_head", None)
-        self.lm_head = Head(self.linear(lm_head.weight.detach().t(), _bias(lm_head))) \
-            if lm_head is not None else None
+        self.lm_head = None
+        if lm_head is not None:
+            self.lm_head = Head(self.linear(lm_head.weight.detach().t(), _bias(lm_head)))
         score = getattr(model, "score", None)
         self.score = Head(Linear.of(score.weight.detach(), _bias(score)), lora_site=None) \
             if score is not None else None
