@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from finetune_vs_hf import ForeignLoad
 from serve_vs_hf import on_own_thread
 
 from gptstore.inference import Engine, EngineConfig, GenerationRequest, ModelSpec, SamplingParams
@@ -36,32 +37,6 @@ QUESTIONS = [
     "How many legs does a spider have?", "What is the boiling point of water?",
     "Suggest a name for a dog.", "What is machine learning?",
 ]
-
-
-class ForeignLoad:
-    """Share of the machine's CPU time used by *other* processes since the last call
-    (Linux /proc): a round run while others were busy is not a measurement of us."""
-
-    def __init__(self) -> None:
-        self._last = self._snapshot()
-
-    @staticmethod
-    def _snapshot() -> tuple[int, int, int] | None:
-        try:
-            cpu = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
-            fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return None
-        idle = cpu[3] + cpu[4]
-        return sum(cpu), sum(cpu) - idle, int(fields[11]) + int(fields[12])
-
-    def __call__(self) -> float:
-        now, last = self._snapshot(), self._last
-        self._last = now
-        if now is None or last is None or now[0] == last[0]:
-            return float("nan")
-        total, busy, ours = (a - b for a, b in zip(now, last, strict=True))
-        return max(0.0, (busy - ours) / total)
 
 
 def load(model_dir: str | None, dtype: torch.dtype) -> tuple[Any, Any]:

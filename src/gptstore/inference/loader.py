@@ -34,9 +34,10 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def engine_precision(setting: str) -> dict[str, str | None]:
-    """`EngineConfig` fields for the `GPTSTORE_INFERENCE_DTYPE` setting."""
+    """`EngineConfig` fields for the `GPTSTORE_INFERENCE_DTYPE` setting (with int4 the
+    config itself sets the bf16 dtype its kernel needs)."""
     if setting == "int4":
-        return {"dtype": "bfloat16", "quantize": "int4"}
+        return {"dtype": None, "quantize": "int4"}
     return {"dtype": None if setting == "auto" else setting, "quantize": None}
 
 

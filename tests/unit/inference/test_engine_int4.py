@@ -90,7 +90,7 @@ def test_engine_serves_int4_and_refuses_unknown_quantisation(tiny_dirs, make_eng
 
 def test_inference_dtype_setting_maps_to_the_engine(monkeypatch):
     monkeypatch.setenv("GPTSTORE_INFERENCE_DTYPE", "int4")
-    assert engine_precision(Settings().inference_dtype) == {"dtype": "bfloat16",
-                                                            "quantize": "int4"}
+    config = EngineConfig(**engine_precision(Settings().inference_dtype))
+    assert (config.dtype, config.quantize) == ("bfloat16", "int4")
     assert engine_precision("auto") == {"dtype": None, "quantize": None}
     assert engine_precision("float32") == {"dtype": "float32", "quantize": None}
