@@ -35,9 +35,9 @@ from gptstore.settings import Settings
 from gptstore.storage.blobs import BlobStore
 from gptstore.storage.db import Database
 from gptstore.storage.manifest import FileEntry, Manifest
+from gptstore.tasks import TASKS
 
 CARD_FILE = "README.md"
-TASKS = ("causal-lm", "classification")
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,10 @@ A format module parses a file into `Record`s; encoding turns records into
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
-TaskName = Literal["causal-lm", "classification"]
-TASKS: tuple[TaskName, ...] = ("causal-lm", "classification")
+from gptstore.tasks import TASKS, TaskName
+
+__all__ = ["IGNORE_INDEX", "TASKS", "EncodedExample", "TaskName", "TrainingData"]
 
 #: label id that means "no loss on this token" (the transformers / PyTorch convention)
 IGNORE_INDEX = -100

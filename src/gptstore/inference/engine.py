@@ -44,6 +44,7 @@ from gptstore.inference.types import (
     ModelSpec,
     SamplingParams,
 )
+from gptstore.tasks import CAUSAL_LM
 
 Resolver = Callable[[str], ModelSpec]
 LabelProbs = list[tuple[str, float]]
@@ -96,7 +97,7 @@ class Engine:
         model), `NotFound` (from the resolver) and `Unavailable` (queue full).
         """
         spec = self.resolve(request.model)
-        if spec.task != "generation":
+        if spec.task != CAUSAL_LM:
             raise InvalidRequest(f"{request.model} is a {spec.task} model: use classification, "
                                  "not completions", param="model")
         base, adapter = self._acquire(spec)

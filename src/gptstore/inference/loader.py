@@ -228,7 +228,7 @@ def store_resolver(catalog: Catalog, *, dtype: str | None = None) -> Any:
 
     def resolve(name: str) -> ModelSpec:
         version = catalog.resolve(name)
-        task = "classification" if version.task == "classification" else "generation"
+        task = version.task
         labels = version.lineage.get("label_names")
         if version.kind == "adapter" and _merge_to_serve(catalog, version):
             # The engine applies LoRA deltas and classifier heads per request; an adapter

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gptstore.errors import InvalidRequest
+from gptstore.tasks import CAUSAL_LM, TASKS, TaskName
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
-Task = Literal["generation", "classification"]
 
 
 @dataclass
@@ -173,13 +173,13 @@ class ModelSpec:
     base_key: str
     base_loader: Callable[[], tuple[Any, Any]]
     adapter_dir: Path | None = None
-    task: Task = "generation"
+    task: TaskName = CAUSAL_LM
     label_names: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.adapter_dir is not None:
             self.adapter_dir = Path(self.adapter_dir)
-        if self.task not in ("generation", "classification"):
+        if self.task not in TASKS:
             raise InvalidRequest(f"unknown task {self.task!r}", param="task")
 
 

@@ -20,9 +20,10 @@ from typing import Any
 
 from gptstore.catalog.names import parse_ref
 from gptstore.errors import InvalidRequest
+from gptstore.tasks import TASKS
 
 AUTO = "auto"
-TASK_CHOICES = ("auto", "causal-lm", "classification")
+TASK_CHOICES = (AUTO, *TASKS)
 METHOD_CHOICES = ("lora", "full", "head")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("linear", "cosine", "constant")
