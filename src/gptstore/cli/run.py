@@ -22,15 +22,10 @@ Seed = Annotated[int | None, typer.Option(help="Seed for reproducible sampling."
 @contextmanager
 def local_engine() -> Iterator[Any]:
     """An in-process engine over the store (one request at a time is all a CLI needs)."""
-    from gptstore.inference.engine import Engine
-    from gptstore.inference.loader import engine_precision, store_resolver
-    from gptstore.inference.types import EngineConfig
+    from gptstore.inference.store import build_engine
 
-    cfg = settings()
-    config = EngineConfig(max_running=4, base_budget_bytes=cfg.max_loaded_bytes,
-                          **engine_precision(cfg.inference_dtype))
     with open_catalog() as catalog:
-        engine = Engine(store_resolver(catalog, dtype=config.dtype), config)
+        engine = build_engine(settings(), catalog, max_running=4)
         try:
             yield engine
         finally:

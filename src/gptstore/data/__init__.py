@@ -18,7 +18,6 @@ from gptstore.data.encode import (
     ParsedFile,
     default_max_length,
     encode_parsed,
-    file_digest,
     load_training_data,
     parse_file,
 )
@@ -49,7 +48,6 @@ __all__ = [
     "default_max_length",
     "detect_format",
     "encode_parsed",
-    "file_digest",
     "format_names",
     "get_format",
     "load_training_data",

@@ -9,7 +9,6 @@ in `data/formats/`; the report's numbers in `data/report.py`. Tokenizers only, n
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from gptstore.data.formats import FORMATS, detect_format, get_format
 from gptstore.data.formats.base import DataFormat, EncodeResult, Issue, Record, error, warning
 from gptstore.data.types import TASKS, TaskName, TrainingData
 from gptstore.errors import InvalidRequest, NotFound
+from gptstore.storage.blobs import file_sha256
 
 #: the max_length used when neither the caller nor a small model context says otherwise
 DEFAULT_MAX_LENGTH = 1024
@@ -45,15 +45,6 @@ class ParsedFile:
     @property
     def warnings(self) -> list[Issue]:
         return [i for i in self.issues if not i.is_error]
-
-
-def file_digest(path: Path) -> str:
-    """sha256 of the file's bytes, hex (the dataset digest recorded in lineage)."""
-    sha = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()
 
 
 def default_max_length(tokenizer: Any | None) -> int:
@@ -86,7 +77,7 @@ def parse_file(
     if task is not None and task not in TASKS:
         raise InvalidRequest(f"unknown task {task!r}; use one of {', '.join(TASKS)}",
                              param="task")
-    parsed = ParsedFile(path=path, digest=file_digest(path), format=None, task=task)
+    parsed = ParsedFile(path=path, digest=file_sha256(path), format=None, task=task)
     # 1. which format: explicit, or from the extension and first record
     if format is not None:
         fmt: DataFormat | None = get_format(format)

@@ -46,7 +46,7 @@ class TrainingData:
     format: str
     task: TaskName
     examples: list[EncodedExample]
-    #: sha256 of the file's bytes, recorded in the lineage
+    #: `sha256:<hex>` of the file's bytes, recorded in the lineage
     digest: str
     #: classification only: the label set, index = class id
     label_names: list[str] | None = None

@@ -21,7 +21,7 @@ from gptstore.inference.types import (
 )
 
 if TYPE_CHECKING:
-    from gptstore.inference.engine import Engine, ModelInfo
+    from gptstore.inference.engine import Engine, ServedModelInfo
     from gptstore.inference.handle import RequestHandle
 
 __all__ = [
@@ -30,10 +30,10 @@ __all__ = [
     "EngineConfig",
     "FinishReason",
     "GenerationRequest",
-    "ModelInfo",
     "ModelSpec",
     "RequestHandle",
     "SamplingParams",
+    "ServedModelInfo",
     "TokenEvent",
     "TopLogprob",
     "Usage",
@@ -41,7 +41,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("Engine", "ModelInfo"):
+    if name in ("Engine", "ServedModelInfo"):
         from gptstore.inference import engine
 
         return getattr(engine, name)

@@ -19,7 +19,6 @@ chat templates with `engine.tokenizer(name)`, and maps `gptstore.errors` to resp
 
 from __future__ import annotations
 
-import asyncio
 import math
 import uuid
 from collections.abc import Callable, Sequence
@@ -51,7 +50,7 @@ LabelProbs = list[tuple[str, float]]
 
 
 @dataclass
-class ModelInfo:
+class ServedModelInfo:
     """What the serving layer needs to know about a loaded model."""
 
     name: str
@@ -155,9 +154,6 @@ class Engine:
         """Label probabilities for each text, in label order: [[(label, p), ...], ...]."""
         return self._classify_future(model, texts).result(timeout=timeout)
 
-    async def aclassify(self, model: str, texts: Sequence[str]) -> list[LabelProbs]:
-        return await asyncio.wrap_future(self._classify_future(model, texts))
-
     def _classify_future(self, model: str, texts: Sequence[str]) -> Any:
         spec = self.resolve(model)
         if spec.task != "classification":
@@ -209,7 +205,6 @@ class Engine:
             raise InvalidRequest(f"{model} has {n_labels} outputs but {len(labels)} label "
                                  "names", param="model")
         return head, labels or [f"LABEL_{i}" for i in range(n_labels)]
-        return head, labels
 
     def _run_classification(self, base: LoadedBase, adapter: LoadedAdapter | None,
                             head: Head | None, labels: list[str],
@@ -241,9 +236,9 @@ class Engine:
         """The tokenizer of `model` (loads its base if needed)."""
         return self._with_loaded(model, lambda base, _a: base.tokenizer)
 
-    def model_info(self, model: str) -> ModelInfo:
+    def model_info(self, model: str) -> ServedModelInfo:
         spec = self.resolve(model)
-        return self._with_loaded(model, lambda base, _a: ModelInfo(
+        return self._with_loaded(model, lambda base, _a: ServedModelInfo(
             name=model, base_key=base.key, task=spec.task,
             context_length=base.runner.context_length, eos_token_ids=base.eos_token_ids,
             label_names=spec.label_names or base.label_names,

@@ -1,26 +1,53 @@
-"""Loading store models into torch: safetensors only, memory-mapped, bf16 where the CPU
-has native bf16 matrix units.
+"""The one loader: a store version becomes a live transformers model here, and nowhere else.
 
-This is the one place that turns a catalog version into live `transformers` objects;
-the engine, the training loop and the CLI all come through here.
+`load_version(catalog, ref)` loads any version the store can hold, the way PEFT's
+`AutoPeftModel` picks its class from the saved config:
+
+- full causal-lm: `AutoModelForCausalLM` from the version's folder;
+- full classification: `AutoModelForSequenceClassification` (labels in its config);
+- adapter (LoRA or head), causal-lm: the base as `AutoModelForCausalLM` + `PeftModel`;
+- adapter, classification: the base as `AutoModelForSequenceClassification` with the
+  adapter's label set (lineage `label_names`) + `PeftModel` (the trained `score` comes
+  from `modules_to_save`).
+
+Training builds its starting model through the same function (a base loaded for a task,
+with its own label set, dropout and attention set through `configure` and
+`attn_implementation`); the engine's base loaders (`inference/store.py`), `gptstore
+eval` and the merged export come through here too. Weights are read from safetensors
+only (`use_safetensors=True`, memory-mapped by transformers): no pickle is ever loaded.
+
+Knows nothing of training (optimisers, methods, checkpoints) and nothing of HTTP.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from gptstore.catalog.repository import Catalog, VersionInfo
 from gptstore.errors import InvalidRequest
 from gptstore.settings import Settings
+from gptstore.tasks import CAUSAL_LM, CLASSIFICATION, TaskName
+
+#: the transformers Auto class of each task's models
+AUTO_CLASSES: dict[TaskName, str] = {
+    CAUSAL_LM: "AutoModelForCausalLM",
+    CLASSIFICATION: "AutoModelForSequenceClassification",
+}
+
+#: modules a PEFT adapter may save whole and the engine still applies per request
+#: (a classifier head); an adapter saving any other module is served merged
+HEAD_MODULES = frozenset({"score", "classifier"})
 
 
 @functools.lru_cache(maxsize=1)
 def cpu_has_fast_bf16() -> bool:
-    """True on CPUs with AMX, where bf16 matmuls run ~3x fp32 (NOTES.md: 709 vs 231
-    GFLOP/s at 2048^2).
+    """True on CPUs with AMX, where bf16 matmuls run ~3x fp32 (709 vs 231 GFLOP/s at
+    2048^2 on the Sapphire Rapids of the team's notes).
 
     AVX-512 BF16 alone is not enough: on a Sapphire Rapids VM without AMX enabled
     (oneDNN reports "AVX 10.1") bf16 matmuls measured 2x *slower* than fp32 (160 vs 321
@@ -33,46 +60,61 @@ def cpu_has_fast_bf16() -> bool:
     return "amx_bf16" in flags
 
 
-def engine_precision(setting: str) -> dict[str, str | None]:
-    """`EngineConfig` fields for the `GPTSTORE_INFERENCE_DTYPE` setting (with int4 the
-    config itself sets the bf16 dtype its kernel needs)."""
-    if setting == "int4":
-        return {"dtype": None, "quantize": "int4"}
-    return {"dtype": None if setting == "auto" else setting, "quantize": None}
-
-
 def preferred_dtype() -> Any:
+    """The dtype models are loaded in when the caller does not say."""
     import torch
 
     return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
 
 
-@dataclass
-class LoadedModel:
-    version: VersionInfo
-    folder: Path  # the snapshot folder of the version (of its base, for adapters)
-    model: Any
-    tokenizer: Any
+def auto_class(task: TaskName) -> Any:
+    """The transformers Auto class that builds `task`'s models."""
+    import transformers
+
+    try:
+        return getattr(transformers, AUTO_CLASSES[task])
+    except KeyError:
+        raise InvalidRequest(f"unknown task {task!r}; use one of {', '.join(AUTO_CLASSES)}",
+                             param="task") from None
 
 
-def _check_weights(version: VersionInfo) -> None:
-    if not any(f.path.endswith(".safetensors") for f in version.files):
-        raise InvalidRequest(f"{version.ref} has no safetensors weights; re-import it")
+@dataclass(frozen=True)
+class LoadedVersion:
+    """A store version as a live model, and what a caller needs to run it."""
+
+    version: VersionInfo  # the version asked for
+    weights: VersionInfo  # the version whose weights were read (the base, for adapters)
+    folder: Path  # the snapshot folder of `weights`
+    model: Any  # in eval mode; a `peft.PeftModel` for adapters
+    tokenizer: Any  # with a pad token (eos when the model has none)
+    task: TaskName
+    label_names: list[str] | None  # classification: the outputs, in order
+    pad_token_id: int  # the token a classifier pools up to (transformers' rule)
+    max_length: int | None  # the context the version was trained with, if recorded
+    dtype: Any  # torch dtype of every weight
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.task == CLASSIFICATION
 
 
-def model_folder(catalog: Catalog, ref: str | VersionInfo) -> Path:
-    version = catalog.resolve(ref) if isinstance(ref, str) else ref
-    return catalog.snapshot(version)
+def weights_version(catalog: Catalog, version: VersionInfo) -> VersionInfo:
+    """The version holding the weights: the version itself, or an adapter's base."""
+    if version.kind != "adapter":
+        return version
+    if version.base_version_id is None:
+        raise InvalidRequest(f"{version.ref} is an adapter without a base version")
+    return catalog.get_version(version.base_version_id)
 
 
-def load_tokenizer_from(catalog: Catalog, ref: str | VersionInfo) -> Any:
+def load_tokenizer(catalog: Catalog, ref: str | VersionInfo) -> Any:
     """The version's tokenizer (its base's, for adapters without one), with
     `model_max_length` capped at the model's context length."""
     from transformers import AutoTokenizer
 
     version = catalog.resolve(ref) if isinstance(ref, str) else ref
     if version.kind == "adapter" and not version.has_file("tokenizer.json"):
-        version = catalog.get_version(version.base_version_id)  # type: ignore[arg-type]
+        version = weights_version(catalog, version)
     tokenizer = AutoTokenizer.from_pretrained(catalog.snapshot(version))
     context = version.lineage.get("context_length")
     if isinstance(context, int) and context < tokenizer.model_max_length:
@@ -80,54 +122,116 @@ def load_tokenizer_from(catalog: Catalog, ref: str | VersionInfo) -> Any:
     return tokenizer
 
 
-def load_tokenizer(settings: Settings, name: str) -> Any:
-    """The tokenizer of store model `name` (for data validation)."""
+def tokenizer_of(settings: Settings, name: str) -> Any:
+    """The tokenizer of store model `name`, opening the store for just that."""
     catalog = Catalog(settings)
     try:
-        return load_tokenizer_from(catalog, name)
+        return load_tokenizer(catalog, name)
     finally:
         catalog.close()
 
 
-def load_causal_lm(catalog: Catalog, ref: str | VersionInfo, *, dtype: Any = None) -> LoadedModel:
-    """A full causal-LM version as a transformers model in eval mode.
+def label_names_of(version: VersionInfo, config: Any | None = None) -> list[str] | None:
+    """A classifier's outputs: the lineage's `label_names`, else its config's id2label."""
+    names = version.lineage.get("label_names")
+    if names:
+        return [str(n) for n in names]
+    id2label = getattr(config, "id2label", None) if config is not None else None
+    if id2label and version.task == CLASSIFICATION:
+        return [str(id2label[i]) for i in sorted(int(k) for k in id2label)]
+    return None
 
-    Weights are read from safetensors only (`use_safetensors=True`), which transformers
-    memory-maps; `dtype` defaults to bf16 on CPUs with fast bf16, else fp32.
+
+def load_version(
+    catalog: Catalog,
+    ref: str | VersionInfo,
+    *,
+    task: TaskName | None = None,
+    label_names: Sequence[str] | None = None,
+    dtype: Any = None,
+    configure: Callable[[Any], None] | None = None,
+    attn_implementation: str | None = None,
+) -> LoadedVersion:
+    """Any store version as a model in eval mode (see the module docstring).
+
+    `task` loads the weights for another task than the version's own (a causal-LM base
+    as a classifier to fine-tune), with `label_names` as its outputs; `configure(config)`
+    may change the transformers config before the weights are built (training sets its
+    dropout there); `dtype` defaults to `preferred_dtype()`.
     """
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig
+    from transformers.utils import logging as hf_logging
 
     version = catalog.resolve(ref) if isinstance(ref, str) else ref
-    if version.kind != "full":
-        raise InvalidRequest(
-            f"{version.ref} is a {version.kind} version; load it with its base model"
-        )
-    _check_weights(version)
-    folder = catalog.snapshot(version)
-    model = AutoModelForCausalLM.from_pretrained(
-        folder, dtype=dtype or preferred_dtype(), use_safetensors=True
-    )
+    weights = weights_version(catalog, version)
+    if not any(f.path.endswith(".safetensors") for f in weights.files):
+        raise InvalidRequest(f"{weights.ref} has no safetensors weights; re-import it")
+    task = task or version.task
+    dtype = dtype or preferred_dtype()
+    folder = catalog.snapshot(weights)
+    tokenizer = load_tokenizer(catalog, version)
+    if tokenizer.pad_token_id is None:  # pad with eos: padding is masked out anyway
+        tokenizer.pad_token = tokenizer.eos_token
+    config = AutoConfig.from_pretrained(folder)
+    pad_id = int(tokenizer.pad_token_id)
+    labels = [str(n) for n in label_names] if label_names else None
+    if task == CLASSIFICATION:
+        labels = labels or label_names_of(version, config)
+        if not labels:
+            raise InvalidRequest(f"{version.ref} is a classifier without a label set; "
+                                 "publish it again with label_names in its lineage")
+        if weights.task == CLASSIFICATION and getattr(config, "pad_token_id", None) is not None:
+            pad_id = int(config.pad_token_id)  # the pad the classifier was trained with
+        classifier_config(config, labels, pad_id)
+    if configure is not None:
+        configure(config)
+    kwargs: dict[str, Any] = {"config": config, "dtype": dtype, "use_safetensors": True}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "score newly initialised" is expected for new heads
+    try:
+        model = auto_class(task).from_pretrained(folder, **kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if version.kind == "adapter":
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, catalog.snapshot(version))
+        model.to(dtype)  # PEFT keeps adapter weights in fp32: one dtype for every weight
     model.eval()
-    tokenizer = load_tokenizer_from(catalog, version)
-    return LoadedModel(version=version, folder=folder, model=model, tokenizer=tokenizer)
+    hyper = version.lineage.get("hyperparameters") or {}
+    max_length = hyper.get("max_length") if isinstance(hyper.get("max_length"), int) else None
+    return LoadedVersion(version=version, weights=weights, folder=folder, model=model,
+                         tokenizer=tokenizer, task=task, label_names=labels,
+                         pad_token_id=pad_id, max_length=max_length, dtype=dtype)
 
 
-def load_with_adapter(catalog: Catalog, version: VersionInfo, *, dtype: Any = None) -> LoadedModel:
-    """An adapter version on top of its base, as a `peft.PeftModel` (for export and eval)."""
-    from peft import PeftModel
+def classifier_config(config: Any, labels: Sequence[str], pad_id: int) -> None:
+    """A sequence-classification head over `labels`, pooling the last non-pad token."""
+    config.num_labels = len(labels)
+    config.id2label = dict(enumerate(labels))
+    config.label2id = {name: i for i, name in enumerate(labels)}
+    config.pad_token_id = pad_id  # transformers pools the last token that is not padding
+    config.problem_type = "single_label_classification"
 
-    if version.base_version_id is None:
-        raise InvalidRequest(f"{version.ref} is an adapter without a base version")
-    base = catalog.get_version(version.base_version_id)
-    if version.task == "classification":
-        loaded = load_classifier_for_adapter(catalog, version, base, dtype=dtype)
-    else:
-        loaded = load_causal_lm(catalog, base, dtype=dtype)
-    adapter_folder = catalog.snapshot(version)
-    model = PeftModel.from_pretrained(loaded.model, adapter_folder)
-    model.eval()
-    return LoadedModel(version=version, folder=adapter_folder, model=model,
-                       tokenizer=loaded.tokenizer)
+
+def saves_whole_modules(catalog: Catalog, version: VersionInfo) -> bool:
+    """Whether a PEFT adapter saves whole modules other than a classifier head (a
+    trained LM head): the engine cannot apply those per request, so it serves them merged."""
+    if version.kind != "adapter" or not version.has_file("adapter_config.json"):
+        return False
+    config = json.loads(catalog.read_file(version, "adapter_config.json"))
+    return bool(set(config.get("modules_to_save") or []) - HEAD_MODULES)
+
+
+def load_merged(catalog: Catalog, version: VersionInfo, *, dtype: Any = None) -> LoadedVersion:
+    """An adapter version merged into its base: one plain transformers model."""
+    loaded = load_version(catalog, version, dtype=dtype)
+    merged = loaded.model.merge_and_unload()
+    if _head_untied(merged):  # a trained LM head (head-only fine-tune) of a tied model
+        merged.config.tie_word_embeddings = False
+    return replace(loaded, model=merged)
 
 
 def export_merged(catalog: Catalog, version: VersionInfo, out_dir: Path) -> None:
@@ -138,12 +242,12 @@ def export_merged(catalog: Catalog, version: VersionInfo, out_dir: Path) -> None
     if out_dir.exists() and any(out_dir.iterdir()):
         raise InvalidRequest(f"export folder {out_dir} is not empty: choose a new or empty folder",
                              param="dir")
-    loaded = load_with_adapter(catalog, version, dtype=torch.float32)
-    merged = loaded.model.merge_and_unload()
-    if _head_untied(merged):  # a trained LM head (head-only fine-tune) of a tied model
-        merged.config.tie_word_embeddings = False
+    if version.kind != "adapter":
+        raise InvalidRequest(f"{version.ref} is a full model: export it without --merged",
+                             param="merged")
+    loaded = load_merged(catalog, version, dtype=torch.float32)
     out_dir.mkdir(parents=True, exist_ok=True)
-    merged.save_pretrained(out_dir, safe_serialization=True)
+    loaded.model.save_pretrained(out_dir, safe_serialization=True)
     loaded.tokenizer.save_pretrained(out_dir)
     (out_dir / "README.md").write_bytes(catalog.read_file(version, "README.md"))
     catalog.count_download(version.model)
@@ -155,109 +259,4 @@ def _head_untied(model: Any) -> bool:
     out, inp = model.get_output_embeddings(), model.get_input_embeddings()
     if out is None or inp is None or not getattr(model.config, "tie_word_embeddings", False):
         return False
-    return out.weight.data_ptr() != inp.weight.data_ptr()
-
-
-def load_classifier_for_adapter(catalog: Catalog, version: VersionInfo, base: VersionInfo, *,
-                                dtype: Any = None) -> LoadedModel:
-    """The base of a classification adapter as `*ForSequenceClassification` with the
-    adapter's label set (lineage `label_names`) and pad token; its `score` head is a
-    placeholder until the adapter's `modules_to_save` replaces it."""
-    from transformers import AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
-
-    _check_weights(base)
-    labels = [str(n) for n in version.lineage.get("label_names") or []]
-    if not labels:
-        raise InvalidRequest(f"{version.ref} is a classifier without label_names in its lineage")
-    tokenizer = load_tokenizer_from(catalog, version)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    folder = catalog.snapshot(base)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # "score newly initialised" is expected here
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            folder, dtype=dtype or preferred_dtype(), use_safetensors=True,
-            num_labels=len(labels), id2label=dict(enumerate(labels)),
-            label2id={name: i for i, name in enumerate(labels)}, pad_token_id=pad)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    model.eval()
-    return LoadedModel(version=base, folder=folder, model=model, tokenizer=tokenizer)
-
-
-def load_classifier_base(catalog: Catalog, version: VersionInfo, *, dtype: Any = None) -> Any:
-    """A full sequence-classification version as a transformers model in eval mode."""
-    from transformers import AutoModelForSequenceClassification
-
-    _check_weights(version)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        catalog.snapshot(version), dtype=dtype or preferred_dtype(), use_safetensors=True
-    )
-    model.eval()
-    return model
-
-
-_HEAD_MODULES = {"score", "classifier"}
-
-
-def _merge_to_serve(catalog: Catalog, version: VersionInfo) -> bool:
-    """Whether a PEFT adapter saves whole modules other than a classifier head."""
-    import json
-
-    if not version.has_file("adapter_config.json"):
-        return False
-    config = json.loads(catalog.read_file(version, "adapter_config.json"))
-    saved = set(config.get("modules_to_save") or [])
-    return bool(saved - _HEAD_MODULES)
-
-
-def store_resolver(catalog: Catalog, *, dtype: str | None = None) -> Any:
-    """The engine's resolver over the store: a model name -> `ModelSpec`.
-
-    A full version is its own base (keyed by manifest digest, so two names for the same
-    bytes share memory); an adapter version points at its base version's weights plus
-    its own PEFT folder, so all adapters of one base share one copy of it. `dtype`
-    ("bfloat16" / "float32") overrides `preferred_dtype()`; weights load straight in it.
-    """
-    import torch
-
-    from gptstore.inference.types import ModelSpec
-
-    torch_dtype = getattr(torch, dtype) if dtype else None
-
-    def resolve(name: str) -> ModelSpec:
-        version = catalog.resolve(name)
-        task = version.task
-        labels = version.lineage.get("label_names")
-        if version.kind == "adapter" and _merge_to_serve(catalog, version):
-            # The engine applies LoRA deltas and classifier heads per request; an adapter
-            # that replaces other whole modules (a trained LM head) is served merged, as
-            # a model of its own.
-            def load_merged() -> tuple[Any, Any]:
-                from gptstore.training.loading import load_for_inference
-
-                model, tokenizer, _ = load_for_inference(catalog, version, dtype=torch_dtype)
-                return model.merge_and_unload(), tokenizer
-
-            return ModelSpec(base_key=version.manifest_digest, base_loader=load_merged,
-                             task=task, label_names=labels)
-        if version.kind == "adapter":
-            if version.base_version_id is None:
-                raise InvalidRequest(f"{version.ref} is an adapter without a base version")
-            base = catalog.get_version(version.base_version_id)
-            adapter_dir: Path | None = catalog.snapshot(version)
-        else:
-            base, adapter_dir = version, None
-
-        def load_base() -> tuple[Any, Any]:
-            if base.task == "classification":
-                return (load_classifier_base(catalog, base, dtype=torch_dtype),
-                        load_tokenizer_from(catalog, base))
-            loaded = load_causal_lm(catalog, base, dtype=torch_dtype)
-            return loaded.model, loaded.tokenizer
-
-        return ModelSpec(base_key=base.manifest_digest, base_loader=load_base,
-                         adapter_dir=adapter_dir, task=task, label_names=labels)
-
-    return resolve
+    return bool(out.weight.data_ptr() != inp.weight.data_ptr())

@@ -49,6 +49,21 @@ def check_digest(digest: str) -> str:
     return digest
 
 
+def stream_sha256(stream: BinaryIO) -> str:
+    """`sha256:<hex>` of everything `stream` yields (read in chunks)."""
+    hasher = hashlib.sha256()
+    while chunk := stream.read(_CHUNK):
+        hasher.update(chunk)
+    return "sha256:" + hasher.hexdigest()
+
+
+def file_sha256(path: Path | str) -> str:
+    """`sha256:<hex>` of a file's bytes: the digest a blob of it gets, and the one
+    lineage records for a data set or an imported file."""
+    with open(path, "rb") as handle:
+        return stream_sha256(handle)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -148,11 +163,8 @@ class BlobStore:
 
     def verify(self, digest: str) -> bool:
         """Re-hash a stored blob; False when its bytes no longer match its name."""
-        hasher = hashlib.sha256()
         with self.open(digest) as f:
-            while chunk := f.read(_CHUNK):
-                hasher.update(chunk)
-        return "sha256:" + hasher.hexdigest() == digest
+            return stream_sha256(f) == digest
 
     def iter_blobs(self) -> Iterator[tuple[str, Path]]:
         base = self.root / "sha256"

@@ -4,13 +4,15 @@ Public API (torch is imported only when a function that needs it is first used):
 
 - `TrainConfig` (config.py): every option, with help text and `auto` defaults;
 - `finetune(config, *, settings, catalog, callbacks) -> FinetuneResult` (loop.py);
-- `load_for_inference(catalog, ref) -> (model, tokenizer, InferenceInfo)` and
-  `classify(model, tokenizer, info, texts)` (loading.py);
+- `RunRecord` (record.py): a finished run as a value, which publish, the CLI and the
+  jobs worker read;
 - `evaluate_file(catalog, ref, path)` (evaluate.py): `gptstore eval`;
-- `TASKS` / `METHODS` registries (tasks.py, methods.py); `TrainEvent` (logs.py).
+- `TASK_REGISTRY` / `METHODS` registries (tasks.py, methods.py); `TrainEvent` (logs.py).
 
-Layout: config (options) -> tasks (what is predicted) + methods (what trains) -> loop
-(the order of steps) -> checkpoint, logs, evaluate, publish; loading serves inference.
+Layout: config (options) -> prepare (data, config resolved once) -> tasks (what is
+predicted) + methods (what trains) -> loop (the order of steps) -> checkpoint, logs,
+evaluate -> record -> publish. Models are loaded by `inference.loader`, the one loader;
+nothing in `inference` imports `training`.
 """
 
 from __future__ import annotations
@@ -21,26 +23,22 @@ from gptstore.training.config import TrainConfig, field_help
 
 __all__ = [
     "METHODS",
-    "TASKS",
+    "TASK_REGISTRY",
     "FinetuneResult",
-    "InferenceInfo",
+    "RunRecord",
     "TrainConfig",
     "TrainEvent",
-    "classify",
     "evaluate_file",
     "field_help",
     "finetune",
-    "load_for_inference",
 ]
 
 _LAZY = {
     "finetune": "gptstore.training.loop",
     "FinetuneResult": "gptstore.training.loop",
-    "load_for_inference": "gptstore.training.loading",
-    "classify": "gptstore.training.loading",
-    "InferenceInfo": "gptstore.training.loading",
+    "RunRecord": "gptstore.training.record",
     "evaluate_file": "gptstore.training.evaluate",
-    "TASKS": "gptstore.training.tasks",
+    "TASK_REGISTRY": "gptstore.training.tasks",
     "METHODS": "gptstore.training.methods",
     "TrainEvent": "gptstore.training.logs",
 }

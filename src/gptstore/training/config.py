@@ -55,7 +55,7 @@ def _help(text: str, default: Any = MISSING) -> Any:
     return field(default=default, metadata={"help": text})
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything a fine-tuning run needs, with OpenAI-style `auto` defaults."""
 
@@ -166,7 +166,9 @@ class TrainConfig:
         except InvalidRequest as exc:
             raise InvalidRequest(f"name: {exc.message}", param="name") from exc
         if isinstance(self.lora_target, str) and self.lora_target != AUTO:
-            self.lora_target = [t.strip() for t in self.lora_target.split(",") if t.strip()]
+            # frozen dataclass: the one normalisation happens before anyone sees it
+            object.__setattr__(self, "lora_target", [
+                t.strip() for t in self.lora_target.split(",") if t.strip()])
         if isinstance(self.lora_target, list) and not self.lora_target:
             raise InvalidRequest("lora_target is empty: name modules such as q_proj,v_proj "
                                  "or leave it at auto", param="lora_target")
@@ -247,6 +249,18 @@ def field_help(name: str) -> str:
     raise KeyError(name)
 
 
+def field_default(name: str) -> Any:
+    """The default of a TrainConfig field (the CLI's flags use it, so it is stated once)."""
+    for f in fields(TrainConfig):
+        if f.name == name:
+            if f.default is not MISSING:
+                return f.default
+            if f.default_factory is not MISSING:
+                return f.default_factory()
+            raise KeyError(f"{name} has no default: it is required")
+    raise KeyError(name)
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -296,47 +310,77 @@ def auto_valid_split(n_examples: int) -> float:
     return min(0.1, 1000 / n_examples)
 
 
-def resolve_auto(cfg: TrainConfig, *, task: str, n_train: int, steps_per_epoch: int | None
-                 = None, max_length: int | None = None, lora_target: list[str] | None = None
-                 ) -> TrainConfig:
-    """A copy of `cfg` with every `auto` replaced by its value for this data.
+def resolve_auto(cfg: TrainConfig, *, task: str, n_train: int, max_length: int,
+                 valid_split: float = 0.0, lora_target: list[str] | None = None,
+                 cores: int = 1, fast_bf16: bool = False) -> TrainConfig:
+    """A copy of `cfg` with every `auto` replaced by what the run will use.
 
-    `n_train` is the number of training examples after the validation split;
-    `steps_per_epoch` (optimiser steps) drives eval_every / save_every when known.
+    Called once, at the top of a run, from the prepared data: `n_train` training
+    examples after the validation split, the `max_length` the data was encoded with, the
+    `valid_split` fraction that was held out, the architecture's default LoRA targets,
+    the torch threads (`cores`) and whether bf16 is fast here. The result is frozen and
+    recorded as the run's lineage: it is exactly what ran.
     """
-    values: dict[str, Any] = {"task": task}
-    if cfg.epochs == AUTO:
-        values["epochs"] = auto_epochs(n_train)
-    if cfg.batch_size == AUTO:
-        values["batch_size"] = auto_batch_size(n_train)
+    values: dict[str, Any] = {"task": task, "max_length": max_length,
+                              "valid_split": round(valid_split, 6)}
+    values["epochs"] = auto_epochs(n_train) if cfg.epochs == AUTO else cfg.epochs
+    values["batch_size"] = auto_batch_size(n_train) if cfg.batch_size == AUTO \
+        else cfg.batch_size
     if cfg.learning_rate == AUTO:
         values["learning_rate"] = AUTO_LEARNING_RATES[(cfg.method, task)]
-    if cfg.dropout == AUTO:
-        values["dropout"] = 0.0 if cfg.method == "lora" else 0.1
+    dropout = (0.0 if cfg.method == "lora" else 0.1) if cfg.dropout == AUTO else cfg.dropout
+    values["dropout"] = dropout
     if cfg.lora_alpha == AUTO:
         values["lora_alpha"] = 2 * cfg.lora_r
-    if cfg.metric == AUTO:
-        values["metric"] = "accuracy" if task == "classification" else "loss"
-    if cfg.max_length == AUTO and max_length is not None:
-        values["max_length"] = max_length
     if cfg.lora_target == AUTO and lora_target is not None:
         values["lora_target"] = list(lora_target)
-    if steps_per_epoch is not None:
-        epochs = values.get("epochs", cfg.epochs)
-        total = steps_per_epoch * int(epochs)
-        if cfg.max_steps is not None:
-            total = min(total, cfg.max_steps)
-        if cfg.eval_every == AUTO:
-            values["eval_every"] = max(1, math.ceil(total / 10))
-        if cfg.save_every == AUTO:
-            values["save_every"] = max(1, math.ceil(total / 10))
-    if task == "classification" and values.get("metric", cfg.metric) == "token_accuracy":
+    metric = ("accuracy" if task == "classification" else "loss") if cfg.metric == AUTO \
+        else cfg.metric
+    values["metric"] = metric
+    if cfg.precision == AUTO:
+        values["precision"] = "bf16" if fast_bf16 else "fp32"
+    # optimiser steps of the run drive the validation and checkpoint cadence
+    total = run_steps(n_train, int(values["batch_size"]), cfg.grad_accum_steps,
+                      int(values["epochs"]), cfg.max_steps)
+    if cfg.eval_every == AUTO:
+        values["eval_every"] = max(1, math.ceil(total / 10))
+    if cfg.save_every == AUTO:
+        values["save_every"] = max(1, math.ceil(total / 10))
+    # shards need a forward pass without random numbers (training/parallel.py)
+    random_forward = cfg.method == "head" or dropout > 0 or (
+        cfg.method == "lora" and cfg.lora_dropout > 0)
+    if cfg.shards == AUTO:
+        values["shards"] = auto_shards(cores, int(values["batch_size"]),
+                                       random_forward=random_forward)
+    elif int(cfg.shards) > 1 and random_forward:
+        raise InvalidRequest("shards > 1 needs a forward pass without dropout (dropout "
+                             "and lora_dropout 0, method lora or full): worker threads "
+                             "would draw random numbers in no fixed order and runs would "
+                             "not repeat; set shards to 1 or the dropouts to 0",
+                             param="shards")
+    if task == "classification" and metric == "token_accuracy":
         raise InvalidRequest("metric token_accuracy is for causal-lm; use accuracy, "
                              "macro_f1 or loss for classification", param="metric")
-    if task == "causal-lm" and values.get("metric", cfg.metric) in ("accuracy", "macro_f1"):
+    if task == "causal-lm" and metric in ("accuracy", "macro_f1"):
         raise InvalidRequest("metric accuracy / macro_f1 is for classification; use loss "
                              "or token_accuracy for causal-lm", param="metric")
     return replace(cfg, **values)
+
+
+def run_steps(n_train: int, batch_size: int, grad_accum_steps: int, epochs: int,
+              max_steps: int | None) -> int:
+    """Optimiser steps of a run: every epoch's windows, capped by `max_steps`."""
+    n_batches = math.ceil(max(1, n_train) / batch_size)
+    total = steps_per_epoch(n_batches, grad_accum_steps) * epochs
+    return min(total, max_steps) if max_steps is not None else total
+
+
+def auto_shards(cores: int, batch_size: int, *, random_forward: bool) -> int:
+    """Two shards (or more on bigger machines, at least 4 rows each) when the forward
+    pass is deterministic; else one (plain OpenMP threads)."""
+    if random_forward or cores < 2 or batch_size < 2:
+        return 1
+    return max(1, min(cores, batch_size // 4, 2 if cores < 8 else cores // 4))
 
 
 def steps_per_epoch(n_batches: int, grad_accum_steps: int) -> int:

@@ -7,8 +7,8 @@
 - `extract_features`: the frozen backbone's pooled output per example, computed once
   for head-only classification (training then costs one small matmul per batch).
 - `evaluate_file`: `gptstore eval NAME --data FILE`: load any store model through
-  `loading.load_for_inference`, read the labelled file with the model's tokenizer and
-  label set, and evaluate.
+  the one loader (`inference.loader.load_version`), read the labelled file with the
+  model's tokenizer and label set, and evaluate.
 
 Does not train, checkpoint or publish.
 """
@@ -84,19 +84,18 @@ def evaluate_file(catalog: Any, ref: str, path: str | Path, *, batch_size: int =
                   EVAL_BATCH_SIZE, max_length: int | None = None) -> dict[str, Any]:
     """`gptstore eval`: the task's metrics of store model `ref` on a labelled file."""
     from gptstore.data import default_max_length, load_training_data
-    from gptstore.inference.loader import cpu_has_fast_bf16
-    from gptstore.training.loading import load_for_inference
+    from gptstore.inference.loader import load_version
     from gptstore.training.tasks import get_task
 
-    model, tokenizer, info = load_for_inference(catalog, ref)
-    task = get_task(info.task)
-    length = max_length or info.max_length or default_max_length(tokenizer)
-    data = load_training_data(path, info.task, tokenizer, length,  # type: ignore[arg-type]
-                              label_names=info.label_names)
+    loaded = load_version(catalog, ref)
+    task = get_task(loaded.task)
+    length = max_length or loaded.max_length or default_max_length(loaded.tokenizer)
+    data = load_training_data(path, loaded.task, loaded.tokenizer, length,
+                              label_names=loaded.label_names)
     started = time.perf_counter()
-    bf16 = cpu_has_fast_bf16() and any(p.dtype == torch.bfloat16 for p in model.parameters())
-    metrics = evaluate_examples(model, task, data.examples, pad_id=info.pad_token_id,
-                                bf16=bf16, batch_size=batch_size)
-    return {"model": info.ref, "task": info.task, "data": str(path),
+    metrics = evaluate_examples(loaded.model, task, data.examples,
+                                pad_id=loaded.pad_token_id,
+                                bf16=loaded.dtype == torch.bfloat16, batch_size=batch_size)
+    return {"model": loaded.version.ref, "task": loaded.task, "data": str(path),
             "examples": len(data.examples), "metrics": metrics,
             "seconds": round(time.perf_counter() - started, 3)}

@@ -4,10 +4,12 @@
 
 0. store checks: the new name is free, the base exists, the run folder is writable,
    a checkpoint is there exactly when `resume` says so;
-1. data: the base's tokenizer, the training file (refused with its errors listed by
-   line), the validation file or a seeded (stratified) split, `auto` values resolved;
-2. model: the task's model in the method's dtype (bf16 frozen weights on CPUs with
-   fast bf16, fp32 trainable masters), wrapped by the method, dropout set;
+1. data (`prepare.py`): the base's tokenizer, the training file (refused with its
+   errors listed by line), the validation file or a seeded (stratified) split, and the
+   config resolved once from them: every `auto` replaced, frozen from here on;
+2. model: the base loaded for the task by the one loader (`inference.loader`) in the
+   method's dtype (bf16 frozen weights where bf16 is fast, fp32 trainable masters),
+   dropout set through its config hook, wrapped by the method;
 3. optimiser: AdamW (decoupled decay) or SGD with momentum; decay only on matrices
    (never biases, norms or other 1-D weights); the learning rate is set every step
    from warm-up + linear / cosine decay (a pure function of the step: nothing to
@@ -17,76 +19,59 @@
    only), gradient accumulation over windows of micro-batches, bf16 autocast, gradient
    clipping, validation every N steps and at epoch ends, the best weights kept,
    early stopping with patience, checkpoints every N steps;
-6. publish (`publish.py`) the best weights with lineage, metrics and curves, then
-   drop the run's checkpoints (its logs stay).
+6. record and publish: the finished run becomes a frozen `RunRecord` (`record.py`);
+   the method writes the best weights into a staging folder and `publish.py`
+   publishes it with the record's lineage and metrics; the run's checkpoints go (its
+   logs stay).
 
 Owns the order of things and the run's state; the task (what is predicted), the method
-(what trains), checkpoints, logs and publishing are in their own modules.
+(what trains), checkpoints, logs, the record and publishing are in their own modules.
 """
 
 from __future__ import annotations
 
 import math
+import shutil
+import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from gptstore.catalog.names import parse_ref
-from gptstore.catalog.repository import Catalog, VersionInfo
-from gptstore.data import default_max_length, detect_format, load_training_data
+from gptstore.catalog.repository import Catalog
 from gptstore.data.batching import padding_stats, plan_batches
-from gptstore.data.types import EncodedExample
 from gptstore.errors import Conflict, InvalidRequest, NotFound, StorageError
 from gptstore.settings import Settings
 from gptstore.training import checkpoint as ckpt
-from gptstore.training.config import (
-    AUTO,
-    TrainConfig,
-    auto_valid_split,
-    resolve_auto,
-    steps_per_epoch,
-)
+from gptstore.training.config import TrainConfig, run_steps
 from gptstore.training.evaluate import evaluate_examples, extract_features
 from gptstore.training.logs import Callback, RunLog, TrainEvent
 from gptstore.training.methods import get_method, trainable_parameters
-from gptstore.training.parallel import ShardRunner, ShardWork, auto_shards, split_rows
-from gptstore.training.tasks import ClassificationTask, amp, get_task
+from gptstore.training.parallel import ShardRunner, ShardWork, split_rows
+from gptstore.training.prepare import prepare_run
+from gptstore.training.publish import publish_run
+from gptstore.training.record import RunRecord
+from gptstore.training.tasks import DROPOUT_KEYS, ClassificationTask, amp, get_task
 
 #: fields that may differ between a run and its resume (they do not change the result)
 RESUME_FREE = {"resume", "threads", "description", "tags", "license", "run_dir"}
 
 
-@dataclass
+@dataclass(frozen=True)
 class FinetuneResult:
-    """What `finetune` returns (and `gptstore finetune --json` prints)."""
+    """What `finetune` returns: the published version and the run's record."""
 
-    name: str
-    ref: str
-    task: str
-    method: str
-    kind: str
-    train_tokens: int
-    train_seconds: float
-    tokens_per_second: float
-    steps: int
-    epochs: float
-    train_examples: int
-    valid_examples: int
-    final: dict[str, float]
-    best: dict[str, Any] | None
-    last: dict[str, Any] | None
-    stopped_early: bool
-    padding_fraction: float
-    run_dir: str
-    config: dict[str, Any] = field(default_factory=dict)
+    name: str  # namespace/name of the new model
+    ref: str  # namespace/name@N of the published version
+    record: RunRecord
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """What `gptstore finetune --json` prints."""
+        return {"name": self.name, "ref": self.ref, **self.record.summary()}
 
 
 def finetune(config: TrainConfig, *, settings: Settings | None = None,
@@ -132,6 +117,7 @@ class FineTuneRun:
         self.method = get_method(config.method)
         self.state = ckpt.TrainState()
         self.resumed_from: Path | None = None
+        self.timings: dict[str, float] = {}
 
     def run(self) -> FinetuneResult:
         threads = torch.get_num_threads()
@@ -143,16 +129,21 @@ class FineTuneRun:
             torch.set_num_threads(threads)
 
     def _run(self) -> FinetuneResult:
+        started = time.perf_counter()
         self._check_store()
-        self._load_data()
+        self._prepare()
+        self.timings["prepare"] = time.perf_counter() - started
         self._build_model()
         self._build_optimizer()
         self._resume()
+        self.timings["load_model"] = time.perf_counter() - started - self.timings["prepare"]
+        self.timings["validation"] = 0.0
         self.log = RunLog(self.run_dir, resume_step=self.state.step if self.resumed_from
                           else None, callbacks=self.callbacks)
         try:
             self._train()
-            return self._publish()
+            self.timings["total"] = time.perf_counter() - started
+            return self._publish(self._record())
         finally:
             self.log.close()
 
@@ -193,91 +184,46 @@ class FineTuneRun:
             ckpt.clear_run(self.run_dir)
         self.latest = latest
 
-    # -- 1. data -----------------------------------------------------------------------
+    # -- 1. data, and the config resolved once -----------------------------------------
 
-    def _load_data(self) -> None:
-        from transformers import AutoConfig
+    def _prepare(self) -> None:
+        from gptstore.inference.loader import cpu_has_fast_bf16
 
-        from gptstore.inference.loader import load_tokenizer_from
-
-        cfg = self.cfg
-        path = Path(cfg.train_file)
-        if not path.is_file():
-            raise NotFound(f"training file not found: {path}", param="train_file")
-        task_name = cfg.task
-        fmt = None if cfg.format is not None else detect_format(path, task_name if
-                                                                 task_name != AUTO else None)[0]
-        if task_name == AUTO:
-            task_name = fmt.task if fmt is not None else "causal-lm"
-        elif task_name == "classification" and fmt is not None and fmt.task != task_name:
-            raise InvalidRequest(
-                f"{path.name}: classification needs a label on every example, and this file "
-                f"reads as {fmt.name} data without labels; give lines like "
-                '{"text": "...", "label": "..."} (or a CSV / TSV with text and label '
-                "columns), or train with --task causal-lm", param="train_file")
-        self.task = get_task(task_name)
-        self.folder = self.catalog.snapshot(self.base)
-        self.base_config = AutoConfig.from_pretrained(self.folder)
-        self.tokenizer = load_tokenizer_from(self.catalog, self.base)
-        if self.tokenizer.pad_token_id is None:  # pad with eos: masked out anyway
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.pad_id = int(self.tokenizer.pad_token_id)
-        limit = getattr(self.base_config, "max_position_embeddings", None) or getattr(
-            self.base_config, "n_positions", None) or default_max_length(self.tokenizer)
-        max_length = (min(default_max_length(self.tokenizer), int(limit))
-                      if cfg.max_length == AUTO else int(cfg.max_length))
-        self.task.check_context(self.base_config, max_length)
-        train = load_training_data(path, task_name, self.tokenizer, max_length,  # type: ignore[arg-type]
-                                   format=cfg.format)
-        self.train_data = train
-        self.label_names = train.label_names
-        if cfg.valid_file:
-            valid = load_training_data(cfg.valid_file, task_name, self.tokenizer,  # type: ignore[arg-type]
-                                       max_length, label_names=train.label_names)
-            self.train_examples, self.valid_examples = train.examples, valid.examples
-            self.valid_info: dict[str, Any] = {"name": Path(cfg.valid_file).name,
-                                               "digest": f"sha256:{valid.digest}",
-                                               "examples": len(valid.examples)}
-        else:
-            split = auto_valid_split(len(train.examples)) if cfg.valid_split == AUTO \
-                else float(cfg.valid_split)
-            self.train_examples, self.valid_examples = split_examples(
-                train.examples, split, seed=cfg.seed,
-                stratify=task_name == "classification")
-            self.valid_info = {"split_from": path.name, "fraction": round(split, 4),
-                               "examples": len(self.valid_examples)}
-        if not self.train_examples:
-            raise InvalidRequest(f"{path.name}: no training example is left after the "
-                                 "validation split; add examples or give --valid",
-                                 param="train_file")
-        # auto values: epochs, batch size, learning rate, ... then the step counts
-        resolved = resolve_auto(cfg, task=task_name, n_train=len(self.train_examples),
-                                max_length=max_length)
-        n_batches = math.ceil(len(self.train_examples) / int(resolved.batch_size))
-        self.steps_per_epoch = steps_per_epoch(n_batches, resolved.grad_accum_steps)
-        self.rcfg = resolve_auto(resolved, task=task_name, n_train=len(self.train_examples),
-                                 steps_per_epoch=self.steps_per_epoch)
-        self.total_steps = self.steps_per_epoch * int(self.rcfg.epochs)
-        if cfg.max_steps is not None:
-            self.total_steps = min(self.total_steps, cfg.max_steps)
-        self.lengths = [e.num_tokens for e in self.train_examples]
+        self.data, self.rcfg = prepare_run(self.cfg, self.catalog, self.base,
+                                           cores=torch.get_num_threads(),
+                                           fast_bf16=cpu_has_fast_bf16())
+        self.task = get_task(self.data.task)
+        self.train_examples, self.valid_examples = self.data.train, self.data.valid
+        self.pad_id = self.data.pad_id
+        self.lengths = self.data.lengths
+        self.total_steps = run_steps(len(self.train_examples), int(self.rcfg.batch_size),
+                                     self.rcfg.grad_accum_steps, int(self.rcfg.epochs),
+                                     self.rcfg.max_steps)
+        self.bf16 = self.rcfg.precision == "bf16"
 
     # -- 2. model ----------------------------------------------------------------------
 
     def _build_model(self) -> None:
-        from gptstore.inference.loader import cpu_has_fast_bf16
+        from gptstore.inference.loader import load_version
+        from gptstore.training import attention
 
         cfg = self.rcfg
-        self.bf16 = cfg.precision == "bf16" or (cfg.precision == AUTO and cpu_has_fast_bf16())
         frozen = self.method.frozen_backbone
         dropout = float(cfg.dropout)
+        self.restore_config: dict[str, float] = {}
+
+        def set_dropout(config: Any) -> None:
+            # a frozen backbone never drops out; the old values come back before a full
+            # model is saved (dropout is a training setting, not part of the model)
+            self.restore_config.update(apply_dropout(config, 0.0 if frozen else dropout))
+
         # the seed fixes the new head's and the adapters' initial weights
         torch.manual_seed(cfg.seed)
-        model, self.restore_config = self.task.load_model(
-            self.folder, dtype=self.method.load_dtype(self.bf16),
-            dropout=0.0 if frozen else dropout, label_names=self.label_names,
-            pad_token_id=self.pad_id)
-        self.model = self.method.prepare(model, self.task, cfg)
+        loaded = load_version(self.catalog, self.base, task=self.data.task,
+                              label_names=self.data.label_names,
+                              dtype=self.method.load_dtype(self.bf16), configure=set_dropout,
+                              attn_implementation=attention.register())
+        self.model = self.method.prepare(loaded.model, self.task, cfg)
         if self.bf16:
             # autocast already runs the adapters' matmuls in bf16: PEFT's cast of each
             # LoRA input to the fp32 adapter dtype would be two extra copies per layer
@@ -287,19 +233,7 @@ class FineTuneRun:
         self.head_dropout = dropout if frozen else 0.0
         if isinstance(self.task, ClassificationTask) and not frozen:
             self.task.add_head_dropout(self.model, dropout)
-        random_forward = dropout > 0 or (self.method.name == "lora" and cfg.lora_dropout > 0)
-        if cfg.shards == AUTO:
-            # head-only trains on cached features or a no-grad backbone: nothing to split
-            self.rcfg.shards = auto_shards(torch.get_num_threads(), int(cfg.batch_size),
-                                           random_forward=random_forward or frozen)
-        elif int(cfg.shards) > 1 and random_forward:
-            raise InvalidRequest("shards > 1 needs a forward pass without dropout (dropout "
-                                 "and lora_dropout 0): worker threads would draw random "
-                                 "numbers in no fixed order and runs would not repeat; set "
-                                 "shards to 1 or the dropouts to 0", param="shards")
         self.describe = self.method.describe(self.model)
-        if "lora_target" in self.describe and cfg.lora_target == AUTO:
-            self.rcfg.lora_target = list(self.describe["lora_target"])
         self.features: dict[str, torch.Tensor] = {}
 
     # -- 3. optimiser ------------------------------------------------------------------
@@ -472,6 +406,7 @@ class FineTuneRun:
 
     def _validate(self) -> None:
         state, cfg = self.state, self.rcfg
+        started = time.perf_counter()
         self.method.set_mode(self.model, self.task, False)
         metrics = evaluate_examples(self.model, self.task, self.valid_examples,
                                     pad_id=self.pad_id, bf16=self.bf16,
@@ -490,6 +425,7 @@ class FineTuneRun:
             state.bad_evals += 1
             if cfg.early_stopping_patience and state.bad_evals >= cfg.early_stopping_patience:
                 state.stopped_early = True
+        self.timings["validation"] += time.perf_counter() - started
         self.log.emit(TrainEvent("eval", state.step, self.total_steps, state.epoch,
                                  {**metrics, "best": state.best,
                                   "stopped_early": state.stopped_early}))
@@ -510,42 +446,60 @@ class FineTuneRun:
         self.log.emit(TrainEvent("checkpoint", self.state.step, self.total_steps,
                                  self.state.epoch, {"path": str(path)}))
 
-    # -- 6. publish --------------------------------------------------------------------
+    # -- 6. record and publish ---------------------------------------------------------
 
-    def _publish(self) -> FinetuneResult:
-        from gptstore.training.publish import publish_run
+    def _record(self) -> RunRecord:
+        """The finished run as a frozen value (what every report reads)."""
+        state, cfg = self.state, self.rcfg
+        stats = padding_stats(self.lengths, plan_batches(
+            self.lengths, int(cfg.batch_size), seed=cfg.seed, epoch=0,
+            group_by_length=cfg.group_by_length))
+        return RunRecord(
+            config=cfg, auto_fields=tuple(self.cfg.auto_fields), base=self.base.ref,
+            task=self.task.name, method=self.method.name, kind=self.method.kind,
+            train_data=self.data.train_info, valid_data=self.data.valid_info,
+            label_names=self.data.label_names, trainable=dict(self.describe),
+            precision="bf16 autocast" if self.bf16 else "fp32", steps=state.step,
+            examples_seen=state.examples_seen, train_tokens=state.train_tokens,
+            train_seconds=state.train_seconds, stopped_early=state.stopped_early,
+            best=state.best, last=state.last_eval,
+            curves={name: [list(p) for p in points] for name, points in state.curves.items()},
+            padding_fraction=stats.padding_fraction, timings=dict(self.timings),
+            run_dir=str(self.run_dir))
 
-        state = self.state
-        if state.best is not None and state.best["step"] != state.step:
+    def _publish(self, record: RunRecord) -> FinetuneResult:
+        """The best weights written by the method into a private staging folder and
+        published with the record; then the run's checkpoints go."""
+        if record.best is not None and record.published_step != self.state.step:
             best = ckpt.load_best(self.run_dir)
             if best is not None:
                 ckpt.load_trainable(self.model, best)
-        version = publish_run(self)
+        self.settings.tmp_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=self.settings.tmp_dir, prefix="finetune-"))
+        try:
+            self.method.export(self.model, staging, base_ref=self.base.ref,
+                               tokenizer=self.data.tokenizer,
+                               restore_config=self.restore_config)
+            version = publish_run(self.catalog, record, staging)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         ckpt.clear_run(self.run_dir)
-        result = self.result(version)
-        self.log.emit(TrainEvent("end", state.step, self.total_steps, state.epoch,
+        result = FinetuneResult(name=version.model, ref=version.ref, record=record)
+        self.log.emit(TrainEvent("end", self.state.step, self.total_steps, self.state.epoch,
                                  result.to_dict()))
         return result
 
-    def result(self, version: VersionInfo) -> FinetuneResult:
-        state = self.state
-        published = dict(state.best or state.last_eval or {})
-        published.pop("step", None)
-        stats = padding_stats(self.lengths, plan_batches(
-            self.lengths, int(self.rcfg.batch_size), seed=self.rcfg.seed, epoch=0,
-            group_by_length=self.rcfg.group_by_length))
-        return FinetuneResult(
-            name=version.model, ref=version.ref, task=self.task.name,
-            method=self.method.name, kind=version.kind,
-            train_tokens=state.train_tokens, train_seconds=round(state.train_seconds, 3),
-            tokens_per_second=round(state.train_tokens / max(1e-9, state.train_seconds), 1),
-            steps=state.step,
-            epochs=round(state.examples_seen / max(1, len(self.train_examples)), 3),
-            train_examples=len(self.train_examples), valid_examples=len(self.valid_examples),
-            final=published, best=state.best, last=state.last_eval,
-            stopped_early=state.stopped_early,
-            padding_fraction=round(stats.padding_fraction, 4), run_dir=str(self.run_dir),
-            config=self.rcfg.to_dict())
+
+def apply_dropout(config: Any, p: float) -> dict[str, float]:
+    """Set every dropout probability the architecture has to `p`; returns the old values
+    (restored before a full model is saved)."""
+    old = {}
+    for key in DROPOUT_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            old[key] = float(value)
+            setattr(config, key, p)
+    return old
 
 
 def decay_groups(params: Sequence[tuple[str, torch.nn.Parameter]], weight_decay: float
@@ -554,25 +508,3 @@ def decay_groups(params: Sequence[tuple[str, torch.nn.Parameter]], weight_decay:
     weights are not shrunk (nanoGPT's rule)."""
     return [{"params": [p for _, p in params if p.ndim >= 2], "weight_decay": weight_decay},
             {"params": [p for _, p in params if p.ndim < 2], "weight_decay": 0.0}]
-
-
-def split_examples(examples: Sequence[EncodedExample], fraction: float, *, seed: int,
-                   stratify: bool) -> tuple[list[EncodedExample], list[EncodedExample]]:
-    """Hold out `fraction` of the examples (seeded); per class when `stratify`, so every
-    label keeps training examples."""
-    if fraction <= 0:
-        return list(examples), []
-    rng = np.random.default_rng([seed, 1])
-    groups: dict[int | None, list[int]] = {}
-    for index, example in enumerate(examples):
-        groups.setdefault(example.label if stratify else None, []).append(index)
-    held: set[int] = set()
-    for members in groups.values():
-        take = min(len(members) - 1, round(fraction * len(members)))
-        held.update(rng.permutation(members)[:max(0, take)].tolist())
-    if not held and len(examples) > 1:
-        held.add(int(rng.integers(len(examples))))
-    train = [e for i, e in enumerate(examples) if i not in held]
-    valid = [e for i, e in enumerate(examples) if i in held]
-    return train, valid
-

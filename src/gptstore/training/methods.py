@@ -40,6 +40,15 @@ from gptstore.training.config import AUTO, TrainConfig
 from gptstore.training.tasks import Task, hf_model
 
 
+def default_lora_target(model_type: str) -> list[str] | None:
+    """PEFT's default LoRA targets for an architecture family (q_proj,v_proj for Llama,
+    c_attn for GPT-2); None when PEFT has none (the user must name them)."""
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
+
+    target = DEFAULTS.get(model_type)
+    return list(target) if target else None
+
+
 def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 

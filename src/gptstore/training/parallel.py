@@ -36,14 +36,6 @@ def split_rows(indices: Sequence[int], shards: int) -> list[list[int]]:
     return [p for p in parts if p]
 
 
-def auto_shards(cores: int, batch_size: int, *, random_forward: bool) -> int:
-    """Two shards (or more on bigger machines, at least 4 rows each) when the forward
-    pass is deterministic; else one (plain OpenMP threads)."""
-    if random_forward or cores < 2 or batch_size < 2:
-        return 1
-    return max(1, min(cores, batch_size // 4, 2 if cores < 8 else cores // 4))
-
-
 @dataclass
 class ShardResult:
     loss_sum: float

@@ -1,11 +1,12 @@
 """Training tasks (what the model predicts): causal LM and sequence classification.
 
-A task is a small class behind one interface, looked up by name in `TASKS`:
+A task is a small class behind one interface, looked up by its name (from `gptstore.tasks`) in
+`TASK_REGISTRY`:
 
-- `load_model`: the transformers model for the base's architecture, with the task's
-  output layer (the LM head, or a new linear `score` head over the hidden state of the
-  last non-padding token: `AutoModelForSequenceClassification`, so a saved model loads
-  in plain transformers);
+- `head_name` / `head`: the task's output layer (the LM head, or the linear `score`
+  head over the hidden state of the last non-padding token that
+  `AutoModelForSequenceClassification` adds); the model itself comes from the one
+  loader, `inference.loader.load_version`, which knows each task's Auto class;
 - `make_batch`: examples -> padded tensors (`data/batching.py` does the padding);
 - `forward`: one micro-batch -> `Terms` (summed loss and what the metrics need);
 - `metrics`: accumulated `Terms` -> the task's validation metrics.
@@ -14,7 +15,7 @@ Speed decisions live here: the causal-LM loss runs the LM head only on the posit
 that carry a target (prompts and padding cost no vocabulary projection), the loss is
 taken in fp32 over bf16 activations, and a frozen backbone runs under `no_grad`.
 
-Does not know optimisers, methods or files.
+Does not know optimisers, methods, files or how a model is loaded.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -33,7 +33,7 @@ from torch import nn
 from gptstore.data.batching import pad_batch
 from gptstore.data.types import IGNORE_INDEX, EncodedExample
 from gptstore.errors import InvalidRequest
-from gptstore.training import attention
+from gptstore.tasks import CAUSAL_LM, CLASSIFICATION
 
 #: config attributes that are dropout probabilities, by architecture family
 DROPOUT_KEYS = ("attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop",
@@ -97,28 +97,9 @@ def backbone(model: nn.Module) -> Any:
     return getattr(hf, hf.base_model_prefix)
 
 
-def apply_dropout(config: Any, p: float) -> dict[str, float]:
-    """Set every dropout probability the architecture has to `p`; returns the old values
-    (restored before a full model is saved)."""
-    old = {}
-    for key in DROPOUT_KEYS:
-        value = getattr(config, key, None)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            old[key] = float(value)
-            setattr(config, key, p)
-    return old
-
-
 def amp(bf16: bool) -> torch.autocast:
     """bf16 autocast on the CPU (matmuls in bf16 on AMX, reductions kept in fp32)."""
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
-
-
-def _quiet_transformers() -> None:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()  # "newly initialised score" is expected here
-    hf_logging.disable_progress_bar()
 
 
 # ------------------------------------------------------------------------- the tasks
@@ -136,30 +117,6 @@ class Task(ABC):
     metric_directions: ClassVar[dict[str, bool]]
     #: head-only training may compute the backbone's output once and reuse it
     can_cache_features: ClassVar[bool] = False
-
-    @abstractmethod
-    def auto_class(self) -> Any:
-        """The transformers Auto class of the task's models."""
-
-    def load_model(self, folder: Path, *, dtype: torch.dtype, dropout: float,
-                   label_names: Sequence[str] | None, pad_token_id: int) -> tuple[Any, dict]:
-        """The base as this task's model, with dropout set; returns (model, old dropout)."""
-        from transformers import AutoConfig
-
-        _quiet_transformers()
-        config = AutoConfig.from_pretrained(folder)
-        old = apply_dropout(config, dropout)
-        self.configure(config, label_names=label_names, pad_token_id=pad_token_id)
-        # attention: explicit for short batches, SDPA for long ones (see attention.py)
-        model = self.auto_class().from_pretrained(folder, config=config, dtype=dtype,
-                                                  use_safetensors=True,
-                                                  attn_implementation=attention.register())
-        return model, old
-
-    def configure(self, config: Any, *, label_names: Sequence[str] | None,
-                  pad_token_id: int) -> None:
-        """Task-specific config settings (label set, pad token); none by default."""
-        return None
 
     def make_batch(self, examples: Sequence[EncodedExample], pad_id: int) -> Batch:
         arrays = pad_batch([e.input_ids for e in examples], pad_id,
@@ -188,29 +145,14 @@ class Task(ABC):
     def head(self, model: nn.Module) -> nn.Module:
         return getattr(hf_model(model), self.head_name)
 
-    def check_context(self, config: Any, max_length: int) -> None:
-        """Refuse a max_length longer than the base's positions."""
-        limit = getattr(config, "max_position_embeddings", None) or getattr(
-            config, "n_positions", None)
-        if isinstance(limit, int) and max_length > limit:
-            raise InvalidRequest(f"max_length {max_length} is longer than the base model "
-                                 f"supports ({limit} positions); use --max-length {limit} "
-                                 "or less", param="max_length")
-
-
 class CausalLMTask(Task):
     """Generation, chat, QA, translation, code: the LM head, loss on the target tokens."""
 
-    name = "causal-lm"
+    name = CAUSAL_LM
     peft_task_type = "CAUSAL_LM"
     head_name = "lm_head"
     metric_directions: ClassVar[dict[str, bool]] = {"loss": False, "perplexity": False,
                                                     "token_accuracy": True}
-
-    def auto_class(self) -> Any:
-        from transformers import AutoModelForCausalLM
-
-        return AutoModelForCausalLM
 
     def head(self, model: nn.Module) -> nn.Module:
         return hf_model(model).get_output_embeddings()
@@ -254,29 +196,12 @@ class CausalLMTask(Task):
 class ClassificationTask(Task):
     """Sequence classification: a new linear `score` head over the last real token."""
 
-    name = "classification"
+    name = CLASSIFICATION
     peft_task_type = "SEQ_CLS"
     head_name = "score"
     metric_directions: ClassVar[dict[str, bool]] = {"loss": False, "accuracy": True,
                                                     "macro_f1": True}
     can_cache_features = True
-
-    def auto_class(self) -> Any:
-        from transformers import AutoModelForSequenceClassification
-
-        return AutoModelForSequenceClassification
-
-    def configure(self, config: Any, *, label_names: Sequence[str] | None,
-                  pad_token_id: int) -> None:
-        if not label_names:
-            raise InvalidRequest("classification needs the label set of the training file",
-                                 param="train_file")
-        config.num_labels = len(label_names)
-        config.id2label = dict(enumerate(label_names))
-        config.label2id = {name: i for i, name in enumerate(label_names)}
-        # transformers pools the hidden state of the last token that is not padding
-        config.pad_token_id = pad_token_id
-        config.problem_type = "single_label_classification"
 
     def _labels(self, examples: Sequence[EncodedExample],
                 arrays: dict[str, Any]) -> tuple[torch.Tensor, int]:
@@ -341,12 +266,13 @@ def _dtype_of(module: nn.Module) -> torch.dtype:
     return next(module.parameters()).dtype
 
 
-TASKS: dict[str, Task] = {task.name: task for task in (CausalLMTask(), ClassificationTask())}
+TASK_REGISTRY: dict[str, Task] = {task.name: task for task in (CausalLMTask(),
+                                                               ClassificationTask())}
 
 
 def get_task(name: str) -> Task:
     try:
-        return TASKS[name]
+        return TASK_REGISTRY[name]
     except KeyError:
-        raise InvalidRequest(f"unknown task {name!r}; use one of {', '.join(TASKS)}",
+        raise InvalidRequest(f"unknown task {name!r}; use one of {', '.join(TASK_REGISTRY)}",
                              param="task") from None

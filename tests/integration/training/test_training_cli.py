@@ -44,12 +44,13 @@ def test_finetune_json_classify_and_eval(cli_store, data):
     assert doc["train_tokens"] > 0 and doc["steps"] == 36
     assert doc["config"]["lora_target"] == ["q_proj", "v_proj"] and doc["config"]["seed"] == 3
     assert set(doc["final"]) == {"loss", "accuracy", "macro_f1"}
+    _same_figures_in_the_store(doc)
 
     result = runner.invoke(_app(), ["classify", "acme/cli-sentiment", "the food was great",
                                     "the plot was dull", "--json"])
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)["results"]
-    assert [r["label"] in ("negative", "positive") for r in rows] == [True, True]
+    assert [r["label"] for r in rows] == ["positive", "negative"]
 
     result = runner.invoke(_app(), ["eval", "acme/cli-sentiment", "--data",
                                     str(data["cls_valid"]), "--json"])
@@ -59,6 +60,49 @@ def test_finetune_json_classify_and_eval(cli_store, data):
 
     result = runner.invoke(_app(), ["classify", "acme/cli-sentiment", "fine"])
     assert result.exit_code == 0 and "acme/cli-sentiment@1" in result.stdout
+
+
+def _same_figures_in_the_store(doc: dict) -> None:
+    """The CLI's --json, the lineage, the metrics and the card come from one record."""
+    from gptstore.catalog.cards import parse_card
+    from gptstore.catalog.repository import Catalog
+    from gptstore.settings import Settings
+
+    catalog = Catalog(Settings())
+    try:
+        version = catalog.resolve(doc["ref"])
+        card_meta, _ = parse_card(catalog.card(version))
+    finally:
+        catalog.close()
+    assert version.lineage["hyperparameters"] == doc["config"]
+    assert version.metrics["final"] == doc["final"]
+    assert version.metrics["best"] == doc["best"]
+    train = version.metrics["train"]
+    assert (train["tokens"], train["steps"], train["tokens_per_second"], train["epochs"]) == (
+        doc["train_tokens"], doc["steps"], doc["tokens_per_second"], doc["epochs"])
+    assert version.metrics["timings"] == doc["timings"]
+    card_metrics = {m["type"]: m["value"]
+                    for m in card_meta["model-index"][0]["results"][0]["metrics"]}
+    assert card_metrics == doc["final"]
+    assert version.lineage["published_checkpoint"]["step"] == doc["best"]["step"]
+
+
+def test_format_flag_decides_the_task_when_it_is_auto(cli_store, data, tmp_path):
+    """`--format classification` with --task left at auto trains a classifier (it used to
+    make the task causal-lm and refuse the file)."""
+    runner = CliRunner()
+    table = tmp_path / "reviews.data"  # an extension that names no format
+    rows = [json.loads(line) for line in data["cls_train"].read_text().splitlines()]
+    table.write_text("text,label\n" + "".join(f"{r['text']},{r['label']}\n" for r in rows))
+    result = runner.invoke(_app(), [
+        "finetune", "--base", "acme/tiny-llama", "--train", str(table), "--format",
+        "classification", "--epochs", "1", "--threads", "1", "--name", "acme/by-format",
+        "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["task"] == "classification" and doc["config"]["task"] == "classification"
+    assert doc["config"]["format"] == "classification"
+    assert set(doc["final"]) == {"loss", "accuracy", "macro_f1"}
 
 
 def test_finetune_summary_and_bad_values(cli_store, data):

@@ -31,7 +31,7 @@ def test_each_task_and_method_learns(store, config_for, task, method, arch, extr
     settings, catalog = store
     name = f"acme/learn-{task}-{method}"
     result = finetune(config_for(task, method, arch, name, **extra), settings=settings,
-                      catalog=catalog)
+                      catalog=catalog).record
     losses = [v for _, v in result_curve(catalog, name, "train_loss")]
     steps_per_epoch = 12 if task == "classification" else 6  # 96 or 48 examples / 8
     assert len(losses) == result.steps == 4 * steps_per_epoch
@@ -56,7 +56,7 @@ def test_classification_reaches_high_accuracy(store, config_for):
     settings, catalog = store
     config = config_for("classification", "lora", "llama", "acme/sentiment", epochs=6,
                         eval_every=12, early_stopping_patience=0)
-    result = finetune(config, settings=settings, catalog=catalog)
+    result = finetune(config, settings=settings, catalog=catalog).record
     assert result.final["accuracy"] >= 0.95
     assert result.final["macro_f1"] >= 0.95
 
@@ -65,7 +65,7 @@ def test_published_version_carries_lineage_metrics_and_card(store, config_for, d
     settings, catalog = store
     config = config_for("classification", "lora", "gpt2", "acme/carded", eval_every=12,
                         save_every=24, description="toy sentiment", tags=["toy"])
-    result = finetune(config, settings=settings, catalog=catalog)
+    result = finetune(config, settings=settings, catalog=catalog).record
     version = catalog.resolve("acme/carded")
     lineage = version.lineage
     assert lineage["source"] == "finetune"
@@ -133,12 +133,13 @@ def test_same_seed_same_metrics_and_grad_accumulation(store, config_for):
     common = {"epochs": 2, "group_by_length": False, "precision": "fp32", "dropout": 0.0,
               "lora_dropout": 0.0}
     a = finetune(config_for("causal-lm", "lora", "llama", "acme/seed-a", **common),
-                 settings=settings, catalog=catalog)
+                 settings=settings, catalog=catalog).record
     b = finetune(config_for("causal-lm", "lora", "llama", "acme/seed-b", **common),
-                 settings=settings, catalog=catalog)
+                 settings=settings, catalog=catalog).record
     assert a.final == b.final
     c = finetune(config_for("causal-lm", "lora", "llama", "acme/seed-c", batch_size=4,
-                            grad_accum_steps=2, **common), settings=settings, catalog=catalog)
+                            grad_accum_steps=2, **common),
+                 settings=settings, catalog=catalog).record
     assert c.steps == a.steps
     assert c.final["loss"] == pytest.approx(a.final["loss"], rel=1e-4)
 
@@ -149,7 +150,7 @@ def test_early_stopping_publishes_the_best_checkpoint(store, config_for):
     config = config_for("classification", "full", "llama", "acme/stopped", optimizer="sgd",
                         learning_rate=5.0, eval_every=1, early_stopping_patience=2,
                         metric="loss", warmup_ratio=0.0)
-    result = finetune(config, settings=settings, catalog=catalog)
+    result = finetune(config, settings=settings, catalog=catalog).record
     assert result.stopped_early
     assert result.steps < 48
     assert result.best["step"] < result.steps
@@ -174,15 +175,14 @@ def test_every_training_format_trains(store, config_for, tmp_path):
     table.write_text("text,label\n" + "".join(
         f"the movie was {'great' if i % 2 else 'bad'},{'pos' if i % 2 else 'neg'}\n"
         for i in range(30)))
-    for path, task, name in ((chat, "causal-lm", "acme/fmt-chat"),
-                             (text, "causal-lm", "acme/fmt-text"),
-                             (table, "classification", "acme/fmt-csv")):
+    for path, task, name, fmt in ((chat, "causal-lm", "acme/fmt-chat", "chat"),
+                                  (text, "causal-lm", "acme/fmt-text", "text"),
+                                  (table, "classification", "acme/fmt-csv", "classification")):
         result = finetune(config_for("auto", "lora", "llama", name, train_file=str(path),
                                      valid_file=None, epochs=1, max_length=64),
-                          settings=settings, catalog=catalog)
-        assert result.task == task and result.valid_examples > 0
-        assert catalog.resolve(name).lineage["dataset"]["format"] in ("chat", "text",
-                                                                      "classification")
+                          settings=settings, catalog=catalog).record
+        assert result.task == task and result.valid_data.examples > 0
+        assert catalog.resolve(name).lineage["dataset"]["format"] == fmt
     assert catalog.resolve("acme/fmt-csv").lineage["label_names"] == ["neg", "pos"]
 
 
@@ -192,7 +192,8 @@ def test_shards_repeat_exactly_and_match_one_pass(store, config_for):
     settings, catalog = store
     common = {"epochs": 2, "precision": "fp32", "dropout": 0.0, "lora_dropout": 0.0}
     runs = [finetune(config_for("classification", "lora", "llama", f"acme/shards-{i}",
-                                shards=shards, **common), settings=settings, catalog=catalog)
+                                shards=shards, **common),
+                     settings=settings, catalog=catalog).record
             for i, shards in enumerate((1, 2, 2))]
     assert runs[1].final == runs[2].final
     assert runs[1].final["loss"] == pytest.approx(runs[0].final["loss"], rel=1e-4)

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from gptstore.errors import InvalidRequest
-from gptstore.inference.loader import export_merged
-from gptstore.training import classify, evaluate_file, finetune, load_for_inference
+from gptstore.inference.loader import export_merged, load_version
+from gptstore.testing.reference import classify
+from gptstore.training import evaluate_file, finetune
 
 TEXTS = ["honestly the food was great", "the plot was dull", "it was hated"]
 
@@ -38,14 +39,18 @@ def trained(store, config_for) -> dict[str, str]:
 @pytest.mark.parametrize("key", ["cls-lora", "cls-full", "cls-head"])
 def test_classify_every_classifier_kind(store, trained, key):
     _, catalog = store
-    model, tokenizer, info = load_for_inference(catalog, trained[key])
-    assert not model.training
-    assert info.task == "classification" and info.label_names == ["negative", "positive"]
-    rows = classify(model, tokenizer, info, TEXTS)
+    loaded = load_version(catalog, trained[key])
+    assert not loaded.model.training
+    assert loaded.task == "classification"
+    assert loaded.label_names == ["negative", "positive"]
+    rows = classify(loaded, TEXTS)
     assert [r["text"] for r in rows] == TEXTS
+    # the toy data's last word decides: "great" is positive; "dull" and "hated" negative
+    assert [r["label"] for r in rows] == ["positive", "negative", "negative"]
     for row in rows:
-        assert row["label"] in ("negative", "positive")
-        assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
+        probs = row["probabilities"]
+        assert sum(probs.values()) == pytest.approx(1.0, abs=1e-3)
+        assert row["label"] == max(probs, key=probs.get)
 
 
 def test_eval_of_a_stored_model_matches_its_published_metrics(store, trained, data):
@@ -62,9 +67,9 @@ def test_eval_of_a_stored_model_matches_its_published_metrics(store, trained, da
 
 def test_classify_refuses_a_causal_lm(store, trained):
     _, catalog = store
-    model, tokenizer, info = load_for_inference(catalog, trained["lm-lora"])
+    loaded = load_version(catalog, trained["lm-lora"])
     with pytest.raises(InvalidRequest, match="not a classifier"):
-        classify(model, tokenizer, info, ["hello"])
+        classify(loaded, ["hello"])
 
 
 @pytest.mark.parametrize("key", ["cls-lora", "cls-head", "lm-lora", "lm-head"])
@@ -84,7 +89,7 @@ def test_merged_export_loads_in_transformers_and_matches_the_adapter(store, trai
     auto = AutoModelForSequenceClassification if classifier else AutoModelForCausalLM
     merged = auto.from_pretrained(out, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(out)
-    adapter, _, _ = load_for_inference(catalog, version.ref, dtype=torch.float32)
+    adapter = load_version(catalog, version.ref, dtype=torch.float32).model
     if classifier:
         assert merged.config.architectures[0].endswith("ForSequenceClassification")
         assert merged.config.id2label == {0: "negative", 1: "positive"}
@@ -99,17 +104,18 @@ def test_merged_export_loads_in_transformers_and_matches_the_adapter(store, trai
 def test_the_serving_engine_runs_every_fine_tuned_kind(store, trained, key):
     """What the API serves equals what the training side's loader computes."""
     from gptstore.inference.engine import Engine
-    from gptstore.inference.loader import store_resolver
+    from gptstore.inference.store import store_resolver
     from gptstore.inference.types import SamplingParams
 
     _, catalog = store
     name = trained[key]
-    model, tokenizer, info = load_for_inference(catalog, name, dtype=torch.float32)
+    loaded = load_version(catalog, name, dtype=torch.float32)
+    model, tokenizer = loaded.model, loaded.tokenizer
     engine = Engine(store_resolver(catalog, dtype="float32"))
     try:
-        if info.task == "classification":
+        if loaded.is_classifier:
             served = engine.classify(name, TEXTS)
-            expected = classify(model, tokenizer, info, TEXTS)
+            expected = classify(loaded, TEXTS)
             for row, want in zip(served, expected, strict=True):
                 assert dict(row) == pytest.approx(want["probabilities"], abs=1e-4)
         else:

@@ -44,7 +44,7 @@ def test_resume_after_an_exception_equals_the_uninterrupted_run(store, config_fo
     run = {**RUN, **extra}
     tag = "shards" if extra else "dropout"
     reference = finetune(config_for("classification", "lora", "llama", f"acme/ref-{tag}", **run),
-                         settings=settings, catalog=catalog)
+                         settings=settings, catalog=catalog).record
     config = config_for("classification", "lora", "llama", f"acme/crashed-{tag}", **run)
     with pytest.raises(Crash):
         finetune(config, settings=settings, catalog=catalog, callbacks=[crash_at(10)])
@@ -55,7 +55,7 @@ def test_resume_after_an_exception_equals_the_uninterrupted_run(store, config_fo
     with pytest.raises(Conflict, match="--resume"):
         finetune(config, settings=settings, catalog=catalog)
     resumed = finetune(TrainConfig(**{**config.to_dict(), "resume": True}), settings=settings,
-                       catalog=catalog)
+                       catalog=catalog).record
     assert _strip(resumed) == _strip(reference)
     ref_curves = catalog.resolve(f"acme/ref-{tag}").metrics["curves"]
     assert catalog.resolve(f"acme/crashed-{tag}").metrics["curves"] == ref_curves
@@ -88,7 +88,7 @@ def test_resume_after_sigkill_equals_the_uninterrupted_run(store, config_for, tm
     settings, catalog = store
     run = {**RUN, "epochs": 2, "save_every": 4}
     reference = finetune(config_for("causal-lm", "full", "gpt2", "acme/lm-ref", **run),
-                         settings=settings, catalog=catalog)
+                         settings=settings, catalog=catalog).record
     config = config_for("causal-lm", "full", "gpt2", "acme/lm-killed", **run)
     script = tmp_path / "train.py"
     script.write_text(SCRIPT)
@@ -100,7 +100,7 @@ def test_resume_after_sigkill_equals_the_uninterrupted_run(store, config_for, tm
     run_dir = settings.runs_dir / "acme--lm-killed"
     assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-00000004"]
     resumed = finetune(TrainConfig(**{**config.to_dict(), "resume": True}), settings=settings,
-                       catalog=catalog)
+                       catalog=catalog).record
     assert _strip(resumed) == _strip(reference)
 
 
@@ -118,5 +118,5 @@ def test_resume_needs_a_checkpoint_and_the_same_settings(store, config_for):
         finetune(changed, settings=settings, catalog=catalog)
     # the same settings continue fine
     result = finetune(TrainConfig(**{**config.to_dict(), "resume": True}), settings=settings,
-                      catalog=catalog)
+                      catalog=catalog).record
     assert result.steps == 36

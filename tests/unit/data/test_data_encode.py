@@ -262,7 +262,7 @@ def test_validation_file_uses_the_training_label_set(tmp_path: Path, tok: Any) -
 def test_digest_format_and_extra(tmp_path: Path, tok: Any) -> None:
     path = write_jsonl(tmp_path, "chat.jsonl", [{"messages": [USER1, ANSWER1]}] * 2)
     data = load_training_data(path, "causal-lm", tok, 512)
-    assert data.digest == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert data.digest == "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
     assert data.path == str(path) and data.task == "causal-lm" and data.label_names is None
     assert data.extra["records"] == 2 and data.extra["duplicates"] == 1
 

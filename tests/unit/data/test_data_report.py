@@ -43,7 +43,7 @@ def chat_file(tmp_path: Path) -> Path:
 def test_report_without_tokenizer(chat_file: Path) -> None:
     report = validate_file(chat_file)
     assert (report.format, report.task, report.examples) == ("chat", "causal-lm", 3)
-    assert report.digest == hashlib.sha256(chat_file.read_bytes()).hexdigest()
+    assert report.digest == "sha256:" + hashlib.sha256(chat_file.read_bytes()).hexdigest()
     assert [(i.line, i.rule) for i in report.errors] == [(3, "no_assistant")]
     assert [(i.line, i.rule) for i in report.warnings] == [(4, "duplicate")]
     assert report.duplicates == 1 and not report.ok

@@ -11,8 +11,8 @@ from inference_helpers import causal_spec
 
 from gptstore.errors import InvalidRequest
 from gptstore.inference import EngineConfig, SamplingParams
-from gptstore.inference.loader import engine_precision
 from gptstore.inference.models import Int4Linear, Linear, RowInput, build_runner
+from gptstore.inference.store import engine_config
 from gptstore.settings import Settings
 
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11, 12, 13], [40, 41], [100, 101, 102]]
@@ -90,7 +90,11 @@ def test_engine_serves_int4_and_refuses_unknown_quantisation(tiny_dirs, make_eng
 
 def test_inference_dtype_setting_maps_to_the_engine(monkeypatch):
     monkeypatch.setenv("GPTSTORE_INFERENCE_DTYPE", "int4")
-    config = EngineConfig(**engine_precision(Settings().inference_dtype))
+    config = engine_config(Settings())
     assert (config.dtype, config.quantize) == ("bfloat16", "int4")
-    assert engine_precision("auto") == {"dtype": None, "quantize": None}
-    assert engine_precision("float32") == {"dtype": "float32", "quantize": None}
+    auto = engine_config(Settings(inference_dtype="auto"))
+    assert (auto.dtype, auto.quantize) == (None, None)
+    fp32 = engine_config(Settings(inference_dtype="float32", max_batch=3, max_queue=7))
+    assert (fp32.dtype, fp32.quantize) == ("float32", None)
+    assert (fp32.max_running, fp32.max_queue) == (3, 7)
+    assert engine_config(Settings(), max_running=4).max_running == 4

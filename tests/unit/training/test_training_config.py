@@ -77,28 +77,50 @@ def test_auto_batch_and_split():
     assert auto_valid_split(50_000) == pytest.approx(0.02)
 
 
-def test_resolve_auto_fills_every_auto_value():
+def test_resolve_auto_fills_every_auto_value_once():
     cfg = make(method="lora")
-    resolved = resolve_auto(cfg, task="classification", n_train=2000, max_length=512)
+    resolved = resolve_auto(cfg, task="classification", n_train=2000, max_length=512,
+                            valid_split=0.1, lora_target=["q_proj", "v_proj"], cores=2,
+                            fast_bf16=False)
     assert resolved.task == "classification" and resolved.epochs == 3
     assert resolved.batch_size == 16 and resolved.learning_rate == 5e-4
     assert resolved.lora_alpha == 16 and resolved.dropout == 0.0
     assert resolved.metric == "accuracy" and resolved.max_length == 512
-    spe = steps_per_epoch(125, resolved.grad_accum_steps)
-    final = resolve_auto(resolved, task="classification", n_train=2000, steps_per_epoch=spe)
-    assert final.eval_every == 38 and final.save_every == 38  # about 10 per run
+    assert resolved.valid_split == 0.1 and resolved.lora_target == ["q_proj", "v_proj"]
+    assert resolved.precision == "fp32" and resolved.shards == 2
+    # 2000 / 16 -> 125 steps an epoch, 375 in all: every 38 steps is about 10 times a run
+    assert resolved.eval_every == 38 and resolved.save_every == 38
+    assert resolved.auto_fields == []  # nothing is left to resolve later
     assert make(method="full").auto_fields == cfg.auto_fields
-    full = resolve_auto(make(method="full"), task="causal-lm", n_train=50)
+    full = resolve_auto(make(method="full"), task="causal-lm", n_train=50, max_length=64,
+                        fast_bf16=True, cores=2)
     assert full.learning_rate == 2e-5 and full.dropout == 0.1 and full.metric == "loss"
-    assert full.epochs == 3 and full.batch_size == 8
+    assert full.epochs == 3 and full.batch_size == 8 and full.precision == "bf16"
+    assert full.shards == 1  # dropout draws random numbers: one pass, no worker threads
+
+
+def test_a_resolved_config_cannot_change():
+    import dataclasses
+
+    cfg = make()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.shards = 2  # type: ignore[misc]
+
+
+def test_explicit_shards_with_dropout_is_refused():
+    with pytest.raises(InvalidRequest, match="shards > 1") as info:
+        resolve_auto(make(method="full", shards=2), task="causal-lm", n_train=50,
+                     max_length=64)
+    assert info.value.param == "shards"
 
 
 def test_metric_must_fit_the_task():
     with pytest.raises(InvalidRequest, match="token_accuracy") as info:
-        resolve_auto(make(metric="token_accuracy"), task="classification", n_train=100)
+        resolve_auto(make(metric="token_accuracy"), task="classification", n_train=100,
+                     max_length=64)
     assert info.value.param == "metric"
     with pytest.raises(InvalidRequest, match="classification"):
-        resolve_auto(make(metric="accuracy"), task="causal-lm", n_train=100)
+        resolve_auto(make(metric="accuracy"), task="causal-lm", n_train=100, max_length=64)
 
 
 def test_steps_per_epoch_counts_a_last_partial_window():

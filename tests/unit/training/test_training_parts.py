@@ -11,7 +11,8 @@ import torch
 from gptstore.data.types import IGNORE_INDEX, EncodedExample
 from gptstore.training import checkpoint as ckpt
 from gptstore.training.logs import RunLog, read_metrics
-from gptstore.training.loop import decay_groups, lr_at, split_examples
+from gptstore.training.loop import decay_groups, lr_at
+from gptstore.training.prepare import split_examples
 from gptstore.training.tasks import get_task
 
 
@@ -49,11 +50,16 @@ def test_split_is_stratified_and_seeded():
 
 
 def _tiny(arch: str, folder, task_name: str):
-    task = get_task(task_name)
-    labels = ["a", "b", "c"] if task_name == "classification" else None
-    model, _ = task.load_model(folder, dtype=torch.float32, dropout=0.0, label_names=labels,
-                               pad_token_id=3)
-    return task, model.eval()
+    """The task's model of a tiny folder, built by the loader's own rules."""
+    from transformers import AutoConfig
+
+    from gptstore.inference.loader import auto_class, classifier_config
+
+    config = AutoConfig.from_pretrained(folder)
+    if task_name == "classification":
+        classifier_config(config, ["a", "b", "c"], pad_id=3)
+    model = auto_class(task_name).from_pretrained(folder, config=config, dtype=torch.float32)
+    return get_task(task_name), model.eval()
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])

@@ -1,0 +1,86 @@
+"""The inference engine over the store: what a store name means to the engine, and the
+one place an engine is built from settings.
+
+- `store_resolver(catalog)`: a store name -> `ModelSpec`. A full version is its own base
+  (keyed by manifest digest, so two names for the same bytes share memory); an adapter
+  version points at its base version's weights plus its own PEFT folder, so all
+  adapters of one base share one copy of it; an adapter that saves whole modules other
+  than a classifier head (a trained LM head) is served merged, as a model of its own.
+- `build_engine(settings, catalog)`: the `Engine` the HTTP server and the CLI run, with
+  the deployment's limits and precision (`GPTSTORE_INFERENCE_DTYPE`).
+
+Every model is loaded by `loader.load_version`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from gptstore.catalog.repository import Catalog
+from gptstore.inference.loader import (
+    load_merged,
+    load_version,
+    saves_whole_modules,
+    weights_version,
+)
+from gptstore.inference.types import EngineConfig, ModelSpec
+from gptstore.settings import Settings
+
+if TYPE_CHECKING:
+    from gptstore.inference.engine import Engine
+
+
+def engine_config(settings: Settings, **overrides: Any) -> EngineConfig:
+    """The engine's limits and precision from the settings (`overrides` win)."""
+    values: dict[str, Any] = {
+        "base_budget_bytes": settings.max_loaded_bytes,
+        "max_running": settings.max_batch,
+        "max_queue": settings.max_queue,
+    }
+    if settings.inference_dtype == "int4":
+        values["quantize"] = "int4"  # EngineConfig sets the bf16 activations it needs
+    elif settings.inference_dtype != "auto":
+        values["dtype"] = settings.inference_dtype
+    values.update(overrides)
+    return EngineConfig(**values)
+
+
+def build_engine(settings: Settings, catalog: Catalog, **overrides: Any) -> Engine:
+    """An engine serving the store's models (started; call `shutdown()` when done)."""
+    from gptstore.inference.engine import Engine
+
+    config = engine_config(settings, **overrides)
+    return Engine(store_resolver(catalog, dtype=config.dtype), config)
+
+
+def store_resolver(catalog: Catalog, *, dtype: str | None = None) -> Any:
+    """The engine's resolver over the store: a model name -> `ModelSpec`.
+
+    `dtype` ("bfloat16" / "float32") overrides the loader's preferred dtype; weights
+    load straight in it.
+    """
+    import torch
+
+    torch_dtype = getattr(torch, dtype) if dtype else None
+
+    def resolve(name: str) -> ModelSpec:
+        version = catalog.resolve(name)
+        labels = version.lineage.get("label_names")
+        if saves_whole_modules(catalog, version):
+            def merged() -> tuple[Any, Any]:
+                loaded = load_merged(catalog, version, dtype=torch_dtype)
+                return loaded.model, loaded.tokenizer
+
+            return ModelSpec(base_key=version.manifest_digest, base_loader=merged,
+                             task=version.task, label_names=labels)
+        base = weights_version(catalog, version)
+        adapter_dir = catalog.snapshot(version) if version.kind == "adapter" else None
+
+        def load_base() -> tuple[Any, Any]:
+            loaded = load_version(catalog, base, dtype=torch_dtype)
+            return loaded.model, loaded.tokenizer
+
+        return ModelSpec(base_key=base.manifest_digest, base_loader=load_base,
+                         adapter_dir=adapter_dir, task=version.task, label_names=labels)
+
+    return resolve
