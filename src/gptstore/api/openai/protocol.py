@@ -125,11 +125,13 @@ class LogprobEntry(TopLogprobEntry):
 
 class ChoiceLogprobs(OpenAIBaseModel):
     content: list[LogprobEntry] | None = None
+    refusal: list[LogprobEntry] | None = None  # required by OpenAI; we never refuse
 
 
 class ChatCompletionMessage(OpenAIBaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    refusal: str | None = None  # required by OpenAI; we never refuse
 
 
 FinishReason = Literal["stop", "length"]
