@@ -151,7 +151,6 @@ class ChatCompletionResponse(OpenAIBaseModel):
     model: str
     choices: list[ChatCompletionChoice]
     usage: UsageInfo
-    system_fingerprint: str | None = None
 
 
 class DeltaMessage(OpenAIBaseModel):
@@ -208,7 +207,6 @@ class CompletionResponse(OpenAIBaseModel):
     model: str
     choices: list[CompletionChoice]
     usage: UsageInfo | None = None
-    system_fingerprint: str | None = None
 
 
 # -- classifications (our extension) ------------------------------------------------
