@@ -14,7 +14,7 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 
 class OpenAIBaseModel(BaseModel):
@@ -154,8 +154,17 @@ class ChatCompletionResponse(OpenAIBaseModel):
 
 
 class DeltaMessage(OpenAIBaseModel):
+    """What a stream chunk adds to its choice. Fields left as None are left out, as OpenAI
+    does: `role` comes in the first chunk of a choice only, the last chunk's delta is `{}`
+    (OpenAI's schema has no null `role`)."""
+
     role: Literal["assistant"] | None = None
     content: str | None = None
+
+    # no return annotation: pydantic then keeps the model's own JSON schema in /openapi.json
+    @model_serializer(mode="wrap")
+    def _leave_out_none(self, handler: SerializerFunctionWrapHandler):
+        return {key: value for key, value in handler(self).items() if value is not None}
 
 
 class ChatCompletionChunkChoice(OpenAIBaseModel):
