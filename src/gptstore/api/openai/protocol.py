@@ -210,12 +210,23 @@ class CompletionChoice(OpenAIBaseModel):
 
 
 class CompletionResponse(OpenAIBaseModel):
+    """A completion, and also each chunk of a completion stream (OpenAI uses one shape)."""
+
     id: str = Field(default_factory=lambda: new_id("cmpl"))
     object: Literal["text_completion"] = "text_completion"
     created: int = Field(default_factory=now)
     model: str
     choices: list[CompletionChoice]
-    usage: UsageInfo | None = None
+    usage: UsageInfo | None = None  # None (stream chunks but the usage one) is left out
+
+    @model_serializer(mode="wrap")  # no return annotation: as DeltaMessage's
+    def _leave_out_no_usage(self, handler: SerializerFunctionWrapHandler):
+        # OpenAI's schema has `usage` optional but not nullable here, and the document's
+        # own stream example for /completions has none (chat chunks differ: see there)
+        data = handler(self)
+        if data.get("usage", ...) is None:
+            del data["usage"]
+        return data
 
 
 # -- classifications (our extension) ------------------------------------------------
