@@ -5,7 +5,8 @@ They follow OpenAI's API reference for `/v1/models`, `/v1/chat/completions` and
 that we do not implement are refused with a 400 naming them (better than silently
 ignoring what a caller relies on); unknown extra fields are ignored, as OpenAI's own
 server does for forward compatibility. The serving layer translates these into the
-engine's plain dataclasses (`gptstore.inference.types`).
+engine's plain dataclasses (`gptstore.inference.types`). `tests/conformance` checks every
+response against OpenAI's published OpenAPI schemas.
 """
 
 from __future__ import annotations
@@ -180,6 +181,8 @@ class ChatCompletionChunk(OpenAIBaseModel):
     created: int
     model: str
     choices: list[ChatCompletionChunkChoice]
+    # null on every chunk but the include_usage one, as OpenAI sends it (its document is
+    # stricter here; tests/conformance/openai_schema.py names each such place)
     usage: UsageInfo | None = None
 
 
@@ -222,7 +225,7 @@ class CompletionResponse(OpenAIBaseModel):
     @model_serializer(mode="wrap")  # no return annotation: as DeltaMessage's
     def _leave_out_no_usage(self, handler: SerializerFunctionWrapHandler):
         # OpenAI's schema has `usage` optional but not nullable here, and the document's
-        # own stream example for /completions has none (chat chunks differ: see there)
+        # own stream example for /completions has none (chat chunks differ: see ChatCompletionChunk)
         data = handler(self)
         if data.get("usage", ...) is None:
             del data["usage"]
