@@ -171,13 +171,18 @@ def fetch(server: RemoteServer, case: Case, ids: dict[str, str]) -> list[Any]:
         kwargs |= {"content": case.body, "headers": {"Content-Type": "application/json"}}
     elif case.body is not None:
         kwargs["json"] = case.body
-    if not case.stream:
-        resp = httpx.request(case.method, url, **kwargs)
-        assert resp.status_code == case.status, resp.text
-        assert resp.headers["content-type"].startswith("application/json")
-        return [resp.json()]
-    with httpx.stream(case.method, url, **kwargs) as resp:
-        assert resp.status_code == case.status, resp.read()
+    if case.stream:
+        return stream_chunks(case.method, url, case.status, **kwargs)
+    resp = httpx.request(case.method, url, **kwargs)
+    assert resp.status_code == case.status, resp.text
+    assert resp.headers["content-type"].startswith("application/json")
+    return [resp.json()]
+
+
+def stream_chunks(method: str, url: str, status: int = 200, **kwargs: Any) -> list[Any]:
+    """Every `data:` chunk of an SSE answer, checking that it ends with `[DONE]`."""
+    with httpx.stream(method, url, **kwargs) as resp:
+        assert resp.status_code == status, resp.read()
         assert resp.headers["content-type"].startswith("text/event-stream")
         lines = [line for line in resp.iter_lines() if line]
     assert lines[-1] == "data: [DONE]", lines[-3:]
@@ -214,8 +219,8 @@ def test_chat_stream_sends_role_once_per_choice(server: RemoteServer) -> None:
     """OpenAI sends `delta.role` in the first chunk of each choice and leaves it out
     afterwards (the schema forbids `role: null`, but not a repeated role)."""
     body = chat(stream=True, n=2, temperature=1.0, seed=3, max_tokens=3, **TOKENS)
-    chunks = fetch(server, Case("role", "POST", "/v1/chat/completions", "", body,
-                                stream=True), {})
+    chunks = stream_chunks("POST", server.url + "/v1/chat/completions", json=body,
+                           timeout=120)
     for index in (0, 1):
         deltas = [c["choices"][0]["delta"] for c in chunks
                   if c["choices"] and c["choices"][0]["index"] == index]
