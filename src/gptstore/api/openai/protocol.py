@@ -5,7 +5,8 @@ They follow OpenAI's API reference for `/v1/models`, `/v1/chat/completions` and
 that we do not implement are refused with a 400 naming them (better than silently
 ignoring what a caller relies on); unknown extra fields are ignored, as OpenAI's own
 server does for forward compatibility. The serving layer translates these into the
-engine's plain dataclasses (`gptstore.inference.types`).
+engine's plain dataclasses (`gptstore.inference.types`). `tests/conformance` checks every
+response against OpenAI's published OpenAPI schemas.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 
 class OpenAIBaseModel(BaseModel):
@@ -125,11 +126,13 @@ class LogprobEntry(TopLogprobEntry):
 
 class ChoiceLogprobs(OpenAIBaseModel):
     content: list[LogprobEntry] | None = None
+    refusal: list[LogprobEntry] | None = None  # required by OpenAI; we never refuse
 
 
 class ChatCompletionMessage(OpenAIBaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    refusal: str | None = None  # required by OpenAI; we never refuse
 
 
 FinishReason = Literal["stop", "length"]
@@ -149,12 +152,20 @@ class ChatCompletionResponse(OpenAIBaseModel):
     model: str
     choices: list[ChatCompletionChoice]
     usage: UsageInfo
-    system_fingerprint: str | None = None
 
 
 class DeltaMessage(OpenAIBaseModel):
+    """What a stream chunk adds to its choice. Fields left as None are left out, as OpenAI
+    does: `role` comes in the first chunk of a choice only, the last chunk's delta is `{}`
+    (OpenAI's schema has no null `role`)."""
+
     role: Literal["assistant"] | None = None
     content: str | None = None
+
+    # no return annotation: pydantic then keeps the model's own JSON schema in /openapi.json
+    @model_serializer(mode="wrap")
+    def _leave_out_none(self, handler: SerializerFunctionWrapHandler):
+        return {key: value for key, value in handler(self).items() if value is not None}
 
 
 class ChatCompletionChunkChoice(OpenAIBaseModel):
@@ -170,6 +181,8 @@ class ChatCompletionChunk(OpenAIBaseModel):
     created: int
     model: str
     choices: list[ChatCompletionChunkChoice]
+    # null on every chunk but the include_usage one, as OpenAI sends it (its document is
+    # stricter here; tests/conformance/openai_schema.py names each such place)
     usage: UsageInfo | None = None
 
 
@@ -188,7 +201,7 @@ class CompletionRequest(SamplingFields):
 class CompletionLogprobs(OpenAIBaseModel):
     tokens: list[str] = Field(default_factory=list)
     token_logprobs: list[float | None] = Field(default_factory=list)
-    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float]] = Field(default_factory=list)
     text_offset: list[int] = Field(default_factory=list)
 
 
@@ -200,13 +213,23 @@ class CompletionChoice(OpenAIBaseModel):
 
 
 class CompletionResponse(OpenAIBaseModel):
+    """A completion, and also each chunk of a completion stream (OpenAI uses one shape)."""
+
     id: str = Field(default_factory=lambda: new_id("cmpl"))
     object: Literal["text_completion"] = "text_completion"
     created: int = Field(default_factory=now)
     model: str
     choices: list[CompletionChoice]
-    usage: UsageInfo | None = None
-    system_fingerprint: str | None = None
+    usage: UsageInfo | None = None  # None (stream chunks but the usage one) is left out
+
+    @model_serializer(mode="wrap")  # no return annotation: as DeltaMessage's
+    def _leave_out_no_usage(self, handler: SerializerFunctionWrapHandler):
+        # OpenAI's schema has `usage` optional but not nullable here, and the document's
+        # own stream example for /completions has none (chat chunks differ: see ChatCompletionChunk)
+        data = handler(self)
+        if data.get("usage", ...) is None:
+            del data["usage"]
+        return data
 
 
 # -- classifications (our extension) ------------------------------------------------

@@ -368,8 +368,13 @@ def _completion_logprobs(tokenizer: Any, events: Sequence[Any], offset: int
         text = _token_text(tokenizer, e.token_id)
         out.tokens.append(text)
         out.token_logprobs.append(e.logprob)
-        out.top_logprobs.append({t.text: t.logprob for t in e.top_logprobs}
-                                if e.top_logprobs else None)
+        # OpenAI's `logprobs` parameter: "The API will always return the `logprob` of the
+        # sampled token, so there may be up to `logprobs+1` elements"; with logprobs=0 that
+        # is the sampled token alone, never null (the schema wants an object per token)
+        top = {t.text: t.logprob for t in e.top_logprobs or []}
+        if e.logprob is not None:
+            top.setdefault(text, e.logprob)
+        out.top_logprobs.append(top)
         out.text_offset.append(offset)
         offset += len(text)
     return out
