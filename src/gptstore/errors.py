@@ -29,6 +29,10 @@ class InvalidRequest(GptStoreError, ValueError):
     type = "invalid_request_error"
 
 
+class PayloadTooLarge(InvalidRequest):
+    """An upload or a request body larger than the deployment allows (HTTP 413)."""
+
+
 class NotFound(GptStoreError, LookupError):
     """A model, version, blob or file that does not exist."""
 

@@ -50,6 +50,31 @@ class Settings(BaseSettings):
         "else float32 (both exact); int4 = 4-bit projection weights with bf16 activations "
         "(faster, outputs differ slightly from the exact model).",
     )
+    max_upload_bytes: int = Field(
+        default=512 * 1024**2, ge=1,
+        description="Largest file `POST /v1/files` accepts (OpenAI's limit); larger "
+        "uploads are refused with 413 while they stream in.",
+    )
+    workers: int = Field(
+        default=1, ge=0,
+        description="Fine-tuning jobs `gptstore serve` runs at once in child processes "
+        "(its in-process worker); 0 leaves jobs to `gptstore worker` processes.",
+    )
+    job_lease_seconds: float = Field(
+        default=30.0, gt=0,
+        description="How long a worker's claim on a running job lasts without a "
+        "heartbeat (workers renew it every second); a job whose worker stopped for this "
+        "long is taken over by another worker and resumes from its last checkpoint.",
+    )
+    job_nice: int = Field(
+        default=10, ge=0, le=19,
+        description="Scheduling niceness of job processes, so requests to the server "
+        "keep their share of the CPU while a job trains.",
+    )
+    max_jobs_per_owner: int = Field(
+        default=2, ge=1,
+        description="Jobs of one owner that run at the same time; the rest wait queued.",
+    )
     offline: bool = Field(
         default=False,
         description="Never try the Hugging Face Hub (pull only built-in models).",
@@ -86,6 +111,11 @@ class Settings(BaseSettings):
     @property
     def tmp_dir(self) -> Path:
         return self.home / "tmp"
+
+    @property
+    def files_dir(self) -> Path:
+        """Uploaded files under their own names (links into the blob store)."""
+        return self.home / "files"
 
 
 def describe_settings() -> str:

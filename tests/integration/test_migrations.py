@@ -6,11 +6,12 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
-from gptstore.catalog.tables import Base
+from gptstore.schema import metadata
 from gptstore.settings import Settings
 from gptstore.storage.db import Database, current_revision, downgrade, head_revision, upgrade
 
-TABLES = {"namespaces", "models", "versions", "version_files", "alembic_version"}
+TABLES = {"namespaces", "models", "versions", "version_files", "files", "jobs", "job_events",
+          "job_checkpoints", "alembic_version"}
 
 
 def test_upgrade_matches_the_tables_and_downgrades(db_settings: Settings) -> None:
@@ -21,7 +22,7 @@ def test_upgrade_matches_the_tables_and_downgrades(db_settings: Settings) -> Non
         assert current_revision(db.engine) == head_revision(db.engine)
         assert set(inspect(db.engine).get_table_names()) >= TABLES
         with db.engine.connect() as conn:
-            diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+            diff = compare_metadata(MigrationContext.configure(conn), metadata)
         assert diff == [], f"tables.py and the migrations disagree: {diff}"
         downgrade(db.engine, "base")
         assert set(inspect(db.engine).get_table_names()) <= {"alembic_version"}

@@ -27,9 +27,17 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         app.state.catalog = Catalog(settings)
         app.state.engine = None  # built on first use: see deps.get_serving
         app.state.serving = None
+        app.state.worker = None
+        if settings.workers > 0:  # the in-process worker runs queued fine-tuning jobs
+            from gptstore.jobs.worker import Worker
+
+            app.state.worker = Worker(settings, concurrency=settings.workers)
+            app.state.worker.start()
         try:
             yield
         finally:
+            if app.state.worker is not None:
+                app.state.worker.stop()  # running jobs checkpoint and go back to the queue
             if app.state.engine is not None:
                 app.state.engine.shutdown()
             app.state.catalog.close()
@@ -37,6 +45,8 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="gptstore", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
 
+    from gptstore.api.openai import files as openai_files
+    from gptstore.api.openai import fine_tuning as openai_fine_tuning
     from gptstore.api.openai import models as openai_models
     from gptstore.api.openai import routes as openai_routes
     from gptstore.api.store import models as store_models
@@ -54,4 +64,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(store_models.router, prefix="/api")
     app.include_router(openai_models.router, prefix="/v1")
     app.include_router(openai_routes.router, prefix="/v1")
+    app.include_router(openai_files.router, prefix="/v1")
+    app.include_router(openai_files.store_router, prefix="/api")
+    app.include_router(openai_fine_tuning.router, prefix="/v1")
     return app

@@ -31,5 +31,16 @@ def get_serving(request: Request) -> Any:
     return state.serving
 
 
+#: the owner of everything made without accounts: the single local user
+LOCAL_OWNER = "local"
+
+
+def get_owner(request: Request) -> str:
+    """The namespace that owns what the caller creates (files, jobs, fine-tunes) and
+    whose files and jobs the caller sees."""
+    return LOCAL_OWNER
+
+
 CatalogDep = Annotated[Catalog, Depends(get_catalog)]
+OwnerDep = Annotated[str, Depends(get_owner)]
 ServingDep = Annotated[Any, Depends(get_serving)]

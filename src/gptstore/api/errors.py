@@ -14,12 +14,14 @@ from gptstore.errors import (
     GptStoreError,
     InvalidRequest,
     NotFound,
+    PayloadTooLarge,
     PermissionDenied,
     StorageError,
     Unavailable,
 )
 
 STATUS = [
+    (PayloadTooLarge, 413),
     (NotFound, 404),
     (InvalidRequest, 400),
     (Conflict, 409),

@@ -28,6 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from gptstore.catalog.cards import CardData, render_card
+from gptstore.catalog.files import FileRepository
 from gptstore.catalog.names import ModelRef, parse_ref
 from gptstore.catalog.tables import Model, Namespace, Version, VersionFile, utcnow
 from gptstore.errors import Conflict, InvalidRequest, NotFound, StorageError
@@ -198,6 +199,7 @@ class Catalog:
         self.blobs = BlobStore(settings.blobs_dir)
         if migrate:
             self.db.migrate()
+        self.files = FileRepository(settings, self.db, self.blobs)
 
     def close(self) -> None:
         self.db.dispose()
@@ -501,7 +503,7 @@ class Catalog:
         with self.db.session() as session:
             files = set(session.scalars(select(VersionFile.digest)).all())
             manifests = set(session.scalars(select(Version.manifest_digest)).all())
-        return files | manifests
+        return files | manifests | self.files.referenced_digests()
 
     def gc(self, *, grace_seconds: float | None = None) -> tuple[int, int]:
         """Remove unreferenced blobs (older than the grace period) and stale snapshots."""

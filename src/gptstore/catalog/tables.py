@@ -102,3 +102,21 @@ class VersionFile(Base):
     size: Mapped[int] = mapped_column(BigInteger)
 
     version: Mapped[Version] = relationship(back_populates="files")
+
+
+class StoredFile(Base):
+    """An uploaded file (training data, a results CSV): its bytes are one blob."""
+
+    __tablename__ = "files"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # file-<24 hex>
+    owner: Mapped[str] = mapped_column(String(96), index=True)
+    filename: Mapped[str] = mapped_column(String(255))
+    purpose: Mapped[str] = mapped_column(String(32))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    digest: Mapped[str] = mapped_column(String(71), index=True)
+    #: OpenAI's (deprecated) file status: "processed", or "error" when the check failed
+    status: Mapped[str] = mapped_column(String(16), default="processed")
+    #: the validation report of a fine-tune file (data/report.py), JSON
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from gptstore import __version__
-from gptstore.cli import finetune, models, run
+from gptstore.cli import finetune, jobs, models, run
 from gptstore.cli.common import console, fail, human_size, open_catalog, settings
 from gptstore.errors import GptStoreError
 from gptstore.settings import describe_settings
@@ -36,6 +36,7 @@ def _add_optional_subapps() -> None:
 
 _add_optional_subapps()
 finetune.register(app)  # finetune, classify, eval
+jobs.register(app)  # files, jobs, worker
 
 
 def _version_callback(value: bool) -> None:

@@ -92,6 +92,11 @@ def finetune(
     description: Annotated[str, typer.Option(help=_h("description"))] = _d("description"),
     tag: Annotated[list[str] | None, typer.Option(help="A tag (repeatable).")] = None,
     license: Annotated[str | None, typer.Option(help=_h("license"))] = None,
+    submit: Annotated[bool, typer.Option(
+        "--submit", help="Queue a job for a worker (`gptstore serve` or `gptstore "
+        "worker`) instead of training here; prints the job id.")] = False,
+    follow: Annotated[bool, typer.Option(
+        "--follow", help="With --submit: follow the job's events until it ends.")] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Fine-tune a store model on a training file and publish the result."""
@@ -109,6 +114,15 @@ def finetune(
         shards=_auto(shards),
         run_dir=str(run_dir) if run_dir else None, resume=resume, description=description,
         tags=tag or [], license=license)
+    if submit:
+        from gptstore.cli.jobs import submit as submit_job
+
+        job_id = submit_job(config, follow=follow)
+        if as_json:
+            print_json({"job": job_id})
+        else:
+            console.print(job_id)
+        return
     from gptstore.training.loop import finetune as run_finetune
 
     with ProgressView() as view, open_catalog() as catalog:

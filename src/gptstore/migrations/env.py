@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from alembic import context
 
-from gptstore.catalog.tables import Base
+from gptstore.schema import metadata
 
 engine = context.config.attributes["engine"]
 
 with engine.connect() as connection:
     context.configure(
         connection=connection,
-        target_metadata=Base.metadata,
+        target_metadata=metadata,
         render_as_batch=connection.dialect.name == "sqlite",
     )
     with context.begin_transaction():

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from gptstore.errors import InvalidRequest, NotFound, StorageError
+from gptstore.errors import InvalidRequest, NotFound, PayloadTooLarge, StorageError
 
 _CHUNK = 4 * 1024 * 1024
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -62,6 +62,69 @@ def file_sha256(path: Path | str) -> str:
     lineage records for a data set or an imported file."""
     with open(path, "rb") as handle:
         return stream_sha256(handle)
+
+
+class BlobWriter:
+    """Writes one blob into `tmp/`, hashing as it goes; `commit` renames it to its
+    address (see the module docstring)."""
+
+    def __init__(self, store: BlobStore, *, max_bytes: int | None) -> None:
+        self.store = store
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._hasher = hashlib.sha256()
+        fd, name = tempfile.mkstemp(dir=store.tmp, prefix="blob-")
+        self._path = Path(name)
+        self._file: BinaryIO | None = os.fdopen(fd, "wb")
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._discard()
+
+    def write(self, chunk: bytes) -> None:
+        assert self._file is not None, "write after commit"
+        self.size += len(chunk)
+        if self.max_bytes is not None and self.size > self.max_bytes:
+            self._discard()
+            raise PayloadTooLarge(f"the upload is larger than the limit of {self.max_bytes} bytes; "
+                           "split the data or raise the server's limit", param="file")
+        self._hasher.update(chunk)
+        try:
+            self._file.write(chunk)
+        except OSError as exc:
+            self._discard()
+            raise _storage_error(exc, "writing a blob") from exc
+
+    def commit(self) -> BlobInfo:
+        assert self._file is not None, "commit twice"
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
+            digest = "sha256:" + self._hasher.hexdigest()
+            final = self.store.path(digest)
+            if final.exists():
+                self._path.unlink()  # identical content is stored once
+            else:
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.chmod(self._path, 0o444)
+                os.replace(self._path, final)
+                _fsync_dir(final.parent)
+            return BlobInfo(digest, self.size)
+        except OSError as exc:
+            self._discard()
+            raise _storage_error(exc, "writing a blob") from exc
+
+    def _discard(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
+        with contextlib.suppress(OSError):
+            self._path.unlink()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -108,40 +171,19 @@ class BlobStore:
         except FileNotFoundError as exc:
             raise NotFound(f"blob {digest} is missing from {self.root}") from exc
 
+    def writer(self, *, max_bytes: int | None = None) -> BlobWriter:
+        """A blob written piece by piece (an upload streamed off the network): use it
+        as a context manager, `write` chunks, then `commit()` for its `BlobInfo`; left
+        without a commit (an error, a client gone) it leaves nothing behind."""
+        self._ensure_dirs()
+        return BlobWriter(self, max_bytes=max_bytes)
+
     def put_stream(self, stream: BinaryIO) -> BlobInfo:
         """Store the bytes read from `stream`; returns their digest and size."""
-        self._ensure_dirs()
-        hasher = hashlib.sha256()
-        size = 0
-        fd, tmp_name = tempfile.mkstemp(dir=self.tmp, prefix="blob-")
-        tmp_path = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                while chunk := stream.read(_CHUNK):
-                    hasher.update(chunk)
-                    out.write(chunk)
-                    size += len(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            digest = "sha256:" + hasher.hexdigest()
-            final = self.path(digest)
-            if final.exists():
-                # Identical content is stored once; the new copy is dropped.
-                tmp_path.unlink()
-            else:
-                final.parent.mkdir(parents=True, exist_ok=True)
-                os.chmod(tmp_path, 0o444)
-                os.replace(tmp_path, final)
-                _fsync_dir(final.parent)
-            return BlobInfo(digest, size)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp_path.unlink()
-            raise _storage_error(exc, "writing a blob") from exc
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp_path.unlink()
-            raise
+        with self.writer() as out:
+            while chunk := stream.read(_CHUNK):
+                out.write(chunk)
+            return out.commit()
 
     def put_file(self, path: Path) -> BlobInfo:
         try:

@@ -124,6 +124,10 @@ class TrainConfig:
     log_every: int = _help("Log the training loss every N optimiser steps.", 1)
     max_steps: int | None = _help("Stop after this many optimiser steps (a quick trial).",
                                   None)
+    checkpoint_models: int = _help("Publish the weights at the end of each of the last N "
+                                   "epochs as a store model of its own, "
+                                   "<name>-step-<step> (OpenAI's per-epoch checkpoints); "
+                                   "0: none.", 0)
     # -- runtime ---------------------------------------------------------------------
     seed: int = _help("Seed of the split, the batch order, the new weights and dropout: "
                       "the same seed and data give the same metrics.", 0)
@@ -194,6 +198,7 @@ class TrainConfig:
         _at_least(self, "save_every", 0, "0 turns checkpoints off")
         _at_least(self, "early_stopping_patience", 0, "0 never stops early")
         _at_least(self, "log_every", 1, "1 logs every step")
+        _at_least(self, "checkpoint_models", 0, "0 publishes only the final model")
         _at_least(self, "shards", 1, "1 trains each micro-batch in one pass")
         if self.max_steps is not None:
             _at_least(self, "max_steps", 1, "leave it unset to train all epochs")

@@ -34,7 +34,7 @@ import math
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from gptstore.catalog.names import parse_ref
-from gptstore.catalog.repository import Catalog
+from gptstore.catalog.repository import Catalog, VersionInfo
 from gptstore.data.batching import padding_stats, plan_batches
 from gptstore.errors import Conflict, InvalidRequest, NotFound, StorageError
 from gptstore.settings import Settings
@@ -58,7 +58,17 @@ from gptstore.training.record import RunRecord
 from gptstore.training.tasks import DROPOUT_KEYS, ClassificationTask, amp, get_task
 
 #: fields that may differ between a run and its resume (they do not change the result)
-RESUME_FREE = {"resume", "threads", "description", "tags", "license", "run_dir"}
+RESUME_FREE = {"resume", "threads", "description", "tags", "license", "run_dir",
+               "checkpoint_models"}
+
+
+class RunInterrupted(Exception):
+    """The run was asked to stop (`should_stop`) and saved a checkpoint to resume from."""
+
+    def __init__(self, step: int, path: Path) -> None:
+        super().__init__(f"stopped at step {step}; checkpoint {path}")
+        self.step = step
+        self.path = path
 
 
 @dataclass(frozen=True)
@@ -75,14 +85,18 @@ class FinetuneResult:
 
 
 def finetune(config: TrainConfig, *, settings: Settings | None = None,
-             catalog: Catalog | None = None, callbacks: Sequence[Callback] = ()
-             ) -> FinetuneResult:
-    """Fine-tune `config.base` on `config.train_file` and publish `config.name`."""
+             catalog: Catalog | None = None, callbacks: Sequence[Callback] = (),
+             should_stop: Callable[[], bool] | None = None) -> FinetuneResult:
+    """Fine-tune `config.base` on `config.train_file` and publish `config.name`.
+
+    `should_stop()` is asked after every optimiser step; when it says yes the run saves
+    a checkpoint and raises `RunInterrupted` (a paused job; `resume=True` continues it).
+    """
     settings = settings or (catalog.settings if catalog is not None else Settings())
     own = catalog is None
     catalog = catalog or Catalog(settings)
     try:
-        return FineTuneRun(config, settings, catalog, callbacks).run()
+        return FineTuneRun(config, settings, catalog, callbacks, should_stop).run()
     finally:
         if own:
             catalog.close()
@@ -109,8 +123,10 @@ class FineTuneRun:
     """One run of `finetune`: its state, built step by step (see the module docstring)."""
 
     def __init__(self, config: TrainConfig, settings: Settings, catalog: Catalog,
-                 callbacks: Sequence[Callback]) -> None:
+                 callbacks: Sequence[Callback],
+                 should_stop: Callable[[], bool] | None = None) -> None:
         self.cfg = config
+        self.should_stop = should_stop
         self.settings = settings
         self.catalog = catalog
         self.callbacks = callbacks
@@ -290,7 +306,10 @@ class FineTuneRun:
         accum = cfg.grad_accum_steps
         epochs = int(cfg.epochs)
         self.log.emit(TrainEvent("start", state.step, self.total_steps, state.epoch,
-                                 {"resumed": self.resumed_from is not None}))
+                                 {"resumed": self.resumed_from is not None,
+                                  "config": cfg.to_dict(),
+                                  "train_examples": len(self.train_examples),
+                                  "valid_examples": len(self.valid_examples)}))
         session_steps, session_seconds = 0, 0.0
         while not self._done() and state.epoch < epochs:
             epoch = state.epoch
@@ -353,6 +372,12 @@ class FineTuneRun:
                 if cfg.save_every and (state.step % int(cfg.save_every) == 0 or
                                        self._done()):
                     self._checkpoint()
+                finished = state.epoch if state.window == 0 else None  # epochs done
+                if finished is not None and epochs - finished < cfg.checkpoint_models:
+                    self._publish_snapshot()
+                if self.should_stop is not None and not self._done() and self.should_stop():
+                    path = self._checkpoint()
+                    raise RunInterrupted(state.step, path)
 
     def _shard_work(self, batch: Any, denominator: int) -> ShardWork:
         def work() -> tuple[torch.Tensor, float, int]:
@@ -440,11 +465,32 @@ class FineTuneRun:
             return metrics[key] > best[key] if higher else metrics[key] < best[key]
         return metrics["loss"] < best["loss"]  # a tie on accuracy: the lower loss wins
 
-    def _checkpoint(self) -> None:
+    def _checkpoint(self) -> Path:
         path = ckpt.save_checkpoint(self.run_dir, self.state, self.model, self.optimizer,
                                     self.rcfg.to_dict())
         self.log.emit(TrainEvent("checkpoint", self.state.step, self.total_steps,
                                  self.state.epoch, {"path": str(path)}))
+        return path
+
+    def _publish_snapshot(self) -> None:
+        """The current weights as a store model of their own, `<name>-step-<step>` (an
+        epoch-end checkpoint a user can try); kept when a resumed run passes again."""
+        state = self.state
+        name = f"{self.cfg.name}-step-{state.step}"
+        if not self.catalog.exists(name):
+            record = self._record()
+            self._export_and_publish(record, name=name, description=(
+                f"Checkpoint at step {state.step} (end of epoch {state.epoch}) of "
+                f"{self.cfg.name}, fine-tuned from {self.base.ref}."), checkpoint=True)
+        last = state.last_eval or {}
+        train_loss = state.curves.get("train_loss", [])
+        metrics: dict[str, Any] = {"step": state.step}
+        if train_loss:
+            metrics["train_loss"] = train_loss[-1][1]
+        metrics.update({f"valid_{k}": v for k, v in last.items() if k != "step"})
+        self.log.emit(TrainEvent("checkpoint_model", state.step, self.total_steps,
+                                 state.epoch, {"model": name,
+                                               "metrics": metrics}))
 
     # -- 6. record and publish ---------------------------------------------------------
 
@@ -468,26 +514,30 @@ class FineTuneRun:
             run_dir=str(self.run_dir))
 
     def _publish(self, record: RunRecord) -> FinetuneResult:
-        """The best weights written by the method into a private staging folder and
-        published with the record; then the run's checkpoints go."""
+        """The best weights published with the record; then the run's checkpoints go."""
         if record.best is not None and record.published_step != self.state.step:
             best = ckpt.load_best(self.run_dir)
             if best is not None:
                 ckpt.load_trainable(self.model, best)
+        version = self._export_and_publish(record)
+        ckpt.clear_run(self.run_dir)
+        result = FinetuneResult(name=version.model, ref=version.ref, record=record)
+        self.log.emit(TrainEvent("end", self.state.step, self.total_steps, self.state.epoch,
+                                 result.to_dict()))
+        return result
+
+    def _export_and_publish(self, record: RunRecord, **publish: Any) -> VersionInfo:
+        """The method writes the model into a private staging folder, published from there
+        atomically (a failure leaves nothing visible)."""
         self.settings.tmp_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=self.settings.tmp_dir, prefix="finetune-"))
         try:
             self.method.export(self.model, staging, base_ref=self.base.ref,
                                tokenizer=self.data.tokenizer,
                                restore_config=self.restore_config)
-            version = publish_run(self.catalog, record, staging)
+            return publish_run(self.catalog, record, staging, **publish)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        ckpt.clear_run(self.run_dir)
-        result = FinetuneResult(name=version.model, ref=version.ref, record=record)
-        self.log.emit(TrainEvent("end", self.state.step, self.total_steps, self.state.epoch,
-                                 result.to_dict()))
-        return result
 
 
 def apply_dropout(config: Any, p: float) -> dict[str, float]:

@@ -148,16 +148,24 @@ class FullMethod(Method):
 
     def export(self, model: nn.Module, out_dir: Path, *, base_ref: str, tokenizer: Any,
                restore_config: dict[str, float]) -> None:
+        """Save a copy: the live model keeps training after a mid-run snapshot, so
+        neither its weights' dtype nor its (dropout) config is changed here."""
         hf = hf_model(model)
-        for key, value in restore_config.items():  # dropout is a training setting
-            setattr(hf.config, key, value)
-        # store in the base's dtype (bf16 for the built-in model): half the bytes, and
-        # inference on this CPU computes in bf16 anyway
+        # store in the base's dtype (bf16 for the built-in model): half the bytes
         dtype = getattr(hf.config, "dtype", None) or torch.float32
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype, torch.float32)
-        hf.to(dtype)
-        hf.save_pretrained(out_dir, safe_serialization=True)
+        cast: dict[int, torch.Tensor] = {}  # one copy per storage: tied weights stay tied
+        state = {name: cast.setdefault(t.data_ptr(), t.detach().to(dtype))
+                 for name, t in hf.state_dict().items()}
+        training_values = {key: getattr(hf.config, key) for key in restore_config}
+        for key, value in restore_config.items():  # dropout is a training setting
+            setattr(hf.config, key, value)
+        try:
+            hf.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
+        finally:
+            for key, value in training_values.items():
+                setattr(hf.config, key, value)
         tokenizer.save_pretrained(out_dir)
 
 

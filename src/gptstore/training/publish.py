@@ -23,14 +23,19 @@ def _plain(doc: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(doc, default=str))
 
 
-def publish_run(catalog: Catalog, record: RunRecord, folder: Path) -> VersionInfo:
-    """Publish `folder` as the new model `record.config.name`."""
+def publish_run(catalog: Catalog, record: RunRecord, folder: Path, *, name: str | None = None,
+                description: str | None = None, checkpoint: bool = False) -> VersionInfo:
+    """Publish `folder` as the new model `record.config.name` (or `name`: a mid-run
+    checkpoint of it, tagged `checkpoint`)."""
     cfg = record.config
-    description = cfg.description or (
+    description = description or cfg.description or (
         f"{record.task} fine-tune ({record.method}) of {record.base} on "
         f"{record.train_data.name}.")
+    lineage = record.lineage()
+    if checkpoint:
+        lineage["checkpoint_of"] = cfg.name
+    tags = [*cfg.tags, "fine-tuned", record.method, *(["checkpoint"] if checkpoint else [])]
     return catalog.publish(
-        cfg.name, folder, task=record.task, kind=record.kind, base=record.base,
-        description=description, tags=[*cfg.tags, "fine-tuned", record.method],
-        license=cfg.license, lineage=_plain(record.lineage()),
+        name or cfg.name, folder, task=record.task, kind=record.kind, base=record.base,
+        description=description, tags=tags, license=cfg.license, lineage=_plain(lineage),
         metrics=_plain(record.metrics()), new_model=True)

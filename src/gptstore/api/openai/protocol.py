@@ -262,3 +262,150 @@ class ClassificationResponse(OpenAIBaseModel):
     model: str
     data: list[ClassificationResult]
     usage: UsageInfo
+
+
+# -- files --------------------------------------------------------------------------
+
+
+class FileObject(OpenAIBaseModel):
+    """OpenAI's `OpenAIFile`."""
+
+    id: str
+    object: Literal["file"] = "file"
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    status: Literal["uploaded", "processed", "error"] = "processed"
+    status_details: str | None = None
+
+
+class FileList(OpenAIBaseModel):
+    object: Literal["list"] = "list"
+    data: list[FileObject]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class FileDeleted(OpenAIBaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    deleted: bool = True
+
+
+# -- fine-tuning jobs -----------------------------------------------------------------
+
+
+AutoInt = int | Literal["auto"]
+AutoFloat = float | Literal["auto"]
+
+
+class Hyperparameters(OpenAIBaseModel):
+    """OpenAI's three hyper-parameters (`"auto"` or a value); ranges are checked by the
+    jobs service, which names the field."""
+
+    n_epochs: AutoInt | None = "auto"
+    batch_size: AutoInt | None = "auto"
+    learning_rate_multiplier: AutoFloat | None = "auto"
+
+
+class SupervisedMethod(OpenAIBaseModel):
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+
+
+class FineTuneMethod(OpenAIBaseModel):
+    type: str = "supervised"
+    supervised: SupervisedMethod | None = None
+
+
+class CreateFineTuningJobRequest(BaseModel):
+    """OpenAI's `CreateFineTuningJobRequest`. Fields beyond OpenAI's are gptstore's
+    extensions, sent by the official client with `extra_body`: `adaptation` (lora, full or
+    head), `task` (causal-lm or classification), `name` (the new model's store name) and
+    any other fine-tuning option of `gptstore finetune --help` (e.g. `lora_r`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(description="The base: a full model of the store.")
+    training_file: str = Field(description="A file id from POST /v1/files, purpose fine-tune.")
+    validation_file: str | None = None
+    hyperparameters: Hyperparameters | None = Field(
+        default=None, description="Deprecated by OpenAI in favour of `method`; accepted.")
+    method: FineTuneMethod | None = None
+    suffix: str | None = Field(default=None, description="Part of the new model's name.")
+    seed: int | None = None
+    metadata: dict[str, str] | None = None
+    integrations: list[dict[str, Any]] | None = None
+    adaptation: Literal["lora", "full", "head"] | None = Field(
+        default=None, description="gptstore: which weights train (default lora).")
+
+
+class JobError(OpenAIBaseModel):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class FineTuningJob(OpenAIBaseModel):
+    id: str
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    created_at: int
+    error: JobError | None
+    fine_tuned_model: str | None
+    finished_at: int | None
+    hyperparameters: Hyperparameters
+    model: str
+    organization_id: str
+    result_files: list[str]
+    seed: int
+    status: Literal["validating_files", "queued", "running", "paused", "succeeded", "failed",
+                    "cancelled"]
+    trained_tokens: int | None
+    training_file: str
+    validation_file: str | None
+    estimated_finish: int | None = None
+    integrations: list[dict[str, Any]] | None = None
+    metadata: dict[str, str] | None = None
+    method: FineTuneMethod
+    user_provided_suffix: str | None = None
+
+
+class FineTuningJobList(OpenAIBaseModel):
+    object: Literal["list"] = "list"
+    data: list[FineTuningJob]
+    has_more: bool
+
+
+class FineTuningJobEvent(OpenAIBaseModel):
+    id: str
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    created_at: int
+    level: Literal["info", "warn", "error"]
+    message: str
+    type: Literal["message", "metrics"] = "message"
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class FineTuningJobEventList(OpenAIBaseModel):
+    object: Literal["list"] = "list"
+    data: list[FineTuningJobEvent]
+    has_more: bool
+
+
+class FineTuningJobCheckpoint(OpenAIBaseModel):
+    id: str
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    fine_tuning_job_id: str
+    metrics: dict[str, float]
+    step_number: int
+
+
+class FineTuningJobCheckpointList(OpenAIBaseModel):
+    object: Literal["list"] = "list"
+    data: list[FineTuningJobCheckpoint]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool

@@ -1,0 +1,243 @@
+"""The worker: validates new jobs' files, claims queued jobs and supervises each job's
+process, in `gptstore worker` or inside `gptstore serve` (`GPTSTORE_WORKERS`).
+
+Each claimed job runs in a child process (`runner.py`) in its own session, so the whole
+process group can be stopped. While it runs the worker renews the job's lease about
+once a second (`JobStore.heartbeat`), which also brings the caller's requests:
+
+- cancel: the process group is killed at once (SIGKILL), the job ends `cancelled`
+  within about a second; its events and checkpoints stay;
+- pause: the process gets SIGTERM, finishes its step, saves a checkpoint and exits;
+  the job is `paused` until resumed, then continues from that checkpoint;
+- a lost lease (this worker stalled past the lease and another took the job over): the
+  process is killed and the job left to its new holder.
+
+A process that dies without writing an outcome (killed for memory, a crash in native
+code) fails its job with the reason. When the worker itself stops (SIGTERM, server
+shutdown) its jobs checkpoint and go back to the queue; when it is killed outright,
+its leases run out and another worker resumes the jobs from their last checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gptstore.catalog.repository import Catalog
+from gptstore.jobs.service import validate_job
+from gptstore.jobs.states import EXIT_STOPPED, JobStatus
+from gptstore.jobs.store import JobInfo, JobStore
+from gptstore.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: how often a running job's lease is renewed and its flags read (seconds)
+HEARTBEAT_SECONDS = 1.0
+#: how long a job may take to checkpoint and exit after SIGTERM before it is killed
+STOP_GRACE_SECONDS = 120.0
+#: how much of a dead job process's log goes into its error message
+LOG_TAIL = 1500
+
+
+@dataclass
+class Child:
+    job: JobInfo
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    beat: float = field(default_factory=time.monotonic)
+    stopping: str | None = None  # "pause" | "shutdown": SIGTERM was sent for this
+    stop_sent: float = 0.0
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    """Runs up to `concurrency` jobs at once (see the module docstring)."""
+
+    def __init__(self, settings: Settings, *, concurrency: int = 1,
+                 name: str | None = None, poll_seconds: float = 0.5) -> None:
+        self.settings = settings
+        self.concurrency = max(1, concurrency)
+        self.name = name or worker_name()
+        self.poll_seconds = poll_seconds
+        self.lease = settings.job_lease_seconds
+        self.children: dict[str, Child] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        cores = os.cpu_count() or 1
+        self.threads = max(1, cores // self.concurrency)  # torch threads of each job
+
+    # -- running ----------------------------------------------------------------------------
+
+    def start(self) -> threading.Thread:
+        """Run in a background thread (the server's in-process worker)."""
+        self._thread = threading.Thread(target=self.run, name=f"gptstore-worker-{self.name}",
+                                        daemon=True)
+        self._thread.start()
+        return self._thread
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Ask the loop to stop: running jobs checkpoint and go back to the queue."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def run(self) -> None:
+        """The worker loop, until `stop()`."""
+        catalog = Catalog(self.settings)
+        store = JobStore(catalog.db)
+        log.info("worker %s: up to %d job(s), %d thread(s) each", self.name,
+                 self.concurrency, self.threads)
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._step(catalog, store)
+                except Exception:  # the database went away for a moment: keep going
+                    log.exception("worker %s: loop error", self.name)
+                self._stop.wait(self.poll_seconds)
+        finally:
+            self._shutdown(store)
+            catalog.close()
+
+    def _step(self, catalog: Catalog, store: JobStore) -> None:
+        while (job := store.claim(self.name, lease_seconds=self.lease, max_per_owner=None,
+                                  statuses=(JobStatus.VALIDATING_FILES,),
+                                  takeover=False)) is not None:
+            validate_job(catalog, store, job, self.name)
+        while len(self.children) < self.concurrency and not self._stop.is_set():
+            job = store.claim(self.name, lease_seconds=self.lease,
+                              max_per_owner=self.settings.max_jobs_per_owner)
+            if job is None:
+                break
+            self._spawn(job)
+        for child in list(self.children.values()):
+            self._supervise(store, child)
+
+    # -- one job's process --------------------------------------------------------------------
+
+    def _spawn(self, job: JobInfo) -> None:
+        logs = self.settings.runs_dir / "jobs"
+        logs.mkdir(parents=True, exist_ok=True)
+        log_path = logs / f"{job.id}.log"
+        env = {**os.environ, "GPTSTORE_HOME": str(self.settings.home)}
+        if self.settings.database_url:
+            env["GPTSTORE_DATABASE_URL"] = self.settings.database_url
+        with log_path.open("ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "gptstore.jobs.runner", job.id, self.name,
+                 "--threads", str(self.threads)],
+                env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True)  # its own process group: stopped as a whole
+        self.children[job.id] = Child(job=job, proc=proc, log_path=log_path)
+        log.info("worker %s: job %s started (pid %d, attempt %d)", self.name, job.id,
+                 proc.pid, job.attempts)
+
+    def _supervise(self, store: JobStore, child: Child) -> None:
+        code = child.proc.poll()
+        if code is not None:
+            self._exited(store, child, code)
+            return
+        now = time.monotonic()
+        if child.stopping and now - child.stop_sent > STOP_GRACE_SECONDS:
+            self._kill(child)  # it did not stop in time: its last checkpoint will do
+            return
+        if now - child.beat < HEARTBEAT_SECONDS:
+            return
+        child.beat = now
+        flags = store.heartbeat(child.job.id, self.name, lease_seconds=self.lease)
+        if flags is None:  # another worker holds the job now
+            log.warning("worker %s: lost the lease of %s; stopping its process", self.name,
+                        child.job.id)
+            self._kill(child)
+            child.proc.wait()
+            del self.children[child.job.id]
+        elif flags.cancel:
+            self._kill(child)
+            child.proc.wait()
+            del self.children[child.job.id]
+            store.finish(child.job.id, self.name, JobStatus.CANCELLED, event="Job cancelled")
+        elif flags.pause and child.stopping is None:
+            self._terminate(child, "pause")
+
+    def _exited(self, store: JobStore, child: Child, code: int) -> None:
+        del self.children[child.job.id]
+        job = child.job
+        if code == EXIT_STOPPED:
+            if child.stopping == "pause":
+                store.release(job.id, self.name, JobStatus.PAUSED, event="Job paused")
+            else:
+                store.release(job.id, self.name, JobStatus.QUEUED, event=(
+                    f"Worker {self.name} stopped; the job is queued again and resumes "
+                    "from its checkpoint"))
+            return
+        if code == 0 or code == 1:
+            # the process wrote the outcome; if it could not, say so
+            store.finish(job.id, self.name, JobStatus.FAILED, level="error",
+                         event="The training process ended without an outcome",
+                         error={"code": "internal_error", "param": None, "message":
+                                "the training process ended without an outcome; "
+                                f"{self._tail(child)}"})
+            return
+        reason = f"exited with status {code}"
+        if code < 0:
+            name = signal.Signals(-code).name
+            reason = f"was killed by {name}" + (
+                " (most likely the machine ran out of memory)" if name == "SIGKILL" else "")
+        if child.stopping == "shutdown":
+            store.release(job.id, self.name, JobStatus.QUEUED, event=(
+                f"Worker {self.name} stopped; the job resumes from its last checkpoint"))
+            return
+        message = f"the training process {reason}; {self._tail(child)}"
+        store.finish(job.id, self.name, JobStatus.FAILED, level="error",
+                     event=f"Fine-tuning failed: the training process {reason}",
+                     error={"code": "internal_error", "param": None, "message": message})
+
+    def _tail(self, child: Child) -> str:
+        try:
+            text = child.log_path.read_bytes()[-LOG_TAIL:].decode(errors="replace").strip()
+        except OSError:
+            return "no log"
+        return f"last lines of its log: {text}" if text else "its log is empty"
+
+    def _terminate(self, child: Child, why: str) -> None:
+        child.stopping = why
+        child.stop_sent = time.monotonic()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.proc.pid, signal.SIGTERM)
+
+    @staticmethod
+    def _kill(child: Child) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.proc.pid, signal.SIGKILL)
+
+    def _shutdown(self, store: JobStore) -> None:
+        """Running jobs checkpoint and go back to the queue (resumed by any worker)."""
+        for child in self.children.values():
+            if child.stopping is None:
+                self._terminate(child, "shutdown")
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        while self.children and time.monotonic() < deadline:
+            for child in list(self.children.values()):
+                code = child.proc.poll()
+                if code is not None:
+                    self._exited(store, child, code)
+                elif time.monotonic() - child.beat >= HEARTBEAT_SECONDS:
+                    child.beat = time.monotonic()
+                    store.heartbeat(child.job.id, self.name, lease_seconds=self.lease)
+            time.sleep(0.1)
+        for child in list(self.children.values()):
+            self._kill(child)
+            child.proc.wait()
+            self._exited(store, child, child.proc.returncode)

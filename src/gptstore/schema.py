@@ -1,0 +1,9 @@
+"""Every table of the store on one metadata: what the migrations build, and what the
+schema test compares them with. Importing this registers each concern's tables."""
+
+from __future__ import annotations
+
+from gptstore.catalog.tables import Base
+from gptstore.jobs import tables as _job_tables  # noqa: F401  (registers the job tables)
+
+metadata = Base.metadata
