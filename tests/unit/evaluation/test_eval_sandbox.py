@@ -235,6 +235,19 @@ def test_network_namespace_blocks_even_loopback(
     assert_nobody_connected(listener)
 
 
+def test_program_holds_no_capabilities(isolation: IsolationReport) -> None:
+    # with CAP_NET_ADMIN it could bring the namespace's loopback up; with any
+    # capability it could get around the limits
+    if isolation.uid == 0:
+        pytest.skip("programs run as root here: the uid switch was not possible")
+    program = ("caps = [l.split() for l in open('/proc/self/status') if l.startswith('Cap')]\n"
+               "print({name: int(value, 16) for name, value in caps})\n")
+    result = run_program(program, KERNEL_ONLY)
+    assert result.passed, result.stderr_tail
+    caps = eval(result.stdout_tail)
+    assert caps["CapEff:"] == 0 and caps["CapPrm:"] == 0
+
+
 # ------------------------------------------------------------------ what we got
 
 
