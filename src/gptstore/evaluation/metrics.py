@@ -303,7 +303,8 @@ def translation_metrics(
     the reference translations of hypothesis i; their number may differ between
     sentences (sacreBLEU then writes `nrefs:var` in the signature). Pass `tokenize`
     (`zh`, `intl`, `char`, ...) for languages 13a does not segment; that also shows in
-    the signature. The default tokenizer works offline.
+    the signature. The default tokenizer works offline; `spm` / `flores101` / `flores200`
+    download a SentencePiece model on first use, `ja-mecab` / `ko-mecab` need extras.
     """
     _same_length(hypotheses, references, "hypotheses", "references")
     if not hypotheses:
@@ -325,9 +326,13 @@ def translation_metrics(
 
     from sacrebleu.metrics import BLEU, CHRF
 
+    known = sorted(getattr(BLEU, "TOKENIZERS", ()))
+    if known and tokenize not in known:
+        raise InvalidRequest(f"sacreBLEU has no tokenizer {tokenize!r}; use one of {known}",
+                             param="tokenize")
     try:
         bleu_metric = BLEU(tokenize=tokenize)
-    except Exception as exc:  # sacreBLEU raises plain errors for unknown / missing tokenizers
+    except Exception as exc:  # e.g. ja-mecab without its package: sacreBLEU says which
         raise InvalidRequest(f"sacreBLEU cannot use tokenize={tokenize!r}: {exc}",
                              param="tokenize") from exc
     chrf_metric = CHRF()

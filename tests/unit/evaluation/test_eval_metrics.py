@@ -233,7 +233,7 @@ def test_translation_signatures_name_the_settings() -> None:
 def test_translation_refuses_a_string_as_references() -> None:
     with pytest.raises(InvalidRequest, match=r"references\[0\] is a string"):
         translation_metrics(["a"], ["a"])
-    with pytest.raises(InvalidRequest, match="tokenize='no-such'"):
+    with pytest.raises(InvalidRequest, match=r"no tokenizer 'no-such'; use one of \[.*'13a'"):
         translation_metrics(["a"], [["a"]], tokenize="no-such")
 
 
