@@ -34,20 +34,19 @@ CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
 
 
-def _unshare(flags: int) -> str | None:
-    """unshare(2) through libc (os.unshare only exists from Python 3.12); None on
-    success, else the reason."""
+def _unshare(flags: int) -> bool:
+    """unshare(2) through libc (os.unshare only exists from Python 3.12); whether it
+    worked."""
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(flags) == 0:
-        return None
-    return os.strerror(ctypes.get_errno())
+    return bool(libc.unshare(flags) == 0)
 
 
 def _enter_network_namespace() -> None:
     """A new network namespace holds only a loopback interface that is down: every
     connect / sendto fails, 127.0.0.1 included. Root may create one directly; anyone
     else needs a user namespace around it (unprivileged user namespaces). Where neither
-    is allowed we carry on: the guard of stage 2 still refuses sockets."""
+    is allowed we carry on: the guard of stage 2 still refuses sockets, and
+    `sandbox.probe_isolation` reports the namespace missing."""
     flags = CLONE_NEWNET if os.geteuid() == 0 else CLONE_NEWUSER | CLONE_NEWNET
     _unshare(flags)
 
@@ -64,14 +63,14 @@ def _drop_root(uid: int, gid: int, needed: list[tuple[str, int]]) -> None:
     os.setgroups([])
     os.setresgid(gid, gid, 0)
     os.setresuid(uid, uid, 0)
-    if all(os.access(path, mode) for path, mode in needed):
-        os.setresgid(gid, gid, gid)  # still allowed: the saved uid is root
+    unreadable = [path for path, mode in needed if not os.access(path, mode)]
+    if not unreadable:
+        os.setresgid(gid, gid, gid)  # allowed: gid is already the real and effective gid
         os.setresuid(uid, uid, uid)
         return
     os.setresuid(0, 0, 0)
     os.setresgid(0, 0, 0)
-    paths = [path for path, _ in needed]
-    print(f"sandbox: user {uid} cannot read {paths}; running as root", file=sys.stderr)
+    print(f"sandbox: user {uid} cannot read {unreadable}; running as root", file=sys.stderr)
 
 
 def _set_limits(config: dict[str, Any]) -> None:
@@ -95,12 +94,15 @@ def _set_limits(config: dict[str, Any]) -> None:
 def launch(config_json: str, program: str) -> None:
     config = json.loads(config_json)
     here = os.path.abspath(__file__)
+    # 1. the namespace first: creating it as root needs root's capabilities
     _enter_network_namespace()
+    # 2. then give up root
     if os.geteuid() == 0 and config["user"] is not None:
         uid, gid = config["user"]
         stdlib = os.path.dirname(os.__file__)
         _drop_root(uid, gid, [(config["python"], os.X_OK), (stdlib, os.R_OK | os.X_OK),
                               (here, os.R_OK), (program, os.R_OK)])
+    # 3. the limits last (RLIMIT_NPROC after the uid switch), then the program's interpreter
     _set_limits(config)
     argv = [config["python"], "-I", "-B", "-X", "utf8"]
     if not config["site_packages"]:
