@@ -20,7 +20,7 @@ def list_models(
     sort: str = "name",
 ) -> dict[str, Any]:
     models = catalog.list_models(task=task, search=search, sort=sort)
-    return {"models": [m.to_dict(versions=False) for m in models]}
+    return {"models": [m.to_dict() for m in models]}
 
 
 @router.get("/models/{namespace}/{name}")
