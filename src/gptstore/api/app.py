@@ -37,9 +37,8 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="gptstore", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
 
-    from gptstore.api.openai import models as openai_models
-    from gptstore.api.openai import routes as openai_routes
-    from gptstore.api.store import models as store_models
+    from gptstore.api.openai import model_objects, routes
+    from gptstore.api.store import catalog as store_catalog
 
     @app.get("/healthz", tags=["meta"])
     def healthz() -> dict[str, str]:
@@ -51,7 +50,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         engine = app.state.engine
         return {"started": engine is not None, **(engine.stats() if engine else {})}
 
-    app.include_router(store_models.router, prefix="/api")
-    app.include_router(openai_models.router, prefix="/v1")
-    app.include_router(openai_routes.router, prefix="/v1")
+    app.include_router(store_catalog.router, prefix="/api")
+    app.include_router(model_objects.router, prefix="/v1")
+    app.include_router(routes.router, prefix="/v1")
     return app
