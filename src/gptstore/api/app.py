@@ -39,16 +39,19 @@ def build_app(settings: Settings | None = None) -> FastAPI:
 
     from gptstore.api.openai import model_objects, routes
     from gptstore.api.store import catalog as store_catalog
+    from gptstore.api.store.schemas import EngineStats, Health
 
-    @app.get("/healthz", tags=["meta"])
-    def healthz() -> dict[str, str]:
-        return {"status": "ok", "version": __version__}
+    @app.get("/healthz", tags=["meta"], response_model=Health)
+    def healthz() -> Health:
+        return Health(version=__version__)
 
-    @app.get("/api/engine", tags=["meta"])
-    def engine_stats() -> dict[str, object]:
+    # exclude_none: before the engine starts, the answer is only {"started": false}
+    @app.get("/api/engine", tags=["meta"], response_model=EngineStats,
+             response_model_exclude_none=True)
+    def engine_stats() -> EngineStats:
         """What the inference engine is doing: running / waiting requests, loaded models."""
         engine = app.state.engine
-        return {"started": engine is not None, **(engine.stats() if engine else {})}
+        return EngineStats(started=engine is not None, **(engine.stats() if engine else {}))
 
     app.include_router(store_catalog.router, prefix="/api")
     app.include_router(model_objects.router, prefix="/v1")
