@@ -1,5 +1,5 @@
 """What an HTTP caller may read: a model it may not see answers exactly as a missing one
-on every route (store and OpenAI models) and is absent from listings."""
+on every route (store, OpenAI models and inference) and is absent from listings."""
 
 from __future__ import annotations
 
@@ -12,12 +12,17 @@ from gptstore.api.deps import get_principal
 from gptstore.catalog.access import SYSTEM
 from gptstore.catalog.repository import Catalog
 
+CHAT = [{"role": "user", "content": "hi"}]
+
 #: every route that reads one model, as (method, url, json body)
 ONE_MODEL_ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/api/models/acme/hidden", None),
     ("GET", "/api/models/acme/hidden/versions/1", None),
     ("GET", "/api/models/acme/hidden/card", None),
     ("GET", "/v1/models/acme/hidden", None),
+    ("POST", "/v1/chat/completions", {"model": "acme/hidden", "messages": CHAT}),
+    ("POST", "/v1/completions", {"model": "acme/hidden", "prompt": "hi"}),
+    ("POST", "/v1/classifications", {"model": "acme/hidden", "input": "hi"}),
 ]
 
 
