@@ -24,8 +24,10 @@ def test_health_and_listings(tmp_path: Path, tiny_models: dict[str, Path]) -> No
     catalog.close()
     with RemoteServer(home) as server:
         assert httpx.get(server.url + "/healthz").json()["status"] == "ok"
-        listing = httpx.get(server.url + "/api/models").json()["models"]
-        assert [m["name"] for m in listing] == ["acme/tiny-gpt2"]
+        listing = httpx.get(server.url + "/api/models").json()
+        assert [m["name"] for m in listing["data"]] == ["acme/tiny-gpt2"]
+        assert (listing["has_more"], listing["next_cursor"]) == (False, None)
+        assert listing["data"][0]["latest"]["number"] == 1
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
         assert [m.id for m in client.models.list()] == ["acme/tiny-gpt2"]
         assert client.models.retrieve("acme/tiny-gpt2").owned_by == "acme"

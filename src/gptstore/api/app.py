@@ -45,26 +45,26 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="gptstore", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
 
-    from gptstore.api.openai import files as openai_files
-    from gptstore.api.openai import fine_tuning as openai_fine_tuning
-    from gptstore.api.openai import models as openai_models
-    from gptstore.api.openai import routes as openai_routes
-    from gptstore.api.store import models as store_models
+    from gptstore.api.openai import files, fine_tuning, model_objects, routes
+    from gptstore.api.store import catalog as store_catalog
+    from gptstore.api.store.schemas import EngineStats, Health
 
-    @app.get("/healthz", tags=["meta"])
-    def healthz() -> dict[str, str]:
-        return {"status": "ok", "version": __version__}
+    @app.get("/healthz", tags=["meta"], response_model=Health)
+    def healthz() -> Health:
+        return Health(version=__version__)
 
-    @app.get("/api/engine", tags=["meta"])
-    def engine_stats() -> dict[str, object]:
+    # exclude_none: before the engine starts, the answer is only {"started": false}
+    @app.get("/api/engine", tags=["meta"], response_model=EngineStats,
+             response_model_exclude_none=True)
+    def engine_stats() -> EngineStats:
         """What the inference engine is doing: running / waiting requests, loaded models."""
         engine = app.state.engine
-        return {"started": engine is not None, **(engine.stats() if engine else {})}
+        return EngineStats(started=engine is not None, **(engine.stats() if engine else {}))
 
-    app.include_router(store_models.router, prefix="/api")
-    app.include_router(openai_models.router, prefix="/v1")
-    app.include_router(openai_routes.router, prefix="/v1")
-    app.include_router(openai_files.router, prefix="/v1")
-    app.include_router(openai_files.store_router, prefix="/api")
-    app.include_router(openai_fine_tuning.router, prefix="/v1")
+    app.include_router(store_catalog.router, prefix="/api")
+    app.include_router(files.store_router, prefix="/api")
+    app.include_router(model_objects.router, prefix="/v1")
+    app.include_router(routes.router, prefix="/v1")
+    app.include_router(files.router, prefix="/v1")
+    app.include_router(fine_tuning.router, prefix="/v1")
     return app

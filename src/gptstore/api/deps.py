@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from gptstore.catalog.access import ANONYMOUS, Principal
 from gptstore.catalog.repository import Catalog
 
 _engine_lock = threading.Lock()
@@ -14,6 +15,12 @@ _engine_lock = threading.Lock()
 
 def get_catalog(request: Request) -> Catalog:
     return request.app.state.catalog  # type: ignore[no-any-return]
+
+
+def get_principal(request: Request) -> Principal:
+    """Who is asking. Every caller is ANONYMOUS until accounts exist; accounts will
+    authenticate the request here (API key, session) and return its user."""
+    return ANONYMOUS
 
 
 def get_serving(request: Request) -> Any:
@@ -43,4 +50,5 @@ def get_owner(request: Request) -> str:
 
 CatalogDep = Annotated[Catalog, Depends(get_catalog)]
 OwnerDep = Annotated[str, Depends(get_owner)]
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
 ServingDep = Annotated[Any, Depends(get_serving)]

@@ -1,13 +1,17 @@
 """One place that turns `GptStoreError`s into HTTP statuses and OpenAI's error envelope
-`{"error": {"message", "type", "param", "code"}}`."""
+`{"error": {"message", "type", "param", "code"}}` (`ErrorResponse`, which routes also
+name in their OpenAPI `responses`)."""
 
 from __future__ import annotations
 
+import copy
 import math
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from gptstore.errors import (
     Conflict,
@@ -38,12 +42,65 @@ def status_of(exc: GptStoreError) -> int:
     return 500
 
 
+#: where FastAPI says a request field came from; the envelope's `param` names the field
+_LOCATIONS = {"body", "query", "path", "header", "cookie"}
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error envelope."""
+
+    error: ErrorDetail
+
+
 def envelope(message: str, type_: str, param: str | None = None,
              code: str | None = None) -> dict[str, object]:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    return ErrorResponse(
+        error=ErrorDetail(message=message, type=type_, param=param, code=code)
+    ).model_dump()
+
+
+def _document_errors(app: FastAPI) -> None:
+    """Make `/openapi.json` say what the handlers below do. FastAPI documents validation
+    errors as `422 HTTPValidationError` and a route's error models in the route's own
+    media type (text/plain for a card); ours are 400, and every error is the JSON
+    envelope."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()  # FastAPI's, cached on app.openapi_schema: edited in place
+        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+        envelope = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(envelope.pop("$defs", {}))
+        schemas["ErrorResponse"] = envelope
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(unused, None)
+        content = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                responses = operation.get("responses", {})
+                if responses.pop("422", None) is not None:
+                    responses.setdefault(
+                        "400", {"description": "A parameter is invalid; `param` names it."})
+                for status, response in responses.items():
+                    if status.startswith(("4", "5")):
+                        response["content"] = copy.deepcopy(content)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    _document_errors(app)
+
     @app.exception_handler(GptStoreError)
     async def _store_error(_request: Request, exc: GptStoreError) -> JSONResponse:
         status = status_of(exc)
@@ -57,7 +114,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
-        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        loc = [str(p) for p in first.get("loc", ())]
+        if loc and loc[0] in _LOCATIONS:
+            loc = loc[1:]
         param = ".".join(loc) or None
         message = f"{param}: {first.get('msg', 'invalid value')}" if param else str(
             first.get("msg", "invalid request"))

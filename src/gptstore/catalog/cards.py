@@ -35,6 +35,15 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def headline_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The numbers a version is judged by, as the card's model-index and the store's
+    listings show them: `final` (validation metrics of the published weights) when
+    training recorded it, else the top-level numbers; sorted by name."""
+    final = metrics.get("final")
+    chosen = final if isinstance(final, dict) and final else metrics
+    return {k: float(v) for k, v in sorted(chosen.items()) if _is_number(v)}
+
+
 def front_matter(card: CardData) -> dict[str, Any]:
     meta: dict[str, Any] = {}
     if card.license:
@@ -48,9 +57,8 @@ def front_matter(card: CardData) -> dict[str, Any]:
     dataset = card.lineage.get("dataset")
     if isinstance(dataset, dict) and dataset.get("digest"):
         meta["datasets"] = [dataset.get("name") or dataset["digest"]]
-    final = card.metrics.get("final") if isinstance(card.metrics.get("final"), dict) else None
-    scalar = final or {k: v for k, v in card.metrics.items() if _is_number(v)}
-    if scalar:
+    headline = headline_metrics(card.metrics)
+    if headline:
         meta["model-index"] = [
             {
                 "name": card.name,
@@ -64,9 +72,7 @@ def front_matter(card: CardData) -> dict[str, Any]:
                             "type": "custom",
                         },
                         "metrics": [
-                            {"type": k, "value": float(v), "name": k}
-                            for k, v in sorted(scalar.items())
-                            if _is_number(v)
+                            {"type": k, "value": v, "name": k} for k, v in headline.items()
                         ],
                     }
                 ],

@@ -9,25 +9,34 @@ Publishing is ordered so that nothing half-written is ever visible:
 
 A process killed before step 3 commits leaves only unreferenced blobs, which no query
 sees and `gc` removes; a killed transaction is rolled back by the database.
+
+Every read takes the `Principal` asking (`catalog/access.py`, default `SYSTEM` for the
+store's own code) and filters through its one rule; a model it may not read is missing.
+Listings are keyset-paginated (`search_models`) and load only what a page shows: the
+page's models and a summary of each one's latest version, never files or other versions.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
+import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import ColumnElement, DateTime, Integer, and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, aliased, contains_eager, selectinload
 
-from gptstore.catalog.cards import CardData, render_card
+from gptstore.catalog.access import SYSTEM, Principal, readable_by
+from gptstore.catalog.cards import CardData, headline_metrics, render_card
 from gptstore.catalog.files import FileRepository
 from gptstore.catalog.names import ModelRef, parse_ref
 from gptstore.catalog.tables import Model, Namespace, Version, VersionFile, utcnow
@@ -39,6 +48,21 @@ from gptstore.storage.manifest import FileEntry, Manifest
 from gptstore.tasks import TASKS
 
 CARD_FILE = "README.md"
+
+#: page sizes of `search_models` (the HTTP API documents the same bounds)
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 200
+
+
+@dataclass(frozen=True)
+class VersionSummaryInfo:
+    """What a listing shows of a model's latest version: enough to choose, not to load."""
+
+    number: int
+    kind: str
+    base: str | None  # namespace/name@N of the base version, for adapters and fine-tunes
+    size: int
+    metrics: dict[str, float]  # headline metrics (`cards.headline_metrics`), {} when none
 
 
 @dataclass(frozen=True)
@@ -72,6 +96,10 @@ class VersionInfo:
     def has_file(self, path: str) -> bool:
         return any(entry.path == path for entry in self.files)
 
+    def summary(self) -> VersionSummaryInfo:
+        return VersionSummaryInfo(number=self.number, kind=self.kind, base=self.base,
+                                  size=self.size, metrics=headline_metrics(self.metrics))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "ref": self.ref, "model": self.model, "version": self.number, "kind": self.kind,
@@ -83,43 +111,89 @@ class VersionInfo:
 
 
 @dataclass(frozen=True)
-class ModelInfo:
-    name: str
+class _ModelFields:
+    """What every view of a model shows (ModelSummaryInfo and ModelInfo)."""
+
+    name: str  # namespace/name
     namespace: str
     task: str
     description: str
     tags: list[str]
     license: str | None
     visibility: str
-    created_at: datetime
-    updated_at: datetime
+    created_at: datetime  # aware, UTC
+    updated_at: datetime  # aware, UTC: when the newest version was published
     downloads: int
     likes: int
+
+
+@dataclass(frozen=True)
+class ModelSummaryInfo(_ModelFields):
+    """A model as a listing shows it: its own fields and its latest version's summary."""
+
+    latest: VersionSummaryInfo | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The shape of `gptstore models list --json` (`latest_version`: its number)."""
+        return _model_doc(self, self.latest.number if self.latest else None)
+
+
+@dataclass(frozen=True)
+class ModelInfo(_ModelFields):
+    """A model with all its versions and their files (one model's page)."""
+
     versions: list[VersionInfo] = field(default_factory=list)
 
     @property
     def latest(self) -> VersionInfo:
         return self.versions[-1]
 
+    def summary(self) -> ModelSummaryInfo:
+        shared = {f.name: getattr(self, f.name) for f in fields(_ModelFields)}
+        return ModelSummaryInfo(**shared,
+                                latest=self.versions[-1].summary() if self.versions else None)
+
     def to_dict(self, *, versions: bool = True) -> dict[str, Any]:
-        doc: dict[str, Any] = {
-            "name": self.name, "namespace": self.namespace, "task": self.task,
-            "description": self.description, "tags": self.tags, "license": self.license,
-            "visibility": self.visibility, "created_at": self.created_at.isoformat(),
-            "updated_at": self.updated_at.isoformat(), "downloads": self.downloads,
-            "likes": self.likes,
-            "latest_version": self.versions[-1].number if self.versions else None,
-        }
+        doc = _model_doc(self, self.versions[-1].number if self.versions else None)
         if versions:
             doc["versions"] = [v.to_dict() for v in self.versions]
         return doc
+
+
+@dataclass(frozen=True)
+class ModelPageInfo:
+    """One page of `Catalog.search_models`."""
+
+    models: list[ModelSummaryInfo]
+    next_cursor: str | None  # pass it back for the next page; None on the last page
+    has_more: bool
+
+
+def _model_doc(model: _ModelFields, latest_number: int | None) -> dict[str, Any]:
+    return {
+        "name": model.name, "namespace": model.namespace, "task": model.task,
+        "description": model.description, "tags": model.tags, "license": model.license,
+        "visibility": model.visibility, "created_at": model.created_at.isoformat(),
+        "updated_at": model.updated_at.isoformat(), "downloads": model.downloads,
+        "likes": model.likes, "latest_version": latest_number,
+    }
+
+
+def _utc(moment: datetime) -> datetime:
+    """SQLite gives back the UTC wall time it stored, without a zone; PostgreSQL an aware
+    datetime. Callers always get aware UTC (a naive one would be read as local time)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _ref(namespace: str, name: str, number: int) -> str:
+    return f"{namespace}/{name}@{number}"
 
 
 def _version_info(v: Version, *, with_files: bool = True) -> VersionInfo:
     base = None
     if v.base_version is not None:
         bv = v.base_version
-        base = f"{bv.model.namespace.name}/{bv.model.name}@{bv.number}"
+        base = _ref(bv.model.namespace.name, bv.model.name, bv.number)
     files = tuple(FileEntry(f.path, f.digest, f.size) for f in v.files) if with_files else ()
     return VersionInfo(
         id=v.id,
@@ -133,25 +207,38 @@ def _version_info(v: Version, *, with_files: bool = True) -> VersionInfo:
         lineage=dict(v.lineage or {}),
         metrics=dict(v.metrics or {}),
         size=v.size,
-        created_at=v.created_at,
+        created_at=_utc(v.created_at),
         files=files,
     )
 
 
+def _model_fields(m: Model) -> dict[str, Any]:
+    return {
+        "name": f"{m.namespace.name}/{m.name}",
+        "namespace": m.namespace.name,
+        "task": m.task,
+        "description": m.description,
+        "tags": list(m.tags or []),
+        "license": m.license,
+        "visibility": m.visibility,
+        "created_at": _utc(m.created_at),
+        "updated_at": _utc(m.updated_at),
+        "downloads": m.downloads,
+        "likes": m.likes,
+    }
+
+
 def _model_info(m: Model) -> ModelInfo:
-    return ModelInfo(
-        name=f"{m.namespace.name}/{m.name}",
-        namespace=m.namespace.name,
-        task=m.task,
-        description=m.description,
-        tags=list(m.tags or []),
-        license=m.license,
-        visibility=m.visibility,
-        created_at=m.created_at,
-        updated_at=m.updated_at,
-        downloads=m.downloads,
-        likes=m.likes,
-        versions=[_version_info(v) for v in m.versions],
+    return ModelInfo(**_model_fields(m), versions=[_version_info(v) for v in m.versions])
+
+
+def _version_options(query: Any) -> Any:
+    """Load what a `VersionInfo` shows: files, the model's name, the base's name."""
+    return query.options(
+        selectinload(Version.files),
+        selectinload(Version.model).selectinload(Model.namespace),
+        selectinload(Version.base_version).selectinload(Version.model)
+        .selectinload(Model.namespace),
     )
 
 
@@ -166,11 +253,162 @@ def _model_query() -> Any:
     )
 
 
-def _find_model(session: Session, ref: ModelRef) -> Model | None:
-    query = _model_query().join(Namespace).where(
-        Namespace.name == ref.namespace, Model.name == ref.name
+def _named(query: Any, ref: ModelRef, principal: Principal) -> Any:
+    """`query` (over models) narrowed to the model `ref` names, if `principal` may read it."""
+    return query.join(Model.namespace).where(
+        Namespace.name == ref.namespace, Model.name == ref.name, readable_by(principal)
     )
-    return session.scalars(query).first()
+
+
+def _find_model(session: Session, ref: ModelRef, principal: Principal = SYSTEM
+                ) -> Model | None:
+    return session.scalars(_named(_model_query(), ref, principal)).first()
+
+
+def _not_in_store(ref: ModelRef) -> NotFound:
+    # The same error for a missing model and for one the caller may not read.
+    return NotFound(
+        f"model {ref.full_name} is not in the store; see `gptstore models list` "
+        "or pull / import it first",
+        param="model",
+    )
+
+
+# -- keyset pagination ------------------------------------------------------------------
+#
+# A page ends at a row; the next page starts after that row's sort key. Unlike OFFSET,
+# the cursor points at a place in the order, not a count of rows, so inserts and deletes
+# before it neither repeat nor skip rows, and the database seeks instead of counting.
+# Every sort key ends in the primary key, so the order is total and ties are stable.
+
+SORT_KEYS: dict[str, tuple[tuple[Any, bool], ...]] = {  # (column, descending)
+    "name": ((Namespace.name, False), (Model.name, False), (Model.id, False)),
+    "updated": ((Model.updated_at, True), (Model.id, True)),
+    "downloads": ((Model.downloads, True), (Namespace.name, False), (Model.name, False),
+                  (Model.id, False)),
+    "likes": ((Model.likes, True), (Namespace.name, False), (Model.name, False),
+              (Model.id, False)),
+}
+SORTS = tuple(SORT_KEYS)
+_CURSOR_VERSION = 1
+_MAX_CURSOR_CHARS = 2048
+
+
+def _sort_key(sort: str) -> tuple[tuple[Any, bool], ...]:
+    key = SORT_KEYS.get(sort)
+    if key is None:
+        raise InvalidRequest(f"unknown sort {sort!r}: use {', '.join(SORTS)}", param="sort")
+    return key
+
+
+def _check_limit(limit: int) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not (
+            1 <= limit <= MAX_PAGE_SIZE):
+        raise InvalidRequest(
+            f"limit {limit!r} is out of range: use a whole number from 1 to {MAX_PAGE_SIZE}",
+            param="limit",
+        )
+    return limit
+
+
+def encode_cursor(sort: str, values: Sequence[Any]) -> str:
+    """The opaque cursor after a row whose sort key (`SORT_KEYS[sort]`) is `values`."""
+    key = [v.isoformat() if isinstance(v, datetime) else v for v in values]
+    doc = json.dumps({"v": _CURSOR_VERSION, "sort": sort, "key": key}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(doc.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, sort: str) -> list[Any]:
+    """The sort key a cursor of `encode_cursor` holds, checked against `sort`'s columns.
+
+    A cursor is opaque to clients; anything that is not one this store made for the same
+    sort is refused with an error naming `cursor`, never passed to the database.
+    """
+    columns = _sort_key(sort)
+    bad = InvalidRequest(
+        "cursor is not one this store returned: pass `next_cursor` of the previous page "
+        "unchanged, or leave cursor out to start at the first page",
+        param="cursor",
+    )
+    if not cursor or len(cursor) > _MAX_CURSOR_CHARS:
+        raise bad
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        doc = json.loads(raw.decode())
+    except (binascii.Error, ValueError):  # JSONDecodeError and UnicodeDecodeError too
+        raise bad from None
+    if not isinstance(doc, dict) or doc.get("v") != _CURSOR_VERSION:
+        raise bad
+    if doc.get("sort") != sort:
+        raise InvalidRequest(
+            f"cursor belongs to sort={doc.get('sort')!r}, not sort={sort!r}: keep the sort "
+            "of the first page while paging, or leave cursor out to start again",
+            param="cursor",
+        )
+    key = doc.get("key")
+    if not isinstance(key, list) or len(key) != len(columns):
+        raise bad
+    values: list[Any] = []
+    for (column, _descending), value in zip(columns, key, strict=True):
+        if isinstance(column.type, DateTime):
+            if not isinstance(value, str):
+                raise bad
+            try:
+                values.append(datetime.fromisoformat(value))
+            except ValueError:
+                raise bad from None
+        elif isinstance(column.type, Integer):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise bad
+            values.append(value)
+        elif not isinstance(value, str):
+            raise bad
+        else:
+            values.append(value)
+    return values
+
+
+def _after(columns: Sequence[tuple[Any, bool]], values: Sequence[Any]) -> ColumnElement[bool]:
+    """Rows strictly after `values` in the order of `columns` (mixed directions allowed):
+    (c1 past v1) OR (c1 = v1 AND c2 past v2) OR ..."""
+    alternatives = []
+    for i, (column, descending) in enumerate(columns):
+        equal = [c == v for (c, _), v in zip(columns[:i], values[:i], strict=True)]
+        past = column < values[i] if descending else column > values[i]
+        alternatives.append(and_(*equal, past))
+    return or_(*alternatives)
+
+
+def _latest_summaries(session: Session, model_ids: list[int]
+                      ) -> dict[int, VersionSummaryInfo]:
+    """The latest version's summary of each model, in one query: the columns a listing
+    shows, not the lineage or the files."""
+    if not model_ids:
+        return {}
+    newest = (
+        select(Version.model_id, func.max(Version.number).label("number"))
+        .where(Version.model_id.in_(model_ids))
+        .group_by(Version.model_id)
+        .subquery()
+    )
+    base, base_model, base_namespace = aliased(Version), aliased(Model), aliased(Namespace)
+    query = (
+        select(Version.model_id, Version.number, Version.kind, Version.size, Version.metrics,
+               base_namespace.name, base_model.name, base.number)
+        .join(newest, and_(Version.model_id == newest.c.model_id,
+                           Version.number == newest.c.number))
+        .outerjoin(base, Version.base_version_id == base.id)
+        .outerjoin(base_model, base.model_id == base_model.id)
+        .outerjoin(base_namespace, base_model.namespace_id == base_namespace.id)
+    )
+    out = {}
+    for model_id, number, kind, size, metrics, base_ns, base_name, base_number in (
+            session.execute(query)):
+        out[model_id] = VersionSummaryInfo(
+            number=number, kind=kind, size=size, metrics=headline_metrics(metrics or {}),
+            base=_ref(base_ns, base_name, base_number) if base_number is not None else None,
+        )
+    return out
 
 
 def _files_of(source_dir: Path) -> list[tuple[str, Path]]:
@@ -205,77 +443,118 @@ class Catalog:
         self.db.dispose()
 
     # -- reading --------------------------------------------------------------------
+    #
+    # Each read takes `principal` (default SYSTEM: the store's own code and the CLI on
+    # the local store) and sees only the models `access.readable_by` allows it; a model
+    # it may not read raises the same NotFound as a missing one. A VersionInfo is the
+    # result of such a read: `read_file` and `snapshot` trust whoever holds one.
 
-    def list_models(self, *, task: str | None = None, search: str | None = None,
-                    sort: str = "name") -> list[ModelInfo]:
+    def search_models(
+        self,
+        *,
+        task: str | None = None,
+        search: str | None = None,
+        sort: str = "name",
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+        principal: Principal = SYSTEM,
+    ) -> ModelPageInfo:
+        """One page of the models `principal` may read, in `sort` order (name, updated,
+        downloads or likes), starting after `cursor` (a page's `next_cursor`).
+
+        `search` is a case-insensitive substring of `namespace/name` or the description
+        (`%` and `_` match themselves). Two queries per page: the page's models, then
+        their latest versions' summaries.
+        """
+        columns = _sort_key(sort)
+        limit = _check_limit(limit)
+        after = decode_cursor(cursor, sort) if cursor is not None else None
         with self.db.session() as session:
-            query = _model_query().join(Namespace)
+            query = (
+                select(Model, *(column for column, _ in columns))
+                .join(Model.namespace)
+                .options(contains_eager(Model.namespace))
+                .where(readable_by(principal))
+            )
             if task:
                 query = query.where(Model.task == task)
             if search:
-                like = f"%{search.lower()}%"
-                query = query.where(
-                    or_(
-                        func.lower(Namespace.name + "/" + Model.name).like(like),
-                        func.lower(Model.description).like(like),
-                    )
-                )
-            order = {
-                "name": (Namespace.name, Model.name),
-                "updated": (Model.updated_at.desc(),),
-                "downloads": (Model.downloads.desc(), Namespace.name, Model.name),
-                "likes": (Model.likes.desc(), Namespace.name, Model.name),
-            }.get(sort)
-            if order is None:
-                raise InvalidRequest(
-                    f"unknown sort {sort!r}: use name, updated, downloads or likes",
-                    param="sort",
-                )
-            return [_model_info(m) for m in session.scalars(query.order_by(*order)).unique()]
+                query = query.where(or_(
+                    (Namespace.name + "/" + Model.name).icontains(search, autoescape=True),
+                    Model.description.icontains(search, autoescape=True),
+                ))
+            if after is not None:
+                query = query.where(_after(columns, after))
+            order = [column.desc() if descending else column.asc()
+                     for column, descending in columns]
+            rows = session.execute(query.order_by(*order).limit(limit + 1)).all()
+            has_more = len(rows) > limit
+            rows = rows[:limit]
+            latest = _latest_summaries(session, [row[0].id for row in rows])
+            models = [ModelSummaryInfo(**_model_fields(row[0]), latest=latest.get(row[0].id))
+                      for row in rows]
+        next_cursor = encode_cursor(sort, tuple(rows[-1])[1:]) if has_more else None
+        return ModelPageInfo(models=models, next_cursor=next_cursor, has_more=has_more)
 
-    def get_model(self, name: str | ModelRef) -> ModelInfo:
+    def list_models(self, *, task: str | None = None, search: str | None = None,
+                    sort: str = "name", principal: Principal = SYSTEM
+                    ) -> list[ModelSummaryInfo]:
+        """Every model `principal` may read (all pages of `search_models`)."""
+        models: list[ModelSummaryInfo] = []
+        cursor = None
+        while True:
+            page = self.search_models(task=task, search=search, sort=sort,
+                                      limit=MAX_PAGE_SIZE, cursor=cursor, principal=principal)
+            models += page.models
+            if not page.has_more:
+                return models
+            cursor = page.next_cursor
+
+    def get_model(self, name: str | ModelRef, *, principal: Principal = SYSTEM) -> ModelInfo:
+        """A model with all its versions and their files."""
         ref = parse_ref(name) if isinstance(name, str) else name
         with self.db.session() as session:
-            model = _find_model(session, ref)
+            model = _find_model(session, ref, principal)
             if model is None:
-                raise NotFound(
-                    f"model {ref.full_name} is not in the store; see `gptstore models list` "
-                    "or pull / import it first",
-                    param="model",
-                )
+                raise _not_in_store(ref)
             return _model_info(model)
 
-    def exists(self, name: str) -> bool:
-        try:
-            self.get_model(name)
-        except NotFound:
-            return False
-        return True
+    def exists(self, name: str | ModelRef, *, principal: Principal = SYSTEM) -> bool:
+        """Whether the model `name` (any version part is ignored) exists for `principal`."""
+        ref = parse_ref(name) if isinstance(name, str) else name
+        with self.db.session() as session:
+            return session.scalar(_named(select(Model.id), ref, principal)) is not None
 
-    def resolve(self, ref: str | ModelRef) -> VersionInfo:
+    def resolve(self, ref: str | ModelRef, *, principal: Principal = SYSTEM) -> VersionInfo:
         """The version `ref` names: `namespace/name` (latest) or `namespace/name@N`."""
         parsed = parse_ref(ref) if isinstance(ref, str) else ref
-        model = self.get_model(parsed)
-        if not model.versions:
-            raise NotFound(f"model {model.name} has no versions", param="model")
-        if parsed.version is None:
-            return model.latest
-        for version in model.versions:
-            if version.number == parsed.version:
-                return version
-        numbers = ", ".join(str(v.number) for v in model.versions)
+        with self.db.session() as session:
+            model_id = session.scalar(_named(select(Model.id), parsed, principal))
+            if model_id is None:
+                raise _not_in_store(parsed)
+            query = _version_options(select(Version).where(Version.model_id == model_id))
+            if parsed.version is None:
+                query = query.order_by(Version.number.desc()).limit(1)
+            else:
+                query = query.where(Version.number == parsed.version)
+            version = session.scalars(query).first()
+            if version is not None:
+                return _version_info(version)
+            if parsed.version is None:
+                raise NotFound(f"model {parsed.full_name} has no versions", param="model")
+            numbers = session.scalars(select(Version.number).where(
+                Version.model_id == model_id).order_by(Version.number)).all()
+        listed = ", ".join(str(n) for n in numbers)
         raise NotFound(
-            f"model {model.name} has no version {parsed.version} (versions: {numbers})",
+            f"model {parsed.full_name} has no version {parsed.version} (versions: {listed})",
             param="model",
         )
 
-    def get_version(self, version_id: int) -> VersionInfo:
+    def get_version(self, version_id: int, *, principal: Principal = SYSTEM) -> VersionInfo:
         with self.db.session() as session:
-            query = select(Version).where(Version.id == version_id).options(
-                selectinload(Version.files),
-                selectinload(Version.model).selectinload(Model.namespace),
-                selectinload(Version.base_version).selectinload(Version.model)
-                .selectinload(Model.namespace),
+            query = _version_options(
+                select(Version).join(Version.model)
+                .where(Version.id == version_id, readable_by(principal))
             )
             version = session.scalars(query).first()
             if version is None:
@@ -285,7 +564,20 @@ class Catalog:
     def read_file(self, version: VersionInfo, path: str) -> bytes:
         return self.blobs.read_bytes(version.file(path).digest)
 
-    def card(self, version: VersionInfo) -> str:
+    def card(self, version: VersionInfo | str | ModelRef, *,
+             principal: Principal = SYSTEM) -> str:
+        """The model card (markdown with YAML front matter) of a version, or of the
+        version a name resolves to."""
+        if not isinstance(version, VersionInfo):
+            version = self.resolve(version, principal=principal)
+        else:
+            with self.db.session() as session:
+                visible = session.scalar(
+                    select(Version.id).join(Version.model)
+                    .where(Version.id == version.id, readable_by(principal))
+                )
+            if visible is None:
+                raise _not_in_store(parse_ref(version.model))
         return self.read_file(version, CARD_FILE).decode()
 
     def snapshot(self, version: VersionInfo) -> Path:
@@ -320,9 +612,9 @@ class Catalog:
                 shutil.rmtree(tmp, ignore_errors=True)
         return target
 
-    def export(self, ref: str, out_dir: Path) -> VersionInfo:
+    def export(self, ref: str, out_dir: Path, *, principal: Principal = SYSTEM) -> VersionInfo:
         """Copy a version's files (real files, not links) into `out_dir`."""
-        version = self.resolve(ref)
+        version = self.resolve(ref, principal=principal)
         out_dir = Path(out_dir)
         if out_dir.exists() and any(out_dir.iterdir()):
             raise Conflict(

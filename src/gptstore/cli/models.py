@@ -23,19 +23,20 @@ def list_models(
     sort: Annotated[str, typer.Option(help="name, updated, downloads or likes.")] = "name",
     as_json: JsonFlag = False,
 ) -> None:
-    """List the models in the store."""
+    """List the models in the store (every page of the catalog's listing)."""
     with open_catalog() as catalog:
         models = catalog.list_models(task=task, search=search, sort=sort)
     if as_json:
-        print_json([m.to_dict(versions=False) for m in models])
+        print_json([m.to_dict() for m in models])
         return
     if not models:
         console.print("No models yet: `gptstore models pull HuggingFaceTB/SmolLM2-135M-Instruct`")
         return
-    table = Table("name", "task", "versions", "kind", "size", "updated")
+    table = Table("name", "task", "latest", "kind", "size", "updated")
     for m in models:
         latest = m.latest
-        table.add_row(m.name, m.task, str(len(m.versions)), latest.kind, human_size(latest.size),
+        table.add_row(m.name, m.task, str(latest.number) if latest else "-",
+                      latest.kind if latest else "-", human_size(latest.size) if latest else "-",
                       m.updated_at.strftime("%Y-%m-%d %H:%M"))
     console.print(table)
 

@@ -18,6 +18,7 @@ from fastapi.responses import FileResponse
 
 from gptstore.api.deps import CatalogDep, OwnerDep
 from gptstore.api.openai.protocol import FileDeleted, FileList, FileObject
+from gptstore.api.store.schemas import FileReport
 from gptstore.catalog.files import FileInfo, check_filename, check_upload_purpose
 from gptstore.errors import InvalidRequest, NotFound, PayloadTooLarge
 
@@ -186,11 +187,12 @@ def delete_file(file_id: str, catalog: CatalogDep, owner: OwnerDep) -> FileDelet
     return FileDeleted(id=file_id)
 
 
-@store_router.get("/files/{file_id}/report", summary="The validation report of a "
-                  "fine-tune file (gptstore data validate), made on upload")
-def file_report(file_id: str, catalog: CatalogDep, owner: OwnerDep) -> dict[str, Any]:
+@store_router.get("/files/{file_id}/report", response_model=FileReport,
+                  summary="The validation report of a fine-tune file (gptstore data "
+                  "validate), made on upload")
+def file_report(file_id: str, catalog: CatalogDep, owner: OwnerDep) -> FileReport:
     file = owned(catalog, file_id, owner)
     if file.report is None:
         raise InvalidRequest(f"file {file_id} ({file.purpose}) has no validation report; "
                              "only fine-tune files are checked", param="file_id")
-    return {"id": file.id, "filename": file.filename, **file.report}
+    return FileReport.model_validate({**file.report, "id": file.id, "filename": file.filename})

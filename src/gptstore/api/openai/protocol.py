@@ -34,7 +34,9 @@ def now() -> int:
 # -- models ------------------------------------------------------------------------
 
 
-class ModelCard(OpenAIBaseModel):
+class ModelObject(OpenAIBaseModel):
+    """OpenAI's `model` object. (A model *card* is a version's README: catalog/cards.py.)"""
+
     id: str
     object: Literal["model"] = "model"
     created: int
@@ -43,7 +45,7 @@ class ModelCard(OpenAIBaseModel):
 
 class ModelList(OpenAIBaseModel):
     object: Literal["list"] = "list"
-    data: list[ModelCard]
+    data: list[ModelObject]
 
 
 # -- shared ------------------------------------------------------------------------

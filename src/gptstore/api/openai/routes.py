@@ -1,15 +1,16 @@
-"""`/v1/chat/completions`, `/v1/completions`, `/v1/classifications`: parse, call the
-serving layer, answer JSON or SSE. Nothing else happens here."""
+"""`/v1/chat/completions`, `/v1/completions`, `/v1/classifications`: parse, check that
+the caller may read the model, call the serving layer, answer JSON or SSE."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from gptstore.api.deps import ServingDep
+from gptstore.api.deps import CatalogDep, PrincipalDep, ServingDep
 from gptstore.api.openai.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -18,8 +19,16 @@ from gptstore.api.openai.protocol import (
     CompletionRequest,
     CompletionResponse,
 )
+from gptstore.catalog.access import Principal
+from gptstore.catalog.repository import Catalog
 
 router = APIRouter(tags=["openai"])
+
+
+async def _check_readable(catalog: Catalog, principal: Principal, model: str) -> None:
+    """The engine resolves store names as SYSTEM; a model this caller may not read is
+    refused here first, with the same NotFound as a missing one."""
+    await asyncio.to_thread(catalog.resolve, model, principal=principal)
 
 
 def _answer(result: Any) -> Any:
@@ -32,13 +41,17 @@ def _answer(result: Any) -> Any:
 
 @router.post("/chat/completions", response_model=ChatCompletionResponse,
              summary="Chat completion (OpenAI-compatible; stream=true for SSE chunks)")
-async def chat_completions(request: ChatCompletionRequest, serving: ServingDep) -> Any:
+async def chat_completions(request: ChatCompletionRequest, serving: ServingDep,
+                           catalog: CatalogDep, principal: PrincipalDep) -> Any:
+    await _check_readable(catalog, principal, request.model)
     return _answer(await serving.chat(request))
 
 
 @router.post("/completions", response_model=CompletionResponse,
              summary="Text completion of a raw prompt (OpenAI-compatible)")
-async def completions(request: CompletionRequest, serving: ServingDep) -> Any:
+async def completions(request: CompletionRequest, serving: ServingDep, catalog: CatalogDep,
+                      principal: PrincipalDep) -> Any:
+    await _check_readable(catalog, principal, request.model)
     return _answer(await serving.completion(request))
 
 
@@ -53,6 +66,8 @@ async def completions(request: CompletionRequest, serving: ServingDep) -> Any:
         "API; errors use OpenAI's envelope."
     ),
 )
-async def classifications(request: ClassificationRequest, serving: ServingDep
+async def classifications(request: ClassificationRequest, serving: ServingDep,
+                          catalog: CatalogDep, principal: PrincipalDep
                           ) -> ClassificationResponse:
+    await _check_readable(catalog, principal, request.model)
     return await serving.classify(request)

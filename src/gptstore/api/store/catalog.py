@@ -1,0 +1,94 @@
+"""`/api/models`: the store's catalog over HTTP.
+
+A keyset-paginated listing, one model with its versions, one version, a model's card.
+The router parses HTTP, calls the catalog with the request's principal and builds the
+wire types of `schemas.py`; it decides nothing about visibility or order itself.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query
+from fastapi.responses import PlainTextResponse
+
+from gptstore.api.deps import CatalogDep, PrincipalDep
+from gptstore.api.errors import ErrorResponse
+from gptstore.api.store.schemas import (
+    ModelPage,
+    ModelPublic,
+    ModelSummary,
+    Sort,
+    VersionPublic,
+)
+from gptstore.catalog.names import parse_ref
+from gptstore.catalog.repository import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, ModelInfo
+
+router = APIRouter(tags=["store"])
+
+BAD_REQUEST: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "A parameter is invalid; `param` names it."},
+}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    **BAD_REQUEST,
+    404: {"model": ErrorResponse,
+          "description": "No such model or version (or none the caller may read)."},
+}
+
+
+def model_public(info: ModelInfo) -> ModelPublic:
+    summary = ModelSummary.model_validate(info.summary())
+    return ModelPublic(**dict(summary),
+                       versions=[VersionPublic.model_validate(v) for v in info.versions])
+
+
+@router.get("/models", response_model=ModelPage, responses=BAD_REQUEST,
+            summary="List models, one page at a time")
+def list_models(
+    catalog: CatalogDep,
+    principal: PrincipalDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE,
+                                description="Models per page.")] = DEFAULT_PAGE_SIZE,
+    cursor: Annotated[str | None, Query(
+        description="`next_cursor` of the previous page; leave out for the first page. "
+                    "Use it with the same `sort`.")] = None,
+    task: Annotated[str | None, Query(
+        description="Only models of this task (`causal-lm`, `classification`).")] = None,
+    q: Annotated[str | None, Query(
+        description="Case-insensitive substring of `namespace/name` or the "
+                    "description.")] = None,
+    sort: Annotated[Sort, Query(
+        description="`name` (A-Z), `updated` (newest first), `downloads` or `likes` "
+                    "(most first, then by name).")] = "name",
+) -> ModelPage:
+    page = catalog.search_models(task=task, search=q, sort=sort, limit=limit, cursor=cursor,
+                                 principal=principal)
+    return ModelPage(data=[ModelSummary.model_validate(m) for m in page.models],
+                     next_cursor=page.next_cursor, has_more=page.has_more)
+
+
+@router.get("/models/{namespace}/{name}", response_model=ModelPublic, responses=NOT_FOUND,
+            summary="One model with all its versions and their files")
+def get_model(catalog: CatalogDep, principal: PrincipalDep, namespace: str, name: str
+              ) -> ModelPublic:
+    return model_public(catalog.get_model(f"{namespace}/{name}", principal=principal))
+
+
+@router.get("/models/{namespace}/{name}/versions/{number}", response_model=VersionPublic,
+            responses=NOT_FOUND, summary="One version with its lineage, metrics and files")
+def get_version(catalog: CatalogDep, principal: PrincipalDep, namespace: str, name: str,
+                number: Annotated[int, Path(ge=1, description="Version number.")]
+                ) -> VersionPublic:
+    ref = parse_ref(f"{namespace}/{name}", allow_version=False)
+    version = catalog.resolve(f"{ref.full_name}@{number}", principal=principal)
+    return VersionPublic.model_validate(version)
+
+
+@router.get("/models/{namespace}/{name}/card", response_class=PlainTextResponse,
+            responses={**NOT_FOUND, 200: {
+                "description": "The latest version's model card: markdown with YAML "
+                               "front matter, as on the Hugging Face Hub.",
+                "content": {"text/plain": {"schema": {"type": "string"}}}}},
+            summary="A model's card")
+def get_card(catalog: CatalogDep, principal: PrincipalDep, namespace: str, name: str) -> str:
+    return catalog.card(f"{namespace}/{name}", principal=principal)
