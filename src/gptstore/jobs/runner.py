@@ -1,13 +1,13 @@
-"""One job's process: `python -m gptstore.jobs.runner JOB_ID WORKER [--threads N]`.
+"""One job's process, forked for each job the worker runs (worker.py), so torch's
+threads, the job's memory and a crash stay inside it (`process_main`).
 
-The worker starts one per job (worker.py), so torch's threads, the job's memory and a
-crash stay inside it. It turns the job into its `TrainConfig` (files by id, read
-through the store's links, never a caller's path), resumes from the run's last
-checkpoint when one is there (a paused job, or one taken over from a dead worker),
-trains with the same `finetune` as the CLI, and writes what happens as job events:
-metrics every step, checkpoints, the outcome. On SIGTERM it stops after the current
-step with a checkpoint and exits with `EXIT_STOPPED`; the worker decides what that
-means (paused, or re-queued for another worker).
+It turns the job into its `TrainConfig` (files by id, read through the store's links,
+never a caller's path), resumes from the run's last checkpoint when one is there (a
+paused job, or one taken over from a dead worker), trains with the same `finetune` as
+the CLI, and writes what happens as job events: metrics every step, checkpoints, the
+outcome. On SIGTERM it stops after the current step with a checkpoint and exits with
+`EXIT_STOPPED`; the worker decides what that means (paused, or re-queued for another
+worker). When its worker dies it exits too (`exit_with_parent`).
 
 The job's terminal state is written here for what the process knows (succeeded, or
 failed with the reason); the worker writes it when the process died without a word.
@@ -15,7 +15,6 @@ failed with the reason); the worker writes it when the process died without a wo
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import io
@@ -26,6 +25,7 @@ import threading
 import time
 import traceback
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from gptstore.catalog.repository import Catalog
@@ -224,38 +224,59 @@ def _plain(doc: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(doc, default=str))
 
 
-def exit_with_parent(interval: float = 0.5) -> None:
+def exit_with_worker(worker_pid: int, interval: float = 0.5) -> None:
     """Die when the worker that started this process dies (SIGKILL, a lost machine's
     process tree): its lease then runs out and another worker resumes the job from its
-    last checkpoint, with no orphan still training the same job."""
+    last checkpoint, with no orphan still training the same job.
+
+    The process is a child of the worker's fork server, which multiprocessing keeps
+    alive while any of its children holds the server's "alive" pipe; that end is closed
+    here, so the server exits with the worker and this process is re-parented. Either
+    sign (a new parent, or the worker gone or a zombie) ends the process."""
+    import multiprocessing.forkserver as forkserver
+
+    alive = getattr(forkserver._forkserver, "_forkserver_alive_fd", None)
+    if alive is not None:
+        with contextlib.suppress(OSError):
+            os.close(alive)
+        forkserver._forkserver._forkserver_alive_fd = None
     parent = os.getppid()
+
+    def worker_alive() -> bool:
+        try:
+            stat = Path(f"/proc/{worker_pid}/stat").read_text()
+        except OSError:
+            return False
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
     def watch() -> None:
         while True:
             time.sleep(interval)
-            if os.getppid() != parent:
+            if os.getppid() != parent or not worker_alive():
                 os._exit(EXIT_ORPHANED)
 
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    threading.Thread(target=watch, name="worker-watch", daemon=True).start()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gptstore.jobs.runner")
-    parser.add_argument("job_id")
-    parser.add_argument("worker")
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args(argv)
-    settings = Settings()
+def process_main(settings: dict[str, Any], job_id: str, worker: str, threads: int | None,
+                 log_path: str, worker_pid: int) -> None:
+    """The job process's entry point (forked by the worker's fork server, which has torch
+    and transformers imported already): its own session, its log, then `run_job`."""
+    os.setsid()  # its own process group: the worker stops it as a whole
+    with open(log_path, "ab", buffering=0) as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+    config = Settings.model_validate(settings)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides, not a terminal's ^C
     with contextlib.suppress(OSError):  # requests to the server keep their CPU share
-        os.nice(settings.job_nice)
-    exit_with_parent()
-    print(f"job {args.job_id} on {args.worker}, pid {os.getpid()}, home {settings.home}",
-          file=sys.stderr, flush=True)
-    return run_job(settings, args.job_id, args.worker, threads=args.threads, stop=stop)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        os.nice(config.job_nice)
+    exit_with_worker(worker_pid)
+    print(f"job {job_id} on {worker}, pid {os.getpid()}, home {config.home}", flush=True)
+    code = run_job(config, job_id, worker, threads=threads, stop=stop)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # no atexit work of the fork server's interpreter

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
+import multiprocessing.context
+import multiprocessing.process
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -49,10 +50,31 @@ STOP_GRACE_SECONDS = 120.0
 LOG_TAIL = 1500
 
 
+#: what the fork server imports once, so a job process starts without paying for it
+#: (torch + transformers + peft take 5-8 s to import on the 2-core machines)
+PRELOAD = ["gptstore.jobs.runner", "gptstore.training.loop", "gptstore.inference.loader",
+           "torch", "transformers", "peft"]
+_context: multiprocessing.context.ForkServerContext | None = None
+_context_lock = threading.Lock()
+
+
+def fork_server() -> multiprocessing.context.ForkServerContext:
+    """The process-wide fork server job processes are forked from. It is a fresh
+    interpreter (not a fork of this one: no server threads, no engine, no OpenMP team
+    copied), which imports `PRELOAD` once; each job is then a cheap fork of it."""
+    global _context
+    with _context_lock:
+        if _context is None:
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(PRELOAD)
+            _context = context
+        return _context
+
+
 @dataclass
 class Child:
     job: JobInfo
-    proc: subprocess.Popen[bytes]
+    proc: multiprocessing.process.BaseProcess
     log_path: Path
     beat: float = field(default_factory=time.monotonic)
     stopping: str | None = None  # "pause" | "shutdown": SIGTERM was sent for this
@@ -131,21 +153,20 @@ class Worker:
         logs = self.settings.runs_dir / "jobs"
         logs.mkdir(parents=True, exist_ok=True)
         log_path = logs / f"{job.id}.log"
-        env = {**os.environ, "GPTSTORE_HOME": str(self.settings.home)}
-        if self.settings.database_url:
-            env["GPTSTORE_DATABASE_URL"] = self.settings.database_url
-        with log_path.open("ab") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "gptstore.jobs.runner", job.id, self.name,
-                 "--threads", str(self.threads)],
-                env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True)  # its own process group: stopped as a whole
+        from gptstore.jobs.runner import process_main
+
+        proc = fork_server().Process(
+            target=process_main, name=f"gptstore-job-{job.id}", daemon=False,
+            args=(self.settings.model_dump(mode="json"), job.id, self.name, self.threads,
+                  str(log_path), os.getpid()))
+        proc.start()
+        assert proc.pid is not None
         self.children[job.id] = Child(job=job, proc=proc, log_path=log_path)
         log.info("worker %s: job %s started (pid %d, attempt %d)", self.name, job.id,
                  proc.pid, job.attempts)
 
     def _supervise(self, store: JobStore, child: Child) -> None:
-        code = child.proc.poll()
+        code = child.proc.exitcode
         if code is not None:
             self._exited(store, child, code)
             return
@@ -161,11 +182,11 @@ class Worker:
             log.warning("worker %s: lost the lease of %s; stopping its process", self.name,
                         child.job.id)
             self._kill(child)
-            child.proc.wait()
+            child.proc.join()
             del self.children[child.job.id]
         elif flags.cancel:
             self._kill(child)
-            child.proc.wait()
+            child.proc.join()
             del self.children[child.job.id]
             store.finish(child.job.id, self.name, JobStatus.CANCELLED, event="Job cancelled")
         elif flags.pause and child.stopping is None:
@@ -215,12 +236,13 @@ class Worker:
         child.stopping = why
         child.stop_sent = time.monotonic()
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.proc.pid, signal.SIGTERM)
+            os.killpg(child.proc.pid, signal.SIGTERM)  # type: ignore[arg-type]
 
     @staticmethod
     def _kill(child: Child) -> None:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.proc.pid, signal.SIGKILL)
+            os.killpg(child.proc.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        child.proc.kill()  # also before it made its own process group
 
     def _shutdown(self, store: JobStore) -> None:
         """Running jobs checkpoint and go back to the queue (resumed by any worker)."""
@@ -230,7 +252,7 @@ class Worker:
         deadline = time.monotonic() + STOP_GRACE_SECONDS
         while self.children and time.monotonic() < deadline:
             for child in list(self.children.values()):
-                code = child.proc.poll()
+                code = child.proc.exitcode
                 if code is not None:
                     self._exited(store, child, code)
                 elif time.monotonic() - child.beat >= HEARTBEAT_SECONDS:
@@ -239,5 +261,5 @@ class Worker:
             time.sleep(0.1)
         for child in list(self.children.values()):
             self._kill(child)
-            child.proc.wait()
-            self._exited(store, child, child.proc.returncode)
+            child.proc.join()
+            self._exited(store, child, child.proc.exitcode or -signal.SIGKILL)
