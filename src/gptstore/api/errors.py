@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gptstore.errors import (
     Conflict,
@@ -110,6 +111,21 @@ def install_error_handlers(app: FastAPI) -> None:
         code = "model_not_found" if isinstance(exc, NotFound) and exc.param == "model" else None
         return JSONResponse(envelope(exc.message, exc.type, exc.param, code), status_code=status,
                             headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Starlette's own errors (an unrouted path, a method a route lacks) in the envelope
+        if exc.status_code == 404:
+            message = (f"no route {request.method} {request.url.path}: see /docs for the "
+                       "API's routes")
+            type_ = "not_found_error"
+        elif exc.status_code == 405:
+            message = f"{request.url.path} does not accept {request.method}; see /docs"
+            type_ = "invalid_request_error"
+        else:
+            message, type_ = str(exc.detail), "invalid_request_error"
+        return JSONResponse(envelope(message, type_), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -239,7 +239,7 @@ def exit_with_worker(worker_pid: int, interval: float = 0.5) -> None:
     if alive is not None:
         with contextlib.suppress(OSError):
             os.close(alive)
-        forkserver._forkserver._forkserver_alive_fd = None
+        forkserver._forkserver._forkserver_alive_fd = None  # type: ignore[attr-defined]
     parent = os.getppid()
 
     def worker_alive() -> bool:

@@ -281,6 +281,14 @@ class FileObject(OpenAIBaseModel):
     status: Literal["uploaded", "processed", "error"] = "processed"
     status_details: str | None = None
 
+    @model_serializer(mode="wrap")  # no return annotation: as DeltaMessage's
+    def _leave_out_no_details(self, handler: SerializerFunctionWrapHandler):
+        # OpenAI's schema has a deprecated string here, not null: left out when empty
+        data = handler(self)
+        if data.get("status_details", ...) is None:
+            del data["status_details"]
+        return data
+
 
 class FileList(OpenAIBaseModel):
     object: Literal["list"] = "list"
