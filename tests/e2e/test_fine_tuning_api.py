@@ -116,9 +116,9 @@ def test_chat_job_end_to_end(client: openai.OpenAI, server: RemoteServer, home: 
     assert messages[0] == f"Created fine-tuning job: {job.id}"
     assert "Files validated, moving job to queued state" in messages
     assert messages[-1] == "The job has successfully completed"
-    steps = [e.data["step"] for e in reversed(events)
-             if e.type == "metrics" and "train_loss" in e.data]
-    assert steps == list(range(1, 16))
+    steps = [e.data for e in reversed(events) if e.type == "metrics" and "train_loss" in e.data]
+    assert [d["step"] for d in steps] == list(range(1, 16))
+    assert all(0 <= d["train_mean_token_accuracy"] <= 1 for d in steps)
     page = client.fine_tuning.jobs.list_events(job.id, limit=3)
     assert len(page.data) == 3 and page.has_more
     after = client.fine_tuning.jobs.list_events(job.id, limit=3, after=page.data[-1].id)
@@ -129,13 +129,16 @@ def test_chat_job_end_to_end(client: openai.OpenAI, server: RemoteServer, home: 
     assert [c.step_number for c in checkpoints] == [15, 10, 5]  # last 3 epoch ends
     assert checkpoints[0].fine_tuned_model_checkpoint == f"{name}-step-15"
     assert set(checkpoints[0].metrics.model_dump(exclude_none=True)) >= {
-        "step", "train_loss", "valid_loss", "valid_mean_token_accuracy"}
+        "step", "train_loss", "train_mean_token_accuracy", "valid_loss",
+        "valid_mean_token_accuracy"}
 
     results = client.files.content(done.result_files[0]).text
     rows = list(csv.DictReader(io.StringIO(results)))
     assert list(rows[0]) == ["step", "train_loss", "train_accuracy", "valid_loss",
                              "valid_mean_token_accuracy"]
     assert [int(r["step"]) for r in rows] == list(range(1, 16))
+    assert all(0 <= float(r["train_accuracy"]) <= 1 for r in rows)
+    assert [r["valid_loss"] != "" for r in rows].count(True) >= 3  # the run validated
 
     # the new model and every checkpoint answer at once, with the model's own greedy text
     assert name in {m.id for m in client.models.list()}

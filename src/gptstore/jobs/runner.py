@@ -74,8 +74,12 @@ class JobReporter:
                       else "Fine-tuning job started")
         elif event.kind == "step":
             urgent = False
+            # OpenAI's name for the step's share of target tokens predicted right
+            accuracy = "train_mean_token_accuracy" if self.task == "causal-lm" \
+                else "train_accuracy"
             data = {"step": event.step, "total_steps": event.total_steps,
-                    "train_loss": values["loss"], "learning_rate": values["lr"],
+                    "train_loss": values["loss"], accuracy: values["accuracy"],
+                    "learning_rate": values["lr"],
                     "tokens_per_second": values["tokens_per_second"]}
             self._add(f"Step {event.step}/{event.total_steps}: training loss="
                       f"{values['loss']:.4f}", type="metrics", data=data)
@@ -143,7 +147,8 @@ def results_csv(record: dict[str, Any]) -> bytes:
     validated (`step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy`)."""
     curves = record.get("curves") or {}
     rows: dict[int, dict[str, Any]] = {}
-    for column, curve in (("train_loss", "train_loss"), ("valid_loss", "valid_loss"),
+    for column, curve in (("train_loss", "train_loss"), ("train_accuracy", "train_accuracy"),
+                          ("valid_loss", "valid_loss"),
                           ("valid_mean_token_accuracy", "valid_token_accuracy"),
                           ("valid_mean_token_accuracy", "valid_accuracy")):
         for step, value in curves.get(curve, []):

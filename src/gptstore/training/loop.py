@@ -333,10 +333,11 @@ class FineTuneRun:
                 # 2. forward [B, T] -> summed loss, backward, per micro-batch (or per shard
                 #    on worker threads, gradients summed in a fixed order)
                 if self.shard_runner is not None:
-                    loss_sum = self.shard_runner.accumulate(
-                        [self._shard_work(b, denominator) for b in batches]).loss_sum
+                    shards_done = self.shard_runner.accumulate(
+                        [self._shard_work(b, denominator) for b in batches])
+                    loss_sum, correct = shards_done.loss_sum, shards_done.correct
                 else:
-                    loss_sum = 0.0
+                    loss_sum, correct = 0.0, 0
                     for batch in batches:
                         with amp(self.bf16):
                             terms = task.forward(self.model, batch,
@@ -344,6 +345,7 @@ class FineTuneRun:
                                                  head_dropout=self.head_dropout)
                         (terms.loss_sum / denominator).backward()
                         loss_sum += float(terms.loss_sum.detach())
+                        correct += terms.correct
                 # 3. clip, step, clear
                 grad_norm = (float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm))
                              if cfg.max_grad_norm > 0 else None)
@@ -362,8 +364,10 @@ class FineTuneRun:
                 if state.window == len(windows):  # epoch done: resume starts the next one
                     state.epoch, state.window = epoch + 1, 0
                 loss = loss_sum / max(1, denominator)
-                self._log_step(loss, lr, grad_norm, tokens, elapsed, session_seconds,
-                               session_steps)
+                # training accuracy of the step: of target tokens (causal-lm) or examples
+                accuracy = correct / max(1, denominator)
+                self._log_step(loss, accuracy, lr, grad_norm, tokens, elapsed,
+                               session_seconds, session_steps)
                 # 5. validate (every N steps, at epoch ends, at the end), checkpoint
                 at_end = self._done() or state.window == 0
                 if self.valid_examples and (at_end or (cfg.eval_every and state.step %
@@ -385,7 +389,8 @@ class FineTuneRun:
                 terms = self.task.forward(self.model, batch,
                                           frozen_backbone=self.method.frozen_backbone,
                                           head_dropout=self.head_dropout)
-            return terms.loss_sum / denominator, float(terms.loss_sum.detach()), batch.n_tokens
+            return (terms.loss_sum / denominator, float(terms.loss_sum.detach()),
+                    batch.n_tokens, terms.correct)
 
         return work
 
@@ -414,11 +419,12 @@ class FineTuneRun:
         self.state.train_tokens += tokens
         self.state.train_seconds += time.perf_counter() - started
 
-    def _log_step(self, loss: float, lr: float, grad_norm: float | None, tokens: int,
-                  elapsed: float, session_seconds: float, session_steps: int) -> None:
+    def _log_step(self, loss: float, accuracy: float, lr: float, grad_norm: float | None,
+                  tokens: int, elapsed: float, session_seconds: float,
+                  session_steps: int) -> None:
         state = self.state
         eta = (self.total_steps - state.step) * session_seconds / max(1, session_steps)
-        values: dict[str, Any] = {"loss": loss, "lr": lr,
+        values: dict[str, Any] = {"loss": loss, "accuracy": accuracy, "lr": lr,
                                   "tokens_per_second": tokens / elapsed if elapsed else 0.0,
                                   "eta_seconds": eta, "epoch": state.examples_seen /
                                   max(1, len(self.train_examples))}
@@ -426,6 +432,7 @@ class FineTuneRun:
             values["grad_norm"] = grad_norm
         if state.step % self.cfg.log_every == 0 or self._done():
             state.add_point("train_loss", state.step, round(loss, 6))
+            state.add_point("train_accuracy", state.step, round(accuracy, 6))
             self.log.scalars("train", state.step, values)
         self.log.emit(TrainEvent("step", state.step, self.total_steps, state.epoch, values))
 
@@ -487,6 +494,11 @@ class FineTuneRun:
         metrics: dict[str, Any] = {"step": state.step}
         if train_loss:
             metrics["train_loss"] = train_loss[-1][1]
+        train_accuracy = state.curves.get("train_accuracy", [])
+        if train_accuracy:
+            key = "train_mean_token_accuracy" if self.task.name == "causal-lm" \
+                else "train_accuracy"
+            metrics[key] = train_accuracy[-1][1]
         metrics.update({f"valid_{k}": v for k, v in last.items() if k != "step"})
         self.log.emit(TrainEvent("checkpoint_model", state.step, self.total_steps,
                                  state.epoch, {"model": name,

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 import torch
 
-#: a shard's work: builds its batch, runs the forward pass, returns
-#: (loss already divided by the window's denominator, summed loss, tokens)
-ShardWork = Callable[[], tuple[torch.Tensor, float, int]]
+#: a shard's work: builds its batch, runs the forward pass, returns (loss already divided
+#: by the window's denominator, summed loss, tokens, correct predictions)
+ShardWork = Callable[[], tuple[torch.Tensor, float, int, int]]
 
 
 def split_rows(indices: Sequence[int], shards: int) -> list[list[int]]:
@@ -40,6 +40,7 @@ def split_rows(indices: Sequence[int], shards: int) -> list[list[int]]:
 class ShardResult:
     loss_sum: float
     tokens: int
+    correct: int
 
 
 class ShardRunner:
@@ -53,20 +54,21 @@ class ShardRunner:
                                        initializer=torch.set_num_threads,
                                        initargs=(self.threads_per_shard,))
 
-    def _run(self, work: ShardWork) -> tuple[list[torch.Tensor | None], float, int]:
-        scaled, loss_sum, tokens = work()
+    def _run(self, work: ShardWork) -> tuple[list[torch.Tensor | None], float, int, int]:
+        scaled, loss_sum, tokens, correct = work()
         grads = torch.autograd.grad(scaled, self.params, allow_unused=True)
-        return list(grads), loss_sum, tokens
+        return list(grads), loss_sum, tokens, correct
 
     def accumulate(self, works: Sequence[ShardWork]) -> ShardResult:
         """Run every shard's work (all at once, `shards` at a time) and add the gradients
         into `param.grad` in the order of `works`."""
         futures = [self.pool.submit(self._run, work) for work in works]
-        loss_sum, tokens = 0.0, 0
+        loss_sum, tokens, correct = 0.0, 0, 0
         for future in futures:  # fixed order: the sums are reproducible
-            grads, shard_loss, shard_tokens = future.result()
+            grads, shard_loss, shard_tokens, shard_correct = future.result()
             loss_sum += shard_loss
             tokens += shard_tokens
+            correct += shard_correct
             for param, grad in zip(self.params, grads, strict=True):
                 if grad is None:
                     continue
@@ -74,7 +76,7 @@ class ShardRunner:
                     param.grad = grad
                 else:
                     param.grad += grad
-        return ShardResult(loss_sum, tokens)
+        return ShardResult(loss_sum, tokens, correct)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)

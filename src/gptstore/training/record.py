@@ -24,7 +24,8 @@ from gptstore.training.prepare import DatasetInfo
 #: the catalog keeps at most this many points per curve (metrics.jsonl has them all)
 MAX_CURVE_POINTS = 400
 #: curves the catalog (and the model card) keep
-PUBLISHED_CURVES = ("train_loss", "valid_loss", "valid_accuracy", "valid_token_accuracy")
+PUBLISHED_CURVES = ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy",
+                    "valid_token_accuracy")
 
 
 @dataclass(frozen=True)
