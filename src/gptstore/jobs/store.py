@@ -58,6 +58,7 @@ class JobInfo:
     worker: str | None
     lease_expires_at: datetime | None
     attempts: int
+    takeovers: int
     cancel_requested: bool
     pause_requested: bool
 
@@ -73,6 +74,7 @@ def _info(row: Job) -> JobInfo:
         record=row.record, created_at=row.created_at, started_at=row.started_at,
         finished_at=row.finished_at, estimated_finish=row.estimated_finish,
         worker=row.worker, lease_expires_at=row.lease_expires_at, attempts=row.attempts,
+        takeovers=row.takeovers,
         cancel_requested=row.cancel_requested, pause_requested=row.pause_requested)
 
 
@@ -147,7 +149,7 @@ class JobStore:
                       training_file=training_file, validation_file=validation_file,
                       fine_tuned_model=fine_tuned_model, suffix=suffix, seed=seed,
                       config=config, hyperparameters=hyperparameters, metadata_=metadata,
-                      result_files=[], attempts=0,
+                      result_files=[], attempts=0, takeovers=0,
                       cancel_requested=False, pause_requested=False)
             session.add(row)
             session.flush()
@@ -326,6 +328,7 @@ class JobStore:
                 row.status = JobStatus.RUNNING
                 row.started_at = row.started_at or now
             if taken_over:
+                row.takeovers += 1
                 session.add(JobEvent(job_id=row.id, level="warn", message=(
                     f"Worker {previous} stopped renewing its lease; {worker} takes the job "
                     "over and resumes it from its last checkpoint")))

@@ -37,7 +37,7 @@ from pathlib import Path
 from gptstore.catalog.repository import Catalog
 from gptstore.jobs.service import validate_job
 from gptstore.jobs.states import EXIT_STOPPED, JobStatus
-from gptstore.jobs.store import JobInfo, JobStore
+from gptstore.jobs.store import Flags, JobInfo, JobStore
 from gptstore.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 1.0
 #: how long a job may take to checkpoint and exit after SIGTERM before it is killed
 STOP_GRACE_SECONDS = 120.0
+#: a job taken over more often than this (its workers kept dying) fails instead
+MAX_TAKEOVERS = 5
 #: how much of a dead job process's log goes into its error message
 LOG_TAIL = 1500
 
@@ -56,6 +58,17 @@ PRELOAD = ["gptstore.jobs.runner", "gptstore.training.loop", "gptstore.inference
            "torch", "transformers", "peft"]
 _context: multiprocessing.context.ForkServerContext | None = None
 _context_lock = threading.Lock()
+
+
+def _nothing() -> None:
+    """A job process that does nothing (warms the fork server up)."""
+
+
+def warm_fork_server() -> None:
+    """Start the fork server and wait for its imports, with a process that does nothing."""
+    proc = fork_server().Process(target=_nothing, name="gptstore-warm-up")
+    proc.start()
+    proc.join()
 
 
 def fork_server() -> multiprocessing.context.ForkServerContext:
@@ -76,7 +89,8 @@ class Child:
     job: JobInfo
     proc: multiprocessing.process.BaseProcess
     log_path: Path
-    beat: float = field(default_factory=time.monotonic)
+    #: what the last heartbeat learnt (None: the lease is lost); set by the beat thread
+    flags: Flags | None = field(default_factory=lambda: Flags(cancel=False, pause=False))
     stopping: str | None = None  # "pause" | "shutdown": SIGTERM was sent for this
     stop_sent: float = 0.0
 
@@ -97,6 +111,8 @@ class Worker:
         self.lease = settings.job_lease_seconds
         self.children: dict[str, Child] = {}
         self._stop = threading.Event()
+        self._beats_done = threading.Event()
+        self._warm = False
         self._thread: threading.Thread | None = None
         cores = os.cpu_count() or 1
         self.threads = max(1, cores // self.concurrency)  # torch threads of each job
@@ -122,6 +138,9 @@ class Worker:
         store = JobStore(catalog.db)
         log.info("worker %s: up to %d job(s), %d thread(s) each", self.name,
                  self.concurrency, self.threads)
+        beat = threading.Thread(target=self._beat, args=(store,), daemon=True,
+                                name=f"gptstore-heartbeat-{self.name}")
+        beat.start()
         try:
             while not self._stop.is_set():
                 try:
@@ -131,21 +150,51 @@ class Worker:
                 self._stop.wait(self.poll_seconds)
         finally:
             self._shutdown(store)
+            self._beats_done.set()
+            beat.join()
             catalog.close()
 
     def _step(self, catalog: Catalog, store: JobStore) -> None:
         while (job := store.claim(self.name, lease_seconds=self.lease, max_per_owner=None,
                                   statuses=(JobStatus.VALIDATING_FILES,),
                                   takeover=False)) is not None:
-            validate_job(catalog, store, job, self.name)
+            try:
+                validate_job(catalog, store, job, self.name)
+            except Exception as exc:  # a bug, not the user's file: fail it, keep going
+                log.exception("worker %s: validating %s failed", self.name, job.id)
+                self._fail(store, job, f"internal error while validating its files: "
+                                       f"{type(exc).__name__}: {exc}")
         while len(self.children) < self.concurrency and not self._stop.is_set():
+            if not self._warm:
+                counts = store.count_by_status()
+                if not counts.get(JobStatus.QUEUED.value) and \
+                        not counts.get(JobStatus.RUNNING.value):  # nothing to run or take over
+                    break
+                # the fork server's imports take seconds: before the claim, so a job's
+                # first fork cannot eat its lease (and servers without jobs skip it)
+                warm_fork_server()
+                self._warm = True
             job = store.claim(self.name, lease_seconds=self.lease,
                               max_per_owner=self.settings.max_jobs_per_owner)
             if job is None:
                 break
-            self._spawn(job)
+            if job.takeovers > MAX_TAKEOVERS:  # its workers keep dying under it: stop
+                self._fail(store, job, f"the job's worker stopped {job.takeovers} times "
+                                       "while running it; see the job's log")
+                continue
+            try:
+                self._spawn(job)
+            except Exception as exc:
+                log.exception("worker %s: starting %s failed", self.name, job.id)
+                self._fail(store, job, f"could not start the training process: "
+                                       f"{type(exc).__name__}: {exc}")
         for child in list(self.children.values()):
             self._supervise(store, child)
+
+    def _fail(self, store: JobStore, job: JobInfo, message: str) -> None:
+        store.finish(job.id, self.name, JobStatus.FAILED, level="error",
+                     event=f"Fine-tuning failed: {message}",
+                     error={"code": "internal_error", "param": None, "message": message})
 
     # -- one job's process --------------------------------------------------------------------
 
@@ -165,20 +214,33 @@ class Worker:
         log.info("worker %s: job %s started (pid %d, attempt %d)", self.name, job.id,
                  proc.pid, job.attempts)
 
+    def _beat(self, store: JobStore) -> None:
+        """Renew the leases of every running job each second, on a thread of its own, so
+        a long step of the loop (a big file to validate, the first fork) never lets a
+        lease run out; the flags it learns are acted on by the loop."""
+        while not self._beats_done.wait(HEARTBEAT_SECONDS):
+            for child in list(self.children.values()):
+                try:
+                    child.flags = store.heartbeat(child.job.id, self.name,
+                                                  lease_seconds=self.lease)
+                except Exception:  # the database went away for a moment: next beat
+                    log.exception("worker %s: heartbeat of %s failed", self.name,
+                                  child.job.id)
+
     def _supervise(self, store: JobStore, child: Child) -> None:
         code = child.proc.exitcode
         if code is not None:
             self._exited(store, child, code)
             return
-        now = time.monotonic()
-        if child.stopping and now - child.stop_sent > STOP_GRACE_SECONDS:
+        if child.stopping and time.monotonic() - child.stop_sent > STOP_GRACE_SECONDS:
             self._kill(child)  # it did not stop in time: its last checkpoint will do
             return
-        if now - child.beat < HEARTBEAT_SECONDS:
-            return
-        child.beat = now
-        flags = store.heartbeat(child.job.id, self.name, lease_seconds=self.lease)
-        if flags is None:  # another worker holds the job now
+        flags = child.flags
+        if flags is None:  # finished, or another worker holds the job now
+            child.proc.join(timeout=2)
+            if child.proc.exitcode is not None:
+                self._exited(store, child, child.proc.exitcode)
+                return
             log.warning("worker %s: lost the lease of %s; stopping its process", self.name,
                         child.job.id)
             self._kill(child)
@@ -255,9 +317,6 @@ class Worker:
                 code = child.proc.exitcode
                 if code is not None:
                     self._exited(store, child, code)
-                elif time.monotonic() - child.beat >= HEARTBEAT_SECONDS:
-                    child.beat = time.monotonic()
-                    store.heartbeat(child.job.id, self.name, lease_seconds=self.lease)
             time.sleep(0.1)
         for child in list(self.children.values()):
             self._kill(child)

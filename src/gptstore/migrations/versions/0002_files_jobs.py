@@ -56,6 +56,7 @@ def upgrade() -> None:
         sa.Column("worker", sa.String(128), nullable=True),
         sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("attempts", sa.Integer, nullable=False),
+        sa.Column("takeovers", sa.Integer, nullable=False),
         sa.Column("cancel_requested", sa.Boolean, nullable=False),
         sa.Column("pause_requested", sa.Boolean, nullable=False),
     )
