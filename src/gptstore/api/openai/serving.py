@@ -40,7 +40,7 @@ from gptstore.api.openai.protocol import (
 )
 from gptstore.errors import GptStoreError, InvalidRequest
 
-# OpenAI's default is 1.0 for both; we keep them.
+# OpenAI's default temperature (top_p defaults to 1.0 where it is read); we keep it.
 DEFAULT_TEMPERATURE = 1.0
 
 
