@@ -18,6 +18,7 @@ import math
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
+from gptstore.catalog.access import VISIBILITIES
 from gptstore.catalog.names import parse_ref
 from gptstore.errors import InvalidRequest
 from gptstore.tasks import TASKS
@@ -149,6 +150,8 @@ class TrainConfig:
     description: str = _help("Description on the model card.", "")
     tags: list[str] = field(default_factory=list, metadata={"help": "Tags of the new model."})
     license: str | None = _help("License id of the new model, e.g. apache-2.0.", None)
+    visibility: str = _help("Who may read the new model: private (its owner), org (the "
+                            "owner's organisations) or public.", "public")
 
     def __post_init__(self) -> None:
         self._check_names()
@@ -180,7 +183,8 @@ class TrainConfig:
     def _check_choices(self) -> None:
         for key, choices in (("task", TASK_CHOICES), ("method", METHOD_CHOICES),
                              ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
-                             ("precision", PRECISIONS), ("metric", METRICS)):
+                             ("precision", PRECISIONS), ("metric", METRICS),
+                             ("visibility", VISIBILITIES)):
             value = getattr(self, key)
             if value not in choices:
                 raise InvalidRequest(f"{key} {value!r} is not one of {', '.join(choices)}",

@@ -16,7 +16,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 
-from gptstore.api.deps import CatalogDep, OwnerDep
+from gptstore.api.deps import CatalogDep, OwnerDep, WriteOwnerDep
 from gptstore.api.openai.protocol import FileDeleted, FileList, FileObject
 from gptstore.api.store.schemas import FileReport
 from gptstore.catalog.files import FileInfo, check_filename, check_upload_purpose
@@ -117,7 +117,8 @@ class _Upload:
 
 @router.post("/files", response_model=FileObject, summary="Upload a file (multipart: file, "
              "purpose=fine-tune); a fine-tune file is checked on upload")
-async def upload_file(request: Request, catalog: CatalogDep, owner: OwnerDep) -> FileObject:
+async def upload_file(request: Request, catalog: CatalogDep, owner: WriteOwnerDep
+                      ) -> FileObject:
     from python_multipart import MultipartParser
     from python_multipart.multipart import parse_options_header
 
@@ -178,7 +179,7 @@ def file_content(file_id: str, catalog: CatalogDep, owner: OwnerDep) -> FileResp
 
 
 @router.delete("/files/{file_id}", response_model=FileDeleted, summary="Delete a file")
-def delete_file(file_id: str, catalog: CatalogDep, owner: OwnerDep) -> FileDeleted:
+def delete_file(file_id: str, catalog: CatalogDep, owner: WriteOwnerDep) -> FileDeleted:
     from gptstore.jobs.store import JobStore
 
     owned(catalog, file_id, owner)
