@@ -147,6 +147,19 @@ def write_owner(request: Request) -> str:
     return owner_of(write_principal(request))
 
 
+def audit(request: Request, action: str, target: str,
+          detail: dict[str, object] | None = None) -> None:
+    """Record in the audit log that the request's principal did `action` on `target`,
+    with the request id (blocking: call from a worker thread or a sync route)."""
+    from gptstore.accounts.audit import record
+
+    principal = getattr(request.state, "principal", None)
+    actor = str(principal) if principal is not None and principal.kind == "user" else \
+        LOCAL_OWNER if principal is not None and principal.kind == "system" else "anonymous"
+    record(request.app.state.catalog.db, actor, action, target, detail,
+           request_id=getattr(request.state, "request_id", None))
+
+
 ReadPrincipal = Annotated[Principal, Depends(read_principal)]
 WritePrincipal = Annotated[Principal, Depends(write_principal)]
 AdminPrincipal = Annotated[Principal, Depends(admin_principal)]

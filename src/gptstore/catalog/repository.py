@@ -785,6 +785,20 @@ class Catalog:
         with self.db.session() as session:
             return session.scalar(select(Namespace.owner_id).where(Namespace.name == namespace))
 
+    def claim_namespace(self, namespace: str, owner_id: int) -> None:
+        """Make account `owner_id` the owner of `namespace` (created if missing); a
+        namespace another account owns is refused."""
+        with self.db.session(write=True) as session:
+            row = session.scalars(select(Namespace).where(Namespace.name == namespace)).first()
+            if row is None:
+                session.add(Namespace(name=namespace, owner_id=owner_id))
+            elif row.owner_id is None:
+                row.owner_id = owner_id
+            elif row.owner_id != owner_id:
+                raise PermissionDenied(f"namespace {namespace} belongs to another account; "
+                                       "choose a name in the owner's namespace",
+                                       param="owner")
+
     def set_visibility(self, name: str, visibility: str, *,
                        principal: Principal = SYSTEM) -> ModelInfo:
         """Change who may read a model; needs the `admin` right on its namespace (its

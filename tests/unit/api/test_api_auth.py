@@ -191,8 +191,14 @@ def test_files_and_jobs_belong_to_their_owner(client: TestClient, keys: Keys) ->
                       json={"model": "acme/m", "training_file": file_id})
     assert job.status_code in (400, 404)
     assert client.get("/v1/fine_tuning/jobs", headers=bob).json()["data"] == []
-    assert client.delete(f"/v1/files/{file_id}", headers=keys.of("alice", "write")
-                         ).status_code == 200
+    deleted = client.delete(f"/v1/files/{file_id}", headers=keys.of("alice", "write"))
+    assert deleted.status_code == 200
+    from gptstore.accounts.audit import entries
+
+    log = [(e.actor, e.action, e.target, e.request_id)
+           for e in entries(client.app.state.catalog.db)]  # type: ignore[attr-defined]
+    assert log == [("alice", "upload", file_id, upload.headers["x-request-id"]),
+                   ("alice", "delete", file_id, deleted.headers["x-request-id"])]
 
 
 def test_public_read_lets_anonymous_callers_read_public_models_only(

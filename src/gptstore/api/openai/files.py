@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 
+from gptstore.api.auth import audit
 from gptstore.api.deps import CatalogDep, OwnerDep, WriteOwnerDep
 from gptstore.api.openai.protocol import FileDeleted, FileList, FileObject
 from gptstore.api.store.schemas import FileReport
@@ -147,6 +148,8 @@ async def upload_file(request: Request, catalog: CatalogDep, owner: WriteOwnerDe
         blob = await asyncio.to_thread(writer.commit)
     file = await asyncio.to_thread(catalog.files.add, blob.digest, blob.size,
                                    filename=filename, purpose=purpose, owner=owner)
+    await asyncio.to_thread(audit, request, "upload", file.id,
+                            {"filename": filename, "bytes": file.bytes})
     return file_object(file)
 
 
@@ -179,12 +182,14 @@ def file_content(file_id: str, catalog: CatalogDep, owner: OwnerDep) -> FileResp
 
 
 @router.delete("/files/{file_id}", response_model=FileDeleted, summary="Delete a file")
-def delete_file(file_id: str, catalog: CatalogDep, owner: WriteOwnerDep) -> FileDeleted:
+def delete_file(file_id: str, catalog: CatalogDep, owner: WriteOwnerDep, request: Request
+                ) -> FileDeleted:
     from gptstore.jobs.store import JobStore
 
     owned(catalog, file_id, owner)
     JobStore(catalog.db).check_file_unused(file_id)
     catalog.files.delete(file_id)
+    audit(request, "delete", file_id)
     return FileDeleted(id=file_id)
 
 

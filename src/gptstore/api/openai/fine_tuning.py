@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
-from gptstore.api.auth import WritePrincipal, owner_of
+from gptstore.api.auth import WritePrincipal, audit, owner_of
 from gptstore.api.deps import CatalogDep, OwnerDep, WriteOwnerDep
 from gptstore.api.openai.files import unix
 from gptstore.api.openai.protocol import (
@@ -82,7 +82,7 @@ def _hyperparameters(request: CreateFineTuningJobRequest) -> Hyperparameters:
 @router.post("/fine_tuning/jobs", response_model=FineTuningJob,
              summary="Create a fine-tuning job (queued; a worker runs it)")
 def create_job(request: CreateFineTuningJobRequest, catalog: CatalogDep,
-               principal: WritePrincipal) -> FineTuningJob:
+               principal: WritePrincipal, http: Request) -> FineTuningJob:
     from gptstore.jobs.service import create_job as create
 
     if request.integrations:
@@ -101,6 +101,8 @@ def create_job(request: CreateFineTuningJobRequest, catalog: CatalogDep,
                  suffix=request.suffix, seed=request.seed, metadata=request.metadata,
                  options=options, principal=principal,
                  max_active=catalog.settings.max_queued_jobs_per_key)
+    audit(http, "create", job.id, {"model": job.model, "fine_tuned_model": job.fine_tuned_model,
+                                   "visibility": job.config.get("visibility")})
     return job_object(job)
 
 
