@@ -1,8 +1,10 @@
 """`/v1/files` (OpenAI's Files API over the blob store) and `/api/files/{id}/report`.
 
 An upload is parsed as it arrives (python-multipart's push parser, not a form read
-into memory or a spooled temp file): the file part streams straight into a blob
-writer, which refuses it with 413 the moment it passes `GPTSTORE_MAX_UPLOAD_BYTES`.
+into memory or a spooled temp file): the file part streams through the byte screen
+(catalog/screen.py: a training extension, UTF-8 text, bounded lines and JSON nesting)
+straight into a blob writer, which refuses it with 413 the moment it passes
+`GPTSTORE_MAX_UPLOAD_BYTES`. A refused upload leaves no blob and no row.
 Parsing, hashing and the validation report run on worker threads, never on the event
 loop.
 """
@@ -21,6 +23,7 @@ from gptstore.api.deps import CatalogDep, OwnerDep, WriteOwnerDep
 from gptstore.api.openai.protocol import FileDeleted, FileList, FileObject
 from gptstore.api.store.schemas import FileReport
 from gptstore.catalog.files import FileInfo, check_filename, check_upload_purpose
+from gptstore.catalog.screen import UploadScreen
 from gptstore.errors import InvalidRequest, NotFound, PayloadTooLarge
 
 router = APIRouter(tags=["openai"])
@@ -73,6 +76,7 @@ class _Upload:
         self._is_file = False
         self._text = bytearray()
         self.got_file = False
+        self.screen: UploadScreen | None = None
 
     def callbacks(self) -> dict[str, Any]:
         return {"on_part_begin": self._begin, "on_header_field": self._field,
@@ -101,11 +105,16 @@ class _Upload:
                         raise InvalidRequest("send one file per upload", param="file")
                     self.filename = params[b"filename"].decode(errors="replace")
                     self.got_file = True
+                    # the name is checked before any byte of the file is stored
+                    self.screen = UploadScreen(check_filename(self.filename))
         self._header, self._value = b"", b""
 
     def _data(self, data: bytes, start: int, end: int) -> None:
         if self._is_file:
-            self.writer.write(data[start:end])
+            assert self.screen is not None
+            piece = data[start:end]
+            self.screen.feed(piece)
+            self.writer.write(piece)
         elif self._name is not None:
             self._text += data[start:end]
             if len(self._text) > MAX_FIELD_BYTES:
@@ -145,6 +154,8 @@ async def upload_file(request: Request, catalog: CatalogDep, owner: WriteOwnerDe
                                  "named file", param="file")
         purpose = check_upload_purpose(upload.fields.get("purpose"))
         filename = check_filename(upload.filename)
+        assert upload.screen is not None
+        upload.screen.finish()
         blob = await asyncio.to_thread(writer.commit)
     file = await asyncio.to_thread(catalog.files.add, blob.digest, blob.size,
                                    filename=filename, purpose=purpose, owner=owner)
