@@ -33,7 +33,7 @@ from typing import Any
 import httpx
 
 from gptstore.accounts.store import AccountStore
-from gptstore.catalog.importers import BUILTIN_NAME, ensure_builtin, import_path
+from gptstore.catalog.importers import ensure_builtin, import_path
 from gptstore.catalog.repository import Catalog
 from gptstore.settings import Settings
 from gptstore.testing.server import RemoteServer
