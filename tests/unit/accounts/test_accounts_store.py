@@ -48,14 +48,14 @@ def test_expired_and_revoked_keys_are_refused(catalog: Catalog) -> None:
     accounts = AccountStore(catalog.db)
     accounts.add_user("alice")
     soon = datetime.now(UTC) + timedelta(seconds=1)
-    expiring, key = accounts.create_key("alice", expires_at=soon)
+    _expiring, key = accounts.create_key("alice", expires_at=soon)
     assert accounts.authenticate(key).name == "alice"
     with catalog.db.session(write=True) as session:
         session.scalars(select(ApiKey)).one().expires_at = datetime.now(UTC) - timedelta(1)
     with pytest.raises(Unauthenticated):
         accounts.authenticate(key)
     assert accounts.list_keys("alice")[0].state == "expired"
-    other, key2 = accounts.create_key("alice", name="second")
+    _second, key2 = accounts.create_key("alice", name="second")
     accounts.revoke_key(key2)  # the whole key pasted works too
     with pytest.raises(Unauthenticated):
         accounts.authenticate(key2)
