@@ -703,13 +703,7 @@ class Catalog:
         # 3: one transaction makes the version visible
         try:
             with self.db.session(write=True) as session:
-                namespace = session.scalars(
-                    select(Namespace).where(Namespace.name == ref.namespace)
-                ).first()
-                if namespace is None:
-                    namespace = Namespace(name=ref.namespace)
-                    session.add(namespace)
-                    session.flush()
+                namespace = _namespace_in(session, ref.namespace)
                 model = session.scalars(
                     select(Model).where(Model.namespace_id == namespace.id,
                                         Model.name == ref.name)
@@ -816,3 +810,23 @@ class Catalog:
 def _put(blobs: BlobStore, path: Path) -> tuple[str, int]:
     info = blobs.put_file(path)
     return info.digest, info.size
+
+
+def _namespace_in(session: Session, name: str) -> Namespace:
+    """The namespace `name`, created when missing.
+
+    Two workers publishing their first models into one new namespace at the same time
+    both find it missing on PostgreSQL (SQLite serialises writers): the loser's insert
+    runs in a savepoint, so its unique-name violation rolls back only that insert and
+    the row the winner committed is read instead of failing the whole publish.
+    """
+    query = select(Namespace).where(Namespace.name == name)
+    if (namespace := session.scalars(query).first()) is not None:
+        return namespace
+    try:
+        with session.begin_nested():
+            namespace = Namespace(name=name)
+            session.add(namespace)
+        return namespace
+    except IntegrityError:
+        return session.scalars(query).one()
