@@ -1,4 +1,4 @@
-"""`gptstore finetune`, `gptstore classify`, `gptstore eval` (added to the root app by
+"""`gptstore finetune` and `gptstore classify` (added to the root app by
 `register(app)`).
 
 Owns only the presentation: the flags build one `TrainConfig` (help texts come from its
@@ -221,29 +221,7 @@ def classify(
     console.print(table)
 
 
-def eval_(
-    name: Annotated[str, typer.Argument(help="Model: namespace/name[@VERSION].")],
-    data: Annotated[Path, typer.Option(help="A labelled file in a training format.")],
-    batch_size: Annotated[int, typer.Option(min=1, help="Examples per batch.")] = 32,
-    as_json: JsonFlag = False,
-) -> None:
-    """Evaluate a store model on a labelled file (the task's validation metrics)."""
-    from gptstore.training.evaluate import evaluate_file
-
-    with open_catalog() as catalog, err_console.status(f"evaluating {name}…"):
-        report = evaluate_file(catalog, name, data, batch_size=batch_size)
-    if as_json:
-        print_json(report)
-        return
-    table = Table("metric", "value", title=f"{report['model']} on {data.name} "
-                  f"({report['examples']} examples)")
-    for key, value in report["metrics"].items():
-        table.add_row(key, f"{value:.4f}")
-    console.print(table)
-
-
 def register(app: typer.Typer) -> None:
-    """Add `finetune`, `classify` and `eval` to the root app."""
+    """Add `finetune` and `classify` to the root app (`eval` is cli/evaluate.py)."""
     app.command("finetune")(finetune)
     app.command("classify")(classify)
-    app.command("eval")(eval_)
