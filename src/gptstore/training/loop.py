@@ -49,6 +49,7 @@ from gptstore.settings import Settings
 from gptstore.training import checkpoint as ckpt
 from gptstore.training.config import TrainConfig, run_steps
 from gptstore.training.evaluate import evaluate_examples, extract_features
+from gptstore.training.head_init import init_head_from_verbalizers
 from gptstore.training.logs import Callback, RunLog, TrainEvent
 from gptstore.training.methods import get_method, trainable_parameters
 from gptstore.training.parallel import ShardRunner, ShardWork, split_rows
@@ -239,6 +240,12 @@ class FineTuneRun:
                               label_names=self.data.label_names,
                               dtype=self.method.load_dtype(self.bf16), configure=set_dropout,
                               attn_implementation=attention.register())
+        self.head_init = None
+        if isinstance(self.task, ClassificationTask) and self.data.label_names:
+            # rows of the LM head for each label's word: step 0 scores what zero-shot does
+            self.head_init = init_head_from_verbalizers(loaded.model, loaded.folder,
+                                                        self.data.tokenizer,
+                                                        self.data.label_names)
         self.model = self.method.prepare(loaded.model, self.task, cfg)
         if self.bf16:
             # autocast already runs the adapters' matmuls in bf16: PEFT's cast of each
@@ -250,6 +257,8 @@ class FineTuneRun:
         if isinstance(self.task, ClassificationTask) and not frozen:
             self.task.add_head_dropout(self.model, dropout)
         self.describe = self.method.describe(self.model)
+        if self.head_init is not None:
+            self.describe["head_init"] = self.head_init
         self.features: dict[str, torch.Tensor] = {}
 
     # -- 3. optimiser ------------------------------------------------------------------
