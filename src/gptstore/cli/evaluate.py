@@ -23,14 +23,17 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from gptstore.cli.common import console, open_catalog, print_json
+from gptstore.cli.common import console, fail, open_catalog, print_json
 
 err_console = Console(stderr=True)
 
 
 def eval_(
     name: Annotated[str, typer.Argument(help="Model: namespace/name[@VERSION].")],
-    data: Annotated[Path, typer.Option(help="An evaluation file (see --task).")],
+    data: Annotated[Path | None, typer.Option(help="An evaluation file (see --task).")] = None,
+    suite: Annotated[str | None, typer.Option(
+        help="Evaluate on a stored suite (its data, task, prompt and metric) and record the "
+             "result: it shows in `gptstore leaderboard SUITE` and the model card.")] = None,
     task: Annotated[str | None, typer.Option(
         help="classification, causal-lm, qa, translation or code (default: the model's "
              "task for a classifier, else told by the file's keys).")] = None,
@@ -64,6 +67,17 @@ def eval_(
     from gptstore.evaluation.runner import evaluate_model
     from gptstore.evaluation.verbalizers import parse_verbalizers
 
+    if (data is None) == (suite is None):
+        fail("give either --data FILE or --suite NAME")
+    if suite is not None:
+        from gptstore.evaluation.suites import evaluate_on_suite
+
+        with open_catalog() as catalog, ProgressBar() as bar:
+            report, _ = evaluate_on_suite(catalog, name, suite, samples=samples,
+                                          batch_size=batch_size, progress=bar)
+        _output(report, f"suite {suite}", predictions, as_json)
+        return
+    assert data is not None
     prompt = PromptFormat(template=template, chat=chat, shots=shots, system=system,
                           verbalizers=parse_verbalizers(verbalizer or []),
                           max_tokens=max_tokens)
@@ -71,6 +85,10 @@ def eval_(
         report = evaluate_model(catalog, name, data, task=task, prompt=prompt,
                                 samples=samples, limit=limit, batch_size=batch_size,
                                 progress=bar)
+    _output(report, data.name, predictions, as_json)
+
+
+def _output(report: Any, what: str, predictions: Path | None, as_json: bool) -> None:
     doc = report.to_dict()
     if predictions is not None:
         predictions.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n"
@@ -78,7 +96,7 @@ def eval_(
     if as_json:
         print_json(doc)
         return
-    show_report(doc, title=f"{doc['model']} on {data.name} ({doc['examples']} examples, "
+    show_report(doc, title=f"{doc['model']} on {what} ({doc['examples']} examples, "
                            f"{doc['mode']}, {doc['seconds']:.1f} s)")
 
 
@@ -127,4 +145,8 @@ def show_report(doc: dict[str, Any], *, title: str) -> None:
 
 
 def register(app: typer.Typer) -> None:
+    from gptstore.cli import suites
+
     app.command("eval")(eval_)
+    app.add_typer(suites.app, name="suites", help="Evaluation suites: list, add, built-in.")
+    app.command("leaderboard")(suites.leaderboard)

@@ -92,6 +92,7 @@ def finetune(
     description: Annotated[str, typer.Option(help=_h("description"))] = _d("description"),
     tag: Annotated[list[str] | None, typer.Option(help="A tag (repeatable).")] = None,
     license: Annotated[str | None, typer.Option(help=_h("license"))] = None,
+    eval_suite: Annotated[str | None, typer.Option(help=_h("eval_suite"))] = None,
     submit: Annotated[bool, typer.Option(
         "--submit", help="Queue a job for a worker (`gptstore serve` or `gptstore "
         "worker`) instead of training here; prints the job id.")] = False,
@@ -113,7 +114,7 @@ def finetune(
         max_steps=max_steps, seed=seed, precision=precision, threads=threads,
         shards=_auto(shards),
         run_dir=str(run_dir) if run_dir else None, resume=resume, description=description,
-        tags=tag or [], license=license)
+        tags=tag or [], license=license, eval_suite=eval_suite)
     if submit:
         from gptstore.cli.jobs import submit as submit_job
 

@@ -149,6 +149,10 @@ class TrainConfig:
     description: str = _help("Description on the model card.", "")
     tags: list[str] = field(default_factory=list, metadata={"help": "Tags of the new model."})
     license: str | None = _help("License id of the new model, e.g. apache-2.0.", None)
+    eval_suite: str | None = _help("After publishing, evaluate the new model (and its base, "
+                                   "if the suite has no result for it yet) on this "
+                                   "evaluation suite; results join the suite's leaderboard "
+                                   "and the model card.", None)
 
     def __post_init__(self) -> None:
         self._check_names()
