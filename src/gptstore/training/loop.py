@@ -250,7 +250,9 @@ class FineTuneRun:
                               dtype=self.method.load_dtype(self.bf16), configure=set_dropout,
                               attn_implementation=attention.register())
         self.head_init = None
-        if isinstance(self.task, ClassificationTask) and self.data.label_names:
+        if isinstance(self.task, ClassificationTask) and self.rcfg.head_init == "fresh":
+            self.head_init = "fresh"
+        elif isinstance(self.task, ClassificationTask) and self.data.label_names:
             # rows of the LM head for each label's word: step 0 scores what zero-shot does
             self.head_init = init_head_from_verbalizers(loaded.model, loaded.folder,
                                                         self.data.tokenizer,

@@ -69,3 +69,14 @@ def test_labels_that_are_not_words_get_a_fresh_head(store):
     ids = [loaded.tokenizer(f" {w}", add_special_tokens=False)["input_ids"][0]
            for w in ("negative", "positive")]
     assert torch.equal(loaded.model.score.weight, embeddings[ids])
+
+
+def test_head_init_fresh_keeps_the_random_head(store, config_for):
+    run = _run_before_first_step(store, config_for("classification", "lora", "gpt2",
+                                                   "acme/step0-fresh", head_init="fresh"))
+    assert run.describe["head_init"] == "fresh"
+    embeddings = hf_model(run.model).get_input_embeddings().weight
+    ids = [run.data.tokenizer(f" {w}", add_special_tokens=False)["input_ids"][0]
+           for w in run.data.label_names]
+    score = hf_model(run.model).score.modules_to_save["default"].weight
+    assert not torch.allclose(score, embeddings[ids])
