@@ -47,6 +47,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
 
     from gptstore.api.openai import files, fine_tuning, model_objects, routes
     from gptstore.api.store import catalog as store_catalog
+    from gptstore.api.store import leaderboards
     from gptstore.api.store.schemas import EngineStats, Health
 
     @app.get("/healthz", tags=["meta"], response_model=Health)
@@ -63,6 +64,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(store_catalog.router, prefix="/api")
     app.include_router(files.store_router, prefix="/api")
+    app.include_router(leaderboards.router, prefix="/api")
     app.include_router(model_objects.router, prefix="/v1")
     app.include_router(routes.router, prefix="/v1")
     app.include_router(files.router, prefix="/v1")

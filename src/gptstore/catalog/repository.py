@@ -578,7 +578,10 @@ class Catalog:
                 )
             if visible is None:
                 raise _not_in_store(parse_ref(version.model))
-        return self.read_file(version, CARD_FILE).decode()
+        from gptstore.catalog.evaluations import Evaluations
+
+        # evaluations measured after publishing join the (immutable) card's model-index
+        return Evaluations(self).card_of(version, self.read_file(version, CARD_FILE).decode())
 
     def snapshot(self, version: VersionInfo) -> Path:
         """A folder holding the version's files (symlinks into the blob store).
@@ -789,7 +792,10 @@ class Catalog:
         with self.db.session() as session:
             files = set(session.scalars(select(VersionFile.digest)).all())
             manifests = set(session.scalars(select(Version.manifest_digest)).all())
-        return files | manifests | self.files.referenced_digests()
+        from gptstore.catalog.evaluations import Evaluations
+
+        suites = {suite.data_digest for suite in Evaluations(self).list_suites()}
+        return files | manifests | self.files.referenced_digests() | suites
 
     def gc(self, *, grace_seconds: float | None = None) -> tuple[int, int]:
         """Remove unreferenced blobs (older than the grace period) and stale snapshots."""

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from gptstore import __version__
-from gptstore.cli import finetune, jobs, models, run
+from gptstore.cli import evaluate, finetune, jobs, models, run
 from gptstore.cli.common import console, fail, human_size, open_catalog, settings
 from gptstore.errors import GptStoreError
 from gptstore.settings import describe_settings
@@ -35,7 +35,8 @@ def _add_optional_subapps() -> None:
 
 
 _add_optional_subapps()
-finetune.register(app)  # finetune, classify, eval
+finetune.register(app)  # finetune, classify
+evaluate.register(app)  # eval
 jobs.register(app)  # files, jobs, worker
 
 

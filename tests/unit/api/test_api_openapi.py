@@ -15,6 +15,8 @@ STORE_ROUTES = {
     ("/api/models/{namespace}/{name}/versions/{number}", "get"): "VersionPublic",
     ("/api/models/{namespace}/{name}/card", "get"): None,  # markdown as text/plain
     ("/api/files/{file_id}/report", "get"): "FileReport",
+    ("/api/suites", "get"): "SuiteList",
+    ("/api/leaderboards/{suite}", "get"): "Leaderboard",
 }
 
 
