@@ -36,6 +36,7 @@ def engine_config(settings: Settings, **overrides: Any) -> EngineConfig:
         "base_budget_bytes": settings.max_loaded_bytes,
         "max_running": settings.max_batch,
         "max_queue": settings.max_queue,
+        "max_context": settings.max_context,
     }
     if settings.inference_dtype == "int4":
         values["quantize"] = "int4"  # EngineConfig sets the bf16 activations it needs

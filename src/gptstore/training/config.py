@@ -18,6 +18,7 @@ import math
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
+from gptstore.catalog.access import VISIBILITIES
 from gptstore.catalog.names import parse_ref
 from gptstore.errors import InvalidRequest
 from gptstore.tasks import TASKS
@@ -158,6 +159,8 @@ class TrainConfig:
                                    "if the suite has no result for it yet) on this "
                                    "evaluation suite; results join the suite's leaderboard "
                                    "and the model card.", None)
+    visibility: str = _help("Who may read the new model: private (its owner), org (the "
+                            "owner's organisations) or public.", "public")
 
     def __post_init__(self) -> None:
         self._check_names()
@@ -190,7 +193,7 @@ class TrainConfig:
         for key, choices in (("task", TASK_CHOICES), ("method", METHOD_CHOICES),
                              ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
                              ("precision", PRECISIONS), ("metric", METRICS),
-                             ("head_init", HEAD_INITS)):
+                             ("head_init", HEAD_INITS), ("visibility", VISIBILITIES)):
             value = getattr(self, key)
             if value not in choices:
                 raise InvalidRequest(f"{key} {value!r} is not one of {', '.join(choices)}",
