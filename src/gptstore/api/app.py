@@ -22,9 +22,12 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from gptstore.catalog.repository import Catalog
+        from gptstore.catalog.usage import UsageCounter
 
         app.state.settings = settings
         app.state.catalog = Catalog(settings)
+        app.state.usage = UsageCounter(app.state.catalog.db)  # batched usage writes
+        app.state.usage.start()
         app.state.engine = None  # built on first use: see deps.get_serving
         app.state.serving = None
         app.state.worker = None
@@ -40,6 +43,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
                 app.state.worker.stop()  # running jobs checkpoint and go back to the queue
             if app.state.engine is not None:
                 app.state.engine.shutdown()
+            app.state.usage.stop()  # writes the counts not yet written
             app.state.catalog.close()
 
     app = FastAPI(title="gptstore", version=__version__, lifespan=lifespan)
@@ -61,10 +65,16 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         engine = app.state.engine
         return EngineStats(started=engine is not None, **(engine.stats() if engine else {}))
 
+    from gptstore.api.store import front as store_front
+
+    app.include_router(store_front.router, prefix="/api")
     app.include_router(store_catalog.router, prefix="/api")
     app.include_router(files.store_router, prefix="/api")
     app.include_router(model_objects.router, prefix="/v1")
     app.include_router(routes.router, prefix="/v1")
     app.include_router(files.router, prefix="/v1")
     app.include_router(fine_tuning.router, prefix="/v1")
+    from gptstore.web import pages
+
+    pages.install(app)  # the store front at / (after the API, whose paths win)
     return app

@@ -48,7 +48,14 @@ def get_owner(request: Request) -> str:
     return LOCAL_OWNER
 
 
+def get_usage(request: Request) -> Any:
+    """The usage counter (`catalog.usage.UsageCounter`) the inference and download routes
+    count into; it writes in batches."""
+    return request.app.state.usage
+
+
 CatalogDep = Annotated[Catalog, Depends(get_catalog)]
 OwnerDep = Annotated[str, Depends(get_owner)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 ServingDep = Annotated[Any, Depends(get_serving)]
+UsageDep = Annotated[Any, Depends(get_usage)]

@@ -46,7 +46,8 @@ def test_the_listing_documents_page_and_fields(client: TestClient) -> None:
     summary = spec["components"]["schemas"]["ModelSummary"]
     assert set(summary["properties"]) == {
         "name", "namespace", "task", "description", "tags", "license", "visibility",
-        "created_at", "updated_at", "downloads", "likes", "latest"}
+        "created_at", "updated_at", "downloads", "likes", "requests", "rating",
+        "rating_count", "latest"}
     latest = spec["components"]["schemas"]["VersionSummary"]
     assert set(latest["properties"]) == {"number", "kind", "base", "size", "metrics"}
     operation = spec["paths"]["/api/models"]["get"]
