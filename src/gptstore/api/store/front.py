@@ -198,7 +198,10 @@ def get_card_html(catalog: CatalogDep, principal: PrincipalDep, namespace: str, 
 
 
 @router.get("/models/{namespace}/{name}/versions/{number}/files/{path:path}",
-            response_class=FileResponse, responses=NOT_FOUND,
+            response_class=FileResponse, responses={**NOT_FOUND, 200: {
+                "description": "The file's bytes.",
+                "content": {"application/octet-stream": {
+                    "schema": {"type": "string", "format": "binary"}}}}},
             summary="Download one file of a version (config.json counts as a download)")
 async def download_file(catalog: CatalogDep, principal: PrincipalDep, usage: UsageDep,
                         namespace: str, name: str,
