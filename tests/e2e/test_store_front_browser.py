@@ -265,7 +265,12 @@ def test_fine_tune_through_the_wizard(page: Any, tmp_path: Path, shots: Path) ->
     page.click("button:text('Upload and check')")
     page.wait_for_selector("text=24 examples read as chat")
     page.click("button:text('Next: preview')")
-    assert page.locator(".examples .loss-token").first.inner_text() == "Arr, 1."
+    # encoded with acme/tiny's tokenizer and chat template; the answer carries the loss
+    page.wait_for_selector(".examples mark.loss-token")
+    assert "Arr, 1." in page.locator(".examples mark.loss-token").first.inner_text()
+    assert "What is 0 plus 1?" in page.locator(".examples pre").first.inner_text()
+    assert "What is 0 plus 1?" not in page.locator(".examples mark").first.inner_text()
+    shoot(page, shots, "wizard-preview")
     page.click("button:text('Next: settings')")
     assert page.locator("#ft-base").input_value() == "acme/tiny"
     assert page.locator("#ft-n_epochs").input_value() == "auto"

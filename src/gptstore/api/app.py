@@ -66,8 +66,10 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         return EngineStats(started=engine is not None, **(engine.stats() if engine else {}))
 
     from gptstore.api.store import front as store_front
+    from gptstore.api.store import preview as store_preview
 
     app.include_router(store_front.router, prefix="/api")
+    app.include_router(store_preview.router, prefix="/api")
     app.include_router(store_catalog.router, prefix="/api")
     app.include_router(files.store_router, prefix="/api")
     app.include_router(model_objects.router, prefix="/v1")

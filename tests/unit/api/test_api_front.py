@@ -4,6 +4,7 @@ safe, counted downloads, and the page shell at every page path."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from api_helpers import Publisher
@@ -135,3 +136,28 @@ def test_pages_are_served_and_unknown_paths_stay_api_errors(client: TestClient) 
         assert client.get(f"/static/{asset}").status_code == 200, asset
     unknown = client.get("/no/such/page")
     assert unknown.status_code == 404 and "error" in unknown.json()
+
+
+def test_a_file_preview_marks_the_tokens_that_carry_the_loss(
+        client: TestClient, store: Catalog, tiny_models: dict[str, Any]) -> None:
+    from gptstore.catalog.importers import import_path
+
+    import_path(store, tiny_models["llama"], "acme/tiny")
+    rows = [{"messages": [{"role": "user", "content": "Say hi"},
+                          {"role": "assistant", "content": "hi there"}]}] * 2
+    upload = client.post("/v1/files", data={"purpose": "fine-tune"}, files={
+        "file": ("chat.jsonl", "".join(json.dumps(r) + "\n" for r in rows))})
+    assert upload.status_code == 200, upload.text
+    file_id = upload.json()["id"]
+    body = _get(client, f"/api/files/{file_id}/preview", base="acme/tiny", limit=1)
+    assert (body["base"], body["format"], body["task"]) == ("acme/tiny@1", "chat", "causal-lm")
+    [example] = body["examples"]
+    assert example["line"] == 1 and example["tokens"] > 0
+    targets = "".join(s["text"] for s in example["segments"] if s["loss"])
+    prompt = "".join(s["text"] for s in example["segments"] if not s["loss"])
+    assert "hi there" in targets and "Say hi" in prompt and "Say hi" not in targets
+    missing = client.get(f"/api/files/{file_id}/preview", params={"base": "acme/nope"})
+    assert missing.status_code == 404 and missing.json()["error"]["param"] == "model"
+    other = client.get("/api/files/file-000000000000000000000000/preview",
+                       params={"base": "acme/tiny"})
+    assert other.status_code == 404

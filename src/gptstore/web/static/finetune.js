@@ -49,35 +49,17 @@ function reportView(report) {
   return box;
 }
 
-// A record as the trainer reads it: which part is prompt and which carries the loss.
-function previewRecord(line) {
-  let record;
-  try { record = JSON.parse(line); } catch (_) { return h("pre", {}, line); }
-  const parts = [];
-  if (Array.isArray(record.messages)) {
-    for (const m of record.messages) {
-      const loss = m.role === "assistant" && m.weight !== 0;
-      parts.push(h("div", {}, h("b", {}, `${m.role}: `),
-        h("span", { class: loss ? "loss-token" : "" }, String(m.content ?? ""))));
-    }
-  } else if ("prompt" in record && "completion" in record) {
-    parts.push(h("div", {}, h("span", {}, String(record.prompt)),
-      h("span", { class: "loss-token" }, String(record.completion))));
-  } else if ("text" in record && "label" in record) {
-    parts.push(h("div", {}, h("span", {}, String(record.text)), " → ",
-      h("span", { class: "loss-token" }, String(record.label))));
-  } else {
-    parts.push(h("pre", {}, JSON.stringify(record, null, 1)));
-  }
-  return h("div", { class: "example" }, parts);
-}
-
-async function previewView(fileId) {
-  const text = await (await request("GET", `/v1/files/${fileId}/content`)).text();
-  const lines = text.split("\n").filter((l) => l.trim()).slice(0, 3);
+// The first examples as the chosen base sees them (its chat template applied, by the
+// same encoder training uses), the tokens that carry the loss highlighted.
+async function previewView(fileId, base) {
+  const preview = await getJSON(`/api/files/${fileId}/preview${query({ base, limit: 3 })}`);
+  if (!preview.examples.length) return h("p", { class: "muted" }, "No example to show.");
   return h("div", { class: "examples" },
-    h("p", { class: "muted" }, "The first examples; the highlighted parts are what the model learns to produce (the loss is computed on them only)."),
-    lines.map(previewRecord));
+    h("p", { class: "muted" }, `As ${preview.base} sees them: highlighted tokens are the targets (the loss is computed on them only).`),
+    preview.examples.map((ex) => h("div", { class: "example" },
+      h("small", { class: "muted" }, `line ${ex.line} · ${ex.tokens} tokens${ex.label ? ` · label ${ex.label}` : ""}`),
+      h("pre", {}, ex.segments.map((seg) => seg.loss
+        ? h("mark", { class: "loss-token" }, seg.text) : seg.text)))));
 }
 
 // -- settings ----------------------------------------------------------------------------
@@ -88,13 +70,12 @@ const AUTO_HELP = {
   learning_rate_multiplier: "auto: the method's learning rate (LoRA 2e-4, 5e-4 for classification; full 2e-5; head 1e-3)",
 };
 
-function settingsForm(report, bases, onStart) {
-  const params = new URLSearchParams(window.location.search);
+function settingsForm(report, bases, chosen, onStart) {
   const task = report.task || "causal-lm";
   const form = h("form", { id: "settings" },
     h("div", { class: "field" }, h("label", { for: "ft-base" }, "Base model"),
       h("select", { id: "ft-base", required: true }, bases.map((m) =>
-        h("option", { value: m.name, selected: m.name === params.get("base") }, m.name)))),
+        h("option", { value: m.name, selected: m.name === chosen }, m.name)))),
     h("div", { class: "field" }, h("label", { for: "ft-task" }, "Task"),
       h("select", { id: "ft-task" }, ["causal-lm", "classification"].map((t) =>
         h("option", { value: t, selected: t === task }, t))),
@@ -171,20 +152,39 @@ export async function wizard(root) {
     show(1, reportView(report), h("div", { class: "actions" }, again, next));
   }
 
-  async function preview(file, report) {
-    const next = h("button", { type: "button", onclick: () => settings(file, report) }, "Next: settings");
-    show(2, await previewView(file.id), h("div", { class: "actions" }, next));
+  async function baseModels() {
+    const page = await getJSON(`/api/search${query({ sort: "downloads", limit: 200 })}`);
+    return page.data.filter((m) => m.task === "causal-lm" && (!m.latest || m.latest.kind === "full"));
   }
 
-  async function settings(file, report) {
-    const page = await getJSON(`/api/search${query({ sort: "downloads", limit: 200 })}`);
-    const bases = page.data.filter((m) => !m.latest || m.latest.kind === "full");
+  async function preview(file, report) {
+    const bases = await baseModels();
     if (!bases.length) {
-      show(3, h("p", { class: "error" }, "There is no base model in the store. Pull one with `gptstore models pull HuggingFaceTB/SmolLM2-135M-Instruct`, then reload."));
+      show(2, h("p", { class: "error", role: "alert" }, "There is no base model in the store. Pull one with `gptstore models pull HuggingFaceTB/SmolLM2-135M-Instruct`, then reload."));
       return;
     }
+    const wanted = new URLSearchParams(window.location.search).get("base");
+    let base = bases.some((m) => m.name === wanted) ? wanted : bases[0].name;
+    const shown = h("div", { "aria-live": "polite" });
+    const draw = async () => {
+      shown.replaceChildren(h("p", { class: "muted" }, "Encoding…"));
+      try {
+        shown.replaceChildren(await previewView(file.id, base));
+      } catch (err) {
+        shown.replaceChildren(errorBox(err));
+      }
+    };
+    const select = h("select", { id: "ft-preview-base", onchange: (e) => { base = e.target.value; draw(); } },
+      bases.map((m) => h("option", { value: m.name, selected: m.name === base }, m.name)));
+    const next = h("button", { type: "button", onclick: () => settings(file, report, bases, base) }, "Next: settings");
+    show(2, h("div", { class: "field" }, h("label", { for: "ft-preview-base" }, "Base model"), select),
+      shown, h("div", { class: "actions" }, next));
+    await draw();
+  }
+
+  function settings(file, report, bases, base) {
     const errors = h("div", { "aria-live": "polite" });
-    show(3, settingsForm(report, bases, async (payload) => {
+    show(3, settingsForm(report, bases, base, async (payload) => {
       errors.replaceChildren(h("p", { class: "muted" }, "Starting…"));
       try {
         const job = await sendJSON("POST", "/v1/fine_tuning/jobs", { ...payload, training_file: file.id });
