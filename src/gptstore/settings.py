@@ -46,8 +46,9 @@ class Settings(BaseSettings):
     )
     inference_dtype: Literal["auto", "bfloat16", "float32", "int4"] = Field(
         default="auto",
-        description="Weights dtype of served models: auto = bfloat16 on CPUs with AMX, "
-        "else float32 (both exact); int4 = 4-bit projection weights with bf16 activations "
+        description="Weights dtype of served models: auto = whichever of bfloat16 and "
+        "float32 measured faster on this CPU (timed once per machine, cached in the home; "
+        "both exact); int4 = 4-bit projection weights with bf16 activations "
         "(faster, outputs differ slightly from the exact model).",
     )
     max_upload_bytes: int = Field(

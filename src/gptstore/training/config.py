@@ -131,8 +131,9 @@ class TrainConfig:
     # -- runtime ---------------------------------------------------------------------
     seed: int = _help("Seed of the split, the batch order, the new weights and dropout: "
                       "the same seed and data give the same metrics.", 0)
-    precision: str = _help("auto: bf16 autocast on CPUs with AMX / AVX-512-BF16, else "
-                           "fp32; or force bf16 / fp32.", AUTO)
+    precision: str = _help("auto: bf16 autocast where this CPU's training matmul "
+                           "measured faster in bf16 (timed once per machine), else fp32; "
+                           "or force bf16 / fp32.", AUTO)
     group_by_length: bool = _help("Batch examples of similar length together (little "
                                   "padding); off: plain shuffled batches.", True)
     threads: int | None = _help("torch CPU threads; default: torch's choice (the cores).",

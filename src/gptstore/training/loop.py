@@ -203,11 +203,14 @@ class FineTuneRun:
     # -- 1. data, and the config resolved once -----------------------------------------
 
     def _prepare(self) -> None:
-        from gptstore.inference.loader import cpu_has_fast_bf16
+        from gptstore.inference.precision import precision_for
 
+        # precision auto: what this machine's training matmul measured faster in
+        fast_bf16 = self.cfg.precision == "auto" and \
+            precision_for("training", self.settings.home) == "bf16"
         self.data, self.rcfg = prepare_run(self.cfg, self.catalog, self.base,
                                            cores=torch.get_num_threads(),
-                                           fast_bf16=cpu_has_fast_bf16())
+                                           fast_bf16=fast_bf16)
         self.task = get_task(self.data.task)
         self.train_examples, self.valid_examples = self.data.train, self.data.valid
         self.pad_id = self.data.pad_id
