@@ -51,6 +51,12 @@ class Settings(BaseSettings):
         "both exact); int4 = 4-bit projection weights with bf16 activations "
         "(faster, outputs differ slightly from the exact model).",
     )
+    prefix_cache_bytes: int = Field(
+        default=256 * 1024**2, ge=0,
+        description="Memory per served base for keys/values of prompt prefixes kept for "
+        "reuse (a shared system prompt or chat history is computed once); least recently "
+        "used blocks are evicted beyond it; 0 turns prefix caching off.",
+    )
     max_upload_bytes: int = Field(
         default=512 * 1024**2, ge=1,
         description="Largest file `POST /v1/files` accepts (OpenAI's limit); larger "
