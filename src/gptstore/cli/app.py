@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from gptstore import __version__
-from gptstore.cli import accounts, evaluate, finetune, jobs, models, run
+from gptstore.cli import accounts, doctor, evaluate, finetune, jobs, models, run
 from gptstore.cli.common import console, fail, human_size, open_catalog, settings
 from gptstore.errors import GptStoreError
 from gptstore.settings import describe_settings
@@ -26,6 +26,7 @@ app = typer.Typer(
 app.add_typer(models.app, name="models")
 app.command()(run.generate)
 app.command()(run.chat)
+app.command()(doctor.doctor)
 
 
 def _add_optional_subapps() -> None:

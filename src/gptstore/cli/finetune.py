@@ -195,6 +195,11 @@ def _summary(result: Any) -> None:
             ("steps / epochs", f"{run.steps} / {run.epochs}"),
             ("training time", f"{run.train_seconds:.1f} s in steps, "
              f"{run.timings.get('total', 0.0):.1f} s in all"),
+            ("wall clock", " / ".join(
+                f"{label} {run.timings[key]:.1f} s" for key, label in (
+                    ("prepare", "data"), ("load_model", "load"), ("train", "train"),
+                    ("validation", "eval"), ("publish", "publish"))
+                if key in run.timings)),
             ("throughput", f"{run.tokens_per_second:.0f} non-padding tokens/s"),
             ("padding", f"{run.padding_fraction:.1%} of token slots"),
             ("stopped early", "yes" if run.stopped_early else "no")]

@@ -118,8 +118,9 @@ class TrainConfig:
         "architecture (q_proj,v_proj for Llama, c_attn for GPT-2).")})
     # -- validation, checkpoints, logging --------------------------------------------
     eval_every: int | str = _help("Validate every N optimiser steps (and at each epoch "
-                                  "end); 0: at epoch ends only; auto: about 10 times a run.",
-                                  AUTO)
+                                  "end); 0: at epoch ends only; auto: by time, at most "
+                                  "about 10% of the run and 10 times a run (always once "
+                                  "at the end).", AUTO)
     metric: str = _help("Validation metric that picks the best checkpoint and drives "
                         "early stopping; auto: accuracy (classification) or loss.", AUTO)
     early_stopping_patience: int = _help("Stop after this many validations in a row "
@@ -137,8 +138,9 @@ class TrainConfig:
     # -- runtime ---------------------------------------------------------------------
     seed: int = _help("Seed of the split, the batch order, the new weights and dropout: "
                       "the same seed and data give the same metrics.", 0)
-    precision: str = _help("auto: bf16 autocast on CPUs with AMX / AVX-512-BF16, else "
-                           "fp32; or force bf16 / fp32.", AUTO)
+    precision: str = _help("auto: bf16 autocast where this CPU's training matmul "
+                           "measured faster in bf16 (timed once per machine), else fp32; "
+                           "or force bf16 / fp32.", AUTO)
     group_by_length: bool = _help("Batch examples of similar length together (little "
                                   "padding); off: plain shuffled batches.", True)
     threads: int | None = _help("torch CPU threads; default: torch's choice (the cores).",
