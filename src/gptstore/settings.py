@@ -46,9 +46,16 @@ class Settings(BaseSettings):
     )
     inference_dtype: Literal["auto", "bfloat16", "float32", "int4"] = Field(
         default="auto",
-        description="Weights dtype of served models: auto = bfloat16 on CPUs with AMX, "
-        "else float32 (both exact); int4 = 4-bit projection weights with bf16 activations "
+        description="Weights dtype of served models: auto = whichever of bfloat16 and "
+        "float32 measured faster on this CPU (timed once per machine, cached in the home; "
+        "both exact); int4 = 4-bit projection weights with bf16 activations "
         "(faster, outputs differ slightly from the exact model).",
+    )
+    prefix_cache_bytes: int = Field(
+        default=256 * 1024**2, ge=0,
+        description="Memory per served base for keys/values of prompt prefixes kept for "
+        "reuse (a shared system prompt or chat history is computed once); least recently "
+        "used blocks are evicted beyond it; 0 turns prefix caching off.",
     )
     max_upload_bytes: int = Field(
         default=512 * 1024**2, ge=1,

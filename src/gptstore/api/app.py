@@ -30,6 +30,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         from gptstore.api.auth import Authenticator, startup_problem
         from gptstore.api.limits import FairGate, RateLimiter
         from gptstore.catalog.repository import Catalog
+        from gptstore.catalog.usage import UsageCounter
         from gptstore.errors import InvalidRequest
 
         app.state.settings = settings
@@ -44,6 +45,8 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         app.state.rate_limiter = RateLimiter(settings.requests_per_minute)
         app.state.gate = FairGate(settings.max_batch, settings.max_streams_per_key,
                                   settings.max_queue)
+        app.state.usage = UsageCounter(app.state.catalog.db)  # batched usage writes
+        app.state.usage.start()
         app.state.engine = None  # built on first use: see deps.get_serving
         app.state.serving = None
         app.state.worker = None
@@ -59,6 +62,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
                 app.state.worker.stop()  # running jobs checkpoint and go back to the queue
             if app.state.engine is not None:
                 app.state.engine.shutdown()
+            app.state.usage.stop()  # writes the counts not yet written
             app.state.catalog.close()
 
     app = FastAPI(title="gptstore", version=__version__, lifespan=lifespan)
@@ -69,6 +73,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
 
     from gptstore.api.openai import files, fine_tuning, model_objects, routes
     from gptstore.api.store import catalog as store_catalog
+    from gptstore.api.store import leaderboards
     from gptstore.api.store.schemas import EngineStats, Health
 
     @app.get("/healthz", tags=["meta"], response_model=Health)
@@ -89,10 +94,19 @@ def build_app(settings: Settings | None = None) -> FastAPI:
             stats = {k: v for k, v in stats.items() if k in PUBLIC_ENGINE_STATS}
         return EngineStats(started=engine is not None, **stats)
 
+    from gptstore.api.store import front as store_front
+    from gptstore.api.store import preview as store_preview
+
+    app.include_router(store_front.router, prefix="/api")
+    app.include_router(store_preview.router, prefix="/api")
     app.include_router(store_catalog.router, prefix="/api")
     app.include_router(files.store_router, prefix="/api")
+    app.include_router(leaderboards.router, prefix="/api")
     app.include_router(model_objects.router, prefix="/v1")
     app.include_router(routes.router, prefix="/v1")
     app.include_router(files.router, prefix="/v1")
     app.include_router(fine_tuning.router, prefix="/v1")
+    from gptstore.web import pages
+
+    pages.install(app)  # the store front at / (after the API, whose paths win)
     return app

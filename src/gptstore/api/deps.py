@@ -52,8 +52,15 @@ def get_write_owner(request: Request) -> str:
 __all__ = ["LOCAL_OWNER"]
 
 
+def get_usage(request: Request) -> Any:
+    """The usage counter (`catalog.usage.UsageCounter`) the inference and download routes
+    count into; it writes in batches."""
+    return request.app.state.usage
+
+
 CatalogDep = Annotated[Catalog, Depends(get_catalog)]
 OwnerDep = Annotated[str, Depends(get_owner)]
 WriteOwnerDep = Annotated[str, Depends(get_write_owner)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 ServingDep = Annotated[Any, Depends(get_serving)]
+UsageDep = Annotated[Any, Depends(get_usage)]

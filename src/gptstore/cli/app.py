@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from gptstore import __version__
-from gptstore.cli import accounts, finetune, jobs, models, run
+from gptstore.cli import accounts, doctor, evaluate, finetune, jobs, models, run
 from gptstore.cli.common import console, fail, human_size, open_catalog, settings
 from gptstore.errors import GptStoreError
 from gptstore.settings import describe_settings
@@ -26,6 +26,7 @@ app = typer.Typer(
 app.add_typer(models.app, name="models")
 app.command()(run.generate)
 app.command()(run.chat)
+app.command()(doctor.doctor)
 
 
 def _add_optional_subapps() -> None:
@@ -35,7 +36,8 @@ def _add_optional_subapps() -> None:
 
 
 _add_optional_subapps()
-finetune.register(app)  # finetune, classify, eval
+finetune.register(app)  # finetune, classify
+evaluate.register(app)  # eval
 jobs.register(app)  # files, jobs, worker
 accounts.register(app)  # users, orgs, keys, audit
 

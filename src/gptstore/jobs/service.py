@@ -149,6 +149,10 @@ def create_job(catalog: Catalog, store: JobStore, *, owner: str, model: str,
     if catalog.exists(name):
         raise InvalidRequest(f"name: model {name} already exists; choose another name",
                              param="name")
+    if options.get("eval_suite"):
+        from gptstore.catalog.evaluations import check_eval_suite
+
+        check_eval_suite(catalog, options["eval_suite"])
     method = options.get("method", "lora")
     task = options.get("task", AUTO)
     if task == AUTO:

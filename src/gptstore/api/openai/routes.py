@@ -18,7 +18,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from gptstore.api.auth import rate_key
-from gptstore.api.deps import CatalogDep, PrincipalDep, ServingDep
+from gptstore.api.deps import CatalogDep, PrincipalDep, ServingDep, UsageDep
 from gptstore.api.openai.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -33,10 +33,13 @@ from gptstore.catalog.repository import Catalog
 router = APIRouter(tags=["openai"])
 
 
-async def _check_readable(catalog: Catalog, principal: Principal, model: str) -> None:
+async def _check_readable(catalog: Catalog, principal: Principal, model: str,
+                          usage: Any) -> None:
     """The engine resolves store names as SYSTEM; a model this caller may not read is
-    refused here first, with the same NotFound as a missing one."""
+    refused here first, with the same NotFound as a missing one. A request let through
+    counts as one use of the model (written in batches: catalog/usage.py)."""
     await asyncio.to_thread(catalog.resolve, model, principal=principal)
+    usage.count_request(model)
 
 
 DISCONNECT_POLL_S = 0.25
@@ -120,16 +123,17 @@ def _answer(result: Any) -> Any:
 @router.post("/chat/completions", response_model=ChatCompletionResponse,
              summary="Chat completion (OpenAI-compatible; stream=true for SSE chunks)")
 async def chat_completions(request: ChatCompletionRequest, serving: ServingDep,
-                           catalog: CatalogDep, principal: PrincipalDep, http: Request) -> Any:
-    await _check_readable(catalog, principal, request.model)
+                           catalog: CatalogDep, principal: PrincipalDep, http: Request,
+                          usage: UsageDep) -> Any:
+    await _check_readable(catalog, principal, request.model, usage)
     return await _serve(http, principal, lambda: serving.chat(request))
 
 
 @router.post("/completions", response_model=CompletionResponse,
              summary="Text completion of a raw prompt (OpenAI-compatible)")
 async def completions(request: CompletionRequest, serving: ServingDep, catalog: CatalogDep,
-                      principal: PrincipalDep, http: Request) -> Any:
-    await _check_readable(catalog, principal, request.model)
+                      principal: PrincipalDep, http: Request, usage: UsageDep) -> Any:
+    await _check_readable(catalog, principal, request.model, usage)
     return await _serve(http, principal, lambda: serving.completion(request))
 
 
@@ -145,6 +149,7 @@ async def completions(request: CompletionRequest, serving: ServingDep, catalog: 
     ),
 )
 async def classifications(request: ClassificationRequest, serving: ServingDep,
-                          catalog: CatalogDep, principal: PrincipalDep, http: Request) -> Any:
-    await _check_readable(catalog, principal, request.model)
+                          catalog: CatalogDep, principal: PrincipalDep, http: Request,
+                          usage: UsageDep) -> Any:
+    await _check_readable(catalog, principal, request.model, usage)
     return await _serve(http, principal, lambda: serving.classify(request))
