@@ -229,9 +229,12 @@ class FineTuneRun:
     def _prepare(self) -> None:
         from gptstore.inference.precision import precision_for
 
-        # precision auto: what this machine's training matmul measured faster in
-        fast_bf16 = self.cfg.precision == "auto" and \
-            precision_for("training", self.settings.home) == "bf16"
+        # precision auto: the store's setting, else what this machine's training matmul
+        # measured faster in
+        pinned = self.settings.training_precision
+        fast_bf16 = self.cfg.precision == "auto" and (
+            pinned == "bf16" if pinned != "auto"
+            else precision_for("training", self.settings.home) == "bf16")
         self.data, self.rcfg = prepare_run(self.cfg, self.catalog, self.base,
                                            cores=torch.get_num_threads(),
                                            fast_bf16=fast_bf16)
