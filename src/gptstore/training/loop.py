@@ -331,6 +331,10 @@ class FineTuneRun:
                                   "train_examples": len(self.train_examples),
                                   "valid_examples": len(self.valid_examples)}))
         session_steps, session_seconds = 0, 0.0
+        if state.step == 0 and self.valid_examples and self.head_init == "verbalizers":
+            # the starting point is the base's zero-shot classifier: validated, it can be
+            # the best checkpoint, so the published model never scores below it
+            self._validate()
         while not self._done() and state.epoch < epochs:
             epoch = state.epoch
             plan = plan_batches(self.lengths, int(cfg.batch_size), seed=cfg.seed,
