@@ -94,6 +94,10 @@ def finetune(
     tag: Annotated[list[str] | None, typer.Option(help="A tag (repeatable).")] = None,
     license: Annotated[str | None, typer.Option(help=_h("license"))] = None,
     eval_suite: Annotated[str | None, typer.Option(help=_h("eval_suite"))] = None,
+    visibility: Annotated[str, typer.Option(help=_h("visibility"))] = _d("visibility"),
+    owner: Annotated[str | None, typer.Option(
+        "--owner", help="The user or organisation that owns the new model's namespace.")
+    ] = None,
     submit: Annotated[bool, typer.Option(
         "--submit", help="Queue a job for a worker (`gptstore serve` or `gptstore "
         "worker`) instead of training here; prints the job id.")] = False,
@@ -116,7 +120,12 @@ def finetune(
         max_steps=max_steps, seed=seed, precision=precision, threads=threads,
         shards=_auto(shards),
         run_dir=str(run_dir) if run_dir else None, resume=resume, description=description,
-        tags=tag or [], license=license, eval_suite=eval_suite)
+        tags=tag or [], license=license, eval_suite=eval_suite, visibility=visibility)
+    if owner is not None:
+        from gptstore.cli.models import claim_owner
+
+        with open_catalog() as catalog:
+            claim_owner(catalog, name, owner)
     if submit:
         from gptstore.cli.jobs import submit as submit_job
 
@@ -131,6 +140,10 @@ def finetune(
     with ProgressView() as view, open_catalog() as catalog:
         result = run_finetune(config, settings=settings(), catalog=catalog,
                               callbacks=[view])
+        from gptstore.cli.models import audit
+
+        audit(catalog, "publish", result.ref, {"base": config.base, "how": "finetune",
+                                               "visibility": visibility})
     if as_json:
         print_json(result.to_dict())
         return
@@ -182,6 +195,11 @@ def _summary(result: Any) -> None:
             ("steps / epochs", f"{run.steps} / {run.epochs}"),
             ("training time", f"{run.train_seconds:.1f} s in steps, "
              f"{run.timings.get('total', 0.0):.1f} s in all"),
+            ("wall clock", " / ".join(
+                f"{label} {run.timings[key]:.1f} s" for key, label in (
+                    ("prepare", "data"), ("load_model", "load"), ("train", "train"),
+                    ("validation", "eval"), ("publish", "publish"))
+                if key in run.timings)),
             ("throughput", f"{run.tokens_per_second:.0f} non-padding tokens/s"),
             ("padding", f"{run.padding_fraction:.1%} of token slots"),
             ("stopped early", "yes" if run.stopped_early else "no")]

@@ -18,6 +18,7 @@ import math
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
+from gptstore.catalog.access import VISIBILITIES
 from gptstore.catalog.names import parse_ref
 from gptstore.errors import InvalidRequest
 from gptstore.tasks import TASKS
@@ -118,8 +119,9 @@ class TrainConfig:
         "Llama, c_attn for GPT-2).")})
     # -- validation, checkpoints, logging --------------------------------------------
     eval_every: int | str = _help("Validate every N optimiser steps (and at each epoch "
-                                  "end); 0: at epoch ends only; auto: about 10 times a run.",
-                                  AUTO)
+                                  "end); 0: at epoch ends only; auto: by time, at most "
+                                  "about 10% of the run and 10 times a run (always once "
+                                  "at the end).", AUTO)
     metric: str = _help("Validation metric that picks the best checkpoint and drives "
                         "early stopping; auto: accuracy (classification) or loss.", AUTO)
     early_stopping_patience: int = _help("Stop after this many validations in a row "
@@ -137,8 +139,9 @@ class TrainConfig:
     # -- runtime ---------------------------------------------------------------------
     seed: int = _help("Seed of the split, the batch order, the new weights and dropout: "
                       "the same seed and data give the same metrics.", 0)
-    precision: str = _help("auto: bf16 autocast on CPUs with AMX / AVX-512-BF16, else "
-                           "fp32; or force bf16 / fp32.", AUTO)
+    precision: str = _help("auto: bf16 autocast where this CPU's training matmul "
+                           "measured faster in bf16 (timed once per machine), else fp32; "
+                           "or force bf16 / fp32.", AUTO)
     group_by_length: bool = _help("Batch examples of similar length together (little "
                                   "padding); off: plain shuffled batches.", True)
     threads: int | None = _help("torch CPU threads; default: torch's choice (the cores).",
@@ -159,6 +162,8 @@ class TrainConfig:
                                    "if the suite has no result for it yet) on this "
                                    "evaluation suite; results join the suite's leaderboard "
                                    "and the model card.", None)
+    visibility: str = _help("Who may read the new model: private (its owner), org (the "
+                            "owner's organisations) or public.", "public")
 
     def __post_init__(self) -> None:
         self._check_names()
@@ -191,7 +196,7 @@ class TrainConfig:
         for key, choices in (("task", TASK_CHOICES), ("method", METHOD_CHOICES),
                              ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
                              ("precision", PRECISIONS), ("metric", METRICS),
-                             ("head_init", HEAD_INITS)):
+                             ("head_init", HEAD_INITS), ("visibility", VISIBILITIES)):
             value = getattr(self, key)
             if value not in choices:
                 raise InvalidRequest(f"{key} {value!r} is not one of {', '.join(choices)}",
