@@ -355,6 +355,10 @@ class FineTuneRun:
             total_steps=self.total_steps, eval_every=int(cfg.eval_every),
             auto=self.cfg.eval_every == AUTO,
             valid_tokens=sum(e.num_tokens for e in self.valid_examples))
+        if state.step == 0 and self.valid_examples and self.head_init == "verbalizers":
+            # the starting point is the base's zero-shot classifier: validated, it can be
+            # the best checkpoint, so the published model never scores below it
+            self._validate()
         while not self._done() and state.epoch < epochs:
             epoch = state.epoch
             plan = plan_batches(self.lengths, int(cfg.batch_size), seed=cfg.seed,
