@@ -9,15 +9,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import PlainTextResponse
 
+from gptstore.api.auth import AdminPrincipal, audit
 from gptstore.api.deps import CatalogDep, PrincipalDep
 from gptstore.api.errors import ErrorResponse
 from gptstore.api.store.schemas import (
     ModelPage,
     ModelPublic,
     ModelSummary,
+    ModelUpdate,
     Sort,
     VersionPublic,
 )
@@ -92,3 +94,17 @@ def get_version(catalog: CatalogDep, principal: PrincipalDep, namespace: str, na
             summary="A model's card")
 def get_card(catalog: CatalogDep, principal: PrincipalDep, namespace: str, name: str) -> str:
     return catalog.card(f"{namespace}/{name}", principal=principal)
+
+
+@router.patch("/models/{namespace}/{name}", response_model=ModelPublic, responses={
+    **NOT_FOUND, 403: {"model": ErrorResponse,
+                       "description": "The caller may read the model but not change it."}},
+    summary="Change a model's visibility (needs an admin-scope key and the admin right on "
+            "its namespace)")
+def update_model(catalog: CatalogDep, principal: AdminPrincipal, namespace: str, name: str,
+                 update: ModelUpdate, request: Request) -> ModelPublic:
+    full_name = f"{namespace}/{name}"
+    before = catalog.get_model(full_name, principal=principal).visibility
+    info = catalog.set_visibility(full_name, update.visibility, principal=principal)
+    audit(request, "visibility", info.name, {"from": before, "to": update.visibility})
+    return model_public(info)

@@ -91,6 +91,14 @@ class ModelPublic(ModelSummary):
     versions: list[VersionPublic]
 
 
+class ModelUpdate(BaseModel):
+    """What `PATCH /api/models/{namespace}/{name}` may change."""
+
+    model_config = ConfigDict(extra="forbid")
+    visibility: Literal["private", "org", "public"] = Field(
+        description="private (its owner), org (the owner's organisations) or public.")
+
+
 class ModelPage(StoreBaseModel):
     """One page of a listing. Pass `next_cursor` back as `cursor` for the next page."""
 
