@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import update
 
@@ -237,6 +239,22 @@ def test_like_and_rate(page: Any) -> None:
         "aria-label") == "4 stars"
     bars = page.locator("#rate .bar-value").all_inner_texts()
     assert bars == ["0", "1", "0", "0", "0"]  # 5..1 stars
+
+
+def test_usage_is_counted(page: Any, server: RemoteServer) -> None:
+    """The chat and classification tests' requests reach the totals at the next flush
+    (every 5 s) and make the models trend."""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        tiny = httpx.get(f"{server.url}/api/models/acme/tiny").json()
+        clf = httpx.get(f"{server.url}/api/models/acme/sentiment").json()
+        if tiny["requests"] >= 2 and clf["requests"] >= 1:
+            break
+        time.sleep(0.5)
+    assert (tiny["requests"], clf["requests"]) == (2, 1)
+    page.goto("/search?sort=trending")
+    ready(page)
+    assert result_names(page)[:2] == ["acme/tiny", "acme/sentiment"]
 
 
 def test_a_bad_file_shows_its_lines(page: Any, tmp_path: Path, shots: Path) -> None:
