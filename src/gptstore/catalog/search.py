@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from sqlalchemy import ColumnElement, Integer, bindparam, column, delete, exists, select, text
+from sqlalchemy import ColumnElement, Integer, bindparam, column, delete, select, text
 from sqlalchemy.orm import Session
 
 from gptstore.catalog.tables import Model, ModelSearch, ModelTag, Namespace
@@ -97,8 +97,8 @@ def filter_conditions(*, base: str | None = None, tag: str | None = None,
         # a version part is ignored: the fine-tunes of any version of the base
         conditions.append(Model.base_model == base.split("@", 1)[0])
     if tag:
-        conditions.append(exists(
-            select(ModelTag.model_id).where(ModelTag.model_id == Model.id, ModelTag.tag == tag)))
+        # IN, not a correlated EXISTS: the planner may start from the tag's index rows
+        conditions.append(Model.id.in_(select(ModelTag.model_id).where(ModelTag.tag == tag)))
     if license:
         conditions.append(Model.license == license)
     if owner:

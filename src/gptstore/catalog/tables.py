@@ -52,8 +52,9 @@ class Model(Base):
         UniqueConstraint("namespace_id", "name", name="uq_models_namespace_name"),
         # the store front's sorts and filters (migration 0005)
         *(Index(f"ix_models_{column}", column) for column in (
-            "downloads", "likes", "rating", "trending", "created_at", "updated_at", "task",
+            "downloads", "likes", "rating", "trending", "created_at", "updated_at",
             "license", "base_model")),
+        Index("ix_models_task_trending", "task", "trending"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -23,6 +23,10 @@ down_revision = "0002"
 branch_labels = None
 depends_on = None
 
+#: columns of `models` with an index of their own
+INDEXED = ("downloads", "likes", "rating", "trending", "created_at", "updated_at", "license",
+           "base_model")
+
 
 def upgrade() -> None:
     with op.batch_alter_table("models") as batch:
@@ -33,10 +37,11 @@ def upgrade() -> None:
         batch.add_column(sa.Column("rating_count", sa.Integer, nullable=False,
                                    server_default="0"))
         batch.add_column(sa.Column("trending", sa.Float, nullable=False, server_default="0"))
-    # one index per sort order and per equality filter, so a page seeks instead of sorting
-    for column in ("downloads", "likes", "rating", "trending", "created_at", "updated_at",
-                   "task", "license", "base_model"):
+    # one index per sort order and per equality filter, so a page seeks instead of sorting;
+    # (task, trending) serves the home page's shelves (a task's top models by trending)
+    for column in INDEXED:
         op.create_index(f"ix_models_{column}", "models", [column])
+    op.create_index("ix_models_task_trending", "models", ["task", "trending"])
 
     op.create_table(
         "model_tags",
@@ -136,8 +141,8 @@ def downgrade() -> None:
     op.drop_table("model_usage")
     op.drop_index("ix_model_tags_tag", table_name="model_tags")
     op.drop_table("model_tags")
-    for column in ("downloads", "likes", "rating", "trending", "created_at", "updated_at",
-                   "task", "license", "base_model"):
+    op.drop_index("ix_models_task_trending", table_name="models")
+    for column in INDEXED:
         op.drop_index(f"ix_models_{column}", table_name="models")
     with op.batch_alter_table("models") as batch:
         for column in ("trending", "rating_count", "rating", "requests", "base_model"):
