@@ -52,9 +52,10 @@ class Model(Base):
         UniqueConstraint("namespace_id", "name", name="uq_models_namespace_name"),
         # the store front's sorts and filters (migration 0005)
         *(Index(f"ix_models_{column}", column) for column in (
-            "downloads", "likes", "rating", "trending", "created_at", "updated_at",
+            "downloads", "likes", "trending", "created_at", "updated_at",
             "license", "base_model")),
         Index("ix_models_task_trending", "task", "trending"),
+        Index("ix_models_rating", "rating", "rating_count"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

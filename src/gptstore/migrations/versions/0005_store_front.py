@@ -24,7 +24,7 @@ branch_labels = None
 depends_on = None
 
 #: columns of `models` with an index of their own
-INDEXED = ("downloads", "likes", "rating", "trending", "created_at", "updated_at", "license",
+INDEXED = ("downloads", "likes", "trending", "created_at", "updated_at", "license",
            "base_model")
 
 
@@ -42,6 +42,7 @@ def upgrade() -> None:
     for column in INDEXED:
         op.create_index(f"ix_models_{column}", "models", [column])
     op.create_index("ix_models_task_trending", "models", ["task", "trending"])
+    op.create_index("ix_models_rating", "models", ["rating", "rating_count"])
 
     op.create_table(
         "model_tags",
@@ -142,6 +143,7 @@ def downgrade() -> None:
     op.drop_index("ix_model_tags_tag", table_name="model_tags")
     op.drop_table("model_tags")
     op.drop_index("ix_models_task_trending", table_name="models")
+    op.drop_index("ix_models_rating", table_name="models")
     for column in INDEXED:
         op.drop_index(f"ix_models_{column}", table_name="models")
     with op.batch_alter_table("models") as batch:
