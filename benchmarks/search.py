@@ -3,9 +3,10 @@
 Seeds a store with N models (default 100,000) across 1,000 namespaces: each with one
 version (headline metrics), 1-3 tags, a task, a license, a description of 8-20 words
 from a 5,000-word vocabulary (Zipf-like frequencies), a base for 30% of them, and
-counters (downloads, likes, ratings, trending). Rows are written with bulk inserts
-through the migrated schema, so the search index (FTS5 / tsvector + GIN) is built by
-the same triggers and generated columns as in a real store.
+counters (downloads, likes, ratings); 20% were used on 1-7 of the last 7 days (rows of
+`model_usage`, from which trending is computed as the server does). Rows are written
+with bulk inserts through the migrated schema, so the search index (FTS5 / tsvector +
+GIN) is built by the same triggers and generated columns as in a real store.
 
 Then times, in-process through the FastAPI app (routing, the queries, serialisation;
 no network), p50 / p99 over `--repeats` requests each:
@@ -43,9 +44,11 @@ from gptstore.catalog.tables import (
     Model,
     ModelSearch,
     ModelTag,
+    ModelUsage,
     Namespace,
     Version,
 )
+from gptstore.catalog.usage import refresh_trending
 
 TAGS = [f"tag{i}" for i in range(50)] + ["qa", "translation", "code", "sentiment", "chat"]
 LICENSES = ["mit", "apache-2.0", "cc-by-4.0", "llama3", "other"]
@@ -66,6 +69,7 @@ def seed(catalog: Any, n: int, rng: random.Random) -> dict[str, str]:
     words = vocabulary(rng)
     weights = [1.0 / (rank + 1) for rank in range(len(words))]  # Zipf-like
     now = datetime.now(UTC)
+    today = now.date()
     with catalog.db.session(write=True) as session:
         session.execute(insert(Namespace), [
             {"id": i + 1, "name": f"org{i}", "kind": "user", "created_at": now}
@@ -74,7 +78,7 @@ def seed(catalog: Any, n: int, rng: random.Random) -> dict[str, str]:
     next_id = 1
     while next_id <= n:
         ids = range(next_id, min(n, next_id + CHUNK - 1) + 1)
-        models, versions, tags, documents = [], [], [], []
+        models, versions, tags, documents, usage = [], [], [], [], []
         for model_id in ids:
             namespace = f"org{model_id % 1000}"
             name = f"model-{model_id}"
@@ -93,7 +97,12 @@ def seed(catalog: Any, n: int, rng: random.Random) -> dict[str, str]:
                 "likes": rng.randint(0, 50), "base_model": base,
                 "requests": rng.randint(0, 10_000),
                 "rating": round(rng.uniform(1, 5), 2) if ratings else 0.0,
-                "rating_count": ratings, "trending": round(rng.expovariate(0.1), 3)})
+                "rating_count": ratings, "trending": 0.0})
+            if rng.random() < 0.2:  # used this week: trending comes from these rows
+                for age in rng.sample(range(7), rng.randint(1, 7)):
+                    usage.append({"model_id": model_id, "day": today - timedelta(days=age),
+                                  "requests": int(rng.paretovariate(1.0)),
+                                  "downloads": rng.randint(0, 3)})
             versions.append({
                 "id": model_id, "model_id": model_id, "number": 1,
                 "manifest_digest": "sha256:" + "0" * 64, "kind": "full", "lineage": {},
@@ -109,7 +118,10 @@ def seed(catalog: Any, n: int, rng: random.Random) -> dict[str, str]:
             session.execute(insert(Version), versions)
             session.execute(insert(ModelTag), tags)
             session.execute(insert(ModelSearch), documents)
+            if usage:
+                session.execute(insert(ModelUsage), usage)
         next_id = ids[-1] + 1
+    refresh_trending(catalog.db)  # as the server's counter does once a day
     # a word in about 0.5% of descriptions: rank ~ where the Zipf weight gives that share
     return {"word": words[40], "base": max(set(base_names), key=base_names.count),
             "model": "org7/model-7", "tag": "tag3"}
