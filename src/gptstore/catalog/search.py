@@ -43,11 +43,22 @@ def query_words(query: str) -> list[str]:
     return list(dict.fromkeys(words))[:MAX_QUERY_WORDS]
 
 
+#: between a document's listing part and its card (a form feed: whitespace to both
+#: tokenisers), so the card can be kept when only the listing changes
+CARD_SEPARATOR = "\n\x0c\n"
+
+
 def search_document(namespace: str, name: str, description: str, tags: Iterable[str],
                     card: str = "") -> str:
     """What a model is found by."""
-    return "\n".join([f"{namespace} {name} {namespace}/{name}", description or "",
-                      " ".join(tags), card[:MAX_CARD_CHARS]])
+    listing = "\n".join([f"{namespace} {name} {namespace}/{name}", description or "",
+                         " ".join(tags)])
+    return listing + CARD_SEPARATOR + card[:MAX_CARD_CHARS]
+
+
+def card_of(document: str) -> str:
+    """The card part of a `search_document`."""
+    return document.split(CARD_SEPARATOR, 1)[1] if CARD_SEPARATOR in document else ""
 
 
 def index_model(session: Session, model: Model, namespace: str, *, card: str = "",

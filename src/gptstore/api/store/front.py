@@ -16,11 +16,12 @@ from fastapi import APIRouter, Path, Query
 from fastapi.responses import FileResponse
 from pydantic import Field
 
-from gptstore.api.deps import CatalogDep, PrincipalDep, UsageDep
+from gptstore.api.deps import CatalogDep, OwnerDep, PrincipalDep, UsageDep
 from gptstore.api.errors import ErrorResponse
-from gptstore.api.store.catalog import BAD_REQUEST, NOT_FOUND
+from gptstore.api.store.catalog import BAD_REQUEST, NOT_FOUND, model_public
 from gptstore.api.store.identity import reacting_user
-from gptstore.api.store.schemas import ModelPage, ModelSummary, StoreBaseModel
+from gptstore.api.store.schemas import ModelPage, ModelPublic, ModelSummary, StoreBaseModel
+from gptstore.catalog.listing import update_listing
 from gptstore.catalog.names import parse_ref
 from gptstore.catalog.reactions import Reactions, ReactionsInfo
 from gptstore.catalog.repository import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
@@ -68,6 +69,15 @@ class LikeRequest(StoreBaseModel):
 
 class RatingRequest(StoreBaseModel):
     stars: int | None = Field(description="1 to 5; null withdraws the caller's rating.")
+
+
+class ListingUpdate(StoreBaseModel):
+    """Fields of a model's listing to change; those left out stay as they are."""
+
+    description: str | None = Field(default=None, description="Markdown, up to 2,000 "
+                                                                "characters.")
+    tags: list[str] | None = Field(default=None, description="Up to 20 tags of a-z, 0-9, "
+                                                             "`.`, `_`, `+`, `-`.")
 
 
 class CardHtml(StoreBaseModel):
@@ -212,3 +222,21 @@ async def download_file(catalog: CatalogDep, principal: PrincipalDep, usage: Usa
     if path in COUNTED_FILES:
         usage.count_download(version.model)
     return FileResponse(catalog.blobs.path(entry.digest), filename=path.rsplit("/", 1)[-1])
+
+
+# -- the owner's edits -----------------------------------------------------------------------
+
+
+@router.patch("/models/{namespace}/{name}", response_model=ModelPublic,
+              responses=REACT_ERRORS,
+              summary="Edit a model's description and tags (its owner only)")
+def patch_listing(catalog: CatalogDep, principal: PrincipalDep, owner: OwnerDep,
+                  namespace: str, name: str, body: ListingUpdate) -> ModelPublic:
+    full = f"{namespace}/{name}"
+    catalog.get_model(full, principal=principal)  # NotFound when the caller cannot read it
+    if namespace != owner:
+        raise PermissionDenied(
+            f"only the owner of namespace {namespace!r} may edit {full}; you own "
+            f"{owner!r}", param="model")
+    update_listing(catalog.db, full, description=body.description, tags=body.tags)
+    return model_public(catalog.get_model(full, principal=principal))
