@@ -321,6 +321,13 @@ def test_fine_tune_through_the_wizard(page: Any, tmp_path: Path, shots: Path) ->
     assert page.locator("#curves svg path.line").count() >= 1  # the run's curves
     assert "acme/tiny@1" in page.locator("#lineage").inner_text()
     shoot(page, shots, "model-finetuned")
+    # its owner edits the listing
+    page.click("#edit summary")
+    page.fill("#edit-description", "Answers sums like a pirate.")
+    page.fill("#edit-tags", "pirate, math")
+    page.click("#edit-form button[type=submit]")
+    page.wait_for_selector(".model-head a.tag:text('#math')")
+    assert page.locator(".model-head .model-desc").inner_text() == "Answers sums like a pirate."
     page.goto("/me/jobs")
     ready(page)
     assert "succeeded" in page.locator("table.list").inner_text()
