@@ -4,9 +4,7 @@
 
 import { getJSON, query, request } from "./api.js";
 import { errorBox, formatBytes, h, timeAgo } from "./dom.js";
-import { modelCard } from "./widgets.js";
-
-const OWNER = "local";
+import { modelCard, OWNER } from "./widgets.js";
 
 async function models(root) {
   const page = await getJSON(`/api/search${query({ owner: OWNER, sort: "newest", limit: 100 })}`);
