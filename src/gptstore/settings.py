@@ -82,6 +82,51 @@ class Settings(BaseSettings):
         default=2, ge=1,
         description="Jobs of one owner that run at the same time; the rest wait queued.",
     )
+    # -- accounts and limits (docs/security.md) ---------------------------------------
+    auth: Literal["auto", "required"] = Field(
+        default="auto",
+        description="auto: a server bound to a loopback address with no users runs as the "
+        "single local admin (no keys); bound elsewhere, or once users exist, every request "
+        "needs an API key. required: always.",
+    )
+    public_read: bool = Field(
+        default=False,
+        description="Let requests without a key read public models (catalog, /v1/models, "
+        "inference) when keys are required.",
+    )
+    max_request_bytes: int = Field(
+        default=8 * 1024**2, ge=1024,
+        description="Largest request body outside file uploads; larger ones get 413.",
+    )
+    max_tokens: int = Field(
+        default=4096, ge=1,
+        description="Largest max_tokens (new tokens per choice) a request may ask for; "
+        "more is refused with 400.",
+    )
+    max_context: int | None = Field(
+        default=None, ge=16,
+        description="Cap on the context (prompt plus new tokens) of served models, below "
+        "their own; longer prompts are refused with 400.",
+    )
+    requests_per_minute: int = Field(
+        default=600, ge=0,
+        description="Requests one API key (or one address without a key) may send per "
+        "minute; beyond it 429 with Retry-After. 0: no limit.",
+    )
+    max_streams_per_key: int = Field(
+        default=32, ge=1,
+        description="Inference requests of one key running or waiting at once; beyond it "
+        "429. Waiting requests are admitted to the engine fairly, in turn across keys.",
+    )
+    max_queued_jobs_per_key: int = Field(
+        default=10, ge=1,
+        description="Fine-tuning jobs one owner may have queued or running; beyond it 429.",
+    )
+    shutdown_grace_seconds: float = Field(
+        default=10.0, ge=0,
+        description="On SIGTERM, how long in-flight requests may finish before the server "
+        "stops them.",
+    )
     offline: bool = Field(
         default=False,
         description="Never try the Hugging Face Hub (pull only built-in models).",

@@ -248,7 +248,7 @@ def test_busy_server_answers_503_with_retry_after(tmp_path: Path) -> None:
     import_path(catalog, make_tiny_model("llama", tmp_path / "long",
                                          max_position_embeddings=16384), "acme/long")
     catalog.close()
-    env = {"GPTSTORE_MAX_BATCH": "1", "GPTSTORE_MAX_QUEUE": "1"}
+    env = {"GPTSTORE_MAX_BATCH": "1", "GPTSTORE_MAX_QUEUE": "1", "GPTSTORE_MAX_TOKENS": "16000"}
     body = {"model": "acme/long", "prompt": "Once", "max_tokens": 16000, "stream": True,
             "temperature": 1.0, "ignore_eos": True}
     # generous timeouts: the first request loads torch and the model

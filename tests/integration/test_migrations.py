@@ -6,12 +6,12 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
-from gptstore.schema import metadata
+from gptstore.schema import include_object, metadata
 from gptstore.settings import Settings
 from gptstore.storage.db import Database, current_revision, downgrade, head_revision, upgrade
 
 TABLES = {"namespaces", "models", "versions", "version_files", "files", "jobs", "job_events",
-          "job_checkpoints", "alembic_version"}
+          "job_checkpoints", "eval_suites", "eval_results", "alembic_version"}
 
 
 def test_upgrade_matches_the_tables_and_downgrades(db_settings: Settings) -> None:
@@ -22,7 +22,8 @@ def test_upgrade_matches_the_tables_and_downgrades(db_settings: Settings) -> Non
         assert current_revision(db.engine) == head_revision(db.engine)
         assert set(inspect(db.engine).get_table_names()) >= TABLES
         with db.engine.connect() as conn:
-            diff = compare_metadata(MigrationContext.configure(conn), metadata)
+            context = MigrationContext.configure(conn, opts={"include_object": include_object})
+            diff = compare_metadata(context, metadata)
         assert diff == [], f"tables.py and the migrations disagree: {diff}"
         downgrade(db.engine, "base")
         assert set(inspect(db.engine).get_table_names()) <= {"alembic_version"}

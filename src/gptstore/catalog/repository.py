@@ -31,16 +31,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, DateTime, Integer, and_, func, or_, select
+from sqlalchemy import ColumnElement, DateTime, Float, Integer, and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, contains_eager, selectinload
 
-from gptstore.catalog.access import SYSTEM, Principal, readable_by
-from gptstore.catalog.cards import CardData, headline_metrics, render_card
+from gptstore.catalog import search as text_search
+from gptstore.catalog.access import PUBLIC, SYSTEM, VISIBILITIES, Principal, readable_by
+from gptstore.catalog.cards import CardData, headline_metrics, parse_card, render_card
 from gptstore.catalog.files import FileRepository
 from gptstore.catalog.names import ModelRef, parse_ref
 from gptstore.catalog.tables import Model, Namespace, Version, VersionFile, utcnow
-from gptstore.errors import Conflict, InvalidRequest, NotFound, StorageError
+from gptstore.errors import Conflict, InvalidRequest, NotFound, PermissionDenied, StorageError
 from gptstore.settings import Settings
 from gptstore.storage.blobs import BlobStore
 from gptstore.storage.db import Database
@@ -125,6 +126,9 @@ class _ModelFields:
     updated_at: datetime  # aware, UTC: when the newest version was published
     downloads: int
     likes: int
+    requests: int = 0  # inference requests served (catalog/usage.py)
+    rating: float = 0.0  # mean of the 1-5 star ratings, 0 when unrated
+    rating_count: int = 0
 
 
 @dataclass(frozen=True)
@@ -225,6 +229,9 @@ def _model_fields(m: Model) -> dict[str, Any]:
         "updated_at": _utc(m.updated_at),
         "downloads": m.downloads,
         "likes": m.likes,
+        "requests": m.requests or 0,
+        "rating": float(m.rating or 0.0),
+        "rating_count": m.rating_count or 0,
     }
 
 
@@ -265,6 +272,13 @@ def _find_model(session: Session, ref: ModelRef, principal: Principal = SYSTEM
     return session.scalars(_named(_model_query(), ref, principal)).first()
 
 
+def check_visibility(visibility: str) -> str:
+    if visibility not in VISIBILITIES:
+        raise InvalidRequest(f"visibility {visibility!r} is not one of "
+                             f"{', '.join(VISIBILITIES)}", param="visibility")
+    return visibility
+
+
 def _not_in_store(ref: ModelRef) -> NotFound:
     # The same error for a missing model and for one the caller may not read.
     return NotFound(
@@ -288,6 +302,10 @@ SORT_KEYS: dict[str, tuple[tuple[Any, bool], ...]] = {  # (column, descending)
                   (Model.id, False)),
     "likes": ((Model.likes, True), (Namespace.name, False), (Model.name, False),
               (Model.id, False)),
+    # the store front's (migration 0005): trending = decayed 7-day usage (catalog/usage.py)
+    "trending": ((Model.trending, True), (Model.downloads, True), (Model.id, True)),
+    "rating": ((Model.rating, True), (Model.rating_count, True), (Model.id, True)),
+    "newest": ((Model.created_at, True), (Model.id, True)),
 }
 SORTS = tuple(SORT_KEYS)
 _CURSOR_VERSION = 1
@@ -361,6 +379,10 @@ def decode_cursor(cursor: str, sort: str) -> list[Any]:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise bad
             values.append(value)
+        elif isinstance(column.type, Float):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise bad
+            values.append(float(value))
         elif not isinstance(value, str):
             raise bad
         else:
@@ -458,13 +480,21 @@ class Catalog:
         limit: int = DEFAULT_PAGE_SIZE,
         cursor: str | None = None,
         principal: Principal = SYSTEM,
+        text: str | None = None,
+        base: str | None = None,
+        tag: str | None = None,
+        license: str | None = None,
+        owner: str | None = None,
     ) -> ModelPageInfo:
-        """One page of the models `principal` may read, in `sort` order (name, updated,
-        downloads or likes), starting after `cursor` (a page's `next_cursor`).
+        """One page of the models `principal` may read, in `sort` order (`SORTS`),
+        starting after `cursor` (a page's `next_cursor`).
 
         `search` is a case-insensitive substring of `namespace/name` or the description
-        (`%` and `_` match themselves). Two queries per page: the page's models, then
-        their latest versions' summaries.
+        (`%` and `_` match themselves); `text` a full-text query over names, description,
+        tags and card (`catalog/search.py`: every word, as a prefix). `base` (the
+        fine-tunes of a model), `tag`, `license` and `owner` (the namespace) filter by
+        equality. Two queries per page: the page's models, then their latest versions'
+        summaries.
         """
         columns = _sort_key(sort)
         limit = _check_limit(limit)
@@ -478,6 +508,13 @@ class Catalog:
             )
             if task:
                 query = query.where(Model.task == task)
+            if text:
+                matching = text_search.text_condition(session, text)
+                if matching is not None:
+                    query = query.where(matching)
+            for condition in text_search.filter_conditions(base=base, tag=tag,
+                                                           license=license, owner=owner):
+                query = query.where(condition)
             if search:
                 query = query.where(or_(
                     (Namespace.name + "/" + Model.name).icontains(search, autoescape=True),
@@ -578,7 +615,10 @@ class Catalog:
                 )
             if visible is None:
                 raise _not_in_store(parse_ref(version.model))
-        return self.read_file(version, CARD_FILE).decode()
+        from gptstore.catalog.evaluations import Evaluations
+
+        # evaluations measured after publishing join the (immutable) card's model-index
+        return Evaluations(self).card_of(version, self.read_file(version, CARD_FILE).decode())
 
     def snapshot(self, version: VersionInfo) -> Path:
         """A folder holding the version's files (symlinks into the blob store).
@@ -630,11 +670,11 @@ class Catalog:
         return version
 
     def count_download(self, name: str) -> None:
-        ref = parse_ref(name)
-        with self.db.session(write=True) as session:
-            model = _find_model(session, ref)
-            if model is not None:
-                model.downloads += 1
+        """One download of `name`, written now (the CLI's exports; the server batches its
+        counts through `catalog.usage.UsageCounter`)."""
+        from gptstore.catalog.usage import record_usage
+
+        record_usage(self.db, {name: (0, 1)})
 
     # -- writing --------------------------------------------------------------------
 
@@ -652,15 +692,19 @@ class Catalog:
         lineage: dict[str, Any] | None = None,
         metrics: dict[str, Any] | None = None,
         new_model: bool = True,
+        visibility: str = PUBLIC,
+        owner_id: int | None = None,
     ) -> VersionInfo:
         """Publish the files of `source_dir` as a new version of `name`.
 
         `new_model=True` creates the model and fails with Conflict when the name is
         taken; `new_model=False` adds a version to an existing model. `base` names the
         base version of a fine-tune or adapter. A README.md in `source_dir` is replaced
-        by the generated model card.
+        by the generated model card. `visibility` applies to a new model; `owner_id` (an
+        account) must own the namespace, or claims it when nobody does.
         """
         ref = parse_ref(name, allow_version=False)
+        check_visibility(visibility)
         if task not in TASKS:
             raise InvalidRequest(f"unknown task {task!r}: use one of {', '.join(TASKS)}",
                                  param="task")
@@ -703,13 +747,13 @@ class Catalog:
         # 3: one transaction makes the version visible
         try:
             with self.db.session(write=True) as session:
-                namespace = session.scalars(
-                    select(Namespace).where(Namespace.name == ref.namespace)
-                ).first()
-                if namespace is None:
-                    namespace = Namespace(name=ref.namespace)
-                    session.add(namespace)
-                    session.flush()
+                namespace = _namespace_in(session, ref.namespace, owner_id)
+                if owner_id is not None and namespace.owner_id != owner_id:
+                    if namespace.owner_id is not None:
+                        raise PermissionDenied(
+                            f"namespace {ref.namespace} belongs to another account; publish "
+                            "under your own namespace", param="name")
+                    namespace.owner_id = owner_id
                 model = session.scalars(
                     select(Model).where(Model.namespace_id == namespace.id,
                                         Model.name == ref.name)
@@ -718,7 +762,8 @@ class Catalog:
                     if not new_model:
                         raise NotFound(f"model {ref.full_name} was removed meanwhile")
                     model = Model(namespace_id=namespace.id, name=ref.name, task=task,
-                                  description=description, tags=list(tags), license=license)
+                                  description=description, tags=list(tags), license=license,
+                                  visibility=visibility)
                     session.add(model)
                     session.flush()
                 elif new_model:
@@ -739,6 +784,9 @@ class Catalog:
                     VersionFile(version_id=version.id, path=e.path, digest=e.digest, size=e.size)
                     for e in entries
                 )
+                text_search.index_model(
+                    session, model, ref.namespace, card=parse_card(card)[1],
+                    base_model=base_version.model if base_version else None)
                 version_id = version.id
         except IntegrityError as exc:
             raise Conflict(
@@ -761,6 +809,41 @@ class Catalog:
             top = session.scalar(select(func.max(Version.number)).where(
                 Version.model_id == model.id))
             return int(top or 0)
+
+    def namespace_owner(self, namespace: str) -> int | None:
+        """The account id owning `namespace` (None: nobody, or no such namespace)."""
+        with self.db.session() as session:
+            return session.scalar(select(Namespace.owner_id).where(Namespace.name == namespace))
+
+    def claim_namespace(self, namespace: str, owner_id: int) -> None:
+        """Make account `owner_id` the owner of `namespace` (created if missing); a
+        namespace another account owns is refused."""
+        with self.db.session(write=True) as session:
+            row = session.scalars(select(Namespace).where(Namespace.name == namespace)).first()
+            if row is None:
+                session.add(Namespace(name=namespace, owner_id=owner_id))
+            elif row.owner_id is None:
+                row.owner_id = owner_id
+            elif row.owner_id != owner_id:
+                raise PermissionDenied(f"namespace {namespace} belongs to another account; "
+                                       "choose a name in the owner's namespace",
+                                       param="owner")
+
+    def set_visibility(self, name: str, visibility: str, *,
+                       principal: Principal = SYSTEM) -> ModelInfo:
+        """Change who may read a model; needs the `admin` right on its namespace (its
+        owner, an organisation admin, or SYSTEM)."""
+        ref = parse_ref(name, allow_version=False)
+        check_visibility(visibility)
+        with self.db.session(write=True) as session:
+            model = _find_model(session, ref, principal)
+            if model is None:
+                raise _not_in_store(ref)
+            if not principal.may_write_namespace(model.namespace.owner_id, need="admin"):
+                raise PermissionDenied(f"changing the visibility of {ref.full_name} needs "
+                                       "the admin role on its namespace", param="visibility")
+            model.visibility = visibility
+        return self.get_model(ref)
 
     def delete_model(self, name: str) -> ModelInfo:
         """Remove a model and its versions; its blobs go at the next `gc`."""
@@ -795,7 +878,10 @@ class Catalog:
         with self.db.session() as session:
             files = set(session.scalars(select(VersionFile.digest)).all())
             manifests = set(session.scalars(select(Version.manifest_digest)).all())
-        return files | manifests | self.files.referenced_digests()
+        from gptstore.catalog.evaluations import Evaluations
+
+        suites = {suite.data_digest for suite in Evaluations(self).list_suites()}
+        return files | manifests | self.files.referenced_digests() | suites
 
     def gc(self, *, grace_seconds: float | None = None) -> tuple[int, int]:
         """Remove unreferenced blobs (older than the grace period) and stale snapshots."""
@@ -816,3 +902,23 @@ class Catalog:
 def _put(blobs: BlobStore, path: Path) -> tuple[str, int]:
     info = blobs.put_file(path)
     return info.digest, info.size
+
+
+def _namespace_in(session: Session, name: str, owner_id: int | None) -> Namespace:
+    """The namespace `name`, created when missing.
+
+    Two workers publishing their first models into one new namespace at the same time
+    both find it missing on PostgreSQL (SQLite serialises writers): the loser's insert
+    runs in a savepoint, so its unique-name violation rolls back only that insert and
+    the row the winner committed is read instead of failing the whole publish.
+    """
+    query = select(Namespace).where(Namespace.name == name)
+    if (namespace := session.scalars(query).first()) is not None:
+        return namespace
+    try:
+        with session.begin_nested():
+            namespace = Namespace(name=name, owner_id=owner_id)
+            session.add(namespace)
+        return namespace
+    except IntegrityError:
+        return session.scalars(query).one()

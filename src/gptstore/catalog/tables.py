@@ -3,15 +3,20 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
+    CheckConstraint,
+    Date,
     DateTime,
+    Float,
     ForeignKey,
+    Index,
     Integer,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -43,7 +48,13 @@ class Namespace(Base):
 
 class Model(Base):
     __tablename__ = "models"
-    __table_args__ = (UniqueConstraint("namespace_id", "name", name="uq_models_namespace_name"),)
+    __table_args__ = (
+        UniqueConstraint("namespace_id", "name", name="uq_models_namespace_name"),
+        # the store front's sorts and filters (migration 0005)
+        *(Index(f"ix_models_{column}", column) for column in (
+            "downloads", "likes", "rating", "trending", "created_at", "updated_at", "task",
+            "license", "base_model")),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     namespace_id: Mapped[int] = mapped_column(ForeignKey("namespaces.id", ondelete="CASCADE"))
@@ -57,6 +68,14 @@ class Model(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     downloads: Mapped[int] = mapped_column(Integer, default=0)
     likes: Mapped[int] = mapped_column(Integer, default=0)
+    # The store front's denormalised columns (migration 0005), kept by catalog/search.py,
+    # catalog/usage.py and catalog/reactions.py so that filters and sorts are one index.
+    #: namespace/name of the latest version's base, for the "fine-tunes of" filter
+    base_model: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)  # inference requests
+    rating: Mapped[float] = mapped_column(Float, default=0.0)  # mean stars, 0 when unrated
+    rating_count: Mapped[int] = mapped_column(Integer, default=0)
+    trending: Mapped[float] = mapped_column(Float, default=0.0)  # decayed 7-day usage
 
     namespace: Mapped[Namespace] = relationship(back_populates="models")
     versions: Mapped[list[Version]] = relationship(
@@ -120,3 +139,59 @@ class StoredFile(Base):
     #: the validation report of a fine-tune file (data/report.py), JSON
     report: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+# -- store front (migration 0005) ------------------------------------------------------
+
+
+class ModelTag(Base):
+    """One tag of a model, as a row, so a tag filter is an index lookup."""
+
+    __tablename__ = "model_tags"
+
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"),
+                                          primary_key=True)
+    tag: Mapped[str] = mapped_column(String(96), primary_key=True, index=True)
+
+
+class ModelUsage(Base):
+    """Inference requests and downloads of a model on one UTC day."""
+
+    __tablename__ = "model_usage"
+
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"),
+                                          primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True, index=True)
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    downloads: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class ModelLike(Base):
+    __tablename__ = "model_likes"
+
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"),
+                                          primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(96), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ModelRating(Base):
+    __tablename__ = "model_ratings"
+    __table_args__ = (CheckConstraint("stars BETWEEN 1 AND 5", name="ck_model_ratings_stars"),)
+
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"),
+                                          primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(96), primary_key=True)
+    stars: Mapped[int] = mapped_column(SmallInteger)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ModelSearch(Base):
+    """A model's search document (name, description, tags, card). The index over it is
+    the database's own (FTS5 / tsvector + GIN), made by migration 0005, not modelled here."""
+
+    __tablename__ = "model_search"
+
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"),
+                                          primary_key=True)
+    document: Mapped[str] = mapped_column(Text)

@@ -38,6 +38,7 @@ def engine_config(settings: Settings, **overrides: Any) -> EngineConfig:
         "base_budget_bytes": settings.max_loaded_bytes,
         "max_running": settings.max_batch,
         "max_queue": settings.max_queue,
+        "max_context": settings.max_context,
         "prefix_cache_bytes": settings.prefix_cache_bytes,
     }
     if settings.inference_dtype == "int4":

@@ -42,15 +42,18 @@ from typing import Any
 
 import torch
 
+from gptstore.catalog.evaluations import check_eval_suite
 from gptstore.catalog.names import parse_ref
 from gptstore.catalog.repository import Catalog, VersionInfo
 from gptstore.data.batching import padding_stats, plan_batches
 from gptstore.errors import Conflict, InvalidRequest, NotFound, StorageError
 from gptstore.settings import Settings
 from gptstore.training import checkpoint as ckpt
+from gptstore.training.auto_eval import evaluate_published
 from gptstore.training.cadence import EvalCadence
 from gptstore.training.config import AUTO, TrainConfig, run_steps
 from gptstore.training.evaluate import evaluate_examples, extract_features
+from gptstore.training.head_init import init_head_from_verbalizers
 from gptstore.training.logs import Callback, RunLog, TrainEvent
 from gptstore.training.methods import get_method, trainable_parameters
 from gptstore.training.parallel import ShardRunner, ShardWork, split_rows
@@ -61,7 +64,7 @@ from gptstore.training.tasks import DROPOUT_KEYS, ClassificationTask, amp, get_t
 
 #: fields that may differ between a run and its resume (they do not change the result)
 RESUME_FREE = {"resume", "threads", "description", "tags", "license", "run_dir",
-               "checkpoint_models"}
+               "checkpoint_models", "eval_suite"}
 
 
 class RunInterrupted(Exception):
@@ -80,10 +83,15 @@ class FinetuneResult:
     name: str  # namespace/name of the new model
     ref: str  # namespace/name@N of the published version
     record: RunRecord
+    #: results on `eval_suite` (base and new model), measured after publishing
+    evaluations: tuple[dict[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """What `gptstore finetune --json` prints."""
-        return {"name": self.name, "ref": self.ref, **self.record.summary()}
+        doc = {"name": self.name, "ref": self.ref, **self.record.summary()}
+        if self.evaluations:
+            doc["evaluations"] = list(self.evaluations)
+        return doc
 
 
 def finetune(config: TrainConfig, *, settings: Settings | None = None,
@@ -168,6 +176,9 @@ class FineTuneRun:
             now = time.perf_counter()
             timings = {**self.timings, "publish": now - publishing, "total": now - started}
             result = replace(result, record=replace(result.record, timings=timings))
+            if self.cfg.eval_suite:  # after the total: the model is usable before this
+                result = replace(result, evaluations=evaluate_published(
+                    self.catalog, self.cfg.eval_suite, result.ref, self.base.ref))
             self.log.emit(TrainEvent("end", self.state.step, self.total_steps,
                                      self.state.epoch, result.to_dict()))
             return result
@@ -178,6 +189,8 @@ class FineTuneRun:
 
     def _check_store(self) -> None:
         cfg = self.cfg
+        if cfg.eval_suite:
+            check_eval_suite(self.catalog, cfg.eval_suite)  # before hours of training, not after
         if self.catalog.exists(cfg.name):
             raise Conflict(f"model {cfg.name} already exists: choose another --name, or "
                            f"remove it first with `gptstore models rm {cfg.name}`", param="name")
@@ -253,6 +266,14 @@ class FineTuneRun:
                               label_names=self.data.label_names,
                               dtype=self.method.load_dtype(self.bf16), configure=set_dropout,
                               attn_implementation=attention.register())
+        self.head_init = None
+        if isinstance(self.task, ClassificationTask) and self.rcfg.head_init == "fresh":
+            self.head_init = "fresh"
+        elif isinstance(self.task, ClassificationTask) and self.data.label_names:
+            # rows of the LM head for each label's word: step 0 scores what zero-shot does
+            self.head_init = init_head_from_verbalizers(loaded.model, loaded.folder,
+                                                        self.data.tokenizer,
+                                                        self.data.label_names)
         self.model = self.method.prepare(loaded.model, self.task, cfg)
         if self.bf16:
             # autocast already runs the adapters' matmuls in bf16: PEFT's cast of each
@@ -264,6 +285,8 @@ class FineTuneRun:
         if isinstance(self.task, ClassificationTask) and not frozen:
             self.task.add_head_dropout(self.model, dropout)
         self.describe = self.method.describe(self.model)
+        if self.head_init is not None:
+            self.describe["head_init"] = self.head_init
         self.features: dict[str, torch.Tensor] = {}
 
     # -- 3. optimiser ------------------------------------------------------------------

@@ -77,7 +77,8 @@ def test_a_listing_is_typed(client: TestClient, store: Catalog, publish: Publish
         "data": [{
             "name": "acme/base", "namespace": "acme", "task": "causal-lm",
             "description": "A base.", "tags": ["demo"], "license": "mit",
-            "visibility": "public", "downloads": 3, "likes": 2,
+            "visibility": "public", "downloads": 3, "likes": 2, "requests": 0,
+            "rating": 0.0, "rating_count": 0,
             "latest": {"number": 1, "kind": "full", "base": None, "size": base.size,
                        "metrics": {"accuracy": 0.5}},
         }],

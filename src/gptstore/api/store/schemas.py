@@ -53,6 +53,10 @@ class ModelSummary(StoreBaseModel):
     updated_at: datetime = Field(description="When the newest version was published.")
     downloads: int
     likes: int
+    requests: int = Field(description="Inference requests served (counted in batches, "
+                                      "written every few seconds).")
+    rating: float = Field(description="Mean of the 1-5 star ratings; 0 when unrated.")
+    rating_count: int = Field(description="How many users rated the model.")
     latest: VersionSummary | None = Field(description="The newest version.")
 
 

@@ -1,0 +1,308 @@
+"""The store front in headless Chromium (Debian's `chromium`, driven by Playwright) against
+a real `gptstore serve` over a store of tiny random models: search and filter, a model
+page (a hostile card stays inert), streamed chat stopped mid-answer, classification
+bars, a bad upload's line-numbered errors, a fine-tune run through the wizard with its
+chart moving to the new model's page, like and rate, and a private model staying
+hidden. Each page is saved as a screenshot at laptop and phone widths in a folder the
+run prints.
+
+Skipped only when /usr/bin/chromium is missing (`.ci/run` installs it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+
+from gptstore.catalog.importers import import_path
+from gptstore.catalog.repository import Catalog
+from gptstore.catalog.tables import Model
+from gptstore.settings import Settings
+from gptstore.testing.server import RemoteServer
+from gptstore.testing.tiny import make_tiny_classifier, make_tiny_model
+
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(not CHROMIUM.exists(),
+                       reason="no /usr/bin/chromium: install it with `apt-get install -y "
+                              "chromium` (as .ci/run does) to run the browser tests"),
+]
+LAPTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+HOSTILE = ("<script>window.__pwned = 1</script>\n\n<img src=x onerror=\"window.__pwned=2\">"
+           "\n\n**Bold claim** and [a link](https://example.com).")
+
+
+def chat_rows(n: int) -> list[dict[str, Any]]:
+    return [{"messages": [
+        {"role": "user", "content": f"What is {i} plus {i + 1}?"},
+        {"role": "assistant", "content": f"Arr, {2 * i + 1}."}]} for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("front-store")
+    catalog = Catalog(Settings(home=root / "home"))
+    # a long context, so a streamed answer runs long enough to be stopped
+    base = make_tiny_model("llama", root / "base", seed=3, max_position_embeddings=4096)
+    tiny = import_path(catalog, base, "acme/tiny")
+    clf = make_tiny_classifier(base, root / "clf", ["negative", "positive"])
+    catalog.publish("acme/sentiment", clf, task="classification", base=tiny.ref,
+                    description="Tells positive reviews from negative ones.",
+                    tags=["sentiment"], lineage={"label_names": ["negative", "positive"]})
+    card_only = root / "card-only"
+    card_only.mkdir()
+    (card_only / "config.json").write_text("{}")
+    catalog.publish("zeta/hostile", card_only, description=HOSTILE, tags=["demo"])
+    catalog.publish("zeta/secret", card_only, description="Nobody may see this.")
+    with catalog.db.session(write=True) as session:
+        session.execute(update(Model).where(Model.name == "secret")
+                        .values(visibility="private"))
+    catalog.close()
+    return root / "home"
+
+
+@pytest.fixture(scope="module")
+def server(home: Path) -> Iterator[RemoteServer]:
+    env = {"GPTSTORE_INFERENCE_DTYPE": "float32", "GPTSTORE_OFFLINE": "1"}
+    with RemoteServer(home, env=env) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def shots(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = Path(os.environ.get("GPTSTORE_SCREENSHOTS") or tmp_path_factory.mktemp("shots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"store front screenshots: {folder}")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM),
+                                              args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any, server: RemoteServer) -> Iterator[Any]:
+    context = browser.new_context(base_url=server.url, viewport=LAPTOP)
+    context.set_default_timeout(20_000)
+    tab = context.new_page()
+    errors: list[str] = []
+    tab.on("pageerror", lambda exc: errors.append(str(exc)))
+    tab.on("dialog", lambda dialog: (errors.append(f"dialog: {dialog.message}"),
+                                     dialog.dismiss()))
+    yield tab
+    context.close()
+    assert errors == [], f"the page raised: {errors}"
+
+
+def ready(page: Any) -> None:
+    page.wait_for_selector("main[data-ready='1']")
+
+
+def shoot(page: Any, shots: Path, name: str) -> None:
+    """Save the page at laptop and phone widths (full height)."""
+    for label, size in (("laptop", LAPTOP), ("phone", PHONE)):
+        page.set_viewport_size(size)
+        page.screenshot(path=str(shots / f"{name}-{label}.png"), full_page=True)
+    page.set_viewport_size(LAPTOP)
+
+
+def result_names(page: Any) -> list[str]:
+    return page.locator(".model-card .model-name").all_inner_texts()
+
+
+def test_home_search_and_filter(page: Any, shots: Path) -> None:
+    page.goto("/")
+    ready(page)
+    assert page.locator("#shelf-chat").is_visible()
+    assert "acme/tiny" in page.locator("section.shelf").first.inner_text()
+    shoot(page, shots, "home")
+    page.fill("#home-q", "positive reviews")
+    page.press("#home-q", "Enter")
+    page.wait_for_url("**/search?q=positive+reviews")
+    ready(page)
+    assert result_names(page) == ["acme/sentiment"]
+    page.fill("#q", "")
+    page.select_option("#task", "causal-lm")
+    page.click("form.search-form button[type=submit]")
+    page.wait_for_url("**/search?task=causal-lm**")
+    ready(page)
+    names = result_names(page)
+    assert "acme/tiny" in names and "acme/sentiment" not in names
+    assert "zeta/secret" not in names  # private: not listed for this caller
+    page.fill("#q", "no such words at all")
+    page.click("form.search-form button[type=submit]")
+    page.wait_for_selector("text=No model matches")
+    shoot(page, shots, "search")
+
+
+def test_model_page_with_a_hostile_card(page: Any, shots: Path) -> None:
+    page.goto("/models/zeta/hostile")
+    ready(page)
+    card = page.locator("#card .card-body")
+    assert card.locator("strong", has_text="Bold claim").count() == 1
+    assert card.locator("script").count() == 0
+    assert card.locator("[onerror]").count() == 0
+    assert page.evaluate("window.__pwned") is None  # nothing from the card ran
+    assert "No training curves" in page.locator("#curves").inner_text()
+    assert "No metrics" in page.locator("#metrics").inner_text()
+    shoot(page, shots, "model-hostile")
+    page.goto("/models/zeta/secret")
+    ready(page)
+    assert "not in the store" in page.locator("[role=alert]").inner_text()
+    page.goto("/models/acme/tiny@7")
+    ready(page)
+    assert "no version 7" in page.locator("[role=alert]").inner_text()
+
+
+def test_tree_files_and_snippets(page: Any, shots: Path) -> None:
+    page.goto("/models/acme/tiny")
+    ready(page)
+    assert page.locator("#tree .model-name").all_inner_texts() == ["acme/sentiment"]
+    files = page.locator("#versions table.files").inner_text()
+    assert "model.safetensors" in files and "KB" in files
+    snippets = page.locator("#use").inner_text()
+    assert 'model="acme/tiny"' in snippets and "gptstore generate acme/tiny" in snippets
+    assert "from_pretrained" in snippets
+    shoot(page, shots, "model-base")
+
+
+def test_chat_streams_and_stops(page: Any) -> None:
+    page.goto("/models/acme/tiny")
+    ready(page)
+    page.fill("#pg-temperature", "0")
+    page.fill("#pg-max-tokens", "3500")
+    page.fill("#pg-input", "Tell me a long story.")
+    page.click("#playground button[type=submit]")
+    answer = page.locator(".msg.assistant .answer").last
+    page.wait_for_function(
+        "() => document.querySelector('.msg.assistant .answer').textContent.length > 20")
+    page.click("#playground button:text('Stop')")
+    page.wait_for_selector(".msg.assistant .answer[data-finish]")
+    assert answer.get_attribute("data-finish") == "stopped"
+    assert "[stopped]" in answer.inner_text()
+    # a second message works after a stop: the conversation goes on
+    page.fill("#pg-max-tokens", "5")
+    page.fill("#pg-input", "Again.")
+    page.click("#playground button[type=submit]")
+    second = page.locator(".msg.assistant .answer").nth(1)
+    page.wait_for_function(
+        "() => document.querySelectorAll('.msg.assistant .answer[data-finish]').length == 2")
+    assert second.get_attribute("data-finish") == "length"
+
+
+def test_classify_shows_label_probabilities(page: Any, shots: Path) -> None:
+    page.goto("/models/acme/sentiment")
+    ready(page)
+    page.fill("#pg-text", "What a wonderful film.")
+    page.click("#playground button[type=submit]")
+    page.wait_for_selector(".classify-out .bar-row")
+    labels = page.locator(".classify-out .bar-name").all_inner_texts()
+    assert sorted(labels) == ["negative", "positive"]
+    shares = [float(t.rstrip("%")) for t in
+              page.locator(".classify-out .bar-value").all_inner_texts()]
+    assert sum(shares) == pytest.approx(100, abs=0.2)
+    assert page.locator(".classify-out .label strong").inner_text() == labels[0]
+    shoot(page, shots, "classify")
+
+
+def test_like_and_rate(page: Any) -> None:
+    page.goto("/models/acme/sentiment")
+    ready(page)
+    page.click("button.like")
+    page.wait_for_selector("button.like.on")
+    assert "Liked · 1" in page.locator("button.like").inner_text()
+    page.click(".stars button[aria-label='4 stars']")
+    page.wait_for_selector("text=4.0 out of 5 from 1 rating")
+    page.reload()
+    ready(page)
+    assert "Liked · 1" in page.locator("button.like").inner_text()
+    assert page.locator(".stars button[aria-checked=true]").get_attribute(
+        "aria-label") == "4 stars"
+    bars = page.locator("#rate .bar-value").all_inner_texts()
+    assert bars == ["0", "1", "0", "0", "0"]  # 5..1 stars
+
+
+def test_a_bad_file_shows_its_lines(page: Any, tmp_path: Path, shots: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(chat_rows(1)[0]) + "\n{not json\n"
+                   + json.dumps({"messages": [{"role": "user", "content": "no answer"}]})
+                   + "\n")
+    page.goto("/finetune")
+    ready(page)
+    page.set_input_files("#ft-file", str(bad))
+    page.click("button:text('Upload and check')")
+    page.wait_for_selector("#report .errors li")
+    errors = page.locator("#report .errors li").all_inner_texts()
+    assert any(e.startswith("line 2:") for e in errors), errors
+    assert any(e.startswith("line 3:") for e in errors), errors
+    assert "cannot be trained on" in page.locator("#report [role=alert]").inner_text()
+    shoot(page, shots, "wizard-bad-file")
+
+
+def test_fine_tune_through_the_wizard(page: Any, tmp_path: Path, shots: Path) -> None:
+    good = tmp_path / "pirate.jsonl"
+    good.write_text("".join(json.dumps(r) + "\n" for r in chat_rows(24)))
+    page.goto("/finetune?base=acme/tiny")
+    ready(page)
+    page.set_input_files("#ft-file", str(good))
+    page.click("button:text('Upload and check')")
+    page.wait_for_selector("text=24 examples read as chat")
+    page.click("button:text('Next: preview')")
+    # encoded with acme/tiny's tokenizer and chat template; the answer carries the loss
+    page.wait_for_selector(".examples mark.loss-token")
+    assert "Arr, 1." in page.locator(".examples mark.loss-token").first.inner_text()
+    assert "What is 0 plus 1?" in page.locator(".examples pre").first.inner_text()
+    assert "What is 0 plus 1?" not in page.locator(".examples mark").first.inner_text()
+    shoot(page, shots, "wizard-preview")
+    page.click("button:text('Next: settings')")
+    assert page.locator("#ft-base").input_value() == "acme/tiny"
+    assert page.locator("#ft-n_epochs").input_value() == "auto"
+    shoot(page, shots, "wizard-settings")
+    page.fill("#ft-n_epochs", "3")
+    page.fill("#ft-batch_size", "4")
+    page.fill("#ft-suffix", "pirate")
+    page.click("#ft-start")
+    page.wait_for_url("**/jobs/ftjob-*")
+    # every length the loss curve had, as the page redraws it while the job trains
+    page.evaluate("""() => {
+        window.__curveLengths = new Set();
+        new MutationObserver(() => {
+            const line = document.querySelector('#job-charts path.line');
+            if (line) window.__curveLengths.add(Number(line.dataset.points));
+        }).observe(document.querySelector('main'), {childList: true, subtree: true});
+    }""")
+    try:
+        page.wait_for_selector("#job-status.succeeded", timeout=180_000)
+    except Exception:
+        raise AssertionError(page.locator("main").inner_text()) from None
+    lengths = sorted(page.evaluate("[...window.__curveLengths]"))
+    assert len(lengths) >= 2, f"the chart did not move: {lengths}"  # drawn while training
+    points = int(page.locator("#job-charts path.line").first.get_attribute("data-points"))
+    assert points == 18  # 3 epochs x ceil(21 / 4) steps (3 of the 24 rows validate)
+    shoot(page, shots, "job")
+    page.click("#job-model")
+    ready(page)
+    assert page.locator(".model-head h1").inner_text().startswith("local / tiny-pirate")
+    assert page.locator("#curves svg path.line").count() >= 1  # the run's curves
+    assert "acme/tiny@1" in page.locator("#lineage").inner_text()
+    shoot(page, shots, "model-finetuned")
+    page.goto("/me/jobs")
+    ready(page)
+    assert "succeeded" in page.locator("table.list").inner_text()
