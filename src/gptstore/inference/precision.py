@@ -111,8 +111,9 @@ class MachineProfile:
 
         def step_time(dtype: str) -> float:
             total = 0.0
-            for use in ("batched", "decode"):
-                rows, n_in, n_out = SHAPES[use]  # type: ignore[index]
+            serving_uses: tuple[Use, ...] = ("batched", "decode")
+            for use in serving_uses:
+                rows, n_in, n_out = SHAPES[use]
                 rate = self.gflops[use][dtype]
                 total += 2 * rows * n_in * n_out / max(rate, 1e-9)
             return total
@@ -301,13 +302,12 @@ def machine_profile(home: Path, *, remeasure: bool = False) -> MachineProfile:
                     return profile
                 except TypeError:  # a profile of an older layout: measure again
                     pass
-        profile = _memo.get(key) if not remeasure else None
-        if profile is None:
-            profile = measure()
-            _memo[key] = profile
-        if profile.quiet:
-            _write_cache(path, key, profile)
-        return profile
+        remembered = _memo.get(key) if not remeasure else None
+        fresh = remembered or measure()
+        _memo[key] = fresh
+        if fresh.quiet:
+            _write_cache(path, key, fresh)
+        return fresh
 
 
 def _read_cache(path: Path) -> dict[str, Any]:
