@@ -78,7 +78,9 @@ class EvalCadence:
         """Seconds one validation is expected to take."""
         if self.last_cost is not None:
             return self.last_cost
-        per_token = train_seconds / max(1, train_tokens)
+        if train_tokens <= 0:  # head-only on cached features: steps see no tokens
+            return MIN_EVAL_SECONDS
+        per_token = train_seconds / train_tokens
         return max(MIN_EVAL_SECONDS, FORWARD_SHARE * per_token * self.valid_tokens)
 
     def record(self, step: int, seconds: float) -> None:

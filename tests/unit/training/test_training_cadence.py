@@ -64,6 +64,8 @@ def test_auto_estimates_the_first_validation_from_the_training_steps():
     # 1 s per step of 400 tokens: 4000 validation tokens at half a training token's cost
     assert cadence.estimate(10.0, 4000) == pytest.approx(5.0)
     assert cadence.estimate(0.1, 4000) == MIN_EVAL_SECONDS  # fixed costs: a floor
+    # head-only training on cached features passes no tokens through its steps
+    assert cadence.estimate(30.0, 0) == MIN_EVAL_SECONDS
     # validating at step 10 would cost 5 s of 10 s trained: not yet
     assert not cadence.due(10, epoch_end=False, run_end=False, train_seconds=10.0,
                            train_tokens=4000)
