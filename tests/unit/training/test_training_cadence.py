@@ -94,3 +94,10 @@ def test_validation_on_worker_threads_gives_the_same_metrics(tiny_models):
                                      batch_size=8, executor=pool)
     assert threaded == alone
     assert 0.0 <= alone["accuracy"] <= 1.0 and alone["loss"] > 0
+
+
+def test_auto_still_validates_at_every_epoch_end():
+    # 3 epochs of 5 steps, validations too dear for the budget: epoch ends only
+    cadence = EvalCadence.for_run(total_steps=15, eval_every=2, auto=True, valid_tokens=100)
+    assert simulate(cadence, step_seconds=0.01, eval_seconds=5.0, tokens_per_step=10,
+                    epoch_steps=5) == [5, 10, 15]
