@@ -119,9 +119,9 @@ class TrainConfig:
         "Llama, c_attn for GPT-2).")})
     # -- validation, checkpoints, logging --------------------------------------------
     eval_every: int | str = _help("Validate every N optimiser steps (and at each epoch "
-                                  "end); 0: at epoch ends only; auto: by time, at most "
-                                  "about 10% of the run and 10 times a run (always once "
-                                  "at the end).", AUTO)
+                                  "end); 0: at epoch ends only; auto: at epoch ends and "
+                                  "between them by time, at most about 10% of the run "
+                                  "and 10 times a run.", AUTO)
     metric: str = _help("Validation metric that picks the best checkpoint and drives "
                         "early stopping; auto: accuracy (classification) or loss.", AUTO)
     early_stopping_patience: int = _help("Stop after this many validations in a row "

@@ -17,8 +17,9 @@
 4. resume: weights, optimiser, RNG and loop position from the last checkpoint;
 5. train: length-grouped micro-batches (the plan of an epoch depends on seed and epoch
    only), gradient accumulation over windows of micro-batches, bf16 autocast, gradient
-   clipping, validation every N steps and at epoch ends (or, with `eval_every: auto`,
-   at most ~10% of the run's time: cadence.py), the best weights kept,
+   clipping, validation at epoch ends and every N steps (with `eval_every: auto`,
+   between epoch ends as the time budget allows, ~10% of the run: cadence.py), the
+   best weights kept,
    early stopping with patience, checkpoints every N steps;
 6. record and publish: the finished run becomes a frozen `RunRecord` (`record.py`);
    the method writes the best weights into a staging folder and `publish.py`
@@ -418,8 +419,8 @@ class FineTuneRun:
                 accuracy = correct / max(1, denominator)
                 self._log_step(loss, accuracy, lr, grad_norm, tokens, elapsed,
                                session_seconds, session_steps)
-                # 5. validate (every N steps and at epoch ends, or by time with auto;
-                #    always at the end: cadence.py), checkpoint
+                # 5. validate (at epoch ends and the end; between them every N steps or,
+                #    with auto, as the time budget allows: cadence.py), checkpoint
                 if self.valid_examples and self.cadence.due(
                         state.step, epoch_end=state.window == 0, run_end=self._done(),
                         train_seconds=session_seconds, train_tokens=session_tokens):

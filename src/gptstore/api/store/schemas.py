@@ -133,6 +133,13 @@ class EngineStats(StoreBaseModel):
         default=None, description="Loaded base weights -> their loaded adapter folders.")
     base_bytes: int | None = Field(default=None, description="Bytes of loaded bases.")
     adapter_bytes: int | None = Field(default=None, description="Bytes of loaded adapters.")
+    prefix_cache_bytes: int | None = Field(
+        default=None, description="Bytes of cached prompt-prefix keys/values.")
+    prefix_cache_blocks: int | None = Field(default=None, description="Cached prefix blocks.")
+    prefix_cache_hit_tokens: int | None = Field(
+        default=None, description="Prompt tokens served from the prefix cache so far.")
+    prefix_cache_evicted_blocks: int | None = Field(
+        default=None, description="Prefix blocks evicted under the memory budget so far.")
 
 
 # -- files ----------------------------------------------------------------------------
