@@ -2,9 +2,9 @@
 a real `gptstore serve` over a store of tiny random models: search and filter, a model
 page (a hostile card stays inert), streamed chat stopped mid-answer, classification
 bars, a bad upload's line-numbered errors, a fine-tune run through the wizard with its
-chart moving to the new model's page, like and rate. (The server runs in local mode, whose
-one user sees every model: who sees what is tested on the API, tests/unit/api.) Each page is saved as a screenshot at laptop and phone widths in a folder the
-run prints.
+chart moving to the new model's page, like and rate. The server runs in local mode, whose
+one user sees every model (who sees what is tested on the API: tests/unit/api). Each page
+is saved as a screenshot at laptop and phone widths in a folder the run prints.
 
 Skipped only when /usr/bin/chromium is missing (`.ci/run` installs it).
 """

@@ -150,7 +150,8 @@ def test_serving_dtype_auto_is_the_measured_one_and_explicit_settings_win(tmp_pa
     assert engine_config(Settings(home=home, inference_dtype="auto")).dtype == "bfloat16"
     assert engine_config(Settings(home=home, inference_dtype="float32")).dtype == "float32"
     assert engine_config(Settings(home=home, inference_dtype="int4")).quantize == "int4"
-    assert engine_config(Settings(home=home, inference_dtype="auto"), dtype="float32").dtype == "float32"
+    auto = Settings(home=home, inference_dtype="auto")
+    assert engine_config(auto, dtype="float32").dtype == "float32"
     write_cache(home, profile_doc({"training": "bf16", "batched": "fp32", "decode": "fp32"}))
     assert engine_config(Settings(home=home, inference_dtype="auto")).dtype == "float32"
     assert precision.precision_for("training", home) == "bf16"
