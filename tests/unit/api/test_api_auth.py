@@ -24,8 +24,12 @@ from gptstore.settings import Settings
 CHAT = [{"role": "user", "content": "hi"}]
 #: routes anyone may call (liveness, the API's own description)
 OPEN_ROUTES = {"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+#: operations anyone may call: the web login exchanges a password for a key
+OPEN_OPERATIONS = {("/api/session", "post")}
 #: POST routes that only read (inference): a read key may call them
 READ_POSTS = {"/v1/chat/completions", "/v1/completions", "/v1/classifications"}
+#: other non-GET operations any key may call: signing out revokes the caller's own key
+READ_OPERATIONS = {("/api/session", "DELETE")}
 PATH_VALUES = {"namespace": "acme", "name": "m", "number": "1", "file_id": "file-x",
                "job_id": "ftjob-x"}
 BODIES: dict[str, Any] = {
@@ -50,11 +54,14 @@ def routes(client: TestClient) -> list[tuple[str, str, str]]:
         if template in OPEN_ROUTES:
             continue
         for method in sorted(operations):
+            if (template, method) in OPEN_OPERATIONS:
+                continue
             path = template
             for param, value in PATH_VALUES.items():
                 path = path.replace("{" + param + "}", value)
             method = method.upper()
-            need = "read" if method == "GET" or template in READ_POSTS else "write"
+            need = "read" if method == "GET" or template in READ_POSTS or \
+                (template, method) in READ_OPERATIONS else "write"
             out.append((method, path, need))
     return out
 

@@ -5,7 +5,8 @@
 import { getJSON, query, sendJSON } from "./api.js";
 import { bars, lineChart } from "./charts.js";
 import { errorBox, formatBytes, formatCount, formatNumber, h, timeAgo, trustedHtml } from "./dom.js";
-import { modelCard, modelUrl, OWNER } from "./widgets.js";
+import { canEdit, whoAmI } from "./account.js";
+import { modelCard, modelUrl } from "./widgets.js";
 import { playground } from "./playground.js";
 
 function section(id, title, ...children) {
@@ -212,7 +213,9 @@ export async function modelPage(root, namespace, nameAndVersion) {
   root.append(layout);
 
   right.append(section("rate", "Like and rate", reactionsBox(model, reactions)));
-  if (namespace === OWNER) right.append(section("edit", "Your model", editListing(model)));
+  if (canEdit(await whoAmI().catch(() => null), namespace)) {
+    right.append(section("edit", "Your model", editListing(model)));
+  }
   right.append(section("use", "Use this model", snippets(model, ref)));
 
   left.append(section("playground", "Playground", playground(ref, model.task)));
