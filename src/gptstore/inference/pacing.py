@@ -27,7 +27,7 @@ SMOOTHING = 0.3
 class PrefillPacer:
     max_tokens: int  # EngineConfig.max_step_tokens
     ratio: float = 0.8  # prefill time per step, as a multiple of a decode step
-    min_tokens: int = 16
+    min_tokens: int = 32
     start_tokens: int = 64
     decode_step_s: float | None = None  # average step with decode rows only
     token_s: float | None = None  # average seconds one prefill token adds to a step
@@ -48,9 +48,12 @@ class PrefillPacer:
             if decode_rows:
                 self.decode_step_s = _average(self.decode_step_s, seconds)
             return
-        # the decode rows' share of a mixed step is what a decode-only step costs
-        decode_part = (self.decode_step_s or 0.0) if decode_rows else 0.0
-        per_token = max(seconds - decode_part, 0.0) / prefill_tokens
+        # what a decode-only step costs is the step's fixed part (every weight read once,
+        # per-layer overheads) whether or not rows decode in it: what remains is what the
+        # prompt tokens added. Without that baseline yet, a short prefill-only step
+        # charges its fixed part to its tokens: an overestimate, so chunks start small
+        # and grow as decode steps are measured.
+        per_token = max(seconds - (self.decode_step_s or 0.0), 0.0) / prefill_tokens
         self.token_s = _average(self.token_s, per_token)
 
 

@@ -4,8 +4,8 @@ The rule it replaces read a CPU flag (`amx_bf16`), and the flags do not predict 
 answer. Measured with torch 2.13 on 2 threads (docs/design.md, "Precision by
 measurement"): on an AMD EPYC without AMX, bf16 GEMMs ran 4.8x fp32; on a Sapphire
 Rapids VM with `avx512_bf16` but no AMX they ran at half fp32's speed. So the first
-time a machine is used, `machine_profile` times the shapes that matter, in both dtypes,
-in well under a second:
+time a machine is used, `machine_profile` times the shapes that matter, in both dtypes
+alternating, on one thread (`MEASURE_THREADS`), in well under a second:
 
 - *training*: a micro-batch's projection, 512 x 576 -> 1536 (what autocast runs);
 - *batched*: a 16-row serving step over a few projections, through the engine's own
@@ -21,11 +21,10 @@ in well under a second:
 The result is cached as JSON in the store home (`precision.json`), keyed by the CPU
 model string and the torch version, written atomically (temp file, then rename), and
 kept in memory for the process. A measurement taken while the machine was busy (load
-average above its cores: other processes' threads then stall PyTorch's multi-threaded
-kernels, and a 1-row bf16 pass measured 370 ms instead of 1.6 ms) serves this process
-but is not cached: the next process measures again. A use picks bf16 only where it measured at least
-`BF16_MARGIN` times fp32's speed. Explicit settings win over all of it: the training
-config's `precision`, and `GPTSTORE_INFERENCE_DTYPE` for serving.
+average above its cores) serves this process but is not cached: the next process
+measures again. A use picks bf16 only where it measured at least `BF16_MARGIN` times
+fp32's speed. Explicit settings win over all of it: the training config's `precision`,
+and `GPTSTORE_INFERENCE_DTYPE` for serving.
 
 Knows nothing of models, the store's catalog or HTTP.
 """
@@ -69,6 +68,11 @@ TIME_CAP_S = 0.25
 #: bytes summed to estimate memory read bandwidth: 64 MiB still measured 86 GB/s on a
 #: VM reporting a 32 MiB L3 (the host's caches are larger); 256 MiB gave 36 GB/s
 BANDWIDTH_BYTES = 256 * 1024**2
+#: torch threads of the timing. One: the choice needs the ratio of the two dtypes, and
+#: multi-threaded kernels on a machine shared with other processes stall on their
+#: barriers (2 threads at load average 8 on 2 cores: 1.4 GFLOP/s for a 16-row fp32 step
+#: that runs at 300 on a quiet machine), where one thread keeps measuring the hardware
+MEASURE_THREADS = 1
 
 
 @dataclass(frozen=True)
@@ -107,8 +111,9 @@ class MachineProfile:
 
         def step_time(dtype: str) -> float:
             total = 0.0
-            for use in ("batched", "decode"):
-                rows, n_in, n_out = SHAPES[use]  # type: ignore[index]
+            serving_uses: tuple[Use, ...] = ("batched", "decode")
+            for use in serving_uses:
+                rows, n_in, n_out = SHAPES[use]
                 rate = self.gflops[use][dtype]
                 total += 2 * rows * n_in * n_out / max(rate, 1e-9)
             return total
@@ -178,36 +183,59 @@ def _best_time(fn: Callable[[], object], budget_s: float = TIME_BUDGET_S,
             return best
 
 
-def _time_use(use: Use, dtype: Any) -> float:
-    """GFLOP/s of `use`'s shape in `dtype`, run the way that use runs it."""
+def _pass(use: Use, dtype: Any) -> Callable[[], object]:
+    """One timed pass of `use`'s shape in `dtype`, run the way that use runs it."""
     import torch
     import torch.nn.functional as F
 
     from gptstore.inference.models.base import Linear, _mkldnn_off
 
     rows, n_in, n_out = SHAPES[use]
-    copies = COPIES[use]
     generator = torch.Generator().manual_seed(0)
     weight = torch.randn(n_out, n_in, generator=generator).to(dtype)
     x = torch.randn(rows, n_in, generator=generator).to(dtype)
     if use == "training":
-        def run() -> object:  # autocast's matmul: bf16 frozen weights, bf16 activations
+        def train_pass() -> object:  # autocast's matmul: bf16 frozen weights and inputs
             return F.linear(x, weight)
-    else:
-        # distinct copies, so the pass reads them from memory as a model's layers are
-        weights = [weight] + [weight.clone() for _ in range(copies - 1)]
-        linears = [Linear.of(w, pack=use == "batched") for w in weights]
-        gemv = dtype == torch.bfloat16 and rows <= 2  # the engine's 1-2 row bf16 path
 
-        def run() -> object:
-            with _mkldnn_off(gemv and torch.backends.mkldnn.is_available()):
-                for linear in linears:
-                    linear(x)
-            return None
+        return train_pass
+    # distinct copies, so the pass reads them from memory as a model's layers are
+    weights = [weight] + [weight.clone() for _ in range(COPIES[use] - 1)]
+    linears = [Linear.of(w, pack=use == "batched") for w in weights]
+    gemv = dtype == torch.bfloat16 and rows <= 2 and torch.backends.mkldnn.is_available()
 
+    def serve_pass() -> object:
+        with _mkldnn_off(gemv):  # the engine's 1-2 row bf16 path (ATen's GEMV)
+            for linear in linears:
+                linear(x)
+        return None
+
+    return serve_pass
+
+
+def _time_use(use: Use) -> dict[str, float]:
+    """GFLOP/s of `use` in fp32 and bf16. The two dtypes' passes alternate, so a burst
+    of load from other processes hits both alike instead of deciding the comparison."""
+    import torch
+
+    passes = {"fp32": _pass(use, torch.float32), "bf16": _pass(use, torch.bfloat16)}
+    best = {name: float("inf") for name in passes}
     with torch.inference_mode():
-        seconds = _best_time(run)
-    return 2 * rows * n_in * n_out * copies / seconds / 1e9
+        for run in passes.values():
+            run()  # warm-up (oneDNN builds its kernels on the first call)
+        start, reps = time.perf_counter(), 0
+        while True:
+            for name, run in passes.items():
+                t0 = time.perf_counter()
+                run()
+                best[name] = min(best[name], time.perf_counter() - t0)
+            reps += 1
+            spent = time.perf_counter() - start
+            if (reps >= 3 and spent >= 2 * TIME_BUDGET_S) or spent >= 2 * TIME_CAP_S:
+                break
+    rows, n_in, n_out = SHAPES[use]
+    flops = 2 * rows * n_in * n_out * COPIES[use]
+    return {name: round(flops / seconds / 1e9, 2) for name, seconds in best.items()}
 
 
 def read_bandwidth(nbytes: int | None = None) -> float:
@@ -235,12 +263,16 @@ def measure() -> MachineProfile:
     started = time.perf_counter()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     gflops: dict[str, dict[str, float]] = {}
-    with torch.no_grad():
-        for use in USES:
-            gflops[use] = {name: round(_time_use(use, dtype), 2) for name, dtype in
-                           (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(MEASURE_THREADS)
+    try:
+        with torch.no_grad():
+            for use in USES:
+                gflops[use] = _time_use(use)
+    finally:
+        torch.set_num_threads(threads)
     return MachineProfile(key=machine_key(), cpu=cpu_model(), torch=torch.__version__,
-                          threads=torch.get_num_threads(), flags=cpu_flags(), gflops=gflops,
+                          threads=MEASURE_THREADS, flags=cpu_flags(), gflops=gflops,
                           choices=choose(gflops), load_average=round(load, 2),
                           seconds=round(time.perf_counter() - started, 3))
 
@@ -270,13 +302,12 @@ def machine_profile(home: Path, *, remeasure: bool = False) -> MachineProfile:
                     return profile
                 except TypeError:  # a profile of an older layout: measure again
                     pass
-        profile = _memo.get(key) if not remeasure else None
-        if profile is None:
-            profile = measure()
-            _memo[key] = profile
-        if profile.quiet:
-            _write_cache(path, key, profile)
-        return profile
+        remembered = _memo.get(key) if not remeasure else None
+        fresh = remembered or measure()
+        _memo[key] = fresh
+        if fresh.quiet:
+            _write_cache(path, key, fresh)
+        return fresh
 
 
 def _read_cache(path: Path) -> dict[str, Any]:
@@ -319,7 +350,8 @@ def serving_dtype_name(home: Path) -> str:
 
 def report_lines(profile: MachineProfile, bandwidth_gbs: float | None = None) -> list[str]:
     """The profile as text: what `gptstore doctor` prints, and the benchmarks' header."""
-    lines = [f"CPU: {profile.cpu} ({profile.threads} torch threads), torch {profile.torch}",
+    lines = [f"CPU: {profile.cpu}, torch {profile.torch}; GFLOP/s measured on "
+             f"{profile.threads} thread(s)",
              f"CPU flags: {' '.join(profile.flags) or '(none of the bf16-related ones)'}"]
     for use in USES:
         rows, n_in, n_out = SHAPES[use]

@@ -284,24 +284,32 @@ class Scheduler:
                       len(rows) - sum(1 for r in rows if len(r.token_ids) > 1))
         self.steps += 1
         sampled: list[Sequence] = []
+        prompts_done: list[Sequence] = []
         for seq, row in zip(stepped, rows, strict=True):
             before = seq.computed
             seq.computed += len(row.token_ids)
             if seq.slot is not None:
                 seq.slot.length = seq.computed
                 if before < len(seq.prompt) <= seq.computed:  # the prompt is all cached now
-                    runner.store_prefix(seq.slot, seq.prompt, _namespace(seq))
+                    prompts_done.append(seq)
             if row.want_logits:
                 sampled.append(seq)
-        if not sampled:
-            return
-        result = sample(logits, [s.sampler for s in sampled])
-        for i, seq in enumerate(sampled):
-            reason = self._emit(seq, result.token_ids[i], result.logprobs[i],
-                                result.top_logprobs[i])
-            if reason is not None:
-                seqs.remove(seq)
-                self._release(seq)
+        finished: list[Sequence] = []
+        if sampled:
+            result = sample(logits, [s.sampler for s in sampled])
+            for i, seq in enumerate(sampled):
+                reason = self._emit(seq, result.token_ids[i], result.logprobs[i],
+                                    result.top_logprobs[i])
+                if reason is not None:
+                    finished.append(seq)
+        # the prompts' keys/values go to the prefix cache after the first tokens are out
+        # (copying them must not delay those), before a finished sequence frees its slot
+        for seq in prompts_done:
+            assert seq.slot is not None
+            runner.store_prefix(seq.slot, seq.prompt, _namespace(seq))
+        for seq in finished:
+            seqs.remove(seq)
+            self._release(seq)
 
     # -- per-token bookkeeping ----------------------------------------------------------
 

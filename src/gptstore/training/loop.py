@@ -17,8 +17,9 @@
 4. resume: weights, optimiser, RNG and loop position from the last checkpoint;
 5. train: length-grouped micro-batches (the plan of an epoch depends on seed and epoch
    only), gradient accumulation over windows of micro-batches, bf16 autocast, gradient
-   clipping, validation every N steps and at epoch ends (or, with `eval_every: auto`,
-   at most ~10% of the run's time: cadence.py), the best weights kept,
+   clipping, validation at epoch ends and every N steps (with `eval_every: auto`,
+   between epoch ends as the time budget allows, ~10% of the run: cadence.py), the
+   best weights kept,
    early stopping with patience, checkpoints every N steps;
 6. record and publish: the finished run becomes a frozen `RunRecord` (`record.py`);
    the method writes the best weights into a staging folder and `publish.py`
@@ -229,9 +230,12 @@ class FineTuneRun:
     def _prepare(self) -> None:
         from gptstore.inference.precision import precision_for
 
-        # precision auto: what this machine's training matmul measured faster in
-        fast_bf16 = self.cfg.precision == "auto" and \
-            precision_for("training", self.settings.home) == "bf16"
+        # precision auto: the store's setting, else what this machine's training matmul
+        # measured faster in
+        pinned = self.settings.training_precision
+        fast_bf16 = self.cfg.precision == "auto" and (
+            pinned == "bf16" if pinned != "auto"
+            else precision_for("training", self.settings.home) == "bf16")
         self.data, self.rcfg = prepare_run(self.cfg, self.catalog, self.base,
                                            cores=torch.get_num_threads(),
                                            fast_bf16=fast_bf16)
@@ -352,6 +356,10 @@ class FineTuneRun:
             total_steps=self.total_steps, eval_every=int(cfg.eval_every),
             auto=self.cfg.eval_every == AUTO,
             valid_tokens=sum(e.num_tokens for e in self.valid_examples))
+        if state.step == 0 and self.valid_examples and self.head_init == "verbalizers":
+            # the starting point is the base's zero-shot classifier: validated, it can be
+            # the best checkpoint, so the published model never scores below it
+            self._validate()
         while not self._done() and state.epoch < epochs:
             epoch = state.epoch
             plan = plan_batches(self.lengths, int(cfg.batch_size), seed=cfg.seed,
@@ -411,8 +419,8 @@ class FineTuneRun:
                 accuracy = correct / max(1, denominator)
                 self._log_step(loss, accuracy, lr, grad_norm, tokens, elapsed,
                                session_seconds, session_steps)
-                # 5. validate (every N steps and at epoch ends, or by time with auto;
-                #    always at the end: cadence.py), checkpoint
+                # 5. validate (at epoch ends and the end; between them every N steps or,
+                #    with auto, as the time budget allows: cadence.py), checkpoint
                 if self.valid_examples and self.cadence.due(
                         state.step, epoch_end=state.window == 0, run_end=self._done(),
                         train_seconds=session_seconds, train_tokens=session_tokens):

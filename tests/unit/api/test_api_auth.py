@@ -24,8 +24,12 @@ from gptstore.settings import Settings
 CHAT = [{"role": "user", "content": "hi"}]
 #: routes anyone may call (liveness, the API's own description)
 OPEN_ROUTES = {"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+#: operations anyone may call: the web login exchanges a password for a key
+OPEN_OPERATIONS = {("/api/session", "post")}
 #: POST routes that only read (inference): a read key may call them
 READ_POSTS = {"/v1/chat/completions", "/v1/completions", "/v1/classifications"}
+#: other non-GET operations any key may call: signing out revokes the caller's own key
+READ_OPERATIONS = {("/api/session", "DELETE")}
 PATH_VALUES = {"namespace": "acme", "name": "m", "number": "1", "file_id": "file-x",
                "job_id": "ftjob-x"}
 BODIES: dict[str, Any] = {
@@ -50,12 +54,14 @@ def routes(client: TestClient) -> list[tuple[str, str, str]]:
         if template in OPEN_ROUTES:
             continue
         for method in sorted(operations):
+            if (template, method) in OPEN_OPERATIONS:
+                continue
             path = template
             for param, value in PATH_VALUES.items():
                 path = path.replace("{" + param + "}", value)
             method = method.upper()
-            need = "read" if method == "GET" or template in READ_POSTS else \
-                "admin" if method == "PATCH" else "write"
+            need = "read" if method == "GET" or template in READ_POSTS or \
+                (template, method) in READ_OPERATIONS else "write"
             out.append((method, path, need))
     return out
 
@@ -109,12 +115,8 @@ def test_a_read_key_on_a_write_route_gets_403(client: TestClient, keys: Keys) ->
         assert response.status_code == 403, (method, path, response.text)
         error = response.json()["error"]
         assert error["type"] == "permission_error" and "--scope " in error["message"]
-    # the same key reads; a write key is refused where admin is needed
+    # the same key reads (a write key refused a visibility change: below)
     assert client.get("/api/models", headers=keys.of("alice", "read")).status_code == 200
-    for method, path, need in routes(client):
-        if need == "admin":
-            response = call(client, method, path, keys.of("alice", "write"))
-            assert response.status_code == 403, (method, path)
 
 
 def _visible(client: TestClient, headers: dict[str, str] | None) -> dict[str, set[str]]:
@@ -330,3 +332,23 @@ def test_changing_visibility_needs_the_admin_right(client: TestClient, keys: Key
     log = entries(client.app.state.catalog.db)  # type: ignore[attr-defined]
     assert [(e.actor, e.action, e.target, e.detail) for e in log] == [
         ("alice", "visibility", "acme/tool", {"from": "org", "to": "public"})]
+
+
+def test_editing_a_listing_needs_the_write_right_and_a_refusal_changes_nothing(
+        client: TestClient, keys: Keys, publish: Publisher) -> None:
+    publish("acme/tool", visibility="public", description="Old words.")
+    url = "/api/models/acme/tool"
+    # bob only reads acme; dave is no member; carol writes to acme
+    for who in ("bob", "dave"):
+        refused = client.patch(url, json={"description": "Mine."}, headers=keys.of(who))
+        assert refused.status_code == 403, who
+    edited = client.patch(url, json={"description": "Carol's words.", "tags": ["qa"]},
+                          headers=keys.of("carol"))
+    assert edited.status_code == 200, edited.text
+    assert edited.json()["description"] == "Carol's words."
+    # carol may not unpublish: the whole request is refused, her new words included
+    both = client.patch(url, json={"description": "Hidden now.", "visibility": "private"},
+                        headers=keys.of("carol", "admin"))
+    assert both.status_code == 403 and both.json()["error"]["param"] == "visibility"
+    after = client.get(url, headers=keys.of("dave")).json()
+    assert (after["description"], after["visibility"]) == ("Carol's words.", "public")

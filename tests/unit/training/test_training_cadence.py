@@ -64,6 +64,8 @@ def test_auto_estimates_the_first_validation_from_the_training_steps():
     # 1 s per step of 400 tokens: 4000 validation tokens at half a training token's cost
     assert cadence.estimate(10.0, 4000) == pytest.approx(5.0)
     assert cadence.estimate(0.1, 4000) == MIN_EVAL_SECONDS  # fixed costs: a floor
+    # head-only training on cached features passes no tokens through its steps
+    assert cadence.estimate(30.0, 0) == MIN_EVAL_SECONDS
     # validating at step 10 would cost 5 s of 10 s trained: not yet
     assert not cadence.due(10, epoch_end=False, run_end=False, train_seconds=10.0,
                            train_tokens=4000)
@@ -92,3 +94,10 @@ def test_validation_on_worker_threads_gives_the_same_metrics(tiny_models):
                                      batch_size=8, executor=pool)
     assert threaded == alone
     assert 0.0 <= alone["accuracy"] <= 1.0 and alone["loss"] > 0
+
+
+def test_auto_still_validates_at_every_epoch_end():
+    # 3 epochs of 5 steps, validations too dear for the budget: epoch ends only
+    cadence = EvalCadence.for_run(total_steps=15, eval_every=2, auto=True, valid_tokens=100)
+    assert simulate(cadence, step_seconds=0.01, eval_seconds=5.0, tokens_per_step=10,
+                    epoch_steps=5) == [5, 10, 15]

@@ -496,6 +496,8 @@ def _refine_top(out: torch.Tensor, hidden: torch.Tensor, linear: Linear,
     matrix. The tail keeps its bf16 values.
     """
     logits = out.float()
+    if logits.shape[0] == 0:  # a step of prompt chunks only: no row wants logits
+        return logits
     if linear.bias is not None or logits.shape[-1] <= k:
         if logits.shape[-1] <= 4 * k:  # a classifier head: cheap to do all of it in fp32
             weight = linear.weight_t.float()
