@@ -137,12 +137,13 @@ def main() -> None:
                         help="Pause of a well-behaved client between requests.")
     parser.add_argument("--rpm", type=int, default=400,
                         help="GPTSTORE_REQUESTS_PER_MINUTE of the server.")
+    parser.add_argument("--batch", type=int, default=16, help="GPTSTORE_MAX_BATCH.")
     parser.add_argument("--running-per-key", type=int, default=4,
-                        help="GPTSTORE_MAX_RUNNING_PER_KEY: the batch of 16 shared by 4 keys.")
+                        help="GPTSTORE_MAX_RUNNING_PER_KEY: the batch shared by 4 keys.")
     args = parser.parse_args()
     home = args.home or Path(tempfile.mkdtemp(prefix="gptstore-fair-")) / "home"
     model, keys = prepare(home, args.model)
-    env = {"GPTSTORE_REQUESTS_PER_MINUTE": str(args.rpm), "GPTSTORE_MAX_BATCH": "16",
+    env = {"GPTSTORE_REQUESTS_PER_MINUTE": str(args.rpm), "GPTSTORE_MAX_BATCH": str(args.batch),
            "GPTSTORE_MAX_STREAMS_PER_KEY": str(CLIENTS_PER_KEY),
            "GPTSTORE_MAX_QUEUE": "256", "GPTSTORE_WORKERS": "0",
            "GPTSTORE_MAX_RUNNING_PER_KEY": str(args.running_per_key)}
