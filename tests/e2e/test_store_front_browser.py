@@ -118,10 +118,17 @@ def ready(page: Any) -> None:
 
 
 def shoot(page: Any, shots: Path, name: str) -> None:
-    """Save the page at laptop and phone widths (full height)."""
+    """Save the page at laptop and phone widths (full height); at either, nothing may
+    stick out sideways (long code scrolls inside its own box)."""
     for label, size in (("laptop", LAPTOP), ("phone", PHONE)):
         page.set_viewport_size(size)
         page.screenshot(path=str(shots / f"{name}-{label}.png"), full_page=True)
+        width = page.evaluate("document.documentElement.scrollWidth")
+        wide = page.evaluate("""(limit) => [...document.querySelectorAll('body *')]
+            .filter((el) => el.getBoundingClientRect().right > limit + 0.5)
+            .slice(0, 5).map((el) => `${el.tagName}.${el.className}#${el.id}`)""",
+                             size["width"])
+        assert width <= size["width"], f"{name} is {width}px wide at {label} width: {wide}"
     page.set_viewport_size(LAPTOP)
 
 
@@ -209,6 +216,21 @@ def test_chat_streams_and_stops(page: Any) -> None:
     assert second.get_attribute("data-finish") == "length"
 
 
+def test_compare_two_models_side_by_side(page: Any, shots: Path) -> None:
+    page.goto("/compare?a=acme/tiny&b=acme/tiny@1")
+    ready(page)
+    page.fill("#cmp-prompt", "Hello")
+    page.fill("#cmp-temperature", "0")
+    page.fill("#cmp-max-tokens", "6")
+    page.click("button:text('Run both')")
+    page.wait_for_function("() => document.querySelectorAll('.answer[data-finish]').length == 2")
+    outputs = [page.locator(f"#cmp-out-{side}") for side in "ab"]
+    assert [o.get_attribute("data-finish") for o in outputs] == ["length", "length"]
+    # the same weights, greedy: the same answer on both sides
+    assert outputs[0].inner_text() == outputs[1].inner_text() != ""
+    shoot(page, shots, "compare")
+
+
 def test_classify_shows_label_probabilities(page: Any, shots: Path) -> None:
     page.goto("/models/acme/sentiment")
     ready(page)
@@ -242,16 +264,17 @@ def test_like_and_rate(page: Any) -> None:
 
 
 def test_usage_is_counted(page: Any, server: RemoteServer) -> None:
-    """The chat and classification tests' requests reach the totals at the next flush
-    (every 5 s) and make the models trend."""
+    """The requests of the tests above (two chats and the comparison's two sides on
+    acme/tiny, one classification) reach the totals at the next flush (every 5 s) and
+    make the models trend."""
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         tiny = httpx.get(f"{server.url}/api/models/acme/tiny").json()
         clf = httpx.get(f"{server.url}/api/models/acme/sentiment").json()
-        if tiny["requests"] >= 2 and clf["requests"] >= 1:
+        if tiny["requests"] >= 4 and clf["requests"] >= 1:
             break
         time.sleep(0.5)
-    assert (tiny["requests"], clf["requests"]) == (2, 1)
+    assert (tiny["requests"], clf["requests"]) == (4, 1)
     page.goto("/search?sort=trending")
     ready(page)
     assert result_names(page)[:2] == ["acme/tiny", "acme/sentiment"]

@@ -77,12 +77,12 @@ function versionsTable(model, shown) {
     { class: "version", open: v.number === shown.number },
     h("summary", {}, h("a", { href: modelUrl(model.name, v.number) }, `v${v.number}`),
       ` · ${v.kind} · ${formatBytes(v.size)} · ${timeAgo(v.created_at)}`),
-    h("table", { class: "files" },
+    h("div", { class: "table-wrap" }, h("table", { class: "files" },
       h("thead", {}, h("tr", {}, h("th", {}, "file"), h("th", {}, "size"), h("th", {}, "sha256"))),
       h("tbody", {}, v.files.map((f) => h("tr", {},
         h("td", {}, h("a", { href: `/api/models/${model.name}/versions/${v.number}/files/${f.path}`, download: f.path }, f.path)),
         h("td", { class: "num" }, formatBytes(f.size)),
-        h("td", { class: "digest" }, f.digest.slice(7, 19)))))))));
+        h("td", { class: "digest" }, f.digest.slice(7, 19))))))))));
 }
 
 function snippets(model, ref) {
