@@ -337,6 +337,7 @@ def test_fine_tune_through_the_wizard(page: Any, tmp_path: Path, shots: Path) ->
     assert len(lengths) >= 2, f"the chart did not move: {lengths}"  # drawn while training
     points = int(page.locator("#job-charts path.line").first.get_attribute("data-points"))
     assert points == 18  # 3 epochs x ceil(21 / 4) steps (3 of the 24 rows validate)
+    assert "null" not in page.locator("main").inner_text()
     shoot(page, shots, "job")
     page.click("#job-model")
     ready(page)

@@ -5,7 +5,7 @@
 
 import { getJSON, query, request, sendJSON } from "./api.js";
 import { bars, lineChart } from "./charts.js";
-import { errorBox, h } from "./dom.js";
+import { errorBox, fill, h } from "./dom.js";
 import { modelUrl } from "./widgets.js";
 
 const STEPS = ["Upload", "Check", "Preview", "Settings", "Start"];
@@ -117,7 +117,7 @@ export async function wizard(root) {
   const steps = h("div", {});
   const body = h("div", {});
   root.append(steps, body);
-  const show = (i, ...children) => { steps.replaceChildren(stepper(i)); body.replaceChildren(...children); };
+  const show = (i, ...children) => { steps.replaceChildren(stepper(i)); fill(body, ...children); };
 
   const input = h("input", { id: "ft-file", type: "file", accept: ".jsonl,.json,.csv,.tsv,.txt", required: true });
   const status = h("div", { "aria-live": "polite" });
@@ -223,7 +223,7 @@ export async function jobPage(root, jobId) {
     const cancel = TERMINAL.has(job.status) ? null : h("button", { type: "button", class: "secondary", id: "job-cancel",
       onclick: async () => { try { await sendJSON("POST", `/v1/fine_tuning/jobs/${jobId}/cancel`, {}); } catch (err) { head.append(errorBox(err)); } } }, "Cancel job");
     const step = evts.filter((e) => e.type === "metrics").map((e) => e.data).pop();
-    head.replaceChildren(
+    fill(head,
       h("h1", {}, `Fine-tuning job ${job.id}`),
       h("p", {}, "Status: ", h("span", { class: `status ${job.status}`, id: "job-status" }, job.status),
         step ? ` · step ${step.step} of ${step.total_steps}` : "",
@@ -233,7 +233,7 @@ export async function jobPage(root, jobId) {
       link, cancel);
     const loss = series(evts, ["train_loss", "valid_loss"]);
     const acc = series(evts, ["train_mean_token_accuracy", "train_accuracy", "valid_accuracy", "valid_mean_token_accuracy"]);
-    charts.replaceChildren(lineChart(loss, { title: "Loss" }), acc.length ? lineChart(acc, { title: "Accuracy" }) : null);
+    fill(charts, lineChart(loss, { title: "Loss" }), acc.length ? lineChart(acc, { title: "Accuracy" }) : null);
     checkpoints.replaceChildren(cps.length ? h("ul", {}, cps.map((c) => h("li", {},
       h("a", { href: modelUrl(c.fine_tuned_model_checkpoint) }, c.fine_tuned_model_checkpoint), ` · step ${c.step_number}`)))
       : h("p", { class: "muted" }, "None yet: the last epochs' weights become checkpoints."));
