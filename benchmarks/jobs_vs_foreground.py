@@ -60,7 +60,9 @@ class MachineLoad:
                 stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            mine += int(stat[11]) + int(stat[12])
+            # utime + stime, and cutime + cstime: a finished child (the foreground
+            # command, a job's process) moves its time into its parent's counters
+            mine += sum(int(v) for v in stat[11:15])
         return sum(cpu), sum(cpu) - cpu[3] - cpu[4], mine
 
     def _tree(self) -> set[int]:

@@ -11,6 +11,10 @@ Prints:
  (d) resident memory of 1 base + 20 LoRA adapters loaded vs the base alone, against the
      adapters' own file sizes.
 Every figure is a ratio against a peer measured in the same run (this machine is noisy).
+The peer is `generate` as its users run it: its own process, its main thread,
+`from_pretrained`'s defaults (benchmarks/peer_generate.py), run while no engine or
+server of ours is up. The machine (CPU, GEMM GFLOP/s in both dtypes, memory bandwidth)
+is printed first.
 """
 
 from __future__ import annotations
@@ -22,12 +26,13 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import torch
+from machine import describe_machine
+from peer_generate import run_peer
 
 from gptstore.catalog.importers import BUILTIN_NAME, ensure_builtin
 from gptstore.catalog.repository import Catalog
@@ -38,7 +43,6 @@ from gptstore.settings import Settings
 from gptstore.testing.server import RemoteServer
 
 NEW_TOKENS = 128
-T = TypeVar("T")
 QUESTIONS = [
     "Explain how a bicycle works.", "Write a short story about a lighthouse keeper.",
     "What are the benefits of regular exercise?", "Describe the water cycle.",
@@ -56,26 +60,6 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def on_own_thread(fn: Callable[[], T]) -> T:
-    """Run `fn` on a thread that ends afterwards. PyTorch's OpenMP runtime keeps a thread
-    team per calling thread and throttles them all once they outnumber the cores; a team
-    left behind by one contender would slow the other (see gptstore's engine.py)."""
-    out: list[T] = []
-    thread = threading.Thread(target=lambda: out.append(fn()))
-    thread.start()
-    thread.join()
-    return out[0]
-
-
-def hf_generate(model: object, ids: list[int]) -> tuple[int, float]:
-    start = time.perf_counter()
-    with torch.inference_mode():
-        out = model.generate(  # type: ignore[attr-defined]
-            torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-            max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
-    return out.shape[1] - len(ids), time.perf_counter() - start
-
-
 def our_engine(catalog: Catalog, dtype: str) -> Any:
     return build_engine(Settings(inference_dtype=dtype), catalog, max_running=16)
 
@@ -83,16 +67,9 @@ def our_engine(catalog: Catalog, dtype: str) -> Any:
 def part_a(catalog: Catalog, prompts: list[list[int]], dtype: str) -> dict[str, float]:
     from gptstore.inference.types import SamplingParams
 
-    def reference() -> tuple[float, float]:
-        model = load_version(catalog, BUILTIN_NAME).model
-        hf_generate(model, prompts[0][:8])  # warm-up
-        hf_tokens = hf_time = 0.0
-        for ids in prompts:
-            n, t = hf_generate(model, ids)
-            hf_tokens, hf_time = hf_tokens + n, hf_time + t
-        return hf_tokens, hf_time
-
-    hf_tokens, hf_time = on_own_thread(reference)
+    peer = run_peer(catalog.snapshot(catalog.resolve(BUILTIN_NAME)), prompts, NEW_TOKENS)
+    hf_tokens = sum(run["tokens"] for run in peer["runs"])
+    hf_time = sum(run["seconds"] for run in peer["runs"])
     engine = our_engine(catalog, dtype)
     params = SamplingParams(max_tokens=NEW_TOKENS, temperature=0, ignore_eos=True)
     engine.generate(BUILTIN_NAME, prompts[0][:8], params)  # warm-up (loads the model)
@@ -104,7 +81,8 @@ def part_a(catalog: Catalog, prompts: list[list[int]], dtype: str) -> dict[str, 
         ours_tokens += done.usage.completion_tokens
     engine.shutdown()
     hf_rate, ours_rate = hf_tokens / hf_time, ours_tokens / ours_time
-    return {"hf_tok_s": hf_rate, "gptstore_tok_s": ours_rate, "ratio": ours_rate / hf_rate}
+    return {"hf_tok_s": hf_rate, "gptstore_tok_s": ours_rate, "ratio": ours_rate / hf_rate,
+            "hf_dtype": peer["dtype"]}
 
 
 def stream_one(url: str, question: str, results: list[dict[str, float]]) -> None:
@@ -130,14 +108,9 @@ def stream_one(url: str, question: str, results: list[dict[str, float]]) -> None
 
 def part_bc(home: Path, catalog: Catalog, prompts: list[list[int]], dtype: str
             ) -> dict[str, float]:
-    def reference() -> float:
-        model = load_version(catalog, BUILTIN_NAME).model
-        hf_tokens, start = 0, time.perf_counter()
-        for ids in prompts:
-            hf_tokens += hf_generate(model, ids)[0]
-        return hf_tokens / (time.perf_counter() - start)
-
-    hf_rate = on_own_thread(reference)
+    peer = run_peer(catalog.snapshot(catalog.resolve(BUILTIN_NAME)), prompts, NEW_TOKENS)
+    hf_rate = sum(run["tokens"] for run in peer["runs"]) / sum(
+        run["seconds"] for run in peer["runs"])
     env = {"GPTSTORE_MAX_BATCH": "16", "GPTSTORE_INFERENCE_DTYPE": dtype}
     with RemoteServer(home, env=env, timeout=300) as server:
         warm: list[dict[str, float]] = []
@@ -214,6 +187,7 @@ def main() -> None:
                              "the exact model in the auto dtype)")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 2)
+    print(describe_machine(), flush=True)
     os.environ["GPTSTORE_HOME"] = str(args.home)
     settings = Settings(home=args.home)
     catalog = Catalog(settings)
@@ -221,12 +195,13 @@ def main() -> None:
     tokenizer = load_tokenizer(catalog, BUILTIN_NAME)
     prompts = [render_chat_prompt(tokenizer, [{"role": "user", "content": q}])
                for q in QUESTIONS]
-    print(f"SmolLM2-135M-Instruct, gptstore {args.dtype}, transformers {preferred_dtype()}, "
-          f"{NEW_TOKENS} new tokens, "
-          f"{torch.get_num_threads()} threads", flush=True)
+    print(f"SmolLM2-135M-Instruct, gptstore {args.dtype} (auto: "
+          f"{str(preferred_dtype(settings)).removeprefix('torch.')}), "
+          f"{NEW_TOKENS} new tokens, {torch.get_num_threads()} threads", flush=True)
     a = part_a(catalog, prompts[: args.single_prompts], args.dtype)
     print(f"(a) single stream: gptstore {a['gptstore_tok_s']:.1f} tok/s, transformers "
-          f"generate {a['hf_tok_s']:.1f} tok/s -> {a['ratio']:.2f}x", flush=True)
+          f"generate ({a['hf_dtype']}, own process) {a['hf_tok_s']:.1f} tok/s -> "
+          f"{a['ratio']:.2f}x", flush=True)
     bc = part_bc(args.home, catalog, prompts, args.dtype)
     print(f"(b) 16 concurrent HTTP streams: {bc['gptstore_16_clients_tok_s']:.1f} tok/s, "
           f"16 sequential generate: {bc['hf_sequential_tok_s']:.1f} tok/s -> "

@@ -51,6 +51,24 @@ class PermissionDenied(GptStoreError, PermissionError):
     type = "permission_error"
 
 
+class Unauthenticated(GptStoreError, PermissionError):
+    """No API key, or one that is unknown, revoked or expired (HTTP 401)."""
+
+    type = "invalid_request_error"
+
+
+class RateLimited(GptStoreError):
+    """The caller sent more than its share (requests per minute, concurrent streams,
+    queued jobs): HTTP 429 with `retry_after` seconds."""
+
+    type = "requests"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0,
+                 param: str | None = None) -> None:
+        super().__init__(message, param=param)
+        self.retry_after = retry_after
+
+
 class StorageError(GptStoreError, OSError):
     """The disk or database failed underneath us (full disk, unwritable home, ...)."""
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from gptstore.accounts import tables as _account_tables  # noqa: F401  (registers them)
+from gptstore.catalog import evaluations as _eval_tables  # noqa: F401  (suites, results)
 from gptstore.catalog.tables import Base
 from gptstore.jobs import tables as _job_tables  # noqa: F401  (registers the job tables)
 

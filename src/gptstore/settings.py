@@ -44,11 +44,24 @@ class Settings(BaseSettings):
         description="Most requests waiting for a slot; beyond it the API answers 503 "
         "with Retry-After.",
     )
+    training_precision: Literal["auto", "bf16", "fp32"] = Field(
+        default="auto",
+        description="Precision of fine-tuning runs whose own `precision` is auto: auto = "
+        "bf16 autocast where this CPU's training matmul measured faster in it (timed once "
+        "per machine, cached in the home), else fp32.",
+    )
     inference_dtype: Literal["auto", "bfloat16", "float32", "int4"] = Field(
         default="auto",
-        description="Weights dtype of served models: auto = bfloat16 on CPUs with AMX, "
-        "else float32 (both exact); int4 = 4-bit projection weights with bf16 activations "
+        description="Weights dtype of served models: auto = whichever of bfloat16 and "
+        "float32 measured faster on this CPU (timed once per machine, cached in the home; "
+        "both exact); int4 = 4-bit projection weights with bf16 activations "
         "(faster, outputs differ slightly from the exact model).",
+    )
+    prefix_cache_bytes: int = Field(
+        default=256 * 1024**2, ge=0,
+        description="Memory per served base for keys/values of prompt prefixes kept for "
+        "reuse (a shared system prompt or chat history is computed once); least recently "
+        "used blocks are evicted beyond it; 0 turns prefix caching off.",
     )
     max_upload_bytes: int = Field(
         default=512 * 1024**2, ge=1,
@@ -74,6 +87,51 @@ class Settings(BaseSettings):
     max_jobs_per_owner: int = Field(
         default=2, ge=1,
         description="Jobs of one owner that run at the same time; the rest wait queued.",
+    )
+    # -- accounts and limits (docs/security.md) ---------------------------------------
+    auth: Literal["auto", "required"] = Field(
+        default="auto",
+        description="auto: a server bound to a loopback address with no users runs as the "
+        "single local admin (no keys); bound elsewhere, or once users exist, every request "
+        "needs an API key. required: always.",
+    )
+    public_read: bool = Field(
+        default=False,
+        description="Let requests without a key read public models (catalog, /v1/models, "
+        "inference) when keys are required.",
+    )
+    max_request_bytes: int = Field(
+        default=8 * 1024**2, ge=1024,
+        description="Largest request body outside file uploads; larger ones get 413.",
+    )
+    max_tokens: int = Field(
+        default=4096, ge=1,
+        description="Largest max_tokens (new tokens per choice) a request may ask for; "
+        "more is refused with 400.",
+    )
+    max_context: int | None = Field(
+        default=None, ge=16,
+        description="Cap on the context (prompt plus new tokens) of served models, below "
+        "their own; longer prompts are refused with 400.",
+    )
+    requests_per_minute: int = Field(
+        default=600, ge=0,
+        description="Requests one API key (or one address without a key) may send per "
+        "minute; beyond it 429 with Retry-After. 0: no limit.",
+    )
+    max_streams_per_key: int = Field(
+        default=32, ge=1,
+        description="Inference requests of one key running or waiting at once; beyond it "
+        "429. Waiting requests are admitted to the engine fairly, in turn across keys.",
+    )
+    max_queued_jobs_per_key: int = Field(
+        default=10, ge=1,
+        description="Fine-tuning jobs one owner may have queued or running; beyond it 429.",
+    )
+    shutdown_grace_seconds: float = Field(
+        default=10.0, ge=0,
+        description="On SIGTERM, how long in-flight requests may finish before the server "
+        "stops them.",
     )
     offline: bool = Field(
         default=False,

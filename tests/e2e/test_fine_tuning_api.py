@@ -230,8 +230,10 @@ def test_cancel_a_running_job(client: openai.OpenAI, tmp_path: Path) -> None:
 
 def test_pause_and_resume(client: openai.OpenAI, tmp_path: Path) -> None:
     train = upload(client, write_jsonl(tmp_path / "pause.jsonl", chat_rows(120)))
+    # long enough (420 steps) that the pause, which reaches the job with the worker's
+    # next heartbeat (at most a second later), finds it still running on a fast machine
     job = client.fine_tuning.jobs.create(model="acme/tiny", training_file=train,
-                                         hyperparameters={"n_epochs": 6})
+                                         hyperparameters={"n_epochs": 30})
     wait_for_step(client, job.id, 2)
     client.fine_tuning.jobs.pause(job.id)
     paused = wait_for(client, job.id, {"paused", "succeeded", "failed"}, timeout=60)
@@ -246,8 +248,8 @@ def test_pause_and_resume(client: openai.OpenAI, tmp_path: Path) -> None:
     assert f"Fine-tuning resumed at step {step}" in events
     steps = [e.data["step"] for e in client.fine_tuning.jobs.list_events(job.id, limit=1000)
              if e.type == "metrics" and "train_loss" in e.data]
-    # every optimiser step ran exactly once across the pause (108 examples, batch 8: 14 x 6)
-    assert sorted(steps) == list(range(1, 85))
+    # every optimiser step ran exactly once across the pause (108 examples, batch 8: 14 x 30)
+    assert sorted(steps) == list(range(1, 421))
 
 
 def test_classification_job(client: openai.OpenAI, server: RemoteServer,

@@ -2,9 +2,9 @@
 a real `gptstore serve` over a store of tiny random models: search and filter, a model
 page (a hostile card stays inert), streamed chat stopped mid-answer, classification
 bars, a bad upload's line-numbered errors, a fine-tune run through the wizard with its
-chart moving to the new model's page, like and rate, and a private model staying
-hidden. Each page is saved as a screenshot at laptop and phone widths in a folder the
-run prints.
+chart moving to the new model's page, like and rate. The server runs in local mode, whose
+one user sees every model (who sees what is tested on the API: tests/unit/api). Each page
+is saved as a screenshot at laptop and phone widths in a folder the run prints.
 
 Skipped only when /usr/bin/chromium is missing (`.ci/run` installs it).
 """
@@ -20,11 +20,9 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import update
 
 from gptstore.catalog.importers import import_path
 from gptstore.catalog.repository import Catalog
-from gptstore.catalog.tables import Model
 from gptstore.settings import Settings
 from gptstore.testing.server import RemoteServer
 from gptstore.testing.tiny import make_tiny_classifier, make_tiny_model
@@ -63,10 +61,6 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     card_only.mkdir()
     (card_only / "config.json").write_text("{}")
     catalog.publish("zeta/hostile", card_only, description=HOSTILE, tags=["demo"])
-    catalog.publish("zeta/secret", card_only, description="Nobody may see this.")
-    with catalog.db.session(write=True) as session:
-        session.execute(update(Model).where(Model.name == "secret")
-                        .values(visibility="private"))
     catalog.close()
     return root / "home"
 
@@ -154,7 +148,6 @@ def test_home_search_and_filter(page: Any, shots: Path) -> None:
     ready(page)
     names = result_names(page)
     assert "acme/tiny" in names and "acme/sentiment" not in names
-    assert "zeta/secret" not in names  # private: not listed for this caller
     page.fill("#q", "no such words at all")
     page.click("form.search-form button[type=submit]")
     page.wait_for_selector("text=No model matches")
@@ -172,7 +165,7 @@ def test_model_page_with_a_hostile_card(page: Any, shots: Path) -> None:
     assert "No training curves" in page.locator("#curves").inner_text()
     assert "No metrics" in page.locator("#metrics").inner_text()
     shoot(page, shots, "model-hostile")
-    page.goto("/models/zeta/secret")
+    page.goto("/models/zeta/nope")
     ready(page)
     assert "not in the store" in page.locator("[role=alert]").inner_text()
     page.goto("/models/acme/tiny@7")

@@ -11,7 +11,7 @@ from gptstore.settings import Settings
 from gptstore.storage.db import Database, current_revision, downgrade, head_revision, upgrade
 
 TABLES = {"namespaces", "models", "versions", "version_files", "files", "jobs", "job_events",
-          "job_checkpoints", "alembic_version"}
+          "job_checkpoints", "eval_suites", "eval_results", "alembic_version"}
 
 
 def test_upgrade_matches_the_tables_and_downgrades(db_settings: Settings) -> None:

@@ -12,8 +12,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from gptstore import __version__
+from gptstore.api.deps import PrincipalDep
 from gptstore.api.errors import install_error_handlers
 from gptstore.settings import Settings
+
+#: what /api/engine shows every caller; which models are loaded (digests and snapshot
+#: folders, which name them) only the local admin and store administrators see
+PUBLIC_ENGINE_STATS = ("running", "waiting", "steps")
 
 
 def build_app(settings: Settings | None = None) -> FastAPI:
@@ -21,11 +26,25 @@ def build_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from gptstore.accounts.store import AccountStore
+        from gptstore.api.auth import Authenticator, startup_problem
+        from gptstore.api.limits import FairGate, RateLimiter
         from gptstore.catalog.repository import Catalog
         from gptstore.catalog.usage import UsageCounter
+        from gptstore.errors import InvalidRequest
 
         app.state.settings = settings
         app.state.catalog = Catalog(settings)
+        accounts = AccountStore(app.state.catalog.db)
+        problem = startup_problem(settings, accounts.has_users())
+        if problem:
+            app.state.catalog.close()
+            raise InvalidRequest(problem, param="host")
+        app.state.accounts = accounts
+        app.state.auth = Authenticator(settings, accounts)
+        app.state.rate_limiter = RateLimiter(settings.requests_per_minute)
+        app.state.gate = FairGate(settings.max_batch, settings.max_streams_per_key,
+                                  settings.max_queue)
         app.state.usage = UsageCounter(app.state.catalog.db)  # batched usage writes
         app.state.usage.start()
         app.state.engine = None  # built on first use: see deps.get_serving
@@ -48,9 +67,13 @@ def build_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="gptstore", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
+    from gptstore.api.middleware import RequestGuard
+
+    app.add_middleware(RequestGuard, max_body=settings.max_request_bytes)
 
     from gptstore.api.openai import files, fine_tuning, model_objects, routes
     from gptstore.api.store import catalog as store_catalog
+    from gptstore.api.store import leaderboards
     from gptstore.api.store.schemas import EngineStats, Health
 
     @app.get("/healthz", tags=["meta"], response_model=Health)
@@ -60,10 +83,16 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     # exclude_none: before the engine starts, the answer is only {"started": false}
     @app.get("/api/engine", tags=["meta"], response_model=EngineStats,
              response_model_exclude_none=True)
-    def engine_stats() -> EngineStats:
-        """What the inference engine is doing: running / waiting requests, loaded models."""
+    def engine_stats(principal: PrincipalDep) -> EngineStats:
+        """What the inference engine is doing: running / waiting requests; the loaded
+        models for administrators."""
         engine = app.state.engine
-        return EngineStats(started=engine is not None, **(engine.stats() if engine else {}))
+        stats = engine.stats() if engine else {}
+        if engine is not None:  # requests waiting at the fair gate wait for the engine too
+            stats["waiting"] = stats.get("waiting", 0) + app.state.gate.waiting
+        if not principal.sees_everything:
+            stats = {k: v for k, v in stats.items() if k in PUBLIC_ENGINE_STATS}
+        return EngineStats(started=engine is not None, **stats)
 
     from gptstore.api.store import front as store_front
     from gptstore.api.store import preview as store_preview
@@ -72,6 +101,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(store_preview.router, prefix="/api")
     app.include_router(store_catalog.router, prefix="/api")
     app.include_router(files.store_router, prefix="/api")
+    app.include_router(leaderboards.router, prefix="/api")
     app.include_router(model_objects.router, prefix="/v1")
     app.include_router(routes.router, prefix="/v1")
     app.include_router(files.router, prefix="/v1")

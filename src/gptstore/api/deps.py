@@ -7,7 +7,8 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from gptstore.catalog.access import ANONYMOUS, Principal
+from gptstore.api.auth import LOCAL_OWNER, read_owner, read_principal, write_owner
+from gptstore.catalog.access import Principal
 from gptstore.catalog.repository import Catalog
 
 _engine_lock = threading.Lock()
@@ -18,9 +19,8 @@ def get_catalog(request: Request) -> Catalog:
 
 
 def get_principal(request: Request) -> Principal:
-    """Who is asking. Every caller is ANONYMOUS until accounts exist; accounts will
-    authenticate the request here (API key, session) and return its user."""
-    return ANONYMOUS
+    """Who is asking, for a read (api/auth.py: the key, the mode, the rate limit)."""
+    return read_principal(request)
 
 
 def get_serving(request: Request) -> Any:
@@ -34,18 +34,22 @@ def get_serving(request: Request) -> Any:
                 from gptstore.inference.store import build_engine
 
                 state.engine = build_engine(state.settings, state.catalog)
-                state.serving = OpenAIServing(state.engine)
+                state.serving = OpenAIServing(state.engine,
+                                              max_tokens=state.settings.max_tokens)
     return state.serving
 
 
-#: the owner of everything made without accounts: the single local user
-LOCAL_OWNER = "local"
-
-
 def get_owner(request: Request) -> str:
-    """The namespace that owns what the caller creates (files, jobs, fine-tunes) and
-    whose files and jobs the caller sees."""
-    return LOCAL_OWNER
+    """The namespace whose files and jobs the caller sees (a read)."""
+    return read_owner(request)
+
+
+def get_write_owner(request: Request) -> str:
+    """The namespace that owns what the caller creates or changes (a write)."""
+    return write_owner(request)
+
+
+__all__ = ["LOCAL_OWNER"]
 
 
 def get_usage(request: Request) -> Any:
@@ -56,6 +60,7 @@ def get_usage(request: Request) -> Any:
 
 CatalogDep = Annotated[Catalog, Depends(get_catalog)]
 OwnerDep = Annotated[str, Depends(get_owner)]
+WriteOwnerDep = Annotated[str, Depends(get_write_owner)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 ServingDep = Annotated[Any, Depends(get_serving)]
 UsageDep = Annotated[Any, Depends(get_usage)]

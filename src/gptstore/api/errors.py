@@ -21,7 +21,9 @@ from gptstore.errors import (
     NotFound,
     PayloadTooLarge,
     PermissionDenied,
+    RateLimited,
     StorageError,
+    Unauthenticated,
     Unavailable,
 )
 
@@ -30,7 +32,9 @@ STATUS = [
     (NotFound, 404),
     (InvalidRequest, 400),
     (Conflict, 409),
+    (Unauthenticated, 401),
     (PermissionDenied, 403),
+    (RateLimited, 429),
     (Unavailable, 503),
     (StorageError, 500),
 ]
@@ -99,6 +103,17 @@ def _document_errors(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+def _code(exc: GptStoreError) -> str | None:
+    """OpenAI's `code` for the errors its clients branch on."""
+    if isinstance(exc, NotFound) and exc.param == "model":
+        return "model_not_found"
+    if isinstance(exc, Unauthenticated):
+        return "invalid_api_key"
+    if isinstance(exc, RateLimited):
+        return "rate_limit_exceeded"
+    return None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     _document_errors(app)
 
@@ -108,7 +123,9 @@ def install_error_handlers(app: FastAPI) -> None:
         # Retry-After is whole seconds (RFC 9110)
         retry = max(1, math.ceil(float(getattr(exc, "retry_after", None) or 1)))
         headers = {"Retry-After": str(retry)} if status in (429, 503) else None
-        code = "model_not_found" if isinstance(exc, NotFound) and exc.param == "model" else None
+        code = _code(exc)
+        if status == 401:
+            headers = {"WWW-Authenticate": 'Bearer realm="gptstore"'}
         return JSONResponse(envelope(exc.message, exc.type, exc.param, code), status_code=status,
                             headers=headers)
 

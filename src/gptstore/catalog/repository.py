@@ -36,12 +36,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, contains_eager, selectinload
 
 from gptstore.catalog import search as text_search
-from gptstore.catalog.access import SYSTEM, Principal, readable_by
+from gptstore.catalog.access import PUBLIC, SYSTEM, VISIBILITIES, Principal, readable_by
 from gptstore.catalog.cards import CardData, headline_metrics, parse_card, render_card
 from gptstore.catalog.files import FileRepository
 from gptstore.catalog.names import ModelRef, parse_ref
 from gptstore.catalog.tables import Model, Namespace, Version, VersionFile, utcnow
-from gptstore.errors import Conflict, InvalidRequest, NotFound, StorageError
+from gptstore.errors import Conflict, InvalidRequest, NotFound, PermissionDenied, StorageError
 from gptstore.settings import Settings
 from gptstore.storage.blobs import BlobStore
 from gptstore.storage.db import Database
@@ -270,6 +270,13 @@ def _named(query: Any, ref: ModelRef, principal: Principal) -> Any:
 def _find_model(session: Session, ref: ModelRef, principal: Principal = SYSTEM
                 ) -> Model | None:
     return session.scalars(_named(_model_query(), ref, principal)).first()
+
+
+def check_visibility(visibility: str) -> str:
+    if visibility not in VISIBILITIES:
+        raise InvalidRequest(f"visibility {visibility!r} is not one of "
+                             f"{', '.join(VISIBILITIES)}", param="visibility")
+    return visibility
 
 
 def _not_in_store(ref: ModelRef) -> NotFound:
@@ -618,7 +625,10 @@ class Catalog:
                 )
             if visible is None:
                 raise _not_in_store(parse_ref(version.model))
-        return self.read_file(version, CARD_FILE).decode()
+        from gptstore.catalog.evaluations import Evaluations
+
+        # evaluations measured after publishing join the (immutable) card's model-index
+        return Evaluations(self).card_of(version, self.read_file(version, CARD_FILE).decode())
 
     def snapshot(self, version: VersionInfo) -> Path:
         """A folder holding the version's files (symlinks into the blob store).
@@ -692,15 +702,19 @@ class Catalog:
         lineage: dict[str, Any] | None = None,
         metrics: dict[str, Any] | None = None,
         new_model: bool = True,
+        visibility: str = PUBLIC,
+        owner_id: int | None = None,
     ) -> VersionInfo:
         """Publish the files of `source_dir` as a new version of `name`.
 
         `new_model=True` creates the model and fails with Conflict when the name is
         taken; `new_model=False` adds a version to an existing model. `base` names the
         base version of a fine-tune or adapter. A README.md in `source_dir` is replaced
-        by the generated model card.
+        by the generated model card. `visibility` applies to a new model; `owner_id` (an
+        account) must own the namespace, or claims it when nobody does.
         """
         ref = parse_ref(name, allow_version=False)
+        check_visibility(visibility)
         if task not in TASKS:
             raise InvalidRequest(f"unknown task {task!r}: use one of {', '.join(TASKS)}",
                                  param="task")
@@ -743,13 +757,13 @@ class Catalog:
         # 3: one transaction makes the version visible
         try:
             with self.db.session(write=True) as session:
-                namespace = session.scalars(
-                    select(Namespace).where(Namespace.name == ref.namespace)
-                ).first()
-                if namespace is None:
-                    namespace = Namespace(name=ref.namespace)
-                    session.add(namespace)
-                    session.flush()
+                namespace = _namespace_in(session, ref.namespace, owner_id)
+                if owner_id is not None and namespace.owner_id != owner_id:
+                    if namespace.owner_id is not None:
+                        raise PermissionDenied(
+                            f"namespace {ref.namespace} belongs to another account; publish "
+                            "under your own namespace", param="name")
+                    namespace.owner_id = owner_id
                 model = session.scalars(
                     select(Model).where(Model.namespace_id == namespace.id,
                                         Model.name == ref.name)
@@ -758,7 +772,8 @@ class Catalog:
                     if not new_model:
                         raise NotFound(f"model {ref.full_name} was removed meanwhile")
                     model = Model(namespace_id=namespace.id, name=ref.name, task=task,
-                                  description=description, tags=list(tags), license=license)
+                                  description=description, tags=list(tags), license=license,
+                                  visibility=visibility)
                     session.add(model)
                     session.flush()
                 elif new_model:
@@ -805,6 +820,41 @@ class Catalog:
                 Version.model_id == model.id))
             return int(top or 0)
 
+    def namespace_owner(self, namespace: str) -> int | None:
+        """The account id owning `namespace` (None: nobody, or no such namespace)."""
+        with self.db.session() as session:
+            return session.scalar(select(Namespace.owner_id).where(Namespace.name == namespace))
+
+    def claim_namespace(self, namespace: str, owner_id: int) -> None:
+        """Make account `owner_id` the owner of `namespace` (created if missing); a
+        namespace another account owns is refused."""
+        with self.db.session(write=True) as session:
+            row = session.scalars(select(Namespace).where(Namespace.name == namespace)).first()
+            if row is None:
+                session.add(Namespace(name=namespace, owner_id=owner_id))
+            elif row.owner_id is None:
+                row.owner_id = owner_id
+            elif row.owner_id != owner_id:
+                raise PermissionDenied(f"namespace {namespace} belongs to another account; "
+                                       "choose a name in the owner's namespace",
+                                       param="owner")
+
+    def set_visibility(self, name: str, visibility: str, *,
+                       principal: Principal = SYSTEM) -> ModelInfo:
+        """Change who may read a model; needs the `admin` right on its namespace (its
+        owner, an organisation admin, or SYSTEM)."""
+        ref = parse_ref(name, allow_version=False)
+        check_visibility(visibility)
+        with self.db.session(write=True) as session:
+            model = _find_model(session, ref, principal)
+            if model is None:
+                raise _not_in_store(ref)
+            if not principal.may_write_namespace(model.namespace.owner_id, need="admin"):
+                raise PermissionDenied(f"changing the visibility of {ref.full_name} needs "
+                                       "the admin role on its namespace", param="visibility")
+            model.visibility = visibility
+        return self.get_model(ref)
+
     def delete_model(self, name: str) -> ModelInfo:
         """Remove a model and its versions; its blobs go at the next `gc`."""
         ref = parse_ref(name, allow_version=False)
@@ -838,7 +888,10 @@ class Catalog:
         with self.db.session() as session:
             files = set(session.scalars(select(VersionFile.digest)).all())
             manifests = set(session.scalars(select(Version.manifest_digest)).all())
-        return files | manifests | self.files.referenced_digests()
+        from gptstore.catalog.evaluations import Evaluations
+
+        suites = {suite.data_digest for suite in Evaluations(self).list_suites()}
+        return files | manifests | self.files.referenced_digests() | suites
 
     def gc(self, *, grace_seconds: float | None = None) -> tuple[int, int]:
         """Remove unreferenced blobs (older than the grace period) and stale snapshots."""
@@ -859,3 +912,23 @@ class Catalog:
 def _put(blobs: BlobStore, path: Path) -> tuple[str, int]:
     info = blobs.put_file(path)
     return info.digest, info.size
+
+
+def _namespace_in(session: Session, name: str, owner_id: int | None) -> Namespace:
+    """The namespace `name`, created when missing.
+
+    Two workers publishing their first models into one new namespace at the same time
+    both find it missing on PostgreSQL (SQLite serialises writers): the loser's insert
+    runs in a savepoint, so its unique-name violation rolls back only that insert and
+    the row the winner committed is read instead of failing the whole publish.
+    """
+    query = select(Namespace).where(Namespace.name == name)
+    if (namespace := session.scalars(query).first()) is not None:
+        return namespace
+    try:
+        with session.begin_nested():
+            namespace = Namespace(name=name, owner_id=owner_id)
+            session.add(namespace)
+        return namespace
+    except IntegrityError:
+        return session.scalars(query).one()

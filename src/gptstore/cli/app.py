@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from gptstore import __version__
-from gptstore.cli import finetune, jobs, models, run
+from gptstore.cli import accounts, doctor, evaluate, finetune, jobs, models, run
 from gptstore.cli.common import console, fail, human_size, open_catalog, settings
 from gptstore.errors import GptStoreError
 from gptstore.settings import describe_settings
@@ -26,6 +26,7 @@ app = typer.Typer(
 app.add_typer(models.app, name="models")
 app.command()(run.generate)
 app.command()(run.chat)
+app.command()(doctor.doctor)
 
 
 def _add_optional_subapps() -> None:
@@ -35,8 +36,19 @@ def _add_optional_subapps() -> None:
 
 
 _add_optional_subapps()
-finetune.register(app)  # finetune, classify, eval
+finetune.register(app)  # finetune, classify
+evaluate.register(app)  # eval, suites, leaderboard
+
+
+def _add_sweep() -> None:
+    from gptstore.cli import sweep
+
+    app.command("sweep")(sweep.sweep)
+
+
+_add_sweep()
 jobs.register(app)  # files, jobs, worker
+accounts.register(app)  # users, orgs, keys, audit
 
 
 def _version_callback(value: bool) -> None:
@@ -70,6 +82,13 @@ def serve(
         cfg.host = host
     if port is not None:
         cfg.port = port
+    from gptstore.accounts.store import AccountStore
+    from gptstore.api.auth import startup_problem
+
+    with open_catalog() as catalog:
+        problem = startup_problem(cfg, AccountStore(catalog.db).has_users())
+    if problem:
+        fail(problem)
     if pull_builtin:
         from gptstore.catalog.importers import BUILTIN_NAME, ensure_builtin
 
@@ -77,7 +96,9 @@ def serve(
             if not catalog.exists(BUILTIN_NAME):
                 with console.status(f"pulling {BUILTIN_NAME} (first run only)…"):
                     ensure_builtin(catalog)
-    uvicorn.run(build_app(cfg), host=cfg.host, port=cfg.port, log_level="info")
+    # on SIGTERM, requests in flight get this long to finish, then they are cancelled
+    uvicorn.run(build_app(cfg), host=cfg.host, port=cfg.port, log_level="info",
+                timeout_graceful_shutdown=max(1, round(cfg.shutdown_grace_seconds)))
 
 
 @app.command()

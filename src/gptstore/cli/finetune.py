@@ -1,4 +1,4 @@
-"""`gptstore finetune`, `gptstore classify`, `gptstore eval` (added to the root app by
+"""`gptstore finetune` and `gptstore classify` (added to the root app by
 `register(app)`).
 
 Owns only the presentation: the flags build one `TrainConfig` (help texts come from its
@@ -70,6 +70,7 @@ def finetune(
     schedule: Annotated[str, typer.Option(help=_h("schedule"))] = _d("schedule"),
     warmup: Annotated[float, typer.Option(help=_h("warmup_ratio"))] = _d("warmup_ratio"),
     max_grad_norm: Annotated[float, typer.Option(help=_h("max_grad_norm"))] = _d("max_grad_norm"),
+    head_init: Annotated[str, typer.Option(help=_h("head_init"))] = _d("head_init"),
     lora_r: Annotated[int, typer.Option(help=_h("lora_r"))] = _d("lora_r"),
     lora_alpha: Annotated[str, typer.Option(help=_h("lora_alpha"))] = _d("lora_alpha"),
     lora_dropout: Annotated[float, typer.Option(help=_h("lora_dropout"))] = _d("lora_dropout"),
@@ -92,6 +93,11 @@ def finetune(
     description: Annotated[str, typer.Option(help=_h("description"))] = _d("description"),
     tag: Annotated[list[str] | None, typer.Option(help="A tag (repeatable).")] = None,
     license: Annotated[str | None, typer.Option(help=_h("license"))] = None,
+    eval_suite: Annotated[str | None, typer.Option(help=_h("eval_suite"))] = None,
+    visibility: Annotated[str, typer.Option(help=_h("visibility"))] = _d("visibility"),
+    owner: Annotated[str | None, typer.Option(
+        "--owner", help="The user or organisation that owns the new model's namespace.")
+    ] = None,
     submit: Annotated[bool, typer.Option(
         "--submit", help="Queue a job for a worker (`gptstore serve` or `gptstore "
         "worker`) instead of training here; prints the job id.")] = False,
@@ -106,14 +112,20 @@ def finetune(
         epochs=_auto(epochs), learning_rate=_auto(lr), batch_size=_auto(batch_size),
         grad_accum_steps=grad_accum, weight_decay=weight_decay, dropout=_auto(dropout),
         optimizer=optimizer, momentum=momentum, schedule=schedule, warmup_ratio=warmup,
-        max_grad_norm=max_grad_norm, lora_r=lora_r, lora_alpha=_auto(lora_alpha),
+        max_grad_norm=max_grad_norm, head_init=head_init, lora_r=lora_r,
+        lora_alpha=_auto(lora_alpha),
         lora_dropout=lora_dropout, lora_target=lora_target, max_length=_auto(max_length),
         valid_split=_auto(valid_split), format=format, eval_every=_auto(eval_every),
         metric=metric, early_stopping_patience=patience, save_every=_auto(save_every),
         max_steps=max_steps, seed=seed, precision=precision, threads=threads,
         shards=_auto(shards),
         run_dir=str(run_dir) if run_dir else None, resume=resume, description=description,
-        tags=tag or [], license=license)
+        tags=tag or [], license=license, eval_suite=eval_suite, visibility=visibility)
+    if owner is not None:
+        from gptstore.cli.models import claim_owner
+
+        with open_catalog() as catalog:
+            claim_owner(catalog, name, owner)
     if submit:
         from gptstore.cli.jobs import submit as submit_job
 
@@ -128,6 +140,10 @@ def finetune(
     with ProgressView() as view, open_catalog() as catalog:
         result = run_finetune(config, settings=settings(), catalog=catalog,
                               callbacks=[view])
+        from gptstore.cli.models import audit
+
+        audit(catalog, "publish", result.ref, {"base": config.base, "how": "finetune",
+                                               "visibility": visibility})
     if as_json:
         print_json(result.to_dict())
         return
@@ -179,6 +195,11 @@ def _summary(result: Any) -> None:
             ("steps / epochs", f"{run.steps} / {run.epochs}"),
             ("training time", f"{run.train_seconds:.1f} s in steps, "
              f"{run.timings.get('total', 0.0):.1f} s in all"),
+            ("wall clock", " / ".join(
+                f"{label} {run.timings[key]:.1f} s" for key, label in (
+                    ("prepare", "data"), ("load_model", "load"), ("train", "train"),
+                    ("validation", "eval"), ("publish", "publish"))
+                if key in run.timings)),
             ("throughput", f"{run.tokens_per_second:.0f} non-padding tokens/s"),
             ("padding", f"{run.padding_fraction:.1%} of token slots"),
             ("stopped early", "yes" if run.stopped_early else "no")]
@@ -221,29 +242,7 @@ def classify(
     console.print(table)
 
 
-def eval_(
-    name: Annotated[str, typer.Argument(help="Model: namespace/name[@VERSION].")],
-    data: Annotated[Path, typer.Option(help="A labelled file in a training format.")],
-    batch_size: Annotated[int, typer.Option(min=1, help="Examples per batch.")] = 32,
-    as_json: JsonFlag = False,
-) -> None:
-    """Evaluate a store model on a labelled file (the task's validation metrics)."""
-    from gptstore.training.evaluate import evaluate_file
-
-    with open_catalog() as catalog, err_console.status(f"evaluating {name}…"):
-        report = evaluate_file(catalog, name, data, batch_size=batch_size)
-    if as_json:
-        print_json(report)
-        return
-    table = Table("metric", "value", title=f"{report['model']} on {data.name} "
-                  f"({report['examples']} examples)")
-    for key, value in report["metrics"].items():
-        table.add_row(key, f"{value:.4f}")
-    console.print(table)
-
-
 def register(app: typer.Typer) -> None:
-    """Add `finetune`, `classify` and `eval` to the root app."""
+    """Add `finetune` and `classify` to the root app (`eval` is cli/evaluate.py)."""
     app.command("finetune")(finetune)
     app.command("classify")(classify)
-    app.command("eval")(eval_)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markdown import Markdown
@@ -14,6 +14,39 @@ from gptstore.cli.common import console, human_size, open_catalog, print_json
 app = typer.Typer(help="Browse and manage the models in the store.", no_args_is_help=True)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+OwnerOpt = Annotated[str | None, typer.Option(
+    "--owner", help="The user or organisation that owns the model's namespace (it must "
+    "not belong to another account).")]
+VisibilityOpt = Annotated[str, typer.Option(
+    help="Who may read the model: private (its owner), org (the owner's organisations) "
+         "or public.")]
+
+
+def terminal_safe(text: str) -> str:
+    """A card is written by whoever published the model: its control characters (escape
+    sequences could rewrite the terminal) are dropped before it is printed."""
+    import unicodedata
+
+    return "".join(c for c in text if c in "\n\t" or unicodedata.category(c) != "Cc")
+
+
+def claim_owner(catalog: Any, name: str, owner: str | None) -> None:
+    """Give the namespace of `name` to the account `owner` before a model is made."""
+    if owner is None:
+        return
+    from gptstore.accounts.store import AccountStore
+    from gptstore.catalog.names import parse_ref
+
+    account = AccountStore(catalog.db).get(owner)
+    catalog.claim_namespace(parse_ref(name).namespace, account.id)
+
+
+def audit(catalog: Any, action: str, target: str, detail: dict[str, Any] | None = None
+          ) -> None:
+    from gptstore.accounts.audit import record
+    from gptstore.cli.accounts import cli_actor
+
+    record(catalog.db, cli_actor(), action, target, detail)
 
 
 @app.command("list")
@@ -57,7 +90,8 @@ def show(
         doc["selected_version"] = version.number
         print_json(doc)
         return
-    console.print(Markdown(card.split("\n---\n", 1)[-1] if card.startswith("---") else card))
+    body = card.split("\n---\n", 1)[-1] if card.startswith("---") else card
+    console.print(Markdown(terminal_safe(body)))
     versions = Table("version", "kind", "base", "size", "created", title="versions")
     for v in model.versions:
         versions.add_row(str(v.number), v.kind, v.base or "", human_size(v.size),
@@ -71,12 +105,18 @@ def show(
 
 @app.command()
 def pull(name: Annotated[str, typer.Argument(help="namespace/name, e.g. "
-                                             "HuggingFaceTB/SmolLM2-135M-Instruct.")]) -> None:
+                                             "HuggingFaceTB/SmolLM2-135M-Instruct.")],
+         owner: OwnerOpt = None, visibility: VisibilityOpt = "public") -> None:
     """Bring a model into the store (the built-in one works offline)."""
     from gptstore.catalog.importers import pull as do_pull
+    from gptstore.catalog.repository import check_visibility
 
+    check_visibility(visibility)
     with open_catalog() as catalog, console.status(f"pulling {name}…"):
-        version = do_pull(catalog, name)
+        claim_owner(catalog, name, owner)
+        version = do_pull(catalog, name, visibility=visibility)
+        audit(catalog, "create", version.model, {"version": version.number, "how": "pull",
+                                                  "visibility": visibility})
     console.print(f"pulled [bold]{version.ref}[/] ({human_size(version.size)})")
 
 
@@ -87,13 +127,20 @@ def import_(
     description: Annotated[str, typer.Option(help="One-paragraph description.")] = "",
     license: Annotated[str | None, typer.Option(help="License id, e.g. apache-2.0.")] = None,
     tag: Annotated[list[str] | None, typer.Option(help="A tag (repeatable).")] = None,
+    owner: OwnerOpt = None,
+    visibility: VisibilityOpt = "public",
 ) -> None:
     """Import a local model folder or GGUF file."""
     from gptstore.catalog.importers import import_path
+    from gptstore.catalog.repository import check_visibility
 
+    check_visibility(visibility)
     with open_catalog() as catalog, console.status(f"importing {path}…"):
+        claim_owner(catalog, name, owner)
         version = import_path(catalog, path, name, description=description, license=license,
-                              tags=tag or [])
+                              tags=tag or [], visibility=visibility)
+        audit(catalog, "create", version.model, {"version": version.number, "how": "import",
+                                                  "visibility": visibility})
     console.print(f"imported [bold]{version.ref}[/] ({human_size(version.size)})")
 
 
@@ -112,6 +159,7 @@ def export(
             export_merged(catalog, version, directory)
         else:
             catalog.export(version.ref, directory)
+        audit(catalog, "download", version.ref, {"to": str(directory), "merged": merged})
     console.print(f"exported [bold]{version.ref}[/] to {directory}")
 
 
@@ -125,4 +173,19 @@ def rm(
         raise typer.Abort()
     with open_catalog() as catalog:
         info = catalog.delete_model(name)
+        audit(catalog, "delete", info.name, {"versions": len(info.versions)})
     console.print(f"removed [bold]{info.name}[/] ({len(info.versions)} versions)")
+
+
+@app.command("set")
+def set_(
+    name: Annotated[str, typer.Argument(help="namespace/name.")],
+    visibility: Annotated[str, typer.Option(
+        help="private (its owner), org (the owner's organisations) or public.")],
+) -> None:
+    """Change a model's settings (its visibility)."""
+    with open_catalog() as catalog:
+        before = catalog.get_model(name).visibility
+        info = catalog.set_visibility(name, visibility)
+        audit(catalog, "visibility", info.name, {"from": before, "to": visibility})
+    console.print(f"{info.name} is now {visibility}")

@@ -278,4 +278,5 @@ class Engine:
             "loaded": self.registry.loaded(),
             "base_bytes": self.registry.base_bytes,
             "adapter_bytes": self.registry.adapter_bytes,
+            **self.registry.prefix_cache_stats(),
         }

@@ -21,7 +21,6 @@ Knows nothing of training (optimisers, methods, checkpoints) and nothing of HTTP
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -44,27 +43,16 @@ AUTO_CLASSES: dict[TaskName, str] = {
 HEAD_MODULES = frozenset({"score", "classifier"})
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_has_fast_bf16() -> bool:
-    """True on CPUs with AMX, where bf16 matmuls run ~3x fp32 (709 vs 231 GFLOP/s at
-    2048^2 on the Sapphire Rapids of the team's notes).
-
-    AVX-512 BF16 alone is not enough: on a Sapphire Rapids VM without AMX enabled
-    (oneDNN reports "AVX 10.1") bf16 matmuls measured 2x *slower* than fp32 (160 vs 321
-    GFLOP/s at 2048 x 576 x 1536) and the decode GEMVs no faster, so fp32 is chosen there.
-    """
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags
-
-
-def preferred_dtype() -> Any:
-    """The dtype models are loaded in when the caller does not say."""
+def preferred_dtype(settings: Settings | None = None) -> Any:
+    """The dtype served models load in when nobody says: bf16 where this machine's
+    serving matmuls measured faster in it (`precision.py`), else fp32. The
+    measurement is cached in the store home of `settings`."""
     import torch
 
-    return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+    from gptstore.inference.precision import machine_profile
+
+    home = (settings or Settings()).home
+    return torch.bfloat16 if machine_profile(home).serving == "bf16" else torch.float32
 
 
 def auto_class(task: TaskName) -> Any:
@@ -167,7 +155,7 @@ def load_version(
     if not any(f.path.endswith(".safetensors") for f in weights.files):
         raise InvalidRequest(f"{weights.ref} has no safetensors weights; re-import it")
     task = task or version.task
-    dtype = dtype or preferred_dtype()
+    dtype = dtype or preferred_dtype(catalog.settings)
     folder = catalog.snapshot(weights)
     tokenizer = load_tokenizer(catalog, version)
     if tokenizer.pad_token_id is None:  # pad with eos: padding is masked out anyway

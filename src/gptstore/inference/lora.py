@@ -190,6 +190,7 @@ class LoraBatch:
 
     def __init__(self, token_adapters: Sequence[LoraAdapter | None],
                  row_adapters: Sequence[LoraAdapter | None]) -> None:
+        self.token_adapters = list(token_adapters)  # per flattened token (generic runner)
         self.token_groups = _groups(token_adapters)
         self.row_groups = _groups(row_adapters)
 

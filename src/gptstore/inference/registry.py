@@ -22,6 +22,7 @@ from typing import Any
 from gptstore.errors import InvalidRequest
 from gptstore.inference.lora import LoraAdapter, load_lora_adapter
 from gptstore.inference.models import Runner, build_runner
+from gptstore.inference.prefix_cache import PrefixCache
 from gptstore.inference.types import EngineConfig, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,16 @@ class ModelRegistry:
                 out.setdefault(base_key, []).append(folder)
             return out
 
+    def prefix_cache_stats(self) -> dict[str, int]:
+        """Bytes, blocks, reused prompt tokens and evictions of the bases' prefix caches."""
+        with self._lock:
+            caches = [b.runner.prefix_cache for b in self._bases.values()
+                      if b.runner.prefix_cache is not None]
+            return {"prefix_cache_bytes": sum(c.nbytes for c in caches),
+                    "prefix_cache_blocks": sum(len(c) for c in caches),
+                    "prefix_cache_hit_tokens": sum(c.hit_tokens for c in caches),
+                    "prefix_cache_evicted_blocks": sum(c.evicted_blocks for c in caches)}
+
     @property
     def base_bytes(self) -> int:
         return sum(b.nbytes for b in self._bases.values())
@@ -136,6 +147,9 @@ class ModelRegistry:
                               fast=self.config.use_fast_path,
                               pack=self.config.pack_weights, quantize=self.config.quantize)
         is_classifier = type(model).__name__.endswith("ForSequenceClassification")
+        if runner.supports_prefix_cache and self.config.prefix_cache_bytes and not is_classifier:
+            runner.prefix_cache = PrefixCache(self.config.prefix_cache_bytes,
+                                              self.config.prefix_block_tokens)
         labels = None
         if is_classifier:
             id2label = getattr(model.config, "id2label", None) or {}

@@ -7,8 +7,10 @@ base, the scheduler
 2. admits queued requests while fewer than `max_running` sequences run,
 3. builds one batch of rows ordered by KV slot: every decoding sequence contributes its
    last token, newcomers contribute their prompt (chunked so one step prefills at most
-   `max_step_tokens` prompt tokens, which bounds the pause a long prompt causes for
-   everyone else),
+   `max_step_tokens` prompt tokens, and while others decode only as many as keep the
+   step within about twice a decode step: pacing.py), a newcomer's prompt starting
+   after its longest cached prefix (prefix_cache.py), and a finished prompt offered
+   to that cache,
 4. runs the runner's forward once, samples each row with its own parameters, and
    streams a `TokenEvent` to each request's handle (detokenised, stop strings handled).
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -35,6 +38,7 @@ from gptstore.inference.handle import RequestHandle
 from gptstore.inference.kv_cache import Slot
 from gptstore.inference.lora import LoraBatch
 from gptstore.inference.models import RowInput
+from gptstore.inference.pacing import PrefillPacer
 from gptstore.inference.registry import LoadedAdapter, LoadedBase, ModelRegistry
 from gptstore.inference.sampling import SamplerState, sample
 from gptstore.inference.types import (
@@ -84,6 +88,7 @@ class Scheduler:
         self._jobs: deque[tuple[Callable[[], None], Future[Any]]] = deque()
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._pacers: dict[str, PrefillPacer] = {}  # per base key
         self.steps = 0  # forward steps run so far (tests and stats)
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -108,8 +113,9 @@ class Scheduler:
             self._jobs.clear()
             self._waiting.clear()
             self._running.clear()
-        for seq in leftovers:
-            self._finish(seq, "cancelled")
+        with torch.inference_mode():  # releasing slots moves cache tensors made in it
+            for seq in leftovers:
+                self._finish(seq, "cancelled")
         for _job, future in jobs:  # never run: their callers must not wait forever
             if future.set_running_or_notify_cancel():
                 future.set_exception(Unavailable("the engine shut down before this ran"))
@@ -212,28 +218,43 @@ class Scheduler:
                 seq.handle._fail(error)
 
     def _drop_cancelled(self) -> None:
-        for seqs in self._running.values():
-            for seq in [s for s in seqs if s.cancelled]:
-                seqs.remove(seq)
-                self._release(seq)
+        with torch.inference_mode():  # releasing a slot moves another in the cache
+            for seqs in self._running.values():
+                for seq in [s for s in seqs if s.cancelled]:
+                    seqs.remove(seq)
+                    self._release(seq)
 
     def _admit(self) -> None:
+        admitted: list[Sequence] = []
         with self._cond:
             while self._waiting and self.running_count < self.config.max_running:
                 seq = self._waiting.popleft()
                 runner = seq.base.runner
                 if runner.free_slots <= 0:  # cannot happen with one slot per running seq
                     self._waiting.appendleft(seq)
-                    return
+                    break
                 seq.slot = runner.allocate()
                 self._running.setdefault(seq.base.key, []).append(seq)
+                admitted.append(seq)
+        # outside the lock (copying tensors must not block submit()), in inference mode
+        # (the cache tensors were made in it, and only there may they be written)
+        with torch.inference_mode():
+            for seq in admitted:
+                assert seq.slot is not None
+                seq.computed = seq.base.runner.load_prefix(seq.slot, seq.prompt,
+                                                           _namespace(seq))
 
     def _step_base(self, seqs: list[Sequence]) -> None:
         """One forward step for the running sequences of one base."""
         seqs.sort(key=lambda s: s.slot.index if s.slot else 0)
         rows: list[RowInput] = []
         stepped: list[Sequence] = []
-        budget = self.config.max_step_tokens
+        pacer = self._pacers.setdefault(seqs[0].base.key,
+                                        PrefillPacer(self.config.max_step_tokens))
+        decoding = sum(1 for s in seqs if s.computed >= len(s.prompt) - 1)
+        budget = pacer.budget(decoding) if self.config.paced_prefill \
+            else self.config.max_step_tokens
+        prefill_tokens = 0
         for seq in seqs:
             total = len(seq.prompt) + len(seq.output)
             if seq.computed < len(seq.prompt) - 1:  # (the rest of) the prompt, chunked
@@ -241,6 +262,7 @@ class Scheduler:
                 if n <= 0:
                     continue
                 budget -= n
+                prefill_tokens += n
                 tokens = seq.prompt[seq.computed:seq.computed + n]
             else:  # decoding: the one token not yet in the cache
                 n = 1
@@ -255,24 +277,39 @@ class Scheduler:
             [a for a, r in zip(adapters, rows, strict=True) for _ in r.token_ids],
             [a for a, r in zip(adapters, rows, strict=True) if r.want_logits],
         )
-        logits = stepped[0].base.runner.forward(rows, lora)
+        runner = stepped[0].base.runner
+        started = time.perf_counter()
+        logits = runner.forward(rows, lora)
+        pacer.observe(time.perf_counter() - started, prefill_tokens,
+                      len(rows) - sum(1 for r in rows if len(r.token_ids) > 1))
         self.steps += 1
         sampled: list[Sequence] = []
+        prompts_done: list[Sequence] = []
         for seq, row in zip(stepped, rows, strict=True):
+            before = seq.computed
             seq.computed += len(row.token_ids)
             if seq.slot is not None:
                 seq.slot.length = seq.computed
+                if before < len(seq.prompt) <= seq.computed:  # the prompt is all cached now
+                    prompts_done.append(seq)
             if row.want_logits:
                 sampled.append(seq)
-        if not sampled:
-            return
-        result = sample(logits, [s.sampler for s in sampled])
-        for i, seq in enumerate(sampled):
-            reason = self._emit(seq, result.token_ids[i], result.logprobs[i],
-                                result.top_logprobs[i])
-            if reason is not None:
-                seqs.remove(seq)
-                self._release(seq)
+        finished: list[Sequence] = []
+        if sampled:
+            result = sample(logits, [s.sampler for s in sampled])
+            for i, seq in enumerate(sampled):
+                reason = self._emit(seq, result.token_ids[i], result.logprobs[i],
+                                    result.top_logprobs[i])
+                if reason is not None:
+                    finished.append(seq)
+        # the prompts' keys/values go to the prefix cache after the first tokens are out
+        # (copying them must not delay those), before a finished sequence frees its slot
+        for seq in prompts_done:
+            assert seq.slot is not None
+            runner.store_prefix(seq.slot, seq.prompt, _namespace(seq))
+        for seq in finished:
+            seqs.remove(seq)
+            self._release(seq)
 
     # -- per-token bookkeeping ----------------------------------------------------------
 
@@ -318,3 +355,8 @@ class Scheduler:
         self._release(seq)
         seq.handle._push(TokenEvent(token_id=None, text="", finish_reason=reason,
                                     usage=Usage(len(seq.prompt), len(seq.output))))
+
+
+def _namespace(seq: Sequence) -> str:
+    """Whose keys/values the sequence computes: its adapter's, or the base's ("")."""
+    return seq.adapter.adapter.key if seq.adapter is not None else ""

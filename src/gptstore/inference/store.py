@@ -7,7 +7,8 @@ one place an engine is built from settings.
   adapters of one base share one copy of it; an adapter that saves whole modules other
   than a classifier head (a trained LM head) is served merged, as a model of its own.
 - `build_engine(settings, catalog)`: the `Engine` the HTTP server and the CLI run, with
-  the deployment's limits and precision (`GPTSTORE_INFERENCE_DTYPE`).
+  the deployment's limits and precision (`GPTSTORE_INFERENCE_DTYPE`; `auto`: the dtype
+  measured faster on this machine, `precision.py`).
 
 Every model is loaded by `loader.load_version`.
 """
@@ -23,6 +24,7 @@ from gptstore.inference.loader import (
     saves_whole_modules,
     weights_version,
 )
+from gptstore.inference.precision import serving_dtype_name
 from gptstore.inference.types import EngineConfig, ModelSpec
 from gptstore.settings import Settings
 
@@ -36,11 +38,15 @@ def engine_config(settings: Settings, **overrides: Any) -> EngineConfig:
         "base_budget_bytes": settings.max_loaded_bytes,
         "max_running": settings.max_batch,
         "max_queue": settings.max_queue,
+        "max_context": settings.max_context,
+        "prefix_cache_bytes": settings.prefix_cache_bytes,
     }
     if settings.inference_dtype == "int4":
         values["quantize"] = "int4"  # EngineConfig sets the bf16 activations it needs
     elif settings.inference_dtype != "auto":
-        values["dtype"] = settings.inference_dtype
+        values["dtype"] = settings.inference_dtype  # an explicit setting wins
+    elif "dtype" not in overrides:
+        values["dtype"] = serving_dtype_name(settings.home)  # measured on this machine
     values.update(overrides)
     return EngineConfig(**values)
 

@@ -199,6 +199,9 @@ class EngineConfig:
     use_fast_path: bool = True  # False: always the generic transformers forward (tests)
     pack_weights: bool = True  # oneDNN-packed weight copies: faster batches (models/base.py)
     retry_after_s: float = 1.0  # the hint given with Unavailable when the queue is full
+    prefix_cache_bytes: int = 256 * 1024**2  # prompt keys/values kept for reuse; 0: off
+    prefix_block_tokens: int = 32  # granularity of prefix reuse (prefix_cache.py)
+    paced_prefill: bool = True  # smaller prefill chunks while others decode (scheduler.py)
 
     def __post_init__(self) -> None:
         if self.quantize not in (None, "int4"):
@@ -206,6 +209,9 @@ class EngineConfig:
                                  param="quantize")
         if self.quantize:
             self.dtype = "bfloat16"  # the int4 kernel's activations
-        for name in ("max_running", "max_queue", "max_step_tokens"):
+        if self.prefix_cache_bytes < 0:
+            raise InvalidRequest("prefix_cache_bytes must be >= 0 (0 turns the prefix "
+                                 "cache off)", param="prefix_cache_bytes")
+        for name in ("max_running", "max_queue", "max_step_tokens", "prefix_block_tokens"):
             if getattr(self, name) < 1:
                 raise InvalidRequest(f"{name} must be at least 1", param=name)

@@ -210,6 +210,9 @@ def run_job(settings: Settings, job_id: str, worker: str, *, threads: int | None
         store.finish(job.id, worker, JobStatus.SUCCEEDED, fine_tuned_model=result.name,
                      trained_tokens=result.record.train_tokens, record=_plain(record),
                      result_files=[results.id], event="The job has successfully completed")
+        from gptstore.accounts.audit import record as audit
+
+        audit(catalog.db, job.owner, "publish", result.ref, {"job": job.id, "base": job.model})
         return 0
     except Exception as exc:  # a bug or a broken store: the job fails with the reason
         traceback.print_exc()

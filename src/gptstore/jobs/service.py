@@ -17,9 +17,10 @@ import re
 from dataclasses import fields
 from typing import Any
 
+from gptstore.catalog.access import SYSTEM, Principal
 from gptstore.catalog.files import FileInfo
 from gptstore.catalog.repository import Catalog, VersionInfo
-from gptstore.errors import InvalidRequest, NotFound
+from gptstore.errors import InvalidRequest, NotFound, RateLimited
 from gptstore.jobs.states import JobStatus
 from gptstore.jobs.store import JobInfo, JobStore, new_job_id
 from gptstore.training.config import AUTO, AUTO_LEARNING_RATES, TrainConfig
@@ -76,9 +77,9 @@ def _training_file(catalog: Catalog, file_id: str | None, owner: str, param: str
     return file
 
 
-def _base(catalog: Catalog, model: str) -> VersionInfo:
+def _base(catalog: Catalog, model: str, principal: Principal) -> VersionInfo:
     try:
-        base = catalog.resolve(model)
+        base = catalog.resolve(model, principal=principal)
     except (NotFound, InvalidRequest) as exc:
         raise InvalidRequest(f"model: {exc.message}; fine-tune one of the store's models "
                              "(GET /v1/models)", param="model") from None
@@ -101,10 +102,24 @@ def create_job(catalog: Catalog, store: JobStore, *, owner: str, model: str,
                n_epochs: Any = AUTO, batch_size: Any = AUTO,
                learning_rate_multiplier: Any = AUTO, suffix: str | None = None,
                seed: int | None = None, metadata: dict[str, str] | None = None,
-               options: dict[str, Any] | None = None) -> JobInfo:
-    """Check a fine-tuning request and queue it (see the module docstring)."""
+               options: dict[str, Any] | None = None, principal: Principal = SYSTEM,
+               max_active: int | None = None) -> JobInfo:
+    """Check a fine-tuning request and queue it (see the module docstring).
+
+    `principal` must be able to read the base (a base it may not see answers as a
+    missing one); a user's fine-tunes are private unless the `visibility` option says
+    otherwise. `max_active` caps the owner's unfinished jobs (`RateLimited` beyond it).
+    """
     options = dict(options or {})
-    base = _base(catalog, model)
+    base = _base(catalog, model, principal)
+    if principal.kind == "user":
+        options.setdefault("visibility", "private")
+    if max_active is not None:
+        active = store.count_unfinished(owner)
+        if active >= max_active:
+            raise RateLimited(f"{owner} already has {active} unfinished fine-tuning jobs, "
+                              f"the most allowed (GPTSTORE_MAX_QUEUED_JOBS_PER_KEY); wait "
+                              "for one to finish or cancel one", retry_after=60.0)
     train = _training_file(catalog, training_file, owner, "training_file")
     assert train is not None
     _training_file(catalog, validation_file, owner, "validation_file")
@@ -134,6 +149,10 @@ def create_job(catalog: Catalog, store: JobStore, *, owner: str, model: str,
     if catalog.exists(name):
         raise InvalidRequest(f"name: model {name} already exists; choose another name",
                              param="name")
+    if options.get("eval_suite"):
+        from gptstore.catalog.evaluations import check_eval_suite
+
+        check_eval_suite(catalog, options["eval_suite"])
     method = options.get("method", "lora")
     task = options.get("task", AUTO)
     if task == AUTO:

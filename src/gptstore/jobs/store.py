@@ -239,6 +239,13 @@ class JobStore:
             raise Conflict(f"file {file_id} is the data of job {job}, which has not "
                            "finished; cancel the job or wait for it", param="file_id")
 
+    def count_unfinished(self, owner: str) -> int:
+        """Jobs of `owner` not yet succeeded, failed or cancelled."""
+        finished = [status.value for status in FINISHED]
+        with self.db.session() as session:
+            return int(session.scalar(select(func.count()).select_from(Job).where(
+                Job.owner == owner, Job.status.not_in(finished))) or 0)
+
     def count_by_status(self) -> dict[str, int]:
         with self.db.session() as session:
             rows = session.execute(select(Job.status, func.count()).group_by(Job.status))

@@ -18,6 +18,7 @@ import math
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
+from gptstore.catalog.access import VISIBILITIES
 from gptstore.catalog.names import parse_ref
 from gptstore.errors import InvalidRequest
 from gptstore.tasks import TASKS
@@ -29,6 +30,7 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")
 METRICS = ("auto", "loss", "accuracy", "macro_f1", "token_accuracy")
+HEAD_INITS = ("verbalizers", "fresh")
 
 #: OpenAI's fine-tuning API aims at this many example passes (epochs x examples) ...
 MIN_TARGET_EXAMPLES = 100
@@ -102,18 +104,24 @@ class TrainConfig:
                                  "residual, embeddings, as the architecture has them) and "
                                  "before a classification head; auto: 0.1 for full and "
                                  "head, 0 for LoRA (which has lora_dropout).", AUTO)
+    head_init: str = _help("Classification head at step 0. verbalizers: the LM head's rows "
+                           "of each label's word, so the fine-tune starts from the base's "
+                           "zero-shot answer (a fresh head where labels are not words); "
+                           "fresh: always a new random head.", "verbalizers")
     # -- LoRA ------------------------------------------------------------------------
     lora_r: int = _help("LoRA rank.", 8)
     lora_alpha: float | str = _help("LoRA alpha (scale = alpha / r); auto: 2 x r.", AUTO)
     lora_dropout: float = _help("Dropout on the LoRA input (PEFT's default 0; on a CPU "
                                 "drawing the masks costs 10-25% of a LoRA step).", 0.0)
     lora_target: list[str] | str = field(default=AUTO, metadata={"help": (
-        "Modules that get LoRA, e.g. q_proj,v_proj; auto: PEFT's default for the "
-        "architecture (q_proj,v_proj for Llama, c_attn for GPT-2).")})
+        "Modules that get LoRA, e.g. q_proj,v_proj, or all-linear (every projection of "
+        "every layer); auto: PEFT's default for the architecture (q_proj,v_proj for "
+        "Llama, c_attn for GPT-2).")})
     # -- validation, checkpoints, logging --------------------------------------------
     eval_every: int | str = _help("Validate every N optimiser steps (and at each epoch "
-                                  "end); 0: at epoch ends only; auto: about 10 times a run.",
-                                  AUTO)
+                                  "end); 0: at epoch ends only; auto: at epoch ends and "
+                                  "between them by time, at most about 10% of the run "
+                                  "and 10 times a run.", AUTO)
     metric: str = _help("Validation metric that picks the best checkpoint and drives "
                         "early stopping; auto: accuracy (classification) or loss.", AUTO)
     early_stopping_patience: int = _help("Stop after this many validations in a row "
@@ -131,8 +139,9 @@ class TrainConfig:
     # -- runtime ---------------------------------------------------------------------
     seed: int = _help("Seed of the split, the batch order, the new weights and dropout: "
                       "the same seed and data give the same metrics.", 0)
-    precision: str = _help("auto: bf16 autocast on CPUs with AMX / AVX-512-BF16, else "
-                           "fp32; or force bf16 / fp32.", AUTO)
+    precision: str = _help("auto: bf16 autocast where this CPU's training matmul "
+                           "measured faster in bf16 (timed once per machine), else fp32; "
+                           "or force bf16 / fp32.", AUTO)
     group_by_length: bool = _help("Batch examples of similar length together (little "
                                   "padding); off: plain shuffled batches.", True)
     threads: int | None = _help("torch CPU threads; default: torch's choice (the cores).",
@@ -149,6 +158,12 @@ class TrainConfig:
     description: str = _help("Description on the model card.", "")
     tags: list[str] = field(default_factory=list, metadata={"help": "Tags of the new model."})
     license: str | None = _help("License id of the new model, e.g. apache-2.0.", None)
+    eval_suite: str | None = _help("After publishing, evaluate the new model (and its base, "
+                                   "if the suite has no result for it yet) on this "
+                                   "evaluation suite; results join the suite's leaderboard "
+                                   "and the model card.", None)
+    visibility: str = _help("Who may read the new model: private (its owner), org (the "
+                            "owner's organisations) or public.", "public")
 
     def __post_init__(self) -> None:
         self._check_names()
@@ -180,7 +195,8 @@ class TrainConfig:
     def _check_choices(self) -> None:
         for key, choices in (("task", TASK_CHOICES), ("method", METHOD_CHOICES),
                              ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
-                             ("precision", PRECISIONS), ("metric", METRICS)):
+                             ("precision", PRECISIONS), ("metric", METRICS),
+                             ("head_init", HEAD_INITS), ("visibility", VISIBILITIES)):
             value = getattr(self, key)
             if value not in choices:
                 raise InvalidRequest(f"{key} {value!r} is not one of {', '.join(choices)}",

@@ -1,7 +1,8 @@
 """Validation: a task's metrics over a set of examples, during training or on a stored model.
 
 - `evaluate_examples`: the loop's validation (and `gptstore eval`'s core): examples are
-  batched by length (least padding), run without gradients under the run's precision,
+  batched by length (least padding), run in inference mode under the run's precision
+  (on the loop's shard threads when it has them),
   and the task turns the summed terms into metrics (loss / perplexity / token accuracy
   for causal-lm; loss / accuracy / macro-F1 for classification).
 - `extract_features`: the frozen backbone's pooled output per example, computed once
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ from torch import nn
 
 from gptstore.data.batching import plan_eval_batches
 from gptstore.data.types import EncodedExample
-from gptstore.training.tasks import Stats, Task, amp
+from gptstore.training.tasks import Stats, Task, Terms, amp
 
 #: evaluation batches hold this many examples (no gradients: larger batches are cheap)
 EVAL_BATCH_SIZE = 32
@@ -41,17 +43,31 @@ def evaluate_examples(
     batch_size: int = EVAL_BATCH_SIZE,
     features: torch.Tensor | None = None,
     frozen_backbone: bool = False,
+    executor: Executor | None = None,
 ) -> dict[str, float]:
     """The task's metrics over `examples`; `features` [N, H] replaces the backbone for a
-    head-only classifier. The caller puts the model in eval mode."""
-    stats = Stats()
+    head-only classifier. The caller puts the model in eval mode.
+
+    `executor`: worker threads (the training loop's shard threads, one core each) that
+    run whole batches side by side, as training runs its shards: on a small model that
+    beats one multi-threaded pass (training/parallel.py). Results are summed in batch
+    order either way, so the metrics do not depend on it.
+    """
     lengths = [e.num_tokens for e in examples]
-    with torch.no_grad(), amp(bf16):
-        for indices in plan_eval_batches(lengths, batch_size):
+
+    def run(indices: list[int]) -> Terms:
+        # grad mode and autocast are per thread: set them here, on whichever runs this
+        with torch.inference_mode(), amp(bf16):
             batch = task.make_batch([examples[i] for i in indices], pad_id)
             if features is not None:
                 batch.features = features[indices]
-            stats.add(task.forward(model, batch, frozen_backbone=frozen_backbone))
+            return task.forward(model, batch, frozen_backbone=frozen_backbone)
+
+    plan = plan_eval_batches(lengths, batch_size)
+    results = executor.map(run, plan) if executor is not None else map(run, plan)
+    stats = Stats()
+    for terms in results:  # in batch order
+        stats.add(terms)
     return task.metrics(stats)
 
 

@@ -17,7 +17,9 @@
 4. resume: weights, optimiser, RNG and loop position from the last checkpoint;
 5. train: length-grouped micro-batches (the plan of an epoch depends on seed and epoch
    only), gradient accumulation over windows of micro-batches, bf16 autocast, gradient
-   clipping, validation every N steps and at epoch ends, the best weights kept,
+   clipping, validation at epoch ends and every N steps (with `eval_every: auto`,
+   between epoch ends as the time budget allows, ~10% of the run: cadence.py), the
+   best weights kept,
    early stopping with patience, checkpoints every N steps;
 6. record and publish: the finished run becomes a frozen `RunRecord` (`record.py`);
    the method writes the best weights into a staging folder and `publish.py`
@@ -35,20 +37,24 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from gptstore.catalog.evaluations import check_eval_suite
 from gptstore.catalog.names import parse_ref
 from gptstore.catalog.repository import Catalog, VersionInfo
 from gptstore.data.batching import padding_stats, plan_batches
 from gptstore.errors import Conflict, InvalidRequest, NotFound, StorageError
 from gptstore.settings import Settings
 from gptstore.training import checkpoint as ckpt
-from gptstore.training.config import TrainConfig, run_steps
+from gptstore.training.auto_eval import evaluate_published
+from gptstore.training.cadence import EvalCadence
+from gptstore.training.config import AUTO, TrainConfig, run_steps
 from gptstore.training.evaluate import evaluate_examples, extract_features
+from gptstore.training.head_init import init_head_from_verbalizers
 from gptstore.training.logs import Callback, RunLog, TrainEvent
 from gptstore.training.methods import get_method, trainable_parameters
 from gptstore.training.parallel import ShardRunner, ShardWork, split_rows
@@ -59,7 +65,7 @@ from gptstore.training.tasks import DROPOUT_KEYS, ClassificationTask, amp, get_t
 
 #: fields that may differ between a run and its resume (they do not change the result)
 RESUME_FREE = {"resume", "threads", "description", "tags", "license", "run_dir",
-               "checkpoint_models"}
+               "checkpoint_models", "eval_suite"}
 
 
 class RunInterrupted(Exception):
@@ -78,10 +84,15 @@ class FinetuneResult:
     name: str  # namespace/name of the new model
     ref: str  # namespace/name@N of the published version
     record: RunRecord
+    #: results on `eval_suite` (base and new model), measured after publishing
+    evaluations: tuple[dict[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """What `gptstore finetune --json` prints."""
-        return {"name": self.name, "ref": self.ref, **self.record.summary()}
+        doc = {"name": self.name, "ref": self.ref, **self.record.summary()}
+        if self.evaluations:
+            doc["evaluations"] = list(self.evaluations)
+        return doc
 
 
 def finetune(config: TrainConfig, *, settings: Settings | None = None,
@@ -153,13 +164,25 @@ class FineTuneRun:
         self._build_optimizer()
         self._resume()
         self.timings["load_model"] = time.perf_counter() - started - self.timings["prepare"]
+        self.timings["train"] = 0.0  # in optimiser steps (this session)
         self.timings["validation"] = 0.0
         self.log = RunLog(self.run_dir, resume_step=self.state.step if self.resumed_from
                           else None, callbacks=self.callbacks)
         try:
             self._train()
-            self.timings["total"] = time.perf_counter() - started
-            return self._publish(self._record())
+            # the published record holds the times up to publishing; the returned one
+            # adds publishing itself and the total, command to published model
+            publishing = time.perf_counter()
+            result = self._publish(self._record())
+            now = time.perf_counter()
+            timings = {**self.timings, "publish": now - publishing, "total": now - started}
+            result = replace(result, record=replace(result.record, timings=timings))
+            if self.cfg.eval_suite:  # after the total: the model is usable before this
+                result = replace(result, evaluations=evaluate_published(
+                    self.catalog, self.cfg.eval_suite, result.ref, self.base.ref))
+            self.log.emit(TrainEvent("end", self.state.step, self.total_steps,
+                                     self.state.epoch, result.to_dict()))
+            return result
         finally:
             self.log.close()
 
@@ -167,6 +190,8 @@ class FineTuneRun:
 
     def _check_store(self) -> None:
         cfg = self.cfg
+        if cfg.eval_suite:
+            check_eval_suite(self.catalog, cfg.eval_suite)  # before hours of training, not after
         if self.catalog.exists(cfg.name):
             raise Conflict(f"model {cfg.name} already exists: choose another --name, or "
                            f"remove it first with `gptstore models rm {cfg.name}`", param="name")
@@ -203,11 +228,17 @@ class FineTuneRun:
     # -- 1. data, and the config resolved once -----------------------------------------
 
     def _prepare(self) -> None:
-        from gptstore.inference.loader import cpu_has_fast_bf16
+        from gptstore.inference.precision import precision_for
 
+        # precision auto: the store's setting, else what this machine's training matmul
+        # measured faster in
+        pinned = self.settings.training_precision
+        fast_bf16 = self.cfg.precision == "auto" and (
+            pinned == "bf16" if pinned != "auto"
+            else precision_for("training", self.settings.home) == "bf16")
         self.data, self.rcfg = prepare_run(self.cfg, self.catalog, self.base,
                                            cores=torch.get_num_threads(),
-                                           fast_bf16=cpu_has_fast_bf16())
+                                           fast_bf16=fast_bf16)
         self.task = get_task(self.data.task)
         self.train_examples, self.valid_examples = self.data.train, self.data.valid
         self.pad_id = self.data.pad_id
@@ -239,6 +270,14 @@ class FineTuneRun:
                               label_names=self.data.label_names,
                               dtype=self.method.load_dtype(self.bf16), configure=set_dropout,
                               attn_implementation=attention.register())
+        self.head_init = None
+        if isinstance(self.task, ClassificationTask) and self.rcfg.head_init == "fresh":
+            self.head_init = "fresh"
+        elif isinstance(self.task, ClassificationTask) and self.data.label_names:
+            # rows of the LM head for each label's word: step 0 scores what zero-shot does
+            self.head_init = init_head_from_verbalizers(loaded.model, loaded.folder,
+                                                        self.data.tokenizer,
+                                                        self.data.label_names)
         self.model = self.method.prepare(loaded.model, self.task, cfg)
         if self.bf16:
             # autocast already runs the adapters' matmuls in bf16: PEFT's cast of each
@@ -250,6 +289,8 @@ class FineTuneRun:
         if isinstance(self.task, ClassificationTask) and not frozen:
             self.task.add_head_dropout(self.model, dropout)
         self.describe = self.method.describe(self.model)
+        if self.head_init is not None:
+            self.describe["head_init"] = self.head_init
         self.features: dict[str, torch.Tensor] = {}
 
     # -- 3. optimiser ------------------------------------------------------------------
@@ -310,7 +351,15 @@ class FineTuneRun:
                                   "config": cfg.to_dict(),
                                   "train_examples": len(self.train_examples),
                                   "valid_examples": len(self.valid_examples)}))
-        session_steps, session_seconds = 0, 0.0
+        session_steps, session_seconds, session_tokens = 0, 0.0, 0
+        self.cadence = EvalCadence.for_run(
+            total_steps=self.total_steps, eval_every=int(cfg.eval_every),
+            auto=self.cfg.eval_every == AUTO,
+            valid_tokens=sum(e.num_tokens for e in self.valid_examples))
+        if state.step == 0 and self.valid_examples and self.head_init == "verbalizers":
+            # the starting point is the base's zero-shot classifier: validated, it can be
+            # the best checkpoint, so the published model never scores below it
+            self._validate()
         while not self._done() and state.epoch < epochs:
             epoch = state.epoch
             plan = plan_batches(self.lengths, int(cfg.batch_size), seed=cfg.seed,
@@ -361,6 +410,8 @@ class FineTuneRun:
                 state.examples_seen += sum(len(i) for i in windows[state.window - 1])
                 session_seconds += elapsed
                 session_steps += 1
+                session_tokens += tokens
+                self.timings["train"] += elapsed
                 if state.window == len(windows):  # epoch done: resume starts the next one
                     state.epoch, state.window = epoch + 1, 0
                 loss = loss_sum / max(1, denominator)
@@ -368,10 +419,11 @@ class FineTuneRun:
                 accuracy = correct / max(1, denominator)
                 self._log_step(loss, accuracy, lr, grad_norm, tokens, elapsed,
                                session_seconds, session_steps)
-                # 5. validate (every N steps, at epoch ends, at the end), checkpoint
-                at_end = self._done() or state.window == 0
-                if self.valid_examples and (at_end or (cfg.eval_every and state.step %
-                                                        int(cfg.eval_every) == 0)):
+                # 5. validate (at epoch ends and the end; between them every N steps or,
+                #    with auto, as the time budget allows: cadence.py), checkpoint
+                if self.valid_examples and self.cadence.due(
+                        state.step, epoch_end=state.window == 0, run_end=self._done(),
+                        train_seconds=session_seconds, train_tokens=session_tokens):
                     self._validate()
                 if cfg.save_every and (state.step % int(cfg.save_every) == 0 or
                                        self._done()):
@@ -418,6 +470,7 @@ class FineTuneRun:
         # the backbone's pass over the training set is this method's training compute
         self.state.train_tokens += tokens
         self.state.train_seconds += time.perf_counter() - started
+        self.timings["train"] += time.perf_counter() - started
 
     def _log_step(self, loss: float, accuracy: float, lr: float, grad_norm: float | None,
                   tokens: int, elapsed: float, session_seconds: float,
@@ -440,10 +493,12 @@ class FineTuneRun:
         state, cfg = self.state, self.rcfg
         started = time.perf_counter()
         self.method.set_mode(self.model, self.task, False)
+        pool = self.shard_runner.pool if self.shard_runner is not None else None
         metrics = evaluate_examples(self.model, self.task, self.valid_examples,
                                     pad_id=self.pad_id, bf16=self.bf16,
                                     features=self.features.get("valid"),
-                                    frozen_backbone=self.method.frozen_backbone)
+                                    frozen_backbone=self.method.frozen_backbone,
+                                    executor=pool)
         metrics = {k: round(v, 6) for k, v in metrics.items()}
         for key, value in metrics.items():
             state.add_point(f"valid_{key}", state.step, value)
@@ -457,7 +512,9 @@ class FineTuneRun:
             state.bad_evals += 1
             if cfg.early_stopping_patience and state.bad_evals >= cfg.early_stopping_patience:
                 state.stopped_early = True
-        self.timings["validation"] += time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        self.timings["validation"] += seconds
+        self.cadence.record(state.step, seconds)
         self.log.emit(TrainEvent("eval", state.step, self.total_steps, state.epoch,
                                  {**metrics, "best": state.best,
                                   "stopped_early": state.stopped_early}))
@@ -533,10 +590,7 @@ class FineTuneRun:
                 ckpt.load_trainable(self.model, best)
         version = self._export_and_publish(record)
         ckpt.clear_run(self.run_dir)
-        result = FinetuneResult(name=version.model, ref=version.ref, record=record)
-        self.log.emit(TrainEvent("end", self.state.step, self.total_steps, self.state.epoch,
-                                 result.to_dict()))
-        return result
+        return FinetuneResult(name=version.model, ref=version.ref, record=record)
 
     def _export_and_publish(self, record: RunRecord, **publish: Any) -> VersionInfo:
         """The method writes the model into a private staging folder, published from there

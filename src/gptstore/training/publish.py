@@ -38,4 +38,4 @@ def publish_run(catalog: Catalog, record: RunRecord, folder: Path, *, name: str 
     return catalog.publish(
         name or cfg.name, folder, task=record.task, kind=record.kind, base=record.base,
         description=description, tags=tags, license=cfg.license, lineage=_plain(lineage),
-        metrics=_plain(record.metrics()), new_model=True)
+        metrics=_plain(record.metrics()), new_model=True, visibility=cfg.visibility)

@@ -52,7 +52,9 @@ class RunRecord:
     last: dict[str, Any] | None  # the last validation, with "step"
     curves: dict[str, list[list[float]]]  # name -> [[step, value], ...]
     padding_fraction: float  # of the token slots of an epoch's batches
-    timings: dict[str, float]  # seconds: "prepare", "load_model", "validation", "total"
+    timings: dict[str, float]  # seconds: "prepare" (data), "load_model", "train" (in
+    # optimiser steps), "validation"; the record returned by `finetune` adds "publish"
+    # and "total" (command to published model; the catalog's copy is written before)
     run_dir: str
     code_version: str = field(default_factory=lambda: code_version())
     libraries: dict[str, str] = field(default_factory=lambda: library_versions())

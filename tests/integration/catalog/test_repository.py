@@ -128,6 +128,29 @@ def test_concurrent_publish_of_one_name(catalog: Catalog, tmp_path: Path) -> Non
     assert len(catalog.get_model("acme/race").versions) == 1
 
 
+def test_first_models_of_a_new_namespace_published_at_once_all_land(
+        catalog: Catalog, tmp_path: Path) -> None:
+    # distinct names in one namespace nobody has used yet: every publish must succeed
+    # (two workers publishing their first jobs' models raced on creating the namespace)
+    src = _folder(tmp_path, "m", {"config.json": b"{}"})
+    outcomes: list[object] = []
+    barrier = threading.Barrier(6)
+
+    def publish(i: int) -> None:
+        barrier.wait()
+        try:
+            outcomes.append(catalog.publish(f"fresh/m{i}", src).ref)
+        except Conflict as exc:
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=publish, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(map(str, outcomes)) == [f"fresh/m{i}@1" for i in range(6)]
+
+
 KILL_BEFORE_COMMIT = textwrap.dedent(
     """
     import os, signal, sys

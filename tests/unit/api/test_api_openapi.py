@@ -14,9 +14,12 @@ STORE_ROUTES = {
     ("/api/engine", "get"): "EngineStats",
     ("/api/models", "get"): "ModelPage",
     ("/api/models/{namespace}/{name}", "get"): "ModelPublic",
+    ("/api/models/{namespace}/{name}", "patch"): "ModelPublic",
     ("/api/models/{namespace}/{name}/versions/{number}", "get"): "VersionPublic",
     ("/api/models/{namespace}/{name}/card", "get"): None,  # markdown as text/plain
     ("/api/files/{file_id}/report", "get"): "FileReport",
+    ("/api/suites", "get"): "SuiteList",
+    ("/api/leaderboards/{suite}", "get"): "Leaderboard",
     # the store front's (api/store/front.py)
     ("/api/search", "get"): "ModelPage",
     ("/api/categories", "get"): "Categories",
@@ -26,7 +29,6 @@ STORE_ROUTES = {
     ("/api/models/{namespace}/{name}/card.html", "get"): "CardHtml",
     ("/api/models/{namespace}/{name}/versions/{number}/files/{path}", "get"): BINARY,
     ("/api/files/{file_id}/preview", "get"): "FilePreview",
-    ("/api/models/{namespace}/{name}", "patch"): "ModelPublic",
 }
 
 

@@ -55,3 +55,19 @@ def test_packed_and_plain_weights_agree(tiny_dirs, dtype, tolerance):
     assert plain.extra_nbytes == 0
     if torch.backends.mkldnn.is_available():
         assert packed.extra_nbytes > 0
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_bf16_step_of_prompt_chunks_only_wants_no_logits(tiny_dirs, arch):
+    """A long prompt's middle chunk asks for no logits: the bf16 head (with its top-k
+    refinement) must return an empty batch, not fail."""
+    runner = build_runner(_bf16(tiny_dirs[arch]), max_slots=2)
+    slot = runner.allocate()
+    prompt = list(range(10, 50))
+    none = runner.forward([RowInput(slot, prompt[:24], 0, want_logits=False)])
+    assert none.shape[0] == 0
+    rest = runner.forward([RowInput(slot, prompt[24:], 24)])
+    whole_slot = runner.allocate()
+    whole = runner.forward([RowInput(whole_slot, prompt, 0)])
+    assert rest.shape == whole.shape == (1, runner.vocab_size)
+    assert rest[0].argmax() == whole[0].argmax()

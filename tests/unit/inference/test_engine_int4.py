@@ -12,6 +12,7 @@ from inference_helpers import causal_spec
 from gptstore.errors import InvalidRequest
 from gptstore.inference import EngineConfig, SamplingParams
 from gptstore.inference.models import Int4Linear, Linear, RowInput, build_runner
+from gptstore.inference.precision import serving_dtype_name
 from gptstore.inference.store import engine_config
 from gptstore.settings import Settings
 
@@ -92,8 +93,9 @@ def test_inference_dtype_setting_maps_to_the_engine(monkeypatch):
     monkeypatch.setenv("GPTSTORE_INFERENCE_DTYPE", "int4")
     config = engine_config(Settings())
     assert (config.dtype, config.quantize) == ("bfloat16", "int4")
-    auto = engine_config(Settings(inference_dtype="auto"))
-    assert (auto.dtype, auto.quantize) == (None, None)
+    auto_settings = Settings(inference_dtype="auto")
+    auto = engine_config(auto_settings)  # the dtype measured faster here (precision.py)
+    assert (auto.dtype, auto.quantize) == (serving_dtype_name(auto_settings.home), None)
     fp32 = engine_config(Settings(inference_dtype="float32", max_batch=3, max_queue=7))
     assert (fp32.dtype, fp32.quantize) == ("float32", None)
     assert (fp32.max_running, fp32.max_queue) == (3, 7)

@@ -1,8 +1,10 @@
 """`/v1/files` (OpenAI's Files API over the blob store) and `/api/files/{id}/report`.
 
 An upload is parsed as it arrives (python-multipart's push parser, not a form read
-into memory or a spooled temp file): the file part streams straight into a blob
-writer, which refuses it with 413 the moment it passes `GPTSTORE_MAX_UPLOAD_BYTES`.
+into memory or a spooled temp file): the file part streams through the byte screen
+(catalog/screen.py: a training extension, UTF-8 text, bounded lines and JSON nesting)
+straight into a blob writer, which refuses it with 413 the moment it passes
+`GPTSTORE_MAX_UPLOAD_BYTES`. A refused upload leaves no blob and no row.
 Parsing, hashing and the validation report run on worker threads, never on the event
 loop.
 """
@@ -16,10 +18,12 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 
-from gptstore.api.deps import CatalogDep, OwnerDep
+from gptstore.api.auth import audit
+from gptstore.api.deps import CatalogDep, OwnerDep, WriteOwnerDep
 from gptstore.api.openai.protocol import FileDeleted, FileList, FileObject
 from gptstore.api.store.schemas import FileReport
 from gptstore.catalog.files import FileInfo, check_filename, check_upload_purpose
+from gptstore.catalog.screen import UploadScreen
 from gptstore.errors import InvalidRequest, NotFound, PayloadTooLarge
 
 router = APIRouter(tags=["openai"])
@@ -72,6 +76,7 @@ class _Upload:
         self._is_file = False
         self._text = bytearray()
         self.got_file = False
+        self.screen: UploadScreen | None = None
 
     def callbacks(self) -> dict[str, Any]:
         return {"on_part_begin": self._begin, "on_header_field": self._field,
@@ -100,11 +105,16 @@ class _Upload:
                         raise InvalidRequest("send one file per upload", param="file")
                     self.filename = params[b"filename"].decode(errors="replace")
                     self.got_file = True
+                    # the name is checked before any byte of the file is stored
+                    self.screen = UploadScreen(check_filename(self.filename))
         self._header, self._value = b"", b""
 
     def _data(self, data: bytes, start: int, end: int) -> None:
         if self._is_file:
-            self.writer.write(data[start:end])
+            assert self.screen is not None
+            piece = data[start:end]
+            self.screen.feed(piece)
+            self.writer.write(piece)
         elif self._name is not None:
             self._text += data[start:end]
             if len(self._text) > MAX_FIELD_BYTES:
@@ -117,7 +127,8 @@ class _Upload:
 
 @router.post("/files", response_model=FileObject, summary="Upload a file (multipart: file, "
              "purpose=fine-tune); a fine-tune file is checked on upload")
-async def upload_file(request: Request, catalog: CatalogDep, owner: OwnerDep) -> FileObject:
+async def upload_file(request: Request, catalog: CatalogDep, owner: WriteOwnerDep
+                      ) -> FileObject:
     from python_multipart import MultipartParser
     from python_multipart.multipart import parse_options_header
 
@@ -143,9 +154,13 @@ async def upload_file(request: Request, catalog: CatalogDep, owner: OwnerDep) ->
                                  "named file", param="file")
         purpose = check_upload_purpose(upload.fields.get("purpose"))
         filename = check_filename(upload.filename)
+        assert upload.screen is not None
+        upload.screen.finish()
         blob = await asyncio.to_thread(writer.commit)
     file = await asyncio.to_thread(catalog.files.add, blob.digest, blob.size,
                                    filename=filename, purpose=purpose, owner=owner)
+    await asyncio.to_thread(audit, request, "upload", file.id,
+                            {"filename": filename, "bytes": file.bytes})
     return file_object(file)
 
 
@@ -178,12 +193,14 @@ def file_content(file_id: str, catalog: CatalogDep, owner: OwnerDep) -> FileResp
 
 
 @router.delete("/files/{file_id}", response_model=FileDeleted, summary="Delete a file")
-def delete_file(file_id: str, catalog: CatalogDep, owner: OwnerDep) -> FileDeleted:
+def delete_file(file_id: str, catalog: CatalogDep, owner: WriteOwnerDep, request: Request
+                ) -> FileDeleted:
     from gptstore.jobs.store import JobStore
 
     owned(catalog, file_id, owner)
     JobStore(catalog.db).check_file_unused(file_id)
     catalog.files.delete(file_id)
+    audit(request, "delete", file_id)
     return FileDeleted(id=file_id)
 
 

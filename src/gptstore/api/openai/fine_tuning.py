@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
-from gptstore.api.deps import CatalogDep, OwnerDep
+from gptstore.api.auth import WritePrincipal, audit, owner_of
+from gptstore.api.deps import CatalogDep, OwnerDep, WriteOwnerDep
 from gptstore.api.openai.files import unix
 from gptstore.api.openai.protocol import (
     CreateFineTuningJobRequest,
@@ -81,13 +82,14 @@ def _hyperparameters(request: CreateFineTuningJobRequest) -> Hyperparameters:
 @router.post("/fine_tuning/jobs", response_model=FineTuningJob,
              summary="Create a fine-tuning job (queued; a worker runs it)")
 def create_job(request: CreateFineTuningJobRequest, catalog: CatalogDep,
-               owner: OwnerDep) -> FineTuningJob:
+               principal: WritePrincipal, http: Request) -> FineTuningJob:
     from gptstore.jobs.service import create_job as create
 
     if request.integrations:
         raise InvalidRequest("integrations are not supported: gptstore reports to no "
                              "outside service; read the job's events and result file",
                              param="integrations")
+    owner = owner_of(principal)
     hyper = _hyperparameters(request)
     options = dict(request.model_extra or {})
     if request.adaptation is not None:
@@ -97,7 +99,10 @@ def create_job(request: CreateFineTuningJobRequest, catalog: CatalogDep,
                  n_epochs=hyper.n_epochs, batch_size=hyper.batch_size,
                  learning_rate_multiplier=hyper.learning_rate_multiplier,
                  suffix=request.suffix, seed=request.seed, metadata=request.metadata,
-                 options=options)
+                 options=options, principal=principal,
+                 max_active=catalog.settings.max_queued_jobs_per_key)
+    audit(http, "create", job.id, {"model": job.model, "fine_tuned_model": job.fine_tuned_model,
+                                   "visibility": job.config.get("visibility")})
     return job_object(job)
 
 
@@ -118,21 +123,21 @@ def get_job(job_id: str, catalog: CatalogDep, owner: OwnerDep) -> FineTuningJob:
 
 @router.post("/fine_tuning/jobs/{job_id}/cancel", response_model=FineTuningJob,
              summary="Cancel a job (a running one stops within seconds)")
-def cancel_job(job_id: str, catalog: CatalogDep, owner: OwnerDep) -> FineTuningJob:
+def cancel_job(job_id: str, catalog: CatalogDep, owner: WriteOwnerDep) -> FineTuningJob:
     _owned(catalog, job_id, owner)
     return job_object(_store(catalog).request_cancel(job_id))
 
 
 @router.post("/fine_tuning/jobs/{job_id}/pause", response_model=FineTuningJob,
              summary="Pause a job (a running one stops after its step, with a checkpoint)")
-def pause_job(job_id: str, catalog: CatalogDep, owner: OwnerDep) -> FineTuningJob:
+def pause_job(job_id: str, catalog: CatalogDep, owner: WriteOwnerDep) -> FineTuningJob:
     _owned(catalog, job_id, owner)
     return job_object(_store(catalog).request_pause(job_id))
 
 
 @router.post("/fine_tuning/jobs/{job_id}/resume", response_model=FineTuningJob,
              summary="Resume a paused job from its checkpoint")
-def resume_job(job_id: str, catalog: CatalogDep, owner: OwnerDep) -> FineTuningJob:
+def resume_job(job_id: str, catalog: CatalogDep, owner: WriteOwnerDep) -> FineTuningJob:
     _owned(catalog, job_id, owner)
     return job_object(_store(catalog).resume(job_id))
 

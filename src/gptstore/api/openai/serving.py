@@ -104,6 +104,17 @@ def _chat_logprobs(tokenizer: Any, events: Sequence[Any]) -> ChoiceLogprobs:
     return ChoiceLogprobs(content=entries)
 
 
+async def _results(choices: list[_Choice]) -> list[Any]:
+    """Every choice's final result; if the wait is cancelled (the client went away),
+    the engine stops their sequences at once, as a closed stream does."""
+    try:
+        return list(await asyncio.gather(*(c.handle.aresult() for c in choices)))
+    except BaseException:
+        for choice in choices:
+            choice.handle.cancel()
+        raise
+
+
 def sse(payload: Any) -> str:
     body = payload.model_dump_json(exclude_unset=False) if hasattr(payload, "model_dump_json") \
         else json.dumps(payload)
@@ -113,8 +124,21 @@ def sse(payload: Any) -> str:
 class OpenAIServing:
     """Chat, completions and classifications over one engine."""
 
-    def __init__(self, engine: Any) -> None:
+    def __init__(self, engine: Any, *, max_tokens: int | None = None) -> None:
         self.engine = engine
+        #: the deployment's cap on new tokens per choice (GPTSTORE_MAX_TOKENS)
+        self.max_tokens = max_tokens
+
+    def _max_tokens(self, asked: int | None, param: str) -> int | None:
+        """The request's max_tokens, refused above the deployment's cap (OpenAI answers
+        400 for a max_tokens it cannot give); left out, the cap itself."""
+        if self.max_tokens is None:
+            return asked
+        if asked is not None and asked > self.max_tokens:
+            raise InvalidRequest(f"{param} is {asked}, over this server's limit of "
+                                 f"{self.max_tokens} new tokens (GPTSTORE_MAX_TOKENS); ask "
+                                 "for fewer", param=param)
+        return asked if asked is not None else self.max_tokens
 
     # -- helpers ----------------------------------------------------------------------
 
@@ -168,7 +192,9 @@ class OpenAIServing:
             _unsupported("response_format", True)
         tokenizer = await self._tokenizer(request.model)
         prompt_ids = self.render_chat(tokenizer, request)
-        max_tokens = request.max_completion_tokens or request.max_tokens
+        max_tokens = self._max_tokens(
+            request.max_completion_tokens or request.max_tokens,
+            "max_completion_tokens" if request.max_completion_tokens else "max_tokens")
         top = request.top_logprobs or 0
         if top and not request.logprobs:
             raise InvalidRequest("top_logprobs needs logprobs: true", param="top_logprobs")
@@ -180,7 +206,7 @@ class OpenAIServing:
         )
         if request.stream:
             return self._chat_stream(request, tokenizer, choices)
-        results = await asyncio.gather(*(c.handle.aresult() for c in choices))
+        results = await _results(choices)
         usage = UsageInfo(prompt_tokens=len(prompt_ids))
         out = []
         for choice, result in zip(choices, results, strict=True):
@@ -266,12 +292,13 @@ class OpenAIServing:
         _unsupported("suffix", request.suffix)
         if request.best_of is not None and request.best_of != request.n:
             raise InvalidRequest("best_of must equal n (or be left out)", param="best_of")
+        max_tokens = self._max_tokens(request.max_tokens, "max_tokens")
         tokenizer = await self._tokenizer(request.model)
         prompts, texts = self._completion_prompts(tokenizer, request.prompt)
         want_logprobs = request.logprobs is not None
         choices = await self._start(
             request.model, prompts, request.n,
-            lambda i: sampling_params(request, max_tokens=request.max_tokens,
+            lambda i: sampling_params(request, max_tokens=max_tokens,
                                       logprobs=want_logprobs, top_logprobs=request.logprobs or 0,
                                       index=i),
             "prompt", texts,
@@ -279,7 +306,7 @@ class OpenAIServing:
         if request.stream:
             return self._completion_stream(request, tokenizer, choices,
                                            sum(len(p) for p in prompts))
-        results = await asyncio.gather(*(c.handle.aresult() for c in choices))
+        results = await _results(choices)
         usage = UsageInfo(prompt_tokens=sum(len(p) for p in prompts))
         out = []
         for choice, result in zip(choices, results, strict=True):

@@ -16,12 +16,12 @@ from fastapi import APIRouter, Path, Query
 from fastapi.responses import FileResponse
 from pydantic import Field
 
-from gptstore.api.deps import CatalogDep, OwnerDep, PrincipalDep, UsageDep
+from gptstore.api.auth import WritePrincipal
+from gptstore.api.deps import CatalogDep, PrincipalDep, UsageDep
 from gptstore.api.errors import ErrorResponse
-from gptstore.api.store.catalog import BAD_REQUEST, NOT_FOUND, model_public
+from gptstore.api.store.catalog import BAD_REQUEST, NOT_FOUND
 from gptstore.api.store.identity import reacting_user
-from gptstore.api.store.schemas import ModelPage, ModelPublic, ModelSummary, StoreBaseModel
-from gptstore.catalog.listing import update_listing
+from gptstore.api.store.schemas import ModelPage, ModelSummary, StoreBaseModel
 from gptstore.catalog.names import parse_ref
 from gptstore.catalog.reactions import Reactions, ReactionsInfo
 from gptstore.catalog.repository import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
@@ -179,7 +179,7 @@ def get_reactions(catalog: CatalogDep, principal: PrincipalDep, namespace: str, 
 
 @router.put("/models/{namespace}/{name}/like", response_model=ReactionsPublic,
             responses=REACT_ERRORS, summary="Like a model, or take the like back")
-def put_like(catalog: CatalogDep, principal: PrincipalDep, namespace: str, name: str,
+def put_like(catalog: CatalogDep, principal: WritePrincipal, namespace: str, name: str,
              body: LikeRequest) -> ReactionsPublic:
     return _reactions(Reactions(catalog.db).set_like(
         f"{namespace}/{name}", principal, _user(principal), body.liked))
@@ -187,7 +187,7 @@ def put_like(catalog: CatalogDep, principal: PrincipalDep, namespace: str, name:
 
 @router.put("/models/{namespace}/{name}/rating", response_model=ReactionsPublic,
             responses=REACT_ERRORS, summary="Rate a model 1-5 stars (one rating per user)")
-def put_rating(catalog: CatalogDep, principal: PrincipalDep, namespace: str, name: str,
+def put_rating(catalog: CatalogDep, principal: WritePrincipal, namespace: str, name: str,
                body: RatingRequest) -> ReactionsPublic:
     return _reactions(Reactions(catalog.db).set_rating(
         f"{namespace}/{name}", principal, _user(principal), body.stars))
@@ -222,21 +222,3 @@ async def download_file(catalog: CatalogDep, principal: PrincipalDep, usage: Usa
     if path in COUNTED_FILES:
         usage.count_download(version.model)
     return FileResponse(catalog.blobs.path(entry.digest), filename=path.rsplit("/", 1)[-1])
-
-
-# -- the owner's edits -----------------------------------------------------------------------
-
-
-@router.patch("/models/{namespace}/{name}", response_model=ModelPublic,
-              responses=REACT_ERRORS,
-              summary="Edit a model's description and tags (its owner only)")
-def patch_listing(catalog: CatalogDep, principal: PrincipalDep, owner: OwnerDep,
-                  namespace: str, name: str, body: ListingUpdate) -> ModelPublic:
-    full = f"{namespace}/{name}"
-    catalog.get_model(full, principal=principal)  # NotFound when the caller cannot read it
-    if namespace != owner:
-        raise PermissionDenied(
-            f"only the owner of namespace {namespace!r} may edit {full}; you own "
-            f"{owner!r}", param="model")
-    update_listing(catalog.db, full, description=body.description, tags=body.tags)
-    return model_public(catalog.get_model(full, principal=principal))

@@ -91,6 +91,20 @@ class ModelPublic(ModelSummary):
     versions: list[VersionPublic]
 
 
+class ModelUpdate(BaseModel):
+    """What `PATCH /api/models/{namespace}/{name}` may change; fields left out stay."""
+
+    model_config = ConfigDict(extra="forbid")
+    visibility: Literal["private", "org", "public"] | None = Field(
+        default=None, description="private (its owner), org (the owner's organisations) or "
+        "public: publish or unpublish. Needs an admin-scope key and the admin right on the "
+        "namespace.")
+    description: str | None = Field(default=None, description="Markdown, up to 2,000 "
+                                                              "characters.")
+    tags: list[str] | None = Field(default=None, description="Up to 20 tags of a-z, 0-9, "
+                                                             "`.`, `_`, `+`, `-`.")
+
+
 class ModelPage(StoreBaseModel):
     """One page of a listing. Pass `next_cursor` back as `cursor` for the next page."""
 
@@ -119,6 +133,13 @@ class EngineStats(StoreBaseModel):
         default=None, description="Loaded base weights -> their loaded adapter folders.")
     base_bytes: int | None = Field(default=None, description="Bytes of loaded bases.")
     adapter_bytes: int | None = Field(default=None, description="Bytes of loaded adapters.")
+    prefix_cache_bytes: int | None = Field(
+        default=None, description="Bytes of cached prompt-prefix keys/values.")
+    prefix_cache_blocks: int | None = Field(default=None, description="Cached prefix blocks.")
+    prefix_cache_hit_tokens: int | None = Field(
+        default=None, description="Prompt tokens served from the prefix cache so far.")
+    prefix_cache_evicted_blocks: int | None = Field(
+        default=None, description="Prefix blocks evicted under the memory budget so far.")
 
 
 # -- files ----------------------------------------------------------------------------

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from gptstore.inference.kv_cache import Slot, SlotKVCache
 from gptstore.inference.lora import LoraBatch, SiteTarget
+from gptstore.inference.prefix_cache import PrefixCache
 
 
 @dataclass
@@ -175,6 +176,18 @@ class Runner(ABC):
     vocab_size: int
     context_length: int
     supports_lora: bool = False
+    prefix_cache: PrefixCache | None = None  # set by the registry where supported
+    supports_prefix_cache: bool = False
+
+    def load_prefix(self, slot: Slot, tokens: Sequence[int], namespace: str) -> int:
+        """Copy the cached keys/values of the longest cached prefix of `tokens` into
+        `slot`; return how many positions are now filled (0: nothing cached)."""
+        return 0
+
+    def store_prefix(self, slot: Slot, tokens: Sequence[int], namespace: str) -> None:
+        """Offer the keys/values of `tokens` (all in `slot`) to the prefix cache (runners
+        without one keep nothing)."""
+        return None
 
     @abstractmethod
     def allocate(self) -> Slot: ...
@@ -238,6 +251,7 @@ class DecoderRunner(Runner):
     """Shared machinery of the hand-written decoders: plan, cache writes, attention."""
 
     supports_lora = True
+    supports_prefix_cache = True
 
     def __init__(self, *, n_layers: int, n_heads: int, n_kv_heads: int, head_dim: int,
                  vocab_size: int, context_length: int, dtype: torch.dtype,
@@ -283,6 +297,36 @@ class DecoderRunner(Runner):
     @property
     def cache_nbytes(self) -> int:
         return self.kv.nbytes
+
+    # -- prefix cache (prefix_cache.py) -------------------------------------------------
+
+    def load_prefix(self, slot: Slot, tokens: Sequence[int], namespace: str) -> int:
+        cache = self.prefix_cache
+        if cache is None:
+            return 0
+        blocks = cache.lookup(namespace, tokens, len(tokens) - 1)  # keep one for logits
+        if not blocks:
+            return 0
+        size = cache.block_tokens
+        n = len(blocks) * size
+        self.kv.ensure_capacity(n)
+        for i, block in enumerate(blocks):
+            self.kv.k[:, slot.index, :, i * size:(i + 1) * size] = block.k
+            self.kv.v[:, slot.index, :, i * size:(i + 1) * size] = block.v
+        slot.length = n
+        return n
+
+    def store_prefix(self, slot: Slot, tokens: Sequence[int], namespace: str) -> None:
+        cache = self.prefix_cache
+        if cache is None or len(tokens) < cache.block_tokens:
+            return
+        index = slot.index
+
+        def read(start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+            return (self.kv.k[:, index, :, start:end].clone(),
+                    self.kv.v[:, index, :, start:end].clone())
+
+        cache.insert(namespace, tokens, read)
 
     # -- the step plan ----------------------------------------------------------------
 
@@ -452,6 +496,8 @@ def _refine_top(out: torch.Tensor, hidden: torch.Tensor, linear: Linear,
     matrix. The tail keeps its bf16 values.
     """
     logits = out.float()
+    if logits.shape[0] == 0:  # a step of prompt chunks only: no row wants logits
+        return logits
     if linear.bias is not None or logits.shape[-1] <= k:
         if logits.shape[-1] <= 4 * k:  # a classifier head: cheap to do all of it in fp32
             weight = linear.weight_t.float()

@@ -4,8 +4,18 @@ For architectures without a hand-written decoder (Phi, Gemma, Qwen3, ...). Each
 sequence keeps its own `DynamicCache`; a step runs the model once per row (rows of
 different lengths cannot share a `DynamicCache` without padding bookkeeping that would
 cost more than it saves on a CPU). Correct for every architecture transformers
-supports, but without the batching speed-up, and without LoRA adapters (the engine
-refuses them here with a clear error). Classification models run text by text.
+supports, but without the batching speed-up. Classification models run text by text.
+
+LoRA adapters (causal LM): every PEFT target module is a linear layer of the model by
+its own name, so a site here is that module (`site_of`), and the adapter's `x A^T B^T`
+is added to the module's output by a forward hook, registered on the first adapter
+that targets it. The hook reads the adapter of the row being run (rows run one at a
+time), so a step may mix adapters and the base, as on the hand-written runners.
+Why hooks rather than PEFT's own layers: PEFT would wrap the shared base in place and
+switch adapters through module state; the hook adds the same delta (tested against
+PEFT) without changing the model, and adapters load through the one loader
+(`lora.load_lora_adapter`), under the same memory budget as everywhere else.
+A classifier adapter (its own `score` head) is refused here: merge it to serve it.
 """
 
 from __future__ import annotations
@@ -16,8 +26,9 @@ from typing import Any
 
 import torch
 
+from gptstore.errors import InvalidRequest
 from gptstore.inference.kv_cache import Slot
-from gptstore.inference.lora import LoraBatch
+from gptstore.inference.lora import LoraAdapter, LoraBatch, SiteTarget
 from gptstore.inference.models.base import Head, RowInput, Runner
 
 
@@ -26,7 +37,7 @@ class _CacheSlot(Slot):
 
 
 class GenericRunner(Runner):
-    supports_lora = False
+    supports_lora = True
 
     def __init__(self, model: Any, *, max_slots: int, max_context: int | None = None) -> None:
         self.model = model
@@ -43,6 +54,34 @@ class GenericRunner(Runner):
         # transformers 5 renamed `past_key_values` to `cache`; use whichever it takes.
         params = inspect.signature(model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        self._modules = dict(model.named_modules())
+        self._hooked: set[str] = set()
+        self._adapter: LoraAdapter | None = None  # of the row being run
+
+    # -- LoRA -----------------------------------------------------------------------------
+
+    def site_of(self, module: str) -> SiteTarget | None:
+        """A PEFT target module is a site of its own: the linear layer of that name."""
+        layer = self._modules.get(module)
+        width = getattr(layer, "out_features", None) or getattr(layer, "nf", None)
+        if layer is None or not isinstance(width, int):
+            return None
+        if module not in self._hooked:
+            layer.register_forward_hook(self._lora_hook(module))
+            self._hooked.add(module)
+        return SiteTarget(layer=-1, site=module, offset=0, width=width, total=width)
+
+    def _lora_hook(self, module: str) -> Any:
+        def hook(_layer: Any, args: tuple[Any, ...], output: torch.Tensor) -> None:
+            adapter = self._adapter
+            site = adapter.sites.get((-1, module)) if adapter is not None else None
+            if site is None:
+                return
+            x = args[0]
+            # [B, T, in] -> [B*T, in]; the output is fresh and contiguous: added in place
+            site.add_delta(x.reshape(-1, x.shape[-1]), output.view(-1, output.shape[-1]))
+
+        return hook
 
     def allocate(self) -> Slot:
         from transformers import DynamicCache
@@ -65,24 +104,36 @@ class GenericRunner(Runner):
 
     def forward(self, rows: Sequence[RowInput], lora: LoraBatch | None = None,
                 head: Head | None = None) -> torch.Tensor:
-        if lora is not None:
-            raise RuntimeError("the generic runner cannot apply LoRA adapters")
+        if head is not None:
+            raise InvalidRequest(
+                "a classifier adapter on this architecture cannot be served per request "
+                f"({type(self.model).__name__} runs on the generic runner); merge the "
+                "adapter into its base to serve it", param="model")
         outputs = []
         with torch.inference_mode():
-            if all(r.slot is None for r in rows) and self.is_classifier:
+            if all(r.slot is None for r in rows) and self.is_classifier and lora is None:
                 return self._classify(rows)
-            for row in rows:
-                ids = torch.tensor([row.token_ids], dtype=torch.long)
-                positions = torch.arange(row.start, row.start + len(row.token_ids))[None]
-                cache = row.slot.cache if row.slot is not None else None  # type: ignore[attr-defined]
-                out = self.model(input_ids=ids, position_ids=positions,
-                                 use_cache=cache is not None, logits_to_keep=1,
-                                 **{self._cache_kwarg: cache})
-                if row.slot is not None:
-                    row.slot.length = row.start + len(row.token_ids)
-                if row.want_logits:
-                    outputs.append(out.logits[0, -1].float())
+            try:
+                first_token = 0
+                for row in rows:
+                    # the row's adapter, for the LoRA hooks (None: the base alone)
+                    self._adapter = lora.token_adapters[first_token] if lora else None
+                    first_token += len(row.token_ids)
+                    outputs += self._run_row(row)
+            finally:
+                self._adapter = None
         return torch.stack(outputs) if outputs else torch.empty(0, self.vocab_size)
+
+    def _run_row(self, row: RowInput) -> list[torch.Tensor]:
+        """One row through the model with its own cache: [its last logits] or []."""
+        ids = torch.tensor([row.token_ids], dtype=torch.long)
+        positions = torch.arange(row.start, row.start + len(row.token_ids))[None]
+        cache = row.slot.cache if row.slot is not None else None  # type: ignore[attr-defined]
+        out = self.model(input_ids=ids, position_ids=positions, use_cache=cache is not None,
+                         logits_to_keep=1, **{self._cache_kwarg: cache})
+        if row.slot is not None:
+            row.slot.length = row.start + len(row.token_ids)
+        return [out.logits[0, -1].float()] if row.want_logits else []
 
     def _classify(self, rows: Sequence[RowInput]) -> torch.Tensor:
         logits = []

@@ -1,7 +1,7 @@
 """store front: full-text search index, tags, daily usage, likes, ratings
 
 Revision ID: 0005
-Revises: 0002
+Revises: 0004
 Create Date: 2026-12-02
 
 The search document of each model lives in `model_search` on both databases; the index
@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0005"
-down_revision = "0002"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 

@@ -141,27 +141,35 @@ function reactionsBox(model, initial) {
 function editListing(model) {
   const description = h("textarea", { id: "edit-description", rows: 3 }, model.description);
   const tags = h("input", { id: "edit-tags", value: model.tags.join(", ") });
+  const visibility = h("select", { id: "edit-visibility" },
+    ...["public", "org", "private"].map((v) => h("option", { value: v }, v)));
+  visibility.value = model.visibility;
   const status = h("div", { "aria-live": "polite" });
   const form = h("form", { id: "edit-form" },
     h("div", { class: "field" }, h("label", { for: "edit-description" }, "Description"), description),
     h("div", { class: "field" }, h("label", { for: "edit-tags" }, "Tags"), tags,
       h("small", { class: "muted" }, "Comma-separated, e.g. chat, qa")),
+    h("div", { class: "field" }, h("label", { for: "edit-visibility" }, "Visibility"), visibility,
+      h("small", { class: "muted" },
+        "public: everyone; org: the owner's organisations; private: the owner alone")),
     h("div", { class: "actions" }, h("button", { type: "submit" }, "Save")), status);
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     try {
-      await sendJSON("PATCH", `/api/models/${model.name}`, {
+      const update = {
         description: description.value,
         tags: tags.value.split(",").map((t) => t.trim()).filter(Boolean),
-      });
+      };
+      // publishing / unpublishing needs an admin key: sent only when it changes
+      if (visibility.value !== model.visibility) update.visibility = visibility.value;
+      await sendJSON("PATCH", `/api/models/${model.name}`, update);
       const { render } = await import("./app.js");
       await render();
     } catch (err) {
       status.replaceChildren(errorBox(err));
     }
   });
-  return h("details", {}, h("summary", {}, "Edit the description and tags"), form,
-    h("p", { class: "muted small" }, "Publishing and unpublishing (visibility) come with accounts."));
+  return h("details", {}, h("summary", {}, "Edit the listing and visibility"), form);
 }
 
 export async function modelPage(root, namespace, nameAndVersion) {

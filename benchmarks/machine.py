@@ -1,0 +1,108 @@
+"""What every benchmark prints first: the machine it ran on, measured.
+
+A ratio means little without the machine's own limits beside it: the CPU model, the
+GEMM speed in fp32 and bf16 (whether bf16 pays here is what decides gptstore's
+precision, docs/design.md "Precision by measurement"), the memory read bandwidth (the
+ceiling of single-stream decoding: bandwidth / bytes per token), and how busy the
+machine was. `describe_machine()` measures all of it in a few seconds, fresh (not the
+cached profile), with the torch threads the benchmark will use.
+
+`OtherLoad` reports the share of the CPU that processes *outside* this benchmark's own
+process tree used, so peers run in child processes count as ours.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from gptstore.inference.precision import (
+    BANDWIDTH_BYTES,
+    SHAPES,
+    cpu_flags,
+    cpu_model,
+    read_bandwidth,
+)
+from gptstore.inference.precision import measure as measure_profile
+
+GEMM_SIZE = 2048
+
+
+def gemm_gflops(dtype: torch.dtype, n: int = GEMM_SIZE, reps: int = 3) -> float:
+    """Best of `reps` n x n x n matmuls in `dtype`, in GFLOP/s."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    torch.mm(a, b)  # warm-up
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def describe_machine() -> str:
+    """Several lines: CPU, threads, GEMM GFLOP/s in both dtypes at 2048^3 and at the shapes
+    gptstore times, memory read bandwidth, load average."""
+    load = os.getloadavg()[0]
+    with torch.no_grad():
+        fp32, bf16 = gemm_gflops(torch.float32), gemm_gflops(torch.bfloat16)
+    profile = measure_profile()
+    bandwidth = read_bandwidth()
+    lines = [f"machine: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} "
+             f"with {torch.get_num_threads()} threads; flags: {' '.join(cpu_flags())}",
+             f"  GEMM {GEMM_SIZE}^3: fp32 {fp32:.0f} GFLOP/s, bf16 {bf16:.0f} GFLOP/s "
+             f"({bf16 / fp32:.2f}x)"]
+    for use, (rows, n_in, n_out) in SHAPES.items():
+        rates = profile.gflops[use]
+        lines.append(f"  {use} {rows} x {n_in} -> {n_out}: fp32 {rates['fp32']:.1f}, "
+                     f"bf16 {rates['bf16']:.1f} GFLOP/s -> gptstore picks "
+                     f"{profile.choice(use)}")  # type: ignore[arg-type]
+    lines.append(f"  memory read {bandwidth:.1f} GB/s (sum over {BANDWIDTH_BYTES >> 20} MiB); "
+                 f"load average {load:.2f} before measuring, "
+                 f"{os.getloadavg()[0]:.2f} after")
+    return "\n".join(lines)
+
+
+class OtherLoad:
+    """Share of the machine's CPU used since the last call by processes outside this
+    process's tree (/proc). On a shared 2-core machine a figure measured next to a busy
+    neighbour is not a measurement of us or of the peer."""
+
+    def __init__(self) -> None:
+        self._last = self._snapshot()
+
+    def _snapshot(self) -> tuple[int, int, int]:
+        cpu = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        parents: dict[int, tuple[int, int]] = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                ticks = int(stat[11]) + int(stat[12])
+                if int(entry.name) == os.getpid():  # + children that ended (the peers)
+                    ticks += int(stat[13]) + int(stat[14])
+                parents[int(entry.name)] = (int(stat[1]), ticks)
+        tree, changed = {os.getpid()}, True
+        while changed:
+            changed = False
+            for pid, (parent, _ticks) in parents.items():
+                if parent in tree and pid not in tree:
+                    tree.add(pid)
+                    changed = True
+        ours = sum(parents[pid][1] for pid in tree if pid in parents)
+        return sum(cpu), sum(cpu) - cpu[3] - cpu[4], ours
+
+    def __call__(self) -> float:
+        now, last = self._snapshot(), self._last
+        self._last = now
+        total, busy, ours = (a - b for a, b in zip(now, last, strict=True))
+        return max(0.0, (busy - ours) / max(1, total))
+
+
+if __name__ == "__main__":
+    print(describe_machine())

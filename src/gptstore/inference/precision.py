@@ -1,0 +1,370 @@
+"""Precision by measurement: whether bf16 pays on this CPU, timed once per machine.
+
+The rule it replaces read a CPU flag (`amx_bf16`), and the flags do not predict the
+answer. Measured with torch 2.13 on 2 threads (docs/design.md, "Precision by
+measurement"): on an AMD EPYC without AMX, bf16 GEMMs ran 4.8x fp32; on a Sapphire
+Rapids VM with `avx512_bf16` but no AMX they ran at half fp32's speed. So the first
+time a machine is used, `machine_profile` times the shapes that matter, in both dtypes
+alternating, on one thread (`MEASURE_THREADS`), in well under a second:
+
+- *training*: a micro-batch's projection, 512 x 576 -> 1536 (what autocast runs);
+- *batched*: a 16-row serving step over a few projections, through the engine's own
+  `Linear` (oneDNN-packed weights, as the engine serves them);
+- *decode*: a 1-row step over a model-sized set of projections (larger than the L3
+  cache, as a real model's weights are), through the same `Linear` (ATen's GEMV in
+  bf16): single-stream decoding is a pass over all the weights per token, so its speed
+  is bytes read, not arithmetic;
+- memory read bandwidth (`read_bandwidth`, a sum over 256 MiB) is not part of the
+  first-use timing (it alone takes ~0.3 s); `gptstore doctor` and the benchmarks
+  measure it when they print the machine, as the decode ceiling's numerator.
+
+The result is cached as JSON in the store home (`precision.json`), keyed by the CPU
+model string and the torch version, written atomically (temp file, then rename), and
+kept in memory for the process. A measurement taken while the machine was busy (load
+average above its cores) serves this process but is not cached: the next process
+measures again. A use picks bf16 only where it measured at least `BF16_MARGIN` times
+fp32's speed. Explicit settings win over all of it: the training config's `precision`,
+and `GPTSTORE_INFERENCE_DTYPE` for serving.
+
+Knows nothing of models, the store's catalog or HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Use = Literal["training", "batched", "decode"]
+Precision = Literal["bf16", "fp32"]
+USES: tuple[Use, ...] = ("training", "batched", "decode")
+
+#: file in the store home holding one profile per machine key
+CACHE_FILE = "precision.json"
+#: bf16 must beat fp32 by this factor to be chosen: it rounds (exactness has a price),
+#: and a measurement within ~10% of a tie is noise on a shared machine
+BF16_MARGIN = 1.15
+#: (rows, in, out) of each use's timed matmul: SmolLM2-135M's hidden size and MLP width
+SHAPES: dict[Use, tuple[int, int, int]] = {
+    "training": (512, 576, 1536),
+    "batched": (16, 576, 1536),
+    "decode": (1, 576, 1536),
+}
+#: projections per timed pass: one for training (compute-bound), a few for batched
+#: steps, and for decoding enough that fp32 (85 MB) and bf16 (42 MB) weights both
+#: overflow a 32 MiB L3
+COPIES: dict[Use, int] = {"training": 1, "batched": 4, "decode": 24}
+#: seconds spent timing each (use, dtype) pair after its warm-up, and the most it may
+#: take when single passes are slow (a busy machine)
+TIME_BUDGET_S = 0.03
+TIME_CAP_S = 0.25
+#: bytes summed to estimate memory read bandwidth: 64 MiB still measured 86 GB/s on a
+#: VM reporting a 32 MiB L3 (the host's caches are larger); 256 MiB gave 36 GB/s
+BANDWIDTH_BYTES = 256 * 1024**2
+#: torch threads of the timing. One: the choice needs the ratio of the two dtypes, and
+#: multi-threaded kernels on a machine shared with other processes stall on their
+#: barriers (2 threads at load average 8 on 2 cores: 1.4 GFLOP/s for a 16-row fp32 step
+#: that runs at 300 on a quiet machine), where one thread keeps measuring the hardware
+MEASURE_THREADS = 1
+
+
+@dataclass(frozen=True)
+class MachineProfile:
+    """What was measured on one machine, and the precision chosen per use."""
+
+    key: str  # "<cpu model> | torch <version>"
+    cpu: str
+    torch: str
+    threads: int
+    flags: list[str]  # the CPU flags that bear on bf16 (shown, not used to decide)
+    gflops: dict[str, dict[str, float]]  # use -> {"fp32": GFLOP/s, "bf16": GFLOP/s}
+    choices: dict[str, str]  # use -> "bf16" | "fp32"
+    load_average: float = 0.0  # 1-minute load average when measured
+    measured_at: float = field(default_factory=time.time)
+    seconds: float = 0.0  # how long the measurement took
+
+    @property
+    def quiet(self) -> bool:
+        """Whether the machine was not oversubscribed while this was measured."""
+        return self.load_average < (os.cpu_count() or 1)
+
+    def choice(self, use: Use) -> Precision:
+        value = self.choices.get(use, "fp32")
+        return "bf16" if value == "bf16" else "fp32"
+
+    @property
+    def serving(self) -> Precision:
+        """The weights dtype of served models: one per base, so one choice for both
+        serving shapes. Where they agree, that; where they differ, the dtype whose one
+        1-row step plus one 16-row step takes less time (each shape weighed by what it
+        costs, not counted once each)."""
+        batched, decode = self.choice("batched"), self.choice("decode")
+        if batched == decode:
+            return batched
+
+        def step_time(dtype: str) -> float:
+            total = 0.0
+            serving_uses: tuple[Use, ...] = ("batched", "decode")
+            for use in serving_uses:
+                rows, n_in, n_out = SHAPES[use]
+                rate = self.gflops[use][dtype]
+                total += 2 * rows * n_in * n_out / max(rate, 1e-9)
+            return total
+
+        return "bf16" if step_time("bf16") < step_time("fp32") else "fp32"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> MachineProfile:
+        return cls(**{k: doc[k] for k in cls.__dataclass_fields__ if k in doc})
+
+
+# ------------------------------------------------------------------------ machine key
+
+
+def cpu_model() -> str:
+    """The CPU's model name (`/proc/cpuinfo`), or what the platform says elsewhere."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def cpu_flags() -> list[str]:
+    """The flags of `/proc/cpuinfo` that bear on bf16 speed (for display only)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            present = set(line.split(":", 1)[1].split())
+            wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni",
+                      "amx_bf16", "amx_tile", "amx_int8")
+            return [f for f in wanted if f in present]
+    return []
+
+
+def machine_key() -> str:
+    import torch
+
+    return f"{cpu_model()} | torch {torch.__version__}"
+
+
+# ------------------------------------------------------------------------ measuring
+
+
+def _best_time(fn: Callable[[], object], budget_s: float = TIME_BUDGET_S,
+               min_reps: int = 3, cap_s: float = TIME_CAP_S) -> float:
+    """Best wall time of `fn` after one warm-up call, over `budget_s` (at least
+    `min_reps` runs unless that passes `cap_s`): the minimum is the figure least moved
+    by other processes."""
+    fn()
+    best, reps, start = float("inf"), 0, time.perf_counter()
+    while True:
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+        reps += 1
+        spent = time.perf_counter() - start
+        if (reps >= min_reps and spent >= budget_s) or spent >= cap_s:
+            return best
+
+
+def _pass(use: Use, dtype: Any) -> Callable[[], object]:
+    """One timed pass of `use`'s shape in `dtype`, run the way that use runs it."""
+    import torch
+    import torch.nn.functional as F
+
+    from gptstore.inference.models.base import Linear, _mkldnn_off
+
+    rows, n_in, n_out = SHAPES[use]
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(n_out, n_in, generator=generator).to(dtype)
+    x = torch.randn(rows, n_in, generator=generator).to(dtype)
+    if use == "training":
+        def train_pass() -> object:  # autocast's matmul: bf16 frozen weights and inputs
+            return F.linear(x, weight)
+
+        return train_pass
+    # distinct copies, so the pass reads them from memory as a model's layers are
+    weights = [weight] + [weight.clone() for _ in range(COPIES[use] - 1)]
+    linears = [Linear.of(w, pack=use == "batched") for w in weights]
+    gemv = dtype == torch.bfloat16 and rows <= 2 and torch.backends.mkldnn.is_available()
+
+    def serve_pass() -> object:
+        with _mkldnn_off(gemv):  # the engine's 1-2 row bf16 path (ATen's GEMV)
+            for linear in linears:
+                linear(x)
+        return None
+
+    return serve_pass
+
+
+def _time_use(use: Use) -> dict[str, float]:
+    """GFLOP/s of `use` in fp32 and bf16. The two dtypes' passes alternate, so a burst
+    of load from other processes hits both alike instead of deciding the comparison."""
+    import torch
+
+    passes = {"fp32": _pass(use, torch.float32), "bf16": _pass(use, torch.bfloat16)}
+    best = {name: float("inf") for name in passes}
+    with torch.inference_mode():
+        for run in passes.values():
+            run()  # warm-up (oneDNN builds its kernels on the first call)
+        start, reps = time.perf_counter(), 0
+        while True:
+            for name, run in passes.items():
+                t0 = time.perf_counter()
+                run()
+                best[name] = min(best[name], time.perf_counter() - t0)
+            reps += 1
+            spent = time.perf_counter() - start
+            if (reps >= 3 and spent >= 2 * TIME_BUDGET_S) or spent >= 2 * TIME_CAP_S:
+                break
+    rows, n_in, n_out = SHAPES[use]
+    flops = 2 * rows * n_in * n_out * COPIES[use]
+    return {name: round(flops / seconds / 1e9, 2) for name, seconds in best.items()}
+
+
+def read_bandwidth(nbytes: int | None = None) -> float:
+    """Memory read bandwidth in GB/s: the best of a few sums over `nbytes` (default
+    `BANDWIDTH_BYTES`) of fp32, each byte read once (a sum's arithmetic is far below
+    what the cores can do)."""
+    import torch
+
+    nbytes = nbytes or BANDWIDTH_BYTES
+    data = torch.ones(nbytes // 4)
+    seconds = _best_time(lambda: data.sum(), budget_s=0.1, cap_s=1.0)
+    return nbytes / seconds / 1e9
+
+
+def choose(gflops: dict[str, dict[str, float]]) -> dict[str, str]:
+    """bf16 for a use where it measured at least `BF16_MARGIN` x fp32, else fp32."""
+    return {use: "bf16" if rates["bf16"] >= BF16_MARGIN * rates["fp32"] else "fp32"
+            for use, rates in gflops.items()}
+
+
+def measure() -> MachineProfile:
+    """Time every use in both dtypes now (well under a second on the machines seen)."""
+    import torch
+
+    started = time.perf_counter()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    gflops: dict[str, dict[str, float]] = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(MEASURE_THREADS)
+    try:
+        with torch.no_grad():
+            for use in USES:
+                gflops[use] = _time_use(use)
+    finally:
+        torch.set_num_threads(threads)
+    return MachineProfile(key=machine_key(), cpu=cpu_model(), torch=torch.__version__,
+                          threads=MEASURE_THREADS, flags=cpu_flags(), gflops=gflops,
+                          choices=choose(gflops), load_average=round(load, 2),
+                          seconds=round(time.perf_counter() - started, 3))
+
+
+# ------------------------------------------------------------------------ the cache
+
+_memo: dict[str, MachineProfile] = {}
+_lock = threading.Lock()
+
+
+def machine_profile(home: Path, *, remeasure: bool = False) -> MachineProfile:
+    """This machine's profile: from the home's cache, else measured now and cached.
+
+    One measurement per process at most (unless `remeasure`): a second home on the same
+    machine gets the profile written without timing again. A profile measured on a
+    busy machine is not written (see the module docstring).
+    """
+    key = machine_key()
+    path = Path(home) / CACHE_FILE
+    with _lock:
+        if not remeasure:
+            cached = _read_cache(path).get(key)
+            if cached is not None:
+                try:
+                    profile = MachineProfile.from_dict(cached)
+                    _memo[key] = profile
+                    return profile
+                except TypeError:  # a profile of an older layout: measure again
+                    pass
+        remembered = _memo.get(key) if not remeasure else None
+        fresh = remembered or measure()
+        _memo[key] = fresh
+        if fresh.quiet:
+            _write_cache(path, key, fresh)
+        return fresh
+
+
+def _read_cache(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}  # missing or damaged: measured again and rewritten
+    return doc if isinstance(doc, dict) else {}
+
+
+def _write_cache(path: Path, key: str, profile: MachineProfile) -> None:
+    """Merge `profile` into the cache file atomically (temp file in the same folder,
+    then rename): a reader sees the old file or the new one, never half of one. Other
+    machines' entries (a home on a shared disk) are kept."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        doc = _read_cache(path)
+        doc[key] = profile.to_dict()
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".precision-", suffix=".json")
+        try:
+            with os.fdopen(fd, "w") as out:
+                json.dump(doc, out, indent=2, sort_keys=True)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError:
+        pass  # a read-only home: the profile still holds for this process
+
+
+def precision_for(use: Use, home: Path) -> Precision:
+    """The precision measured best for `use` on this machine."""
+    return machine_profile(home).choice(use)
+
+
+def serving_dtype_name(home: Path) -> str:
+    """"bfloat16" or "float32": the weights dtype served models load in by default."""
+    return "bfloat16" if machine_profile(home).serving == "bf16" else "float32"
+
+
+def report_lines(profile: MachineProfile, bandwidth_gbs: float | None = None) -> list[str]:
+    """The profile as text: what `gptstore doctor` prints, and the benchmarks' header."""
+    lines = [f"CPU: {profile.cpu}, torch {profile.torch}; GFLOP/s measured on "
+             f"{profile.threads} thread(s)",
+             f"CPU flags: {' '.join(profile.flags) or '(none of the bf16-related ones)'}"]
+    for use in USES:
+        rows, n_in, n_out = SHAPES[use]
+        rates = profile.gflops.get(use, {})
+        lines.append(f"{use:>8} {rows} x {n_in} -> {n_out}: fp32 {rates.get('fp32', 0):.1f} "
+                     f"GFLOP/s, bf16 {rates.get('bf16', 0):.1f} GFLOP/s -> "
+                     f"{profile.choice(use)}")
+    if bandwidth_gbs is not None:
+        lines.append(f"memory read: {bandwidth_gbs:.1f} GB/s")
+    lines.append(f"served weights: {profile.serving}; training autocast: "
+                 f"{profile.choice('training')} (bf16 where it measured >= {BF16_MARGIN}x fp32)")
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(profile.measured_at))
+    lines.append(f"measured {when} in {profile.seconds:.2f} s, load average "
+                 f"{profile.load_average:.2f} on {os.cpu_count()} cores"
+                 + ("" if profile.quiet else " (busy: not cached, measured again next time)"))
+    return lines

@@ -1,0 +1,151 @@
+"""Prefix caching and paced chunked prefill: the same greedy tokens as without them (and
+as transformers), reuse across requests and chat turns, adapters kept apart, and the
+cache within its memory bound under many distinct prompts."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from inference_helpers import causal_spec, hf_greedy, load_causal
+from test_engine_lora import make_adapter, peft_greedy
+
+from gptstore.inference import GenerationRequest, SamplingParams
+from gptstore.inference.pacing import PrefillPacer
+from gptstore.inference.prefix_cache import PrefixCache
+
+BLOCK = 16
+PACED = True
+SHARED = [7 + (i * 37) % 400 for i in range(70)]  # a 70-token "system prompt"
+SUFFIXES = [[450, 451, 452], [300, 9], [123, 124, 125, 126, 127]]
+
+
+def _greedy(n: int) -> SamplingParams:
+    return SamplingParams(temperature=0, max_tokens=n, ignore_eos=True)
+
+
+def run_one_by_one(engine, prompts: list[list[int]], n: int, name: str = "m") -> list[list[int]]:
+    return [engine.generate(name, p, _greedy(n), timeout=60).token_ids for p in prompts]
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_shared_prefix_is_reused_and_gives_the_same_greedy_tokens(tiny_dirs, make_engine,
+                                                                   arch):
+    spec = causal_spec(tiny_dirs[arch])
+    cached = make_engine({"m": spec}, prefix_block_tokens=BLOCK)
+    plain = make_engine({"m": causal_spec(tiny_dirs[arch])}, prefix_cache_bytes=0)
+    prompts = [SHARED + s for s in SUFFIXES] + [SHARED]  # the last: all but one cached
+    with_cache = run_one_by_one(cached, prompts, 10)
+    without = run_one_by_one(plain, prompts, 10)
+    assert with_cache == without
+    reference, _ = load_causal(tiny_dirs[arch])
+    assert with_cache == [hf_greedy(reference, p, 10) for p in prompts]
+    stats = cached.stats()
+    # requests 2..4 each found the 64 tokens of SHARED's 4 full blocks
+    assert stats["prefix_cache_hit_tokens"] == 3 * 64
+    assert plain.stats()["prefix_cache_hit_tokens"] == 0
+
+
+def test_chat_history_is_reused_turn_after_turn(tiny_dirs, make_engine):
+    engine = make_engine({"m": causal_spec(tiny_dirs["llama"])}, prefix_block_tokens=BLOCK)
+    reference, _ = load_causal(tiny_dirs["llama"])
+    history = list(SHARED)
+    for turn in SUFFIXES:
+        history += turn
+        answer = engine.generate("m", history, _greedy(8), timeout=60).token_ids
+        assert answer == hf_greedy(reference, history, 8)
+        history += answer
+    # turn 2 reuses turn 1's prompt blocks, turn 3 those of turn 2's longer prompt
+    assert engine.stats()["prefix_cache_hit_tokens"] >= 64 + 80
+
+
+def test_adapters_do_not_share_cached_prefixes(tiny_dirs, make_engine, tmp_path):
+    base_dir = tiny_dirs["llama"]
+    adapter = make_adapter(base_dir, tmp_path / "a", "llama", seed=3)
+    engine = make_engine({"base": causal_spec(base_dir, "k"),
+                          "a": causal_spec(base_dir, "k", adapter)},
+                         prefix_block_tokens=BLOCK)
+    prompt = SHARED + SUFFIXES[0]
+    base_out = engine.generate("base", prompt, _greedy(8), timeout=60).token_ids
+    adapter_out = engine.generate("a", prompt, _greedy(8), timeout=60).token_ids
+    assert engine.stats()["prefix_cache_hit_tokens"] == 0  # other namespace: no hit
+    assert adapter_out == peft_greedy(base_dir, adapter, prompt, 8)
+    again = engine.generate("a", SHARED + SUFFIXES[1], _greedy(8), timeout=60).token_ids
+    assert engine.stats()["prefix_cache_hit_tokens"] == 64
+    assert again == peft_greedy(base_dir, adapter, SHARED + SUFFIXES[1], 8)
+    assert base_out != adapter_out
+
+
+def test_cache_stays_within_its_bound_under_many_distinct_prompts(tiny_dirs, make_engine):
+    # llama tiny: 2 layers x 2 kv heads x 8 head dim, fp32: 2 * 2*2*16*8 * 4 B = 4 KiB/block
+    budget = 40 * 1024
+    engine = make_engine({"m": causal_spec(tiny_dirs["llama"])}, prefix_block_tokens=BLOCK,
+                         prefix_cache_bytes=budget)
+    rng = random.Random(0)
+    for _ in range(30):
+        prompt = [rng.randrange(3, 500) for _ in range(rng.randrange(20, 90))]
+        engine.generate("m", prompt, _greedy(2), timeout=60)
+        stats = engine.stats()
+        assert stats["prefix_cache_bytes"] <= budget
+    assert stats["prefix_cache_evicted_blocks"] > 0
+    assert stats["prefix_cache_blocks"] > 0
+    # the most recent prompt's blocks survived the evictions: asked again, they are hit
+    hits = stats["prefix_cache_hit_tokens"]
+    engine.generate("m", [*prompt, 5], _greedy(2), timeout=60)
+    assert engine.stats()["prefix_cache_hit_tokens"] - hits == len(prompt) // BLOCK * BLOCK
+
+
+def test_eviction_takes_leaves_before_the_blocks_they_hang_from():
+    cache = PrefixCache(budget_bytes=3 * 2 * 4 * 4, block_tokens=2)  # room for 3 blocks
+
+    def read(start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.zeros(1, 1, end - start, 2), torch.zeros(1, 1, end - start, 2)
+
+    assert cache.insert("", [1, 2, 3, 4, 5, 6], read) == 3  # root -> b1 -> b2 -> b3
+    assert cache.insert("", [1, 2, 9, 9], read) == 1  # shares b1; one block over budget
+    assert cache.nbytes <= cache.budget_bytes
+    # the deepest block of the older chain went; the shared root block stayed
+    assert len(cache.lookup("", [1, 2, 3, 4, 5, 6, 0], 6)) == 2
+    assert len(cache.lookup("", [1, 2, 9, 9, 0], 4)) == 2
+    assert cache.lookup("x", [1, 2, 3], 2) == []  # another namespace sees nothing
+
+
+def test_pacer_bounds_prefill_chunks_while_others_decode():
+    pacer = PrefillPacer(max_tokens=512, ratio=1.0)
+    assert pacer.budget(decoding=0) == 512  # alone: the biggest chunk
+    assert pacer.budget(decoding=3) == 64  # nothing measured yet: a cautious start
+    pacer.observe(0.5, prefill_tokens=500, decode_rows=0)  # 1 ms per prompt token
+    for _ in range(5):
+        pacer.observe(0.04, prefill_tokens=0, decode_rows=15)  # 40 ms decode steps
+    assert pacer.budget(decoding=15) == pytest.approx(40, abs=1)
+    assert pacer.budget(decoding=0) == 512
+    slow = PrefillPacer(max_tokens=512, decode_step_s=0.001, token_s=0.01)
+    assert slow.budget(decoding=1) == 32  # never below min_tokens: the prompt progresses
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_long_prompt_arriving_while_streams_decode_keeps_parity(tiny_dirs, make_engine,
+                                                               arch):
+    """Streams keep decoding while a long prompt is prefilled in paced chunks, and every
+    request gets the tokens transformers gives it alone."""
+    engine = make_engine({"m": causal_spec(tiny_dirs[arch])}, max_step_tokens=512,
+                         paced_prefill=PACED)
+    streams = [engine.submit(GenerationRequest([5 + i, 6, 7, 8], "m", _greedy(60)))
+               for i in range(3)]
+    events = [iter(h) for h in streams]
+    for it in events:
+        next(it)  # all three are decoding
+    long_prompt = [3 + (i * 11) % 500 for i in range(200)]
+    late = engine.submit(GenerationRequest(long_prompt, "m", _greedy(5)))
+    steps_before = engine.stats()["steps"]
+    late_events = iter(late)
+    late_tokens = [next(late_events).token_id]
+    # prefilled in chunks of at most 64 tokens (nothing measured yet), each step with
+    # the streams' decode rows: 4 steps at least, where unpaced it would take 1
+    assert engine.stats()["steps"] - steps_before >= 3
+    late_tokens += [e.token_id for e in late_events if e.token_id is not None]
+    reference, _ = load_causal(tiny_dirs[arch])
+    assert late_tokens == hf_greedy(reference, long_prompt, 5)
+    for i, handle in enumerate(streams):
+        assert handle.result(timeout=60).token_ids == hf_greedy(reference, [5 + i, 6, 7, 8], 60)

@@ -1,0 +1,179 @@
+"""Precision by measurement: measured once per machine key, cached atomically in the
+home, chosen per use, and overridden by explicit settings."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gptstore.inference import precision
+from gptstore.inference.precision import MachineProfile, choose, machine_key, machine_profile
+from gptstore.inference.store import engine_config
+from gptstore.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def _fresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No profile remembered from other tests, and a machine that counts as quiet (the
+    shared test machine is often busy, and a busy measurement is never cached)."""
+    monkeypatch.setattr(precision, "_memo", {})
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+
+
+@pytest.fixture
+def measured(monkeypatch: pytest.MonkeyPatch) -> list[MachineProfile]:
+    """Every real measurement taken during the test, in order (a spy around `measure`)."""
+    calls: list[MachineProfile] = []
+    real = precision.measure
+
+    def spy() -> MachineProfile:
+        calls.append(real())
+        return calls[-1]
+
+    monkeypatch.setattr(precision, "measure", spy)
+    return calls
+
+
+def profile_doc(choices: dict[str, str], key: str | None = None) -> dict[str, Any]:
+    """A cached profile as the file holds it, with rates that agree with `choices`."""
+    rates = {use: {"fp32": 100.0, "bf16": 300.0 if c == "bf16" else 50.0}
+             for use, c in choices.items()}
+    return MachineProfile(key=key or machine_key(), cpu="test CPU", torch="x", threads=1,
+                          flags=[], gflops=rates, choices=choices).to_dict()
+
+
+def write_cache(home: Path, *docs: dict[str, Any]) -> None:
+    home.mkdir(parents=True, exist_ok=True)
+    (home / precision.CACHE_FILE).write_text(json.dumps({d["key"]: d for d in docs}))
+
+
+def test_first_use_measures_every_use_in_both_dtypes_quickly(tmp_path, measured):
+    profile = machine_profile(tmp_path)
+    assert len(measured) == 1
+    assert set(profile.gflops) == {"training", "batched", "decode"}
+    for rates in profile.gflops.values():
+        assert rates["fp32"] > 0 and rates["bf16"] > 0
+    assert profile.choices == choose(profile.gflops)
+    assert profile.key == machine_key() and profile.cpu in profile.key
+    # "well under a second" on a quiet machine; the test machine is shared, so allow 3 s
+    assert profile.seconds < 3.0
+
+
+def test_profile_is_cached_in_the_home_and_read_back_without_measuring(tmp_path, measured):
+    first = machine_profile(tmp_path)
+    doc = json.loads((tmp_path / precision.CACHE_FILE).read_text())
+    assert list(doc) == [machine_key()]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".precision-")]
+    precision._memo.clear()  # a new process: only the file remembers
+    again = machine_profile(tmp_path)
+    assert len(measured) == 1
+    assert again == first
+
+
+def test_one_process_measures_once_for_many_homes(tmp_path, measured):
+    machine_profile(tmp_path / "a")
+    machine_profile(tmp_path / "b")
+    assert len(measured) == 1
+    assert (tmp_path / "b" / precision.CACHE_FILE).exists()
+
+
+def test_profile_is_keyed_by_cpu_and_torch_version(tmp_path, measured, monkeypatch):
+    other = profile_doc({"training": "bf16", "batched": "bf16", "decode": "bf16"},
+                        key="Some Other CPU | torch 2.13.0")
+    write_cache(tmp_path, other)
+    mine = machine_profile(tmp_path)  # another machine's entry does not count
+    assert len(measured) == 1 and mine.key == machine_key()
+    doc = json.loads((tmp_path / precision.CACHE_FILE).read_text())
+    assert set(doc) == {other["key"], machine_key()}  # both machines' entries kept
+    monkeypatch.setattr("torch.__version__", "9.9.9")
+    precision._memo.clear()
+    machine_profile(tmp_path)  # a new torch version: measured again
+    assert len(measured) == 2
+
+
+def test_damaged_cache_is_measured_again_and_rewritten(tmp_path, measured):
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / precision.CACHE_FILE).write_text("{not json")
+    machine_profile(tmp_path)
+    assert len(measured) == 1
+    assert machine_key() in json.loads((tmp_path / precision.CACHE_FILE).read_text())
+
+
+def test_busy_measurement_serves_the_process_but_is_not_cached(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "getloadavg", lambda: (64.0, 64.0, 64.0))
+    profile = machine_profile(tmp_path)
+    assert not profile.quiet
+    assert not (tmp_path / precision.CACHE_FILE).exists()
+
+
+def test_remeasure_replaces_the_cached_profile(tmp_path, measured):
+    write_cache(tmp_path, profile_doc({"training": "bf16", "batched": "bf16",
+                                       "decode": "bf16"}))
+    assert machine_profile(tmp_path).cpu == "test CPU"
+    fresh = machine_profile(tmp_path, remeasure=True)
+    assert len(measured) == 1 and fresh.cpu != "test CPU"
+    assert json.loads((tmp_path / precision.CACHE_FILE).read_text())[machine_key()]["cpu"] \
+        == fresh.cpu
+
+
+def test_bf16_is_chosen_only_with_a_clear_margin():
+    rates = {"training": {"fp32": 100.0, "bf16": 480.0},  # AMD EPYC-like: 4.8x
+             "batched": {"fp32": 321.0, "bf16": 160.0},  # SPR without AMX: 0.5x
+             "decode": {"fp32": 34.0, "bf16": 36.0}}  # within noise of a tie
+    assert choose(rates) == {"training": "bf16", "batched": "fp32", "decode": "fp32"}
+
+
+def test_served_weights_follow_both_serving_shapes():
+    def served(batched: tuple[float, float], decode: tuple[float, float]) -> str:
+        rates = {"training": {"fp32": 1.0, "bf16": 1.0},
+                 "batched": dict(zip(("fp32", "bf16"), batched, strict=True)),
+                 "decode": dict(zip(("fp32", "bf16"), decode, strict=True))}
+        return MachineProfile(key="k", cpu="c", torch="t", threads=1, flags=[],
+                              gflops=rates, choices=choose(rates)).serving
+
+    assert served((100, 300), (10, 40)) == "bf16"
+    assert served((300, 100), (40, 10)) == "fp32"
+    # they disagree: the dtype whose 1-row + 16-row step takes less time wins; a 1-row
+    # step is 16x fewer FLOPs, so at these rates the 16-row step's time decides
+    assert served((100, 300), (40, 30)) == "bf16"
+    # ... and here the slow 1-row bf16 pass costs more than the 16-row one saves
+    assert served((100, 130), (40, 3)) == "fp32"
+
+
+def test_serving_dtype_auto_is_the_measured_one_and_explicit_settings_win(tmp_path):
+    home = tmp_path / "home"
+    write_cache(home, profile_doc({"training": "fp32", "batched": "bf16", "decode": "bf16"}))
+    assert engine_config(Settings(home=home, inference_dtype="auto")).dtype == "bfloat16"
+    assert engine_config(Settings(home=home, inference_dtype="float32")).dtype == "float32"
+    assert engine_config(Settings(home=home, inference_dtype="int4")).quantize == "int4"
+    auto = Settings(home=home, inference_dtype="auto")
+    assert engine_config(auto, dtype="float32").dtype == "float32"
+    write_cache(home, profile_doc({"training": "bf16", "batched": "fp32", "decode": "fp32"}))
+    assert engine_config(Settings(home=home, inference_dtype="auto")).dtype == "float32"
+    assert precision.precision_for("training", home) == "bf16"
+
+
+def test_doctor_prints_the_measurements_and_the_choices(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from gptstore.cli.app import app
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("GPTSTORE_HOME", str(home))
+    monkeypatch.delenv("GPTSTORE_INFERENCE_DTYPE")
+    monkeypatch.delenv("GPTSTORE_TRAINING_PRECISION")
+    monkeypatch.setattr(precision, "BANDWIDTH_BYTES", 16 * 1024**2)  # quick
+    result = CliRunner().invoke(app, ["doctor", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["key"] == machine_key() and doc["bandwidth_gbs"] > 0
+    assert set(doc["choices"]) == {"training", "batched", "decode"}
+    assert doc["serving"] in ("bf16", "fp32")
+    assert doc["settings"] == {"GPTSTORE_INFERENCE_DTYPE": "auto",
+                               "GPTSTORE_TRAINING_PRECISION": "auto"}
+    text = CliRunner().invoke(app, ["doctor"]).output
+    assert "GFLOP/s" in text and "memory read" in text and "decode" in text
