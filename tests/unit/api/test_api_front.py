@@ -185,3 +185,18 @@ def test_the_owner_edits_description_and_tags(client: TestClient, publish: Publi
     bad = client.patch("/api/models/local/mine", json={"tags": ["no spaces please"]})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "tags"
     assert client.patch("/api/models/local/nope", json={}).status_code == 404
+
+
+def test_whoami_local_then_with_keys(client: TestClient, store: Catalog) -> None:
+    from accounts_helpers import make_accounts
+
+    local = _get(client, "/api/whoami")
+    assert local == {"kind": "system", "name": None, "scope": "admin", "owner": "local",
+                     "namespaces": ["local"], "can_react": True}
+    keys = make_accounts(store)  # a store with users requires keys from now on
+    assert client.get("/api/whoami").status_code == 401
+    alice = client.get("/api/whoami", headers=keys.of("alice", "read")).json()
+    assert (alice["kind"], alice["name"], alice["scope"]) == ("user", "alice", "read")
+    assert alice["namespaces"] == ["alice", "acme"] and alice["can_react"]  # acme's admin
+    bob = client.get("/api/whoami", headers=keys.of("bob")).json()
+    assert bob["namespaces"] == ["bob"]  # a reader of acme may not edit its models

@@ -29,6 +29,7 @@ STORE_ROUTES = {
     ("/api/models/{namespace}/{name}/card.html", "get"): "CardHtml",
     ("/api/models/{namespace}/{name}/versions/{number}/files/{path}", "get"): BINARY,
     ("/api/files/{file_id}/preview", "get"): "FilePreview",
+    ("/api/whoami", "get"): "Whoami",
 }
 
 

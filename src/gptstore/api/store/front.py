@@ -16,7 +16,7 @@ from fastapi import APIRouter, Path, Query
 from fastapi.responses import FileResponse
 from pydantic import Field
 
-from gptstore.api.auth import WritePrincipal
+from gptstore.api.auth import WritePrincipal, owner_of
 from gptstore.api.deps import CatalogDep, PrincipalDep, UsageDep
 from gptstore.api.errors import ErrorResponse
 from gptstore.api.store.catalog import BAD_REQUEST, NOT_FOUND
@@ -78,6 +78,24 @@ class ListingUpdate(StoreBaseModel):
                                                                 "characters.")
     tags: list[str] | None = Field(default=None, description="Up to 20 tags of a-z, 0-9, "
                                                              "`.`, `_`, `+`, `-`.")
+
+
+class Whoami(StoreBaseModel):
+    """The caller as the pages need to know it: whose files, jobs and models are "mine",
+    and what the page may offer. Identity only: the routes check every right again."""
+
+    kind: Literal["anonymous", "system", "user"] = Field(
+        description="`system`: the single local user (local mode); `user`: an API key's "
+                    "user; `anonymous`: no key, public reads only.")
+    name: str | None = Field(description="The user's name (`user` only).")
+    scope: str = Field(description="What the key may do: `read`, `write` or `admin`.")
+    owner: str | None = Field(description="The namespace the caller's files, jobs and "
+                                          "fine-tunes belong to; null for anonymous "
+                                          "callers, who own nothing.")
+    namespaces: list[str] = Field(
+        description="Namespaces whose models the caller may edit: its own and those of "
+                    "organisations where it is a writer; empty for anonymous callers.")
+    can_react: bool = Field(description="Whether the caller may like and rate models.")
 
 
 class CardHtml(StoreBaseModel):
@@ -150,6 +168,26 @@ def categories(catalog: CatalogDep, principal: PrincipalDep) -> Categories:
                                 filter=filters,
                                 models=[ModelSummary.model_validate(m) for m in page.models]))
     return Categories(data=shelves)
+
+
+# -- the caller ----------------------------------------------------------------------------
+
+
+@router.get("/whoami", response_model=Whoami,
+            responses={401: {"model": ErrorResponse,
+                             "description": "A key is required and none (or a bad one) "
+                                            "was sent."}},
+            summary="Who the caller is, for the store front's pages")
+def whoami(principal: PrincipalDep) -> Whoami:
+    owner, namespaces = None, []
+    if principal.kind != "anonymous":
+        owner = owner_of(principal)
+        namespaces = [owner, *sorted(name for name, role in principal.orgs.values()
+                                     if role in ("write", "admin"))]
+    return Whoami(kind=principal.kind, name=principal.name if principal.kind == "user"
+                  else None, scope=principal.scope, owner=owner,
+                  namespaces=list(dict.fromkeys(namespaces)),
+                  can_react=reacting_user(principal) is not None)
 
 
 # -- likes and ratings ------------------------------------------------------------------
