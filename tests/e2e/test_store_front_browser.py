@@ -348,3 +348,80 @@ def test_fine_tune_through_the_wizard(page: Any, tmp_path: Path, shots: Path) ->
     page.goto("/me/jobs")
     ready(page)
     assert "succeeded" in page.locator("table.list").inner_text()
+
+
+# -- a store with accounts: keys required, private models -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RemoteServer, dict]]:
+    """A store with users alice and bob (so keys are required), each with a private
+    model, and a public one."""
+    from gptstore.accounts.store import AccountStore
+
+    root = tmp_path_factory.mktemp("keyed-store")
+    catalog = Catalog(Settings(home=root / "home"))
+    accounts = AccountStore(catalog.db)
+    folder = root / "card-only"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    keys = {}
+    for user in ("alice", "bob"):
+        account = accounts.add_user(user)
+        keys[user] = accounts.create_key(user, scope="write", name="browser")[1]
+        catalog.publish(f"{user}/secret", folder, description=f"{user}'s own.",
+                        visibility="private", owner_id=account.id)
+    catalog.publish("acme/open", folder, description="Everyone's.")
+    catalog.close()
+    with RemoteServer(root / "home", env={"GPTSTORE_OFFLINE": "1"}) as srv:
+        yield srv, keys
+
+
+def test_private_models_and_sign_in(browser: Any, keyed: tuple[RemoteServer, dict],
+                                    shots: Path) -> None:
+    server, keys = keyed
+    context = browser.new_context(base_url=server.url, viewport=LAPTOP)
+    context.set_default_timeout(20_000)
+    page = context.new_page()
+    try:
+        page.goto("/")
+        ready(page)
+        assert "sign in" in page.locator("[role=alert]").inner_text().lower()
+        page.click("#sign-in")
+        page.wait_for_url("**/login")
+        ready(page)
+        page.fill("#api-key", "gsk-not-a-real-key")
+        page.click("#login-form button[type=submit]")
+        page.wait_for_selector("#login-form [role=alert]")
+        shoot(page, shots, "login-refused")
+        page.fill("#api-key", keys["alice"])
+        page.click("#login-form button[type=submit]")
+        page.wait_for_url(server.url + "/")
+        ready(page)
+        assert page.locator("#account-name").inner_text() == "alice"
+        page.goto("/search?sort=name")
+        ready(page)
+        assert result_names(page) == ["acme/open", "alice/secret"]  # not bob's
+        page.goto("/models/bob/secret")
+        ready(page)
+        assert "not in the store" in page.locator("[role=alert]").inner_text()
+        page.goto("/models/alice/secret")
+        ready(page)
+        assert page.locator(".model-head .pill.warn").inner_text() == "private"
+        assert page.locator("#edit-visibility").input_value() == "private"
+        page.goto("/models/acme/open")
+        ready(page)
+        assert page.locator("#edit").count() == 0  # not alice's namespace
+        page.goto("/me/models")
+        ready(page)
+        assert result_names(page) == ["alice/secret"]
+        shoot(page, shots, "my-models-keyed")
+        page.goto("/login")
+        ready(page)
+        page.click("#sign-out")
+        page.wait_for_selector("#login-form")
+        page.goto("/search")
+        ready(page)
+        assert "sign in" in page.locator("[role=alert]").inner_text().lower()
+    finally:
+        context.close()

@@ -2,15 +2,35 @@
 // into an Error whose message says what went wrong, and server-sent events read from
 // a streamed response.
 //
-// Accounts hook: every request goes through `authHeaders()`. The accounts issue adds a
-// login page that stores an API key (or a session cookie, which needs nothing here);
-// until then the store has one local user and no key is needed.
+// Accounts: every request goes through `authHeaders()`, which sends the API key the
+// sign-in page stored (`gptstore keys create USER` makes one). In local mode (loopback,
+// no users) the server needs no key and every request is the local user.
 
 export const API_KEY_STORAGE = "gptstore.api_key";
 
 export function authHeaders() {
   const key = window.localStorage.getItem(API_KEY_STORAGE);
   return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+// Who the caller is (GET /api/whoami), asked once per page load; null when the store
+// wants a key and none (or a bad one) is set.
+let whoamiPromise = null;
+
+export function whoami() {
+  if (!whoamiPromise) {
+    whoamiPromise = getJSON("/api/whoami").catch((err) => {
+      if (err.status === 401) return null;
+      throw err;
+    });
+  }
+  return whoamiPromise;
+}
+
+export function setApiKey(key) {
+  if (key) window.localStorage.setItem(API_KEY_STORAGE, key);
+  else window.localStorage.removeItem(API_KEY_STORAGE);
+  whoamiPromise = null;
 }
 
 export class ApiError extends Error {

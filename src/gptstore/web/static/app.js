@@ -2,7 +2,7 @@
 // is a function that draws into <main> from the JSON API; an error anywhere is shown
 // in the page with what to do, never as a blank page.
 
-import { getJSON, query } from "./api.js";
+import { getJSON, query, request, setApiKey, whoami } from "./api.js";
 import { clear, errorBox, h } from "./dom.js";
 import { modelCard } from "./widgets.js";
 
@@ -101,6 +101,60 @@ async function search(root) {
   results.append(nav);
 }
 
+// -- sign in ------------------------------------------------------------------------------
+//
+// The store's accounts are API keys (`gptstore users add NAME`, `gptstore keys create
+// NAME`). The page keeps the key in this browser's localStorage and sends it as a
+// bearer token (api.js); the server checks it on every request.
+
+async function login(root) {
+  const me = await whoami();
+  root.append(h("h1", {}, "Sign in"));
+  if (me && me.kind === "system") {
+    root.append(h("p", {}, "This store runs in local mode (bound to this machine, no users): you are its one user and need no key."));
+    return;
+  }
+  if (me && me.kind === "user") {
+    root.append(h("p", {}, `Signed in as ${me.name} (a ${me.scope} key).`),
+      h("button", { type: "button", class: "secondary", id: "sign-out",
+        onclick: () => { setApiKey(null); navigate("/login"); } }, "Sign out"));
+    return;
+  }
+  const key = h("input", { id: "api-key", type: "password", autocomplete: "off", required: true,
+    placeholder: "gsk-…" });
+  const status = h("div", { "aria-live": "polite" });
+  const form = h("form", { id: "login-form" },
+    h("div", { class: "field" }, h("label", { for: "api-key" }, "API key"), key,
+      h("small", { class: "muted" }, "Ask the store's admin for one: gptstore keys create YOUR_NAME. It stays in this browser.")),
+    h("div", { class: "actions" }, h("button", { type: "submit" }, "Sign in")), status);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    setApiKey(key.value.trim());
+    try {
+      await request("GET", "/api/whoami");
+      navigate("/");
+    } catch (err) {
+      setApiKey(null);
+      status.replaceChildren(errorBox(err, "Check the key: it may be mistyped, revoked or expired."));
+    }
+  });
+  root.append(form);
+}
+
+async function accountSlot() {
+  const slot = document.getElementById("account-slot");
+  if (!slot) return;
+  let me = null;
+  try { me = await whoami(); } catch (_) { /* the page shows the error */ }
+  if (me && me.kind === "user") {
+    slot.replaceChildren(h("a", { href: "/login", id: "account-name" }, me.name));
+  } else if (!me || me.kind === "anonymous") {
+    slot.replaceChildren(h("a", { href: "/login", id: "sign-in" }, "Sign in"));
+  } else {
+    slot.replaceChildren();
+  }
+}
+
 // -- compare ------------------------------------------------------------------------------
 
 async function compare(root) {
@@ -115,12 +169,14 @@ const ROUTES = [
   [/^\/search$/, search, "Models · gptstore"],
   [/^\/models\/([^/]+)\/([^/]+)$/, async (root, m) => (await import("./model.js")).modelPage(root, m[1], m[2]), null],
   [/^\/compare$/, compare, "Compare · gptstore"],
+  [/^\/login$/, login, "Sign in · gptstore"],
   [/^\/finetune$/, async (root) => (await import("./finetune.js")).wizard(root), "Fine-tune · gptstore"],
   [/^\/jobs\/([^/]+)$/, async (root, m) => (await import("./finetune.js")).jobPage(root, m[1]), "Job · gptstore"],
   [/^\/me\/(models|files|jobs)$/, async (root, m) => (await import("./mine.js")).minePage(root, m[1]), "Mine · gptstore"],
 ];
 
 export async function render() {
+  accountSlot();
   const root = clear(main());
   delete root.dataset.ready;
   const path = decodeURIComponent(window.location.pathname);
@@ -131,9 +187,11 @@ export async function render() {
     try {
       await page(root, match);
     } catch (err) {
-      root.append(errorBox(err, err.status === 404
-        ? "Check the name, or go back to the store's home."
-        : "Reload the page; if it persists, look at the server's log."));
+      let hint = "Reload the page; if it persists, look at the server's log.";
+      if (err.status === 404) hint = "Check the name, or go back to the store's home.";
+      if (err.status === 401) hint = "This store needs an API key: sign in at /login.";
+      if (err.status === 403) hint = "Your key may not do this: ask for one with more rights.";
+      root.append(errorBox(err, hint));
     }
     root.dataset.ready = "1";
     return;

@@ -1,13 +1,17 @@
-// My models, files and jobs. Until accounts land, "mine" is the local user's: the
-// files and jobs routes already answer only the caller's, and models are those of the
-// `local` namespace that fine-tunes publish into.
+// My models, files and jobs: the files and jobs routes answer only the caller's; the
+// models are those of the caller's namespace (GET /api/whoami), where fine-tunes land.
 
-import { getJSON, query, request } from "./api.js";
+import { getJSON, query, request, whoami } from "./api.js";
 import { errorBox, formatBytes, h, timeAgo } from "./dom.js";
-import { modelCard, OWNER } from "./widgets.js";
+import { modelCard } from "./widgets.js";
 
 async function models(root) {
-  const page = await getJSON(`/api/search${query({ owner: OWNER, sort: "newest", limit: 100 })}`);
+  const me = await whoami();
+  if (!me || !me.owner) {
+    root.append(h("p", { class: "muted empty" }, h("a", { href: "/login" }, "Sign in"), " to see your models."));
+    return;
+  }
+  const page = await getJSON(`/api/search${query({ owner: me.owner, sort: "newest", limit: 100 })}`);
   root.append(page.data.length ? h("ul", { class: "model-grid" }, page.data.map(modelCard))
     : h("p", { class: "muted empty" }, "You have no models yet. ",
       h("a", { href: "/finetune" }, "Fine-tune one"), " from a base in the store."));

@@ -2,10 +2,10 @@
 // metrics, loss curves, lineage, the model tree (its fine-tunes), versions and files,
 // and usage snippets.
 
-import { getJSON, query, sendJSON } from "./api.js";
+import { getJSON, query, sendJSON, whoami } from "./api.js";
 import { bars, lineChart } from "./charts.js";
 import { errorBox, formatBytes, formatCount, formatNumber, h, timeAgo, trustedHtml } from "./dom.js";
-import { modelCard, modelUrl, OWNER } from "./widgets.js";
+import { modelCard, modelUrl } from "./widgets.js";
 import { playground } from "./playground.js";
 
 function section(id, title, ...children) {
@@ -184,7 +184,8 @@ export async function modelPage(root, namespace, nameAndVersion) {
     throw Object.assign(new Error(`model ${full} has no version ${versionPart} (versions: ${model.versions.map((v) => v.number).join(", ")})`), { status: 404 });
   }
   const ref = versionPart ? `${full}@${wanted}` : full;
-  const [reactions, card, tree] = await Promise.all([
+  const [me, reactions, card, tree] = await Promise.all([
+    whoami(),
     getJSON(`/api/models/${full}/reactions`),
     getJSON(`/api/models/${full}/card.html${query({ version: wanted })}`).catch((err) => err),
     getJSON(`/api/search${query({ base: full, sort: "downloads", limit: 12 })}`),
@@ -212,7 +213,9 @@ export async function modelPage(root, namespace, nameAndVersion) {
   root.append(layout);
 
   right.append(section("rate", "Like and rate", reactionsBox(model, reactions)));
-  if (namespace === OWNER) right.append(section("edit", "Your model", editListing(model)));
+  if (me && me.namespaces.includes(namespace)) {
+    right.append(section("edit", "Your model", editListing(model)));
+  }
   right.append(section("use", "Use this model", snippets(model, ref)));
 
   left.append(section("playground", "Playground", playground(ref, model.task)));

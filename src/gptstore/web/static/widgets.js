@@ -2,11 +2,6 @@
 
 import { formatCount, formatNumber, h } from "./dom.js";
 
-// The namespace the caller owns. Until accounts exist the store has one local user,
-// who owns `local` (api/deps.LOCAL_OWNER); accounts replace this with the signed-in
-// user's namespaces. The server checks ownership either way.
-export const OWNER = "local";
-
 export function modelUrl(name, version) {
   return `/models/${name}${version ? `@${version}` : ""}`;
 }
