@@ -1,10 +1,12 @@
 """The store front in headless Chromium (Debian's `chromium`, driven by Playwright) against
 a real `gptstore serve` over a store of tiny random models: search and filter, a model
 page (a hostile card stays inert), streamed chat stopped mid-answer, classification
-bars, a bad upload's line-numbered errors, a fine-tune run through the wizard with its
-chart moving to the new model's page, like and rate. The server runs in local mode, whose
-one user sees every model (who sees what is tested on the API: tests/unit/api). Each page
-is saved as a screenshot at laptop and phone widths in a folder the run prints.
+bars, comparing two models, a bad upload's line-numbered errors, a fine-tune run through
+the wizard with its chart moving to the new model's page, like and rate, an empty store,
+and signing in to a store with users whose private models stay hidden. The main server
+runs in local mode, whose one user sees every model (who sees what is tested in depth on
+the API: tests/unit/api). Each page is saved as a screenshot at laptop and phone widths
+in a folder the run prints, and no page may be wider than either.
 
 Skipped only when /usr/bin/chromium is missing (`.ci/run` installs it).
 """
@@ -425,3 +427,24 @@ def test_private_models_and_sign_in(browser: Any, keyed: tuple[RemoteServer, dic
         assert "sign in" in page.locator("[role=alert]").inner_text().lower()
     finally:
         context.close()
+
+
+def test_an_empty_store_says_what_to_do(browser: Any, tmp_path: Path, shots: Path) -> None:
+    with RemoteServer(tmp_path / "empty-home", env={"GPTSTORE_OFFLINE": "1"}) as server:
+        context = browser.new_context(base_url=server.url, viewport=LAPTOP)
+        page = context.new_page()
+        try:
+            page.goto("/")
+            ready(page)
+            assert "The store is empty" in page.locator("main").inner_text()
+            assert "gptstore models pull" in page.locator(".empty-store").inner_text()
+            shoot(page, shots, "home-empty")
+            for path, words in (("/search?q=anything", "No model matches"),
+                                ("/me/models", "You have no models yet"),
+                                ("/me/files", "No files"), ("/me/jobs", "No jobs"),
+                                ("/compare", "No generative model")):
+                page.goto(path)
+                ready(page)
+                assert words in page.locator("main").inner_text(), path
+        finally:
+            context.close()
