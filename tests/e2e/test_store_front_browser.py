@@ -306,6 +306,8 @@ def test_fine_tune_through_the_wizard(page: Any, tmp_path: Path, shots: Path) ->
     assert "Arr, 1." in page.locator(".examples mark.loss-token").first.inner_text()
     assert "What is 0 plus 1?" in page.locator(".examples pre").first.inner_text()
     assert "What is 0 plus 1?" not in page.locator(".examples mark").first.inner_text()
+    facts = page.locator("#preview-facts").inner_text()
+    assert "tokens" in facts and "an epoch" in facts
     shoot(page, shots, "wizard-preview")
     page.click("button:text('Next: settings')")
     assert page.locator("#ft-base").input_value() == "acme/tiny"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from api_helpers import Publisher
 from fastapi.testclient import TestClient
 
@@ -153,6 +154,8 @@ def test_a_file_preview_marks_the_tokens_that_carry_the_loss(
     assert (body["base"], body["format"], body["task"]) == ("acme/tiny@1", "chat", "causal-lm")
     [example] = body["examples"]
     assert example["line"] == 1 and example["tokens"] > 0
+    assert body["tokens"]["total"] == 2 * example["tokens"] and body["truncated"] == 0
+    assert body["estimated_seconds_per_epoch"] == pytest.approx(body["tokens"]["total"] / 300)
     targets = "".join(s["text"] for s in example["segments"] if s["loss"])
     prompt = "".join(s["text"] for s in example["segments"] if not s["loss"])
     assert "hi there" in targets and "Say hi" in prompt and "Say hi" not in targets

@@ -54,7 +54,13 @@ function reportView(report) {
 async function previewView(fileId, base) {
   const preview = await getJSON(`/api/files/${fileId}/preview${query({ base, limit: 3 })}`);
   if (!preview.examples.length) return h("p", { class: "muted" }, "No example to show.");
-  return h("div", { class: "examples" },
+  const t = preview.tokens;
+  const facts = t ? h("table", { class: "kv", id: "preview-facts" }, h("tbody", {},
+    h("tr", {}, h("th", { scope: "row" }, "tokens"), h("td", {}, `${t.total} in all; ${t.min} to ${t.max} an example (mean ${Math.round(t.mean)})`)),
+    h("tr", {}, h("th", { scope: "row" }, "longer than the context"), h("td", {}, `${preview.truncated} (cut in training)`)),
+    preview.estimated_seconds_per_epoch !== null ? h("tr", {}, h("th", { scope: "row" }, "estimated time"),
+      h("td", {}, `about ${Math.max(1, Math.round(preview.estimated_seconds_per_epoch))} s an epoch (LoRA on a CPU)`)) : null)) : null;
+  return h("div", { class: "examples" }, facts,
     h("p", { class: "muted" }, `As ${preview.base} sees them: highlighted tokens are the targets (the loss is computed on them only).`),
     preview.examples.map((ex) => h("div", { class: "example" },
       h("small", { class: "muted" }, `line ${ex.line} · ${ex.tokens} tokens${ex.label ? ` · label ${ex.label}` : ""}`),
