@@ -24,6 +24,11 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("GPTSTORE_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("GPTSTORE_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # exact fp32 by default, so that tests comparing numbers or greedy text with a
+    # reference mean the same on every CPU; the precision choice has its own tests
+    # (tests/unit/inference/test_precision.py), which set auto themselves
+    monkeypatch.setenv("GPTSTORE_INFERENCE_DTYPE", "float32")
+    monkeypatch.setenv("GPTSTORE_TRAINING_PRECISION", "fp32")
 
 
 @pytest.fixture

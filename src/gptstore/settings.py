@@ -44,6 +44,12 @@ class Settings(BaseSettings):
         description="Most requests waiting for a slot; beyond it the API answers 503 "
         "with Retry-After.",
     )
+    training_precision: Literal["auto", "bf16", "fp32"] = Field(
+        default="auto",
+        description="Precision of fine-tuning runs whose own `precision` is auto: auto = "
+        "bf16 autocast where this CPU's training matmul measured faster in it (timed once "
+        "per machine, cached in the home), else fp32.",
+    )
     inference_dtype: Literal["auto", "bfloat16", "float32", "int4"] = Field(
         default="auto",
         description="Weights dtype of served models: auto = whichever of bfloat16 and "

@@ -4,6 +4,7 @@ concurrent requests, and every error case."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -257,15 +258,26 @@ def test_busy_server_answers_503_with_retry_after(tmp_path: Path) -> None:
         # keep the iterator: a discarded one closes the stream (and cancels it)
         first_lines = first.iter_lines()
         next(first_lines)
-        with httpx.stream("POST", srv.url + "/v1/completions", json=body,
-                          timeout=60) as second:
-            deadline = time.monotonic() + 10
-            while _engine(srv)["waiting"] != 1 and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert _engine(srv)["running"] == 1
-            third = httpx.post(srv.url + "/v1/completions", json={**body, "stream": False},
-                               timeout=60)
-            assert third.status_code == 503
-            assert int(third.headers["Retry-After"]) >= 1
-            assert "busy" in json.loads(third.text)["error"]["message"]
-            second.close()
+        # the second waits for a place before its response starts (the fair gate), so it
+        # runs on a thread; its client gives up after a few seconds
+        def second_request() -> None:
+            with contextlib.suppress(httpx.ReadTimeout):
+                httpx.post(srv.url + "/v1/completions", json=body, timeout=6)
+
+        second = threading.Thread(target=second_request)
+        second.start()
+        deadline = time.monotonic() + 10
+        while _engine(srv)["waiting"] != 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _engine(srv)["running"] == 1
+        third = httpx.post(srv.url + "/v1/completions", json={**body, "stream": False},
+                           timeout=60)
+        assert third.status_code == 503
+        assert int(third.headers["Retry-After"]) >= 1
+        assert "busy" in json.loads(third.text)["error"]["message"]
+        second.join()
+        # its client left while it waited: its place in the queue is given up at once
+        deadline = time.monotonic() + 5
+        while _engine(srv)["waiting"] != 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _engine(srv)["waiting"] == 0 and _engine(srv)["running"] == 1

@@ -2,9 +2,9 @@
 a real `gptstore serve` over a store of tiny random models: search and filter, a model
 page (a hostile card stays inert), streamed chat stopped mid-answer, classification
 bars, a bad upload's line-numbered errors, a fine-tune run through the wizard with its
-chart moving to the new model's page, like and rate, and a private model staying
-hidden. Each page is saved as a screenshot at laptop and phone widths in a folder the
-run prints.
+chart moving to the new model's page, like and rate. The server runs in local mode, whose
+one user sees every model (who sees what is tested on the API: tests/unit/api). Each page
+is saved as a screenshot at laptop and phone widths in a folder the run prints.
 
 Skipped only when /usr/bin/chromium is missing (`.ci/run` installs it).
 """
@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
-from sqlalchemy import update
 
 from gptstore.catalog.importers import import_path
 from gptstore.catalog.repository import Catalog
-from gptstore.catalog.tables import Model
 from gptstore.settings import Settings
 from gptstore.testing.server import RemoteServer
 from gptstore.testing.tiny import make_tiny_classifier, make_tiny_model
@@ -61,10 +61,6 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     card_only.mkdir()
     (card_only / "config.json").write_text("{}")
     catalog.publish("zeta/hostile", card_only, description=HOSTILE, tags=["demo"])
-    catalog.publish("zeta/secret", card_only, description="Nobody may see this.")
-    with catalog.db.session(write=True) as session:
-        session.execute(update(Model).where(Model.name == "secret")
-                        .values(visibility="private"))
     catalog.close()
     return root / "home"
 
@@ -145,7 +141,6 @@ def test_home_search_and_filter(page: Any, shots: Path) -> None:
     ready(page)
     names = result_names(page)
     assert "acme/tiny" in names and "acme/sentiment" not in names
-    assert "zeta/secret" not in names  # private: not listed for this caller
     page.fill("#q", "no such words at all")
     page.click("form.search-form button[type=submit]")
     page.wait_for_selector("text=No model matches")
@@ -163,7 +158,7 @@ def test_model_page_with_a_hostile_card(page: Any, shots: Path) -> None:
     assert "No training curves" in page.locator("#curves").inner_text()
     assert "No metrics" in page.locator("#metrics").inner_text()
     shoot(page, shots, "model-hostile")
-    page.goto("/models/zeta/secret")
+    page.goto("/models/zeta/nope")
     ready(page)
     assert "not in the store" in page.locator("[role=alert]").inner_text()
     page.goto("/models/acme/tiny@7")
@@ -239,6 +234,22 @@ def test_like_and_rate(page: Any) -> None:
     assert bars == ["0", "1", "0", "0", "0"]  # 5..1 stars
 
 
+def test_usage_is_counted(page: Any, server: RemoteServer) -> None:
+    """The chat and classification tests' requests reach the totals at the next flush
+    (every 5 s) and make the models trend."""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        tiny = httpx.get(f"{server.url}/api/models/acme/tiny").json()
+        clf = httpx.get(f"{server.url}/api/models/acme/sentiment").json()
+        if tiny["requests"] >= 2 and clf["requests"] >= 1:
+            break
+        time.sleep(0.5)
+    assert (tiny["requests"], clf["requests"]) == (2, 1)
+    page.goto("/search?sort=trending")
+    ready(page)
+    assert result_names(page)[:2] == ["acme/tiny", "acme/sentiment"]
+
+
 def test_a_bad_file_shows_its_lines(page: Any, tmp_path: Path, shots: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(chat_rows(1)[0]) + "\n{not json\n"
@@ -303,6 +314,13 @@ def test_fine_tune_through_the_wizard(page: Any, tmp_path: Path, shots: Path) ->
     assert page.locator("#curves svg path.line").count() >= 1  # the run's curves
     assert "acme/tiny@1" in page.locator("#lineage").inner_text()
     shoot(page, shots, "model-finetuned")
+    # its owner edits the listing
+    page.click("#edit summary")
+    page.fill("#edit-description", "Answers sums like a pirate.")
+    page.fill("#edit-tags", "pirate, math")
+    page.click("#edit-form button[type=submit]")
+    page.wait_for_selector(".model-head a.tag:text('#math')")
+    assert page.locator(".model-head .model-desc").inner_text() == "Answers sums like a pirate."
     page.goto("/me/jobs")
     ready(page)
     assert "succeeded" in page.locator("table.list").inner_text()

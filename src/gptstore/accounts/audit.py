@@ -14,7 +14,7 @@ from gptstore.accounts.tables import AuditEvent
 from gptstore.storage.db import Database
 
 #: the actions recorded
-ACTIONS = ("create", "publish", "delete", "download", "visibility", "upload",
+ACTIONS = ("create", "publish", "delete", "download", "visibility", "edit", "upload",
            "key-create", "key-revoke", "user-create", "org-create", "member")
 
 

@@ -96,9 +96,11 @@ def build_app(settings: Settings | None = None) -> FastAPI:
 
     from gptstore.api.store import front as store_front
     from gptstore.api.store import preview as store_preview
+    from gptstore.api.store import session as store_session
 
     app.include_router(store_front.router, prefix="/api")
     app.include_router(store_preview.router, prefix="/api")
+    app.include_router(store_session.router, prefix="/api")
     app.include_router(store_catalog.router, prefix="/api")
     app.include_router(files.store_router, prefix="/api")
     app.include_router(leaderboards.router, prefix="/api")

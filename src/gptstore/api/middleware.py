@@ -64,8 +64,10 @@ class RequestGuard:
         async def send_with_id(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 status_sent.append(message["status"])
+                # nosniff: a card served as text/plain is never run as HTML by a browser
                 message["headers"] = [*message.get("headers", []),
-                                      (b"x-request-id", request_id.encode())]
+                                      (b"x-request-id", request_id.encode()),
+                                      (b"x-content-type-options", b"nosniff")]
             await send(message)
 
         limited = not path.startswith(UPLOAD_PATHS)

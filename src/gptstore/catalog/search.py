@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from sqlalchemy import ColumnElement, Integer, bindparam, column, delete, exists, select, text
+from sqlalchemy import ColumnElement, Integer, bindparam, column, delete, select, text
 from sqlalchemy.orm import Session
 
 from gptstore.catalog.tables import Model, ModelSearch, ModelTag, Namespace
@@ -43,11 +43,22 @@ def query_words(query: str) -> list[str]:
     return list(dict.fromkeys(words))[:MAX_QUERY_WORDS]
 
 
+#: between a document's listing part and its card (a form feed: whitespace to both
+#: tokenisers), so the card can be kept when only the listing changes
+CARD_SEPARATOR = "\n\x0c\n"
+
+
 def search_document(namespace: str, name: str, description: str, tags: Iterable[str],
                     card: str = "") -> str:
     """What a model is found by."""
-    return "\n".join([f"{namespace} {name} {namespace}/{name}", description or "",
-                      " ".join(tags), card[:MAX_CARD_CHARS]])
+    listing = "\n".join([f"{namespace} {name} {namespace}/{name}", description or "",
+                         " ".join(tags)])
+    return listing + CARD_SEPARATOR + card[:MAX_CARD_CHARS]
+
+
+def card_of(document: str) -> str:
+    """The card part of a `search_document`."""
+    return document.split(CARD_SEPARATOR, 1)[1] if CARD_SEPARATOR in document else ""
 
 
 def index_model(session: Session, model: Model, namespace: str, *, card: str = "",
@@ -97,8 +108,8 @@ def filter_conditions(*, base: str | None = None, tag: str | None = None,
         # a version part is ignored: the fine-tunes of any version of the base
         conditions.append(Model.base_model == base.split("@", 1)[0])
     if tag:
-        conditions.append(exists(
-            select(ModelTag.model_id).where(ModelTag.model_id == Model.id, ModelTag.tag == tag)))
+        # IN, not a correlated EXISTS: the planner may start from the tag's index rows
+        conditions.append(Model.id.in_(select(ModelTag.model_id).where(ModelTag.tag == tag)))
     if license:
         conditions.append(Model.license == license)
     if owner:

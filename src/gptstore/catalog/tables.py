@@ -50,10 +50,16 @@ class Model(Base):
     __tablename__ = "models"
     __table_args__ = (
         UniqueConstraint("namespace_id", "name", name="uq_models_namespace_name"),
-        # the store front's sorts and filters (migration 0005)
-        *(Index(f"ix_models_{column}", column) for column in (
-            "downloads", "likes", "rating", "trending", "created_at", "updated_at", "task",
-            "license", "base_model")),
+        # the store front's sorts and filters (migration 0005, which says why)
+        Index("ix_models_downloads", "downloads"),
+        Index("ix_models_likes", "likes"),
+        Index("ix_models_updated_at", "updated_at"),
+        Index("ix_models_trending", "trending", "id"),
+        Index("ix_models_task_trending", "task", "trending", "id"),
+        Index("ix_models_rating", "rating", "rating_count", "id"),
+        Index("ix_models_created_at", "created_at", "id"),
+        Index("ix_models_license", "license"),
+        Index("ix_models_base_model", "base_model"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

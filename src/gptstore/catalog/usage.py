@@ -71,9 +71,9 @@ def trending_scores(session: Session, model_ids: Iterable[int] | None, on: date
 
 
 def _set_trending(session: Session, scores: Mapping[int, float]) -> None:
-    for model_id, score in scores.items():
-        session.execute(update(Model).where(Model.id == model_id)
-                        .values(trending=round(score, 6)))
+    if scores:  # one executemany (ORM bulk UPDATE by primary key), not a statement each
+        session.execute(update(Model), [{"id": model_id, "trending": round(score, 6)}
+                                        for model_id, score in scores.items()])
 
 
 def _model_ids(session: Session, names: Iterable[str]) -> dict[str, int]:

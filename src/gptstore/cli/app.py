@@ -37,7 +37,16 @@ def _add_optional_subapps() -> None:
 
 _add_optional_subapps()
 finetune.register(app)  # finetune, classify
-evaluate.register(app)  # eval
+evaluate.register(app)  # eval, suites, leaderboard
+
+
+def _add_sweep() -> None:
+    from gptstore.cli import sweep
+
+    app.command("sweep")(sweep.sweep)
+
+
+_add_sweep()
 jobs.register(app)  # files, jobs, worker
 accounts.register(app)  # users, orgs, keys, audit
 

@@ -31,7 +31,8 @@ def doctor(
     cfg = settings()
     profile = machine_profile(cfg.home, remeasure=remeasure)
     bandwidth = read_bandwidth()
-    overrides = {"GPTSTORE_INFERENCE_DTYPE": cfg.inference_dtype}
+    overrides = {"GPTSTORE_INFERENCE_DTYPE": cfg.inference_dtype,
+                 "GPTSTORE_TRAINING_PRECISION": cfg.training_precision}
     if as_json:
         print_json({**profile.to_dict(), "serving": profile.serving,
                     "bandwidth_gbs": round(bandwidth, 2), "settings": overrides,
@@ -41,7 +42,10 @@ def doctor(
         console.print(line, highlight=False, soft_wrap=True)
     served = cfg.inference_dtype
     note = "measured choice" if served == "auto" else "explicit setting: wins"
-    console.print(f"GPTSTORE_INFERENCE_DTYPE={served} ({note}); a fine-tune's "
-                  "--precision bf16 / fp32 likewise wins over auto", highlight=False,
+    console.print(f"GPTSTORE_INFERENCE_DTYPE={served} ({note})", highlight=False,
                   soft_wrap=True)
+    trained = cfg.training_precision
+    note = "measured choice" if trained == "auto" else "explicit setting: wins"
+    console.print(f"GPTSTORE_TRAINING_PRECISION={trained} ({note}); a fine-tune's own "
+                  "--precision bf16 / fp32 wins over both", highlight=False, soft_wrap=True)
     console.print(f"cache: {cfg.home / CACHE_FILE}", highlight=False)

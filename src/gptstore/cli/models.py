@@ -22,6 +22,14 @@ VisibilityOpt = Annotated[str, typer.Option(
          "or public.")]
 
 
+def terminal_safe(text: str) -> str:
+    """A card is written by whoever published the model: its control characters (escape
+    sequences could rewrite the terminal) are dropped before it is printed."""
+    import unicodedata
+
+    return "".join(c for c in text if c in "\n\t" or unicodedata.category(c) != "Cc")
+
+
 def claim_owner(catalog: Any, name: str, owner: str | None) -> None:
     """Give the namespace of `name` to the account `owner` before a model is made."""
     if owner is None:
@@ -82,7 +90,8 @@ def show(
         doc["selected_version"] = version.number
         print_json(doc)
         return
-    console.print(Markdown(card.split("\n---\n", 1)[-1] if card.startswith("---") else card))
+    body = card.split("\n---\n", 1)[-1] if card.startswith("---") else card
+    console.print(Markdown(terminal_safe(body)))
     versions = Table("version", "kind", "base", "size", "created", title="versions")
     for v in model.versions:
         versions.add_row(str(v.number), v.kind, v.base or "", human_size(v.size),

@@ -114,8 +114,9 @@ class TrainConfig:
     lora_dropout: float = _help("Dropout on the LoRA input (PEFT's default 0; on a CPU "
                                 "drawing the masks costs 10-25% of a LoRA step).", 0.0)
     lora_target: list[str] | str = field(default=AUTO, metadata={"help": (
-        "Modules that get LoRA, e.g. q_proj,v_proj; auto: PEFT's default for the "
-        "architecture (q_proj,v_proj for Llama, c_attn for GPT-2).")})
+        "Modules that get LoRA, e.g. q_proj,v_proj, or all-linear (every projection of "
+        "every layer); auto: PEFT's default for the architecture (q_proj,v_proj for "
+        "Llama, c_attn for GPT-2).")})
     # -- validation, checkpoints, logging --------------------------------------------
     eval_every: int | str = _help("Validate every N optimiser steps (and at each epoch "
                                   "end); 0: at epoch ends only; auto: at epoch ends and "

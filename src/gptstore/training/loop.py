@@ -230,9 +230,12 @@ class FineTuneRun:
     def _prepare(self) -> None:
         from gptstore.inference.precision import precision_for
 
-        # precision auto: what this machine's training matmul measured faster in
-        fast_bf16 = self.cfg.precision == "auto" and \
-            precision_for("training", self.settings.home) == "bf16"
+        # precision auto: the store's setting, else what this machine's training matmul
+        # measured faster in
+        pinned = self.settings.training_precision
+        fast_bf16 = self.cfg.precision == "auto" and (
+            pinned == "bf16" if pinned != "auto"
+            else precision_for("training", self.settings.home) == "bf16")
         self.data, self.rcfg = prepare_run(self.cfg, self.catalog, self.base,
                                            cores=torch.get_num_threads(),
                                            fast_bf16=fast_bf16)
@@ -353,6 +356,10 @@ class FineTuneRun:
             total_steps=self.total_steps, eval_every=int(cfg.eval_every),
             auto=self.cfg.eval_every == AUTO,
             valid_tokens=sum(e.num_tokens for e in self.valid_examples))
+        if state.step == 0 and self.valid_examples and self.head_init == "verbalizers":
+            # the starting point is the base's zero-shot classifier: validated, it can be
+            # the best checkpoint, so the published model never scores below it
+            self._validate()
         while not self._done() and state.epoch < epochs:
             epoch = state.epoch
             plan = plan_batches(self.lengths, int(cfg.batch_size), seed=cfg.seed,

@@ -39,6 +39,9 @@ from gptstore.errors import InvalidRequest
 from gptstore.training.config import AUTO, TrainConfig
 from gptstore.training.tasks import Task, hf_model
 
+#: `lora_target` value meaning every linear layer but the output head
+ALL_LINEAR = "all-linear"
+
 
 def default_lora_target(model_type: str) -> list[str] | None:
     """PEFT's default LoRA targets for an architecture family (q_proj,v_proj for Llama,
@@ -108,6 +111,8 @@ class LoraMethod(Method):
         from peft import LoraConfig, get_peft_model
 
         target = None if cfg.lora_target == AUTO else list(cfg.lora_target)
+        if target == [ALL_LINEAR]:  # every projection of every layer, the head excluded
+            target = sorted({n.split(".")[-1] for n in _linear_names(model, task.head_name)})
         config = LoraConfig(task_type=task.peft_task_type, r=cfg.lora_r,
                             lora_alpha=float(cfg.lora_alpha), lora_dropout=cfg.lora_dropout,
                             target_modules=target, bias="none")

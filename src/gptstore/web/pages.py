@@ -30,6 +30,8 @@ PAGE_PATHS = (
     "/me/models",
     "/me/files",
     "/me/jobs",
+    "/me/keys",
+    "/login",
 )
 
 
@@ -56,6 +58,7 @@ def shell() -> str:
     <a href="/me/models">My models</a>
     <a href="/me/files">Files</a>
     <a href="/me/jobs">Jobs</a>
+    <a href="/me/keys">Keys</a>
     <span id="account-slot"></span>
   </nav>
 </header>

@@ -159,6 +159,7 @@ def test_service_checks_leave_no_job(queue):
         ({"options": {"warmup": 0.1}}, "warmup"),
         ({"options": {"learning_rate": -1.0}}, "learning_rate"),
         ({"options": {"name": "bob/mine"}}, "name"),
+        ({"options": {"eval_suite": "no-such-suite"}}, "eval_suite"),
     ]
     for overrides, param in cases:
         kw = {"model": "acme/tiny", "training_file": file_id, **overrides}
@@ -197,3 +198,14 @@ def test_uploads_are_capped_and_names_checked(catalog):
         assert info.value.param == "file"
     assert catalog.files.page()[0] == []
     assert list(catalog.blobs.iter_blobs()) == []  # nothing half-written stayed
+
+
+def test_a_job_may_name_an_evaluation_suite(queue, tmp_path):
+    from gptstore.evaluation.suites import add_suite
+
+    catalog, store, file_id = queue
+    data = tmp_path / "qa.jsonl"
+    data.write_text('{"question": "q?", "answers": ["a"]}\n')
+    add_suite(catalog, "toy-qa", data)
+    job = make_job(catalog, store, file_id, options={"eval_suite": "toy-qa"})
+    assert job.config["eval_suite"] == "toy-qa"

@@ -85,7 +85,8 @@ def test_published_version_carries_lineage_metrics_and_card(store, config_for, d
     assert metrics["best"]["step"] == result.best["step"]
     assert metrics["train"]["tokens"] == result.train_tokens
     assert len(metrics["curves"]["train_loss"]) == result.steps
-    assert [p[0] for p in metrics["curves"]["valid_loss"]] == [12, 24, 36, 48]
+    # step 0 too: the verbaliser head starts at the base's zero-shot answer
+    assert [p[0] for p in metrics["curves"]["valid_loss"]] == [0, 12, 24, 36, 48]
     card = catalog.card(version)
     assert "## Lineage" in card and "### Training curves" in card
     assert "negative, positive" in card and "toy sentiment" in card
@@ -93,7 +94,7 @@ def test_published_version_carries_lineage_metrics_and_card(store, config_for, d
     # logs: metrics.jsonl and TensorBoard events; checkpoints dropped after publishing
     run_dir = settings.runs_dir / "acme--carded"
     entries = read_metrics(run_dir)
-    assert [e["step"] for e in entries if e["split"] == "valid"] == [12, 24, 36, 48]
+    assert [e["step"] for e in entries if e["split"] == "valid"] == [0, 12, 24, 36, 48]
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert not (run_dir / "checkpoints").exists()
     json.dumps(version.to_dict())  # everything stored is plain JSON

@@ -24,8 +24,12 @@ from gptstore.settings import Settings
 CHAT = [{"role": "user", "content": "hi"}]
 #: routes anyone may call (liveness, the API's own description)
 OPEN_ROUTES = {"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+#: operations anyone may call: the web login exchanges a password for a key
+OPEN_OPERATIONS = {("/api/session", "post")}
 #: POST routes that only read (inference): a read key may call them
 READ_POSTS = {"/v1/chat/completions", "/v1/completions", "/v1/classifications"}
+#: other non-GET operations any key may call: signing out revokes the caller's own key
+READ_OPERATIONS = {("/api/session", "DELETE")}
 PATH_VALUES = {"namespace": "acme", "name": "m", "number": "1", "file_id": "file-x",
                "job_id": "ftjob-x"}
 BODIES: dict[str, Any] = {
@@ -50,11 +54,14 @@ def routes(client: TestClient) -> list[tuple[str, str, str]]:
         if template in OPEN_ROUTES:
             continue
         for method in sorted(operations):
+            if (template, method) in OPEN_OPERATIONS:
+                continue
             path = template
             for param, value in PATH_VALUES.items():
                 path = path.replace("{" + param + "}", value)
             method = method.upper()
-            need = "read" if method == "GET" or template in READ_POSTS else "write"
+            need = "read" if method == "GET" or template in READ_POSTS or \
+                (template, method) in READ_OPERATIONS else "write"
             out.append((method, path, need))
     return out
 
@@ -71,7 +78,7 @@ def call(client: TestClient, method: str, path: str, headers: dict[str, str] | N
 
 def test_the_route_table_is_what_this_test_knows(client: TestClient, keys: Keys) -> None:
     found = routes(client)
-    assert len(found) >= 24
+    assert len(found) >= 25
     assert ("POST", "/v1/files", "write") in found
     assert ("GET", "/api/engine", "read") in found
     assert ("POST", "/v1/chat/completions", "read") in found
@@ -101,14 +108,14 @@ def test_every_route_refuses_a_missing_or_bad_key_with_401(client: TestClient, k
 
 
 def test_a_read_key_on_a_write_route_gets_403(client: TestClient, keys: Keys) -> None:
-    writes = [(m, p) for m, p, need in routes(client) if need == "write"]
+    writes = [(m, p) for m, p, need in routes(client) if need != "read"]
     assert len(writes) >= 6
     for method, path in writes:
         response = call(client, method, path, keys.of("alice", "read"))
         assert response.status_code == 403, (method, path, response.text)
         error = response.json()["error"]
-        assert error["type"] == "permission_error" and "--scope write" in error["message"]
-    # the same key reads
+        assert error["type"] == "permission_error" and "--scope " in error["message"]
+    # the same key reads (a write key refused a visibility change: below)
     assert client.get("/api/models", headers=keys.of("alice", "read")).status_code == 200
 
 
@@ -301,3 +308,47 @@ def test_requests_per_minute_per_key(limited: tuple[TestClient, Keys]) -> None:
     assert refused.json()["error"]["code"] == "rate_limit_exceeded"
     # another key has its own budget
     assert client.get("/v1/models", headers=keys.of("bob")).status_code == 200
+
+
+def test_changing_visibility_needs_the_admin_right(client: TestClient, keys: Keys,
+                                                   publish: Publisher) -> None:
+    publish("acme/tool", visibility="org")
+    publish("alice/mine", visibility="private")
+    url = "/api/models/acme/tool"
+    body = {"visibility": "public"}
+    # carol writes to acme but is no admin of it; her key's scope is not the issue
+    assert client.patch(url, json=body, headers=keys.of("carol", "admin")).status_code == 403
+    assert client.patch(url, json=body, headers=keys.of("alice", "write")).status_code == 403
+    # dave cannot even see alice's private model: it does not exist for him
+    assert client.patch("/api/models/alice/mine", json=body,
+                        headers=keys.of("dave", "admin")).status_code == 404
+    changed = client.patch(url, json=body, headers=keys.of("alice", "admin"))
+    assert changed.status_code == 200 and changed.json()["visibility"] == "public"
+    assert client.get(url, headers=keys.of("dave")).status_code == 200
+    bad = client.patch(url, json={"visibility": "everyone"}, headers=keys.of("alice"))
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "visibility"
+    from gptstore.accounts.audit import entries
+
+    log = entries(client.app.state.catalog.db)  # type: ignore[attr-defined]
+    assert [(e.actor, e.action, e.target, e.detail) for e in log] == [
+        ("alice", "visibility", "acme/tool", {"from": "org", "to": "public"})]
+
+
+def test_editing_a_listing_needs_the_write_right_and_a_refusal_changes_nothing(
+        client: TestClient, keys: Keys, publish: Publisher) -> None:
+    publish("acme/tool", visibility="public", description="Old words.")
+    url = "/api/models/acme/tool"
+    # bob only reads acme; dave is no member; carol writes to acme
+    for who in ("bob", "dave"):
+        refused = client.patch(url, json={"description": "Mine."}, headers=keys.of(who))
+        assert refused.status_code == 403, who
+    edited = client.patch(url, json={"description": "Carol's words.", "tags": ["qa"]},
+                          headers=keys.of("carol"))
+    assert edited.status_code == 200, edited.text
+    assert edited.json()["description"] == "Carol's words."
+    # carol may not unpublish: the whole request is refused, her new words included
+    both = client.patch(url, json={"description": "Hidden now.", "visibility": "private"},
+                        headers=keys.of("carol", "admin"))
+    assert both.status_code == 403 and both.json()["error"]["param"] == "visibility"
+    after = client.get(url, headers=keys.of("dave")).json()
+    assert (after["description"], after["visibility"]) == ("Carol's words.", "public")

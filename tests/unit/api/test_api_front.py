@@ -161,3 +161,27 @@ def test_a_file_preview_marks_the_tokens_that_carry_the_loss(
     other = client.get("/api/files/file-000000000000000000000000/preview",
                        params={"base": "acme/tiny"})
     assert other.status_code == 404
+
+
+def test_the_owner_edits_description_and_tags(client: TestClient, publish: Publisher) -> None:
+    publish("local/mine", description="Old words.", tags=["old"])
+    publish("acme/theirs", description="Not yours.")
+    edited = client.patch("/api/models/local/mine",
+                          json={"description": "Fresh pirate talk.", "tags": ["Pirate", "qa"]})
+    assert edited.status_code == 200, edited.text
+    body = edited.json()
+    assert (body["description"], body["tags"]) == ("Fresh pirate talk.", ["pirate", "qa"])
+    assert _names(client, q="pirate") == ["local/mine"]  # reindexed
+    assert _names(client, tag="qa") == ["local/mine"]
+    assert _names(client, tag="old") == []
+    # version 1's card (immutable) still holds the old description, and is still indexed
+    assert _names(client, q="old words") == ["local/mine"]
+    only_tags = client.patch("/api/models/local/mine", json={"tags": []}).json()
+    assert (only_tags["description"], only_tags["tags"]) == ("Fresh pirate talk.", [])
+    # in local mode (loopback, no users) the one user administers every namespace;
+    # accounts' rights on other namespaces: test_api_auth.py
+    theirs = client.patch("/api/models/acme/theirs", json={"description": "Yours now."})
+    assert theirs.status_code == 200 and theirs.json()["description"] == "Yours now."
+    bad = client.patch("/api/models/local/mine", json={"tags": ["no spaces please"]})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "tags"
+    assert client.patch("/api/models/local/nope", json={}).status_code == 404

@@ -14,6 +14,7 @@ STORE_ROUTES = {
     ("/api/engine", "get"): "EngineStats",
     ("/api/models", "get"): "ModelPage",
     ("/api/models/{namespace}/{name}", "get"): "ModelPublic",
+    ("/api/models/{namespace}/{name}", "patch"): "ModelPublic",
     ("/api/models/{namespace}/{name}/versions/{number}", "get"): "VersionPublic",
     ("/api/models/{namespace}/{name}/card", "get"): None,  # markdown as text/plain
     ("/api/files/{file_id}/report", "get"): "FileReport",

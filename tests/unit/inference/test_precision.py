@@ -147,12 +147,13 @@ def test_served_weights_follow_both_serving_shapes():
 def test_serving_dtype_auto_is_the_measured_one_and_explicit_settings_win(tmp_path):
     home = tmp_path / "home"
     write_cache(home, profile_doc({"training": "fp32", "batched": "bf16", "decode": "bf16"}))
-    assert engine_config(Settings(home=home)).dtype == "bfloat16"
+    assert engine_config(Settings(home=home, inference_dtype="auto")).dtype == "bfloat16"
     assert engine_config(Settings(home=home, inference_dtype="float32")).dtype == "float32"
     assert engine_config(Settings(home=home, inference_dtype="int4")).quantize == "int4"
-    assert engine_config(Settings(home=home), dtype="float32").dtype == "float32"
+    auto = Settings(home=home, inference_dtype="auto")
+    assert engine_config(auto, dtype="float32").dtype == "float32"
     write_cache(home, profile_doc({"training": "bf16", "batched": "fp32", "decode": "fp32"}))
-    assert engine_config(Settings(home=home)).dtype == "float32"
+    assert engine_config(Settings(home=home, inference_dtype="auto")).dtype == "float32"
     assert precision.precision_for("training", home) == "bf16"
 
 
@@ -163,6 +164,8 @@ def test_doctor_prints_the_measurements_and_the_choices(tmp_path, monkeypatch):
 
     home = tmp_path / "home"
     monkeypatch.setenv("GPTSTORE_HOME", str(home))
+    monkeypatch.delenv("GPTSTORE_INFERENCE_DTYPE")
+    monkeypatch.delenv("GPTSTORE_TRAINING_PRECISION")
     monkeypatch.setattr(precision, "BANDWIDTH_BYTES", 16 * 1024**2)  # quick
     result = CliRunner().invoke(app, ["doctor", "--json"])
     assert result.exit_code == 0, result.output
@@ -170,6 +173,7 @@ def test_doctor_prints_the_measurements_and_the_choices(tmp_path, monkeypatch):
     assert doc["key"] == machine_key() and doc["bandwidth_gbs"] > 0
     assert set(doc["choices"]) == {"training", "batched", "decode"}
     assert doc["serving"] in ("bf16", "fp32")
-    assert doc["settings"] == {"GPTSTORE_INFERENCE_DTYPE": "auto"}
+    assert doc["settings"] == {"GPTSTORE_INFERENCE_DTYPE": "auto",
+                               "GPTSTORE_TRAINING_PRECISION": "auto"}
     text = CliRunner().invoke(app, ["doctor"]).output
     assert "GFLOP/s" in text and "memory read" in text and "decode" in text

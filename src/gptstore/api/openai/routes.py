@@ -52,7 +52,8 @@ async def _admitted(request: Request, principal: Principal,
     """Run `work` holding a place at the gate; a stream keeps it until it ends."""
     gate = request.app.state.gate
     key = rate_key(request, principal) or "local"
-    await gate.acquire(key)
+    # a client that leaves while it waits gives its place up at once
+    await _unless_disconnected(request, lambda: gate.acquire(key))
     released = False
 
     def release() -> None:
@@ -94,6 +95,8 @@ async def _unless_disconnected(request: Request, work: Callable[[], Awaitable[An
             if done:
                 return task.result()
             if await request.is_disconnected():
+                if task.done():  # finished meanwhile: what it holds is handed on as usual
+                    return task.result()
                 raise _ClientGone
     finally:
         if not task.done():

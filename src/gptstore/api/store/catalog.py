@@ -9,20 +9,24 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import PlainTextResponse
 
+from gptstore.api.auth import WritePrincipal, admin_principal, audit
 from gptstore.api.deps import CatalogDep, PrincipalDep
 from gptstore.api.errors import ErrorResponse
 from gptstore.api.store.schemas import (
     ModelPage,
     ModelPublic,
     ModelSummary,
+    ModelUpdate,
     Sort,
     VersionPublic,
 )
+from gptstore.catalog.listing import update_listing
 from gptstore.catalog.names import parse_ref
 from gptstore.catalog.repository import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, ModelInfo
+from gptstore.errors import PermissionDenied
 
 router = APIRouter(tags=["store"])
 
@@ -92,3 +96,36 @@ def get_version(catalog: CatalogDep, principal: PrincipalDep, namespace: str, na
             summary="A model's card")
 def get_card(catalog: CatalogDep, principal: PrincipalDep, namespace: str, name: str) -> str:
     return catalog.card(f"{namespace}/{name}", principal=principal)
+
+
+@router.patch("/models/{namespace}/{name}", response_model=ModelPublic, responses={
+    **NOT_FOUND, 403: {"model": ErrorResponse,
+                       "description": "The caller may read the model but not change it."}},
+    summary="Edit a model's listing (description, tags: the write right on its namespace) "
+            "or its visibility (an admin-scope key and the admin right)")
+def update_model(catalog: CatalogDep, principal: WritePrincipal, namespace: str, name: str,
+                 update: ModelUpdate, request: Request) -> ModelPublic:
+    full_name = f"{namespace}/{name}"
+    before = catalog.get_model(full_name, principal=principal)  # NotFound when hidden
+    owner_id = catalog.namespace_owner(namespace)
+    edits_listing = update.description is not None or update.tags is not None
+    # every right is checked before anything changes: a refused field changes nothing
+    if edits_listing and not principal.may_write_namespace(owner_id):
+        raise PermissionDenied(
+            f"only the owner of namespace {namespace!r} (or its organisation's writers) "
+            f"may edit {full_name}", param="model")
+    if update.visibility is not None:
+        admin_principal(request)  # the key's scope: publishing is an admin act
+        if not principal.may_write_namespace(owner_id, need="admin"):
+            raise PermissionDenied(f"changing the visibility of {full_name} needs the admin "
+                                   "role on its namespace", param="visibility")
+    if edits_listing:
+        update_listing(catalog.db, full_name, description=update.description,
+                       tags=update.tags)
+        audit(request, "edit", full_name, {k: v for k, v in (
+            ("description", update.description), ("tags", update.tags)) if v is not None})
+    if update.visibility is not None:
+        catalog.set_visibility(full_name, update.visibility, principal=principal)
+        audit(request, "visibility", full_name,
+              {"from": before.visibility, "to": update.visibility})
+    return model_public(catalog.get_model(full_name, principal=principal))

@@ -71,6 +71,15 @@ class RatingRequest(StoreBaseModel):
     stars: int | None = Field(description="1 to 5; null withdraws the caller's rating.")
 
 
+class ListingUpdate(StoreBaseModel):
+    """Fields of a model's listing to change; those left out stay as they are."""
+
+    description: str | None = Field(default=None, description="Markdown, up to 2,000 "
+                                                                "characters.")
+    tags: list[str] | None = Field(default=None, description="Up to 20 tags of a-z, 0-9, "
+                                                             "`.`, `_`, `+`, `-`.")
+
+
 class CardHtml(StoreBaseModel):
     ref: str = Field(description="`namespace/name@N` of the version the card belongs to.")
     meta: dict[str, Any] = Field(description="The card's YAML front matter.")

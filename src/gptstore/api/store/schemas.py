@@ -91,6 +91,20 @@ class ModelPublic(ModelSummary):
     versions: list[VersionPublic]
 
 
+class ModelUpdate(BaseModel):
+    """What `PATCH /api/models/{namespace}/{name}` may change; fields left out stay."""
+
+    model_config = ConfigDict(extra="forbid")
+    visibility: Literal["private", "org", "public"] | None = Field(
+        default=None, description="private (its owner), org (the owner's organisations) or "
+        "public: publish or unpublish. Needs an admin-scope key and the admin right on the "
+        "namespace.")
+    description: str | None = Field(default=None, description="Markdown, up to 2,000 "
+                                                              "characters.")
+    tags: list[str] | None = Field(default=None, description="Up to 20 tags of a-z, 0-9, "
+                                                             "`.`, `_`, `+`, `-`.")
+
+
 class ModelPage(StoreBaseModel):
     """One page of a listing. Pass `next_cursor` back as `cursor` for the next page."""
 

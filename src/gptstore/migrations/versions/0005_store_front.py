@@ -23,6 +23,19 @@ down_revision = "0004"
 branch_labels = None
 depends_on = None
 
+#: the indexes of `models` this migration makes (catalog/tables.py lists the same)
+INDEXES = {
+    "ix_models_downloads": ("downloads",),
+    "ix_models_likes": ("likes",),
+    "ix_models_updated_at": ("updated_at",),
+    "ix_models_trending": ("trending", "id"),
+    "ix_models_task_trending": ("task", "trending", "id"),
+    "ix_models_rating": ("rating", "rating_count", "id"),
+    "ix_models_created_at": ("created_at", "id"),
+    "ix_models_license": ("license",),
+    "ix_models_base_model": ("base_model",),
+}
+
 
 def upgrade() -> None:
     with op.batch_alter_table("models") as batch:
@@ -33,10 +46,12 @@ def upgrade() -> None:
         batch.add_column(sa.Column("rating_count", sa.Integer, nullable=False,
                                    server_default="0"))
         batch.add_column(sa.Column("trending", sa.Float, nullable=False, server_default="0"))
-    # one index per sort order and per equality filter, so a page seeks instead of sorting
-    for column in ("downloads", "likes", "rating", "trending", "created_at", "updated_at",
-                   "task", "license", "base_model"):
-        op.create_index(f"ix_models_{column}", "models", [column])
+    # An index per sort key, holding exactly the key's columns (the id last: PostgreSQL
+    # does not order equal keys by it), so a page is an index walk even where most
+    # models tie (trending is 0 for every model unused this week); one per filter.
+    # (task, trending, id) serves the home page's shelves.
+    for name, columns in INDEXES.items():
+        op.create_index(name, "models", list(columns))
 
     op.create_table(
         "model_tags",
@@ -136,9 +151,8 @@ def downgrade() -> None:
     op.drop_table("model_usage")
     op.drop_index("ix_model_tags_tag", table_name="model_tags")
     op.drop_table("model_tags")
-    for column in ("downloads", "likes", "rating", "trending", "created_at", "updated_at",
-                   "task", "license", "base_model"):
-        op.drop_index(f"ix_models_{column}", table_name="models")
+    for name in INDEXES:
+        op.drop_index(name, table_name="models")
     with op.batch_alter_table("models") as batch:
         for column in ("trending", "rating_count", "rating", "requests", "base_model"):
             batch.drop_column(column)

@@ -2,9 +2,8 @@
 // into an Error whose message says what went wrong, and server-sent events read from
 // a streamed response.
 //
-// Accounts hook: every request goes through `authHeaders()`. The accounts issue adds a
-// login page that stores an API key (or a session cookie, which needs nothing here);
-// until then the store has one local user and no key is needed.
+// Every request goes through `authHeaders()`: the key the login page stored
+// (account.js), if any. In local mode (one user, no accounts) no key is needed.
 
 export const API_KEY_STORAGE = "gptstore.api_key";
 
@@ -49,6 +48,11 @@ export async function request(method, url, { body, form, signal } = {}) {
   } catch (err) {
     if (err.name === "AbortError") throw err;
     throw new ApiError(0, "The server cannot be reached: is `gptstore serve` running?");
+  }
+  if (response.status === 401 && window.localStorage.getItem(API_KEY_STORAGE)) {
+    // the stored session key expired or was revoked: forget it, so the next page asks
+    // for a login (or reads what anonymous readers may) instead of failing the same way
+    window.localStorage.removeItem(API_KEY_STORAGE);
   }
   if (!response.ok) throw await errorOf(response);
   return response;

@@ -118,9 +118,12 @@ const ROUTES = [
   [/^\/finetune$/, async (root) => (await import("./finetune.js")).wizard(root), "Fine-tune · gptstore"],
   [/^\/jobs\/([^/]+)$/, async (root, m) => (await import("./finetune.js")).jobPage(root, m[1]), "Job · gptstore"],
   [/^\/me\/(models|files|jobs)$/, async (root, m) => (await import("./mine.js")).minePage(root, m[1]), "Mine · gptstore"],
+  [/^\/me\/keys$/, async (root) => (await import("./account.js")).keysPage(root), "API keys · gptstore"],
+  [/^\/login$/, async (root) => (await import("./account.js")).loginPage(root), "Sign in · gptstore"],
 ];
 
 export async function render() {
+  import("./account.js").then((account) => account.drawAccountSlot());
   const root = clear(main());
   delete root.dataset.ready;
   const path = decodeURIComponent(window.location.pathname);
@@ -133,7 +136,8 @@ export async function render() {
     } catch (err) {
       root.append(errorBox(err, err.status === 404
         ? "Check the name, or go back to the store's home."
-        : "Reload the page; if it persists, look at the server's log."));
+        : err.status === 401 ? "This store needs you to sign in (the link at the top)."
+          : "Reload the page; if it persists, look at the server's log."));
     }
     root.dataset.ready = "1";
     return;

@@ -1,15 +1,19 @@
-// My models, files and jobs. Until accounts land, "mine" is the local user's: the
-// files and jobs routes already answer only the caller's, and models are those of the
-// `local` namespace that fine-tunes publish into.
+// My models, files and jobs: the files and jobs routes answer only the caller's, and
+// the models are those of the caller's namespace (`owner` of /api/me: `local` in
+// local mode, the signed-in user's name otherwise).
 
 import { getJSON, query, request } from "./api.js";
 import { errorBox, formatBytes, h, timeAgo } from "./dom.js";
+import { whoAmI } from "./account.js";
 import { modelCard } from "./widgets.js";
 
-const OWNER = "local";
-
 async function models(root) {
-  const page = await getJSON(`/api/search${query({ owner: OWNER, sort: "newest", limit: 100 })}`);
+  const me = await whoAmI();
+  if (!me || !me.owner) {
+    root.append(h("p", { class: "muted empty" }, "Sign in to see your models."));
+    return;
+  }
+  const page = await getJSON(`/api/search${query({ owner: me.owner, sort: "newest", limit: 100 })}`);
   root.append(page.data.length ? h("ul", { class: "model-grid" }, page.data.map(modelCard))
     : h("p", { class: "muted empty" }, "You have no models yet. ",
       h("a", { href: "/finetune" }, "Fine-tune one"), " from a base in the store."));

@@ -5,6 +5,7 @@
 import { getJSON, query, sendJSON } from "./api.js";
 import { bars, lineChart } from "./charts.js";
 import { errorBox, formatBytes, formatCount, formatNumber, h, timeAgo, trustedHtml } from "./dom.js";
+import { canEdit, whoAmI } from "./account.js";
 import { modelCard, modelUrl } from "./widgets.js";
 import { playground } from "./playground.js";
 
@@ -138,6 +139,40 @@ function reactionsBox(model, initial) {
   return box;
 }
 
+function editListing(model) {
+  const description = h("textarea", { id: "edit-description", rows: 3 }, model.description);
+  const tags = h("input", { id: "edit-tags", value: model.tags.join(", ") });
+  const visibility = h("select", { id: "edit-visibility" },
+    ...["public", "org", "private"].map((v) => h("option", { value: v }, v)));
+  visibility.value = model.visibility;
+  const status = h("div", { "aria-live": "polite" });
+  const form = h("form", { id: "edit-form" },
+    h("div", { class: "field" }, h("label", { for: "edit-description" }, "Description"), description),
+    h("div", { class: "field" }, h("label", { for: "edit-tags" }, "Tags"), tags,
+      h("small", { class: "muted" }, "Comma-separated, e.g. chat, qa")),
+    h("div", { class: "field" }, h("label", { for: "edit-visibility" }, "Visibility"), visibility,
+      h("small", { class: "muted" },
+        "public: everyone; org: the owner's organisations; private: the owner alone")),
+    h("div", { class: "actions" }, h("button", { type: "submit" }, "Save")), status);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    try {
+      const update = {
+        description: description.value,
+        tags: tags.value.split(",").map((t) => t.trim()).filter(Boolean),
+      };
+      // publishing / unpublishing needs an admin key: sent only when it changes
+      if (visibility.value !== model.visibility) update.visibility = visibility.value;
+      await sendJSON("PATCH", `/api/models/${model.name}`, update);
+      const { render } = await import("./app.js");
+      await render();
+    } catch (err) {
+      status.replaceChildren(errorBox(err));
+    }
+  });
+  return h("details", {}, h("summary", {}, "Edit the listing and visibility"), form);
+}
+
 export async function modelPage(root, namespace, nameAndVersion) {
   const [name, versionPart] = nameAndVersion.split("@");
   const full = `${namespace}/${name}`;
@@ -178,6 +213,9 @@ export async function modelPage(root, namespace, nameAndVersion) {
   root.append(layout);
 
   right.append(section("rate", "Like and rate", reactionsBox(model, reactions)));
+  if (canEdit(await whoAmI().catch(() => null), namespace)) {
+    right.append(section("edit", "Your model", editListing(model)));
+  }
   right.append(section("use", "Use this model", snippets(model, ref)));
 
   left.append(section("playground", "Playground", playground(ref, model.task)));
