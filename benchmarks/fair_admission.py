@@ -73,7 +73,9 @@ async def client_loop(http: httpx.AsyncClient, url: str, key: str, body: dict[st
                 if response.status_code != 200:
                     await response.aread()
                     statuses[str(response.status_code)] += 1
-                    await asyncio.sleep(think if think else 0.01)
+                    # a flooder retries at once (a little pause, so this one client process
+                    # does not starve its own well-behaved clients of CPU)
+                    await asyncio.sleep(think if think else 0.05)
                     continue
                 first = None
                 async for line in response.aiter_lines():
@@ -131,16 +133,19 @@ def main() -> None:
     parser.add_argument("--model", choices=("tiny", "smollm2"), default="tiny")
     parser.add_argument("--seconds", type=float, default=40)
     parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--think", type=float, default=2.0,
+    parser.add_argument("--think", type=float, default=3.0,
                         help="Pause of a well-behaved client between requests.")
-    parser.add_argument("--rpm", type=int, default=300,
+    parser.add_argument("--rpm", type=int, default=400,
                         help="GPTSTORE_REQUESTS_PER_MINUTE of the server.")
+    parser.add_argument("--running-per-key", type=int, default=4,
+                        help="GPTSTORE_MAX_RUNNING_PER_KEY: the batch of 16 shared by 4 keys.")
     args = parser.parse_args()
     home = args.home or Path(tempfile.mkdtemp(prefix="gptstore-fair-")) / "home"
     model, keys = prepare(home, args.model)
     env = {"GPTSTORE_REQUESTS_PER_MINUTE": str(args.rpm), "GPTSTORE_MAX_BATCH": "16",
            "GPTSTORE_MAX_STREAMS_PER_KEY": str(CLIENTS_PER_KEY),
-           "GPTSTORE_MAX_QUEUE": "256", "GPTSTORE_WORKERS": "0"}
+           "GPTSTORE_MAX_QUEUE": "256", "GPTSTORE_WORKERS": "0",
+           "GPTSTORE_MAX_RUNNING_PER_KEY": str(args.running_per_key)}
     results = {}
     with RemoteServer(home, env=env) as server:
         url = server.url + "/v1/completions"

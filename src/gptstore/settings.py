@@ -124,6 +124,12 @@ class Settings(BaseSettings):
         description="Inference requests of one key running or waiting at once; beyond it "
         "429. Waiting requests are admitted to the engine fairly, in turn across keys.",
     )
+    max_running_per_key: int | None = Field(
+        default=None, ge=1,
+        description="Places in the engine's batch one key may hold at once, even when the "
+        "rest are free, so other keys' requests start at once (default: half of "
+        "GPTSTORE_MAX_BATCH; the local single user has no cap).",
+    )
     max_queued_jobs_per_key: int = Field(
         default=10, ge=1,
         description="Fine-tuning jobs one owner may have queued or running; beyond it 429.",

@@ -43,8 +43,10 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         app.state.accounts = accounts
         app.state.auth = Authenticator(settings, accounts)
         app.state.rate_limiter = RateLimiter(settings.requests_per_minute)
-        app.state.gate = FairGate(settings.max_batch, settings.max_streams_per_key,
-                                  settings.max_queue)
+        app.state.gate = FairGate(
+            settings.max_batch, settings.max_streams_per_key, settings.max_queue,
+            max_running_per_key=settings.max_running_per_key or max(1, settings.max_batch // 2),
+            uncapped=frozenset({"local"}))  # the single local user shares with nobody
         app.state.usage = UsageCounter(app.state.catalog.db)  # batched usage writes
         app.state.usage.start()
         app.state.engine = None  # built on first use: see deps.get_serving

@@ -293,7 +293,7 @@ def test_a_non_loopback_server_without_users_refuses_to_start(settings: Settings
 
 @pytest.fixture
 def limited(settings: Settings) -> Iterator[tuple[TestClient, Keys]]:
-    settings.requests_per_minute = 3
+    settings.requests_per_minute = 12  # bursts of 3
     with TestClient(build_app(settings)) as client:
         yield client, make_accounts(client.app.state.catalog)  # type: ignore[attr-defined]
 

@@ -15,8 +15,8 @@ def test_the_bucket_passes_a_burst_then_refuses_with_the_wait(monkeypatch: pytes
                                                                ) -> None:
     now = [100.0]
     monkeypatch.setattr("gptstore.api.limits.time.monotonic", lambda: now[0])
-    limiter = RateLimiter(per_minute=60)  # one a second
-    for _ in range(60):
+    limiter = RateLimiter(per_minute=60)  # one a second, bursts of 15
+    for _ in range(15):
         limiter.check("a")
     with pytest.raises(RateLimited) as refused:
         limiter.check("a")
@@ -80,5 +80,30 @@ def test_per_key_cap_busy_gate_and_cancelled_waiters() -> None:
         assert gate.running == 0 and gate.waiting == 0
         await gate.acquire("a")  # a's count was given back
         assert gate.running == 1
+
+    asyncio.run(scenario())
+
+
+def test_one_key_holds_at_most_its_share_even_when_places_are_free() -> None:
+    async def scenario() -> None:
+        gate = FairGate(slots=4, max_per_key=10, max_waiting=10, max_running_per_key=2,
+                        uncapped=frozenset({"local"}))
+        await gate.acquire("flood")
+        await gate.acquire("flood")
+        third = asyncio.create_task(gate.acquire("flood"))  # at its cap: it waits
+        await asyncio.sleep(0)
+        assert gate.running == 2 and gate.waiting == 1 and not third.done()
+        await gate.acquire("good")  # passes the flooder's waiter: a place is free
+        assert gate.running == 3
+        gate.release("flood")  # the flooder's waiter takes the freed place
+        await third
+        assert gate.running == 3 and gate.waiting == 0
+        gate.release("good")
+        gate.release("flood")
+        gate.release("flood")
+        assert gate.running == 0
+        for _ in range(4):  # the local single user is not capped
+            await gate.acquire("local")
+        assert gate.running == 4
 
     asyncio.run(scenario())
