@@ -43,7 +43,9 @@ def store(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, Path]
     from gptstore.catalog.importers import import_path
     from gptstore.catalog.repository import Catalog
 
-    catalog = Catalog(Settings(home=tmp_path_factory.mktemp("store"), offline=True))
+    # the engine in fp32, so its greedy text can be compared with transformers' generate
+    catalog = Catalog(Settings(home=tmp_path_factory.mktemp("store"), offline=True,
+                               inference_dtype="float32"))
     for arch, folder in tiny_models.items():
         import_path(catalog, folder, f"acme/tiny-{arch}")
     yield catalog
