@@ -91,15 +91,6 @@ class MachineLoad:
         return max(0.0, (busy - ours) / max(1, total))
 
 
-def machine_line() -> str:
-    model = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    return f"{model}, {os.cpu_count()} cores"
-
-
 def foreground(args: argparse.Namespace, train: Path, name: str) -> dict[str, Any]:
     env = {**os.environ, "GPTSTORE_HOME": str(args.home)}
     started = time.perf_counter()
@@ -166,8 +157,9 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, default=800)
     args = parser.parse_args()
     import openai
+    from machine import describe_machine
 
-    print(f"machine: {machine_line()}", flush=True)
+    print(describe_machine(), flush=True)
     settings = Settings(home=args.home)
     catalog = Catalog(settings)
     ensure_builtin(catalog)

@@ -117,7 +117,7 @@ def part_bc(home: Path, catalog: Catalog, prompts: list[list[int]], dtype: str
         stream_one(server.url, "Hello", warm)  # loads the model
         results: list[dict[str, float]] = []
         threads = [threading.Thread(target=stream_one, args=(server.url, q, results))
-                   for q in QUESTIONS]
+                   for q in QUESTIONS[:len(prompts)]]
         start = time.perf_counter()
         for t in threads:
             t.start()
@@ -158,10 +158,10 @@ def make_adapters(catalog: Catalog, root: Path, count: int) -> list[tuple[str, i
     return names
 
 
-def part_d(catalog: Catalog, root: Path, dtype: str) -> dict[str, float]:
+def part_d(catalog: Catalog, root: Path, dtype: str, count: int = 20) -> dict[str, float]:
     from gptstore.inference.types import SamplingParams
 
-    adapters = make_adapters(catalog, root, 20)
+    adapters = make_adapters(catalog, root, count)
     tokenizer = load_tokenizer(catalog, BUILTIN_NAME)
     ids = render_chat_prompt(tokenizer, [{"role": "user", "content": "Hi"}])
     params = SamplingParams(max_tokens=4, temperature=0)
@@ -178,6 +178,7 @@ def part_d(catalog: Catalog, root: Path, dtype: str) -> dict[str, float]:
 
 
 def main() -> None:
+    global NEW_TOKENS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", type=Path, default=Path("/tmp/gptstore-bench"))
     parser.add_argument("--single-prompts", type=int, default=3)
@@ -185,7 +186,12 @@ def main() -> None:
                         choices=["auto", "bfloat16", "float32", "int4"],
                         help="gptstore's GPTSTORE_INFERENCE_DTYPE (transformers always runs "
                              "the exact model in the auto dtype)")
+    parser.add_argument("--tokens", type=int, default=NEW_TOKENS, help="new tokens each")
+    parser.add_argument("--clients", type=int, default=len(QUESTIONS),
+                        help="concurrent streaming clients in (b), (c)")
+    parser.add_argument("--adapters", type=int, default=20, help="LoRA adapters in (d)")
     args = parser.parse_args()
+    NEW_TOKENS = args.tokens
     torch.set_num_threads(os.cpu_count() or 2)
     print(describe_machine(), flush=True)
     os.environ["GPTSTORE_HOME"] = str(args.home)
@@ -194,7 +200,7 @@ def main() -> None:
     ensure_builtin(catalog)
     tokenizer = load_tokenizer(catalog, BUILTIN_NAME)
     prompts = [render_chat_prompt(tokenizer, [{"role": "user", "content": q}])
-               for q in QUESTIONS]
+               for q in QUESTIONS[:args.clients]]
     print(f"SmolLM2-135M-Instruct, gptstore {args.dtype} (auto: "
           f"{str(preferred_dtype(settings)).removeprefix('torch.')}), "
           f"{NEW_TOKENS} new tokens, {torch.get_num_threads()} threads", flush=True)
@@ -203,13 +209,14 @@ def main() -> None:
           f"generate ({a['hf_dtype']}, own process) {a['hf_tok_s']:.1f} tok/s -> "
           f"{a['ratio']:.2f}x", flush=True)
     bc = part_bc(args.home, catalog, prompts, args.dtype)
-    print(f"(b) 16 concurrent HTTP streams: {bc['gptstore_16_clients_tok_s']:.1f} tok/s, "
-          f"16 sequential generate: {bc['hf_sequential_tok_s']:.1f} tok/s -> "
+    print(f"(b) {args.clients} concurrent HTTP streams: "
+          f"{bc['gptstore_16_clients_tok_s']:.1f} tok/s, {args.clients} sequential generate: "
+          f"{bc['hf_sequential_tok_s']:.1f} tok/s -> "
           f"{bc['ratio']:.2f}x", flush=True)
     print(f"(c) time to first token under that load: p50 {bc['ttft_p50_s']:.2f} s, "
           f"p95 {bc['ttft_p95_s']:.2f} s", flush=True)
-    d = part_d(catalog, args.home / "adapters", args.dtype)
-    print(f"(d) resident memory: base {d['rss_base_mb']:.0f} MB, base + 20 adapters "
+    d = part_d(catalog, args.home / "adapters", args.dtype, args.adapters)
+    print(f"(d) resident memory: base {d['rss_base_mb']:.0f} MB, base + {args.adapters} adapters "
           f"{d['rss_base_plus_20_adapters_mb']:.0f} MB; adapter files "
           f"{d['adapter_files_mb']:.1f} MB -> growth {d['rss_growth_over_files']:.2f}x "
           "their size", flush=True)

@@ -105,6 +105,9 @@ def main() -> None:
                              "CPU (0: do not wait)")
     parser.add_argument("--json", action="store_true", help="print one JSON object too")
     args = parser.parse_args()
+    from machine import describe_machine
+
+    print(describe_machine(), flush=True)
 
     from gptstore.training import TrainConfig, evaluate_file, finetune
 

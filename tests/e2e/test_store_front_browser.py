@@ -1,10 +1,12 @@
 """The store front in headless Chromium (Debian's `chromium`, driven by Playwright) against
 a real `gptstore serve` over a store of tiny random models: search and filter, a model
 page (a hostile card stays inert), streamed chat stopped mid-answer, classification
-bars, a bad upload's line-numbered errors, a fine-tune run through the wizard with its
-chart moving to the new model's page, like and rate. The server runs in local mode, whose
-one user sees every model (who sees what is tested on the API: tests/unit/api). Each page
-is saved as a screenshot at laptop and phone widths in a folder the run prints.
+bars, comparing two models, a bad upload's line-numbered errors, a fine-tune run through
+the wizard with its chart moving to the new model's page, like and rate, an empty store,
+and signing in to a store with users whose private models stay hidden. The main server
+runs in local mode, whose one user sees every model (who sees what is tested in depth on
+the API: tests/unit/api). Each page is saved as a screenshot at laptop and phone widths
+in a folder the run prints, and no page may be wider than either.
 
 Skipped only when /usr/bin/chromium is missing (`.ci/run` installs it).
 """
@@ -112,10 +114,17 @@ def ready(page: Any) -> None:
 
 
 def shoot(page: Any, shots: Path, name: str) -> None:
-    """Save the page at laptop and phone widths (full height)."""
+    """Save the page at laptop and phone widths (full height); at either, nothing may
+    stick out sideways (long code scrolls inside its own box)."""
     for label, size in (("laptop", LAPTOP), ("phone", PHONE)):
         page.set_viewport_size(size)
         page.screenshot(path=str(shots / f"{name}-{label}.png"), full_page=True)
+        width = page.evaluate("document.documentElement.scrollWidth")
+        wide = page.evaluate("""(limit) => [...document.querySelectorAll('body *')]
+            .filter((el) => el.getBoundingClientRect().right > limit + 0.5)
+            .slice(0, 5).map((el) => `${el.tagName}.${el.className}#${el.id}`)""",
+                             size["width"])
+        assert width <= size["width"], f"{name} is {width}px wide at {label} width: {wide}"
     page.set_viewport_size(LAPTOP)
 
 
@@ -202,6 +211,21 @@ def test_chat_streams_and_stops(page: Any) -> None:
     assert second.get_attribute("data-finish") == "length"
 
 
+def test_compare_two_models_side_by_side(page: Any, shots: Path) -> None:
+    page.goto("/compare?a=acme/tiny&b=acme/tiny@1")
+    ready(page)
+    page.fill("#cmp-prompt", "Hello")
+    page.fill("#cmp-temperature", "0")
+    page.fill("#cmp-max-tokens", "6")
+    page.click("button:text('Run both')")
+    page.wait_for_function("() => document.querySelectorAll('.answer[data-finish]').length == 2")
+    outputs = [page.locator(f"#cmp-out-{side}") for side in "ab"]
+    assert [o.get_attribute("data-finish") for o in outputs] == ["length", "length"]
+    # the same weights, greedy: the same answer on both sides
+    assert outputs[0].inner_text() == outputs[1].inner_text() != ""
+    shoot(page, shots, "compare")
+
+
 def test_classify_shows_label_probabilities(page: Any, shots: Path) -> None:
     page.goto("/models/acme/sentiment")
     ready(page)
@@ -235,16 +259,17 @@ def test_like_and_rate(page: Any) -> None:
 
 
 def test_usage_is_counted(page: Any, server: RemoteServer) -> None:
-    """The chat and classification tests' requests reach the totals at the next flush
-    (every 5 s) and make the models trend."""
+    """The requests of the tests above (two chats and the comparison's two sides on
+    acme/tiny, one classification) reach the totals at the next flush (every 5 s) and
+    make the models trend."""
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         tiny = httpx.get(f"{server.url}/api/models/acme/tiny").json()
         clf = httpx.get(f"{server.url}/api/models/acme/sentiment").json()
-        if tiny["requests"] >= 2 and clf["requests"] >= 1:
+        if tiny["requests"] >= 4 and clf["requests"] >= 1:
             break
         time.sleep(0.5)
-    assert (tiny["requests"], clf["requests"]) == (2, 1)
+    assert (tiny["requests"], clf["requests"]) == (4, 1)
     page.goto("/search?sort=trending")
     ready(page)
     assert result_names(page)[:2] == ["acme/tiny", "acme/sentiment"]
@@ -281,6 +306,8 @@ def test_fine_tune_through_the_wizard(page: Any, tmp_path: Path, shots: Path) ->
     assert "Arr, 1." in page.locator(".examples mark.loss-token").first.inner_text()
     assert "What is 0 plus 1?" in page.locator(".examples pre").first.inner_text()
     assert "What is 0 plus 1?" not in page.locator(".examples mark").first.inner_text()
+    facts = page.locator("#preview-facts").inner_text()
+    assert "tokens" in facts and "an epoch" in facts
     shoot(page, shots, "wizard-preview")
     page.click("button:text('Next: settings')")
     assert page.locator("#ft-base").input_value() == "acme/tiny"
@@ -307,6 +334,7 @@ def test_fine_tune_through_the_wizard(page: Any, tmp_path: Path, shots: Path) ->
     assert len(lengths) >= 2, f"the chart did not move: {lengths}"  # drawn while training
     points = int(page.locator("#job-charts path.line").first.get_attribute("data-points"))
     assert points == 18  # 3 epochs x ceil(21 / 4) steps (3 of the 24 rows validate)
+    assert "null" not in page.locator("main").inner_text()
     shoot(page, shots, "job")
     page.click("#job-model")
     ready(page)
@@ -324,3 +352,99 @@ def test_fine_tune_through_the_wizard(page: Any, tmp_path: Path, shots: Path) ->
     page.goto("/me/jobs")
     ready(page)
     assert "succeeded" in page.locator("table.list").inner_text()
+
+
+# -- a store with accounts: keys required, private models -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RemoteServer, dict]]:
+    """A store with users alice and bob (so keys are required), each with a private
+    model, and a public one."""
+    from gptstore.accounts.store import AccountStore
+
+    root = tmp_path_factory.mktemp("keyed-store")
+    catalog = Catalog(Settings(home=root / "home"))
+    accounts = AccountStore(catalog.db)
+    folder = root / "card-only"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    keys = {}
+    for user in ("alice", "bob"):
+        account = accounts.add_user(user)
+        keys[user] = accounts.create_key(user, scope="write", name="browser")[1]
+        catalog.publish(f"{user}/secret", folder, description=f"{user}'s own.",
+                        visibility="private", owner_id=account.id)
+    catalog.publish("acme/open", folder, description="Everyone's.")
+    catalog.close()
+    with RemoteServer(root / "home", env={"GPTSTORE_OFFLINE": "1"}) as srv:
+        yield srv, keys
+
+
+def test_private_models_and_sign_in(browser: Any, keyed: tuple[RemoteServer, dict],
+                                    shots: Path) -> None:
+    server, keys = keyed
+    context = browser.new_context(base_url=server.url, viewport=LAPTOP)
+    context.set_default_timeout(20_000)
+    page = context.new_page()
+    try:
+        page.goto("/")
+        ready(page)
+        assert "sign in" in page.locator("[role=alert]").inner_text().lower()
+        page.click("#sign-in")
+        page.wait_for_url("**/login?next=%2F")
+        ready(page)
+        page.fill("#api-key", "gsk-not-a-real-key")
+        page.click("#key-login-form button[type=submit]")
+        page.wait_for_selector("#key-login-form [role=alert]")
+        shoot(page, shots, "login-refused")
+        page.fill("#api-key", keys["alice"])
+        page.click("#key-login-form button[type=submit]")
+        page.wait_for_url(server.url + "/")
+        ready(page)
+        assert page.locator("#account-name").inner_text() == "alice"
+        page.goto("/search?sort=name")
+        ready(page)
+        assert result_names(page) == ["acme/open", "alice/secret"]  # not bob's
+        page.goto("/models/bob/secret")
+        ready(page)
+        assert "not in the store" in page.locator("[role=alert]").inner_text()
+        page.goto("/models/alice/secret")
+        ready(page)
+        assert page.locator(".model-head .pill.warn").inner_text() == "private"
+        assert page.locator("#edit-visibility").input_value() == "private"
+        page.goto("/models/acme/open")
+        ready(page)
+        assert page.locator("#edit").count() == 0  # not alice's namespace
+        page.goto("/me/models")
+        ready(page)
+        assert result_names(page) == ["alice/secret"]
+        shoot(page, shots, "my-models-keyed")
+        page.click("#sign-out")
+        page.wait_for_selector("#sign-in")
+        page.goto("/search")
+        ready(page)
+        assert "sign in" in page.locator("[role=alert]").inner_text().lower()
+    finally:
+        context.close()
+
+
+def test_an_empty_store_says_what_to_do(browser: Any, tmp_path: Path, shots: Path) -> None:
+    with RemoteServer(tmp_path / "empty-home", env={"GPTSTORE_OFFLINE": "1"}) as server:
+        context = browser.new_context(base_url=server.url, viewport=LAPTOP)
+        page = context.new_page()
+        try:
+            page.goto("/")
+            ready(page)
+            assert "The store is empty" in page.locator("main").inner_text()
+            assert "gptstore models pull" in page.locator(".empty-store").inner_text()
+            shoot(page, shots, "home-empty")
+            for path, words in (("/search?q=anything", "No model matches"),
+                                ("/me/models", "You have no models yet"),
+                                ("/me/files", "No files"), ("/me/jobs", "No jobs"),
+                                ("/compare", "No generative model")):
+                page.goto(path)
+                ready(page)
+                assert words in page.locator("main").inner_text(), path
+        finally:
+            context.close()

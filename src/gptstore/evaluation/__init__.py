@@ -11,9 +11,18 @@ Public entry points:
 - `formats.py`: `read_mbpp`, `read_humaneval` -> `CodeProblem`;
 - `code_eval.py`: `evaluate_code` (completions -> sandbox -> pass@k).
 
-Does not know: models, the inference engine or the CLI. Whoever evaluates a model
-generates the predictions (or sums the NLL) and calls these. No torch is imported
-here; scikit-learn and sacreBLEU only inside the functions that use them.
+The metric modules above do not know models, the inference engine or the CLI: whoever
+evaluates a model generates the predictions (or sums the NLL) and calls them. The
+modules that evaluate store models are not imported here (import them by name):
+
+- `datasets.py` evaluation files per task, `prompting.py` prompt formats (template,
+  chat or raw, k shots), `verbalizers.py` the word (and token) of each label;
+- `runner.py`: `evaluate_model` / `evaluate_data` -> `EvalReport` (`gptstore eval`),
+  generation through the inference engine, scores from `scoring.py` (torch);
+- `suites.py` / `builtin_suites.py`: suites in the store, recorded results.
+
+No torch is imported here; scikit-learn and sacreBLEU only inside the functions that
+use them.
 """
 
 from __future__ import annotations

@@ -8,10 +8,10 @@ root, block by block, and reuses the longest chain found. The root is a *namespa
 (the adapter serving the request, or "" for the base): an adapter that changes the
 key/value projections changes the cached values, so adapters never share blocks.
 
-Memory is bounded by `budget_bytes`; beyond it the least recently used blocks are
-evicted. A lookup or an insert touches a chain deepest block first, so a parent is
-always more recent than its children and eviction removes leaves before the blocks
-they hang from (no unreachable block keeps memory).
+Memory is bounded by `budget_bytes`: before a block is added, the least recently used
+blocks are evicted to make room. A lookup or an insert touches a chain deepest block
+first, so a parent is always more recent than its children and eviction removes leaves
+before the blocks they hang from (no unreachable block keeps memory).
 
 Why blocks copied in and out of a sequence's slot rather than shared pages: the slot
 cache (kv_cache.py) keeps each sequence contiguous so decode attention reads it in
@@ -75,16 +75,19 @@ class PrefixCache:
     def insert(self, namespace: str, tokens: Sequence[int], read: BlockReader) -> int:
         """Store every full block of `tokens` not cached yet; `read(start, end)` gives
         the keys/values of positions [start, end) as `[layers, kv_heads, n, head_dim]`
-        copies. Returns the blocks added."""
+        copies. Room is made before each block, so the cache never holds more than its
+        budget, even for a moment; blocks of this chain are never evicted for it (the
+        insert stops instead). Returns the blocks added."""
         size = self.block_tokens
         chain = self._chain(namespace, tokens)
+        self._touch(chain)
         parent: object = chain[-1].id if chain else namespace
         added = 0
         for i in range(len(chain), len(tokens) // size):
             k, v = read(i * size, (i + 1) * size)
             block = PrefixBlock(next(self._ids), (parent, tuple(tokens[i * size:(i + 1) * size])),
                                 k, v)
-            if block.nbytes > self.budget_bytes:
+            if not self._make_room(block.nbytes, keep=chain):
                 break
             self._blocks[block.key] = block
             self.nbytes += block.nbytes
@@ -92,8 +95,22 @@ class PrefixCache:
             parent = block.id
             added += 1
         self._touch(chain)  # old blocks and new: the most recent now, parents last
-        self._evict()
         return added
+
+    def _make_room(self, nbytes: int, keep: list[PrefixBlock]) -> bool:
+        """Evict least recently used blocks until `nbytes` more fit; False when only
+        blocks of `keep` are left to evict."""
+        kept = {id(block) for block in keep}
+        while self.nbytes + nbytes > self.budget_bytes:
+            if not self._blocks:
+                return False
+            key, oldest = next(iter(self._blocks.items()))
+            if id(oldest) in kept:
+                return False
+            del self._blocks[key]
+            self.nbytes -= oldest.nbytes
+            self.evicted_blocks += 1
+        return True
 
     def _chain(self, namespace: str, tokens: Sequence[int]) -> list[PrefixBlock]:
         """The cached blocks that start `tokens`, from the root, as far as they go."""
@@ -111,12 +128,6 @@ class PrefixCache:
         for block in reversed(chain):  # deepest first: parents end up more recent
             if block.key in self._blocks:
                 self._blocks.move_to_end(block.key)
-
-    def _evict(self) -> None:
-        while self.nbytes > self.budget_bytes and self._blocks:
-            _key, block = self._blocks.popitem(last=False)
-            self.nbytes -= block.nbytes
-            self.evicted_blocks += 1
 
     def clear(self) -> None:
         self._blocks.clear()

@@ -25,6 +25,7 @@ PAGE_PATHS = (
     "/search",
     "/models/{namespace}/{name}",
     "/compare",
+    "/login",
     "/finetune",
     "/jobs/{job_id}",
     "/me/models",

@@ -29,6 +29,8 @@ def cache_choice(home, training: str) -> None:
 def test_auto_precision_is_the_measured_one_and_explicit_wins(store, config_for, measured,
                                                               asked, ran):
     settings, catalog = store
+    # the suite pins fp32 for runs left at auto (conftest); this test is about auto itself
+    settings = settings.model_copy(update={"training_precision": "auto"})
     cache_choice(settings.home, measured)
     name = f"acme/precision-{measured}-{asked}"
     record = finetune(config_for("classification", "lora", "llama", name, precision=asked,

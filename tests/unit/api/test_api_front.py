@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from api_helpers import Publisher
 from fastapi.testclient import TestClient
 
@@ -153,6 +154,8 @@ def test_a_file_preview_marks_the_tokens_that_carry_the_loss(
     assert (body["base"], body["format"], body["task"]) == ("acme/tiny@1", "chat", "causal-lm")
     [example] = body["examples"]
     assert example["line"] == 1 and example["tokens"] > 0
+    assert body["tokens"]["total"] == 2 * example["tokens"] and body["truncated"] == 0
+    assert body["estimated_seconds_per_epoch"] == pytest.approx(body["tokens"]["total"] / 300)
     targets = "".join(s["text"] for s in example["segments"] if s["loss"])
     prompt = "".join(s["text"] for s in example["segments"] if not s["loss"])
     assert "hi there" in targets and "Say hi" in prompt and "Say hi" not in targets
@@ -185,3 +188,19 @@ def test_the_owner_edits_description_and_tags(client: TestClient, publish: Publi
     bad = client.patch("/api/models/local/mine", json={"tags": ["no spaces please"]})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "tags"
     assert client.patch("/api/models/local/nope", json={}).status_code == 404
+
+
+def test_me_local_then_with_keys(client: TestClient, store: Catalog) -> None:
+    from accounts_helpers import make_accounts
+
+    local = _get(client, "/api/me")
+    assert local == {"mode": "local", "kind": "system", "user": "local", "scope": "admin",
+                     "owner": "local", "is_admin": True, "orgs": [], "namespaces": ["local"],
+                     "can_react": True}
+    keys = make_accounts(store)  # a store with users requires keys from now on
+    assert client.get("/api/me").status_code == 401
+    alice = client.get("/api/me", headers=keys.of("alice", "read")).json()
+    assert (alice["kind"], alice["user"], alice["scope"]) == ("user", "alice", "read")
+    assert alice["namespaces"] == ["alice", "acme"] and alice["can_react"]  # acme's admin
+    bob = client.get("/api/me", headers=keys.of("bob")).json()
+    assert bob["namespaces"] == ["bob"]  # a reader of acme may not edit its models

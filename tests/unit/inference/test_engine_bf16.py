@@ -1,4 +1,4 @@
-"""bf16, the serving dtype on CPUs with AMX: packed-weight batches and the GEMV path
+"""bf16, the serving dtype where it measures faster: packed-weight batches and the GEMV path
 (and packed fp32 weights, used for batches on CPUs without AMX).
 
 Exact token parity is a fp32 property (bf16 rounds differently in fused kernels), so

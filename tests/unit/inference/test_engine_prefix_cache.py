@@ -149,3 +149,15 @@ def test_long_prompt_arriving_while_streams_decode_keeps_parity(tiny_dirs, make_
     assert late_tokens == hf_greedy(reference, long_prompt, 5)
     for i, handle in enumerate(streams):
         assert handle.result(timeout=60).token_ids == hf_greedy(reference, [5 + i, 6, 7, 8], 60)
+
+
+def test_a_request_that_ends_on_its_first_token_still_leaves_its_prefix(tiny_dirs,
+                                                                       make_engine):
+    engine = make_engine({"m": causal_spec(tiny_dirs["llama"])}, prefix_block_tokens=BLOCK)
+    # finishes in its prefill step; its blocks are stored right after its token is out,
+    # on the engine thread, so before the next request is admitted there
+    engine.generate("m", SHARED, _greedy(1), timeout=60)
+    reference, _ = load_causal(tiny_dirs["llama"])
+    out = engine.generate("m", SHARED + SUFFIXES[2], _greedy(6), timeout=60).token_ids
+    assert engine.stats()["prefix_cache_hit_tokens"] == len(SHARED) // BLOCK * BLOCK
+    assert out == hf_greedy(reference, SHARED + SUFFIXES[2], 6)

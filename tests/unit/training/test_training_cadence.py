@@ -1,6 +1,6 @@
 """When validation runs: explicit `eval_every` as before; `auto` keeps validation within
-~10% of the run's time (always once at the end); and the validation pass gives the same
-metrics on worker threads as on the caller's."""
+~10% of the run's time (always at epoch ends and the end); and the validation pass gives
+the same metrics on worker threads as on the caller's."""
 
 from __future__ import annotations
 
@@ -92,7 +92,9 @@ def test_validation_on_worker_threads_gives_the_same_metrics(tiny_models):
     with ThreadPoolExecutor(2, initializer=torch.set_num_threads, initargs=(1,)) as pool:
         threaded = evaluate_examples(model, task, examples, pad_id=3, bf16=False,
                                      batch_size=8, executor=pool)
-    assert threaded == alone
+    # the same batches and sums; only the kernels' own thread split may differ (the
+    # workers run one thread each), so equal up to float rounding
+    assert threaded == pytest.approx(alone, abs=1e-6)
     assert 0.0 <= alone["accuracy"] <= 1.0 and alone["loss"] > 0
 
 

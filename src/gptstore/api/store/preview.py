@@ -19,7 +19,7 @@ from pydantic import Field
 from gptstore.api.deps import CatalogDep, OwnerDep, PrincipalDep
 from gptstore.api.openai.files import owned
 from gptstore.api.store.catalog import NOT_FOUND
-from gptstore.api.store.schemas import StoreBaseModel
+from gptstore.api.store.schemas import StoreBaseModel, TokenCounts
 from gptstore.data.types import IGNORE_INDEX
 
 router = APIRouter(tags=["store front"])
@@ -49,6 +49,13 @@ class FilePreview(StoreBaseModel):
     format: str | None
     task: str | None
     examples: list[PreviewExample]
+    tokens: TokenCounts | None = Field(
+        default=None, description="Tokens per example over the whole file, for this base.")
+    truncated: int | None = Field(
+        default=None, description="Examples longer than the context, cut in training.")
+    estimated_seconds_per_epoch: float | None = Field(
+        default=None, description="Total tokens / the throughput of LoRA on a CPU "
+                                  "(`gptstore data validate`'s estimate).")
 
 
 def _tokenizer(catalog: Any, version: Any) -> Any:
@@ -89,13 +96,22 @@ def preview_file(
     limit: Annotated[int, Query(ge=1, le=20)] = 3,
 ) -> FilePreview:
     from gptstore.data.encode import default_max_length, parse_file
+    from gptstore.data.report import CPU_LORA_TOKENS_PER_SECOND, validate_file
 
     file = owned(catalog, file_id, owner)
     version = catalog.resolve(base, principal=principal)
     parsed = parse_file(catalog.files.path(file))
     examples: list[PreviewExample] = []
+    measured: dict[str, Any] = {}
     if parsed.format is not None and parsed.records:
         tokenizer = _tokenizer(catalog, version)
+        # the whole file's token counts and time estimate, as `gptstore data validate`
+        report = validate_file(parsed.path, tokenizer=tokenizer,
+                               tokens_per_second=CPU_LORA_TOKENS_PER_SECOND)
+        if report.tokens is not None:
+            measured = {"tokens": TokenCounts(**report.tokens.to_dict()),
+                        "truncated": report.truncated,
+                        "estimated_seconds_per_epoch": report.estimated_training_seconds}
         result = parsed.format.encode(parsed.records[:limit], tokenizer,
                                       default_max_length(tokenizer))
         for example in result.examples:
@@ -107,4 +123,4 @@ def preview_file(
                 segments=_segments(tokenizer, example.input_ids, example.labels)))
     return FilePreview(id=file.id, base=version.ref,
                        format=parsed.format.name if parsed.format else None,
-                       task=parsed.task, examples=examples)
+                       task=parsed.task, examples=examples, **measured)

@@ -23,6 +23,7 @@ from pydantic import Field
 from gptstore.accounts.audit import record
 from gptstore.api.auth import LOCAL_OWNER, AdminPrincipal, ReadPrincipal, audit
 from gptstore.api.errors import ErrorResponse
+from gptstore.api.store.identity import reacting_user
 from gptstore.api.store.schemas import StoreBaseModel
 from gptstore.catalog.access import Principal
 from gptstore.errors import InvalidRequest, NotFound
@@ -75,9 +76,16 @@ class Membership(StoreBaseModel):
 
 
 class Me(StoreBaseModel):
+    """The caller as the store front's pages need to know it: whose files, jobs and
+    models are "mine", and what a page may offer. Identity only: every route checks
+    its rights again."""
+
     mode: Literal["local", "keys"] = Field(
         description="`local`: one local user, no login (loopback, no users); `keys`: "
                     "every request needs a key.")
+    kind: Literal["anonymous", "system", "user"] = Field(
+        description="`system`: the single local user (local mode); `user`: an API key's "
+                    "user; `anonymous`: no key, public reads only.")
     user: str | None = Field(description="The signed-in user; None for an anonymous "
                                           "reader of public models.")
     owner: str | None = Field(description="The namespace the caller's uploads, jobs and "
@@ -85,6 +93,10 @@ class Me(StoreBaseModel):
     scope: Literal["read", "write", "admin"]
     is_admin: bool
     orgs: list[Membership]
+    namespaces: list[str] = Field(
+        description="Namespaces whose models the caller may edit: its own and those of "
+                    "organisations where it writes; empty for anonymous callers.")
+    can_react: bool = Field(description="Whether the caller may like and rate models.")
 
 
 def _accounts(request: Request) -> Any:
@@ -131,12 +143,15 @@ def logout(principal: ReadPrincipal, request: Request) -> None:
 @router.get("/me", response_model=Me, summary="Who the caller is")
 def me(principal: ReadPrincipal, request: Request) -> Me:
     local = principal.kind == "system" and request.app.state.auth.local_mode()
-    orgs = [Membership(org=name, role=role) for name, role in principal.orgs.values()]
+    orgs = sorted((Membership(org=name, role=role) for name, role in principal.orgs.values()),
+                  key=lambda m: m.org)
     owner = LOCAL_OWNER if principal.kind == "system" else principal.owner
-    return Me(mode="local" if local else "keys",
+    writable = [m.org for m in orgs if m.role in ("write", "admin")]
+    return Me(mode="local" if local else "keys", kind=principal.kind,
               user=LOCAL_OWNER if principal.kind == "system" else principal.name,
               owner=owner, scope=principal.scope, is_admin=principal.sees_everything,
-              orgs=sorted(orgs, key=lambda m: m.org))
+              orgs=orgs, namespaces=list(dict.fromkeys([owner, *writable])) if owner else [],
+              can_react=reacting_user(principal) is not None)
 
 
 @router.get("/keys", response_model=KeyList, summary="The caller's API keys")

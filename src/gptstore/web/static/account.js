@@ -4,34 +4,8 @@
 // api/store/session.py); the key is kept in localStorage and sent as a Bearer token by
 // api.js like any client's, so the browser has no other way in than the SDK.
 
-import { API_KEY_STORAGE, getJSON, request, sendJSON } from "./api.js";
+import { getJSON, request, sendJSON, setApiKey, whoami } from "./api.js";
 import { errorBox, h, timeAgo } from "./dom.js";
-
-let mePromise = null;
-
-// The caller as `/api/me` describes it, fetched once per page load; null when nobody
-// is signed in on a store that needs keys.
-export function whoAmI() {
-  if (!mePromise) {
-    mePromise = getJSON("/api/me").catch((err) => {
-      if (err.status === 401) return null;
-      throw err;
-    });
-  }
-  return mePromise;
-}
-
-function forgetMe() {
-  mePromise = null;
-}
-
-// Whether `me` may edit the listing of a model in `namespace` (the API decides; this
-// only hides a form that would be refused).
-export function canEdit(me, namespace) {
-  if (!me) return false;
-  if (me.is_admin || me.owner === namespace) return true;
-  return me.orgs.some((m) => m.org === namespace && m.role !== "read");
-}
 
 async function go(url) {
   (await import("./app.js")).navigate(url);
@@ -47,7 +21,7 @@ export async function drawAccountSlot() {
   if (!slot) return;
   let me;
   try {
-    me = await whoAmI();
+    me = await whoami();
   } catch (_) {
     slot.replaceChildren();  // the page itself shows the server's error
     return;
@@ -61,8 +35,7 @@ export async function drawAccountSlot() {
     const signOut = h("button", { type: "button", class: "small secondary", id: "sign-out",
       onclick: async () => {
         try { await request("DELETE", "/api/session"); } catch (_) { /* expired already */ }
-        window.localStorage.removeItem(API_KEY_STORAGE);
-        forgetMe();
+        setApiKey(null);
         await go("/");
       } }, "Sign out");
     slot.replaceChildren(h("a", { href: "/me/keys", id: "account-name" }, me.user), " ", signOut);
@@ -92,14 +65,39 @@ export async function loginPage(root) {
     try {
       const session = await sendJSON("POST", "/api/session",
         { username: username.value, password: password.value });
-      window.localStorage.setItem(API_KEY_STORAGE, session.key);
-      forgetMe();
+      setApiKey(session.key);
       await go(safeNext(params.get("next")));
     } catch (err) {
       status.replaceChildren(errorBox(err, "Check the user name and the password."));
     }
   });
-  root.append(h("h1", {}, "Sign in"), form);
+  // a user without a password signs in with an API key (`gptstore keys create NAME`)
+  const key = h("input", { id: "api-key", type: "password", autocomplete: "off", required: true,
+    placeholder: "gsk_…" });
+  const keyStatus = h("div", { "aria-live": "polite" });
+  const keyForm = h("form", { id: "key-login-form", class: "narrow" },
+    h("div", { class: "field" }, h("label", { for: "api-key" }, "API key"), key,
+      h("small", { class: "muted" }, "It stays in this browser.")),
+    h("div", { class: "actions" }, h("button", { type: "submit" }, "Sign in with the key")),
+    keyStatus);
+  keyForm.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    setApiKey(key.value.trim());
+    try {
+      await request("GET", "/api/me");
+      await go(safeNext(params.get("next")));
+    } catch (err) {
+      setApiKey(null);
+      keyStatus.replaceChildren(errorBox(err, "Check the key: it may be mistyped, revoked or expired."));
+    }
+  });
+  const me = await whoami().catch(() => null);
+  if (me && me.mode === "local") {
+    root.append(h("h1", {}, "Sign in"), h("p", {}, "This store runs in local mode (bound to " +
+      "this machine, no users): you are its one user and need no sign-in."));
+    return;
+  }
+  root.append(h("h1", {}, "Sign in"), form, h("h2", {}, "Or with an API key"), keyForm);
 }
 
 function keyTable(keys, refresh) {
@@ -127,7 +125,7 @@ function keyTable(keys, refresh) {
 
 export async function keysPage(root) {
   root.append(h("h1", {}, "API keys"));
-  const me = await whoAmI();
+  const me = await whoami();
   if (!me || !me.user) {
     root.append(h("p", {}, signInLink(), " to manage your API keys."));
     return;

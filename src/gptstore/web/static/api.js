@@ -12,6 +12,26 @@ export function authHeaders() {
   return key ? { Authorization: `Bearer ${key}` } : {};
 }
 
+// Who the caller is (GET /api/me), asked once per page load; null when the store
+// wants a key and none (or a bad one) is set.
+let whoamiPromise = null;
+
+export function whoami() {
+  if (!whoamiPromise) {
+    whoamiPromise = getJSON("/api/me").catch((err) => {
+      if (err.status === 401) return null;
+      throw err;
+    });
+  }
+  return whoamiPromise;
+}
+
+export function setApiKey(key) {
+  if (key) window.localStorage.setItem(API_KEY_STORAGE, key);
+  else window.localStorage.removeItem(API_KEY_STORAGE);
+  whoamiPromise = null;
+}
+
 export class ApiError extends Error {
   constructor(status, message, param) {
     super(message);
@@ -50,9 +70,9 @@ export async function request(method, url, { body, form, signal } = {}) {
     throw new ApiError(0, "The server cannot be reached: is `gptstore serve` running?");
   }
   if (response.status === 401 && window.localStorage.getItem(API_KEY_STORAGE)) {
-    // the stored session key expired or was revoked: forget it, so the next page asks
-    // for a login (or reads what anonymous readers may) instead of failing the same way
-    window.localStorage.removeItem(API_KEY_STORAGE);
+    // the stored key expired or was revoked: forget it, so the next page asks for a
+    // sign-in (or reads what anonymous readers may) instead of failing the same way
+    setApiKey(null);
   }
   if (!response.ok) throw await errorOf(response);
   return response;

@@ -42,6 +42,13 @@ export function trustedHtml(html) {
   return box;
 }
 
+// Like el.replaceChildren, but skipping null / false children (the DOM's own would write
+// them as the text "null").
+export function fill(el, ...children) {
+  clear(el);
+  return append(el, children);
+}
+
 export function clear(el) {
   while (el.firstChild) el.firstChild.remove();
   return el;

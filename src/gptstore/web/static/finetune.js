@@ -5,7 +5,7 @@
 
 import { getJSON, query, request, sendJSON } from "./api.js";
 import { bars, lineChart } from "./charts.js";
-import { errorBox, h } from "./dom.js";
+import { errorBox, fill, h } from "./dom.js";
 import { modelUrl } from "./widgets.js";
 
 const STEPS = ["Upload", "Check", "Preview", "Settings", "Start"];
@@ -54,7 +54,13 @@ function reportView(report) {
 async function previewView(fileId, base) {
   const preview = await getJSON(`/api/files/${fileId}/preview${query({ base, limit: 3 })}`);
   if (!preview.examples.length) return h("p", { class: "muted" }, "No example to show.");
-  return h("div", { class: "examples" },
+  const t = preview.tokens;
+  const facts = t ? h("table", { class: "kv", id: "preview-facts" }, h("tbody", {},
+    h("tr", {}, h("th", { scope: "row" }, "tokens"), h("td", {}, `${t.total} in all; ${t.min} to ${t.max} an example (mean ${Math.round(t.mean)})`)),
+    h("tr", {}, h("th", { scope: "row" }, "longer than the context"), h("td", {}, `${preview.truncated} (cut in training)`)),
+    preview.estimated_seconds_per_epoch !== null ? h("tr", {}, h("th", { scope: "row" }, "estimated time"),
+      h("td", {}, `about ${Math.max(1, Math.round(preview.estimated_seconds_per_epoch))} s an epoch (LoRA on a CPU)`)) : null)) : null;
+  return h("div", { class: "examples" }, facts,
     h("p", { class: "muted" }, `As ${preview.base} sees them: highlighted tokens are the targets (the loss is computed on them only).`),
     preview.examples.map((ex) => h("div", { class: "example" },
       h("small", { class: "muted" }, `line ${ex.line} · ${ex.tokens} tokens${ex.label ? ` · label ${ex.label}` : ""}`),
@@ -117,7 +123,7 @@ export async function wizard(root) {
   const steps = h("div", {});
   const body = h("div", {});
   root.append(steps, body);
-  const show = (i, ...children) => { steps.replaceChildren(stepper(i)); body.replaceChildren(...children); };
+  const show = (i, ...children) => { steps.replaceChildren(stepper(i)); fill(body, ...children); };
 
   const input = h("input", { id: "ft-file", type: "file", accept: ".jsonl,.json,.csv,.tsv,.txt", required: true });
   const status = h("div", { "aria-live": "polite" });
@@ -223,7 +229,7 @@ export async function jobPage(root, jobId) {
     const cancel = TERMINAL.has(job.status) ? null : h("button", { type: "button", class: "secondary", id: "job-cancel",
       onclick: async () => { try { await sendJSON("POST", `/v1/fine_tuning/jobs/${jobId}/cancel`, {}); } catch (err) { head.append(errorBox(err)); } } }, "Cancel job");
     const step = evts.filter((e) => e.type === "metrics").map((e) => e.data).pop();
-    head.replaceChildren(
+    fill(head,
       h("h1", {}, `Fine-tuning job ${job.id}`),
       h("p", {}, "Status: ", h("span", { class: `status ${job.status}`, id: "job-status" }, job.status),
         step ? ` · step ${step.step} of ${step.total_steps}` : "",
@@ -233,7 +239,7 @@ export async function jobPage(root, jobId) {
       link, cancel);
     const loss = series(evts, ["train_loss", "valid_loss"]);
     const acc = series(evts, ["train_mean_token_accuracy", "train_accuracy", "valid_accuracy", "valid_mean_token_accuracy"]);
-    charts.replaceChildren(lineChart(loss, { title: "Loss" }), acc.length ? lineChart(acc, { title: "Accuracy" }) : null);
+    fill(charts, lineChart(loss, { title: "Loss" }), acc.length ? lineChart(acc, { title: "Accuracy" }) : null);
     checkpoints.replaceChildren(cps.length ? h("ul", {}, cps.map((c) => h("li", {},
       h("a", { href: modelUrl(c.fine_tuned_model_checkpoint) }, c.fine_tuned_model_checkpoint), ` · step ${c.step_number}`)))
       : h("p", { class: "muted" }, "None yet: the last epochs' weights become checkpoints."));

@@ -1,16 +1,14 @@
-// My models, files and jobs: the files and jobs routes answer only the caller's, and
-// the models are those of the caller's namespace (`owner` of /api/me: `local` in
-// local mode, the signed-in user's name otherwise).
+// My models, files and jobs: the files and jobs routes answer only the caller's; the
+// models are those of the caller's namespace (GET /api/me), where fine-tunes land.
 
-import { getJSON, query, request } from "./api.js";
+import { getJSON, query, request, whoami } from "./api.js";
 import { errorBox, formatBytes, h, timeAgo } from "./dom.js";
-import { whoAmI } from "./account.js";
 import { modelCard } from "./widgets.js";
 
 async function models(root) {
-  const me = await whoAmI();
+  const me = await whoami();
   if (!me || !me.owner) {
-    root.append(h("p", { class: "muted empty" }, "Sign in to see your models."));
+    root.append(h("p", { class: "muted empty" }, h("a", { href: "/login" }, "Sign in"), " to see your models."));
     return;
   }
   const page = await getJSON(`/api/search${query({ owner: me.owner, sort: "newest", limit: 100 })}`);

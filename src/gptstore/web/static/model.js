@@ -2,10 +2,9 @@
 // metrics, loss curves, lineage, the model tree (its fine-tunes), versions and files,
 // and usage snippets.
 
-import { getJSON, query, sendJSON } from "./api.js";
+import { getJSON, query, sendJSON, whoami } from "./api.js";
 import { bars, lineChart } from "./charts.js";
 import { errorBox, formatBytes, formatCount, formatNumber, h, timeAgo, trustedHtml } from "./dom.js";
-import { canEdit, whoAmI } from "./account.js";
 import { modelCard, modelUrl } from "./widgets.js";
 import { playground } from "./playground.js";
 
@@ -78,12 +77,12 @@ function versionsTable(model, shown) {
     { class: "version", open: v.number === shown.number },
     h("summary", {}, h("a", { href: modelUrl(model.name, v.number) }, `v${v.number}`),
       ` · ${v.kind} · ${formatBytes(v.size)} · ${timeAgo(v.created_at)}`),
-    h("table", { class: "files" },
+    h("div", { class: "table-wrap" }, h("table", { class: "files" },
       h("thead", {}, h("tr", {}, h("th", {}, "file"), h("th", {}, "size"), h("th", {}, "sha256"))),
       h("tbody", {}, v.files.map((f) => h("tr", {},
         h("td", {}, h("a", { href: `/api/models/${model.name}/versions/${v.number}/files/${f.path}`, download: f.path }, f.path)),
         h("td", { class: "num" }, formatBytes(f.size)),
-        h("td", { class: "digest" }, f.digest.slice(7, 19)))))))));
+        h("td", { class: "digest" }, f.digest.slice(7, 19))))))))));
 }
 
 function snippets(model, ref) {
@@ -185,7 +184,8 @@ export async function modelPage(root, namespace, nameAndVersion) {
     throw Object.assign(new Error(`model ${full} has no version ${versionPart} (versions: ${model.versions.map((v) => v.number).join(", ")})`), { status: 404 });
   }
   const ref = versionPart ? `${full}@${wanted}` : full;
-  const [reactions, card, tree] = await Promise.all([
+  const [me, reactions, card, tree] = await Promise.all([
+    whoami(),
     getJSON(`/api/models/${full}/reactions`),
     getJSON(`/api/models/${full}/card.html${query({ version: wanted })}`).catch((err) => err),
     getJSON(`/api/search${query({ base: full, sort: "downloads", limit: 12 })}`),
@@ -213,7 +213,7 @@ export async function modelPage(root, namespace, nameAndVersion) {
   root.append(layout);
 
   right.append(section("rate", "Like and rate", reactionsBox(model, reactions)));
-  if (canEdit(await whoAmI().catch(() => null), namespace)) {
+  if (me && me.namespaces.includes(namespace)) {
     right.append(section("edit", "Your model", editListing(model)));
   }
   right.append(section("use", "Use this model", snippets(model, ref)));
