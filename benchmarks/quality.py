@@ -81,7 +81,8 @@ def fine_tune(catalog: Any, base: Any, name: str, train: Path, **options: Any
             "lora_r": summary["config"]["lora_r"], "lora_target": summary["config"]["lora_target"]}
 
 
-def sst2_rows(catalog: Any, base: Any, data: Path, folder: Path, n: int) -> list[dict[str, Any]]:
+def sst2_rows(catalog: Any, base: Any, data: Path, folder: Path, n: int,
+              eval_every: str = "auto") -> list[dict[str, Any]]:
     from gptstore.catalog.evaluations import leaderboard
 
     train = sst2_train_file(data, folder, n)
@@ -91,6 +92,8 @@ def sst2_rows(catalog: Any, base: Any, data: Path, folder: Path, n: int) -> list
              {"lora_r": 16, "lora_target": ALL_PROJECTIONS})]
     out = []
     for label, name, options in runs:
+        if eval_every != "auto":
+            options = {**options, "eval_every": int(eval_every)}
         row = fine_tune(catalog, base, name, train, **options)
         row["setting"] = label
         print(json.dumps(row), flush=True)
@@ -128,6 +131,8 @@ def main() -> None:
     parser.add_argument("--home", type=Path, default=Path("/tmp/gptstore-quality"))
     parser.add_argument("--rows", default="sst2-400,zero-shot")
     parser.add_argument("--train-sentences", type=int, default=400)
+    parser.add_argument("--eval-every", default="auto",
+                        help="validate every N steps (the README's rerun: 14)")
     parser.add_argument("--suites", default="trec,agnews,squad,nq-open,multi30k-en-de,mbpp,"
                                             "tinyshakespeare")
     args = parser.parse_args()
@@ -143,7 +148,8 @@ def main() -> None:
     results: dict[str, Any] = {}
     rows = args.rows.split(",")
     if "sst2-400" in rows:
-        results["sst2"] = sst2_rows(catalog, base, args.data, folder, args.train_sentences)
+        results["sst2"] = sst2_rows(catalog, base, args.data, folder, args.train_sentences,
+                                    args.eval_every)
     if "zero-shot" in rows:
         results["zero_shot"] = zero_shot_rows(catalog, base, args.suites.split(","))
     print(json.dumps(results, default=str))
