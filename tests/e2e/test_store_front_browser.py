@@ -292,14 +292,17 @@ def test_a_bad_file_shows_its_lines(page: Any, tmp_path: Path, shots: Path) -> N
     shoot(page, shots, "wizard-bad-file")
 
 
-def test_fine_tune_through_the_wizard(page: Any, tmp_path: Path, shots: Path) -> None:
+def test_fine_tune_through_the_wizard(page: Any, server: RemoteServer, tmp_path: Path,
+                                     shots: Path) -> None:
     good = tmp_path / "pirate.jsonl"
-    good.write_text("".join(json.dumps(r) + "\n" for r in chat_rows(24)))
+    # 240 rows x 10 epochs: hundreds of steps, so the job page polls (every second)
+    # while the tiny model still trains, even on a fast quiet machine
+    good.write_text("".join(json.dumps(r) + "\n" for r in chat_rows(240)))
     page.goto("/finetune?base=acme/tiny")
     ready(page)
     page.set_input_files("#ft-file", str(good))
     page.click("button:text('Upload and check')")
-    page.wait_for_selector("text=24 examples read as chat")
+    page.wait_for_selector("text=240 examples read as chat")
     page.click("button:text('Next: preview')")
     # encoded with acme/tiny's tokenizer and chat template; the answer carries the loss
     page.wait_for_selector(".examples mark.loss-token")
@@ -313,7 +316,7 @@ def test_fine_tune_through_the_wizard(page: Any, tmp_path: Path, shots: Path) ->
     assert page.locator("#ft-base").input_value() == "acme/tiny"
     assert page.locator("#ft-n_epochs").input_value() == "auto"
     shoot(page, shots, "wizard-settings")
-    page.fill("#ft-n_epochs", "3")
+    page.fill("#ft-n_epochs", "10")
     page.fill("#ft-batch_size", "4")
     page.fill("#ft-suffix", "pirate")
     page.click("#ft-start")
@@ -333,7 +336,12 @@ def test_fine_tune_through_the_wizard(page: Any, tmp_path: Path, shots: Path) ->
     lengths = sorted(page.evaluate("[...window.__curveLengths]"))
     assert len(lengths) >= 2, f"the chart did not move: {lengths}"  # drawn while training
     points = int(page.locator("#job-charts path.line").first.get_attribute("data-points"))
-    assert points == 18  # 3 epochs x ceil(21 / 4) steps (3 of the 24 rows validate)
+    job_id = page.url.rsplit("/", 1)[-1]
+    events = httpx.get(f"{server.url}/v1/fine_tuning/jobs/{job_id}/events",
+                       params={"limit": 1000}).json()["data"]
+    steps = {e["data"]["step"] for e in events
+             if e["type"] == "metrics" and "train_loss" in (e["data"] or {})}
+    assert points == len(steps) == max(steps)  # one point per optimiser step
     assert "null" not in page.locator("main").inner_text()
     shoot(page, shots, "job")
     page.click("#job-model")
