@@ -31,6 +31,14 @@ from gptstore.settings import Settings
 LOCAL_OWNER = "local"
 #: a key's `last_used_at` is written at most this often (one write per request is waste)
 _TOUCH_EVERY_S = 60.0
+#: a verified key is trusted this long without asking the database again: a client
+#: sending a hundred requests a second (most of them refused by its rate limit) then
+#: costs one query every two seconds instead of a hundred a second, in the process that
+#: also runs the engine. A key revoked through this server is forgotten at once; one
+#: revoked by the CLI, or expiring, stops working within this time.
+KEY_CACHE_S = 2.0
+#: verified keys remembered at most (the cache is cleared when it fills)
+_KEY_CACHE_MAX = 10_000
 
 
 def is_loopback(host: str) -> bool:
@@ -61,6 +69,8 @@ class Authenticator:
         self.accounts = accounts
         self._users_seen = False
         self._touched: dict[str, float] = {}
+        #: key -> (its principal, when to ask the database again)
+        self._verified: dict[str, tuple[Principal, float]] = {}
 
     def local_mode(self) -> bool:
         if self.settings.auth == "required" or not is_loopback(self.settings.host):
@@ -78,12 +88,28 @@ class Authenticator:
             scheme, _, token = authorization.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
                 raise Unauthenticated(BAD_KEY)
-            principal = self.accounts.authenticate(token.strip())
+            principal = self._verify(token.strip())
             self._touch(principal.key_id)
             return principal
         if need == "read" and self.settings.public_read:
             return ANONYMOUS
         raise Unauthenticated(BAD_KEY)
+
+    def _verify(self, token: str) -> Principal:
+        now = time.monotonic()
+        cached = self._verified.get(token)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        principal = self.accounts.authenticate(token)  # Unauthenticated: never cached
+        if len(self._verified) >= _KEY_CACHE_MAX:
+            self._verified.clear()
+        self._verified[token] = (principal, now + KEY_CACHE_S)
+        return principal
+
+    def forget(self, key_id: str) -> None:
+        """Stop trusting the key `key_id` at once (it was revoked through this server)."""
+        for token in [t for t, (p, _) in self._verified.items() if p.key_id == key_id]:
+            self._verified.pop(token, None)
 
     def _touch(self, key_id: str | None) -> None:
         if key_id is None:

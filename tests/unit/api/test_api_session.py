@@ -90,3 +90,16 @@ def test_bad_key_requests_name_the_field(client: TestClient, store: Catalog) -> 
         answer = client.post("/api/keys", json=body, headers=alice)
         assert answer.status_code == 400, (body, answer.text)
         assert param in (answer.json()["error"]["param"] or answer.json()["error"]["message"])
+
+
+def test_a_key_revoked_through_the_server_stops_at_once(client: TestClient,
+                                                         store: Catalog) -> None:
+    # verified keys are trusted for a moment without a query (api/auth.KEY_CACHE_S);
+    # revoking through the API forgets the key in that cache too
+    accounts = AccountStore(store.db)
+    accounts.add_user("alice", password="correct horse battery")
+    alice = bearer(login(client, "alice", "correct horse battery").json()["key"])
+    made = client.post("/api/keys", json={"name": "ci"}, headers=alice).json()
+    assert client.get("/v1/models", headers=bearer(made["key"])).status_code == 200
+    assert client.delete(f"/api/keys/{made['id']}", headers=alice).status_code == 200
+    assert client.get("/v1/models", headers=bearer(made["key"])).status_code == 401

@@ -137,6 +137,7 @@ def login(body: LoginRequest, request: Request) -> KeyCreated:
 def logout(principal: ReadPrincipal, request: Request) -> None:
     if principal.key_id is not None:
         _accounts(request).revoke_key(principal.key_id)
+        request.app.state.auth.forget(principal.key_id)
         audit(request, "key-revoke", principal.key_id, {"logout": True})
 
 
@@ -184,6 +185,7 @@ def revoke_key(key_id: str, principal: AdminPrincipal, request: Request) -> KeyP
             # another user's key answers like a missing one: ids reveal nothing
             raise NotFound(f"you have no API key with id {key_id!r}", param="key_id")
     info = accounts.revoke_key(key_id)
+    request.app.state.auth.forget(info.key_id)
     audit(request, "key-revoke", key_id)
     return KeyPublic(**_key_public(info))
 
