@@ -15,8 +15,9 @@ a job trains.
    `GET /v1/models` and a 16-token greedy chat completion of the base model one after
    another; prints p50 / p95 / p99 of each.
 
-Prints the CPU model and core count first; the machine is shared, so the share of the
-CPU other processes used during each phase is printed beside it.
+Prints the machine first (CPU, GEMM GFLOP/s in both dtypes, memory bandwidth, load:
+`machine.describe_machine`); the machine is shared, so the share of the CPU other
+processes used during each phase (`machine.OtherLoad`) is printed beside it.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from typing import Any
 
 import httpx
 from finetune_vs_hf import DEFAULT_DATA, read_sst2, write_jsonl
+from machine import OtherLoad, describe_machine
 
 from gptstore.catalog.importers import BUILTIN_NAME, ensure_builtin
 from gptstore.catalog.repository import Catalog
@@ -42,53 +44,6 @@ from gptstore.testing.server import RemoteServer
 
 REPO = Path(__file__).resolve().parents[1]
 CHAT = [{"role": "user", "content": "Name three colours of the rainbow."}]
-
-
-class MachineLoad:
-    """Share of the machine's CPU in use since the last call (/proc/stat), and what our
-    own process tree (this script, the server, the job) took of it."""
-
-    def __init__(self, ours: set[int] | None = None) -> None:
-        self.ours = ours or set()
-        self._last = self._snapshot()
-
-    def _snapshot(self) -> tuple[int, int, int]:
-        cpu = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
-        mine = 0
-        for pid in self._tree():
-            try:
-                stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            # utime + stime, and cutime + cstime: a finished child (the foreground
-            # command, a job's process) moves its time into its parent's counters
-            mine += sum(int(v) for v in stat[11:15])
-        return sum(cpu), sum(cpu) - cpu[3] - cpu[4], mine
-
-    def _tree(self) -> set[int]:
-        parents: dict[int, int] = {}
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                except OSError:
-                    continue
-                parents[int(entry.name)] = int(stat[1])
-        tree = {os.getpid(), *self.ours}
-        changed = True
-        while changed:
-            changed = False
-            for pid, parent in parents.items():
-                if parent in tree and pid not in tree:
-                    tree.add(pid)
-                    changed = True
-        return tree
-
-    def other_share(self) -> float:
-        now, last = self._snapshot(), self._last
-        self._last = now
-        total, busy, ours = (a - b for a, b in zip(now, last, strict=True))
-        return max(0.0, (busy - ours) / max(1, total))
 
 
 def foreground(args: argparse.Namespace, train: Path, name: str) -> dict[str, Any]:
@@ -157,7 +112,6 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, default=800)
     args = parser.parse_args()
     import openai
-    from machine import describe_machine
 
     print(describe_machine(), flush=True)
     settings = Settings(home=args.home)
@@ -168,16 +122,16 @@ def main() -> None:
     train = write_jsonl(rows, Path(tempfile.mkdtemp()) / "sst2.jsonl")
     stamp = time.strftime("%H%M%S")
 
-    load = MachineLoad()
+    load = OtherLoad()
     fg = foreground(args, train, f"bench/fg-{stamp}")
-    fg["other_cpu"] = load.other_share()
+    fg["other_cpu"] = load()
     print(f"foreground `gptstore finetune`: {fg['tokens_per_second']:.1f} tok/s "
           f"({fg['tokens']} tokens in {fg['train_seconds']:.1f} s of training, "
           f"{fg['wall_seconds']:.1f} s command) [other processes: {fg['other_cpu']:.0%}]",
           flush=True)
 
     with RemoteServer(args.home, timeout=300) as server:
-        load = MachineLoad({server.proc.pid})
+        load = OtherLoad()  # the server and its jobs are children of this script
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
         with train.open("rb") as handle:
             file_id = client.files.create(file=handle, purpose="fine-tune").id
@@ -186,23 +140,23 @@ def main() -> None:
         job_wall = time.perf_counter() - started
         detail = httpx.get(f"{server.url}/api/models/{job.fine_tuned_model}/versions/1").json()
         job_tps = detail["metrics"]["train"]["tokens_per_second"]
-        other = load.other_share()
+        other = load()
         ratio = job_tps / fg["tokens_per_second"]
         print(f"job through the API: {job_tps:.1f} tok/s, {job_wall:.1f} s from create to "
               f"succeeded; job / foreground = {ratio:.3f} [other processes: {other:.0%}]",
               flush=True)
 
         probe(server, client, seconds=2, minimum=3)  # warm: the engine loads the base
-        load.other_share()
+        load()
         idle = probe(server, client, seconds=20)
-        idle_other = load.other_share()
+        idle_other = load()
         job_id = create_job(server, client, file_id)
         while client.fine_tuning.jobs.retrieve(job_id).status != "running":
             time.sleep(0.2)
         time.sleep(8)  # past the job's model loading: measure while it trains
         busy = probe(server, client, until=lambda: client.fine_tuning.jobs.retrieve(
             job_id).status != "running")
-        busy_other = load.other_share()
+        busy_other = load()
         wait(client, job_id)
     print(f"GET /v1/models, no job:       {percentiles(idle['models'])} "
           f"[other processes: {idle_other:.0%}]")

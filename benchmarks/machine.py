@@ -83,9 +83,10 @@ class OtherLoad:
                     stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
                 except OSError:
                     continue
-                ticks = int(stat[11]) + int(stat[12])
-                if int(entry.name) == os.getpid():  # + children that ended (the peers)
-                    ticks += int(stat[13]) + int(stat[14])
+                # utime + stime, and cutime + cstime: a child that ended (a peer, a
+                # finished command, a job's process under a server) moved its time into
+                # its parent's counters; a live one is counted on its own, never twice
+                ticks = sum(int(v) for v in stat[11:15])
                 parents[int(entry.name)] = (int(stat[1]), ticks)
         tree, changed = {os.getpid()}, True
         while changed:
