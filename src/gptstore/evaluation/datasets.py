@@ -20,7 +20,6 @@ Knows no tokenizer and no model.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any, Literal
 from gptstore.errors import InvalidRequest, NotFound
 from gptstore.evaluation.formats import (
     CodeProblem,
+    json_lines,
     parse_humaneval_record,
     parse_mbpp_record,
     read_humaneval,
@@ -203,20 +203,7 @@ def code_problem_of(record: dict[str, Any], where: str) -> CodeProblem:
 
 
 def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InvalidRequest(f"{path.name} line {number}: not valid JSON ({exc.msg} "
-                                     f"at column {exc.colno}); each line must be one JSON "
-                                     "object", param="data") from exc
-            if not isinstance(record, dict):
-                raise InvalidRequest(f"{path.name} line {number}: expected a JSON object, got "
-                                     f"{type(record).__name__}", param="data")
-            yield number, record
+    return json_lines(path, kind="evaluation data", item="example", param="data")
 
 
 def _text(record: dict[str, Any], key: str, where: str) -> str:

@@ -131,7 +131,7 @@ def read_humaneval(path: Path) -> list[CodeProblem]:
 def _read_problems(path: Path, benchmark: str, parse: Any) -> list[CodeProblem]:
     problems: list[CodeProblem] = []
     first_line: dict[str, int] = {}
-    for number, record in _json_lines(path, benchmark):
+    for number, record in json_lines(path, kind=benchmark, item=f"{benchmark} problem"):
         where = f"{path.name} line {number}"
         problem = parse(record, where)
         if problem.task_id in first_line:
@@ -145,10 +145,12 @@ def _read_problems(path: Path, benchmark: str, parse: Any) -> list[CodeProblem]:
     return problems
 
 
-def _json_lines(path: Path, benchmark: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) of each non-blank line."""
+def json_lines(path: Path, *, kind: str, item: str, param: str = "path"
+               ) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) of each non-blank line of a JSONL file (gzipped when it
+    ends in .gz); errors name the file, the line, and `item`, what each line must be."""
     if not path.is_file():
-        raise NotFound(f"{benchmark} file {path} not found", param="path")
+        raise NotFound(f"{kind} file {path} not found", param=param)
     opener: Any = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
@@ -159,11 +161,11 @@ def _json_lines(path: Path, benchmark: str) -> Iterator[tuple[int, dict[str, Any
             except json.JSONDecodeError as exc:
                 raise InvalidRequest(
                     f"{path.name} line {number}: not valid JSON ({exc.msg} at column "
-                    f"{exc.colno}); each line must be one {benchmark} problem as a JSON "
-                    "object", param="path") from exc
+                    f"{exc.colno}); each line must be one {item} as a JSON object",
+                    param=param) from exc
             if not isinstance(record, dict):
                 raise InvalidRequest(f"{path.name} line {number}: expected a JSON object, "
-                                     f"got {type(record).__name__}", param="path")
+                                     f"got {type(record).__name__}", param=param)
             yield number, record
 
 
