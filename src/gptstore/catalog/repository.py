@@ -572,6 +572,14 @@ class Catalog:
         with self.db.session() as session:
             return session.scalar(_named(select(Model.id), ref, principal)) is not None
 
+    def check_readable(self, name: str | ModelRef, *, principal: Principal = SYSTEM) -> None:
+        """Raise the NotFound of a missing model unless `principal` may read the model
+        `name` names: one query, for a gate in front of code that resolves the name as
+        SYSTEM (the engine); the version part is left to that `resolve`."""
+        ref = parse_ref(name) if isinstance(name, str) else name
+        if not self.exists(ref, principal=principal):
+            raise _not_in_store(ref)
+
     def resolve(self, ref: str | ModelRef, *, principal: Principal = SYSTEM) -> VersionInfo:
         """The version `ref` names: `namespace/name` (latest) or `namespace/name@N`."""
         parsed = parse_ref(ref) if isinstance(ref, str) else ref

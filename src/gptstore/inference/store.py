@@ -6,6 +6,12 @@ one place an engine is built from settings.
   version points at its base version's weights plus its own PEFT folder, so all
   adapters of one base share one copy of it; an adapter that saves whole modules other
   than a classifier head (a trained LM head) is served merged, as a model of its own.
+  The engine asks for a name several times a request (its tokenizer, the submit): an
+  answer is reused for `RESOLVE_CACHE_S` while this process has written nothing to the
+  database, so a request costs the catalog's queries at most once, and a flood of
+  requests for one model none at all. A version published by another process (a job,
+  the CLI) becomes a name's latest here within that time; a deleted model is refused
+  at once by the HTTP routes, which ask the catalog themselves.
 - `build_engine(settings, catalog)`: the `Engine` the HTTP server and the CLI run, with
   the deployment's limits and precision (`GPTSTORE_INFERENCE_DTYPE`; `auto`: the dtype
   measured faster on this machine, `precision.py`).
@@ -15,6 +21,7 @@ Every model is loaded by `loader.load_version`.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from gptstore.catalog.repository import Catalog
@@ -30,6 +37,12 @@ from gptstore.settings import Settings
 
 if TYPE_CHECKING:
     from gptstore.inference.engine import Engine
+
+
+#: seconds a store name's resolution is reused (see the module docstring)
+RESOLVE_CACHE_S = 2.0
+#: names remembered at most (the memo is cleared when it fills)
+_RESOLVE_CACHE_MAX = 1000
 
 
 def engine_config(settings: Settings, **overrides: Any) -> EngineConfig:
@@ -68,6 +81,20 @@ def store_resolver(catalog: Catalog, *, dtype: str | None = None) -> Any:
     import torch
 
     torch_dtype = getattr(torch, dtype) if dtype else None
+    db = catalog.db
+    #: name -> (its spec, the database generation it was read at, when it expires)
+    memo: dict[str, tuple[ModelSpec, int, float]] = {}
+
+    def cached(name: str) -> ModelSpec:
+        now, generation = time.monotonic(), db.generation
+        hit = memo.get(name)
+        if hit is not None and hit[1] == generation and hit[2] > now:
+            return hit[0]
+        spec = resolve(name)  # NotFound and the like are never remembered
+        if len(memo) >= _RESOLVE_CACHE_MAX:
+            memo.clear()
+        memo[name] = (spec, generation, now + RESOLVE_CACHE_S)
+        return spec
 
     def resolve(name: str) -> ModelSpec:
         version = catalog.resolve(name)
@@ -89,4 +116,4 @@ def store_resolver(catalog: Catalog, *, dtype: str | None = None) -> Any:
         return ModelSpec(base_key=base.manifest_digest, base_loader=load_base,
                          adapter_dir=adapter_dir, task=version.task, label_names=labels)
 
-    return resolve
+    return cached

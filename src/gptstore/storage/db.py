@@ -113,6 +113,9 @@ class Database:
         self._writers = sessionmaker(
             self.engine.execution_options(gptstore_write=True), expire_on_commit=False
         )
+        #: write transactions this process has ended: caches of what the database says
+        #: (the engine's model resolutions) are stale once it moved
+        self.generation = 0
 
     def migrate(self) -> None:
         if current_revision(self.engine) != head_revision(self.engine):
@@ -125,8 +128,12 @@ class Database:
         Pass `write=True` for transactions that write, so SQLite serialises writers.
         """
         factory = self._writers if write else self._sessions
-        with factory() as session, session.begin():
-            yield session
+        try:
+            with factory() as session, session.begin():
+                yield session
+        finally:
+            if write:
+                self.generation += 1
 
     def dispose(self) -> None:
         self.engine.dispose()

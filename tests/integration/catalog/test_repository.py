@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import event, select
@@ -408,3 +409,43 @@ def test_a_hidden_model_does_not_shorten_a_page(catalog: Catalog, tmp_path: Path
     _set(catalog, "acme/bravo", visibility="private")
     visible = [n for n in EXPECTED_ORDER["name"] if n != "acme/bravo"]
     assert _all_pages(catalog, "name", 2, principal=ANONYMOUS) == [visible[0:2], visible[2:4]]
+
+
+def test_the_engine_resolver_reuses_a_resolution_until_a_write_or_its_time(
+        catalog: Catalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gptstore.inference import store
+
+    src = _folder(tmp_path, "m", {"config.json": b"{}", "model.safetensors": b"weights"})
+    catalog.publish("acme/m", src)
+    resolve = store.store_resolver(catalog)
+    queries: list[str] = []
+    event.listen(catalog.db.engine, "before_cursor_execute",
+                 lambda _c, _cur, statement, *_a: queries.append(statement))
+    first = resolve("acme/m")
+    asked = len(queries)
+    assert asked > 0
+    assert resolve("acme/m") is first and len(queries) == asked  # no query the second time
+    with pytest.raises(NotFound):
+        resolve("acme/missing")
+    with pytest.raises(NotFound):  # a miss is never remembered
+        resolve("acme/missing")
+    catalog.publish("acme/m", src, new_model=False)  # a write in this process ...
+    second = resolve("acme/m")  # ... is seen at once
+    assert second is not first
+    # past its time, a name is asked again (a write by another process is seen then)
+    later = time.monotonic() + store.RESOLVE_CACHE_S + 1
+    monkeypatch.setattr(store, "time", SimpleNamespace(monotonic=lambda: later))
+    asked = len(queries)
+    third = resolve("acme/m")
+    assert len(queries) > asked and third is not second
+
+
+def test_check_readable_answers_like_a_missing_model(catalog: Catalog, tmp_path: Path) -> None:
+    src = _folder(tmp_path, "m", {"config.json": b"{}", "model.safetensors": b"weights"})
+    catalog.publish("acme/secret", src, visibility="private")
+    catalog.check_readable("acme/secret@7")  # SYSTEM reads all; the version is not checked
+    with pytest.raises(NotFound) as hidden:
+        catalog.check_readable("acme/secret", principal=ANONYMOUS)
+    with pytest.raises(NotFound) as missing:
+        catalog.check_readable("acme/nothing", principal=ANONYMOUS)
+    assert str(hidden.value).replace("secret", "X") == str(missing.value).replace("nothing", "X")

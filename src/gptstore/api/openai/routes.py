@@ -35,10 +35,11 @@ router = APIRouter(tags=["openai"])
 
 async def _check_readable(catalog: Catalog, principal: Principal, model: str,
                           usage: Any) -> None:
-    """The engine resolves store names as SYSTEM; a model this caller may not read is
-    refused here first, with the same NotFound as a missing one. A request let through
-    counts as one use of the model (written in batches: catalog/usage.py)."""
-    await asyncio.to_thread(catalog.resolve, model, principal=principal)
+    """The engine resolves store names as SYSTEM (and reuses what it resolved for a
+    moment: inference/store.py); a model this caller may not read, or that was just
+    deleted, is refused here first, with the same NotFound as a missing one. A request
+    let through counts as one use of the model (written in batches: catalog/usage.py)."""
+    await asyncio.to_thread(catalog.check_readable, model, principal=principal)
     usage.count_request(model)
 
 
