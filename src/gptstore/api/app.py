@@ -87,8 +87,10 @@ def build_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="gptstore", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
+    from gptstore.api.auth import EarlyRateLimit
     from gptstore.api.middleware import RequestGuard
 
+    app.add_middleware(EarlyRateLimit)  # inside RequestGuard: its 429s carry the request id
     app.add_middleware(RequestGuard, max_body=settings.max_request_bytes)
 
     from gptstore.api.openai import files, fine_tuning, model_objects, routes

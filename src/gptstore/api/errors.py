@@ -114,20 +114,25 @@ def _code(exc: GptStoreError) -> str | None:
     return None
 
 
+def error_response(exc: GptStoreError) -> JSONResponse:
+    """The response for `exc`: its status, OpenAI's envelope, and the headers the status
+    asks for (Retry-After on 429 and 503, WWW-Authenticate on 401)."""
+    status = status_of(exc)
+    # Retry-After is whole seconds (RFC 9110)
+    retry = max(1, math.ceil(float(getattr(exc, "retry_after", None) or 1)))
+    headers = {"Retry-After": str(retry)} if status in (429, 503) else None
+    if status == 401:
+        headers = {"WWW-Authenticate": 'Bearer realm="gptstore"'}
+    return JSONResponse(envelope(exc.message, exc.type, exc.param, _code(exc)),
+                        status_code=status, headers=headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     _document_errors(app)
 
     @app.exception_handler(GptStoreError)
     async def _store_error(_request: Request, exc: GptStoreError) -> JSONResponse:
-        status = status_of(exc)
-        # Retry-After is whole seconds (RFC 9110)
-        retry = max(1, math.ceil(float(getattr(exc, "retry_after", None) or 1)))
-        headers = {"Retry-After": str(retry)} if status in (429, 503) else None
-        code = _code(exc)
-        if status == 401:
-            headers = {"WWW-Authenticate": 'Bearer realm="gptstore"'}
-        return JSONResponse(envelope(exc.message, exc.type, exc.param, code), status_code=status,
-                            headers=headers)
+        return error_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

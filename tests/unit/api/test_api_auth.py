@@ -9,6 +9,7 @@ another user, /api/engine, and the local single-user mode.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -298,14 +299,31 @@ def limited(settings: Settings) -> Iterator[tuple[TestClient, Keys]]:
         yield client, make_accounts(client.app.state.catalog)  # type: ignore[attr-defined]
 
 
-def test_requests_per_minute_per_key(limited: tuple[TestClient, Keys]) -> None:
+def test_requests_per_minute_per_key(limited: tuple[TestClient, Keys],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from gptstore.api import auth
+
+    # a refusal is held until the bucket would refill, at most REFUSAL_HOLD_S
+    monkeypatch.setattr(auth, "REFUSAL_HOLD_S", 0.3)
     client, keys = limited
+    # the first request verifies the key and is counted by its route; the next ones are
+    # counted before routing (api/auth.EarlyRateLimit): each exactly once, either way
     for _ in range(3):
         assert client.get("/v1/models", headers=keys.of("alice")).status_code == 200
+    started = time.monotonic()
     refused = client.get("/v1/models", headers=keys.of("alice"))
     assert refused.status_code == 429
+    assert time.monotonic() - started >= 0.3  # held (the bucket refills in 5 s)
     assert int(refused.headers["retry-after"]) >= 1
     assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert refused.headers["x-request-id"].startswith("req_")
+    # refused before the body is read: a flood of requests costs no validation
+    junk = client.post("/v1/chat/completions", headers=keys.of("alice"), content=b"{")
+    assert junk.status_code == 429
+    # with the most refusals already held, the next one is answered at once
+    monkeypatch.setattr(auth, "REFUSAL_HOLD_S", 30.0)
+    monkeypatch.setattr(auth, "MAX_HELD_REFUSALS", 0)
+    assert client.get("/v1/models", headers=keys.of("alice")).status_code == 429
     # another key has its own budget
     assert client.get("/v1/models", headers=keys.of("bob")).status_code == 200
 
