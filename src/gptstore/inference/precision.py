@@ -26,6 +26,10 @@ measures again. A use picks bf16 only where it measured at least `BF16_MARGIN` t
 fp32's speed. Explicit settings win over all of it: the training config's `precision`,
 and `GPTSTORE_INFERENCE_DTYPE` for serving.
 
+The same way, `step_threads` decides whether a model's serving steps are big enough to
+split over the intra-op threads: a small model's matmuls run no faster on two threads,
+and the second one spins between ops on the core the HTTP server needs.
+
 Knows nothing of models, the store's catalog or HTTP.
 """
 
@@ -181,6 +185,41 @@ def _best_time(fn: Callable[[], object], budget_s: float = TIME_BUDGET_S,
         spent = time.perf_counter() - start
         if (reps >= min_reps and spent >= budget_s) or spent >= cap_s:
             return best
+
+
+#: more intra-op threads must run a serving step's projection this many times faster than
+#: one thread, or a model's steps run on one (`step_threads`)
+THREADS_MARGIN = 1.25
+#: seconds spent timing each thread count in `step_threads`
+THREADS_BUDGET_S = 0.03
+
+
+def step_threads(rows: int, n_in: int, n_out: int, dtype: Any, threads: int) -> int:
+    """The intra-op threads for serving steps whose projections are `rows` x `n_in` ->
+    `n_out` in `dtype`: `threads`, or 1 where `threads` measured under `THREADS_MARGIN`
+    times one thread's speed. Measured, because the answer depends on the model's size
+    and the CPU: SmolLM2-135M's 16-row projections split well over two cores; a tiny
+    model's do not, and then OpenMP's idle worker spins between ops on a core the
+    HTTP server needs (on a 2-core machine, half a core: a flooded server's time to
+    first token doubled with it, benchmarks/fair_admission.py)."""
+    import torch
+
+    if threads <= 1:
+        return threads
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(n_in, n_out, generator=generator).to(dtype)
+    x = torch.randn(rows, n_in, generator=generator).to(dtype)
+    before = torch.get_num_threads()
+    try:
+        times = {}
+        for n in (1, threads, 1, threads):  # alternating: a disturbance hits both
+            torch.set_num_threads(n)
+            took = _best_time(lambda: torch.mm(x, weight), budget_s=THREADS_BUDGET_S,
+                              cap_s=THREADS_BUDGET_S * 4)
+            times[n] = min(times.get(n, took), took)
+    finally:
+        torch.set_num_threads(before)
+    return threads if times[1] >= THREADS_MARGIN * times[threads] else 1
 
 
 def _pass(use: Use, dtype: Any) -> Callable[[], object]:

@@ -38,6 +38,8 @@ class LoadedBase:
     eos_token_ids: frozenset[int]
     is_classifier: bool
     label_names: list[str] | None
+    #: torch intra-op threads of this base's steps (precision.step_threads)
+    threads: int = 1
     pins: int = 0
     last_used: float = field(default_factory=time.monotonic)
 
@@ -50,6 +52,12 @@ class LoadedAdapter:
     last_used: float = field(default_factory=time.monotonic)
 
 
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 class ModelRegistry:
     """Loaded bases and adapters, with LRU eviction under byte budgets."""
 
@@ -59,6 +67,9 @@ class ModelRegistry:
         self._bases: dict[str, LoadedBase] = {}
         self._adapters: dict[tuple[str, str], LoadedAdapter] = {}
         self.evictions: list[str] = []  # keys evicted so far, oldest first (for stats/tests)
+        #: the most intra-op threads a step may use: as configured, else torch's default
+        #: in the thread that builds the engine (the machine's cores unless limited)
+        self.threads = config.num_threads or _torch_threads()
 
     # -- public ---------------------------------------------------------------------------
 
@@ -159,10 +170,30 @@ class ModelRegistry:
             nbytes=_model_bytes(model) + runner.extra_nbytes,
             eos_token_ids=_eos_ids(model, tokenizer),
             is_classifier=is_classifier, label_names=labels,
+            threads=self._threads_for(model),
         )
-        log.info("loaded base %s (%s, %.0f MB) in %.1f s", spec.base_key,
-                 type(runner).__name__, base.nbytes / 1e6, time.monotonic() - started)
+        log.info("loaded base %s (%s, %.0f MB, %d threads) in %.1f s", spec.base_key,
+                 type(runner).__name__, base.nbytes / 1e6, base.threads,
+                 time.monotonic() - started)
         return base
+
+    def _threads_for(self, model: Any) -> int:
+        """The configured threads, or as many as the model's projections measure worth
+        splitting over (precision.step_threads), at most the engine's threads."""
+        import torch
+
+        from gptstore.inference.precision import step_threads
+
+        if self.config.num_threads:
+            return self.config.num_threads
+        config = model.config
+        hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
+        if not hidden:
+            return self.threads
+        inner = getattr(config, "intermediate_size", None) or \
+            getattr(config, "n_inner", None) or 4 * hidden
+        dtype = torch.bfloat16 if self.config.quantize else next(model.parameters()).dtype
+        return step_threads(self.config.max_running, hidden, inner, dtype, self.threads)
 
     def _evict_bases(self, keep: LoadedBase) -> None:
         budget = self.config.base_budget_bytes

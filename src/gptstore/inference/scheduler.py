@@ -88,6 +88,7 @@ class Scheduler:
         self._jobs: deque[tuple[Callable[[], None], Future[Any]]] = deque()
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._threads = 0  # torch intra-op threads the loop runs with now
         self._pacers: dict[str, PrefillPacer] = {}  # per base key
         self.steps = 0  # forward steps run so far (tests and stats)
 
@@ -186,6 +187,7 @@ class Scheduler:
     def _loop(self) -> None:
         if self.config.num_threads:
             torch.set_num_threads(self.config.num_threads)
+        self._threads = torch.get_num_threads()
         while True:
             with self._cond:
                 while not (self._stopping or self._waiting or self._jobs or self._running):
@@ -278,6 +280,9 @@ class Scheduler:
             [a for a, r in zip(adapters, rows, strict=True) if r.want_logits],
         )
         runner = stepped[0].base.runner
+        if stepped[0].base.threads != self._threads:  # measured per base on loading
+            self._threads = stepped[0].base.threads
+            torch.set_num_threads(self._threads)
         started = time.perf_counter()
         logits = runner.forward(rows, lora)
         pacer.observe(time.perf_counter() - started, prefill_tokens,

@@ -177,3 +177,81 @@ def test_doctor_prints_the_measurements_and_the_choices(tmp_path, monkeypatch):
                                "GPTSTORE_TRAINING_PRECISION": "auto"}
     text = CliRunner().invoke(app, ["doctor"]).output
     assert "GFLOP/s" in text and "memory read" in text and "decode" in text
+
+
+# ------------------------------------------------------------------ step threads
+
+
+def _fake_mm_times(monkeypatch: pytest.MonkeyPatch, speedup: float) -> list[int]:
+    """`_best_time` answering as if `threads` threads ran the matmul `speedup` times
+    faster than one; returns the thread counts it was timed with."""
+    import torch
+
+    seen: list[int] = []
+
+    def fake(_fn: Any, **_kw: Any) -> float:
+        threads = torch.get_num_threads()
+        seen.append(threads)
+        return 1.0 if threads == 1 else 1.0 / speedup
+
+    monkeypatch.setattr(precision, "_best_time", fake)
+    return seen
+
+
+@pytest.mark.parametrize(("speedup", "chosen"), [(1.9, 2), (1.1, 1), (0.8, 1)])
+def test_step_threads_splits_only_where_it_measures_faster(
+        monkeypatch: pytest.MonkeyPatch, speedup: float, chosen: int) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    seen = _fake_mm_times(monkeypatch, speedup)
+    assert precision.step_threads(16, 64, 256, torch.float32, 2) == chosen
+    assert set(seen) == {1, 2}  # both timed ...
+    assert torch.get_num_threads() == before  # ... and the caller's setting restored
+
+
+def test_step_threads_measures_nothing_for_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    seen = _fake_mm_times(monkeypatch, 2.0)
+    assert precision.step_threads(16, 64, 256, torch.float32, 1) == 1
+    assert seen == []
+
+
+def test_the_engine_steps_a_base_with_its_measured_threads(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A base measured not worth splitting runs its steps on one thread, greedy tokens
+    unchanged; a configured thread count wins over the measurement."""
+    import threading
+
+    import torch
+
+    from gptstore.inference import Engine, EngineConfig, GenerationRequest, SamplingParams
+    from gptstore.inference.scheduler import Scheduler
+    from gptstore.testing.tiny import make_tiny_model
+
+    folder = make_tiny_model("llama", tmp_path / "tiny", seed=0)
+    from inference_helpers import causal_spec
+
+    stepped_with: list[int] = []
+    real_step = Scheduler._step_base
+
+    def spy(self: Scheduler, seqs: Any) -> None:
+        real_step(self, seqs)
+        stepped_with.append(torch.get_num_threads())
+        assert threading.current_thread() is self._thread
+
+    monkeypatch.setattr(Scheduler, "_step_base", spy)
+    params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+    outputs = []
+    for config, measured_threads in ((EngineConfig(num_threads=2), None),
+                                     (EngineConfig(), 1)):
+        if measured_threads is not None:
+            monkeypatch.setattr(precision, "step_threads",
+                                lambda *_a, n=measured_threads: n)
+        stepped_with.clear()
+        with Engine(lambda _name: causal_spec(folder), config) as engine:
+            outputs.append(engine.submit(GenerationRequest([5, 6, 7], "m", params))
+                           .result(timeout=30).token_ids)
+        assert set(stepped_with) == {config.num_threads or measured_threads}
+    assert outputs[0] == outputs[1]
