@@ -69,8 +69,9 @@ def test_a_failing_step_fails_its_requests_not_the_engine(tiny_dirs, make_engine
     except RuntimeError as error:
         assert "boom" in str(error)
     monkeypatch.setattr(runner, "forward", real_forward)
-    assert len(engine.generate("m", [5, 6], SamplingParams(max_tokens=3), timeout=30)
-               .token_ids) == 3
+    # the engine still serves (ignore_eos: a sampled end of text would stop it early)
+    assert len(engine.generate("m", [5, 6], SamplingParams(max_tokens=3, ignore_eos=True),
+                               timeout=30).token_ids) == 3
 
 
 def test_long_context_grows_rotary_tables_and_cache(tmp_path, make_engine):
