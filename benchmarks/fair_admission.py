@@ -4,9 +4,13 @@ flooding, against a real `gptstore serve` that requires keys.
     .venv/bin/python benchmarks/fair_admission.py [--seconds 40] [--model tiny|smollm2]
 
 Three well-behaved keys run 16 clients each: a streaming completion (`--max-tokens`
-new tokens), then a pause (`--think` seconds), again and again. The flooding key runs 16
-clients that send the next request the moment the last one ends or is refused, with no
-pause. Two runs, same server settings, same well-behaved clients:
+new tokens), then a pause, again and again. Each pause is drawn between half and one
+and a half times `--think` seconds (seeded per client, so both runs draw the same
+pauses): with one fixed pause the clients fall into step, one stalled step makes the
+next arrive together, and the time to first token measures those self-made bursts
+rather than the server. The flooding key runs 16 clients, in a process of their own,
+that send the next request the moment the last one ends (and 50 ms after a refusal).
+Two runs, same server settings, same well-behaved clients:
 
  (a) without the flooder, (b) with it.
 
@@ -23,6 +27,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
+import random
 import statistics
 import tempfile
 import time
@@ -63,8 +69,8 @@ def prepare(home: Path, model: str) -> tuple[str, dict[str, str]]:
 
 
 async def client_loop(http: httpx.AsyncClient, url: str, key: str, body: dict[str, Any],
-                      until: float, think: float, ttfts: list[float], statuses: Counter[str]
-                      ) -> None:
+                      until: float, think: float, ttfts: list[float], statuses: Counter[str],
+                      rng: random.Random) -> None:
     headers = {"Authorization": f"Bearer {key}"}
     while time.monotonic() < until:
         started = time.monotonic()
@@ -73,9 +79,9 @@ async def client_loop(http: httpx.AsyncClient, url: str, key: str, body: dict[st
                 if response.status_code != 200:
                     await response.aread()
                     statuses[str(response.status_code)] += 1
-                    # a flooder retries at once (a little pause, so this one client process
-                    # does not starve its own well-behaved clients of CPU)
-                    await asyncio.sleep(think if think else 0.05)
+                    # a flooder retries almost at once (the little pause keeps its process
+                    # from taking a whole core of this 2-core machine)
+                    await asyncio.sleep(rng.uniform(0.5, 1.5) * think if think else 0.05)
                     continue
                 first = None
                 async for line in response.aiter_lines():
@@ -89,33 +95,59 @@ async def client_loop(http: httpx.AsyncClient, url: str, key: str, body: dict[st
         except httpx.HTTPError as exc:
             statuses[type(exc).__name__] += 1
         if think:
-            await asyncio.sleep(think)
+            await asyncio.sleep(rng.uniform(0.5, 1.5) * think)
 
 
-async def run(url: str, model: str, keys: dict[str, str], *, flood: bool, seconds: float,
-              max_tokens: int, think: float) -> dict[str, Any]:
-    body = {"model": model, "prompt": "Once upon a time", "max_tokens": max_tokens,
-            "stream": True, "temperature": 1.0, "ignore_eos": True}
-    ttfts: dict[str, list[float]] = {k: [] for k in KEYS}
-    statuses: dict[str, Counter[str]] = {k: Counter() for k in KEYS}
+async def clients(url: str, keys: dict[str, str], body: dict[str, Any], *, seconds: float,
+                  think: float) -> tuple[dict[str, list[float]], dict[str, Counter[str]]]:
+    """`CLIENTS_PER_KEY` client loops for each key of `keys` (user -> key), `seconds`
+    long: their times to first token and their statuses, per user."""
+    ttfts: dict[str, list[float]] = {user: [] for user in keys}
+    statuses: dict[str, Counter[str]] = {user: Counter() for user in keys}
     until = time.monotonic() + seconds
-    limits = httpx.Limits(max_connections=4 * CLIENTS_PER_KEY + 8)
+    limits = httpx.Limits(max_connections=len(keys) * CLIENTS_PER_KEY + 8)
     async with httpx.AsyncClient(timeout=120, limits=limits) as http:
         tasks = []
-        for user in KEYS:
-            if user == "flood" and not flood:
-                continue
+        for user, key in keys.items():
             for i in range(CLIENTS_PER_KEY):
                 # well-behaved clients start spread over one think time
-                pause = 0.0 if user == "flood" else think
                 tasks.append(asyncio.create_task(_delayed(
-                    (i / CLIENTS_PER_KEY) * think if pause else 0.0,
-                    client_loop(http, url, keys[user], body, until, pause, ttfts[user],
-                                statuses[user]))))
+                    (i / CLIENTS_PER_KEY) * think,
+                    client_loop(http, url, key, body, until, think, ttfts[user],
+                                statuses[user], random.Random(f"{user}/{i}")))))
         await asyncio.gather(*tasks)
-    good = sorted(t for user in KEYS[:3] for t in ttfts[user])
+    return ttfts, statuses
+
+
+def _flood(url: str, key: str, body: dict[str, Any], seconds: float, out: Any) -> None:
+    """The flooding key's clients, in a process of their own (as a flooder is another
+    program, often on another machine): its hundreds of refused requests a second then
+    cost the well-behaved clients' event loop nothing, only the server's and the
+    machine's time."""
+    _, statuses = asyncio.run(clients(url, {"flood": key}, body, seconds=seconds, think=0.0))
+    out.put(dict(statuses["flood"]))
+
+
+def run(url: str, model: str, keys: dict[str, str], *, flood: bool, seconds: float,
+        max_tokens: int, think: float) -> dict[str, Any]:
+    body = {"model": model, "prompt": "Once upon a time", "max_tokens": max_tokens,
+            "stream": True, "temperature": 1.0, "ignore_eos": True}
+    flooder = None
+    if flood:
+        context = multiprocessing.get_context("spawn")
+        out = context.Queue()
+        flooder = context.Process(target=_flood, args=(url, keys["flood"], body, seconds, out))
+        flooder.start()
+    good_keys = {user: keys[user] for user in KEYS[:3]}
+    ttfts, statuses = asyncio.run(clients(url, good_keys, body, seconds=seconds, think=think))
+    counts = {user: dict(statuses[user]) for user in good_keys}
+    counts["flood"] = {}
+    if flooder is not None:
+        counts["flood"] = out.get(timeout=300)
+        flooder.join()
+    good = sorted(t for user in good_keys for t in ttfts[user])
     return {
-        "statuses": {user: dict(statuses[user]) for user in KEYS},
+        "statuses": counts,
         "good_ttft_p50_s": statistics.median(good) if good else None,
         "good_ttft_p95_s": good[int(0.95 * (len(good) - 1))] if good else None,
         "good_requests": len(good),
@@ -154,9 +186,8 @@ def main() -> None:
                           headers={"Authorization": f"Bearer {keys['good1']}"}, timeout=300)
         warm.raise_for_status()
         for label, flood in (("without flooder", False), ("with flooder", True)):
-            results[label] = asyncio.run(run(url, model, keys, flood=flood,
-                                             seconds=args.seconds,
-                                             max_tokens=args.max_tokens, think=args.think))
+            results[label] = run(url, model, keys, flood=flood, seconds=args.seconds,
+                                 max_tokens=args.max_tokens, think=args.think)
             time.sleep(62)  # every key's rate bucket refills before the next run
     for label, result in results.items():
         print(f"== {label}")

@@ -189,7 +189,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=NEW_TOKENS, help="new tokens each")
     parser.add_argument("--clients", type=int, default=len(QUESTIONS),
                         help="concurrent streaming clients in (b), (c)")
-    parser.add_argument("--adapters", type=int, default=20, help="LoRA adapters in (d)")
+    parser.add_argument("--adapters", type=int, default=20,
+                        help="LoRA adapters in (d); 0 skips (d)")
     args = parser.parse_args()
     NEW_TOKENS = args.tokens
     torch.set_num_threads(os.cpu_count() or 2)
@@ -215,11 +216,13 @@ def main() -> None:
           f"{bc['ratio']:.2f}x", flush=True)
     print(f"(c) time to first token under that load: p50 {bc['ttft_p50_s']:.2f} s, "
           f"p95 {bc['ttft_p95_s']:.2f} s", flush=True)
-    d = part_d(catalog, args.home / "adapters", args.dtype, args.adapters)
-    print(f"(d) resident memory: base {d['rss_base_mb']:.0f} MB, base + {args.adapters} adapters "
-          f"{d['rss_base_plus_20_adapters_mb']:.0f} MB; adapter files "
-          f"{d['adapter_files_mb']:.1f} MB -> growth {d['rss_growth_over_files']:.2f}x "
-          "their size", flush=True)
+    d: dict[str, float] = {}
+    if args.adapters:  # --adapters 0 skips (d)
+        d = part_d(catalog, args.home / "adapters", args.dtype, args.adapters)
+        print(f"(d) resident memory: base {d['rss_base_mb']:.0f} MB, base + {args.adapters} "
+              f"adapters {d['rss_base_plus_20_adapters_mb']:.0f} MB; adapter files "
+              f"{d['adapter_files_mb']:.1f} MB -> growth {d['rss_growth_over_files']:.2f}x "
+              "their size", flush=True)
     json.dump({"a": a, "bc": bc, "d": d}, sys.stdout)
     print()
     catalog.close()
