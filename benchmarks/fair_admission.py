@@ -119,11 +119,15 @@ async def clients(url: str, keys: dict[str, str], body: dict[str, Any], *, secon
     return ttfts, statuses
 
 
-def _flood(url: str, key: str, body: dict[str, Any], seconds: float, out: Any) -> None:
+def _flood(url: str, key: str, body: dict[str, Any], seconds: float, out: Any,
+           go: Any) -> None:
     """The flooding key's clients, in a process of their own (as a flooder is another
     program, often on another machine): its hundreds of refused requests a second then
     cost the well-behaved clients' event loop nothing, only the server's and the
-    machine's time."""
+    machine's time. It says when it is ready and waits for `go`, so its start-up (the
+    imports of this module, a second or two of CPU) falls before the measurement."""
+    out.put("ready")
+    go.wait()
     _, statuses = asyncio.run(clients(url, {"flood": key}, body, seconds=seconds, think=0.0))
     out.put(dict(statuses["flood"]))
 
@@ -135,9 +139,13 @@ def run(url: str, model: str, keys: dict[str, str], *, flood: bool, seconds: flo
     flooder = None
     if flood:
         context = multiprocessing.get_context("spawn")
-        out = context.Queue()
-        flooder = context.Process(target=_flood, args=(url, keys["flood"], body, seconds, out))
+        out, go = context.Queue(), context.Event()
+        flooder = context.Process(target=_flood,
+                                  args=(url, keys["flood"], body, seconds, out, go))
         flooder.start()
+        assert out.get(timeout=120) == "ready"
+        time.sleep(2)  # its imports' last work (a warm-up of the interpreter) is over
+        go.set()
     good_keys = {user: keys[user] for user in KEYS[:3]}
     ttfts, statuses = asyncio.run(clients(url, good_keys, body, seconds=seconds, think=think))
     counts = {user: dict(statuses[user]) for user in good_keys}
