@@ -8,8 +8,9 @@ new tokens), then a pause, again and again. Each pause is drawn between half and
 and a half times `--think` seconds (seeded per client, so both runs draw the same
 pauses): with one fixed pause the clients fall into step, one stalled step makes the
 next arrive together, and the time to first token measures those self-made bursts
-rather than the server. The flooding key runs 16 clients, in a process of their own,
-that send the next request the moment the last one ends (and 50 ms after a refusal).
+rather than the server. The flooding key runs 16 clients, in a process of their own
+started before the measurement, that send the next request the moment the last one
+ends (and 50 ms after a refusal).
 Two runs, same server settings, same well-behaved clients:
 
  (a) without the flooder, (b) with it.

@@ -153,7 +153,10 @@ def _authenticate(request: Request, need: Level) -> Principal:
         app_state = request.app.state
         principal = app_state.auth.principal(request.headers.get("authorization"), need)
         state.principal = principal
-        if getattr(state, "rate_counted", None) != principal.key_id:
+        # counted already before routing (EarlyRateLimit) only for that key: a request
+        # without one (anonymous, counted by address) is always counted here
+        counted = getattr(state, "rate_counted", None)
+        if counted is None or counted != principal.key_id:
             app_state.rate_limiter.check(rate_key(request, principal))
     if not at_least(principal.scope, need):
         raise PermissionDenied(f"this API key has the {principal.scope} scope; this request "

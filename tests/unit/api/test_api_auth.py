@@ -328,6 +328,18 @@ def test_requests_per_minute_per_key(limited: tuple[TestClient, Keys],
     assert client.get("/v1/models", headers=keys.of("bob")).status_code == 200
 
 
+def test_anonymous_reads_count_against_their_address(settings: Settings) -> None:
+    settings.requests_per_minute = 12  # bursts of 3
+    settings.public_read = True
+    with TestClient(build_app(settings)) as client:
+        make_accounts(client.app.state.catalog)  # type: ignore[attr-defined]
+        for _ in range(3):
+            assert client.get("/api/models").status_code == 200
+        refused = client.get("/api/models")
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+
+
 def test_changing_visibility_needs_the_admin_right(client: TestClient, keys: Keys,
                                                    publish: Publisher) -> None:
     publish("acme/tool", visibility="org")
