@@ -205,8 +205,9 @@ def _summary(result: Any) -> None:
             ("stopped early", "yes" if run.stopped_early else "no")]
     for key, value in run.final.items():
         rows.append((f"valid {key}", f"{value:.4g}"))
-    if run.best:
-        rows.append(("published weights", f"best at step {run.published_step}"))
+    if run.published:
+        rows.append(("published weights", f"step {run.published_step}: "
+                     f"{run.published['chosen_by']}"))
     rows.append(("logs", f"{run.run_dir} (tensorboard --logdir {run.run_dir})"))
     for key, value in rows:
         table.add_row(key, value)

@@ -60,7 +60,7 @@ from gptstore.training.methods import get_method, trainable_parameters
 from gptstore.training.parallel import ShardRunner, ShardWork, split_rows
 from gptstore.training.prepare import prepare_run
 from gptstore.training.publish import publish_run
-from gptstore.training.record import RunRecord
+from gptstore.training.record import RunRecord, choose_published
 from gptstore.training.tasks import DROPOUT_KEYS, ClassificationTask, amp, get_task
 
 #: fields that may differ between a run and its resume (they do not change the result)
@@ -578,13 +578,17 @@ class FineTuneRun:
             examples_seen=state.examples_seen, train_tokens=state.train_tokens,
             train_seconds=state.train_seconds, stopped_early=state.stopped_early,
             best=state.best, last=state.last_eval,
+            published=choose_published(
+                state.best, state.last_eval, metric=str(cfg.metric),
+                higher=self.task.metric_directions[str(cfg.metric)], steps=state.step,
+                valid_examples=len(self.valid_examples)),
             curves={name: [list(p) for p in points] for name, points in state.curves.items()},
             padding_fraction=stats.padding_fraction, timings=dict(self.timings),
             run_dir=str(self.run_dir))
 
     def _publish(self, record: RunRecord) -> FinetuneResult:
         """The best weights published with the record; then the run's checkpoints go."""
-        if record.best is not None and record.published_step != self.state.step:
+        if record.published is not None and record.published_step != self.state.step:
             best = ckpt.load_best(self.run_dir)
             if best is not None:
                 ckpt.load_trainable(self.model, best)

@@ -36,20 +36,10 @@ import torch
 from torch import nn
 
 from gptstore.errors import InvalidRequest
-from gptstore.training.config import AUTO, TrainConfig
+from gptstore.training.config import ALL_LINEAR, AUTO, TrainConfig
 from gptstore.training.tasks import Task, hf_model
 
-#: `lora_target` value meaning every linear layer but the output head
-ALL_LINEAR = "all-linear"
-
-
-def default_lora_target(model_type: str) -> list[str] | None:
-    """PEFT's default LoRA targets for an architecture family (q_proj,v_proj for Llama,
-    c_attn for GPT-2); None when PEFT has none (the user must name them)."""
-    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
-
-    target = DEFAULTS.get(model_type)
-    return list(target) if target else None
+#: `lora_target` ALL_LINEAR ("all-linear"): every linear layer but the output head
 
 
 def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:

@@ -52,7 +52,6 @@ class PreparedData:
     tokenizer: Any
     pad_id: int
     max_length: int
-    model_type: str  # the base's architecture family (picks the default LoRA targets)
     label_names: tuple[str, ...] | None
     train: tuple[EncodedExample, ...]
     valid: tuple[EncodedExample, ...]
@@ -68,12 +67,9 @@ class PreparedData:
 def prepare_run(config: TrainConfig, catalog: Catalog, base: VersionInfo, *, cores: int,
                 fast_bf16: bool) -> tuple[PreparedData, TrainConfig]:
     """The prepared data and the resolved config (see the module docstring)."""
-    from gptstore.training.methods import default_lora_target
-
     data = prepare_data(config, catalog, base)
     resolved = resolve_auto(config, task=data.task, n_train=len(data.train),
                             max_length=data.max_length, valid_split=data.valid_fraction,
-                            lora_target=default_lora_target(data.model_type),
                             cores=cores, fast_bf16=fast_bf16)
     return data, resolved
 
@@ -145,7 +141,7 @@ def prepare_data(config: TrainConfig, catalog: Catalog, base: VersionInfo) -> Pr
                              param="train_file")
     return PreparedData(
         task=task, tokenizer=tokenizer, pad_id=int(tokenizer.pad_token_id),
-        max_length=max_length, model_type=str(getattr(base_config, "model_type", "")),
+        max_length=max_length,
         label_names=tuple(train.label_names) if train.label_names is not None else None,
         train=tuple(train_examples), valid=tuple(valid_examples),
         train_info=DatasetInfo(name=path.name, digest=train.digest,

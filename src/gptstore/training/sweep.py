@@ -33,14 +33,13 @@ from typing import Any
 from gptstore.catalog.repository import Catalog, VersionInfo
 from gptstore.errors import InvalidRequest
 from gptstore.settings import Settings
-from gptstore.training.config import AUTO, AUTO_LEARNING_RATES, TrainConfig
+from gptstore.training.config import ALL_LINEAR, AUTO, AUTO_LEARNING_RATES, TrainConfig
 from gptstore.training.logs import TrainEvent
 from gptstore.training.sweep_plot import trials_svg
 
 #: the dimensions a sweep can search, and what each means
 DIMENSIONS = ("learning_rate", "epochs", "batch_size", "lora_r", "lora_target",
               "weight_decay", "dropout")
-ALL_PROJECTIONS = "all-linear"  # PEFT's name for every linear layer but the head
 
 
 @dataclass(frozen=True)
@@ -52,7 +51,7 @@ class SearchSpace:
     epochs: tuple[int, int] = (1, 5)
     batch_sizes: tuple[int, ...] = (8, 16, 32)
     lora_ranks: tuple[int, ...] = (4, 8, 16, 32)
-    lora_targets: tuple[str, ...] = ("auto", ALL_PROJECTIONS)
+    lora_targets: tuple[str, ...] = ("auto", ALL_LINEAR)
     weight_decay: tuple[float, float] = (0.0, 0.1)
     dropout: tuple[float, float] = (0.0, 0.2)
 
@@ -182,7 +181,7 @@ def sweep(config: TrainConfig, *, trials: int, space: SearchSpace | None = None,
             try:
                 run = finetune(trial_config, settings=settings, catalog=catalog,
                                callbacks=[report])
-                value = (run.record.best or run.record.final or {}).get(metric)
+                value = run.record.final.get(metric)
                 if value is None:
                     raise InvalidRequest(f"the run has no validation {metric}: a sweep needs "
                                          "a validation set (--valid or valid_split > 0)",

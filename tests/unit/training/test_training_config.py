@@ -71,7 +71,13 @@ def test_auto_epochs_follow_openai():
 
 
 def test_auto_batch_and_split():
-    assert auto_batch_size(5) == 5 and auto_batch_size(500) == 8 and auto_batch_size(5000) == 16
+    assert auto_batch_size(500) == 8 and auto_batch_size(5000) == 16
+    # small files: halved until the run makes 100 optimiser steps
+    assert auto_batch_size(5, epochs=20) == 1  # 5 steps an epoch at batch 1
+    assert auto_batch_size(36, epochs=3) == 1  # 2: 18 x 3 = 54 steps; 1: 108
+    assert auto_batch_size(200, epochs=3) == 4  # 8: 25 x 3 = 75; 4: 50 x 3 = 150
+    assert auto_batch_size(360, epochs=3) == 8  # 45 x 3 = 135
+    assert auto_batch_size(200, epochs=3, grad_accum_steps=2) == 2  # 100 x 3 / 2
     assert auto_valid_split(5) == 0.0
     assert auto_valid_split(100) == 0.1
     assert auto_valid_split(50_000) == pytest.approx(0.02)
@@ -80,13 +86,13 @@ def test_auto_batch_and_split():
 def test_resolve_auto_fills_every_auto_value_once():
     cfg = make(method="lora")
     resolved = resolve_auto(cfg, task="classification", n_train=2000, max_length=512,
-                            valid_split=0.1, lora_target=["q_proj", "v_proj"], cores=2,
+                            valid_split=0.1, cores=2,
                             fast_bf16=False)
     assert resolved.task == "classification" and resolved.epochs == 3
     assert resolved.batch_size == 16 and resolved.learning_rate == 5e-4
     assert resolved.lora_alpha == 16 and resolved.dropout == 0.0
     assert resolved.metric == "accuracy" and resolved.max_length == 512
-    assert resolved.valid_split == 0.1 and resolved.lora_target == ["q_proj", "v_proj"]
+    assert resolved.valid_split == 0.1 and resolved.lora_target == ["all-linear"]
     assert resolved.precision == "fp32" and resolved.shards == 2
     # 2000 / 16 -> 125 steps an epoch, 375 in all: every 38 steps is about 10 times a run
     assert resolved.eval_every == 38 and resolved.save_every == 38
@@ -95,7 +101,8 @@ def test_resolve_auto_fills_every_auto_value_once():
     full = resolve_auto(make(method="full"), task="causal-lm", n_train=50, max_length=64,
                         fast_bf16=True, cores=2)
     assert full.learning_rate == 2e-5 and full.dropout == 0.1 and full.metric == "loss"
-    assert full.epochs == 3 and full.batch_size == 8 and full.precision == "bf16"
+    assert full.epochs == 3 and full.batch_size == 1 and full.precision == "bf16"
+    assert full.lora_target == ["all-linear"]  # causal-lm: every projection
     assert full.shards == 1  # dropout draws random numbers: one pass, no worker threads
 
 

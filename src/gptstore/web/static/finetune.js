@@ -72,7 +72,7 @@ async function previewView(fileId, base) {
 
 const AUTO_HELP = {
   n_epochs: "auto: 3, more for small files, fewer for large ones (OpenAI's rule)",
-  batch_size: "auto: 8, or 16 from 1000 examples on",
+  batch_size: "auto: 8, or 16 from 1000 examples on; smaller for small files, so the run makes at least 100 steps",
   learning_rate_multiplier: "auto: the method's learning rate (LoRA 2e-4, 5e-4 for classification; full 2e-5; head 1e-3)",
 };
 
