@@ -2,7 +2,8 @@
 a real `gptstore serve` over a store of tiny random models: search and filter, a model
 page (a hostile card stays inert), streamed chat stopped mid-answer, classification
 bars, comparing two models, a bad upload's line-numbered errors, a fine-tune run through
-the wizard with its chart moving to the new model's page, like and rate, an empty store,
+the wizard with its chart moving to the new model's page, like and rate, a suite's
+leaderboard (base first, each fine-tune against its base), an empty store,
 and signing in to a store with users whose private models stay hidden. The main server
 runs in local mode, whose one user sees every model (who sees what is tested in depth on
 the API: tests/unit/api). Each page is saved as a screenshot at laptop and phone widths
@@ -25,6 +26,7 @@ import pytest
 
 from gptstore.catalog.importers import import_path
 from gptstore.catalog.repository import Catalog
+from gptstore.evaluation.suites import add_suite, evaluate_on_suite
 from gptstore.settings import Settings
 from gptstore.testing.server import RemoteServer
 from gptstore.testing.tiny import make_tiny_classifier, make_tiny_model
@@ -63,6 +65,16 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     card_only.mkdir()
     (card_only / "config.json").write_text("{}")
     catalog.publish("zeta/hostile", card_only, description=HOSTILE, tags=["demo"])
+    # a suite with the base asked zero-shot and the classifier scored: a leaderboard
+    toy = root / "toy-sentiment.jsonl"
+    toy.write_text("".join(json.dumps({"text": f"the film was {word}", "label": label}) + "\n"
+                           for word, label in (("great", "positive"), ("awful", "negative"),
+                                               ("lovely", "positive"), ("dull", "negative"),
+                                               ("superb", "positive"), ("bad", "negative"))))
+    add_suite(catalog, "toy-sentiment", toy, description="Six film reviews.",
+              license="CC0-1.0")
+    for ref in ("acme/tiny", "acme/sentiment"):
+        evaluate_on_suite(catalog, ref, "toy-sentiment")
     catalog.close()
     return root / "home"
 
@@ -224,6 +236,48 @@ def test_compare_two_models_side_by_side(page: Any, shots: Path) -> None:
     # the same weights, greedy: the same answer on both sides
     assert outputs[0].inner_text() == outputs[1].inner_text() != ""
     shoot(page, shots, "compare")
+
+
+def test_leaderboard_ranks_the_base_first_and_links_the_lineage(page: Any, shots: Path
+                                                                ) -> None:
+    page.goto("/")
+    ready(page)
+    page.click("header nav a:text('Leaderboards')")
+    page.wait_for_url("**/leaderboards")
+    ready(page)
+    suites = page.locator("#suites tbody tr")
+    assert suites.count() == 1 and "Six film reviews. (6 examples)" in suites.inner_text()
+    shoot(page, shots, "leaderboards")
+    page.click("#suites a:text('toy-sentiment')")
+    page.wait_for_url("**/leaderboards/toy-sentiment")
+    ready(page)
+    rows = page.locator("#leaderboard tbody tr")
+    assert [rows.nth(i).get_attribute("data-ref") for i in range(rows.count())] == \
+        ["acme/tiny@1", "acme/sentiment@1"]
+    base, tuned = (rows.nth(i).locator("td") for i in range(2))
+    assert base.nth(0).inner_text() == "1" and "base" in base.nth(1).inner_text()
+    assert base.nth(4).inner_text() == "–"  # the base has no base to compare with
+    # the fine-tune's row names its base and its difference from the base's score
+    assert tuned.nth(2).inner_text() == "acme/tiny@1"
+    shown = [rows.nth(i).locator("td.score").inner_text() for i in range(2)]
+    scores = [float(text) for text in shown]
+    delta = tuned.nth(4).inner_text()
+    assert float(delta) == pytest.approx(scores[1] - scores[0], abs=1e-4)
+    assert "the film was" not in page.locator("main").inner_text()  # no data leaks
+    shoot(page, shots, "leaderboard")
+    tuned.nth(1).locator("a").click()
+    page.wait_for_url("**/models/acme/sentiment@1")
+    ready(page)
+    # the model page lists its results, linked back to the leaderboard
+    result = page.locator("#evaluations tr")
+    assert result.count() == 1
+    assert f"accuracy {shown[1]}" in result.inner_text()
+    result.locator("a").click()
+    page.wait_for_url("**/leaderboards/toy-sentiment")
+    ready(page)
+    page.goto("/leaderboards/no-such-suite")
+    ready(page)
+    assert "no-such-suite" in page.locator(".error").inner_text()
 
 
 def test_classify_shows_label_probabilities(page: Any, shots: Path) -> None:
@@ -450,7 +504,8 @@ def test_an_empty_store_says_what_to_do(browser: Any, tmp_path: Path, shots: Pat
             for path, words in (("/search?q=anything", "No model matches"),
                                 ("/me/models", "You have no models yet"),
                                 ("/me/files", "No files"), ("/me/jobs", "No jobs"),
-                                ("/compare", "No generative model")):
+                                ("/compare", "No generative model"),
+                                ("/leaderboards", "No suites yet")):
                 page.goto(path)
                 ready(page)
                 assert words in page.locator("main").inner_text(), path

@@ -230,6 +230,28 @@ class Evaluations:
         return card_with_results(card, version.model,
                                  str(meta.get("pipeline_tag", "text-generation")), pairs)
 
+    def results_of_versions(self, version_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+        """Every result of these versions, in one query, as the API shows them: the
+        suite, its metric, the score, and whether it is on the suite's current data
+        (and so on its leaderboard); by suite name."""
+        if not version_ids:
+            return {}
+        out: dict[int, list[dict[str, Any]]] = {v: [] for v in version_ids}
+        with self.db.session() as session:
+            rows = session.execute(select(EvalResult, EvalSuite).join(
+                EvalSuite, EvalSuite.id == EvalResult.suite_id).where(
+                EvalResult.version_id.in_(version_ids)).order_by(EvalSuite.name,
+                                                                 EvalResult.id))
+            for result, suite in rows:
+                out[result.version_id].append({
+                    "suite": suite.name, "task": suite.task, "metric": suite.metric,
+                    "higher_is_better": suite.higher_is_better, "score": result.score,
+                    "mode": result.mode, "examples": result.examples,
+                    "data_digest": result.data_digest,
+                    "current": result.data_digest == suite.data_digest,
+                    "evaluated_at": result.created_at})
+        return out
+
     def results_of_version(self, version_id: int) -> list[ResultInfo]:
         with self.db.session() as session:
             rows = session.execute(select(EvalResult, EvalSuite.name).join(

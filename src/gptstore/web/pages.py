@@ -25,7 +25,8 @@ PAGE_PATHS = (
     "/search",
     "/models/{namespace}/{name}",
     "/compare",
-    "/login",
+    "/leaderboards",
+    "/leaderboards/{suite}",
     "/finetune",
     "/jobs/{job_id}",
     "/me/models",
@@ -55,6 +56,7 @@ def shell() -> str:
   <nav aria-label="Main">
     <a href="/search">Models</a>
     <a href="/compare">Compare</a>
+    <a href="/leaderboards">Leaderboards</a>
     <a href="/finetune">Fine-tune</a>
     <a href="/me/models">My models</a>
     <a href="/me/files">Files</a>

@@ -110,7 +110,15 @@ def test_fine_tune_is_evaluated_on_publish_and_ranked_beside_its_base(store):
         assert missing.status_code == 404 and "no evaluation suite" in \
             missing.json()["error"]["message"]
         card = client.get("/api/models/acme/toy-sentiment/card").text
-        assert client.get(board["rows"][1]["url"]).json()["base"] == "acme/tiny-llama@1"
+        version = client.get(board["rows"][1]["url"]).json()
+        model = client.get("/api/models/acme/toy-sentiment").json()
+    assert version["base"] == "acme/tiny-llama@1"
+    # the version lists its results (the model page shows them, linked to the board)
+    assert model["versions"][0]["evaluations"] == version["evaluations"]
+    [evaluation] = version["evaluations"]
+    assert evaluation["suite"] == "toy-sentiment" and evaluation["metric"] == "accuracy"
+    assert evaluation["score"] == scored["acme/toy-sentiment@1"]["score"]
+    assert evaluation["current"] and evaluation["data_digest"] == suite.data_digest
     assert board["suite"]["data_digest"] == suite.data_digest
     rows = board["rows"]
     assert [r["ref"] for r in rows] == ["acme/tiny-llama@1", "acme/toy-sentiment@1"]
@@ -136,6 +144,11 @@ def test_results_on_other_data_are_not_ranked_together(store, tmp_path):
                                                   sentiment_rows(10, seed=9)), replace=True)
     assert leaderboard(store, "toy-sentiment")["rows"] == []  # measured on the old data
     assert before
+    # the version still lists its result, marked as measured on other data
+    version = store.resolve("acme/tiny-llama")
+    [old] = [r for r in Evaluations(store).results_of_versions([version.id])[version.id]
+             if r["suite"] == "toy-sentiment"]
+    assert old["current"] is False
 
 
 def test_unknown_eval_suite_is_refused_before_training(store):

@@ -125,7 +125,8 @@ def test_a_config_download_counts_once_the_counter_flushes(
 
 def test_pages_are_served_and_unknown_paths_stay_api_errors(client: TestClient) -> None:
     for path in ("/", "/search?q=x", "/models/acme/m", "/models/acme/m@2", "/compare",
-                 "/finetune", "/jobs/ftjob-1", "/me/models", "/me/files", "/me/jobs"):
+                 "/leaderboards", "/leaderboards/sst2", "/finetune", "/jobs/ftjob-1",
+                 "/me/models", "/me/files", "/me/jobs"):
         response = client.get(path)
         assert response.status_code == 200, path
         assert response.headers["content-type"].startswith("text/html")
@@ -133,7 +134,8 @@ def test_pages_are_served_and_unknown_paths_stay_api_errors(client: TestClient) 
     script = client.get("/static/app.js")
     assert script.status_code == 200 and "javascript" in script.headers["content-type"]
     for asset in ("api.js", "dom.js", "charts.js", "widgets.js", "model.js",
-                  "playground.js", "finetune.js", "mine.js", "style.css", "favicon.svg"):
+                  "playground.js", "finetune.js", "mine.js", "leaderboards.js", "style.css",
+                  "favicon.svg"):
         assert client.get(f"/static/{asset}").status_code == 200, asset
     unknown = client.get("/no/such/page")
     assert unknown.status_code == 404 and "error" in unknown.json()

@@ -109,6 +109,7 @@ def test_one_model_and_one_version(client: TestClient, publish: Publisher) -> No
         "lineage": {"seed": 2},
         "metrics": {"final": {"accuracy": 0.75}, "train": {"steps": 4}},
         "files": [{"path": f.path, "digest": f.digest, "size": f.size} for f in v2.files],
+        "evaluations": [],  # suite results: tests/integration/evaluation/test_suites.py
     }
     assert [f["path"] for f in version["files"]] == ["README.md", "adapter.safetensors",
                                                      "extra.json"]

@@ -16,6 +16,7 @@ from gptstore.api.auth import WritePrincipal, admin_principal, audit
 from gptstore.api.deps import CatalogDep, PrincipalDep
 from gptstore.api.errors import ErrorResponse
 from gptstore.api.store.schemas import (
+    EvaluationPublic,
     ModelPage,
     ModelPublic,
     ModelSummary,
@@ -23,9 +24,16 @@ from gptstore.api.store.schemas import (
     Sort,
     VersionPublic,
 )
+from gptstore.catalog.evaluations import Evaluations
 from gptstore.catalog.listing import update_listing
 from gptstore.catalog.names import parse_ref
-from gptstore.catalog.repository import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, ModelInfo
+from gptstore.catalog.repository import (
+    DEFAULT_PAGE_SIZE,
+    MAX_PAGE_SIZE,
+    Catalog,
+    ModelInfo,
+    VersionInfo,
+)
 from gptstore.errors import PermissionDenied
 
 router = APIRouter(tags=["store"])
@@ -40,10 +48,17 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
 }
 
 
-def model_public(info: ModelInfo) -> ModelPublic:
+def model_public(info: ModelInfo, catalog: Catalog) -> ModelPublic:
     summary = ModelSummary.model_validate(info.summary())
-    return ModelPublic(**dict(summary),
-                       versions=[VersionPublic.model_validate(v) for v in info.versions])
+    return ModelPublic(**dict(summary), versions=versions_public(catalog, info.versions))
+
+
+def versions_public(catalog: Catalog, versions: list[VersionInfo]) -> list[VersionPublic]:
+    """The versions with their suite results (one query for all of them)."""
+    results = Evaluations(catalog).results_of_versions([v.id for v in versions])
+    return [VersionPublic.model_validate(v).model_copy(update={"evaluations": [
+        EvaluationPublic.model_validate(r) for r in results.get(v.id, [])]})
+        for v in versions]
 
 
 @router.get("/models", response_model=ModelPage, responses=BAD_REQUEST,
@@ -75,7 +90,7 @@ def list_models(
             summary="One model with all its versions and their files")
 def get_model(catalog: CatalogDep, principal: PrincipalDep, namespace: str, name: str
               ) -> ModelPublic:
-    return model_public(catalog.get_model(f"{namespace}/{name}", principal=principal))
+    return model_public(catalog.get_model(f"{namespace}/{name}", principal=principal), catalog)
 
 
 @router.get("/models/{namespace}/{name}/versions/{number}", response_model=VersionPublic,
@@ -85,7 +100,7 @@ def get_version(catalog: CatalogDep, principal: PrincipalDep, namespace: str, na
                 ) -> VersionPublic:
     ref = parse_ref(f"{namespace}/{name}", allow_version=False)
     version = catalog.resolve(f"{ref.full_name}@{number}", principal=principal)
-    return VersionPublic.model_validate(version)
+    return versions_public(catalog, [version])[0]
 
 
 @router.get("/models/{namespace}/{name}/card", response_class=PlainTextResponse,
@@ -128,4 +143,4 @@ def update_model(catalog: CatalogDep, principal: WritePrincipal, namespace: str,
         catalog.set_visibility(full_name, update.visibility, principal=principal)
         audit(request, "visibility", full_name,
               {"from": before.visibility, "to": update.visibility})
-    return model_public(catalog.get_model(full_name, principal=principal))
+    return model_public(catalog.get_model(full_name, principal=principal), catalog)

@@ -66,6 +66,22 @@ class FilePublic(StoreBaseModel):
     size: int
 
 
+class EvaluationPublic(StoreBaseModel):
+    """A version's result on an evaluation suite."""
+
+    suite: str
+    task: str
+    metric: str = Field(description="The suite's ranking metric.")
+    higher_is_better: bool
+    score: float | None
+    mode: str = Field(description="`classifier`, or `k-shot` for a model asked.")
+    examples: int
+    data_digest: str
+    current: bool = Field(description="Scored on the suite's current data, so ranked on "
+                                      "`/api/leaderboards/{suite}`.")
+    evaluated_at: datetime
+
+
 class VersionPublic(StoreBaseModel):
     """One version with its lineage, metrics and files."""
 
@@ -83,6 +99,8 @@ class VersionPublic(StoreBaseModel):
     metrics: dict[str, Any] = Field(
         description="All recorded metrics (`final`, `best`, `train`, `curves`, ...).")
     files: list[FilePublic]
+    evaluations: list[EvaluationPublic] = Field(
+        default_factory=list, description="Results on evaluation suites, by suite name.")
 
 
 class ModelPublic(ModelSummary):

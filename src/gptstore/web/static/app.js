@@ -115,6 +115,8 @@ const ROUTES = [
   [/^\/search$/, search, "Models · gptstore"],
   [/^\/models\/([^/]+)\/([^/]+)$/, async (root, m) => (await import("./model.js")).modelPage(root, m[1], m[2]), null],
   [/^\/compare$/, compare, "Compare · gptstore"],
+  [/^\/leaderboards$/, async (root) => (await import("./leaderboards.js")).suitesPage(root), "Leaderboards · gptstore"],
+  [/^\/leaderboards\/([^/]+)$/, async (root, m) => (await import("./leaderboards.js")).leaderboardPage(root, m[1]), null],
   [/^\/finetune$/, async (root) => (await import("./finetune.js")).wizard(root), "Fine-tune · gptstore"],
   [/^\/jobs\/([^/]+)$/, async (root, m) => (await import("./finetune.js")).jobPage(root, m[1]), "Job · gptstore"],
   [/^\/me\/(models|files|jobs)$/, async (root, m) => (await import("./mine.js")).minePage(root, m[1]), "Mine · gptstore"],

@@ -30,6 +30,19 @@ function metricsTable(metrics) {
     h("tr", {}, h("th", { scope: "row" }, k), h("td", {}, formatNumber(v))))));
 }
 
+function evaluations(version) {
+  const results = version.evaluations || [];
+  if (!results.length) {
+    return h("p", { class: "muted" }, "Not evaluated on a suite yet: ",
+      h("code", {}, `gptstore eval ${version.ref} --suite NAME`), " (see the ",
+      h("a", { href: "/leaderboards" }, "leaderboards"), ").");
+  }
+  return h("table", { class: "kv", id: "evaluations" }, h("tbody", {}, results.map((r) =>
+    h("tr", {}, h("th", { scope: "row" }, h("a", { href: `/leaderboards/${encodeURIComponent(r.suite)}` }, r.suite)),
+      h("td", {}, `${r.metric} ${r.score === null ? "–" : formatNumber(r.score)}`,
+        h("span", { class: "muted" }, ` (${r.mode}, ${r.examples} examples${r.current ? "" : "; on older data, not ranked"})`))))));
+}
+
 function curves(metrics) {
   const all = (metrics && metrics.curves) || {};
   const pick = (names) => names.filter((n) => all[n] && all[n].length)
@@ -223,6 +236,7 @@ export async function modelPage(root, namespace, nameAndVersion) {
     ? errorBox(card, "This version's card could not be read; its files are listed below.")
     : trustedHtml(card.html)));
   left.append(section("metrics", "Metrics", metricsTable(version.metrics)));
+  left.append(section("evaluations", "Evaluations", evaluations(version)));
   left.append(section("curves", "Training curves", curves(version.metrics)));
   left.append(section("lineage", "Lineage", lineage(version)));
   left.append(section("tree", `Fine-tunes of ${full}`, tree.data.length
