@@ -60,7 +60,7 @@ from gptstore.training.methods import get_method, trainable_parameters
 from gptstore.training.parallel import ShardRunner, ShardWork, split_rows
 from gptstore.training.prepare import prepare_run
 from gptstore.training.publish import publish_run
-from gptstore.training.record import RunRecord, choose_published
+from gptstore.training.record import RunRecord, choose_published, within_noise
 from gptstore.training.tasks import DROPOUT_KEYS, ClassificationTask, amp, get_task
 
 #: fields that may differ between a run and its resume (they do not change the result)
@@ -508,7 +508,13 @@ class FineTuneRun:
             state.best = {**metrics, "step": state.step}
             state.bad_evals = 0
             ckpt.save_best(self.run_dir, self.model)
-        else:
+        elif state.best is None or not within_noise(
+                state.best, metrics, metric=str(cfg.metric),
+                higher=self.task.metric_directions[str(cfg.metric)],
+                valid_examples=len(self.valid_examples)):
+            # within the validation set's noise of the best is no evidence of getting
+            # worse: on a small split, early stopping would stop on chance as the
+            # published-checkpoint choice would (`choose_published`)
             state.bad_evals += 1
             if cfg.early_stopping_patience and state.bad_evals >= cfg.early_stopping_patience:
                 state.stopped_early = True

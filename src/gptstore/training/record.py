@@ -180,18 +180,35 @@ def choose_published(best: dict[str, Any] | None, last: dict[str, Any] | None, *
     if best is None:
         return None
     chosen = {**best, "chosen_by": f"best validation {metric}"}
-    if last is None or last["step"] == best["step"] or last["step"] != steps \
-            or metric not in PROPORTIONS or valid_examples < 1:
+    if last is None or last["step"] == best["step"] or last["step"] != steps:
         return chosen
-    p = min(1.0, max(0.0, float(best[metric])))
-    noise = (p * (1 - p) / valid_examples) ** 0.5
-    margin = (best[metric] - last[metric]) if higher else (last[metric] - best[metric])
-    if margin > noise:
+    noise = noise_of(metric, best[metric], valid_examples)
+    if noise is None or not within_noise(best, last, metric=metric, higher=higher,
+                                         valid_examples=valid_examples):
         return chosen
     return {**last, "chosen_by": (
         f"end of training: the best validation {metric} (step {best['step']}: "
         f"{best[metric]:.4g}) was within one standard error ({noise:.3f} on "
         f"{valid_examples} examples) of the last ({last[metric]:.4g})")}
+
+
+def noise_of(metric: str, value: float, valid_examples: int) -> float | None:
+    """One binomial standard error of a proportion metric on `valid_examples`; None for
+    a metric with no such bound (loss) or without examples."""
+    if metric not in PROPORTIONS or valid_examples < 1:
+        return None
+    p = min(1.0, max(0.0, float(value)))
+    return float((p * (1 - p) / valid_examples) ** 0.5)
+
+
+def within_noise(best: dict[str, Any], other: dict[str, Any], *, metric: str, higher: bool,
+                 valid_examples: int) -> bool:
+    """Whether `other` is worse than `best` by at most one standard error of `best`."""
+    noise = noise_of(metric, best[metric], valid_examples)
+    if noise is None:
+        return False
+    margin = (best[metric] - other[metric]) if higher else (other[metric] - best[metric])
+    return bool(margin <= noise)
 
 
 def thin(points: list[list[float]], limit: int = MAX_CURVE_POINTS) -> list[list[float]]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from gptstore.training.record import choose_published
 
 
@@ -47,3 +49,20 @@ def test_loss_and_unvalidated_last_weights_keep_the_best():
     assert _choose(None, None, n=40) is None
     last = {"step": 135, "accuracy": 0.9}
     assert _choose(last, last, n=40)["chosen_by"] == "best validation accuracy"
+
+
+def test_early_stopping_counts_only_validations_clearly_worse_than_the_best():
+    from gptstore.training.record import noise_of, within_noise
+
+    assert noise_of("accuracy", 0.8, 40) == pytest.approx(math.sqrt(0.8 * 0.2 / 40))
+    assert noise_of("loss", 0.5, 40) is None and noise_of("accuracy", 0.8, 0) is None
+    best = {"accuracy": 0.8}
+    # 40 examples: 0.775 is one example worse, chance; 0.7 is four, a real drop
+    assert within_noise(best, {"accuracy": 0.775}, metric="accuracy", higher=True,
+                        valid_examples=40)
+    assert not within_noise(best, {"accuracy": 0.7}, metric="accuracy", higher=True,
+                            valid_examples=40)
+    assert not within_noise(best, {"accuracy": 0.775}, metric="accuracy", higher=True,
+                            valid_examples=10_000)
+    assert not within_noise({"loss": 1.0}, {"loss": 1.0001}, metric="loss", higher=False,
+                            valid_examples=40)
