@@ -349,7 +349,7 @@ def test_a_bad_file_shows_its_lines(page: Any, tmp_path: Path, shots: Path) -> N
 def test_fine_tune_through_the_wizard(page: Any, server: RemoteServer, tmp_path: Path,
                                      shots: Path) -> None:
     good = tmp_path / "pirate.jsonl"
-    # 240 rows x 10 epochs: hundreds of steps, so the job page polls (every second)
+    # 240 rows x 5 epochs at batch 4: 300 steps, so the job page polls (every second)
     # while the tiny model still trains, even on a fast quiet machine
     good.write_text("".join(json.dumps(r) + "\n" for r in chat_rows(240)))
     page.goto("/finetune?base=acme/tiny")
@@ -370,7 +370,7 @@ def test_fine_tune_through_the_wizard(page: Any, server: RemoteServer, tmp_path:
     assert page.locator("#ft-base").input_value() == "acme/tiny"
     assert page.locator("#ft-n_epochs").input_value() == "auto"
     shoot(page, shots, "wizard-settings")
-    page.fill("#ft-n_epochs", "10")
+    page.fill("#ft-n_epochs", "5")
     page.fill("#ft-batch_size", "4")
     page.fill("#ft-suffix", "pirate")
     page.click("#ft-start")
