@@ -98,7 +98,8 @@ def test_chat_job_end_to_end(client: openai.OpenAI, server: RemoteServer, home: 
     assert (report["ok"], report["format"], report["examples"]) == (True, "chat", 40)
     job = client.fine_tuning.jobs.create(
         model="acme/tiny", training_file=train, suffix="pirate", seed=7,
-        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3}}},
+        method={"type": "supervised", "supervised": {"hyperparameters": {
+            "n_epochs": 3, "batch_size": 8}}},
         extra_body={"learning_rate": 0.01, "lora_r": 4})
     assert job.status == "validating_files" and job.fine_tuned_model is None
     assert job.hyperparameters.n_epochs == 3 and job.seed == 7
@@ -106,7 +107,8 @@ def test_chat_job_end_to_end(client: openai.OpenAI, server: RemoteServer, home: 
     assert done.status == "succeeded", done.error
     name = done.fine_tuned_model
     assert name.startswith("local/tiny-pirate-") and done.trained_tokens > 0
-    # 36 training examples after the 10% split, batch 8: 5 steps an epoch
+    # 36 training examples after the 10% split, batch 8 (auto would take 1 for a file
+    # this small: tests/unit/training/test_training_config.py): 5 steps an epoch
     assert (done.hyperparameters.n_epochs, done.hyperparameters.batch_size) == (3, 8)
     assert done.hyperparameters.learning_rate_multiplier == pytest.approx(50.0)  # 0.01/2e-4
     assert done.finished_at >= done.created_at
@@ -263,8 +265,11 @@ def test_classification_job(client: openai.OpenAI, server: RemoteServer,
         extra_body={"task": "classification", "learning_rate": 0.02})
     done = wait_for(client, job.id, {"succeeded", "failed", "cancelled"})
     assert done.status == "succeeded", done.error
+    # the first request builds the engine and loads the model: more than httpx's 5 s
+    # default on a loaded machine
     reply = httpx.post(f"{server.url}/v1/classifications", json={
-        "model": done.fine_tuned_model, "input": ["the film was great", "the film was bad"]})
+        "model": done.fine_tuned_model, "input": ["the film was great", "the film was bad"]},
+        timeout=120)
     assert reply.status_code == 200, reply.text
     labels = [r["label"] for r in reply.json()["data"]]
     assert labels == ["positive", "negative"]
