@@ -346,7 +346,8 @@ def auto_valid_split(n_examples: int) -> float:
 
 
 def resolve_auto(cfg: TrainConfig, *, task: str, n_train: int, max_length: int,
-                 valid_split: float = 0.0, cores: int = 1, fast_bf16: bool = False) -> TrainConfig:
+                 valid_split: float = 0.0, cores: int = 1, fast_bf16: bool = False
+                 ) -> TrainConfig:
     """A copy of `cfg` with every `auto` replaced by what the run will use.
 
     Called once, at the top of a run, from the prepared data: `n_train` training
