@@ -40,8 +40,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-TEMPLATE = "Review: {text}\nSentiment:"
-
 
 def open_store(home: Path) -> tuple[Any, Any]:
     os.environ["GPTSTORE_HOME"] = str(home)
@@ -56,15 +54,16 @@ def open_store(home: Path) -> tuple[Any, Any]:
     return catalog, catalog.resolve(BUILTIN_NAME)
 
 
-def sst2_train_file(data: Path, folder: Path, n: int) -> Path:
-    from gptstore.evaluation.builtin_suites import SST2_LABELS
+def classification_train_file(suite: str, rows: list[dict[str, Any]], folder: Path
+                              ) -> Path:
+    """Labelled texts, each written as the suite's template (a fine-tuned classifier
+    reads the suite's texts that way too)."""
+    from gptstore.evaluation.builtin_suites import BUILTIN_SUITES
 
-    rows = []
-    for line in (data / "sst2" / "stsa.binary.train").read_text().splitlines()[:n]:
-        label, _, text = line.partition(" ")
-        rows.append({"text": TEMPLATE.format(text=text.strip()), "label": SST2_LABELS[label]})
-    path = folder / f"sst2-train-{n}.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    template = BUILTIN_SUITES[suite].prompt["template"]
+    path = folder / f"{suite}-train-{len(rows)}.jsonl"
+    path.write_text("".join(json.dumps({"text": template.format(text=r["text"]),
+                                        "label": r["label"]}) + "\n" for r in rows))
     return path
 
 
@@ -103,8 +102,10 @@ def published(row: dict[str, Any]) -> str:
 def sst2_rows(catalog: Any, base: Any, data: Path, folder: Path, n: int,
               eval_every: str = "auto") -> list[dict[str, Any]]:
     from gptstore.catalog.evaluations import leaderboard
+    from gptstore.evaluation.builtin_suites import SST2_LABELS, label_lines
 
-    train = sst2_train_file(data, folder, n)
+    train = classification_train_file(
+        "sst2", label_lines(data / "sst2" / "stsa.binary.train", SST2_LABELS)[:n], folder)
     runs = [("fresh head, r=8 on q,v (before issue 12)", "bench/sst2-400-fresh",
              {"head_init": "fresh", "lora_target": "q_proj,v_proj"}),
             ("verbaliser head, r=8 on q,v", "bench/sst2-400-verbal-qv",
@@ -135,27 +136,13 @@ def trec_rows(catalog: Any, base: Any, data: Path, folder: Path, n: int | None
     """TREC question type: LoRA with the defaults on the training questions the suite
     does not hold out (the first `n` of them; all 4952 by default), each written as the
     suite's template, scored on the 500 held-out ones."""
-    from gptstore.catalog.evaluations import leaderboard
-    from gptstore.evaluation.builtin_suites import TREC_LABELS
+    from gptstore.evaluation.builtin_suites import TREC_LABELS, label_lines
 
-    lines = (data / "trec" / "TREC.train.all").read_text(errors="replace").splitlines()
-    rows = []
-    for line in [line for line in lines if line.strip()][:-500][:n]:
-        label, _, text = line.partition(" ")
-        rows.append({"text": f"Question: {text.strip()}\nType:", "label": TREC_LABELS[label]})
-    train = folder / f"trec-train-{len(rows)}.jsonl"
-    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    row = fine_tune(catalog, base, f"bench/trec-{len(rows)}", train, suite="trec")
-    row["setting"] = f"LoRA, defaults, {len(rows)} training questions"
-    print(json.dumps(row), flush=True)
-    board = leaderboard(catalog, "trec")
-    base_row = next(r for r in board["rows"] if r["is_base"])
-    print(f"TREC held-out 500, base zero-shot ({base_row['mode']}): {base_row['score']:.3f}")
-    print(f"TREC held-out 500, {row['setting']}: {row['dev_accuracy']:.3f} ({row['steps']} "
-          f"steps, {row['epochs']} epochs, {row['train_seconds'] / 60:.1f} min in the loop, "
-          f"{row['wall_seconds'] / 60:.1f} min from the call to the published, evaluated "
-          f"model; {published(row)})")
-    return [{"suite": "trec", "base_zero_shot": base_row["score"]}, row]
+    rows = label_lines(data / "trec" / "TREC.train.all", TREC_LABELS)[:-500][:n]
+    train = classification_train_file("trec", rows, folder)
+    return scored_row(catalog, "trec", fine_tune(
+        catalog, base, f"bench/trec-{len(rows)}", train, suite="trec"),
+        f"LoRA, defaults, {len(rows)} training questions")
 
 
 PERSONA = Path(__file__).parent / "data"
@@ -216,18 +203,10 @@ def agnews_rows(catalog: Any, base: Any, data: Path, folder: Path, n: int
                 ) -> list[dict[str, Any]]:
     """AG News topic: LoRA with the defaults on `n` articles of the shipped test file
     after the 1000 the suite scores, each written as the suite's template."""
-    import csv
+    from gptstore.evaluation.builtin_suites import agnews_articles
 
-    from gptstore.evaluation.builtin_suites import AGNEWS_LABELS, BUILTIN_SUITES
-
-    template = BUILTIN_SUITES["agnews"].prompt["template"]
-    rows = []
-    with open(data / "agnews" / "ag_news.test.csv", encoding="utf-8", newline="") as f:
-        for record in list(csv.reader(f))[1000:1000 + n]:
-            text = f"{record[1].strip()}. {record[2].strip()}".replace("\\", " ")
-            rows.append({"text": template.format(text=text), "label": AGNEWS_LABELS[record[0]]})
-    train = folder / f"agnews-train-{len(rows)}.jsonl"
-    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rows = agnews_articles(data / "agnews", 1000, 1000 + n)
+    train = classification_train_file("agnews", rows, folder)
     return scored_row(catalog, "agnews", fine_tune(
         catalog, base, f"bench/agnews-{len(rows)}", train, suite="agnews"),
         f"LoRA, defaults, {len(rows)} training articles")
@@ -285,22 +264,13 @@ def generation_training_rows(data: Path, suite: str, n: int) -> list[dict[str, A
     from gptstore.evaluation import builtin_suites as b
 
     if suite == "squad":
-        return b._squad(data / "squad")[100:100 + n]
+        return b.squad_questions(data / "squad")[100:100 + n]
     if suite == "nq-open":
-        return b._nq_open(data / "nq-open")[200:200 + n]
+        return b.nq_open_questions(data / "nq-open")[200:200 + n]
     if suite == "multi30k-en-de":
-        import gzip
-
-        def lines(name: str) -> list[str]:
-            with gzip.open(data / "multi30k" / name, "rt", encoding="utf-8") as f:
-                return [line.rstrip("\n") for line in f]
-
-        pairs = zip(lines("multi30k.train.en.gz"), lines("multi30k.train.de.gz"), strict=True)
-        return [{"source": en, "target": de} for en, de in pairs if en.strip()][:n]
+        return b.multi30k_pairs(data / "multi30k", "train")[:n]
     if suite == "mbpp":
-        with open(data / "mbpp" / "mbpp.jsonl", encoding="utf-8") as f:
-            records = [json.loads(line) for line in f if line.strip()]
-        return [r for r in records if 601 <= int(r["task_id"]) <= 974][:n]
+        return b.mbpp_problems(data / "mbpp", 601, 974)[:n]
     raise SystemExit(f"no training rows for suite {suite}")
 
 
@@ -341,7 +311,7 @@ def main() -> None:
                         help="TREC training questions of the `trec` row (default: all 4952)")
     parser.add_argument("--eval-every", default="auto",
                         help="validate every N steps (the README's rerun: 14)")
-    parser.add_argument("--agnews-articles", type=int, default=2000,
+    parser.add_argument("--agnews-articles", type=int, default=1500,
                         help="AG News training articles of the `agnews` row")
     parser.add_argument("--examples", type=int, default=1000,
                         help="training examples of each generation row (squad, nq-open, "

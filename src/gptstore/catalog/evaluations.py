@@ -221,43 +221,28 @@ class Evaluations:
 
     def card_of(self, version: Any, card: str) -> str:
         """`card` with this version's evaluation results in its model-index."""
-        results = self.results_of_version(version.id)
-        if not results:
+        pairs = self.results_of_versions([version.id])[version.id]
+        if not pairs:
             return card
-        suites = {s.name: s for s in self.list_suites()}
         meta, _ = parse_card(card)
-        pairs = [(suites[r.suite], r) for r in results if r.suite in suites]
         return card_with_results(card, version.model,
                                  str(meta.get("pipeline_tag", "text-generation")), pairs)
 
-    def results_of_versions(self, version_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
-        """Every result of these versions, in one query, as the API shows them: the
-        suite, its metric, the score, and whether it is on the suite's current data
-        (and so on its leaderboard); by suite name."""
+    def results_of_versions(self, version_ids: list[int]
+                            ) -> dict[int, list[tuple[SuiteInfo, ResultInfo]]]:
+        """Every result of these versions with its suite, in one query, by suite name."""
+        out: dict[int, list[tuple[SuiteInfo, ResultInfo]]] = {v: [] for v in version_ids}
         if not version_ids:
-            return {}
-        out: dict[int, list[dict[str, Any]]] = {v: [] for v in version_ids}
+            return out
         with self.db.session() as session:
             rows = session.execute(select(EvalResult, EvalSuite).join(
                 EvalSuite, EvalSuite.id == EvalResult.suite_id).where(
                 EvalResult.version_id.in_(version_ids)).order_by(EvalSuite.name,
                                                                  EvalResult.id))
             for result, suite in rows:
-                out[result.version_id].append({
-                    "suite": suite.name, "task": suite.task, "metric": suite.metric,
-                    "higher_is_better": suite.higher_is_better, "score": result.score,
-                    "mode": result.mode, "examples": result.examples,
-                    "data_digest": result.data_digest,
-                    "current": result.data_digest == suite.data_digest,
-                    "evaluated_at": result.created_at})
+                out[result.version_id].append((_suite_info(suite),
+                                               _result_info(result, suite.name)))
         return out
-
-    def results_of_version(self, version_id: int) -> list[ResultInfo]:
-        with self.db.session() as session:
-            rows = session.execute(select(EvalResult, EvalSuite.name).join(
-                EvalSuite, EvalSuite.id == EvalResult.suite_id).where(
-                EvalResult.version_id == version_id).order_by(EvalSuite.name))
-            return [_result_info(r, name) for r, name in rows]
 
 
 def card_with_results(card: str, model_name: str, pipeline_tag: str,

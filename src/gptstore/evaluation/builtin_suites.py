@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import itertools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,7 +66,7 @@ TREC_LABELS = {"0": "description", "1": "entity", "2": "abbreviation", "3": "hum
 AGNEWS_LABELS = {"1": "World", "2": "Sports", "3": "Business", "4": "Sci/Tech"}
 
 
-def _label_lines(path: Path, labels: dict[str, str]) -> Rows:
+def label_lines(path: Path, labels: dict[str, str]) -> Rows:
     rows = []
     for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace")
                                   .splitlines(), start=1):
@@ -80,26 +81,29 @@ def _label_lines(path: Path, labels: dict[str, str]) -> Rows:
 
 
 def _sst2(folder: Path) -> Rows:
-    return _label_lines(folder / "stsa.binary.dev", SST2_LABELS)
+    return label_lines(folder / "stsa.binary.dev", SST2_LABELS)
 
 
 def _trec(folder: Path) -> Rows:
-    return _label_lines(folder / "TREC.train.all", TREC_LABELS)[-500:]
+    return label_lines(folder / "TREC.train.all", TREC_LABELS)[-500:]
 
 
-def _agnews(folder: Path) -> Rows:
+def agnews_articles(folder: Path, start: int = 0, stop: int | None = None) -> Rows:
+    """AG News test articles [start, stop) as {"text": "Title. Body", "label"}."""
     rows = []
     with open(folder / "ag_news.test.csv", encoding="utf-8", newline="") as f:
-        for record in csv.reader(f):
+        for record in itertools.islice(csv.reader(f), start, stop):
             label, title, body = record[0], record[1], record[2]
             rows.append({"text": f"{title.strip()}. {body.strip()}".replace("\\", " "),
                          "label": AGNEWS_LABELS[label]})
-            if len(rows) == 1000:
-                break
     return rows
 
 
-def _squad(folder: Path) -> Rows:
+def _agnews(folder: Path) -> Rows:
+    return agnews_articles(folder, 0, 1000)
+
+
+def squad_questions(folder: Path) -> Rows:
     doc = json.loads((folder / "expmrc-squad-dev.json").read_text(encoding="utf-8"))
     rows = []
     for article in doc["data"]:
@@ -111,27 +115,37 @@ def _squad(folder: Path) -> Rows:
     return rows
 
 
-def _nq_open(folder: Path) -> Rows:
+def nq_open_questions(folder: Path) -> Rows:
     with open(folder / "NQ-open.dev.jsonl", encoding="utf-8") as f:
         return [{"question": r["question"], "answers": r["answer"]}
                 for r in map(json.loads, f) if r]
 
 
-def _multi30k(folder: Path) -> Rows:
+def multi30k_pairs(folder: Path, split: str) -> Rows:
+    """Multi30k English-German pairs of a split (`train`, `val`) as {"source", "target"}."""
     def lines(name: str) -> list[str]:
         with gzip.open(folder / name, "rt", encoding="utf-8") as f:
             return [line.rstrip("\n") for line in f]
 
-    english, german = lines("multi30k.val.en.gz"), lines("multi30k.val.de.gz")
+    english, german = lines(f"multi30k.{split}.en.gz"), lines(f"multi30k.{split}.de.gz")
     return [{"source": en, "target": de} for en, de in zip(english, german, strict=True)
             if en.strip() and de.strip()]
 
 
-def _mbpp(folder: Path) -> Rows:
+def _multi30k(folder: Path) -> Rows:
+    return multi30k_pairs(folder, "val")
+
+
+def mbpp_problems(folder: Path, first: int, last: int) -> Rows:
+    """MBPP records with task ids in [first, last] (the paper's splits: 1-10 prompt
+    examples, 11-510 test, 511-600 validation, 601-974 train)."""
     with open(folder / "mbpp.jsonl", encoding="utf-8") as f:
         records = [json.loads(line) for line in f if line.strip()]
-    # the MBPP paper's test split: task ids 11-510 (1-10 are prompt examples)
-    return [r for r in records if 11 <= int(r["task_id"]) <= 510]
+    return [r for r in records if first <= int(r["task_id"]) <= last]
+
+
+def _mbpp(folder: Path) -> Rows:
+    return mbpp_problems(folder, 11, 510)  # the test split
 
 
 def _tinyshakespeare(folder: Path) -> str:
@@ -154,11 +168,12 @@ BUILTIN_SUITES: dict[str, BuiltinSuite] = {s.name: s for s in (
                  _agnews, prompt={"template": "Article: {text}\nTopic:"}),
     BuiltinSuite("squad", "qa", "SQuAD v1.1 extractive QA (ExpMRC dev subset)", "f1",
                  "CC BY-SA 4.0", "ymcui/expmrc @ 9827fed: data/squad/expmrc-squad-dev.json",
-                 "squad", _squad, prompt={"max_tokens": 24}, packaged="squad.jsonl",
+                 "squad", squad_questions, prompt={"max_tokens": 24}, packaged="squad.jsonl",
                  packaged_size=100),
     BuiltinSuite("nq-open", "qa", "NQ-open closed-book QA, dev", "exact_match",
                  "CC BY-SA 3.0", "google-research-datasets/natural-questions @ fb26a30: "
-                 "nq_open/NQ-open.dev.jsonl", "nq-open", _nq_open, prompt={"max_tokens": 24},
+                 "nq_open/NQ-open.dev.jsonl", "nq-open", nq_open_questions,
+                 prompt={"max_tokens": 24},
                  packaged="nq-open.jsonl", packaged_size=200),
     BuiltinSuite("multi30k-en-de", "translation", "Multi30k image captions, English to "
                  "German, val", "bleu", "non-commercial research and educational use",

@@ -32,6 +32,7 @@ PRECISIONS = ("auto", "bf16", "fp32")
 METRICS = ("auto", "loss", "accuracy", "macro_f1", "token_accuracy")
 HEAD_INITS = ("verbalizers", "fresh")
 ALL_LINEAR = "all-linear"  # PEFT's name for every projection of every layer
+ATTENTION = "attention"  # PEFT's default for the architecture (q_proj,v_proj for Llama)
 
 #: OpenAI's fine-tuning API aims at this many example passes (epochs x examples) ...
 MIN_TARGET_EXAMPLES = 100
@@ -118,8 +119,9 @@ class TrainConfig:
     lora_dropout: float = _help("Dropout on the LoRA input (PEFT's default 0; on a CPU "
                                 "drawing the masks costs 10-25% of a LoRA step).", 0.0)
     lora_target: list[str] | str = field(default=AUTO, metadata={"help": (
-        "Modules that get LoRA, e.g. q_proj,v_proj; auto: all-linear (every projection "
-        "of every layer, the output head excluded).")})
+        "Modules that get LoRA, e.g. q_proj,v_proj; attention: PEFT's default for the "
+        "architecture (q_proj,v_proj for Llama, c_attn for GPT-2); auto: all-linear "
+        "(every projection of every layer, the output head excluded).")})
     # -- validation, checkpoints, logging --------------------------------------------
     eval_every: int | str = _help("Validate every N optimiser steps (and at each epoch "
                                   "end); 0: at epoch ends only; auto: at epoch ends and "

@@ -36,10 +36,8 @@ import torch
 from torch import nn
 
 from gptstore.errors import InvalidRequest
-from gptstore.training.config import ALL_LINEAR, AUTO, TrainConfig
+from gptstore.training.config import ALL_LINEAR, ATTENTION, AUTO, TrainConfig
 from gptstore.training.tasks import Task, hf_model
-
-#: `lora_target` ALL_LINEAR ("all-linear"): every linear layer but the output head
 
 
 def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -51,6 +49,20 @@ def _upcast_trainable(model: nn.Module) -> None:
     for _, param in trainable_parameters(model):
         if param.dtype != torch.float32:
             param.data = param.data.float()
+
+
+def _peft_default_target(model: nn.Module) -> list[str]:
+    """PEFT's own default LoRA targets for the model's architecture (the attention
+    projections: q_proj,v_proj for Llama, c_attn for GPT-2)."""
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
+
+    model_type = str(getattr(hf_model(model).config, "model_type", ""))
+    target = DEFAULTS.get(model_type)
+    if not target:
+        raise InvalidRequest(f"lora_target attention: PEFT has no default for {model_type!r} "
+                             "models; name the modules (e.g. q_proj,v_proj) or use "
+                             "all-linear", param="lora_target")
+    return list(target)
 
 
 def _linear_names(model: nn.Module, exclude: str) -> list[str]:
@@ -103,6 +115,8 @@ class LoraMethod(Method):
         target = None if cfg.lora_target == AUTO else list(cfg.lora_target)
         if target == [ALL_LINEAR]:  # every projection of every layer, the head excluded
             target = sorted({n.split(".")[-1] for n in _linear_names(model, task.head_name)})
+        elif target == [ATTENTION]:
+            target = _peft_default_target(model)
         config = LoraConfig(task_type=task.peft_task_type, r=cfg.lora_r,
                             lora_alpha=float(cfg.lora_alpha), lora_dropout=cfg.lora_dropout,
                             target_modules=target, bias="none")

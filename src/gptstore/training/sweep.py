@@ -33,7 +33,13 @@ from typing import Any
 from gptstore.catalog.repository import Catalog, VersionInfo
 from gptstore.errors import InvalidRequest
 from gptstore.settings import Settings
-from gptstore.training.config import ALL_LINEAR, AUTO, AUTO_LEARNING_RATES, TrainConfig
+from gptstore.training.config import (
+    ALL_LINEAR,
+    ATTENTION,
+    AUTO,
+    AUTO_LEARNING_RATES,
+    TrainConfig,
+)
 from gptstore.training.logs import TrainEvent
 from gptstore.training.sweep_plot import trials_svg
 
@@ -51,7 +57,7 @@ class SearchSpace:
     epochs: tuple[int, int] = (1, 5)
     batch_sizes: tuple[int, ...] = (8, 16, 32)
     lora_ranks: tuple[int, ...] = (4, 8, 16, 32)
-    lora_targets: tuple[str, ...] = ("auto", ALL_LINEAR)
+    lora_targets: tuple[str, ...] = (ATTENTION, ALL_LINEAR)
     weight_decay: tuple[float, float] = (0.0, 0.1)
     dropout: tuple[float, float] = (0.0, 0.2)
 

@@ -146,9 +146,11 @@ def test_results_on_other_data_are_not_ranked_together(store, tmp_path):
     assert before
     # the version still lists its result, marked as measured on other data
     version = store.resolve("acme/tiny-llama")
-    [old] = [r for r in Evaluations(store).results_of_versions([version.id])[version.id]
-             if r["suite"] == "toy-sentiment"]
-    assert old["current"] is False
+    [(suite, old)] = [(s, r) for s, r in Evaluations(store).results_of_versions(
+        [version.id])[version.id] if s.name == "toy-sentiment"]
+    from gptstore.api.store.catalog import evaluation_public
+
+    assert evaluation_public(suite, old).current is False  # listed, marked as not ranked
 
 
 def test_unknown_eval_suite_is_refused_before_training(store):

@@ -208,3 +208,16 @@ def test_shards_repeat_exactly_and_match_one_pass(store, config_for):
         finetune(config_for("classification", "lora", "llama", "acme/shards-dropout",
                             shards=2, lora_dropout=0.1), settings=settings, catalog=catalog)
     assert info.value.param == "shards"
+
+
+@pytest.mark.parametrize(("arch", "expected"), [("gpt2", ["c_attn"]),
+                                                ("llama", ["q_proj", "v_proj"])])
+def test_lora_target_attention_is_pefts_default_for_the_architecture(store, config_for,
+                                                                      arch, expected):
+    settings, catalog = store
+    config = config_for("causal-lm", "lora", arch, f"acme/attention-{arch}",
+                        lora_target="attention", max_steps=1)
+    finetune(config, settings=settings, catalog=catalog)
+    lineage = catalog.resolve(f"acme/attention-{arch}").lineage
+    assert lineage["hyperparameters"]["lora_target"] == ["attention"]
+    assert lineage["lora_target"] == expected  # the modules that got adapters

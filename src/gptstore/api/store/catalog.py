@@ -24,7 +24,7 @@ from gptstore.api.store.schemas import (
     Sort,
     VersionPublic,
 )
-from gptstore.catalog.evaluations import Evaluations
+from gptstore.catalog.evaluations import Evaluations, ResultInfo, SuiteInfo
 from gptstore.catalog.listing import update_listing
 from gptstore.catalog.names import parse_ref
 from gptstore.catalog.repository import (
@@ -57,8 +57,16 @@ def versions_public(catalog: Catalog, versions: list[VersionInfo]) -> list[Versi
     """The versions with their suite results (one query for all of them)."""
     results = Evaluations(catalog).results_of_versions([v.id for v in versions])
     return [VersionPublic.model_validate(v).model_copy(update={"evaluations": [
-        EvaluationPublic.model_validate(r) for r in results.get(v.id, [])]})
+        evaluation_public(suite, result) for suite, result in results[v.id]]})
         for v in versions]
+
+
+def evaluation_public(suite: SuiteInfo, result: ResultInfo) -> EvaluationPublic:
+    return EvaluationPublic(
+        suite=suite.name, task=suite.task, metric=suite.metric,
+        higher_is_better=suite.higher_is_better, score=result.score, mode=result.mode,
+        examples=result.examples, data_digest=result.data_digest,
+        current=result.data_digest == suite.data_digest, evaluated_at=result.created_at)
 
 
 @router.get("/models", response_model=ModelPage, responses=BAD_REQUEST,
