@@ -124,6 +124,13 @@ class MachineProfile:
 
         return "bf16" if step_time("bf16") < step_time("fp32") else "fp32"
 
+    @property
+    def decode_copy(self) -> bool:
+        """Whether fp32-served models keep a bf16 copy of their projections for 1-2 row
+        steps: where fp32 serves batches best but bf16 measured faster for one row (an
+        AVX2-only CPU: bf16 GEMV reads half the bytes; bf16 batches have no bf16 FMA)."""
+        return self.serving == "fp32" and self.choice("decode") == "bf16"
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -387,6 +394,13 @@ def serving_dtype_name(home: Path) -> str:
     return "bfloat16" if machine_profile(home).serving == "bf16" else "float32"
 
 
+def decode_dtype_name(home: Path) -> str | None:
+    """"bfloat16" where served weights are fp32 but 1-row steps measured faster in
+    bf16 (the engine then keeps a bf16 copy for them), else None."""
+    profile = machine_profile(home)
+    return "bfloat16" if profile.decode_copy else None
+
+
 def report_lines(profile: MachineProfile, bandwidth_gbs: float | None = None) -> list[str]:
     """The profile as text: what `gptstore doctor` prints, and the benchmarks' header."""
     lines = [f"CPU: {profile.cpu}, torch {profile.torch}; GFLOP/s measured on "
@@ -400,7 +414,8 @@ def report_lines(profile: MachineProfile, bandwidth_gbs: float | None = None) ->
                      f"{profile.choice(use)}")
     if bandwidth_gbs is not None:
         lines.append(f"memory read: {bandwidth_gbs:.1f} GB/s")
-    lines.append(f"served weights: {profile.serving}; training autocast: "
+    copy = " (with a bf16 copy for 1-2 row decode steps)" if profile.decode_copy else ""
+    lines.append(f"served weights: {profile.serving}{copy}; training autocast: "
                  f"{profile.choice('training')} (bf16 where it measured >= {BF16_MARGIN}x fp32)")
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(profile.measured_at))
     lines.append(f"measured {when} in {profile.seconds:.2f} s, load average "

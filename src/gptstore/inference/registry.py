@@ -153,10 +153,12 @@ class ModelRegistry:
         if self.config.dtype:
             model = model.to(getattr(torch, self.config.dtype))
         model.eval()
+        decode_dtype = self.config.decode_dtype
         runner = build_runner(model, max_slots=self.config.max_running,
                               max_context=self.config.max_context,
                               fast=self.config.use_fast_path,
-                              pack=self.config.pack_weights, quantize=self.config.quantize)
+                              pack=self.config.pack_weights, quantize=self.config.quantize,
+                              decode_dtype=getattr(torch, decode_dtype) if decode_dtype else None)
         is_classifier = type(model).__name__.endswith("ForSequenceClassification")
         if runner.supports_prefix_cache and self.config.prefix_cache_bytes and not is_classifier:
             runner.prefix_cache = PrefixCache(self.config.prefix_cache_bytes,

@@ -31,7 +31,7 @@ from gptstore.inference.loader import (
     saves_whole_modules,
     weights_version,
 )
-from gptstore.inference.precision import serving_dtype_name
+from gptstore.inference.precision import decode_dtype_name, serving_dtype_name
 from gptstore.inference.types import EngineConfig, ModelSpec
 from gptstore.settings import Settings
 
@@ -60,6 +60,7 @@ def engine_config(settings: Settings, **overrides: Any) -> EngineConfig:
         values["dtype"] = settings.inference_dtype  # an explicit setting wins
     elif "dtype" not in overrides:
         values["dtype"] = serving_dtype_name(settings.home)  # measured on this machine
+        values["decode_dtype"] = decode_dtype_name(settings.home)
     values.update(overrides)
     return EngineConfig(**values)
 

@@ -195,6 +195,9 @@ class EngineConfig:
     adapter_budget_bytes: int = 512 * 1024**2  # loaded LoRA weights, LRU-evicted beyond it
     dtype: str | None = None  # "bfloat16" / "float32" to cast bases on load; None: as loaded
     quantize: str | None = None  # "int4": 4-bit projection weights, bf16 activations
+    # "bfloat16": fp32 bases also keep a bf16 copy of their projections for steps of 1-2
+    # rows (single-stream decoding), where this CPU measured bf16 faster (precision.py)
+    decode_dtype: str | None = None
     num_threads: int | None = None  # torch intra-op threads of the scheduler thread
     use_fast_path: bool = True  # False: always the generic transformers forward (tests)
     pack_weights: bool = True  # oneDNN-packed weight copies: faster batches (models/base.py)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from gptstore.inference.models import RowInput, build_runner
+from gptstore.inference.models.base import can_pack
 
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11, 12, 13], [40, 41], [100, 101, 102]]
 
@@ -25,7 +26,7 @@ def _bf16(folder):
 def test_bf16_logits_match_transformers_within_rounding(tiny_dirs, arch):
     reference, model = _bf16(tiny_dirs[arch]), _bf16(tiny_dirs[arch])
     runner = build_runner(model, max_slots=4)
-    if torch.backends.mkldnn.is_available():
+    if can_pack(torch.bfloat16):
         assert runner.extra_nbytes > 0  # batched steps use packed weights
     slots = [runner.allocate() for _ in PROMPTS]
     batched = runner.forward([RowInput(s, p, 0) for s, p in zip(slots, PROMPTS, strict=True)])
@@ -53,7 +54,7 @@ def test_packed_and_plain_weights_agree(tiny_dirs, dtype, tolerance):
     a, b = packed.forward(rows(packed)), plain.forward(rows(plain))
     assert (a - b).abs().max() < tolerance
     assert plain.extra_nbytes == 0
-    if torch.backends.mkldnn.is_available():
+    if can_pack(dtype):
         assert packed.extra_nbytes > 0
 
 
@@ -71,3 +72,59 @@ def test_bf16_step_of_prompt_chunks_only_wants_no_logits(tiny_dirs, arch):
     whole = runner.forward([RowInput(whole_slot, prompt, 0)])
     assert rest.shape == whole.shape == (1, runner.vocab_size)
     assert rest[0].argmax() == whole[0].argmax()
+
+
+def _fp32(folder):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_fp32_model_decodes_single_rows_on_its_bf16_copy(tiny_dirs, arch):
+    """Where a CPU serves batches best in fp32 but one row best in bf16 (an AVX2-only
+    EPYC), the runner keeps a bf16 copy for 1-2 row steps: batches stay exact fp32, a
+    single row is within bf16 rounding of fp32 and picks the same greedy token (its top
+    logits are recomputed from the fp32 weights)."""
+    exact = build_runner(_fp32(tiny_dirs[arch]), max_slots=4, pack=False)
+    mixed = build_runner(_fp32(tiny_dirs[arch]), max_slots=4, pack=False,
+                         decode_dtype=torch.bfloat16)
+    projections = sum(layer.weight_t.numel() for layer in mixed._linears)
+    assert mixed.extra_nbytes == 2 * projections  # a bf16 copy of every projection
+
+    def run(runner):  # type: ignore[no-untyped-def]
+        slots = [runner.allocate() for _ in PROMPTS]
+        batch = runner.forward([RowInput(s, p, 0) for s, p in zip(slots, PROMPTS, strict=True)])
+        single = runner.forward([RowInput(slots[0], [7], len(PROMPTS[0]))])
+        return batch, single
+
+    (batch_a, single_a), (batch_b, single_b) = run(exact), run(mixed)
+    assert torch.equal(batch_a, batch_b)  # 3 rows: the fp32 weights, bit for bit
+    assert not torch.equal(single_a, single_b)  # 1 row: the copy ran
+    assert (single_a - single_b).abs().max() < 0.15
+    assert single_a.argmax() == single_b.argmax()
+    top = single_b[0].topk(4).indices
+    # the refined candidates are fp32 products of the (bf16-computed) hidden state,
+    # so they stay close to the exact ones while the tail keeps bf16 rounding
+    assert (single_a[0, top] - single_b[0, top]).abs().max() < 0.05
+
+
+def test_weights_stay_unpacked_where_onednn_cannot_pack_them(monkeypatch):
+    """oneDNN refuses bf16 packing on CPUs without AVX-512 (an AVX2-only EPYC):
+    the projection then runs unpacked instead of failing the model's load."""
+    from gptstore.inference.models import base
+
+    def refuse(*_args, **_kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("mkldnn_reorder_linear_weight: bf16 path needs the cpu support")
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", refuse)
+    base.can_pack.cache_clear()
+    try:
+        weight = torch.randn(8, 16)
+        linear = base.Linear.of(weight, pack=True)
+        assert linear.packed is None and linear.extra_nbytes == 0
+        x = torch.randn(5, 16)
+        assert torch.allclose(linear(x), x @ weight.t())
+    finally:
+        monkeypatch.undo()
+        base.can_pack.cache_clear()

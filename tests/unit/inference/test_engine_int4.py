@@ -76,7 +76,13 @@ def test_int4_runner_stays_close_to_the_bf16_model(tiny_dirs, arch):
     # here); a misplaced scale or offset gives ~0.
     cosine = torch.nn.functional.cosine_similarity(a, b, dim=-1)
     assert (cosine > 0.9).all(), cosine
-    assert quantized.extra_nbytes < exact.extra_nbytes  # 4-bit copies, not packed bf16 ones
+    # 4-bit copies: a quarter of the bf16 weights they stand for (plus scales), less
+    # than the packed bf16 copies where oneDNN packs bf16 at all (not on AVX2-only CPUs)
+    bf16_bytes = sum(2 * layer.weight_t.numel() for layer in quantized._linears
+                     if isinstance(layer, Int4Linear))
+    assert 0 < quantized.extra_nbytes < bf16_bytes / 2
+    if exact.extra_nbytes:
+        assert quantized.extra_nbytes < exact.extra_nbytes
 
 
 def test_engine_serves_int4_and_refuses_unknown_quantisation(tiny_dirs, make_engine):

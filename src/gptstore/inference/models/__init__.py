@@ -11,22 +11,25 @@ from gptstore.inference.models.base import Head, Int4Linear, Linear, RowInput, R
 
 
 def build_runner(model: Any, *, max_slots: int, max_context: int | None = None,
-                 fast: bool = True, pack: bool = True, quantize: str | None = None) -> Runner:
+                 fast: bool = True, pack: bool = True, quantize: str | None = None,
+                 decode_dtype: Any = None) -> Runner:
     """The runner for a loaded `transformers` model (causal LM or sequence classifier).
 
     `pack`: keep a oneDNN-packed copy of the weights for batched steps (models/base.py
     `Linear`): 1.2-1.9x faster batches for twice the weight memory. `quantize="int4"`:
     4-bit projection weights (`Int4Linear`; the model must be bf16); the generic runner
-    does not quantize.
+    does not quantize. `decode_dtype=torch.bfloat16` with an fp32 model: steps of 1-2
+    rows run on a bf16 copy of the projections (models/base.py `Linear`); the generic
+    runner ignores it.
     """
     from gptstore.inference.models import generic, gpt2, llama
 
     if fast and llama.supports(model):
         return llama.LlamaRunner(model, max_slots=max_slots, max_context=max_context,
-                                 pack=pack, quantize=quantize)
+                                 pack=pack, quantize=quantize, decode_dtype=decode_dtype)
     if fast and gpt2.supports(model):
         return gpt2.GPT2Runner(model, max_slots=max_slots, max_context=max_context, pack=pack,
-                               quantize=quantize)
+                               quantize=quantize, decode_dtype=decode_dtype)
     return generic.GenericRunner(model, max_slots=max_slots, max_context=max_context)
 
 

@@ -20,6 +20,7 @@ Knows nothing of sampling, requests or adapters' storage.
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,6 +47,23 @@ _GEMV_MAX_ROWS = 2  # up to this many rows a bf16 matmul is a matrix-vector prod
 REFINE_TOP = 32  # bf16 logits: the top candidates recomputed in fp32 (see _refine_top)
 
 
+@functools.cache
+def can_pack(dtype: torch.dtype) -> bool:
+    """Whether oneDNN can hold weights of `dtype` in its blocked layout on this CPU.
+
+    Not on every x86 CPU: its bf16 path needs AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT, and
+    an AVX2-only EPYC refuses it. Asked of oneDNN itself with a tiny weight rather than
+    read from CPU flags, so a CPU (or a torch) we have not seen answers for itself; a
+    refusal leaves the weights unpacked, served by the plain matmul."""
+    if dtype not in (torch.bfloat16, torch.float32) or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        torch.ops.mkldnn._reorder_linear_weight(torch.zeros(16, 16, dtype=dtype), None)
+    except RuntimeError:
+        return False
+    return True
+
+
 class Linear:
     """`x @ W^T + b` (optionally `+ residual`) with the fastest CPU kernel for the rows.
 
@@ -62,10 +80,16 @@ class Linear:
       weight on every call and is 1.4-1.9x slower at 3-512 rows. fp32 without AMX:
       all of SmolLM2's projections at 16 rows took 39 ms against 48 ms for MKL's `mm`.
       The packed copy doubles the memory of the weights; `pack=False` skips it.
+    * `decode_dtype=torch.bfloat16` on fp32 weights: a bf16 copy serves the 1-2 row
+      steps (ATen's GEMV, fp32 out), where the CPU measured bf16 faster for them but
+      fp32 faster for batches (precision.py, "decode" vs "batched"). On an AVX2-only
+      EPYC: fp32 GEMV read 8-15 GB/s of weights, the bf16 copy 18-25 GB/s in fp32
+      terms, while bf16 batches ran at a quarter of fp32's speed (no bf16 arithmetic).
+      The copy costs half the fp32 weights' memory.
     """
 
     def __init__(self, weight_t: torch.Tensor, bias: torch.Tensor | None = None, *,
-                 pack: bool = False) -> None:
+                 pack: bool = False, decode_dtype: torch.dtype | None = None) -> None:
         self.weight_t = weight_t  # [in, out]: a transposed view of an nn.Linear weight,
         self.bias = bias  # or a GPT-2 Conv1D weight as it is
         mkldnn = torch.backends.mkldnn.is_available()
@@ -73,8 +97,11 @@ class Linear:
         self.packed = None
         # fp32 at 3 rows: MKL 23.5 ms vs packed oneDNN 25.9 (all projections); 4: 35 vs 27
         self.packed_min_rows = _GEMV_MAX_ROWS + (1 if self.gemv_toggle else 2)
-        if pack and mkldnn and weight_t.dtype in (torch.bfloat16, torch.float32):
+        if pack and can_pack(weight_t.dtype):
             self.packed = torch.ops.mkldnn._reorder_linear_weight(weight_t.t(), None)
+        self.decode_weight_t: torch.Tensor | None = None
+        if decode_dtype is not None and decode_dtype != weight_t.dtype:
+            self.decode_weight_t = weight_t.to(decode_dtype)  # keeps the [in, out] strides
 
     @classmethod
     def of(cls, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
@@ -83,10 +110,19 @@ class Linear:
         return cls(weight.t(), bias, pack=pack)
 
     @property
-    def packed_nbytes(self) -> int:
-        return 0 if self.packed is None else int(torch.ops.mkldnn._nbytes(self.packed))
+    def extra_nbytes(self) -> int:
+        """Bytes held beyond the model's own weight: the packed and the decode copies."""
+        packed = 0 if self.packed is None else int(torch.ops.mkldnn._nbytes(self.packed))
+        copy = self.decode_weight_t
+        return packed + (0 if copy is None else copy.numel() * copy.element_size())
+
+    def decodes_low(self, rows: int) -> bool:
+        """Whether a step of `rows` rows runs on the lower-precision decode copy."""
+        return self.decode_weight_t is not None and rows <= _GEMV_MAX_ROWS
 
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        if self.decodes_low(x.shape[0]):
+            return self._decode(x, residual)
         if self.packed is not None and x.shape[0] >= self.packed_min_rows:
             if residual is None:
                 return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none",
@@ -108,6 +144,20 @@ class Linear:
         finally:
             if toggle:
                 torch._C._set_mkldnn_enabled(True)
+
+    def _decode(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        """The 1-2 row product on the decode copy, in ATen's GEMV (oneDNN off, as for
+        bf16 weights above); the result comes back in the weights' dtype."""
+        copy = self.decode_weight_t
+        assert copy is not None
+        with _mkldnn_off(torch.backends.mkldnn.is_available()
+                         and torch._C._get_mkldnn_enabled()):
+            y = torch.mm(x.to(copy.dtype), copy).to(x.dtype)
+        if self.bias is not None:
+            y += self.bias
+        if residual is not None:
+            y += residual
+        return y
 
 
 class Int4Linear(Linear):
@@ -148,7 +198,7 @@ class Int4Linear(Linear):
         return n_in % Int4Linear.GROUP == 0 and n_out % 16 == 0
 
     @property
-    def packed_nbytes(self) -> int:
+    def extra_nbytes(self) -> int:
         return self.qweight.numel() * self.qweight.element_size() + \
             self.scales_zeros.numel() * self.scales_zeros.element_size()
 
@@ -255,7 +305,8 @@ class DecoderRunner(Runner):
 
     def __init__(self, *, n_layers: int, n_heads: int, n_kv_heads: int, head_dim: int,
                  vocab_size: int, context_length: int, dtype: torch.dtype,
-                 max_slots: int, pack: bool, quantize: str | None = None) -> None:
+                 max_slots: int, pack: bool, quantize: str | None = None,
+                 decode_dtype: torch.dtype | None = None) -> None:
         if quantize not in (None, "int4"):
             raise ValueError(f"unknown quantization {quantize!r}")
         if quantize and dtype != torch.bfloat16:
@@ -266,23 +317,26 @@ class DecoderRunner(Runner):
         self.context_length, self.dtype = context_length, dtype
         self.kv = SlotKVCache(n_layers, n_kv_heads, head_dim, max_slots, context_length, dtype)
         self.pack = pack
+        # a bf16 copy of fp32 weights for 1-2 row steps (`Linear`); not with int4
+        self.decode_dtype = None if quantize or decode_dtype == dtype else decode_dtype
         self._linears: list[Linear] = []
 
     def linear(self, weight_t: torch.Tensor, bias: torch.Tensor | None = None) -> Linear:
         """A projection of this model (packed when the runner packs, 4-bit when it
-        quantizes and the shape fits the kernel), from [in, out]. A 4-bit LM head picks
-        the top candidates; `_refine_top` recomputes their logits from the bf16 weights."""
+        quantizes and the shape fits the kernel, with a decode copy when the runner
+        decodes in a lower precision), from [in, out]. A 4-bit or bf16 LM head picks the
+        top candidates; `_refine_top` recomputes their logits from the exact weights."""
         layer: Linear
         if self.quantize == "int4" and Int4Linear.fits(weight_t):
             layer = Int4Linear(weight_t, bias)
         else:
-            layer = Linear(weight_t, bias, pack=self.pack)
+            layer = Linear(weight_t, bias, pack=self.pack, decode_dtype=self.decode_dtype)
         self._linears.append(layer)
         return layer
 
     @property
     def extra_nbytes(self) -> int:
-        return sum(layer.packed_nbytes for layer in self._linears)
+        return sum(layer.extra_nbytes for layer in self._linears)
 
     def allocate(self) -> Slot:
         return self.kv.allocate()
@@ -468,7 +522,8 @@ class DecoderRunner(Runner):
         plan = self.plan(rows)
         # A step of 1-2 tokens is all matrix-vector products: switch oneDNN off once for
         # the step rather than around each matmul (see `Linear`).
-        gemv_step = self.dtype == torch.bfloat16 and plan.n_tokens <= _GEMV_MAX_ROWS \
+        gemv_step = torch.bfloat16 in (self.dtype, self.decode_dtype) \
+            and plan.n_tokens <= _GEMV_MAX_ROWS \
             and torch.backends.mkldnn.is_available() and torch._C._get_mkldnn_enabled()
         with torch.inference_mode(), _mkldnn_off(gemv_step):
             hidden = self.hidden_states(plan, lora)
@@ -478,7 +533,8 @@ class DecoderRunner(Runner):
                 and lora.touches(head.lora_site)
             if lora is not None and head.lora_site is not None:
                 lora.apply(-1, head.lora_site, hidden, out, rows=True)
-            if out.dtype != torch.bfloat16 or head_lora:
+            low = out.dtype == torch.bfloat16 or head.linear.decodes_low(hidden.shape[0])
+            if not low or head_lora:
                 return out.float()
             return _refine_top(out, hidden, head.linear)
 
