@@ -29,18 +29,30 @@ from gptstore.inference.precision import (
 from gptstore.inference.precision import measure as measure_profile
 
 GEMM_SIZE = 2048
+#: seconds one timed product may take before the GEMM is measured at a smaller size
+GEMM_SLOW_S = 1.0
 
 
-def gemm_gflops(dtype: torch.dtype, n: int = GEMM_SIZE, reps: int = 3) -> float:
-    """Best of `reps` n x n x n matmuls in `dtype`, in GFLOP/s."""
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+def gemm_gflops(dtype: torch.dtype, n: int = GEMM_SIZE, reps: int = 3) -> tuple[float, int]:
+    """Best of `reps` n x n x n matmuls in `dtype`, in GFLOP/s, and the n used: smaller
+    where one product of a quarter of the size already takes over `GEMM_SLOW_S` (bf16
+    on an AVX2-only CPU runs ~1 GFLOP/s, and 2048^3 would take a minute a product)."""
+    size = 256
+    while size < n:
+        a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        if (time.perf_counter() - start) * 8 > GEMM_SLOW_S:  # the doubled size's time
+            break
+        size *= 2
+    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
     torch.mm(a, b)  # warm-up
     best = float("inf")
     for _ in range(reps):
         start = time.perf_counter()
         torch.mm(a, b)
         best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
+    return 2 * size**3 / best / 1e9, size
 
 
 def describe_machine() -> str:
@@ -48,12 +60,12 @@ def describe_machine() -> str:
     gptstore times, memory read bandwidth, load average."""
     load = os.getloadavg()[0]
     with torch.no_grad():
-        fp32, bf16 = gemm_gflops(torch.float32), gemm_gflops(torch.bfloat16)
+        (fp32, n32), (bf16, n16) = gemm_gflops(torch.float32), gemm_gflops(torch.bfloat16)
     profile = measure_profile()
     bandwidth = read_bandwidth()
     lines = [f"machine: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} "
              f"with {torch.get_num_threads()} threads; flags: {' '.join(cpu_flags())}",
-             f"  GEMM {GEMM_SIZE}^3: fp32 {fp32:.0f} GFLOP/s, bf16 {bf16:.0f} GFLOP/s "
+             f"  GEMM: fp32 {fp32:.0f} GFLOP/s ({n32}^3), bf16 {bf16:.0f} GFLOP/s ({n16}^3) "
              f"({bf16 / fp32:.2f}x)"]
     for use, (rows, n_in, n_out) in SHAPES.items():
         rates = profile.gflops[use]

@@ -197,33 +197,53 @@ def _best_time(fn: Callable[[], object], budget_s: float = TIME_BUDGET_S,
 #: more intra-op threads must run a serving step's projection this many times faster than
 #: one thread, or a model's steps run on one (`step_threads`)
 THREADS_MARGIN = 1.25
-#: seconds spent timing each thread count in `step_threads`
-THREADS_BUDGET_S = 0.03
+#: seconds spent timing each thread count in `step_threads`, each of three times
+THREADS_BUDGET_S = 0.02
+#: distinct weights in `step_threads`' timed step (not one cache-resident matrix)
+THREADS_WEIGHTS = 4
 
 
-def step_threads(rows: int, n_in: int, n_out: int, dtype: Any, threads: int) -> int:
+def step_threads(rows: int, n_in: int, n_out: int, dtype: Any, threads: int, *,
+                 decode_dtype: Any = None, pack: bool = True) -> int:
     """The intra-op threads for serving steps whose projections are `rows` x `n_in` ->
     `n_out` in `dtype`: `threads`, or 1 where `threads` measured under `THREADS_MARGIN`
     times one thread's speed. Measured, because the answer depends on the model's size
     and the CPU: SmolLM2-135M's 16-row projections split well over two cores; a tiny
     model's do not, and then OpenMP's idle worker spins between ops on a core the
     HTTP server needs (on a 2-core machine, half a core: a flooded server's time to
-    first token doubled with it, benchmarks/fair_admission.py)."""
+    first token doubled with it, benchmarks/fair_admission.py).
+
+    Timed as the engine runs its steps: through `Linear` (packed weights when `pack`,
+    the decode copy in `decode_dtype` for the 1-row pass), a `rows`-row pass plus a
+    1-row pass, over a few weights, thread counts alternating three times. A plain
+    `mm` of one cache-resident weight, timed twice, once chose one thread for SmolLM2
+    on an AVX2 EPYC right after another measurement, and the base then decoded at half
+    its speed (19.5 against 37 tok/s) for as long as it stayed loaded."""
     import torch
+
+    from gptstore.inference.models.base import Linear
 
     if threads <= 1:
         return threads
     generator = torch.Generator().manual_seed(0)
-    weight = torch.randn(n_in, n_out, generator=generator).to(dtype)
-    x = torch.randn(rows, n_in, generator=generator).to(dtype)
+    linears = [Linear.of(torch.randn(n_out, n_in, generator=generator).to(dtype), pack=pack,
+                         decode_dtype=decode_dtype) for _ in range(THREADS_WEIGHTS)]
+    batch = torch.randn(rows, n_in, generator=generator).to(dtype)
+    single = batch[:1].clone()
+
+    def step() -> None:
+        for linear in linears:
+            linear(batch)
+            linear(single)
+
     before = torch.get_num_threads()
     try:
-        times = {}
-        for n in (1, threads, 1, threads):  # alternating: a disturbance hits both
-            torch.set_num_threads(n)
-            took = _best_time(lambda: torch.mm(x, weight), budget_s=THREADS_BUDGET_S,
-                              cap_s=THREADS_BUDGET_S * 4)
-            times[n] = min(times.get(n, took), took)
+        times: dict[int, float] = {}
+        with torch.inference_mode():
+            for n in (1, threads) * 3:  # alternating: a disturbance hits both
+                torch.set_num_threads(n)
+                took = _best_time(step, budget_s=THREADS_BUDGET_S, cap_s=THREADS_BUDGET_S * 4)
+                times[n] = min(times.get(n, took), took)
     finally:
         torch.set_num_threads(before)
     return threads if times[1] >= THREADS_MARGIN * times[threads] else 1

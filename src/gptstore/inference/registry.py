@@ -195,7 +195,10 @@ class ModelRegistry:
         inner = getattr(config, "intermediate_size", None) or \
             getattr(config, "n_inner", None) or 4 * hidden
         dtype = torch.bfloat16 if self.config.quantize else next(model.parameters()).dtype
-        return step_threads(self.config.max_running, hidden, inner, dtype, self.threads)
+        decode = self.config.decode_dtype
+        return step_threads(self.config.max_running, hidden, inner, dtype, self.threads,
+                            decode_dtype=getattr(torch, decode) if decode else None,
+                            pack=self.config.pack_weights)
 
     def _evict_bases(self, keep: LoadedBase) -> None:
         budget = self.config.base_budget_bytes

@@ -16,8 +16,8 @@ def _cache(slots: int = 3) -> SlotKVCache:
 
 def test_release_moves_the_last_slot_into_the_hole():
     cache = _cache()
-    cache.ensure_capacity(4)
     a, b, c = (cache.allocate() for _ in range(3))
+    cache.ensure_capacity(4)
     for slot, value in ((a, 1.0), (b, 2.0), (c, 3.0)):
         cache.k[:, slot.index, :, :4] = value
         slot.length = 4
@@ -31,14 +31,34 @@ def test_release_moves_the_last_slot_into_the_hole():
 
 def test_growth_keeps_contents_and_idle_cache_is_freed():
     cache = _cache()
-    cache.ensure_capacity(10)
     slot = cache.allocate()
+    cache.ensure_capacity(10)
     cache.v[:, 0, :, :10] = 7.0
     cache.ensure_capacity(300)
     assert cache.capacity >= 300
     assert cache.v[:, 0, :, :10].eq(7.0).all()
     cache.release(slot)
     assert cache.nbytes == 0
+
+
+def test_the_cache_holds_the_live_slots_not_all_of_them():
+    """A lone sequence on an idle base allocates one slot's positions, not max_slots'
+    (a 1,000-token prompt otherwise zero-filled 16 slots x 2,048 positions before its
+    first token); more live sequences grow the slots, keeping what the others hold."""
+    cache = _cache(slots=16)
+    first = cache.allocate()
+    cache.ensure_capacity(200)
+    assert cache.k.shape[1] == 1 and cache.capacity == 256
+    cache.k[:, 0, :, :200] = 5.0
+    first.length = 200
+    others = [cache.allocate() for _ in range(4)]
+    cache.ensure_capacity(10)
+    assert cache.k.shape[1] == 8 and cache.capacity == 256  # doubled to hold 5
+    assert cache.k[:, 0, :, :200].eq(5.0).all()
+    assert cache.k[:, 1:].eq(0).all()  # new room is zeros (read, masked, by decode steps)
+    for slot in [first, *others]:
+        cache.release(slot)
+    assert cache.nbytes == 0 and cache.k.shape == (0,)
 
 
 def test_parity_across_cache_growth(tiny_dirs, make_engine):

@@ -262,7 +262,7 @@ def test_the_engine_steps_a_base_with_its_measured_threads(
                                      (EngineConfig(), 1)):
         if measured_threads is not None:
             monkeypatch.setattr(precision, "step_threads",
-                                lambda *_a, n=measured_threads: n)
+                                lambda *_a, n=measured_threads, **_kw: n)
         stepped_with.clear()
         with Engine(lambda _name: causal_spec(folder), config) as engine:
             outputs.append(engine.submit(GenerationRequest([5, 6, 7], "m", params))

@@ -105,9 +105,9 @@ class Linear:
 
     @classmethod
     def of(cls, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
-           pack: bool = False) -> Linear:
+           pack: bool = False, decode_dtype: torch.dtype | None = None) -> Linear:
         """From an `nn.Linear`-style weight [out, in]."""
-        return cls(weight.t(), bias, pack=pack)
+        return cls(weight.t(), bias, pack=pack, decode_dtype=decode_dtype)
 
     @property
     def extra_nbytes(self) -> int:
