@@ -212,7 +212,7 @@ def _fake_mm_times(monkeypatch: pytest.MonkeyPatch, speedup: float) -> list[int]
     return seen
 
 
-@pytest.mark.parametrize(("speedup", "chosen"), [(1.9, 2), (1.1, 1), (0.8, 1)])
+@pytest.mark.parametrize(("speedup", "chosen"), [(1.9, 2), (1.15, 2), (1.05, 1), (0.8, 1)])
 def test_step_threads_splits_only_where_it_measures_faster(
         monkeypatch: pytest.MonkeyPatch, speedup: float, chosen: int) -> None:
     import torch
