@@ -14,6 +14,7 @@ process tree used, so peers run in child processes count as ours.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -57,7 +58,30 @@ def gemm_gflops(dtype: torch.dtype, n: int = GEMM_SIZE, reps: int = 3) -> tuple[
 
 def describe_machine() -> str:
     """Several lines: CPU, threads, GEMM GFLOP/s in both dtypes at 2048^3 and at the shapes
-    gptstore times, memory read bandwidth, load average."""
+    gptstore times, memory read bandwidth, load average.
+
+    Measured on a short-lived thread with the caller's torch threads: libgomp keeps one
+    team of worker threads per thread that ran a parallel region, and once the teams
+    outnumber the cores every parallel region pays a wake-up (docs/design.md,
+    "Threads"). Measured on the main thread, this line slowed the engine measured after
+    it in the same process: a SmolLM2 single stream decoded at 20 tok/s instead of 31,
+    and the engine's thread choice (`step_threads`) saw two threads gain too little."""
+    threads = torch.get_num_threads()
+    lines: list[str] = []
+
+    def run() -> None:
+        torch.set_num_threads(threads)
+        lines.append(_describe())
+
+    worker = threading.Thread(target=run, name="describe-machine")
+    worker.start()
+    worker.join()
+    if not lines:
+        raise RuntimeError("measuring the machine failed (see the thread's traceback above)")
+    return lines[0]
+
+
+def _describe() -> str:
     load = os.getloadavg()[0]
     with torch.no_grad():
         (fp32, n32), (bf16, n16) = gemm_gflops(torch.float32), gemm_gflops(torch.bfloat16)

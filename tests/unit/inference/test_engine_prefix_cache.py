@@ -121,7 +121,7 @@ def test_pacer_bounds_prefill_chunks_while_others_decode():
     assert pacer.budget(decoding=15) == pytest.approx(40, abs=1)
     assert pacer.budget(decoding=0) == 512
     slow = PrefillPacer(max_tokens=512, decode_step_s=0.001, token_s=0.01)
-    assert slow.budget(decoding=1) == 32  # never below min_tokens: the prompt progresses
+    assert slow.budget(decoding=1) == slow.min_tokens > 0  # the prompt still progresses
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
