@@ -35,6 +35,7 @@ def doctor(
                  "GPTSTORE_TRAINING_PRECISION": cfg.training_precision}
     if as_json:
         print_json({**profile.to_dict(), "serving": profile.serving,
+                    "decode_copy": profile.decode_copy,
                     "bandwidth_gbs": round(bandwidth, 2), "settings": overrides,
                     "cache": str(cfg.home / CACHE_FILE)})
         return

@@ -187,6 +187,7 @@ def test_doctor_prints_the_measurements_and_the_choices(tmp_path, monkeypatch):
     assert doc["key"] == machine_key() and doc["bandwidth_gbs"] > 0
     assert set(doc["choices"]) == {"training", "batched", "decode"}
     assert doc["serving"] in ("bf16", "fp32")
+    assert doc["decode_copy"] == (doc["serving"] == "fp32" and doc["choices"]["decode"] == "bf16")
     assert doc["settings"] == {"GPTSTORE_INFERENCE_DTYPE": "auto",
                                "GPTSTORE_TRAINING_PRECISION": "auto"}
     text = CliRunner().invoke(app, ["doctor"]).output
