@@ -64,7 +64,7 @@ def describe_machine() -> str:
     team of worker threads per thread that ran a parallel region, and once the teams
     outnumber the cores every parallel region pays a wake-up (docs/design.md,
     "Threads"). Measured on the main thread, this line slowed the engine measured after
-    it in the same process: a SmolLM2 single stream decoded at 20 tok/s instead of 31,
+    it in the same process: a SmolLM2 single stream decoded at 20 tok/s instead of 31-38,
     and the engine's thread choice (`step_threads`) saw two threads gain too little."""
     threads = torch.get_num_threads()
     lines: list[str] = []

@@ -153,12 +153,12 @@ class ModelRegistry:
         if self.config.dtype:
             model = model.to(getattr(torch, self.config.dtype))
         model.eval()
-        decode_dtype = self.config.decode_dtype
+        decode_dtype = _torch_dtype(self.config.decode_dtype)
         runner = build_runner(model, max_slots=self.config.max_running,
                               max_context=self.config.max_context,
                               fast=self.config.use_fast_path,
                               pack=self.config.pack_weights, quantize=self.config.quantize,
-                              decode_dtype=getattr(torch, decode_dtype) if decode_dtype else None)
+                              decode_dtype=decode_dtype)
         is_classifier = type(model).__name__.endswith("ForSequenceClassification")
         if runner.supports_prefix_cache and self.config.prefix_cache_bytes and not is_classifier:
             runner.prefix_cache = PrefixCache(self.config.prefix_cache_bytes,
@@ -172,14 +172,14 @@ class ModelRegistry:
             nbytes=_model_bytes(model) + runner.extra_nbytes,
             eos_token_ids=_eos_ids(model, tokenizer),
             is_classifier=is_classifier, label_names=labels,
-            threads=self._threads_for(model),
+            threads=self._threads_for(model, decode_dtype),
         )
         log.info("loaded base %s (%s, %.0f MB, %d threads) in %.1f s", spec.base_key,
                  type(runner).__name__, base.nbytes / 1e6, base.threads,
                  time.monotonic() - started)
         return base
 
-    def _threads_for(self, model: Any) -> int:
+    def _threads_for(self, model: Any, decode_dtype: Any) -> int:
         """The configured threads, or as many as the model's projections measure worth
         splitting over (precision.step_threads), at most the engine's threads."""
         import torch
@@ -195,10 +195,8 @@ class ModelRegistry:
         inner = getattr(config, "intermediate_size", None) or \
             getattr(config, "n_inner", None) or 4 * hidden
         dtype = torch.bfloat16 if self.config.quantize else next(model.parameters()).dtype
-        decode = self.config.decode_dtype
         return step_threads(self.config.max_running, hidden, inner, dtype, self.threads,
-                            decode_dtype=getattr(torch, decode) if decode else None,
-                            pack=self.config.pack_weights)
+                            decode_dtype=decode_dtype, pack=self.config.pack_weights)
 
     def _evict_bases(self, keep: LoadedBase) -> None:
         budget = self.config.base_budget_bytes
@@ -278,3 +276,10 @@ def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
     if isinstance(tok_eos, int):
         ids.add(tok_eos)
     return frozenset(ids)
+
+
+def _torch_dtype(name: str | None) -> Any:
+    """"bfloat16" -> torch.bfloat16; None stays None."""
+    import torch
+
+    return getattr(torch, name) if name else None
