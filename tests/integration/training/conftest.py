@@ -87,8 +87,12 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-#: learning rates that make the tiny random models learn in a few dozen steps
-TINY_LR = {"lora": 1e-2, "full": 3e-3, "head": 3e-2}
+#: learning rates that make the tiny random models learn in a few dozen steps. LoRA was
+#: 1e-2 while it covered q,v only; on every projection (the default since) that rate
+#: drove the tiny classifier's loss to ~0.005 and then into spikes up to 1.4 on an AMX
+#: CPU (the last three steps averaged 0.53 against 0.64 at the start); 5e-3 descends
+#: steadily to 0.007 there
+TINY_LR = {"lora": 5e-3, "full": 3e-3, "head": 3e-2}
 
 
 @pytest.fixture(scope="module")
