@@ -30,7 +30,7 @@ from peer_generate import run_peer
 
 from gptstore.inference import Engine, EngineConfig, GenerationRequest, ModelSpec, SamplingParams
 from gptstore.inference.loader import preferred_dtype
-from gptstore.inference.precision import decode_dtype_name, read_bandwidth
+from gptstore.inference.precision import decode_dtype_name, machine_profile, read_bandwidth
 
 QUESTIONS = [
     "What is the capital of France?", "Write a haiku about the sea.",
@@ -98,12 +98,14 @@ def main() -> None:
     dtype = getattr(torch, args.dtype) if args.dtype else preferred_dtype(settings)
     # the product's default: a bf16 copy for 1-row steps where this CPU measured it faster
     decode_dtype = None if args.dtype else decode_dtype_name(settings.home)
+    gemv = machine_profile(settings.home).gemv  # the 1-row kernel measured faster here
     model, tokenizer = load(folder, dtype)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     batch = prompts(tokenizer, args.streams)
     spec = ModelSpec(base_key="m", base_loader=lambda: load(folder, dtype))
     del model
     copy = f" with a {decode_dtype} copy for 1-row steps" if decode_dtype else ""
+    copy += f", bf16 1-row kernel {gemv}"
     print(f"{folder.name}: gptstore {str(dtype).removeprefix('torch.')}{copy} "
           f"({weight_bytes / 1e6:.0f} MB of weights), {args.tokens} new tokens", flush=True)
 
@@ -119,7 +121,8 @@ def main() -> None:
                                 / sum(run["seconds"] for run in peer["runs"]))
         peer_other = other()
         engine = Engine(lambda _name: spec, EngineConfig(max_running=args.streams,
-                                                         decode_dtype=decode_dtype))
+                                                         decode_dtype=decode_dtype,
+                                                         gemv=gemv))
         engine.tokenizer("m")  # load
         engine_single(engine, batch[0][:8], 4)  # warm-up
         rows["ours"].append(engine_single(engine, batch[r % len(batch)], args.tokens))

@@ -93,8 +93,12 @@ def _describe() -> str:
              f"({bf16 / fp32:.2f}x)"]
     for use, (rows, n_in, n_out) in SHAPES.items():
         rates = profile.gflops[use]
+        kernels = ""
+        if "bf16_onednn" in rates:  # the 1-row bf16 product, timed in both kernels
+            kernels = (f" (bf16 ATen GEMV {rates['bf16_aten']:.1f}, packed oneDNN "
+                       f"{rates['bf16_onednn']:.1f}: {profile.gemv})")
         lines.append(f"  {use} {rows} x {n_in} -> {n_out}: fp32 {rates['fp32']:.1f}, "
-                     f"bf16 {rates['bf16']:.1f} GFLOP/s -> gptstore picks "
+                     f"bf16 {rates['bf16']:.1f} GFLOP/s{kernels} -> gptstore picks "
                      f"{profile.choice(use)}")  # type: ignore[arg-type]
     lines.append(f"  memory read {bandwidth:.1f} GB/s (sum over {BANDWIDTH_BYTES >> 20} MiB); "
                  f"load average {load:.2f} before measuring, "

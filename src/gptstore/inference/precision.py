@@ -11,9 +11,11 @@ alternating, on one thread (`MEASURE_THREADS`), in well under a second:
 - *batched*: a 16-row serving step over a few projections, through the engine's own
   `Linear` (oneDNN-packed weights, as the engine serves them);
 - *decode*: a 1-row step over a model-sized set of projections (larger than the L3
-  cache, as a real model's weights are), through the same `Linear` (ATen's GEMV in
-  bf16): single-stream decoding is a pass over all the weights per token, so its speed
-  is bytes read, not arithmetic;
+  cache, as a real model's weights are), through the same `Linear`: single-stream
+  decoding is a pass over all the weights per token, so its speed is bytes read, not
+  arithmetic. bf16 is timed in both kernels the engine has for it, ATen's GEMV and
+  oneDNN on packed weights (where oneDNN can pack bf16), and the faster one is the
+  profile's `gemv` (which kernel wins differs between CPUs: models/base.py, `Linear`);
 - memory read bandwidth (`read_bandwidth`, a sum over 256 MiB) is not part of the
   first-use timing (it alone takes ~0.3 s); `gptstore doctor` and the benchmarks
   measure it when they print the machine, as the decode ceiling's numerator.
@@ -72,6 +74,8 @@ TIME_CAP_S = 0.25
 #: bytes summed to estimate memory read bandwidth: 64 MiB still measured 86 GB/s on a
 #: VM reporting a 32 MiB L3 (the host's caches are larger); 256 MiB gave 36 GB/s
 BANDWIDTH_BYTES = 256 * 1024**2
+#: layout of a cached profile; one of an older layout is measured again
+LAYOUT = 2
 #: torch threads of the timing. One: the choice needs the ratio of the two dtypes, and
 #: multi-threaded kernels on a machine shared with other processes stall on their
 #: barriers (2 threads at load average 8 on 2 cores: 1.4 GFLOP/s for a 16-row fp32 step
@@ -90,9 +94,13 @@ class MachineProfile:
     flags: list[str]  # the CPU flags that bear on bf16 (shown, not used to decide)
     gflops: dict[str, dict[str, float]]  # use -> {"fp32": GFLOP/s, "bf16": GFLOP/s}
     choices: dict[str, str]  # use -> "bf16" | "fp32"
+    # kernel of bf16 1-2 row products that measured faster: "aten" (its GEMV) or
+    # "onednn" (packed weights); gflops["decode"] has both as "bf16_aten", "bf16_onednn"
+    gemv: str = "aten"
     load_average: float = 0.0  # 1-minute load average when measured
     measured_at: float = field(default_factory=time.time)
     seconds: float = 0.0  # how long the measurement took
+    layout: int = LAYOUT
 
     @property
     def quiet(self) -> bool:
@@ -136,6 +144,9 @@ class MachineProfile:
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> MachineProfile:
+        """Raises ValueError for a profile of another layout (measured again)."""
+        if doc.get("layout") != LAYOUT:
+            raise ValueError(f"profile layout {doc.get('layout')!r}, not {LAYOUT}")
         return cls(**{k: doc[k] for k in cls.__dataclass_fields__ if k in doc})
 
 
@@ -204,7 +215,7 @@ THREADS_WEIGHTS = 4
 
 
 def step_threads(rows: int, n_in: int, n_out: int, dtype: Any, threads: int, *,
-                 decode_dtype: Any = None, pack: bool = True) -> int:
+                 decode_dtype: Any = None, pack: bool = True, gemv: str = "aten") -> int:
     """The intra-op threads for serving steps whose projections are `rows` x `n_in` ->
     `n_out` in `dtype`: `threads`, or 1 where `threads` measured under `THREADS_MARGIN`
     times one thread's speed. Measured, because the answer depends on the model's size
@@ -214,12 +225,13 @@ def step_threads(rows: int, n_in: int, n_out: int, dtype: Any, threads: int, *,
     first token doubled with it, benchmarks/fair_admission.py).
 
     Timed as the engine runs its steps: through `Linear` (packed weights when `pack`,
-    the decode copy in `decode_dtype` for the 1-row pass), a `rows`-row pass plus a
-    1-row pass, over a few weights, thread counts alternating three times. On an AVX2
-    EPYC, SmolLM2's shapes measured 1.2-1.9x on two threads from run to run, and a
-    choice of one thread (a plain `mm` of one weight under the former 1.25 margin,
-    after other measurements in the same process) decoded at 23 tok/s instead of
-    27-32 for as long as the base stayed loaded; a tiny model's steps measure under 1x.
+    the decode copy in `decode_dtype` for the 1-row pass, its `gemv` kernel), a
+    `rows`-row pass plus a 1-row pass, over a few weights, thread counts alternating
+    three times. On an AVX2 EPYC, SmolLM2's shapes measured 1.2-1.9x on two threads
+    from run to run, and a choice of one thread (a plain `mm` of one weight under the
+    former 1.25 margin, after other measurements in the same process) decoded at
+    23 tok/s instead of 27-32 for as long as the base stayed loaded; a tiny model's
+    steps measure under 1x.
     (Timing 64 MiB of weights instead measured 1.06x there, while the engine's real
     steps gained 1.2-1.4x: the second core's gain lies in more than the matmuls.)"""
     import torch
@@ -230,7 +242,8 @@ def step_threads(rows: int, n_in: int, n_out: int, dtype: Any, threads: int, *,
         return threads
     generator = torch.Generator().manual_seed(0)
     linears = [Linear.of(torch.randn(n_out, n_in, generator=generator).to(dtype), pack=pack,
-                         decode_dtype=decode_dtype) for _ in range(THREADS_WEIGHTS)]
+                         decode_dtype=decode_dtype, gemv=gemv)
+               for _ in range(THREADS_WEIGHTS)]
     batch = torch.randn(rows, n_in, generator=generator).to(dtype)
     single = batch[:1].clone()
 
@@ -252,8 +265,9 @@ def step_threads(rows: int, n_in: int, n_out: int, dtype: Any, threads: int, *,
     return threads if times[1] >= THREADS_MARGIN * times[threads] else 1
 
 
-def _pass(use: Use, dtype: Any) -> Callable[[], object]:
-    """One timed pass of `use`'s shape in `dtype`, run the way that use runs it."""
+def _pass(use: Use, dtype: Any, gemv: str = "aten") -> Callable[[], object]:
+    """One timed pass of `use`'s shape in `dtype`, run the way that use runs it (1-row
+    bf16 products in the `gemv` kernel)."""
     import torch
     import torch.nn.functional as F
 
@@ -270,11 +284,14 @@ def _pass(use: Use, dtype: Any) -> Callable[[], object]:
         return train_pass
     # distinct copies, so the pass reads them from memory as a model's layers are
     weights = [weight] + [weight.clone() for _ in range(COPIES[use] - 1)]
-    linears = [Linear.of(w, pack=use == "batched") for w in weights]
-    gemv = dtype == torch.bfloat16 and rows <= 2 and torch.backends.mkldnn.is_available()
+    packed_gemv = gemv == "onednn"
+    linears = [Linear.of(w, pack=use == "batched" or packed_gemv, gemv=gemv)
+               for w in weights]
+    off = dtype == torch.bfloat16 and rows <= 2 and torch.backends.mkldnn.is_available() \
+        and not packed_gemv
 
     def serve_pass() -> object:
-        with _mkldnn_off(gemv):  # the engine's 1-2 row bf16 path (ATen's GEMV)
+        with _mkldnn_off(off):  # the engine's ATen GEMV path for 1-2 bf16 rows
             for linear in linears:
                 linear(x)
         return None
@@ -283,11 +300,20 @@ def _pass(use: Use, dtype: Any) -> Callable[[], object]:
 
 
 def _time_use(use: Use) -> dict[str, float]:
-    """GFLOP/s of `use` in fp32 and bf16. The two dtypes' passes alternate, so a burst
-    of load from other processes hits both alike instead of deciding the comparison."""
+    """GFLOP/s of `use` in fp32 and bf16 (for decode, bf16 in both GEMV kernels where
+    oneDNN can pack bf16: "bf16_aten", "bf16_onednn", and "bf16" the faster). The
+    passes alternate, so a burst of load from other processes hits all alike instead
+    of deciding the comparison."""
     import torch
 
-    passes = {"fp32": _pass(use, torch.float32), "bf16": _pass(use, torch.bfloat16)}
+    from gptstore.inference.models.base import can_pack
+
+    passes = {"fp32": _pass(use, torch.float32)}
+    if use == "decode" and can_pack(torch.bfloat16):
+        passes["bf16_aten"] = _pass(use, torch.bfloat16, "aten")
+        passes["bf16_onednn"] = _pass(use, torch.bfloat16, "onednn")
+    else:
+        passes["bf16"] = _pass(use, torch.bfloat16)
     best = {name: float("inf") for name in passes}
     with torch.inference_mode():
         for run in passes.values():
@@ -304,7 +330,17 @@ def _time_use(use: Use) -> dict[str, float]:
                 break
     rows, n_in, n_out = SHAPES[use]
     flops = 2 * rows * n_in * n_out * COPIES[use]
-    return {name: round(flops / seconds / 1e9, 2) for name, seconds in best.items()}
+    rates = {name: round(flops / seconds / 1e9, 2) for name, seconds in best.items()}
+    if "bf16" not in rates:
+        rates["bf16"] = max(rates["bf16_aten"], rates["bf16_onednn"])
+    return rates
+
+
+def gemv_kernel(gflops: dict[str, dict[str, float]]) -> str:
+    """"onednn" where packed bf16 1-row products measured faster than ATen's GEMV."""
+    decode = gflops.get("decode", {})
+    return "onednn" if decode.get("bf16_onednn", 0.0) > decode.get("bf16_aten", 0.0) \
+        else "aten"
 
 
 def read_bandwidth(nbytes: int | None = None) -> float:
@@ -342,7 +378,8 @@ def measure() -> MachineProfile:
         torch.set_num_threads(threads)
     return MachineProfile(key=machine_key(), cpu=cpu_model(), torch=torch.__version__,
                           threads=MEASURE_THREADS, flags=cpu_flags(), gflops=gflops,
-                          choices=choose(gflops), load_average=round(load, 2),
+                          choices=choose(gflops), gemv=gemv_kernel(gflops),
+                          load_average=round(load, 2),
                           seconds=round(time.perf_counter() - started, 3))
 
 
@@ -369,7 +406,7 @@ def machine_profile(home: Path, *, remeasure: bool = False) -> MachineProfile:
                     profile = MachineProfile.from_dict(cached)
                     _memo[key] = profile
                     return profile
-                except TypeError:  # a profile of an older layout: measure again
+                except (TypeError, ValueError):  # an older layout: measure again
                     pass
         remembered = _memo.get(key) if not remeasure else None
         fresh = remembered or measure()
@@ -435,6 +472,10 @@ def report_lines(profile: MachineProfile, bandwidth_gbs: float | None = None) ->
         lines.append(f"{use:>8} {rows} x {n_in} -> {n_out}: fp32 {rates.get('fp32', 0):.1f} "
                      f"GFLOP/s, bf16 {rates.get('bf16', 0):.1f} GFLOP/s -> "
                      f"{profile.choice(use)}")
+    decode = profile.gflops.get("decode", {})
+    if "bf16_onednn" in decode:
+        lines.append(f"  bf16 1-row kernel: ATen GEMV {decode['bf16_aten']:.1f}, packed "
+                     f"oneDNN {decode['bf16_onednn']:.1f} GFLOP/s -> {profile.gemv}")
     if bandwidth_gbs is not None:
         lines.append(f"memory read: {bandwidth_gbs:.1f} GB/s")
     copy = " (with a bf16 copy for 1-2 row decode steps)" if profile.decode_copy else ""

@@ -158,7 +158,7 @@ class ModelRegistry:
                               max_context=self.config.max_context,
                               fast=self.config.use_fast_path,
                               pack=self.config.pack_weights, quantize=self.config.quantize,
-                              decode_dtype=decode_dtype)
+                              decode_dtype=decode_dtype, gemv=self.config.gemv)
         is_classifier = type(model).__name__.endswith("ForSequenceClassification")
         if runner.supports_prefix_cache and self.config.prefix_cache_bytes and not is_classifier:
             runner.prefix_cache = PrefixCache(self.config.prefix_cache_bytes,
@@ -196,7 +196,8 @@ class ModelRegistry:
             getattr(config, "n_inner", None) or 4 * hidden
         dtype = torch.bfloat16 if self.config.quantize else next(model.parameters()).dtype
         return step_threads(self.config.max_running, hidden, inner, dtype, self.threads,
-                            decode_dtype=decode_dtype, pack=self.config.pack_weights)
+                            decode_dtype=decode_dtype, pack=self.config.pack_weights,
+                            gemv=self.config.gemv)
 
     def _evict_bases(self, keep: LoadedBase) -> None:
         budget = self.config.base_budget_bytes

@@ -31,7 +31,11 @@ from gptstore.inference.loader import (
     saves_whole_modules,
     weights_version,
 )
-from gptstore.inference.precision import decode_dtype_name, serving_dtype_name
+from gptstore.inference.precision import (
+    decode_dtype_name,
+    machine_profile,
+    serving_dtype_name,
+)
 from gptstore.inference.types import EngineConfig, ModelSpec
 from gptstore.settings import Settings
 
@@ -61,6 +65,8 @@ def engine_config(settings: Settings, **overrides: Any) -> EngineConfig:
     elif "dtype" not in overrides:
         values["dtype"] = serving_dtype_name(settings.home)  # measured on this machine
         values["decode_dtype"] = decode_dtype_name(settings.home)
+    if "gemv" not in overrides:
+        values["gemv"] = machine_profile(settings.home).gemv  # measured here, any dtype
     values.update(overrides)
     return EngineConfig(**values)
 

@@ -198,6 +198,9 @@ class EngineConfig:
     # "bfloat16": fp32 bases also keep a bf16 copy of their projections for steps of 1-2
     # rows (single-stream decoding), where this CPU measured bf16 faster (precision.py)
     decode_dtype: str | None = None
+    # kernel of bf16 1-2 row products: "aten" (its GEMV) or "onednn" (packed weights), the
+    # one this CPU measured faster (precision.py, `MachineProfile.gemv`)
+    gemv: str = "aten"
     num_threads: int | None = None  # torch intra-op threads of the scheduler thread
     use_fast_path: bool = True  # False: always the generic transformers forward (tests)
     pack_weights: bool = True  # oneDNN-packed weight copies: faster batches (models/base.py)
@@ -212,6 +215,9 @@ class EngineConfig:
                                  param="quantize")
         if self.quantize:
             self.dtype = "bfloat16"  # the int4 kernel's activations
+        if self.gemv not in ("aten", "onednn"):
+            raise InvalidRequest(f"unknown gemv kernel {self.gemv!r} (known: aten, onednn)",
+                                 param="gemv")
         if self.prefix_cache_bytes < 0:
             raise InvalidRequest("prefix_cache_bytes must be >= 0 (0 turns the prefix "
                                  "cache off)", param="prefix_cache_bytes")

@@ -128,3 +128,55 @@ def test_weights_stay_unpacked_where_onednn_cannot_pack_them(monkeypatch):
     finally:
         monkeypatch.undo()
         base.can_pack.cache_clear()
+
+
+def _rows_through_packed(monkeypatch):  # type: ignore[no-untyped-def]
+    """A spy on oneDNN's packed product: the row counts of its calls, in order."""
+    real = torch.ops.mkldnn._linear_pointwise
+    rows: list[int] = []
+
+    class Spy:
+        def __call__(self, x, *args, **kwargs):  # type: ignore[no-untyped-def]
+            rows.append(x.shape[0])
+            return real(x, *args, **kwargs)
+
+        def binary(self, x, *args, **kwargs):  # type: ignore[no-untyped-def]
+            rows.append(x.shape[0])  # the residual add fused into the product
+            return real.binary(x, *args, **kwargs)
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", Spy())
+    return rows
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_single_rows_run_on_packed_weights_where_that_kernel_measured_faster(
+        tiny_dirs, arch, monkeypatch):
+    """Where packed oneDNN measured faster than ATen's GEMV for one bf16 row (an AMX
+    Sapphire Rapids: 16 vs 10 GB/s of weights), 1-2 row steps run on the packed weights
+    (`gemv="onednn"`) instead, for bf16 weights and for an fp32 model's bf16 decode copy:
+    the same greedy token, logits within bf16 rounding, and batches unchanged."""
+    if not can_pack(torch.bfloat16):
+        pytest.skip("oneDNN cannot pack bf16 weights on this CPU")
+    for load, decode_dtype in ((_bf16, None), (_fp32, torch.bfloat16)):
+        aten = build_runner(load(tiny_dirs[arch]), max_slots=4, decode_dtype=decode_dtype)
+        onednn = build_runner(load(tiny_dirs[arch]), max_slots=4, decode_dtype=decode_dtype,
+                              gemv="onednn")
+        outputs = []
+        for runner in (aten, onednn):
+            slots = [runner.allocate() for _ in PROMPTS]
+            batch = runner.forward([RowInput(s, p, 0)
+                                    for s, p in zip(slots, PROMPTS, strict=True)])
+            rows = _rows_through_packed(monkeypatch)
+            single = runner.forward([RowInput(slots[0], [7], len(PROMPTS[0]))])
+            monkeypatch.undo()
+            outputs.append((batch, single, rows))
+        (batch_a, single_a, rows_a), (batch_b, single_b, rows_b) = outputs
+        assert torch.equal(batch_a, batch_b)  # 3+ rows: packed either way
+        assert 1 not in rows_a  # ATen's GEMV for the single row
+        assert rows_b and set(rows_b) == {1}  # every projection of the step, packed
+        assert (single_a - single_b).abs().max() < 0.15
+        assert single_a.argmax() == single_b.argmax()
+    # the fp32 model keeps its decode copy packed only, not twice
+    projections = sum(layer.weight_t.numel() for layer in onednn._linears)
+    assert all(layer.decode_weight_t is None for layer in onednn._linears)
+    assert onednn.extra_nbytes >= projections * (4 + 2)  # packed fp32 + packed bf16 copy

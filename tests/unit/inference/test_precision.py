@@ -38,12 +38,13 @@ def measured(monkeypatch: pytest.MonkeyPatch) -> list[MachineProfile]:
     return calls
 
 
-def profile_doc(choices: dict[str, str], key: str | None = None) -> dict[str, Any]:
+def profile_doc(choices: dict[str, str], key: str | None = None,
+                gemv: str = "aten") -> dict[str, Any]:
     """A cached profile as the file holds it, with rates that agree with `choices`."""
     rates = {use: {"fp32": 100.0, "bf16": 300.0 if c == "bf16" else 50.0}
              for use, c in choices.items()}
     return MachineProfile(key=key or machine_key(), cpu="test CPU", torch="x", threads=1,
-                          flags=[], gflops=rates, choices=choices).to_dict()
+                          flags=[], gflops=rates, choices=choices, gemv=gemv).to_dict()
 
 
 def write_cache(home: Path, *docs: dict[str, Any]) -> None:
@@ -61,6 +62,46 @@ def test_first_use_measures_every_use_in_both_dtypes_quickly(tmp_path, measured)
     assert profile.key == machine_key() and profile.cpu in profile.key
     # "well under a second" on a quiet machine; the test machine is shared, so allow 3 s
     assert profile.seconds < 3.0
+
+
+def test_one_row_bf16_is_timed_in_both_kernels_and_the_faster_is_kept(tmp_path, measured):
+    """Which kernel serves a bf16 row faster differs between CPUs (ATen's GEMV on one,
+    packed oneDNN on an AMX Sapphire Rapids), so both are timed where oneDNN packs bf16;
+    the profile keeps the faster one, and bf16's decode rate is that kernel's."""
+    import torch
+
+    from gptstore.inference.models.base import can_pack
+
+    profile = machine_profile(tmp_path)
+    decode = profile.gflops["decode"]
+    if not can_pack(torch.bfloat16):
+        assert profile.gemv == "aten" and "bf16_onednn" not in decode
+        return
+    assert decode["bf16_aten"] > 0 and decode["bf16_onednn"] > 0
+    assert decode["bf16"] == max(decode["bf16_aten"], decode["bf16_onednn"])
+    faster = "onednn" if decode["bf16_onednn"] > decode["bf16_aten"] else "aten"
+    assert profile.gemv == precision.gemv_kernel(profile.gflops) == faster
+
+
+def test_engines_use_the_measured_kernel_for_single_rows_whatever_the_dtype(tmp_path):
+    home = tmp_path / "home"
+    choices = {"training": "bf16", "batched": "bf16", "decode": "bf16"}
+    write_cache(home, profile_doc(choices, gemv="onednn"))
+    for dtype in ("auto", "bfloat16", "float32", "int4"):
+        assert engine_config(Settings(home=home, inference_dtype=dtype)).gemv == "onednn"
+    assert engine_config(Settings(home=home), gemv="aten").gemv == "aten"
+    write_cache(home, profile_doc(choices, gemv="aten"))
+    assert engine_config(Settings(home=home)).gemv == "aten"
+
+
+def test_a_profile_of_an_older_layout_is_measured_again(tmp_path, measured):
+    old = profile_doc({"training": "fp32", "batched": "fp32", "decode": "fp32"})
+    del old["layout"], old["gemv"]  # what the cache held before kernels were timed
+    write_cache(tmp_path, old)
+    profile = machine_profile(tmp_path)
+    assert len(measured) == 1 and profile.cpu != "test CPU"
+    doc = json.loads((tmp_path / precision.CACHE_FILE).read_text())
+    assert doc[machine_key()]["layout"] == precision.LAYOUT
 
 
 def test_profile_is_cached_in_the_home_and_read_back_without_measuring(tmp_path, measured):
@@ -188,6 +229,7 @@ def test_doctor_prints_the_measurements_and_the_choices(tmp_path, monkeypatch):
     assert set(doc["choices"]) == {"training", "batched", "decode"}
     assert doc["serving"] in ("bf16", "fp32")
     assert doc["decode_copy"] == (doc["serving"] == "fp32" and doc["choices"]["decode"] == "bf16")
+    assert doc["gemv"] in ("aten", "onednn")
     assert doc["settings"] == {"GPTSTORE_INFERENCE_DTYPE": "auto",
                                "GPTSTORE_TRAINING_PRECISION": "auto"}
     text = CliRunner().invoke(app, ["doctor"]).output

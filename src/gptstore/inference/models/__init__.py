@@ -12,7 +12,7 @@ from gptstore.inference.models.base import Head, Int4Linear, Linear, RowInput, R
 
 def build_runner(model: Any, *, max_slots: int, max_context: int | None = None,
                  fast: bool = True, pack: bool = True, quantize: str | None = None,
-                 decode_dtype: Any = None) -> Runner:
+                 decode_dtype: Any = None, gemv: str = "aten") -> Runner:
     """The runner for a loaded `transformers` model (causal LM or sequence classifier).
 
     `pack`: keep a oneDNN-packed copy of the weights for batched steps (models/base.py
@@ -20,16 +20,18 @@ def build_runner(model: Any, *, max_slots: int, max_context: int | None = None,
     4-bit projection weights (`Int4Linear`; the model must be bf16); the generic runner
     does not quantize. `decode_dtype=torch.bfloat16` with an fp32 model: steps of 1-2
     rows run on a bf16 copy of the projections (models/base.py `Linear`); the generic
-    runner ignores it.
+    runner ignores it. `gemv`: the kernel of bf16 1-2 row products, "aten" or "onednn"
+    (packed weights), as measured on this CPU (precision.py, `MachineProfile.gemv`).
     """
     from gptstore.inference.models import generic, gpt2, llama
 
     if fast and llama.supports(model):
         return llama.LlamaRunner(model, max_slots=max_slots, max_context=max_context,
-                                 pack=pack, quantize=quantize, decode_dtype=decode_dtype)
+                                 pack=pack, quantize=quantize, decode_dtype=decode_dtype,
+                                 gemv=gemv)
     if fast and gpt2.supports(model):
         return gpt2.GPT2Runner(model, max_slots=max_slots, max_context=max_context, pack=pack,
-                               quantize=quantize, decode_dtype=decode_dtype)
+                               quantize=quantize, decode_dtype=decode_dtype, gemv=gemv)
     return generic.GenericRunner(model, max_slots=max_slots, max_context=max_context)
 
 

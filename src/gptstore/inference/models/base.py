@@ -44,6 +44,9 @@ class RowInput:
 
 
 _GEMV_MAX_ROWS = 2  # up to this many rows a bf16 matmul is a matrix-vector product
+#: kernels of bf16 1-2 row products (`Linear`): ATen's GEMV, or oneDNN on packed weights
+GEMV_ATEN, GEMV_ONEDNN = "aten", "onednn"
+GEMV_KERNELS = (GEMV_ATEN, GEMV_ONEDNN)
 REFINE_TOP = 32  # bf16 logits: the top candidates recomputed in fp32 (see _refine_top)
 
 
@@ -80,6 +83,12 @@ class Linear:
       weight on every call and is 1.4-1.9x slower at 3-512 rows. fp32 without AMX:
       all of SmolLM2's projections at 16 rows took 39 ms against 48 ms for MKL's `mm`.
       The packed copy doubles the memory of the weights; `pack=False` skips it.
+    * `gemv="onednn"`: bf16 1-2 row products on the packed weights too, where this CPU
+      measured that faster than ATen's GEMV (precision.py, `MachineProfile.gemv`). On
+      an AMX Sapphire Rapids, all of SmolLM2's projections at one row, two threads:
+      ATen's GEMV 21 ms a pass (10 GB/s of weights), packed oneDNN 13 ms (16 GB/s);
+      single-stream decoding went from 33-35 to 46-47 tok/s. On the machine the rule
+      above was measured on, the reverse held: so it is measured, not assumed.
     * `decode_dtype=torch.bfloat16` on fp32 weights: a bf16 copy serves the 1-2 row
       steps (ATen's GEMV, fp32 out), where the CPU measured bf16 faster for them but
       fp32 faster for batches (precision.py, "decode" vs "batched"). On an AVX2-only
@@ -89,36 +98,52 @@ class Linear:
     """
 
     def __init__(self, weight_t: torch.Tensor, bias: torch.Tensor | None = None, *,
-                 pack: bool = False, decode_dtype: torch.dtype | None = None) -> None:
+                 pack: bool = False, decode_dtype: torch.dtype | None = None,
+                 gemv: str = GEMV_ATEN) -> None:
+        if gemv not in GEMV_KERNELS:
+            raise ValueError(f"unknown gemv kernel {gemv!r} (known: {', '.join(GEMV_KERNELS)})")
         self.weight_t = weight_t  # [in, out]: a transposed view of an nn.Linear weight,
         self.bias = bias  # or a GPT-2 Conv1D weight as it is
         mkldnn = torch.backends.mkldnn.is_available()
-        self.gemv_toggle = weight_t.dtype == torch.bfloat16 and mkldnn
         self.packed = None
-        # fp32 at 3 rows: MKL 23.5 ms vs packed oneDNN 25.9 (all projections); 4: 35 vs 27
-        self.packed_min_rows = _GEMV_MAX_ROWS + (1 if self.gemv_toggle else 2)
         if pack and can_pack(weight_t.dtype):
             self.packed = torch.ops.mkldnn._reorder_linear_weight(weight_t.t(), None)
+        bf16 = weight_t.dtype == torch.bfloat16
+        # bf16 1-2 row products on the packed weights (`gemv="onednn"`), else ATen's GEMV
+        packed_gemv = gemv == GEMV_ONEDNN and bf16 and self.packed is not None
+        self.gemv_toggle = bf16 and mkldnn and not packed_gemv
+        # fp32 at 3 rows: MKL 23.5 ms vs packed oneDNN 25.9 (all projections); 4: 35 vs 27
+        self.packed_min_rows = 1 if packed_gemv else \
+            _GEMV_MAX_ROWS + (1 if self.gemv_toggle else 2)
         self.decode_weight_t: torch.Tensor | None = None
+        self.decode_packed: torch.Tensor | None = None
         if decode_dtype is not None and decode_dtype != weight_t.dtype:
-            self.decode_weight_t = weight_t.to(decode_dtype)  # keeps the [in, out] strides
+            copy = weight_t.to(decode_dtype)  # keeps the [in, out] strides
+            if gemv == GEMV_ONEDNN and can_pack(decode_dtype):
+                self.decode_packed = torch.ops.mkldnn._reorder_linear_weight(copy.t(), None)
+            else:
+                self.decode_weight_t = copy
 
     @classmethod
     def of(cls, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
-           pack: bool = False, decode_dtype: torch.dtype | None = None) -> Linear:
+           pack: bool = False, decode_dtype: torch.dtype | None = None,
+           gemv: str = GEMV_ATEN) -> Linear:
         """From an `nn.Linear`-style weight [out, in]."""
-        return cls(weight.t(), bias, pack=pack, decode_dtype=decode_dtype)
+        return cls(weight.t(), bias, pack=pack, decode_dtype=decode_dtype, gemv=gemv)
 
     @property
     def extra_nbytes(self) -> int:
         """Bytes held beyond the model's own weight: the packed and the decode copies."""
-        packed = 0 if self.packed is None else int(torch.ops.mkldnn._nbytes(self.packed))
+        total = 0
+        for packed in (self.packed, self.decode_packed):
+            total += 0 if packed is None else int(torch.ops.mkldnn._nbytes(packed))
         copy = self.decode_weight_t
-        return packed + (0 if copy is None else copy.numel() * copy.element_size())
+        return total + (0 if copy is None else copy.numel() * copy.element_size())
 
     def decodes_low(self, rows: int) -> bool:
         """Whether a step of `rows` rows runs on the lower-precision decode copy."""
-        return self.decode_weight_t is not None and rows <= _GEMV_MAX_ROWS
+        return rows <= _GEMV_MAX_ROWS and (self.decode_weight_t is not None or
+                                           self.decode_packed is not None)
 
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         if self.decodes_low(x.shape[0]):
@@ -146,13 +171,19 @@ class Linear:
                 torch._C._set_mkldnn_enabled(True)
 
     def _decode(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
-        """The 1-2 row product on the decode copy, in ATen's GEMV (oneDNN off, as for
-        bf16 weights above); the result comes back in the weights' dtype."""
+        """The 1-2 row product on the decode copy, packed (`gemv="onednn"`) or in ATen's
+        GEMV (oneDNN off, as for bf16 weights above); the result comes back in the
+        weights' dtype."""
         copy = self.decode_weight_t
-        assert copy is not None
-        with _mkldnn_off(torch.backends.mkldnn.is_available()
-                         and torch._C._get_mkldnn_enabled()):
-            y = torch.mm(x.to(copy.dtype), copy).to(x.dtype)
+        if self.decode_packed is not None:
+            y = torch.ops.mkldnn._linear_pointwise(x.to(self.decode_packed.dtype),
+                                                   self.decode_packed, None, "none", [],
+                                                   "").to(x.dtype)
+        else:
+            assert copy is not None
+            with _mkldnn_off(torch.backends.mkldnn.is_available()
+                             and torch._C._get_mkldnn_enabled()):
+                y = torch.mm(x.to(copy.dtype), copy).to(x.dtype)
         if self.bias is not None:
             y += self.bias
         if residual is not None:
@@ -306,7 +337,7 @@ class DecoderRunner(Runner):
     def __init__(self, *, n_layers: int, n_heads: int, n_kv_heads: int, head_dim: int,
                  vocab_size: int, context_length: int, dtype: torch.dtype,
                  max_slots: int, pack: bool, quantize: str | None = None,
-                 decode_dtype: torch.dtype | None = None) -> None:
+                 decode_dtype: torch.dtype | None = None, gemv: str = GEMV_ATEN) -> None:
         if quantize not in (None, "int4"):
             raise ValueError(f"unknown quantization {quantize!r}")
         if quantize and dtype != torch.bfloat16:
@@ -319,6 +350,8 @@ class DecoderRunner(Runner):
         self.pack = pack
         # a bf16 copy of fp32 weights for 1-2 row steps (`Linear`); not with int4
         self.decode_dtype = None if quantize or decode_dtype == dtype else decode_dtype
+        # the kernel of bf16 1-2 row products (`Linear`), as measured on this CPU
+        self.gemv = gemv
         self._linears: list[Linear] = []
 
     def linear(self, weight_t: torch.Tensor, bias: torch.Tensor | None = None) -> Linear:
@@ -330,7 +363,8 @@ class DecoderRunner(Runner):
         if self.quantize == "int4" and Int4Linear.fits(weight_t):
             layer = Int4Linear(weight_t, bias)
         else:
-            layer = Linear(weight_t, bias, pack=self.pack, decode_dtype=self.decode_dtype)
+            layer = Linear(weight_t, bias, pack=self.pack, decode_dtype=self.decode_dtype,
+                           gemv=self.gemv)
         self._linears.append(layer)
         return layer
 
@@ -520,9 +554,11 @@ class DecoderRunner(Runner):
     def forward(self, rows: Sequence[RowInput], lora: LoraBatch | None = None,
                 head: Head | None = None) -> torch.Tensor:
         plan = self.plan(rows)
-        # A step of 1-2 tokens is all matrix-vector products: switch oneDNN off once for
-        # the step rather than around each matmul (see `Linear`).
-        gemv_step = torch.bfloat16 in (self.dtype, self.decode_dtype) \
+        # A step of 1-2 tokens is all matrix-vector products: where they run in ATen's
+        # GEMV, switch oneDNN off once for the step rather than around each matmul (see
+        # `Linear`).
+        gemv_step = self.gemv == GEMV_ATEN and torch.bfloat16 in (self.dtype,
+                                                                   self.decode_dtype) \
             and plan.n_tokens <= _GEMV_MAX_ROWS \
             and torch.backends.mkldnn.is_available() and torch._C._get_mkldnn_enabled()
         with torch.inference_mode(), _mkldnn_off(gemv_step):

@@ -45,7 +45,7 @@ class _Layer:
 class GPT2Runner(DecoderRunner):
     def __init__(self, model: Any, *, max_slots: int, max_context: int | None = None,
                  pack: bool = False, quantize: str | None = None,
-                 decode_dtype: torch.dtype | None = None) -> None:
+                 decode_dtype: torch.dtype | None = None, gemv: str = "aten") -> None:
         config = model.config
         tr = model.transformer
         d, n_heads = config.n_embd, config.n_head
@@ -56,7 +56,7 @@ class GPT2Runner(DecoderRunner):
         super().__init__(n_layers=len(tr.h), n_heads=n_heads, n_kv_heads=n_heads,
                          head_dim=d // n_heads, vocab_size=config.vocab_size,
                          context_length=context, dtype=dtype, max_slots=max_slots, pack=pack,
-                         quantize=quantize, decode_dtype=decode_dtype)
+                         quantize=quantize, decode_dtype=decode_dtype, gemv=gemv)
         self.hidden = d
         self.eps = float(config.layer_norm_epsilon)
         self.wte = tr.wte.weight.detach()

@@ -99,7 +99,7 @@ def _fuse(modules: list[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
 class LlamaRunner(DecoderRunner):
     def __init__(self, model: Any, *, max_slots: int, max_context: int | None = None,
                  pack: bool = False, quantize: str | None = None,
-                 decode_dtype: torch.dtype | None = None) -> None:
+                 decode_dtype: torch.dtype | None = None, gemv: str = "aten") -> None:
         config = model.config
         decoder = _decoder(model)
         first = decoder.layers[0].self_attn
@@ -115,7 +115,7 @@ class LlamaRunner(DecoderRunner):
         super().__init__(n_layers=len(decoder.layers), n_heads=n_heads, n_kv_heads=n_kv,
                          head_dim=head_dim, vocab_size=config.vocab_size,
                          context_length=context, dtype=dtype, max_slots=max_slots, pack=pack,
-                         quantize=quantize, decode_dtype=decode_dtype)
+                         quantize=quantize, decode_dtype=decode_dtype, gemv=gemv)
         self.eps = float(config.rms_norm_eps)
         self.hidden = config.hidden_size
         self.intermediate = config.intermediate_size
