@@ -87,7 +87,7 @@ class Linear:
       measured that faster than ATen's GEMV (precision.py, `MachineProfile.gemv`). On
       an AMX Sapphire Rapids, all of SmolLM2's projections at one row, two threads:
       ATen's GEMV 21 ms a pass (10 GB/s of weights), packed oneDNN 13 ms (16 GB/s);
-      single-stream decoding went from 33-35 to 46-47 tok/s. On the machine the rule
+      single-stream decoding went from 33-35 to 46-49 tok/s. On the machine the rule
       above was measured on, the reverse held: so it is measured, not assumed.
     * `decode_dtype=torch.bfloat16` on fp32 weights: a bf16 copy serves the 1-2 row
       steps (ATen's GEMV, fp32 out), where the CPU measured bf16 faster for them but
