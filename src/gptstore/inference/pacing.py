@@ -15,8 +15,22 @@ machine where a single token costs more than a decode step. It was 32: on an AVX
 EPYC serving fp32 (a prompt token ~4.5 ms, a 15-row decode step ~80 ms) the pacer
 asked for ~13 tokens and the floor made it 32, and the streams' gap p95 grew 3.9x
 while a 2,000-token prompt was read; 8 keeps the floor below what the pacer asks for
-on the machines seen. Only the size of the chunks
-changes, never what is computed: chunked and whole prompts give the same tokens (tested).
+on the machines seen.
+
+A short prompt (at most `whole_tokens` still to compute: a chat turn, or the new part
+of one behind a cached prefix) is not paced: it is prefilled whole in the next step, as
+long as the step's prompt tokens stay within `max_tokens`. Pacing exists for long
+prompts, whose chunks would otherwise stall the streams for many steps; splitting a
+short one only delays its own first token. Measured in the engine on an AMX Sapphire
+Rapids, 16 chat requests (34-40 tokens each) submitted at once: pacing them all gave
+time to first token p50 0.63 s / p95 1.04 s at 349 tok/s; with this rule 0.22 / 0.27 s
+at 415 tok/s (unpaced: 0.17 / 0.25 s). A long prompt's last chunk is not a short prompt:
+once chunked, a prompt stays paced to its end (`Sequence.chunked`). The cost falls on
+the streams already decoding, once per arrival: 64 tokens add ~30 ms to a ~35 ms step
+there, ~290 ms to an ~80 ms fp32 step on an AVX2-only EPYC.
+
+Only the size of the chunks changes, never what is computed: chunked and whole prompts
+give the same tokens (tested).
 """
 
 from __future__ import annotations
@@ -33,6 +47,7 @@ class PrefillPacer:
     ratio: float = 0.8  # prefill time per step, as a multiple of a decode step
     min_tokens: int = 8
     start_tokens: int = 64
+    whole_tokens: int = 64  # a prompt with at most this many left is prefilled whole
     decode_step_s: float | None = None  # average step with decode rows only
     token_s: float | None = None  # average seconds one prefill token adds to a step
 
@@ -44,6 +59,11 @@ class PrefillPacer:
             return min(self.max_tokens, self.start_tokens)
         tokens = int(self.ratio * self.decode_step_s / self.token_s)
         return max(min(self.min_tokens, self.max_tokens), min(self.max_tokens, tokens))
+
+    def takes_whole(self, remaining: int, step_tokens: int) -> bool:
+        """Whether a prompt with `remaining` tokens still to compute is prefilled whole
+        in a step that already holds `step_tokens` prompt tokens, whatever the budget."""
+        return remaining <= self.whole_tokens and step_tokens + remaining <= self.max_tokens
 
     def observe(self, seconds: float, prefill_tokens: int, decode_rows: int) -> None:
         """A step ran: `seconds` for `prefill_tokens` prompt tokens and `decode_rows`

@@ -69,6 +69,7 @@ class Sequence:
     output: list[int] = field(default_factory=list)
     slot: Slot | None = None
     computed: int = 0  # tokens whose keys/values are in the cache
+    chunked: bool = False  # its prompt is being prefilled in paced chunks (pacing.py)
     cancelled: bool = False
 
     @property
@@ -260,9 +261,14 @@ class Scheduler:
         for seq in seqs:
             total = len(seq.prompt) + len(seq.output)
             if seq.computed < len(seq.prompt) - 1:  # (the rest of) the prompt, chunked
-                n = min(len(seq.prompt) - seq.computed, budget)
+                remaining = len(seq.prompt) - seq.computed
+                # a short prompt whole (pacing.py); a long one in the budget's chunks, to
+                # its end (its last chunk is not a short prompt)
+                whole = not seq.chunked and pacer.takes_whole(remaining, prefill_tokens)
+                n = remaining if whole else min(remaining, budget)
                 if n <= 0:
                     continue
+                seq.chunked = seq.chunked or n < remaining
                 budget -= n
                 prefill_tokens += n
                 tokens = seq.prompt[seq.computed:seq.computed + n]

@@ -122,6 +122,39 @@ def test_pacer_bounds_prefill_chunks_while_others_decode():
     assert pacer.budget(decoding=0) == 512
     slow = PrefillPacer(max_tokens=512, decode_step_s=0.001, token_s=0.01)
     assert slow.budget(decoding=1) == slow.min_tokens > 0  # the prompt still progresses
+    # a short prompt is taken whole whatever the budget, within the step's token cap
+    assert slow.takes_whole(slow.whole_tokens, step_tokens=0)
+    assert not slow.takes_whole(slow.whole_tokens + 1, step_tokens=0)
+    assert not slow.takes_whole(40, step_tokens=500)  # 540 > max_tokens
+
+
+def test_short_prompts_arriving_while_streams_decode_are_prefilled_whole(
+        tiny_dirs, make_engine, monkeypatch):
+    """A burst of chat-sized prompts is not metered out a few tokens a step (each would
+    wait many steps for its first token); a long prompt still is, to its last chunk.
+    The pacer's budget is pinned at 8 tokens a step, as if streams were decoding (the
+    tiny model's streams would end before the prompts arrive)."""
+    monkeypatch.setattr(PrefillPacer, "budget", lambda self, decoding: 8)
+    engine = make_engine({"m": causal_spec(tiny_dirs["llama"])}, max_step_tokens=512,
+                         paced_prefill=PACED)
+
+    def steps_to_first_token(prompt: list[int]) -> tuple[int, list[int]]:
+        before = engine.stats()["steps"]
+        handle = engine.submit(GenerationRequest(prompt, "m", _greedy(3)))
+        events = iter(handle)
+        first = next(events).token_id
+        took = engine.stats()["steps"] - before
+        return took, [first] + [e.token_id for e in events if e.token_id is not None]
+
+    reference, _ = load_causal(tiny_dirs["llama"])
+    short = [3 + (i * 7) % 300 for i in range(40)]
+    took, tokens = steps_to_first_token(short)
+    assert took == 1  # whole, not 5 chunks of 8
+    assert tokens == hf_greedy(reference, short, 3)
+    long_prompt = [3 + (i * 11) % 500 for i in range(100)]
+    took, tokens = steps_to_first_token(long_prompt)
+    assert took >= 100 // 8  # chunks of 8 to the end: its last 60 were not taken whole
+    assert tokens == hf_greedy(reference, long_prompt, 3)
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
