@@ -48,6 +48,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from gptstore.inference.types import GEMV_ATEN, GEMV_ONEDNN
+
 Use = Literal["training", "batched", "decode"]
 Precision = Literal["bf16", "fp32"]
 USES: tuple[Use, ...] = ("training", "batched", "decode")
@@ -96,7 +98,7 @@ class MachineProfile:
     choices: dict[str, str]  # use -> "bf16" | "fp32"
     # kernel of bf16 1-2 row products that measured faster: "aten" (its GEMV) or
     # "onednn" (packed weights); gflops["decode"] has both as "bf16_aten", "bf16_onednn"
-    gemv: str = "aten"
+    gemv: str = GEMV_ATEN
     load_average: float = 0.0  # 1-minute load average when measured
     measured_at: float = field(default_factory=time.time)
     seconds: float = 0.0  # how long the measurement took
@@ -138,6 +140,16 @@ class MachineProfile:
         steps: where fp32 serves batches best but bf16 measured faster for one row (an
         AVX2-only CPU: bf16 GEMV reads half the bytes; bf16 batches have no bf16 FMA)."""
         return self.serving == "fp32" and self.choice("decode") == "bf16"
+
+    @property
+    def serving_dtype_name(self) -> str:
+        """"bfloat16" or "float32": the weights dtype served models load in by default."""
+        return "bfloat16" if self.serving == "bf16" else "float32"
+
+    @property
+    def decode_dtype_name(self) -> str | None:
+        """"bfloat16" where fp32-served models keep a bf16 decode copy, else None."""
+        return "bfloat16" if self.decode_copy else None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -215,7 +227,7 @@ THREADS_WEIGHTS = 4
 
 
 def step_threads(rows: int, n_in: int, n_out: int, dtype: Any, threads: int, *,
-                 decode_dtype: Any = None, pack: bool = True, gemv: str = "aten") -> int:
+                 decode_dtype: Any = None, pack: bool = True, gemv: str = GEMV_ATEN) -> int:
     """The intra-op threads for serving steps whose projections are `rows` x `n_in` ->
     `n_out` in `dtype`: `threads`, or 1 where `threads` measured under `THREADS_MARGIN`
     times one thread's speed. Measured, because the answer depends on the model's size
@@ -265,7 +277,7 @@ def step_threads(rows: int, n_in: int, n_out: int, dtype: Any, threads: int, *,
     return threads if times[1] >= THREADS_MARGIN * times[threads] else 1
 
 
-def _pass(use: Use, dtype: Any, gemv: str = "aten") -> Callable[[], object]:
+def _pass(use: Use, dtype: Any, gemv: str = GEMV_ATEN) -> Callable[[], object]:
     """One timed pass of `use`'s shape in `dtype`, run the way that use runs it (1-row
     bf16 products in the `gemv` kernel)."""
     import torch
@@ -284,7 +296,7 @@ def _pass(use: Use, dtype: Any, gemv: str = "aten") -> Callable[[], object]:
         return train_pass
     # distinct copies, so the pass reads them from memory as a model's layers are
     weights = [weight] + [weight.clone() for _ in range(COPIES[use] - 1)]
-    packed_gemv = gemv == "onednn"
+    packed_gemv = gemv == GEMV_ONEDNN
     linears = [Linear.of(w, pack=use == "batched" or packed_gemv, gemv=gemv)
                for w in weights]
     off = dtype == torch.bfloat16 and rows <= 2 and torch.backends.mkldnn.is_available() \
@@ -310,8 +322,8 @@ def _time_use(use: Use) -> dict[str, float]:
 
     passes = {"fp32": _pass(use, torch.float32)}
     if use == "decode" and can_pack(torch.bfloat16):
-        passes["bf16_aten"] = _pass(use, torch.bfloat16, "aten")
-        passes["bf16_onednn"] = _pass(use, torch.bfloat16, "onednn")
+        passes["bf16_aten"] = _pass(use, torch.bfloat16, GEMV_ATEN)
+        passes["bf16_onednn"] = _pass(use, torch.bfloat16, GEMV_ONEDNN)
     else:
         passes["bf16"] = _pass(use, torch.bfloat16)
     best = {name: float("inf") for name in passes}
@@ -339,8 +351,8 @@ def _time_use(use: Use) -> dict[str, float]:
 def gemv_kernel(gflops: dict[str, dict[str, float]]) -> str:
     """"onednn" where packed bf16 1-row products measured faster than ATen's GEMV."""
     decode = gflops.get("decode", {})
-    return "onednn" if decode.get("bf16_onednn", 0.0) > decode.get("bf16_aten", 0.0) \
-        else "aten"
+    return GEMV_ONEDNN if decode.get("bf16_onednn", 0.0) > decode.get("bf16_aten", 0.0) \
+        else GEMV_ATEN
 
 
 def read_bandwidth(nbytes: int | None = None) -> float:
@@ -451,14 +463,13 @@ def precision_for(use: Use, home: Path) -> Precision:
 
 def serving_dtype_name(home: Path) -> str:
     """"bfloat16" or "float32": the weights dtype served models load in by default."""
-    return "bfloat16" if machine_profile(home).serving == "bf16" else "float32"
+    return machine_profile(home).serving_dtype_name
 
 
 def decode_dtype_name(home: Path) -> str | None:
     """"bfloat16" where served weights are fp32 but 1-row steps measured faster in
     bf16 (the engine then keeps a bf16 copy for them), else None."""
-    profile = machine_profile(home)
-    return "bfloat16" if profile.decode_copy else None
+    return machine_profile(home).decode_dtype_name
 
 
 def report_lines(profile: MachineProfile, bandwidth_gbs: float | None = None) -> list[str]:

@@ -31,11 +31,7 @@ from gptstore.inference.loader import (
     saves_whole_modules,
     weights_version,
 )
-from gptstore.inference.precision import (
-    decode_dtype_name,
-    machine_profile,
-    serving_dtype_name,
-)
+from gptstore.inference.precision import machine_profile
 from gptstore.inference.types import EngineConfig, ModelSpec
 from gptstore.settings import Settings
 
@@ -58,15 +54,15 @@ def engine_config(settings: Settings, **overrides: Any) -> EngineConfig:
         "max_context": settings.max_context,
         "prefix_cache_bytes": settings.prefix_cache_bytes,
     }
+    profile = machine_profile(settings.home)  # measured once per machine (precision.py)
     if settings.inference_dtype == "int4":
         values["quantize"] = "int4"  # EngineConfig sets the bf16 activations it needs
     elif settings.inference_dtype != "auto":
         values["dtype"] = settings.inference_dtype  # an explicit setting wins
     elif "dtype" not in overrides:
-        values["dtype"] = serving_dtype_name(settings.home)  # measured on this machine
-        values["decode_dtype"] = decode_dtype_name(settings.home)
-    if "gemv" not in overrides:
-        values["gemv"] = machine_profile(settings.home).gemv  # measured here, any dtype
+        values["dtype"] = profile.serving_dtype_name
+        values["decode_dtype"] = profile.decode_dtype_name
+    values["gemv"] = profile.gemv  # the 1-row kernel measured faster here, any dtype
     values.update(overrides)
     return EngineConfig(**values)
 

@@ -183,6 +183,12 @@ class ModelSpec:
             raise InvalidRequest(f"unknown task {self.task!r}", param="task")
 
 
+#: kernels of bf16 1-2 row products (`models/base.Linear`): ATen's GEMV, or oneDNN on
+#: packed weights; the machine profile's `gemv` is the one measured faster (precision.py)
+GEMV_ATEN, GEMV_ONEDNN = "aten", "onednn"
+GEMV_KERNELS = (GEMV_ATEN, GEMV_ONEDNN)
+
+
 @dataclass
 class EngineConfig:
     """Limits and knobs of one engine."""
@@ -200,7 +206,7 @@ class EngineConfig:
     decode_dtype: str | None = None
     # kernel of bf16 1-2 row products: "aten" (its GEMV) or "onednn" (packed weights), the
     # one this CPU measured faster (precision.py, `MachineProfile.gemv`)
-    gemv: str = "aten"
+    gemv: str = GEMV_ATEN
     num_threads: int | None = None  # torch intra-op threads of the scheduler thread
     use_fast_path: bool = True  # False: always the generic transformers forward (tests)
     pack_weights: bool = True  # oneDNN-packed weight copies: faster batches (models/base.py)
@@ -215,9 +221,9 @@ class EngineConfig:
                                  param="quantize")
         if self.quantize:
             self.dtype = "bfloat16"  # the int4 kernel's activations
-        if self.gemv not in ("aten", "onednn"):
-            raise InvalidRequest(f"unknown gemv kernel {self.gemv!r} (known: aten, onednn)",
-                                 param="gemv")
+        if self.gemv not in GEMV_KERNELS:
+            raise InvalidRequest(f"unknown gemv kernel {self.gemv!r} (known: "
+                                 f"{', '.join(GEMV_KERNELS)})", param="gemv")
         if self.prefix_cache_bytes < 0:
             raise InvalidRequest("prefix_cache_bytes must be >= 0 (0 turns the prefix "
                                  "cache off)", param="prefix_cache_bytes")

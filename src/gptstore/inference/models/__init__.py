@@ -8,11 +8,12 @@ from __future__ import annotations
 from typing import Any
 
 from gptstore.inference.models.base import Head, Int4Linear, Linear, RowInput, Runner
+from gptstore.inference.types import GEMV_ATEN
 
 
 def build_runner(model: Any, *, max_slots: int, max_context: int | None = None,
                  fast: bool = True, pack: bool = True, quantize: str | None = None,
-                 decode_dtype: Any = None, gemv: str = "aten") -> Runner:
+                 decode_dtype: Any = None, gemv: str = GEMV_ATEN) -> Runner:
     """The runner for a loaded `transformers` model (causal LM or sequence classifier).
 
     `pack`: keep a oneDNN-packed copy of the weights for batched steps (models/base.py

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from gptstore.inference.kv_cache import Slot, SlotKVCache
 from gptstore.inference.lora import LoraBatch, SiteTarget
 from gptstore.inference.prefix_cache import PrefixCache
+from gptstore.inference.types import GEMV_ATEN, GEMV_KERNELS, GEMV_ONEDNN
 
 
 @dataclass
@@ -44,9 +45,6 @@ class RowInput:
 
 
 _GEMV_MAX_ROWS = 2  # up to this many rows a bf16 matmul is a matrix-vector product
-#: kernels of bf16 1-2 row products (`Linear`): ATen's GEMV, or oneDNN on packed weights
-GEMV_ATEN, GEMV_ONEDNN = "aten", "onednn"
-GEMV_KERNELS = (GEMV_ATEN, GEMV_ONEDNN)
 REFINE_TOP = 32  # bf16 logits: the top candidates recomputed in fp32 (see _refine_top)
 
 

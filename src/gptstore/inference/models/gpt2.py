@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from gptstore.inference.lora import LoraBatch, SiteTarget
 from gptstore.inference.models.base import DecoderRunner, Head, Linear, StepPlan
+from gptstore.inference.types import GEMV_ATEN
 
 _TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
@@ -45,7 +46,7 @@ class _Layer:
 class GPT2Runner(DecoderRunner):
     def __init__(self, model: Any, *, max_slots: int, max_context: int | None = None,
                  pack: bool = False, quantize: str | None = None,
-                 decode_dtype: torch.dtype | None = None, gemv: str = "aten") -> None:
+                 decode_dtype: torch.dtype | None = None, gemv: str = GEMV_ATEN) -> None:
         config = model.config
         tr = model.transformer
         d, n_heads = config.n_embd, config.n_head

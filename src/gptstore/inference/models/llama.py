@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from gptstore.inference.lora import LoraBatch, SiteTarget
 from gptstore.inference.models.base import DecoderRunner, Head, Linear, StepPlan
+from gptstore.inference.types import GEMV_ATEN
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
@@ -99,7 +100,7 @@ def _fuse(modules: list[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
 class LlamaRunner(DecoderRunner):
     def __init__(self, model: Any, *, max_slots: int, max_context: int | None = None,
                  pack: bool = False, quantize: str | None = None,
-                 decode_dtype: torch.dtype | None = None, gemv: str = "aten") -> None:
+                 decode_dtype: torch.dtype | None = None, gemv: str = GEMV_ATEN) -> None:
         config = model.config
         decoder = _decoder(model)
         first = decoder.layers[0].self_attn
