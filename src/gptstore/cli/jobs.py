@@ -177,18 +177,22 @@ def _follow(store: Any, job_id: str) -> Any:
     bar = None
     with progress:
         while True:
-            for event in store.events_since(job_id, last):
-                last = event.id
-                data = event.data or {}
-                if event.type == "metrics" and "train_loss" in data:
-                    if bar is None:
-                        bar = progress.add_task("training", total=data.get("total_steps"),
-                                                loss="")
-                    progress.update(bar, completed=data["step"],
-                                    loss=f"loss {data['train_loss']:.4f}")
-                else:
-                    progress.console.print(f"{_when(event.created_at)} {event.message}")
+            # The status is read before the events, and the events are read to the end:
+            # `finish` writes the last event and the final status in one transaction, so
+            # every event of a job seen finished here is printed before returning.
             job = store.get(job_id)
+            while batch := store.events_since(job_id, last):
+                for event in batch:
+                    last = event.id
+                    data = event.data or {}
+                    if event.type == "metrics" and "train_loss" in data:
+                        if bar is None:
+                            bar = progress.add_task("training", total=data.get("total_steps"),
+                                                    loss="")
+                        progress.update(bar, completed=data["step"],
+                                        loss=f"loss {data['train_loss']:.4f}")
+                    else:
+                        progress.console.print(f"{_when(event.created_at)} {event.message}")
             if job.status.finished:
                 return job
             time.sleep(0.5)
