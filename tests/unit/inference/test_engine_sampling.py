@@ -110,6 +110,26 @@ def test_logprobs_are_reported_only_when_asked():
     assert result.logprobs[1] is None and result.top_logprobs[1] is None
 
 
+def test_greedy_and_logprob_rows_are_read_whether_all_or_some_rows_ask():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 40, generator=generator)
+    best = logits.argmax(-1).tolist()
+    lp = torch.log_softmax(logits, -1)
+    everyone = sample(logits.clone(), [_state(vocab=40, temperature=0, logprobs=True)
+                                       for _ in range(5)])
+    assert everyone.token_ids == best
+    assert everyone.logprobs == pytest.approx([lp[i, best[i]].item() for i in range(5)])
+    # rows 1 and 3 sample (and one reports logprobs): the others keep their own picks
+    kinds = [dict(temperature=0), dict(temperature=1.0, seed=1),
+             dict(temperature=0, logprobs=True), dict(temperature=1.0, seed=2, logprobs=True),
+             dict(temperature=0)]
+    some = sample(logits.clone(), [_state(vocab=40, **kw) for kw in kinds])
+    assert [some.token_ids[i] for i in (0, 2, 4)] == [best[0], best[2], best[4]]
+    assert some.logprobs[2] == pytest.approx(lp[2, best[2]].item())
+    assert some.logprobs[3] == pytest.approx(lp[3, some.token_ids[3]].item())
+    assert [some.logprobs[i] for i in (0, 1, 4)] == [None, None, None]
+
+
 @pytest.mark.parametrize(("field", "value"), [
     ("temperature", -1.0), ("top_p", 0.0), ("top_k", -1), ("max_tokens", 0),
     ("frequency_penalty", 3.0), ("repetition_penalty", 0.0), ("top_logprobs", 30),
