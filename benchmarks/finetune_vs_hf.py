@@ -135,7 +135,7 @@ def wait_for_quiet(limit_s: float, threshold: float = 0.15) -> float:
 
 def run_gptstore(args: argparse.Namespace, settings: Any, catalog: Any, base: Any,
                  train: Path, dev: Path) -> dict[str, Any]:
-    from gptstore.training import TrainConfig, finetune
+    from gptstore.training import TrainConfig, finetune, zero_shot
 
     name = fresh_name(catalog, "bench/sst2-2000-lora")
     config = TrainConfig(
@@ -144,6 +144,7 @@ def run_gptstore(args: argparse.Namespace, settings: Any, catalog: Any, base: An
         learning_rate=args.lr, lora_r=8, lora_alpha=16, lora_dropout=args.lora_dropout,
         lora_target=["q_proj", "v_proj"], weight_decay=0.01, warmup_ratio=args.warmup,
         schedule="linear", save_every=0, seed=args.seed)
+    zero_shot.forget(settings.home)  # time a first run: no step-0 validation to reuse
     run = finetune(config, settings=settings, catalog=catalog).record
     return {"tokens": run.train_tokens, "seconds": run.train_seconds,
             "tokens_per_second": run.tokens_per_second,

@@ -69,7 +69,7 @@ def classification_train_file(suite: str, rows: list[dict[str, Any]], folder: Pa
 
 def fine_tune(catalog: Any, base: Any, name: str, train: Path, suite: str | None = "sst2",
               task: str = "classification", **options: Any) -> dict[str, Any]:
-    from gptstore.training import TrainConfig, finetune
+    from gptstore.training import TrainConfig, finetune, zero_shot
 
     if catalog.exists(name):
         catalog.delete_model(name)
@@ -79,6 +79,7 @@ def fine_tune(catalog: Any, base: Any, name: str, train: Path, suite: str | None
     shutil.rmtree(catalog.settings.runs_dir / f"{ns}--{model}", ignore_errors=True)
     config = TrainConfig(base=base.ref, train_file=str(train), name=name,
                          task=task, method="lora", eval_suite=suite, **options)
+    zero_shot.forget(catalog.settings.home)  # time a first run: no step-0 validation to reuse
     started = time.perf_counter()
     result = finetune(config, settings=catalog.settings, catalog=catalog)
     summary = result.to_dict()

@@ -181,6 +181,8 @@ class ProgressView:
         elif event.kind == "eval":
             shown = {k: v for k, v in values.items() if k in ("loss", "accuracy", "perplexity")}
             text = " ".join(f"{k} {v:.4g}" for k, v in shown.items())
+            if values.get("reused"):  # the zero-shot floor, as an earlier run computed it
+                text += " (reused)"
             self.progress.update(self.task_id, valid=f"valid: {text}")
         elif event.kind == "end":
             self.progress.update(self.task_id, description="published")

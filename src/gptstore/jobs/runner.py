@@ -95,7 +95,9 @@ class JobReporter:
             shown = ", ".join(f"{k.removeprefix('valid_')}={v:.4f}" for k, v in data.items()
                               if k in ("valid_loss", "valid_accuracy",
                                        "valid_mean_token_accuracy"))
-            self._add(f"Step {event.step}/{event.total_steps}: validation {shown}",
+            reused = " (reused: an earlier run on the same base and validation data " \
+                "computed it)" if values.get("reused") else ""
+            self._add(f"Step {event.step}/{event.total_steps}: validation {shown}{reused}",
                       type="metrics", data=data)
         elif event.kind == "checkpoint_model":
             self.flush()

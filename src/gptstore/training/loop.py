@@ -50,6 +50,7 @@ from gptstore.data.batching import padding_stats, plan_batches
 from gptstore.errors import Conflict, InvalidRequest, NotFound, StorageError
 from gptstore.settings import Settings
 from gptstore.training import checkpoint as ckpt
+from gptstore.training import zero_shot
 from gptstore.training.auto_eval import evaluate_published
 from gptstore.training.cadence import EvalCadence
 from gptstore.training.config import AUTO, TrainConfig, run_steps
@@ -358,8 +359,13 @@ class FineTuneRun:
             valid_tokens=sum(e.num_tokens for e in self.valid_examples))
         if state.step == 0 and self.valid_examples and self.head_init == "verbalizers":
             # the starting point is the base's zero-shot classifier: validated, it can be
-            # the best checkpoint, so the published model never scores below it
-            self._validate()
+            # the best checkpoint, so the published model never scores below it; another
+            # run that would compute the same numbers reuses them (zero_shot.py)
+            self._validate(reuse_key=zero_shot.cache_key(
+                base_digest=self.base.manifest_digest, task=self.data.task,
+                label_names=self.data.label_names, method=self.method.name,
+                bf16=self.bf16, pad_id=self.pad_id, threads=torch.get_num_threads(),
+                examples=self.valid_examples))
         while not self._done() and state.epoch < epochs:
             epoch = state.epoch
             plan = plan_batches(self.lengths, int(cfg.batch_size), seed=cfg.seed,
@@ -489,17 +495,27 @@ class FineTuneRun:
             self.log.scalars("train", state.step, values)
         self.log.emit(TrainEvent("step", state.step, self.total_steps, state.epoch, values))
 
-    def _validate(self) -> None:
+    def _validate(self, reuse_key: str | None = None) -> None:
+        """Validate the current weights; with `reuse_key`, metrics stored under it by an
+        earlier run stand in for computing them (and are stored when computed)."""
         state, cfg = self.state, self.rcfg
         started = time.perf_counter()
-        self.method.set_mode(self.model, self.task, False)
-        pool = self.shard_runner.pool if self.shard_runner is not None else None
-        metrics = evaluate_examples(self.model, self.task, self.valid_examples,
-                                    pad_id=self.pad_id, bf16=self.bf16,
-                                    features=self.features.get("valid"),
-                                    frozen_backbone=self.method.frozen_backbone,
-                                    executor=pool)
-        metrics = {k: round(v, 6) for k, v in metrics.items()}
+        home = self.settings.home
+        metrics = zero_shot.read(home, reuse_key) if reuse_key else None
+        if metrics is not None and not {"loss", str(cfg.metric)} <= metrics.keys():
+            metrics = None  # not what this run chooses by: computed again
+        reused = metrics is not None
+        if metrics is None:
+            self.method.set_mode(self.model, self.task, False)
+            pool = self.shard_runner.pool if self.shard_runner is not None else None
+            metrics = evaluate_examples(self.model, self.task, self.valid_examples,
+                                        pad_id=self.pad_id, bf16=self.bf16,
+                                        features=self.features.get("valid"),
+                                        frozen_backbone=self.method.frozen_backbone,
+                                        executor=pool)
+            metrics = {k: round(v, 6) for k, v in metrics.items()}
+            if reuse_key:
+                zero_shot.write(home, reuse_key, metrics)
         for key, value in metrics.items():
             state.add_point(f"valid_{key}", state.step, value)
         self.log.scalars("valid", state.step, metrics)
@@ -520,9 +536,10 @@ class FineTuneRun:
                 state.stopped_early = True
         seconds = time.perf_counter() - started
         self.timings["validation"] += seconds
-        self.cadence.record(state.step, seconds)
+        if not reused:  # what it cost says nothing of the next validation's cost
+            self.cadence.record(state.step, seconds)
         self.log.emit(TrainEvent("eval", state.step, self.total_steps, state.epoch,
-                                 {**metrics, "best": state.best,
+                                 {**metrics, "best": state.best, "reused": reused,
                                   "stopped_early": state.stopped_early}))
 
     def _improves(self, metrics: dict[str, float]) -> bool:

@@ -86,3 +86,66 @@ def test_head_init_fresh_keeps_the_random_head(store, config_for):
            for w in run.data.label_names]
     score = hf_model(run.model).score.modules_to_save["default"].weight
     assert not torch.allclose(score.float(), embeddings[ids].float())
+
+
+def test_a_rerun_with_other_settings_reuses_the_zero_shot_validation(store, config_for, data,
+                                                                      tmp_path, monkeypatch):
+    import shutil
+
+    from gptstore.training import loop, zero_shot
+    from gptstore.training.loop import finetune
+
+    settings, catalog = store
+    shutil.rmtree(settings.home / zero_shot.FOLDER, ignore_errors=True)
+    computed = []
+    real_evaluate = loop.evaluate_examples
+
+    def counting(*args, **kwargs):
+        computed.append(1)
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "evaluate_examples", counting)
+
+    def step0(name, valid=None, **overrides):
+        """The run's step-0 validation event and how many validations it computed."""
+        events = []
+        config = config_for("classification", "lora", "llama", name, epochs=1, max_steps=2,
+                            precision="fp32", **overrides)
+        if valid is not None:
+            config = replace(config, valid_file=str(valid))
+        computed.clear()
+        finetune(config, settings=settings, catalog=catalog,
+                 callbacks=[lambda e: events.append(e) if e.kind == "eval" else None])
+        assert events[0].step == 0
+        return events[0].values, len(computed)
+
+    first, n_first = step0("acme/reuse-a", lora_r=4)
+    assert not first["reused"] and n_first == 2  # step 0 and the end
+    # other rank, learning rate and targets: the same starting point, not computed again
+    second, n_second = step0("acme/reuse-b", lora_r=8, learning_rate=1e-3,
+                             lora_target=["q_proj", "v_proj"])
+    assert second["reused"] and n_second == 1
+    keys = ("loss", "accuracy", "macro_f1")
+    assert {k: second[k] for k in keys} == {k: first[k] for k in keys}
+    # computed afresh for that configuration, it is the same
+    shutil.rmtree(settings.home / zero_shot.FOLDER)
+    fresh, n_fresh = step0("acme/reuse-c", lora_r=8, learning_rate=1e-3,
+                           lora_target=["q_proj", "v_proj"])
+    assert not fresh["reused"] and n_fresh == 2
+    assert {k: fresh[k] for k in keys} == {k: first[k] for k in keys}
+    # other validation data: computed
+    fewer = tmp_path / "valid.jsonl"
+    fewer.write_text("".join(data["cls_valid"].read_text().splitlines(keepends=True)[:-3]))
+    other, n_other = step0("acme/reuse-d", valid=fewer)
+    assert not other["reused"] and n_other == 2
+
+
+def test_a_damaged_zero_shot_record_is_computed_again(tmp_path):
+    from gptstore.training import zero_shot
+
+    assert zero_shot.read(tmp_path, "k") is None
+    zero_shot.write(tmp_path, "k", {"accuracy": 0.5, "loss": 0.7})
+    assert zero_shot.read(tmp_path, "k") == {"accuracy": 0.5, "loss": 0.7}
+    (tmp_path / zero_shot.FOLDER / "k.json").write_text('{"metrics": {"accuracy": "x"')
+    assert zero_shot.read(tmp_path, "k") is None
+    assert not list((tmp_path / zero_shot.FOLDER).glob("*.tmp"))
