@@ -12,7 +12,12 @@ from gptstore.training.sweep import SearchSpace, sweep
 
 
 def test_sweep_publishes_the_best_trial_with_the_sweep_in_its_lineage(store, config_for):
+    import shutil
+
+    from gptstore.training import zero_shot
+
     settings, catalog = store
+    shutil.rmtree(settings.home / zero_shot.FOLDER, ignore_errors=True)
     config = config_for("classification", "lora", "llama", "acme/swept", epochs=2,
                         max_steps=6)
     space = SearchSpace(dimensions=("learning_rate", "lora_r", "lora_target"),
@@ -45,6 +50,9 @@ def test_sweep_publishes_the_best_trial_with_the_sweep_in_its_lineage(store, con
     assert not any(catalog.exists(f"acme/swept-trial-{n}") for n in range(3))
     saved = json.loads((settings.runs_dir / "acme--swept--sweep" / "sweep.json").read_text())
     assert len(saved) == 3
+    # the trials share one starting point: its zero-shot validation was stored once, and
+    # the later trials reused it (test_head_init.py shows a stored one is reused)
+    assert len(list((settings.home / zero_shot.FOLDER).glob("*.json"))) == 1
 
 
 def test_sweep_refuses_an_unknown_dimension():
