@@ -116,10 +116,10 @@ def part_bc(home: Path, catalog: Catalog, prompts: list[list[int]], dtype: str
         run["seconds"] for run in peer["runs"])
     env = {"GPTSTORE_MAX_BATCH": "16", "GPTSTORE_INFERENCE_DTYPE": dtype}
     # One client for all 16 streams, as an application holds one (the `openai` SDK keeps
-    # one httpx client per `OpenAI()`): a new `httpx` client per request costs ~25 ms of
-    # the caller's CPU (its TLS context), which the 16 threads here serialised on the GIL
-    # and counted into every time to first token (p95 0.62 s against 0.13 s with a shared
-    # client, on a tiny model whose steps cost nothing).
+    # one httpx client per `OpenAI()`): a new `httpx` client costs ~35 ms of the caller's
+    # CPU (nearly all of it `ssl.create_default_context()`), which the 16 threads here
+    # serialised on the GIL and counted into every time to first token (p95 0.55-0.81 s
+    # against 0.12-0.14 s with a shared client, on a tiny model whose steps cost nothing).
     pool = 2 * len(prompts)
     limits = httpx.Limits(max_connections=pool, max_keepalive_connections=pool)
     with RemoteServer(home, env=env, timeout=300) as server, \

@@ -7,7 +7,8 @@ its validation (the floor the published model may not fall below, loop.py) depen
 on the base, the label words, the validation examples and how the numbers are computed:
 not on the learning rate, the epochs, the LoRA rank or targets, dropout or weight decay.
 A sweep's trials and a user's reruns with other settings therefore repeat it exactly; on
-an AVX2-only EPYC in fp32 it was 32 s of a 241 s SST-2 run (872 dev sentences). The
+an AVX2-only EPYC in fp32 it was ~43 s of a 352 s run (400 SST-2 sentences, the 872 dev
+sentences as validation; docs/design.md). The
 metrics are stored under a digest of everything they depend on, in the home's
 `cache/zero-shot/`, one small JSON file each, written whole (temp file, then rename).
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -85,6 +87,4 @@ def write(home: Path, key: str, metrics: dict[str, float]) -> None:
 def forget(home: Path) -> None:
     """Drop every stored step-0 validation (the benchmarks time a first run, which has
     nothing to reuse, as their peers have not)."""
-    import shutil
-
     shutil.rmtree(Path(home) / FOLDER, ignore_errors=True)
