@@ -212,7 +212,10 @@ class EngineConfig:
     pack_weights: bool = True  # oneDNN-packed weight copies: faster batches (models/base.py)
     retry_after_s: float = 1.0  # the hint given with Unavailable when the queue is full
     prefix_cache_bytes: int = 256 * 1024**2  # prompt keys/values kept for reuse; 0: off
-    prefix_block_tokens: int = 32  # granularity of prefix reuse (prefix_cache.py)
+    # granularity of prefix reuse (prefix_cache.py): a prompt shares at most whole blocks,
+    # and SmolLM2's default system header, in front of every chat without a system
+    # message, is 24 tokens: 8-token blocks reuse all of it, 32-token blocks none
+    prefix_block_tokens: int = 8
     paced_prefill: bool = True  # smaller prefill chunks while others decode (scheduler.py)
 
     def __post_init__(self) -> None:

@@ -47,6 +47,20 @@ def test_shared_prefix_is_reused_and_gives_the_same_greedy_tokens(tiny_dirs, mak
     assert plain.stats()["prefix_cache_hit_tokens"] == 0
 
 
+def test_a_short_shared_system_header_is_reused_with_the_default_blocks(tiny_dirs,
+                                                                         make_engine):
+    # SmolLM2's chat template puts the same 24-token system header in front of every chat
+    # without a system message; the default blocks must be small enough to reuse it
+    engine = make_engine({"m": causal_spec(tiny_dirs["llama"])})
+    header = SHARED[:24]
+    reference, _ = load_causal(tiny_dirs["llama"])
+    for suffix in SUFFIXES:
+        prompt = header + suffix
+        assert engine.generate("m", prompt, _greedy(6), timeout=60).token_ids == \
+            hf_greedy(reference, prompt, 6)
+    assert engine.stats()["prefix_cache_hit_tokens"] == 2 * len(header)
+
+
 def test_chat_history_is_reused_turn_after_turn(tiny_dirs, make_engine):
     engine = make_engine({"m": causal_spec(tiny_dirs["llama"])}, prefix_block_tokens=BLOCK)
     reference, _ = load_causal(tiny_dirs["llama"])
