@@ -109,7 +109,9 @@ def main() -> None:
 
     print(describe_machine(), flush=True)
 
-    from gptstore.training import TrainConfig, evaluate_file, finetune, zero_shot
+    # the module under another name: `zero_shot` above is this script's scorer
+    from gptstore.training import TrainConfig, evaluate_file, finetune
+    from gptstore.training import zero_shot as zero_shot_cache
 
     train_rows = read_sst2(args.data / "stsa.binary.train")
     dev_rows = read_sst2(args.data / "stsa.binary.dev")
@@ -140,7 +142,7 @@ def main() -> None:
                          valid_split=args.valid_split,
                          description="SmolLM2-135M-Instruct + LoRA sentiment classifier "
                                      "(SST-2, benchmarks/sst2_full.py)")
-    zero_shot.forget(settings.home)  # time a first run: no step-0 validation to reuse
+    zero_shot_cache.forget(settings.home)  # time a first run: no step-0 validation to reuse
     started = time.perf_counter()
     result = finetune(config, settings=settings, catalog=catalog)
     summary = result.to_dict()
