@@ -136,10 +136,10 @@ def main() -> None:
     read_bytes = weight_bytes // 2 if decode_dtype else weight_bytes  # what a 1-row step reads
     ceiling = read_bandwidth() * 1e9 / read_bytes
     for label, pick in (("best", max), ("median", statistics.median)):
-        peer, ours, many = pick(rows["peer"]), pick(rows["ours"]), pick(rows["many"])
+        peer_rate, ours, many = pick(rows["peer"]), pick(rows["ours"]), pick(rows["many"])
         seq = pick(rows["peer_seq"])
-        print(f"{label:6s}: single stream {ours:.1f} vs generate {peer:.1f} tok/s = "
-              f"{ours / peer:.2f}x ({ours / ceiling:.0%} of the bandwidth ceiling "
+        print(f"{label:6s}: single stream {ours:.1f} vs generate {peer_rate:.1f} tok/s = "
+              f"{ours / peer_rate:.2f}x ({ours / ceiling:.0%} of the bandwidth ceiling "
               f"{ceiling:.0f} tok/s); {args.streams} streams {many:.1f} tok/s = "
               f"{many / seq:.1f}x generate one after another")
     catalog.close()

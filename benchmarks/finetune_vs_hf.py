@@ -196,7 +196,8 @@ def run_trainer(args: argparse.Namespace, folder: Path, train_rows: list[tuple[s
         output = trainer.train()
         seconds = output.metrics["train_runtime"]
         evaluating = time.perf_counter()
-        predictions = trainer.predict(dev_set).predictions
+        # a list of feature dicts, as `train_dataset` above: the Trainer indexes either
+        predictions = trainer.predict(dev_set).predictions  # type: ignore[arg-type]
         eval_seconds = time.perf_counter() - evaluating
     tokens = sum(len(row["input_ids"]) for row in train_set) * args.epochs
     correct = sum(int(p.argmax() == row["labels"]) for p, row in zip(predictions, dev_set,

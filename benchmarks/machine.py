@@ -99,7 +99,7 @@ def _describe() -> str:
                        f"{rates['bf16_onednn']:.1f}: {profile.gemv})")
         lines.append(f"  {use} {rows} x {n_in} -> {n_out}: fp32 {rates['fp32']:.1f}, "
                      f"bf16 {rates['bf16']:.1f} GFLOP/s{kernels} -> gptstore picks "
-                     f"{profile.choice(use)}")  # type: ignore[arg-type]
+                     f"{profile.choice(use)}")
     lines.append(f"  memory read {bandwidth:.1f} GB/s (sum over {BANDWIDTH_BYTES >> 20} MiB); "
                  f"load average {load:.2f} before measuring, "
                  f"{os.getloadavg()[0]:.2f} after")

@@ -38,7 +38,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 
 def open_store(home: Path) -> tuple[Any, Any]:
@@ -107,7 +107,8 @@ def sst2_rows(catalog: Any, base: Any, data: Path, folder: Path, n: int,
 
     train = classification_train_file(
         "sst2", label_lines(data / "sst2" / "stsa.binary.train", SST2_LABELS)[:n], folder)
-    runs = [("fresh head, r=8 on q,v (before issue 12)", "bench/sst2-400-fresh",
+    runs: list[tuple[str, str, dict[str, Any]]] = [
+            ("fresh head, r=8 on q,v (before issue 12)", "bench/sst2-400-fresh",
              {"head_init": "fresh", "lora_target": "q_proj,v_proj"}),
             ("verbaliser head, r=8 on q,v", "bench/sst2-400-verbal-qv",
              {"lora_target": "q_proj,v_proj"}),
@@ -241,18 +242,19 @@ def generation_train_file(suite: str, rows: list[dict[str, Any]], folder: Path) 
     model's chat template at training and evaluation alike), answered with the gold
     answer: the suite's rows in its own format, read by the evaluation's own reader."""
     from gptstore.evaluation.builtin_suites import BUILTIN_SUITES
-    from gptstore.evaluation.datasets import read_eval_data
+    from gptstore.evaluation.datasets import EvalTask, read_eval_data
     from gptstore.evaluation.prompting import PromptFormat, chat_messages, gold_answer
 
     spec = BUILTIN_SUITES[suite]
+    task = cast(EvalTask, spec.task)  # a built-in suite's task is one of the known ones
     raw = folder / f"{suite}-train-source.jsonl"
     raw.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    items = read_eval_data(raw, spec.task).items
+    items = read_eval_data(raw, task).items
     prompt = PromptFormat.from_dict(spec.prompt)
     path = folder / f"{suite}-train-{len(items)}.jsonl"
     with open(path, "w", encoding="utf-8") as f:
         for item in items:
-            messages = chat_messages(prompt, spec.task, item, [])
+            messages = chat_messages(prompt, task, item, [])
             messages.append({"role": "assistant", "content": gold_answer(item)})
             f.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
     return path

@@ -61,7 +61,9 @@ def rss_bytes() -> int:
 
 
 def our_engine(catalog: Catalog, dtype: str) -> Any:
-    return build_engine(Settings(inference_dtype=dtype), catalog, max_running=16)
+    # validated like the environment variable it stands for
+    return build_engine(Settings.model_validate({"inference_dtype": dtype}), catalog,
+                        max_running=16)
 
 
 def part_a(catalog: Catalog, prompts: list[list[int]], dtype: str) -> dict[str, float]:
@@ -161,7 +163,7 @@ def make_adapters(catalog: Catalog, root: Path, count: int) -> list[tuple[str, i
                     if "lora_B" in pname:
                         p.copy_(torch.randn(p.shape, generator=gen) * 0.01)
             folder = root / f"adapter-{i}"
-            peft_model.save_pretrained(folder)
+            peft_model.save_pretrained(str(folder))
             catalog.publish(name, folder, kind="adapter", base=base_version.ref)
         version = catalog.resolve(name)
         size = sum(f.size for f in version.files if f.path.endswith(".safetensors"))
