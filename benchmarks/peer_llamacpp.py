@@ -8,8 +8,9 @@ PROMPTS.json is a list of token-id lists (the same ids gptstore is given: the GG
 the same tokenizer). Greedy (`temp=0`), `tokens` new tokens per prompt whatever they
 are (llama-cpp-python's low-level `generate` stops only when asked, the engine's
 `ignore_eos`), one prompt after another, after one short warm-up. `Llama`'s defaults
-otherwise, except `n_threads`: its default is half the cores (1 on these 2-core
-machines), and the comparison is at the same thread count as gptstore's.
+otherwise (`n_ctx` 512 holds the prompts and their 128 tokens), except `n_threads`: its
+default is half the cores (1 on these 2-core machines), and the comparison is at the
+same thread count as gptstore's; and `verbose=False`, which only silences its log.
 Prints one JSON object: per prompt the new tokens, the seconds, the time to the first
 token and the decode rate after it.
 
@@ -36,8 +37,7 @@ def main() -> None:
     import llama_cpp
 
     started = time.perf_counter()
-    llm = llama_cpp.Llama(str(args.model), n_threads=args.threads, n_ctx=1024,
-                          verbose=False)
+    llm = llama_cpp.Llama(str(args.model), n_threads=args.threads, verbose=False)
     load_seconds = time.perf_counter() - started
     prompts = json.loads(args.prompts.read_text())
     runs = []
