@@ -36,7 +36,7 @@ from machine import OtherLoad, describe_machine
 from gptstore.catalog.importers import builtin_gguf_path
 from gptstore.inference import Engine, EngineConfig, ModelSpec
 from gptstore.inference.loader import load_tokenizer
-from gptstore.inference.precision import read_bandwidth
+from gptstore.inference.precision import cpu_flag_set, read_bandwidth
 
 HERE = Path(__file__).resolve().parent
 LLAMA_CPP_VERSION = "0.3.36"
@@ -52,8 +52,7 @@ GGML_FLAGS = {
 
 
 def cmake_args() -> str:
-    present = set(Path("/proc/cpuinfo").read_text().split("flags", 2)[1].split("\n")[0]
-                  .replace(":", " ").split())
+    present = cpu_flag_set()
     on = [f"-D{option}=ON" for flag, option in GGML_FLAGS.items() if flag in present]
     return " ".join(["-DGGML_NATIVE=OFF", *on])
 

@@ -176,19 +176,24 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
-def cpu_flags() -> list[str]:
-    """The flags of `/proc/cpuinfo` that bear on bf16 speed (for display only)."""
+def cpu_flag_set() -> set[str]:
+    """Every flag of the first CPU in `/proc/cpuinfo` (empty where there is none)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return []
+        return set()
     for line in text.splitlines():
         if line.startswith("flags"):
-            present = set(line.split(":", 1)[1].split())
-            wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni",
-                      "amx_bf16", "amx_tile", "amx_int8")
-            return [f for f in wanted if f in present]
-    return []
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def cpu_flags() -> list[str]:
+    """The flags of `/proc/cpuinfo` that bear on bf16 speed (for display only)."""
+    present = cpu_flag_set()
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni",
+              "amx_bf16", "amx_tile", "amx_int8")
+    return [f for f in wanted if f in present]
 
 
 def machine_key() -> str:

@@ -50,7 +50,7 @@ class PrefixBlock:
 class PrefixCache:
     """Blocks of prompt keys/values under a byte budget, least recently used evicted."""
 
-    def __init__(self, budget_bytes: int, block_tokens: int = 8) -> None:
+    def __init__(self, budget_bytes: int, block_tokens: int) -> None:
         if block_tokens < 1:
             raise ValueError("block_tokens must be at least 1")
         self.budget_bytes = budget_bytes
