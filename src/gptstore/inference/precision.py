@@ -13,9 +13,10 @@ alternating, on one thread (`MEASURE_THREADS`), in well under a second:
 - *decode*: a 1-row step over a model-sized set of projections (larger than the L3
   cache, as a real model's weights are), through the same `Linear`: single-stream
   decoding is a pass over all the weights per token, so its speed is bytes read, not
-  arithmetic. bf16 is timed in both kernels the engine has for it, ATen's GEMV and
-  oneDNN on packed weights (where oneDNN can pack bf16), and the faster one is the
-  profile's `gemv` (which kernel wins differs between CPUs: models/base.py, `Linear`);
+  arithmetic. bf16 is timed in every kernel the engine has for it here: ATen's GEMV,
+  oneDNN on packed weights (where oneDNN can pack bf16) and gptstore's own (native.py,
+  where the CPU has AVX2 and a C compiler is found), and the fastest is the profile's
+  `gemv` (which kernel wins differs between CPUs: models/base.py, `Linear`);
 - memory read bandwidth (`read_bandwidth`, a sum over 256 MiB) is not part of the
   first-use timing (it alone takes ~0.3 s); `gptstore doctor` and the benchmarks
   measure it when they print the machine, as the decode ceiling's numerator.
@@ -48,7 +49,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from gptstore.inference.types import GEMV_ATEN, GEMV_ONEDNN
+from gptstore.inference.types import GEMV_ATEN, GEMV_KERNELS, GEMV_NATIVE, GEMV_ONEDNN
 
 Use = Literal["training", "batched", "decode"]
 Precision = Literal["bf16", "fp32"]
@@ -76,8 +77,9 @@ TIME_CAP_S = 0.25
 #: bytes summed to estimate memory read bandwidth: 64 MiB still measured 86 GB/s on a
 #: VM reporting a 32 MiB L3 (the host's caches are larger); 256 MiB gave 36 GB/s
 BANDWIDTH_BYTES = 256 * 1024**2
-#: layout of a cached profile; one of an older layout is measured again
-LAYOUT = 2
+#: layout of a cached profile; one of an older layout is measured again (3: the native
+#: GEMV joined the timed 1-row kernels)
+LAYOUT = 3
 #: torch threads of the timing. One: the choice needs the ratio of the two dtypes, and
 #: multi-threaded kernels on a machine shared with other processes stall on their
 #: barriers (2 threads at load average 8 on 2 cores: 1.4 GFLOP/s for a 16-row fp32 step
@@ -96,8 +98,9 @@ class MachineProfile:
     flags: list[str]  # the CPU flags that bear on bf16 (shown, not used to decide)
     gflops: dict[str, dict[str, float]]  # use -> {"fp32": GFLOP/s, "bf16": GFLOP/s}
     choices: dict[str, str]  # use -> "bf16" | "fp32"
-    # kernel of bf16 1-2 row products that measured faster: "aten" (its GEMV) or
-    # "onednn" (packed weights); gflops["decode"] has both as "bf16_aten", "bf16_onednn"
+    # kernel of bf16 1-2 row products that measured fastest: "aten" (its GEMV), "onednn"
+    # (packed weights) or "native" (native.py); gflops["decode"] has each one timed as
+    # "bf16_<kernel>"
     gemv: str = GEMV_ATEN
     load_average: float = 0.0  # 1-minute load average when measured
     measured_at: float = field(default_factory=time.time)
@@ -316,19 +319,34 @@ def _pass(use: Use, dtype: Any, gemv: str = GEMV_ATEN) -> Callable[[], object]:
     return serve_pass
 
 
-def _time_use(use: Use) -> dict[str, float]:
-    """GFLOP/s of `use` in fp32 and bf16 (for decode, bf16 in both GEMV kernels where
-    oneDNN can pack bf16: "bf16_aten", "bf16_onednn", and "bf16" the faster). The
-    passes alternate, so a burst of load from other processes hits all alike instead
-    of deciding the comparison."""
+def decode_kernels() -> list[str]:
+    """The kernels of bf16 1-row products this machine can run: ATen's GEMV always,
+    oneDNN where it can pack bf16 weights, the native one where it builds here."""
     import torch
 
+    from gptstore.inference import native
     from gptstore.inference.models.base import can_pack
 
+    kernels = [GEMV_ATEN]
+    if can_pack(torch.bfloat16):
+        kernels.append(GEMV_ONEDNN)
+    if native.kernel() is not None:
+        kernels.append(GEMV_NATIVE)
+    return kernels
+
+
+def _time_use(use: Use) -> dict[str, float]:
+    """GFLOP/s of `use` in fp32 and bf16 (for decode, bf16 in each 1-row kernel this
+    machine has, as "bf16_<kernel>", and "bf16" the fastest). The passes alternate, so a
+    burst of load from other processes hits all alike instead of deciding the
+    comparison."""
+    import torch
+
     passes = {"fp32": _pass(use, torch.float32)}
-    if use == "decode" and can_pack(torch.bfloat16):
-        passes["bf16_aten"] = _pass(use, torch.bfloat16, GEMV_ATEN)
-        passes["bf16_onednn"] = _pass(use, torch.bfloat16, GEMV_ONEDNN)
+    kernels = decode_kernels() if use == "decode" else [GEMV_ATEN]
+    if len(kernels) > 1:
+        for kernel in kernels:
+            passes[f"bf16_{kernel}"] = _pass(use, torch.bfloat16, kernel)
     else:
         passes["bf16"] = _pass(use, torch.bfloat16)
     best = {name: float("inf") for name in passes}
@@ -349,15 +367,20 @@ def _time_use(use: Use) -> dict[str, float]:
     flops = 2 * rows * n_in * n_out * COPIES[use]
     rates = {name: round(flops / seconds / 1e9, 2) for name, seconds in best.items()}
     if "bf16" not in rates:
-        rates["bf16"] = max(rates["bf16_aten"], rates["bf16_onednn"])
+        rates["bf16"] = max(rate for name, rate in rates.items() if name.startswith("bf16_"))
     return rates
 
 
 def gemv_kernel(gflops: dict[str, dict[str, float]]) -> str:
-    """"onednn" where packed bf16 1-row products measured faster than ATen's GEMV."""
+    """The 1-row bf16 kernel that measured fastest ("aten" where only it was timed, or
+    on a tie)."""
     decode = gflops.get("decode", {})
-    return GEMV_ONEDNN if decode.get("bf16_onednn", 0.0) > decode.get("bf16_aten", 0.0) \
-        else GEMV_ATEN
+    best, best_rate = GEMV_ATEN, decode.get(f"bf16_{GEMV_ATEN}", 0.0)
+    for kernel in GEMV_KERNELS:
+        rate = decode.get(f"bf16_{kernel}", 0.0)
+        if rate > best_rate:
+            best, best_rate = kernel, rate
+    return best
 
 
 def read_bandwidth(nbytes: int | None = None) -> float:
@@ -489,9 +512,16 @@ def report_lines(profile: MachineProfile, bandwidth_gbs: float | None = None) ->
                      f"GFLOP/s, bf16 {rates.get('bf16', 0):.1f} GFLOP/s -> "
                      f"{profile.choice(use)}")
     decode = profile.gflops.get("decode", {})
-    if "bf16_onednn" in decode:
-        lines.append(f"  bf16 1-row kernel: ATen GEMV {decode['bf16_aten']:.1f}, packed "
-                     f"oneDNN {decode['bf16_onednn']:.1f} GFLOP/s -> {profile.gemv}")
+    names = {GEMV_ATEN: "ATen GEMV", GEMV_ONEDNN: "packed oneDNN", GEMV_NATIVE: "native"}
+    timed = [f"{names[k]} {decode[f'bf16_{k}']:.1f}" for k in GEMV_KERNELS
+             if f"bf16_{k}" in decode]
+    if len(timed) > 1:
+        lines.append(f"  bf16 1-row kernel: {', '.join(timed)} GFLOP/s -> {profile.gemv}")
+    from gptstore.inference import native
+
+    reason = native.unavailable_reason()
+    if reason:
+        lines.append(f"  native GEMV not available: {reason}")
     if bandwidth_gbs is not None:
         lines.append(f"memory read: {bandwidth_gbs:.1f} GB/s")
     copy = " (with a bf16 copy for 1-2 row decode steps)" if profile.decode_copy else ""

@@ -183,10 +183,11 @@ class ModelSpec:
             raise InvalidRequest(f"unknown task {self.task!r}", param="task")
 
 
-#: kernels of bf16 1-2 row products (`models/base.Linear`): ATen's GEMV, or oneDNN on
-#: packed weights; the machine profile's `gemv` is the one measured faster (precision.py)
-GEMV_ATEN, GEMV_ONEDNN = "aten", "onednn"
-GEMV_KERNELS = (GEMV_ATEN, GEMV_ONEDNN)
+#: kernels of bf16 1-2 row products (`models/base.Linear`): ATen's GEMV, oneDNN on
+#: packed weights, or gptstore's own (native.py, on weights in its packed layout); the
+#: machine profile's `gemv` is the one measured fastest (precision.py)
+GEMV_ATEN, GEMV_ONEDNN, GEMV_NATIVE = "aten", "onednn", "native"
+GEMV_KERNELS = (GEMV_ATEN, GEMV_ONEDNN, GEMV_NATIVE)
 
 
 @dataclass
@@ -204,8 +205,9 @@ class EngineConfig:
     # "bfloat16": fp32 bases also keep a bf16 copy of their projections for steps of 1-2
     # rows (single-stream decoding), where this CPU measured bf16 faster (precision.py)
     decode_dtype: str | None = None
-    # kernel of bf16 1-2 row products: "aten" (its GEMV) or "onednn" (packed weights), the
-    # one this CPU measured faster (precision.py, `MachineProfile.gemv`)
+    # kernel of bf16 1-2 row products: "aten" (its GEMV), "onednn" (packed weights) or
+    # "native" (native.py), the one this CPU measured fastest (precision.py,
+    # `MachineProfile.gemv`)
     gemv: str = GEMV_ATEN
     num_threads: int | None = None  # torch intra-op threads of the scheduler thread
     use_fast_path: bool = True  # False: always the generic transformers forward (tests)

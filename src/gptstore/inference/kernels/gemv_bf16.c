@@ -1,0 +1,119 @@
+/* One- and two-row products with bf16 weights on AVX2 + FMA: y = x W^T (+ bias) (+ residual).
+ *
+ * Why hand-written (docs/design.md, "The native bf16 GEMV"): single-stream decoding
+ * reads every weight once per token, so its speed is the rate weights stream from
+ * memory. ATen's bf16 GEMV reads a row-major [out, in] matrix eight rows at a time,
+ * eight interleaved streams 2*in bytes apart, and on an AVX2 EPYC it streamed 8 GB/s
+ * per core where a plain sum streams 16. This kernel reads weights stored in the
+ * order it consumes them (see `pack` below), one sequential stream per thread, and
+ * turns bf16 into fp32 with one shift or one mask per 8 values instead of a widening
+ * shuffle: the even bf16 of each 32-bit pair is `bits << 16`, the odd one
+ * `bits & 0xffff0000`, and x is split into matching even and odd halves once per call.
+ *
+ * Packed layout (made by gptstore.inference.native.pack): the [out, in] matrix, its
+ * rows padded with zeros to a multiple of 8, as [out / 8][in / 16][8][16]: block b holds
+ * rows 8b..8b+7, and for each 16-column chunk their 16 values one row after another.
+ * `in` must be a multiple of 16.
+ *
+ * Activations (x, bias, residual, y) are all fp32 or all bf16 (`act_bf16`); products
+ * accumulate in fp32, and bf16 outputs round to nearest-even as PyTorch's casts do.
+ * Threads: OpenMP over 8-row blocks, `n_threads` of them (PyTorch's intra-op count;
+ * the process's one libgomp serves both).
+ */
+#include <immintrin.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ROWS 8  /* weight rows per block */
+#define CHUNK 16  /* columns per chunk */
+
+static inline float bf16_to_f32(uint16_t v) {
+    uint32_t bits = (uint32_t)v << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static inline uint16_t f32_to_bf16(float f) {
+    uint32_t bits;
+    memcpy(&bits, &f, 4);
+    if ((bits & 0x7fffffffu) > 0x7f800000u)  /* NaN: keep it a (quiet) NaN */
+        return (uint16_t)((bits >> 16) | 0x40);
+    bits += 0x7fffu + ((bits >> 16) & 1u);  /* round to nearest, ties to even */
+    return (uint16_t)(bits >> 16);
+}
+
+static inline float load_act(const void *p, int64_t i, int bf16) {
+    return bf16 ? bf16_to_f32(((const uint16_t *)p)[i]) : ((const float *)p)[i];
+}
+
+static inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_hadd_ps(s, s);
+    s = _mm_hadd_ps(s, s);
+    return _mm_cvtss_f32(s);
+}
+
+/* x: [n_rows, n_in] with row stride x_stride (elements); y, residual: [n_rows, n_out]
+ * contiguous; bias: [n_out] or NULL; residual may be NULL. Returns 0, or -1 when the
+ * scratch memory could not be allocated (nothing written then). */
+int gptstore_gemv_bf16(const void *x, int64_t n_rows, int64_t x_stride,
+                       const uint16_t *packed, int64_t n_in, int64_t n_out,
+                       const void *bias, const void *residual, void *y,
+                       int act_bf16, int n_threads) {
+    /* x as fp32, each 16-column chunk split into its 8 even then its 8 odd columns */
+    float *xs = (float *)aligned_alloc(32, (size_t)(n_rows * n_in) * sizeof(float) + 32);
+    if (!xs)
+        return -1;
+    for (int64_t r = 0; r < n_rows; r++) {
+        for (int64_t c = 0; c < n_in; c += CHUNK) {
+            for (int j = 0; j < CHUNK / 2; j++) {
+                xs[r * n_in + c + j] = load_act(x, r * x_stride + c + 2 * j, act_bf16);
+                xs[r * n_in + c + CHUNK / 2 + j] =
+                    load_act(x, r * x_stride + c + 2 * j + 1, act_bf16);
+            }
+        }
+    }
+    const int64_t n_blocks = (n_out + ROWS - 1) / ROWS;
+    const __m256i odd_mask = _mm256_set1_epi32((int)0xffff0000u);
+
+    #pragma omp parallel for schedule(static) num_threads(n_threads)
+    for (int64_t b = 0; b < n_blocks; b++) {
+        const uint16_t *block = packed + b * ROWS * n_in;
+        for (int64_t r = 0; r < n_rows; r++) {  /* a second row finds the block in cache */
+            const float *xr = xs + r * n_in;
+            __m256 acc[ROWS];
+            for (int k = 0; k < ROWS; k++)
+                acc[k] = _mm256_setzero_ps();
+            for (int64_t c = 0; c < n_in; c += CHUNK) {
+                const __m256 x_even = _mm256_load_ps(xr + c);
+                const __m256 x_odd = _mm256_load_ps(xr + c + CHUNK / 2);
+                const uint16_t *chunk = block + c * ROWS;
+                for (int k = 0; k < ROWS; k++) {
+                    __m256i v = _mm256_loadu_si256((const __m256i *)(chunk + k * CHUNK));
+                    acc[k] = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(v, 16)),
+                                             x_even, acc[k]);
+                    acc[k] = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(v, odd_mask)),
+                                             x_odd, acc[k]);
+                }
+            }
+            for (int k = 0; k < ROWS; k++) {
+                const int64_t o = b * ROWS + k;
+                if (o >= n_out)
+                    break;
+                float s = hsum(acc[k]);
+                if (bias)
+                    s += load_act(bias, o, act_bf16);
+                if (residual)
+                    s += load_act(residual, r * n_out + o, act_bf16);
+                if (act_bf16)
+                    ((uint16_t *)y)[r * n_out + o] = f32_to_bf16(s);
+                else
+                    ((float *)y)[r * n_out + o] = s;
+            }
+        }
+    }
+    free(xs);
+    return 0;
+}

@@ -1,0 +1,176 @@
+"""gptstore's own bf16 GEMV (native.py): the products it computes, the runner's single
+rows on it, and what happens where it cannot be built."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gptstore.inference import native
+from gptstore.inference.models import RowInput, build_runner
+from gptstore.inference.models.base import Linear
+
+PROMPTS = [[5, 6, 7, 8, 9, 10, 11, 12, 13], [40, 41], [100, 101, 102]]
+
+
+@pytest.fixture
+def kernel():  # type: ignore[no-untyped-def]
+    """The built kernel. This project's machines are x86-64 with AVX2 and gcc: a kernel
+    that fails to build there is a failure, not a skip."""
+    from gptstore.inference.precision import cpu_flag_set
+
+    if not {"avx2", "fma"} <= cpu_flag_set():
+        pytest.skip("the native GEMV needs AVX2 and FMA")
+    assert native.kernel() is not None, native.unavailable_reason()
+    return native.kernel()
+
+
+@pytest.fixture
+def unbuilt(monkeypatch, tmp_path):  # type: ignore[no-untyped-def]
+    """No kernel loaded in this process yet, and an empty build cache."""
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(native.tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+
+
+@pytest.mark.parametrize("n_out", [13, 64, 1000])
+@pytest.mark.parametrize("rows", [1, 2])
+def test_products_equal_fp32_arithmetic_on_the_bf16_weights(kernel, n_out, rows):
+    """fp32 activations: the exact product of x with the bf16-rounded weights, plus bias
+    and residual (n_out 13 and 1000: a last block of 5 rows and of 0)."""
+    generator = torch.Generator().manual_seed(n_out + rows)
+    n_in = 96
+    weight = torch.randn(n_out, n_in, generator=generator)
+    # x as the runner passes it: the first half of RMSNorm's [x, -x] (a row stride of 2 in)
+    x = torch.randn(rows, 2 * n_in, generator=generator)[:, :n_in]
+    bias, residual = torch.randn(n_out, generator=generator), torch.randn(rows, n_out,
+                                                                          generator=generator)
+    packed = native.pack(weight)
+    assert packed.shape == (-(-n_out // 8), n_in // 16, 8, 16)
+    exact = x.double() @ weight.bfloat16().double().t()
+    got = native.gemv(x, packed, n_out)
+    assert got.dtype == torch.float32 and got.shape == (rows, n_out)
+    assert torch.allclose(got.double(), exact, rtol=1e-5, atol=1e-4)
+    got = native.gemv(x, packed, n_out, bias, residual)
+    assert torch.allclose(got.double(), exact + bias.double() + residual.double(),
+                          rtol=1e-5, atol=1e-4)
+
+
+def test_bf16_activations_round_once_to_nearest(kernel):
+    generator = torch.Generator().manual_seed(3)
+    weight = torch.randn(40, 64, generator=generator)
+    x = torch.randn(2, 64, generator=generator).bfloat16()
+    bias, residual = torch.randn(40).bfloat16(), torch.randn(2, 40).bfloat16()
+    got = native.gemv(x, native.pack(weight), 40, bias, residual)
+    exact = (x.double() @ weight.bfloat16().double().t() + bias.double() + residual.double())
+    assert got.dtype == torch.bfloat16
+    # one rounding of the fp32 sum: within half a bf16 step (2^-8 relative) plus the
+    # summation order's fp32 error
+    assert ((got.double() - exact).abs() <= exact.abs() * 2**-8 + 1e-5).all()
+    # a NaN stays a NaN
+    x[0, 3] = float("nan")
+    assert native.gemv(x, native.pack(weight), 40)[0].isnan().all()
+
+
+def test_inputs_it_cannot_take_are_refused_by_name(kernel):
+    with pytest.raises(ValueError, match="divisible by 16"):
+        native.pack(torch.randn(8, 40))
+    packed = native.pack(torch.randn(8, 32))
+    with pytest.raises(ValueError, match="1-2 rows"):
+        native.gemv(torch.randn(3, 32), packed, 8)
+    with pytest.raises(ValueError, match="fp32 or bf16"):
+        native.gemv(torch.randn(1, 32).half(), packed, 8)
+    with pytest.raises(ValueError, match="residual"):
+        native.gemv(torch.randn(1, 32), packed, 8, residual=torch.randn(1, 8).bfloat16())
+
+
+def test_a_linear_on_the_native_kernel_serves_one_and_two_rows_and_batches_as_before(kernel):
+    weight, bias = torch.randn(48, 32), torch.randn(48)
+    linear = Linear.of(weight, bias, decode_dtype=torch.bfloat16, gemv="native")
+    assert linear.decode_native is not None and linear.decode_weight_t is None
+    assert linear.extra_nbytes == 48 * 32 * 2  # the packed bf16 copy, nothing twice
+    assert linear.decodes_low(2) and not linear.decodes_low(3)
+    for rows in (1, 2):
+        x = torch.randn(rows, 32)
+        expected = x @ weight.bfloat16().float().t() + bias
+        assert torch.allclose(linear(x), expected, atol=1e-4)
+    x = torch.randn(3, 32)
+    assert torch.allclose(linear(x), x @ weight.t() + bias, atol=1e-5)  # fp32 weights
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_runner_single_rows_on_the_native_kernel_match_aten(tiny_dirs, arch, dtype, kernel):
+    """An fp32 model's bf16 decode copy, or a bf16 model's own weights, in the native
+    kernel: batches unchanged, single rows within bf16 rounding of ATen's GEMV and the
+    same greedy token."""
+    from transformers import AutoModelForCausalLM
+
+    def load():  # type: ignore[no-untyped-def]
+        return AutoModelForCausalLM.from_pretrained(tiny_dirs[arch], dtype=dtype).eval()
+
+    decode_dtype = torch.bfloat16 if dtype == torch.float32 else None
+    runners = [build_runner(load(), max_slots=4, decode_dtype=decode_dtype, gemv=gemv)
+               for gemv in ("aten", "native")]
+    assert all(layer.decode_native is not None for layer in runners[1]._linears)
+    outputs = []
+    for runner in runners:
+        slots = [runner.allocate() for _ in PROMPTS]
+        batch = runner.forward([RowInput(s, p, 0) for s, p in zip(slots, PROMPTS, strict=True)])
+        one = runner.forward([RowInput(slots[0], [7], len(PROMPTS[0]))])
+        two = runner.forward([RowInput(slots[1], [8], len(PROMPTS[1])),
+                              RowInput(slots[2], [9], len(PROMPTS[2]))])
+        outputs.append((batch, one, two))
+    (batch_a, one_a, two_a), (batch_b, one_b, two_b) = outputs
+    assert torch.equal(batch_a, batch_b)
+    for a, b in ((one_a, one_b), (two_a, two_b)):
+        assert (a - b).abs().max() < 0.15
+        assert torch.equal(a.argmax(-1), b.argmax(-1))
+
+
+def test_where_it_is_switched_off_engines_keep_atens_gemv(unbuilt, monkeypatch):
+    monkeypatch.setenv(native.DISABLE_ENV, "0")
+    assert native.kernel() is None
+    assert native.DISABLE_ENV in (native.unavailable_reason() or "")
+    from gptstore.inference import precision
+
+    assert "native" not in precision.decode_kernels()
+    linear = Linear.of(torch.randn(16, 32), decode_dtype=torch.bfloat16, gemv="native")
+    assert linear.decode_native is None and linear.decode_weight_t is not None
+    x = torch.randn(1, 32)
+    assert linear(x).shape == (1, 16)
+
+
+def test_a_compiler_that_fails_is_reported_not_raised(unbuilt, monkeypatch, tmp_path):
+    from gptstore.inference.precision import cpu_flag_set
+
+    if not {"avx2", "fma"} <= cpu_flag_set():
+        pytest.skip("the CPU check refuses before the compiler runs")
+    failing = tmp_path / "broken-cc"
+    failing.write_text("#!/bin/sh\necho 'cc1: out of memory' >&2\nexit 1\n")
+    failing.chmod(0o755)
+    monkeypatch.setenv("CC", str(failing))
+    assert native.kernel() is None
+    assert "out of memory" in (native.unavailable_reason() or "")
+    # nothing half-built is left where a later process would load it
+    assert not list((tmp_path / "cache").rglob("*.so"))
+
+
+def test_the_build_is_cached_and_reused(unbuilt, monkeypatch, tmp_path, kernel):
+    monkeypatch.setattr(native, "_state", {})
+    assert native.kernel() is not None
+    built = list((tmp_path / "cache" / "gptstore" / "kernels").glob("gemv_bf16-*.so"))
+    assert len(built) == 1
+    stamp = built[0].stat().st_mtime_ns
+    monkeypatch.setattr(native, "_state", {})
+
+    def no_compiler(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if args and "--version" not in args[0]:
+            raise AssertionError("compiled again")
+        return real_run(*args, **kwargs)
+
+    real_run = native.subprocess.run
+    monkeypatch.setattr(native.subprocess, "run", no_compiler)
+    assert native.kernel() is not None
+    assert built[0].stat().st_mtime_ns == stamp
