@@ -25,6 +25,7 @@ from gptstore.inference.precision import (
     SHAPES,
     cpu_flags,
     cpu_model,
+    gemv_rates_text,
     read_bandwidth,
 )
 from gptstore.inference.precision import measure as measure_profile
@@ -93,10 +94,8 @@ def _describe() -> str:
              f"({bf16 / fp32:.2f}x)"]
     for use, (rows, n_in, n_out) in SHAPES.items():
         rates = profile.gflops[use]
-        kernels = ""
-        if "bf16_onednn" in rates:  # the 1-row bf16 product, timed in both kernels
-            kernels = (f" (bf16 ATen GEMV {rates['bf16_aten']:.1f}, packed oneDNN "
-                       f"{rates['bf16_onednn']:.1f}: {profile.gemv})")
+        kernels = gemv_rates_text(profile) if use == "decode" else None
+        kernels = f" (bf16 kernels: {kernels})" if kernels else ""
         lines.append(f"  {use} {rows} x {n_in} -> {n_out}: fp32 {rates['fp32']:.1f}, "
                      f"bf16 {rates['bf16']:.1f} GFLOP/s{kernels} -> gptstore picks "
                      f"{profile.choice(use)}")

@@ -500,6 +500,16 @@ def decode_dtype_name(home: Path) -> str | None:
     return machine_profile(home).decode_dtype_name
 
 
+def gemv_rates_text(profile: MachineProfile) -> str | None:
+    """"ATen GEMV 8.4, native 13.9 GFLOP/s -> native": the 1-row bf16 kernels timed and
+    the one chosen (None where only ATen's was timed)."""
+    decode = profile.gflops.get("decode", {})
+    names = {GEMV_ATEN: "ATen GEMV", GEMV_ONEDNN: "packed oneDNN", GEMV_NATIVE: "native"}
+    timed = [f"{names[k]} {decode[f'bf16_{k}']:.1f}" for k in GEMV_KERNELS
+             if f"bf16_{k}" in decode]
+    return f"{', '.join(timed)} GFLOP/s -> {profile.gemv}" if len(timed) > 1 else None
+
+
 def report_lines(profile: MachineProfile, bandwidth_gbs: float | None = None) -> list[str]:
     """The profile as text: what `gptstore doctor` prints, and the benchmarks' header."""
     lines = [f"CPU: {profile.cpu}, torch {profile.torch}; GFLOP/s measured on "
@@ -511,12 +521,9 @@ def report_lines(profile: MachineProfile, bandwidth_gbs: float | None = None) ->
         lines.append(f"{use:>8} {rows} x {n_in} -> {n_out}: fp32 {rates.get('fp32', 0):.1f} "
                      f"GFLOP/s, bf16 {rates.get('bf16', 0):.1f} GFLOP/s -> "
                      f"{profile.choice(use)}")
-    decode = profile.gflops.get("decode", {})
-    names = {GEMV_ATEN: "ATen GEMV", GEMV_ONEDNN: "packed oneDNN", GEMV_NATIVE: "native"}
-    timed = [f"{names[k]} {decode[f'bf16_{k}']:.1f}" for k in GEMV_KERNELS
-             if f"bf16_{k}" in decode]
-    if len(timed) > 1:
-        lines.append(f"  bf16 1-row kernel: {', '.join(timed)} GFLOP/s -> {profile.gemv}")
+    kernels = gemv_rates_text(profile)
+    if kernels:
+        lines.append(f"  bf16 1-row kernel: {kernels}")
     from gptstore.inference import native
 
     reason = native.unavailable_reason()
