@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/engine_decode.py [--home /tmp/gptstore-bench]
     .venv/bin/python benchmarks/engine_decode.py --model DIR    # any local HF causal LM
+    .venv/bin/python benchmarks/engine_decode.py --gemv aten    # another 1-row bf16 kernel
 
 Prints the machine (CPU, GEMM GFLOP/s in fp32 and bf16, memory bandwidth), then per
 round and as best / median over rounds:
@@ -31,6 +32,7 @@ from peer_generate import run_peer
 from gptstore.inference import Engine, EngineConfig, GenerationRequest, ModelSpec, SamplingParams
 from gptstore.inference.loader import preferred_dtype
 from gptstore.inference.precision import decode_dtype_name, machine_profile, read_bandwidth
+from gptstore.inference.types import GEMV_KERNELS
 
 QUESTIONS = [
     "What is the capital of France?", "Write a haiku about the sea.",
@@ -85,6 +87,8 @@ def main() -> None:
                         help="gptstore's dtype (default: measured best on this machine)")
     parser.add_argument("--peer-dtype", choices=["bfloat16", "float32"],
                         help="generate's dtype (default: from_pretrained's own)")
+    parser.add_argument("--gemv", choices=GEMV_KERNELS,
+                        help="kernel of 1-2 row bf16 products (default: measured fastest here)")
     parser.add_argument("--tokens", type=int, default=128, help="new tokens per request")
     parser.add_argument("--streams", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
@@ -98,7 +102,7 @@ def main() -> None:
     dtype = getattr(torch, args.dtype) if args.dtype else preferred_dtype(settings)
     # the product's default: a bf16 copy for 1-row steps where this CPU measured it faster
     decode_dtype = None if args.dtype else decode_dtype_name(settings.home)
-    gemv = machine_profile(settings.home).gemv  # the 1-row kernel measured faster here
+    gemv = args.gemv or machine_profile(settings.home).gemv  # default: measured fastest
     model, tokenizer = load(folder, dtype)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     batch = prompts(tokenizer, args.streams)
