@@ -23,6 +23,7 @@ import torch
 from gptstore.inference.precision import (
     BANDWIDTH_BYTES,
     SHAPES,
+    attention_text,
     cpu_flags,
     cpu_model,
     gemv_rates_text,
@@ -99,6 +100,9 @@ def _describe() -> str:
         lines.append(f"  {use} {rows} x {n_in} -> {n_out}: fp32 {rates['fp32']:.1f}, "
                      f"bf16 {rates['bf16']:.1f} GFLOP/s{kernels} -> gptstore picks "
                      f"{profile.choice(use)}")
+    attention = attention_text(profile)
+    if attention:
+        lines.append(f"  decode attention {attention}")
     lines.append(f"  memory read {bandwidth:.1f} GB/s (sum over {BANDWIDTH_BYTES >> 20} MiB); "
                  f"load average {load:.2f} before measuring, "
                  f"{os.getloadavg()[0]:.2f} after")

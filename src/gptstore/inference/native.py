@@ -1,22 +1,25 @@
-"""The native bf16 GEMV (kernels/gemv_bf16.c): built on first use, loaded with ctypes.
+"""gptstore's native decode kernels (kernels/*.c): built on first use, loaded with ctypes.
 
-Single-stream decoding is a pass over every weight per token, and on AVX2 CPUs ATen's
-bf16 GEMV streams weights at about half the rate memory delivers them (the C file says
-why). The kernel is C, not a PyTorch extension: it needs no PyTorch headers, so the
-first build takes well under a second with the system's C compiler instead of the
-~minute a `torch.utils.cpp_extension` build takes, and it is called through `ctypes`
-on the tensors' data pointers (a few microseconds a call, about what ATen's dispatch
-costs).
+- `gemv`: 1-2 row products with bf16 weights. Single-stream decoding is a pass over
+  every weight per token, and on AVX2 CPUs ATen's bf16 GEMV streams weights at about
+  half the rate memory delivers them (gemv_bf16.c says why).
+- `decode_attention`: attention of decode rows over the slot KV cache, where PyTorch's
+  flash-attention kernel spends most of its time on setup (decode_attention.c).
+
+They are C, not a PyTorch extension: no PyTorch headers, so the first build takes about
+a second with the system's C compiler instead of the ~minute a
+`torch.utils.cpp_extension` build takes, and they are called through `ctypes` on the
+tensors' data pointers (a few microseconds a call, about what ATen's dispatch costs).
 
 Built once per machine kind: the shared object is cached under
 `$XDG_CACHE_HOME/gptstore/kernels` (else `~/.cache/gptstore/kernels`; a temporary
 folder where that is not writable), named by a digest of the source, the compiler and
 its flags, and written to a temporary name, then renamed (two processes building at
 once each produce a whole file). Where the CPU lacks AVX2 or FMA, no C compiler is
-found, the build fails, or `GPTSTORE_NATIVE_KERNELS=0`, `kernel()` returns None and
-`unavailable_reason()` says why; the engine then keeps ATen's kernels. Whether the
-kernel is used at all is measured (precision.py: it is one of the 1-row kernels timed
-per machine), never assumed.
+found, the build fails, or `GPTSTORE_NATIVE_KERNELS=0`, `library()` returns None and
+`unavailable_reason()` says why; the engine then keeps PyTorch's kernels. Whether a
+kernel is used at all is measured (precision.py: each is timed against PyTorch's per
+machine), never assumed.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import subprocess
 import sysconfig
 import tempfile
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +41,10 @@ from typing import Any
 BLOCK_ROWS, CHUNK = 8, 16
 #: the most rows one call takes (single-stream and two-stream decode steps)
 MAX_ROWS = 2
-SOURCE = Path(__file__).with_name("kernels") / "gemv_bf16.c"
+SOURCES = tuple(Path(__file__).with_name("kernels") / name
+                for name in ("gemv_bf16.c", "decode_attention.c"))
+#: head sizes the attention kernel takes: whole AVX vectors, at most 32 of them
+MAX_HEAD_DIM = 256
 FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC", "-std=c11")
 BUILD_TIMEOUT_S = 120
 DISABLE_ENV = "GPTSTORE_NATIVE_KERNELS"
@@ -74,13 +81,13 @@ def _cpu_supports() -> str | None:
 
 def _build(cc: str) -> Path:
     """The shared object for this source and compiler, built unless already cached."""
-    source = SOURCE.read_bytes()
     version = subprocess.run([cc, "--version"], capture_output=True, text=True,
                              timeout=30).stdout.splitlines()[:1]
-    digest = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(),
+    digest = hashlib.sha256(b"\0".join([*(path.read_bytes() for path in SOURCES),
+                                        " ".join(FLAGS).encode(),
                                         "".join(version).encode()])).hexdigest()[:16]
     for folder in (_cache_dir(), Path(tempfile.gettempdir()) / f"gptstore-kernels-{os.getuid()}"):
-        target = folder / f"gemv_bf16-{digest}.so"
+        target = folder / f"gptstore-kernels-{digest}.so"
         if target.exists():
             return target
         try:
@@ -90,8 +97,8 @@ def _build(cc: str) -> Path:
         except OSError:
             continue  # not writable: the next folder
         try:
-            done = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True,
-                                  text=True, timeout=BUILD_TIMEOUT_S)
+            done = subprocess.run([cc, *FLAGS, *map(str, SOURCES), "-o", tmp],
+                                  capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
             if done.returncode != 0:
                 raise RuntimeError(f"{cc} failed: {done.stderr.strip()[-500:]}")
             os.replace(tmp, target)
@@ -113,29 +120,38 @@ def _load() -> Any:
     import torch  # noqa: F401  (its libgomp is loaded first, so the kernel shares it)
 
     library = ctypes.CDLL(str(_build(cc)))
-    function = library.gptstore_gemv_bf16
-    function.restype = ctypes.c_int
-    function.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
-                         ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
-                         ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
-    return function
+    i64, ptr, c_int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+    library.gptstore_gemv_bf16.restype = c_int
+    library.gptstore_gemv_bf16.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, ptr, ptr,
+                                           c_int, c_int]
+    library.gptstore_decode_attention.restype = c_int
+    library.gptstore_decode_attention.argtypes = [ptr, i64, i64, ptr, ptr, ptr, ptr, ptr,
+                                                  i64, i64, ptr, i64, i64, i64, i64,
+                                                  ctypes.c_float, ptr, c_int, c_int]
+    return library
+
+
+def library() -> Any:
+    """The loaded kernels (a `ctypes.CDLL`), or None where they cannot run here (built
+    and loaded once per process)."""
+    with _lock:
+        if "library" not in _state:
+            try:
+                _state["library"], _state["reason"] = _load(), None
+            except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+                _state["library"], _state["reason"] = None, str(exc)
+        return _state["library"]
 
 
 def kernel() -> Any:
-    """The loaded kernel function, or None where it cannot run here (built and loaded
-    once per process)."""
-    with _lock:
-        if "function" not in _state:
-            try:
-                _state["function"], _state["reason"] = _load(), None
-            except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-                _state["function"], _state["reason"] = None, str(exc)
-        return _state["function"]
+    """The GEMV function, or None where the kernels cannot run here."""
+    lib = library()
+    return None if lib is None else lib.gptstore_gemv_bf16
 
 
 def unavailable_reason() -> str | None:
-    """Why `kernel()` is None (None when it is available)."""
-    kernel()
+    """Why `library()` is None (None when it is available)."""
+    library()
     return _state.get("reason")
 
 
@@ -189,3 +205,80 @@ def gemv(x: Any, packed: Any, n_out: int, bias: Any = None, residual: Any = None
     if status != 0:
         raise MemoryError("the native GEMV could not allocate its scratch row")
     return y
+
+
+def attention_fits(head_dim: int) -> bool:
+    return head_dim % 8 == 0 and head_dim <= MAX_HEAD_DIM
+
+
+class DecodeAttention:
+    """One group of decode rows' attention, prepared once per step (its checks and the
+    lengths as a C array) and run once per layer: per call only q's and the caches'
+    pointers change, so a call costs little more than the kernel.
+
+    Rows sit on consecutive cache slots from `slot0`; row r attends to its first
+    `lengths[r]` positions, its new token's included. The caches are one layer's
+    [slots, kv_heads, cap, head_dim] (kv_cache.py)."""
+
+    def __init__(self, slot0: int, lengths: Sequence[int], n_heads: int, n_kv: int,
+                 head_dim: int) -> None:
+        if library() is None:
+            raise RuntimeError(f"the native kernels are not available: {unavailable_reason()}")
+        if not attention_fits(head_dim) or n_heads % n_kv:
+            raise ValueError(f"the native attention cannot take head_dim {head_dim} with "
+                             f"{n_heads} query and {n_kv} kv heads")
+        if not lengths or min(lengths) < 1 or slot0 < 0:
+            raise ValueError("each row needs a slot and at least one cached position")
+        self.slot0, self.rows, self.longest = slot0, len(lengths), max(lengths)
+        self.n_heads, self.n_kv, self.head_dim = n_heads, n_kv, head_dim
+        self.counts = (ctypes.c_int64 * self.rows)(*lengths)
+        self.function = library().gptstore_decode_attention
+
+    def __call__(self, q: Any, k_cache: Any, v_cache: Any, scale: float,
+                 k_new: Any = None, v_new: Any = None) -> Any:
+        """q [rows, heads, head_dim] (unit stride along head_dim) -> [rows, heads *
+        head_dim] in q's dtype. With `k_new`, `v_new` ([rows, kv_heads, head_dim], unit
+        stride along head_dim) the kernel first writes them at each row's last
+        position."""
+        import torch
+
+        slots, n_kv, cap, head_dim = k_cache.shape
+        if q.shape != (self.rows, self.n_heads, self.head_dim) or n_kv != self.n_kv \
+                or head_dim != self.head_dim or v_cache.shape != k_cache.shape \
+                or self.slot0 + self.rows > slots or self.longest > cap:
+            raise ValueError("q or the caches do not match the prepared attention")
+        dtype = q.dtype
+        if dtype not in (torch.float32, torch.bfloat16) or k_cache.dtype != dtype \
+                or v_cache.dtype != dtype or not k_cache.is_contiguous() \
+                or not v_cache.is_contiguous():
+            raise ValueError("q and the caches must all be fp32 or all bf16, the caches "
+                             "contiguous")
+        if q.stride(-1) != 1:
+            q = q.contiguous()
+        new_k = new_v = strides = None
+        if k_new is not None and v_new is not None:
+            if k_new.shape != (self.rows, self.n_kv, self.head_dim) \
+                    or v_new.shape != k_new.shape or k_new.stride(-1) != 1 \
+                    or v_new.stride(-1) != 1 or k_new.dtype != dtype or v_new.dtype != dtype:
+                raise ValueError("k_new and v_new must be [rows, kv_heads, head_dim] of "
+                                 "q's dtype, unit stride along head_dim")
+            new_k, new_v = k_new.data_ptr(), v_new.data_ptr()
+            strides = (ctypes.c_int64 * 4)(k_new.stride(0), k_new.stride(1),
+                                           v_new.stride(0), v_new.stride(1))
+        out = torch.empty(self.rows, self.n_heads * self.head_dim, dtype=dtype)
+        status = self.function(q.data_ptr(), q.stride(0), q.stride(1), new_k, new_v,
+                               strides, k_cache.data_ptr(),
+                               v_cache.data_ptr(), self.slot0, self.rows, self.counts,
+                               self.n_heads, self.n_kv, self.head_dim, cap, scale,
+                               out.data_ptr(), int(dtype == torch.bfloat16),
+                               torch.get_num_threads())
+        if status != 0:
+            raise MemoryError("the native attention could not allocate its scratch memory")
+        return out
+
+
+def decode_attention(q: Any, k_cache: Any, v_cache: Any, slot0: int,
+                     lengths: Sequence[int], scale: float) -> Any:
+    """`DecodeAttention` prepared and run once (the caches already hold the new keys)."""
+    return DecodeAttention(slot0, lengths, q.shape[1], k_cache.shape[1], q.shape[2])(
+        q, k_cache, v_cache, scale)

@@ -17,6 +17,10 @@ alternating, on one thread (`MEASURE_THREADS`), in well under a second:
   oneDNN on packed weights (where oneDNN can pack bf16) and gptstore's own (native.py,
   where the CPU has AVX2 and a C compiler is found), and the fastest is the profile's
   `gemv` (which kernel wins differs between CPUs: models/base.py, `Linear`);
+- *attention*: decode rows' attention over the KV cache, a 1-row and a 16-row group
+  (`ATTENTION_SHAPE`) in the served dtype, as the runner calls PyTorch's SDPA (with
+  its cache writes) and gptstore's own kernel (native.py), where that builds; the faster
+  is the profile's `attention`;
 - memory read bandwidth (`read_bandwidth`, a sum over 256 MiB) is not part of the
   first-use timing (it alone takes ~0.3 s); `gptstore doctor` and the benchmarks
   measure it when they print the machine, as the decode ceiling's numerator.
@@ -38,6 +42,7 @@ Knows nothing of models, the store's catalog or HTTP.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -49,7 +54,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from gptstore.inference.types import GEMV_ATEN, GEMV_KERNELS, GEMV_NATIVE, GEMV_ONEDNN
+from gptstore.inference.types import (
+    ATTENTION_NATIVE,
+    ATTENTION_SDPA,
+    GEMV_ATEN,
+    GEMV_KERNELS,
+    GEMV_NATIVE,
+    GEMV_ONEDNN,
+)
 
 Use = Literal["training", "batched", "decode"]
 Precision = Literal["bf16", "fp32"]
@@ -77,8 +89,12 @@ TIME_CAP_S = 0.25
 #: bytes summed to estimate memory read bandwidth: 64 MiB still measured 86 GB/s on a
 #: VM reporting a 32 MiB L3 (the host's caches are larger); 256 MiB gave 36 GB/s
 BANDWIDTH_BYTES = 256 * 1024**2
+#: (query heads, kv heads, head_dim, cached positions) of the timed decode attention:
+#: SmolLM2-135M's heads at a chat's length; its groups have these many rows
+ATTENTION_SHAPE = (9, 3, 64, 256)
+ATTENTION_ROWS = (1, 16)
 #: layout of a cached profile; one of an older layout is measured again (3: the native
-#: GEMV joined the timed 1-row kernels)
+#: GEMV joined the timed 1-row kernels, and decode attention is timed)
 LAYOUT = 3
 #: torch threads of the timing. One: the choice needs the ratio of the two dtypes, and
 #: multi-threaded kernels on a machine shared with other processes stall on their
@@ -102,6 +118,10 @@ class MachineProfile:
     # (packed weights) or "native" (native.py); gflops["decode"] has each one timed as
     # "bf16_<kernel>"
     gemv: str = GEMV_ATEN
+    # kernel of decode rows' attention that measured faster, "sdpa" or "native", and
+    # the microseconds of a 1-row plus a 16-row group in each kernel timed
+    attention: str = ATTENTION_SDPA
+    attention_us: dict[str, float] = field(default_factory=dict)
     load_average: float = 0.0  # 1-minute load average when measured
     measured_at: float = field(default_factory=time.time)
     seconds: float = 0.0  # how long the measurement took
@@ -383,6 +403,72 @@ def gemv_kernel(gflops: dict[str, dict[str, float]]) -> str:
     return best
 
 
+def _time_attention(dtype: Any) -> dict[str, float]:
+    """Microseconds of decode rows' attention, a 1-row plus a 16-row group over
+    `ATTENTION_SHAPE`, in each kernel this machine has: "sdpa" as the runner calls it
+    (the new keys/values written into the cache, then SDPA on the grouped heads) and
+    "native" (writing and attending in one call). Alternating, best of each."""
+    import torch
+    import torch.nn.functional as F
+
+    from gptstore.inference import native
+
+    n_heads, n_kv, head_dim, length = ATTENTION_SHAPE
+    generator = torch.Generator().manual_seed(0)
+    slots = max(ATTENTION_ROWS)
+    k_cache = torch.randn(slots, n_kv, length, head_dim, generator=generator).to(dtype)
+    v_cache = torch.randn(slots, n_kv, length, head_dim, generator=generator).to(dtype)
+    cases = []
+    for rows in ATTENTION_ROWS:
+        qkv = torch.randn(rows, n_heads + 2 * n_kv, head_dim, generator=generator).to(dtype)
+        cases.append((rows, qkv[:, :n_heads], qkv[:, n_heads:n_heads + n_kv],
+                      qkv[:, n_heads + n_kv:]))
+    write_slots = {rows: torch.arange(rows) for rows in ATTENTION_ROWS}
+    write_positions = {rows: torch.full((rows,), length - 1) for rows in ATTENTION_ROWS}
+
+    def sdpa() -> None:
+        for rows, q, k, v in cases:
+            k_cache[write_slots[rows], :, write_positions[rows]] = k
+            v_cache[write_slots[rows], :, write_positions[rows]] = v
+            F.scaled_dot_product_attention(
+                q.reshape(rows, n_kv, n_heads // n_kv, head_dim), k_cache[:rows],
+                v_cache[:rows], scale=head_dim ** -0.5)
+
+    passes: dict[str, Callable[[], object]] = {ATTENTION_SDPA: sdpa}
+    if native.library() is not None and native.attention_fits(head_dim):
+        kernels = {rows: native.DecodeAttention(0, [length] * rows, n_heads, n_kv, head_dim)
+                   for rows in ATTENTION_ROWS}
+
+        def native_pass() -> None:
+            for rows, q, k, v in cases:
+                kernels[rows](q, k_cache, v_cache, head_dim ** -0.5, k, v)
+
+        passes[ATTENTION_NATIVE] = native_pass
+    best = {name: float("inf") for name in passes}
+    with torch.inference_mode():
+        for run in passes.values():
+            run()
+        start, reps = time.perf_counter(), 0
+        while True:
+            for name, run in passes.items():
+                t0 = time.perf_counter()
+                run()
+                best[name] = min(best[name], time.perf_counter() - t0)
+            reps += 1
+            spent = time.perf_counter() - start
+            if (reps >= 5 and spent >= TIME_BUDGET_S) or spent >= TIME_CAP_S:
+                break
+    return {name: round(seconds * 1e6, 1) for name, seconds in best.items()}
+
+
+def attention_kernel(times_us: dict[str, float]) -> str:
+    """"native" where it measured faster than SDPA, else "sdpa"."""
+    native_us = times_us.get(ATTENTION_NATIVE)
+    sdpa_us = times_us.get(ATTENTION_SDPA, float("inf"))
+    return ATTENTION_NATIVE if native_us is not None and native_us < sdpa_us \
+        else ATTENTION_SDPA
+
+
 def read_bandwidth(nbytes: int | None = None) -> float:
     """Memory read bandwidth in GB/s: the best of a few sums over `nbytes` (default
     `BANDWIDTH_BYTES`) of fp32, each byte read once (a sum's arithmetic is far below
@@ -414,13 +500,17 @@ def measure() -> MachineProfile:
         with torch.no_grad():
             for use in USES:
                 gflops[use] = _time_use(use)
+        profile = MachineProfile(key=machine_key(), cpu=cpu_model(), torch=torch.__version__,
+                                 threads=MEASURE_THREADS, flags=cpu_flags(), gflops=gflops,
+                                 choices=choose(gflops), gemv=gemv_kernel(gflops),
+                                 load_average=round(load, 2))
+        # the cache holds the served dtype
+        attention_us = _time_attention(getattr(torch, profile.serving_dtype_name))
     finally:
         torch.set_num_threads(threads)
-    return MachineProfile(key=machine_key(), cpu=cpu_model(), torch=torch.__version__,
-                          threads=MEASURE_THREADS, flags=cpu_flags(), gflops=gflops,
-                          choices=choose(gflops), gemv=gemv_kernel(gflops),
-                          load_average=round(load, 2),
-                          seconds=round(time.perf_counter() - started, 3))
+    return dataclasses.replace(profile, attention=attention_kernel(attention_us),
+                               attention_us=attention_us,
+                               seconds=round(time.perf_counter() - started, 3))
 
 
 # ------------------------------------------------------------------------ the cache
@@ -510,6 +600,19 @@ def gemv_rates_text(profile: MachineProfile) -> str | None:
     return f"{', '.join(timed)} GFLOP/s -> {profile.gemv}" if len(timed) > 1 else None
 
 
+def attention_text(profile: MachineProfile) -> str | None:
+    """"1 + 16 rows x 256 positions: SDPA 410 us, native 250 us -> native" (None where
+    nothing was timed)."""
+    times = profile.attention_us
+    if not times:
+        return None
+    length = ATTENTION_SHAPE[3]
+    names = {ATTENTION_SDPA: "SDPA", ATTENTION_NATIVE: "native"}
+    timed = ", ".join(f"{names.get(k, k)} {v:.0f} us" for k, v in times.items())
+    rows = " + ".join(str(r) for r in ATTENTION_ROWS)
+    return f"{rows} rows x {length} positions: {timed} -> {profile.attention}"
+
+
 def report_lines(profile: MachineProfile, bandwidth_gbs: float | None = None) -> list[str]:
     """The profile as text: what `gptstore doctor` prints, and the benchmarks' header."""
     lines = [f"CPU: {profile.cpu}, torch {profile.torch}; GFLOP/s measured on "
@@ -524,6 +627,9 @@ def report_lines(profile: MachineProfile, bandwidth_gbs: float | None = None) ->
     kernels = gemv_rates_text(profile)
     if kernels:
         lines.append(f"  bf16 1-row kernel: {kernels}")
+    attention = attention_text(profile)
+    if attention:
+        lines.append(f"  decode attention: {attention}")
     from gptstore.inference import native
 
     reason = native.unavailable_reason()

@@ -188,6 +188,10 @@ class ModelSpec:
 #: machine profile's `gemv` is the one measured fastest (precision.py)
 GEMV_ATEN, GEMV_ONEDNN, GEMV_NATIVE = "aten", "onednn", "native"
 GEMV_KERNELS = (GEMV_ATEN, GEMV_ONEDNN, GEMV_NATIVE)
+#: kernels of decode rows' attention (`models/base.DecoderRunner.attend`): PyTorch's
+#: `scaled_dot_product_attention`, or gptstore's own (native.py); measured (precision.py)
+ATTENTION_SDPA, ATTENTION_NATIVE = "sdpa", "native"
+ATTENTION_KERNELS = (ATTENTION_SDPA, ATTENTION_NATIVE)
 
 
 @dataclass
@@ -209,6 +213,9 @@ class EngineConfig:
     # "native" (native.py), the one this CPU measured fastest (precision.py,
     # `MachineProfile.gemv`)
     gemv: str = GEMV_ATEN
+    # kernel of decode rows' attention: "sdpa" or "native", the one this CPU measured
+    # faster (precision.py, `MachineProfile.attention`)
+    decode_attention: str = ATTENTION_SDPA
     num_threads: int | None = None  # torch intra-op threads of the scheduler thread
     use_fast_path: bool = True  # False: always the generic transformers forward (tests)
     pack_weights: bool = True  # oneDNN-packed weight copies: faster batches (models/base.py)
@@ -229,6 +236,10 @@ class EngineConfig:
         if self.gemv not in GEMV_KERNELS:
             raise InvalidRequest(f"unknown gemv kernel {self.gemv!r} (known: "
                                  f"{', '.join(GEMV_KERNELS)})", param="gemv")
+        if self.decode_attention not in ATTENTION_KERNELS:
+            raise InvalidRequest(f"unknown attention kernel {self.decode_attention!r} "
+                                 f"(known: {', '.join(ATTENTION_KERNELS)})",
+                                 param="decode_attention")
         if self.prefix_cache_bytes < 0:
             raise InvalidRequest("prefix_cache_bytes must be >= 0 (0 turns the prefix "
                                  "cache off)", param="prefix_cache_bytes")

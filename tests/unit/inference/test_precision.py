@@ -91,6 +91,26 @@ def test_the_kernel_choice_takes_the_fastest_of_those_timed() -> None:
     assert precision.gemv_kernel({"decode": {"fp32": 5.0, "bf16": 8.0}}) == "aten"
 
 
+def test_decode_attention_is_timed_in_each_kernel_and_the_faster_is_kept(tmp_path, measured):
+    from gptstore.inference import native
+
+    profile = machine_profile(tmp_path)
+    times = profile.attention_us
+    assert times["sdpa"] > 0
+    if native.library() is None:
+        assert profile.attention == "sdpa" and "native" not in times
+        return
+    assert times["native"] > 0
+    assert profile.attention == min(times, key=times.get)
+    assert precision.attention_kernel({"sdpa": 300.0, "native": 200.0}) == "native"
+    assert precision.attention_kernel({"sdpa": 200.0, "native": 300.0}) == "sdpa"
+    assert precision.attention_kernel({"sdpa": 200.0}) == "sdpa"
+    write_cache(tmp_path / "home", {**profile.to_dict(), "attention": "native"})
+    assert engine_config(Settings(home=tmp_path / "home")).decode_attention == "native"
+    text = "\n".join(precision.report_lines(profile))
+    assert "decode attention: 1 + 16 rows" in text
+
+
 def test_engines_use_the_measured_kernel_for_single_rows_whatever_the_dtype(tmp_path):
     home = tmp_path / "home"
     choices = {"training": "bf16", "batched": "bf16", "decode": "bf16"}
@@ -238,6 +258,7 @@ def test_doctor_prints_the_measurements_and_the_choices(tmp_path, monkeypatch):
     assert doc["serving"] in ("bf16", "fp32")
     assert doc["decode_copy"] == (doc["serving"] == "fp32" and doc["choices"]["decode"] == "bf16")
     assert doc["gemv"] in precision.decode_kernels()
+    assert doc["attention"] in ("sdpa", "native") and doc["attention_us"]["sdpa"] > 0
     assert doc["settings"] == {"GPTSTORE_INFERENCE_DTYPE": "auto",
                                "GPTSTORE_TRAINING_PRECISION": "auto"}
     text = CliRunner().invoke(app, ["doctor"]).output

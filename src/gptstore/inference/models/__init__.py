@@ -8,12 +8,13 @@ from __future__ import annotations
 from typing import Any
 
 from gptstore.inference.models.base import Head, Int4Linear, Linear, RowInput, Runner
-from gptstore.inference.types import GEMV_ATEN
+from gptstore.inference.types import ATTENTION_SDPA, GEMV_ATEN
 
 
 def build_runner(model: Any, *, max_slots: int, max_context: int | None = None,
                  fast: bool = True, pack: bool = True, quantize: str | None = None,
-                 decode_dtype: Any = None, gemv: str = GEMV_ATEN) -> Runner:
+                 decode_dtype: Any = None, gemv: str = GEMV_ATEN,
+                 attention: str = ATTENTION_SDPA) -> Runner:
     """The runner for a loaded `transformers` model (causal LM or sequence classifier).
 
     `pack`: keep a oneDNN-packed copy of the weights for batched steps (models/base.py
@@ -22,17 +23,20 @@ def build_runner(model: Any, *, max_slots: int, max_context: int | None = None,
     does not quantize. `decode_dtype=torch.bfloat16` with an fp32 model: steps of 1-2
     rows run on a bf16 copy of the projections (models/base.py `Linear`); the generic
     runner ignores it. `gemv`: the kernel of bf16 1-2 row products, "aten" or "onednn"
-    (packed weights), as measured on this CPU (precision.py, `MachineProfile.gemv`).
+    (packed weights) or "native", as measured on this CPU (precision.py,
+    `MachineProfile.gemv`). `attention`: the kernel of decode rows' attention, "sdpa"
+    or "native" (`MachineProfile.attention`); the generic runner ignores both.
     """
     from gptstore.inference.models import generic, gpt2, llama
 
     if fast and llama.supports(model):
         return llama.LlamaRunner(model, max_slots=max_slots, max_context=max_context,
                                  pack=pack, quantize=quantize, decode_dtype=decode_dtype,
-                                 gemv=gemv)
+                                 gemv=gemv, attention=attention)
     if fast and gpt2.supports(model):
         return gpt2.GPT2Runner(model, max_slots=max_slots, max_context=max_context, pack=pack,
-                               quantize=quantize, decode_dtype=decode_dtype, gemv=gemv)
+                               quantize=quantize, decode_dtype=decode_dtype, gemv=gemv,
+                               attention=attention)
     return generic.GenericRunner(model, max_slots=max_slots, max_context=max_context)
 
 

@@ -32,7 +32,14 @@ from gptstore.inference import native
 from gptstore.inference.kv_cache import Slot, SlotKVCache
 from gptstore.inference.lora import LoraBatch, SiteTarget
 from gptstore.inference.prefix_cache import PrefixCache
-from gptstore.inference.types import GEMV_ATEN, GEMV_KERNELS, GEMV_NATIVE, GEMV_ONEDNN
+from gptstore.inference.types import (
+    ATTENTION_NATIVE,
+    ATTENTION_SDPA,
+    GEMV_ATEN,
+    GEMV_KERNELS,
+    GEMV_NATIVE,
+    GEMV_ONEDNN,
+)
 
 
 @dataclass
@@ -328,6 +335,7 @@ class _AttnGroup:
     decode: bool  # True: one token per row on consecutive slots
     fresh: bool  # chunk starting at 0: attend to its own fresh keys (is_causal)
     cached: bool  # keys/values are (also) in the cache
+    native: native.DecodeAttention | None = None  # a decode run on the native kernel
 
 
 @dataclass
@@ -343,6 +351,9 @@ class StepPlan:
     groups: list[_AttnGroup]
     last_index: torch.Tensor  # [R] index of the last token of rows wanting logits
     max_position: int  # largest position in the step (+1): rotary tables must reach it
+    # every token is a decode row on the native attention kernel, which writes the new
+    # keys/values into the cache itself (no separate write)
+    kernel_writes: bool = False
 
 
 class DecoderRunner(Runner):
@@ -354,7 +365,8 @@ class DecoderRunner(Runner):
     def __init__(self, *, n_layers: int, n_heads: int, n_kv_heads: int, head_dim: int,
                  vocab_size: int, context_length: int, dtype: torch.dtype,
                  max_slots: int, pack: bool, quantize: str | None = None,
-                 decode_dtype: torch.dtype | None = None, gemv: str = GEMV_ATEN) -> None:
+                 decode_dtype: torch.dtype | None = None, gemv: str = GEMV_ATEN,
+                 attention: str = ATTENTION_SDPA) -> None:
         if quantize not in (None, "int4"):
             raise ValueError(f"unknown quantization {quantize!r}")
         if quantize and dtype != torch.bfloat16:
@@ -369,6 +381,9 @@ class DecoderRunner(Runner):
         self.decode_dtype = None if quantize or decode_dtype == dtype else decode_dtype
         # the kernel of bf16 1-2 row products (`Linear`), as measured on this CPU
         self.gemv = gemv
+        # decode rows' attention on the native kernel, where it measured faster and runs
+        self.native_attention = attention == ATTENTION_NATIVE and \
+            native.attention_fits(head_dim) and native.library() is not None
         self._linears: list[Linear] = []
 
     def linear(self, weight_t: torch.Tensor, bias: torch.Tensor | None = None) -> Linear:
@@ -457,8 +472,12 @@ class DecoderRunner(Runner):
             if min(ends) != length:  # rows of different lengths: mask the padding
                 mask = (torch.arange(length)[None, :] < torch.tensor(ends)[:, None])
                 mask = mask[:, None, None, :]
-            groups.append(_AttnGroup(t0, t1, run[0].slot.index, len(run), length,  # type: ignore[union-attr]
-                                     mask, decode=True, fresh=False, cached=True))
+            slot0 = run[0].slot.index  # type: ignore[union-attr]
+            kernel = native.DecodeAttention(slot0, ends, self.n_heads, self.n_kv_heads,
+                                            self.head_dim) if self.native_attention else None
+            groups.append(_AttnGroup(t0, t1, slot0, len(run), length,
+                                     None if kernel else mask, decode=True, fresh=False,
+                                     cached=True, native=kernel))
             run.clear()
 
         for row in rows:
@@ -505,6 +524,7 @@ class DecoderRunner(Runner):
             groups=groups,
             last_index=torch.tensor(last, dtype=torch.long),
             max_position=max((r.start + len(r.token_ids) for r in rows), default=0),
+            kernel_writes=bool(groups) and all(g.native is not None for g in groups),
         )
 
     # -- attention ----------------------------------------------------------------------
@@ -520,6 +540,12 @@ class DecoderRunner(Runner):
         k_cache = v_cache = None
         if plan.write_slots is not None:
             k_cache, v_cache = self.kv.k[layer], self.kv.v[layer]  # [slots, KV, cap, hd]
+        if plan.kernel_writes:  # decode rows only: the native kernel writes and attends
+            assert k_cache is not None and v_cache is not None
+            outputs = [g.native(q[g.t0:g.t1], k_cache, v_cache, scale, k[g.t0:g.t1],
+                                v[g.t0:g.t1]) for g in plan.groups if g.native is not None]
+            return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=0)
+        if k_cache is not None and v_cache is not None:
             rows = plan.write_rows
             assert rows is not None
             k_w = k if isinstance(rows, slice) else k.index_select(0, rows)
@@ -531,6 +557,9 @@ class DecoderRunner(Runner):
         for g in plan.groups:
             if g.decode:
                 assert k_cache is not None and v_cache is not None
+                if g.native is not None:  # the keys/values were written above
+                    outputs.append(g.native(q[g.t0:g.t1], k_cache, v_cache, scale))
+                    continue
                 # GQA without repeating keys: the G query heads that share a kv head
                 # act as G query positions of that head ([b, KV, G, hd]).
                 qg = q[g.t0:g.t1].reshape(g.n_rows, n_kv, n_heads // n_kv, hd)

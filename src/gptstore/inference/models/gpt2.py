@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from gptstore.inference.lora import LoraBatch, SiteTarget
 from gptstore.inference.models.base import DecoderRunner, Head, Linear, StepPlan
-from gptstore.inference.types import GEMV_ATEN
+from gptstore.inference.types import ATTENTION_SDPA, GEMV_ATEN
 
 _TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
@@ -46,7 +46,8 @@ class _Layer:
 class GPT2Runner(DecoderRunner):
     def __init__(self, model: Any, *, max_slots: int, max_context: int | None = None,
                  pack: bool = False, quantize: str | None = None,
-                 decode_dtype: torch.dtype | None = None, gemv: str = GEMV_ATEN) -> None:
+                 decode_dtype: torch.dtype | None = None, gemv: str = GEMV_ATEN,
+                 attention: str = ATTENTION_SDPA) -> None:
         config = model.config
         tr = model.transformer
         d, n_heads = config.n_embd, config.n_head
@@ -57,7 +58,8 @@ class GPT2Runner(DecoderRunner):
         super().__init__(n_layers=len(tr.h), n_heads=n_heads, n_kv_heads=n_heads,
                          head_dim=d // n_heads, vocab_size=config.vocab_size,
                          context_length=context, dtype=dtype, max_slots=max_slots, pack=pack,
-                         quantize=quantize, decode_dtype=decode_dtype, gemv=gemv)
+                         quantize=quantize, decode_dtype=decode_dtype, gemv=gemv,
+                         attention=attention)
         self.hidden = d
         self.eps = float(config.layer_norm_epsilon)
         self.wte = tr.wte.weight.detach()

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from gptstore.inference.lora import LoraBatch, SiteTarget
 from gptstore.inference.models.base import DecoderRunner, Head, Linear, StepPlan
-from gptstore.inference.types import GEMV_ATEN
+from gptstore.inference.types import ATTENTION_SDPA, GEMV_ATEN
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
@@ -100,7 +100,8 @@ def _fuse(modules: list[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
 class LlamaRunner(DecoderRunner):
     def __init__(self, model: Any, *, max_slots: int, max_context: int | None = None,
                  pack: bool = False, quantize: str | None = None,
-                 decode_dtype: torch.dtype | None = None, gemv: str = GEMV_ATEN) -> None:
+                 decode_dtype: torch.dtype | None = None, gemv: str = GEMV_ATEN,
+                 attention: str = ATTENTION_SDPA) -> None:
         config = model.config
         decoder = _decoder(model)
         first = decoder.layers[0].self_attn
@@ -116,7 +117,8 @@ class LlamaRunner(DecoderRunner):
         super().__init__(n_layers=len(decoder.layers), n_heads=n_heads, n_kv_heads=n_kv,
                          head_dim=head_dim, vocab_size=config.vocab_size,
                          context_length=context, dtype=dtype, max_slots=max_slots, pack=pack,
-                         quantize=quantize, decode_dtype=decode_dtype, gemv=gemv)
+                         quantize=quantize, decode_dtype=decode_dtype, gemv=gemv,
+                         attention=attention)
         self.eps = float(config.rms_norm_eps)
         self.hidden = config.hidden_size
         self.intermediate = config.intermediate_size

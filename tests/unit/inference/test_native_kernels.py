@@ -1,10 +1,12 @@
-"""gptstore's own bf16 GEMV (native.py): the products it computes, the runner's single
-rows on it, and what happens where it cannot be built."""
+"""gptstore's own decode kernels (native.py): the bf16 GEMV's products and the decode
+attention's outputs against PyTorch, the runners on them, and what happens where they
+cannot be built."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from gptstore.inference import native
 from gptstore.inference.models import RowInput, build_runner
@@ -160,7 +162,7 @@ def test_a_compiler_that_fails_is_reported_not_raised(unbuilt, monkeypatch, tmp_
 def test_the_build_is_cached_and_reused(unbuilt, monkeypatch, tmp_path, kernel):
     monkeypatch.setattr(native, "_state", {})
     assert native.kernel() is not None
-    built = list((tmp_path / "cache" / "gptstore" / "kernels").glob("gemv_bf16-*.so"))
+    built = list((tmp_path / "cache" / "gptstore" / "kernels").glob("gptstore-kernels-*.so"))
     assert len(built) == 1
     stamp = built[0].stat().st_mtime_ns
     monkeypatch.setattr(native, "_state", {})
@@ -174,3 +176,118 @@ def test_the_build_is_cached_and_reused(unbuilt, monkeypatch, tmp_path, kernel):
     monkeypatch.setattr(native.subprocess, "run", no_compiler)
     assert native.kernel() is not None
     assert built[0].stat().st_mtime_ns == stamp
+
+
+# ------------------------------------------------------------------ decode attention
+
+
+def _reference_attention(q, k_cache, v_cache, slot0, lengths, scale):  # type: ignore[no-untyped-def]
+    """Row by row, in fp64, with transformers' pairing of query and kv heads."""
+    rows, n_heads, head_dim = q.shape
+    n_kv = k_cache.shape[1]
+    outs = []
+    for r, length in enumerate(lengths):
+        keys = k_cache[slot0 + r, :, :length].double().repeat_interleave(n_heads // n_kv, 0)
+        values = v_cache[slot0 + r, :, :length].double().repeat_interleave(n_heads // n_kv, 0)
+        weights = torch.softmax(q[r].double()[:, None, :] @ keys.transpose(1, 2) * scale, -1)
+        outs.append((weights @ values).reshape(n_heads * head_dim))
+    return torch.stack(outs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("n_heads", "n_kv"), [(9, 3), (4, 4)])
+def test_decode_attention_matches_softmax_attention_and_writes_the_new_keys(
+        kernel, dtype, n_heads, n_kv):
+    """Rows of different lengths (1, a vector's worth, a partial vector, the whole
+    capacity) on consecutive slots, q a strided view of a fused projection as the
+    runner passes it; the new keys/values land at each row's last position."""
+    generator = torch.Generator().manual_seed(n_heads)
+    cap, head_dim, lengths = 40, 16, [1, 8, 13, 40]
+    k_cache = torch.randn(6, n_kv, cap, head_dim, generator=generator).to(dtype)
+    v_cache = torch.randn(6, n_kv, cap, head_dim, generator=generator).to(dtype)
+    fused = torch.randn(4, n_heads + 2 * n_kv, head_dim, generator=generator).to(dtype)
+    q, k, v = fused[:, :n_heads], fused[:, n_heads:n_heads + n_kv], fused[:, n_heads + n_kv:]
+    expected_k, expected_v = k_cache.clone(), v_cache.clone()
+    for r, length in enumerate(lengths):
+        expected_k[1 + r, :, length - 1] = k[r]
+        expected_v[1 + r, :, length - 1] = v[r]
+    attention = native.DecodeAttention(1, lengths, n_heads, n_kv, head_dim)
+    out = attention(q, k_cache, v_cache, 0.25, k, v)
+    assert torch.equal(k_cache, expected_k) and torch.equal(v_cache, expected_v)
+    assert out.dtype == dtype and out.shape == (4, n_heads * head_dim)
+    exact = _reference_attention(q, k_cache, v_cache, 1, lengths, 0.25)
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-2
+    assert (out.double() - exact).abs().max() < tolerance
+    # the same with the keys already written (a step that also prefills a prompt)
+    assert torch.equal(native.decode_attention(q, k_cache, v_cache, 1, lengths, 0.25), out)
+
+
+def test_decode_attention_refuses_what_it_cannot_take(kernel):
+    with pytest.raises(ValueError, match="head_dim 12"):
+        native.DecodeAttention(0, [3], 4, 2, 12)
+    with pytest.raises(ValueError, match="at least one"):
+        native.DecodeAttention(0, [3, 0], 4, 2, 16)
+    attention = native.DecodeAttention(0, [5, 9], 4, 2, 16)
+    q = torch.randn(2, 4, 16)
+    short = torch.zeros(2, 2, 8, 16)  # 8 positions: the second row needs 9
+    with pytest.raises(ValueError, match="do not match"):
+        attention(q, short, short.clone(), 0.25)
+    cache = torch.zeros(2, 2, 16, 16)
+    with pytest.raises(ValueError, match="fp32 or all bf16"):
+        attention(q, cache.bfloat16(), cache.bfloat16(), 0.25)
+    with pytest.raises(ValueError, match="k_new"):
+        attention(q, cache, cache.clone(), 0.25, torch.randn(2, 2, 8), torch.randn(2, 2, 8))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_runner_decodes_the_same_tokens_with_the_native_attention(tiny_dirs, arch, kernel):
+    """Greedy decoding of three rows of different lengths, a long prompt's chunks
+    arriving meanwhile (steps that mix prefill and decode rows: the cache written
+    first, then the kernel), and a row leaving (slots compacted): the same tokens and
+    logits within fp32 rounding as with SDPA."""
+    from transformers import AutoModelForCausalLM
+
+    def run(attention: str) -> tuple[list[list[int]], list[torch.Tensor]]:
+        model = AutoModelForCausalLM.from_pretrained(tiny_dirs[arch], dtype=torch.float32)
+        runner = build_runner(model.eval(), max_slots=4, attention=attention)
+        assert runner.native_attention == (attention == "native")
+        slots = [runner.allocate() for _ in PROMPTS]
+        logits = runner.forward([RowInput(s, p, 0) for s, p in zip(slots, PROMPTS, strict=True)])
+        tokens = [[int(t)] for t in logits.argmax(-1)]
+        lengths = [len(p) for p in PROMPTS]
+        seen = [logits]
+        late, late_prompt = runner.allocate(), list(range(60, 90))
+        for step in range(12):
+            if step == 6:  # the second row finishes; the last slot moves into its place
+                runner.release(slots[1])
+                slots, tokens_live = [slots[0], slots[2]], [0, 2]
+            else:
+                tokens_live = [0, 1, 2] if step < 6 else [0, 2]
+            rows = [RowInput(slots[i], [tokens[k][-1]], lengths[k])
+                    for i, k in enumerate(tokens_live)]
+            if step in (2, 3):  # a long prompt, 15 tokens a step, beside the decode rows
+                start = 15 * (step - 2)
+                rows.append(RowInput(late, late_prompt[start:start + 15], start,
+                                     want_logits=step == 3))
+            out = runner.forward(rows)
+            seen.append(out)
+            for i, k in enumerate(tokens_live):
+                tokens[k].append(int(out[i].argmax()))
+                lengths[k] += 1
+        return tokens, seen
+
+    (tokens_a, logits_a), (tokens_b, logits_b) = run("sdpa"), run("native")
+    assert tokens_a == tokens_b
+    for a, b in zip(logits_a, logits_b, strict=True):
+        assert (a - b).abs().max() < 1e-4
+
+
+def test_engine_config_names_the_kernels_it_knows():
+    from gptstore.errors import InvalidRequest
+    from gptstore.inference.types import EngineConfig
+
+    with pytest.raises(InvalidRequest, match="attention kernel 'flash'"):
+        EngineConfig(decode_attention="flash")
+    with pytest.raises(InvalidRequest, match="gemv kernel 'mkl'.*native"):
+        EngineConfig(gemv="mkl")
+    assert EngineConfig(gemv="native", decode_attention="native").gemv == "native"
