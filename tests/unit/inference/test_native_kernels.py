@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from gptstore.inference import native
 from gptstore.inference.models import RowInput, build_runner
@@ -183,7 +182,7 @@ def test_the_build_is_cached_and_reused(unbuilt, monkeypatch, tmp_path, kernel):
 
 def _reference_attention(q, k_cache, v_cache, slot0, lengths, scale):  # type: ignore[no-untyped-def]
     """Row by row, in fp64, with transformers' pairing of query and kv heads."""
-    rows, n_heads, head_dim = q.shape
+    _, n_heads, head_dim = q.shape
     n_kv = k_cache.shape[1]
     outs = []
     for r, length in enumerate(lengths):
@@ -288,6 +287,6 @@ def test_engine_config_names_the_kernels_it_knows():
 
     with pytest.raises(InvalidRequest, match="attention kernel 'flash'"):
         EngineConfig(decode_attention="flash")
-    with pytest.raises(InvalidRequest, match="gemv kernel 'mkl'.*native"):
+    with pytest.raises(InvalidRequest, match=r"gemv kernel 'mkl'.*native"):
         EngineConfig(gemv="mkl")
     assert EngineConfig(gemv="native", decode_attention="native").gemv == "native"
