@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/engine_decode.py [--home /tmp/gptstore-bench]
     .venv/bin/python benchmarks/engine_decode.py --model DIR    # any local HF causal LM
-    .venv/bin/python benchmarks/engine_decode.py --gemv aten    # another 1-row bf16 kernel
+    .venv/bin/python benchmarks/engine_decode.py --gemv aten --attention sdpa  # other kernels
 
 Prints the machine (CPU, GEMM GFLOP/s in fp32 and bf16, memory bandwidth), then per
 round and as best / median over rounds:
@@ -32,7 +32,7 @@ from peer_generate import run_peer
 from gptstore.inference import Engine, EngineConfig, GenerationRequest, ModelSpec, SamplingParams
 from gptstore.inference.loader import preferred_dtype
 from gptstore.inference.precision import decode_dtype_name, machine_profile, read_bandwidth
-from gptstore.inference.types import GEMV_KERNELS
+from gptstore.inference.types import ATTENTION_KERNELS, GEMV_KERNELS
 
 QUESTIONS = [
     "What is the capital of France?", "Write a haiku about the sea.",
@@ -89,6 +89,8 @@ def main() -> None:
                         help="generate's dtype (default: from_pretrained's own)")
     parser.add_argument("--gemv", choices=GEMV_KERNELS,
                         help="kernel of 1-2 row bf16 products (default: measured fastest here)")
+    parser.add_argument("--attention", choices=ATTENTION_KERNELS,
+                        help="kernel of decode rows' attention (default: measured faster here)")
     parser.add_argument("--tokens", type=int, default=128, help="new tokens per request")
     parser.add_argument("--streams", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
@@ -102,14 +104,16 @@ def main() -> None:
     dtype = getattr(torch, args.dtype) if args.dtype else preferred_dtype(settings)
     # the product's default: a bf16 copy for 1-row steps where this CPU measured it faster
     decode_dtype = None if args.dtype else decode_dtype_name(settings.home)
-    gemv = args.gemv or machine_profile(settings.home).gemv  # default: measured fastest
+    profile = machine_profile(settings.home)
+    gemv = args.gemv or profile.gemv  # default: measured fastest here
+    attention = args.attention or profile.attention
     model, tokenizer = load(folder, dtype)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     batch = prompts(tokenizer, args.streams)
     spec = ModelSpec(base_key="m", base_loader=lambda: load(folder, dtype))
     del model
     copy = f" with a {decode_dtype} copy for 1-row steps" if decode_dtype else ""
-    copy += f", bf16 1-row kernel {gemv}"
+    copy += f", bf16 1-row kernel {gemv}, decode attention {attention}"
     print(f"{folder.name}: gptstore {str(dtype).removeprefix('torch.')}{copy} "
           f"({weight_bytes / 1e6:.0f} MB of weights), {args.tokens} new tokens", flush=True)
 
@@ -126,7 +130,8 @@ def main() -> None:
         peer_other = other()
         engine = Engine(lambda _name: spec, EngineConfig(max_running=args.streams,
                                                          decode_dtype=decode_dtype,
-                                                         gemv=gemv))
+                                                         gemv=gemv,
+                                                         decode_attention=attention))
         engine.tokenizer("m")  # load
         engine_single(engine, batch[0][:8], 4)  # warm-up
         rows["ours"].append(engine_single(engine, batch[r % len(batch)], args.tokens))

@@ -36,7 +36,7 @@ from machine import OtherLoad, describe_machine
 from gptstore.catalog.importers import builtin_gguf_path
 from gptstore.inference import Engine, EngineConfig, ModelSpec
 from gptstore.inference.loader import load_tokenizer
-from gptstore.inference.precision import cpu_flag_set, read_bandwidth
+from gptstore.inference.precision import cpu_flag_set, machine_profile, read_bandwidth
 
 HERE = Path(__file__).resolve().parent
 LLAMA_CPP_VERSION = "0.3.36"
@@ -108,7 +108,8 @@ def main() -> None:
 
     print(describe_machine(), flush=True)
     python = peer_python(args.peer_venv or args.home / "llama-cpp-venv")
-    _settings, catalog, base = open_store(args.home)
+    settings, catalog, base = open_store(args.home)
+    profile = machine_profile(settings.home)
     folder = catalog.snapshot(base)
     gguf = builtin_gguf_path()
     batch = prompts(load_tokenizer(catalog, base), 16)
@@ -127,7 +128,10 @@ def main() -> None:
         version = peer["version"]
         peer_rates.append(statistics.median(run["decode_tok_s"] for run in peer["runs"]))
         peer_other = other()
-        engine = Engine(lambda _name: spec, EngineConfig(quantize="int4", num_threads=threads))
+        # the kernels the product picks here: the head's 1-row product, decode attention
+        engine = Engine(lambda _name: spec, EngineConfig(
+            quantize="int4", num_threads=threads, gemv=profile.gemv,
+            decode_attention=profile.attention))
         engine.tokenizer("m")  # load
         engine_single(engine, batch[0][:8], 4)  # warm-up
         our_rates.append(engine_single(engine, batch[r % len(batch)], args.tokens))
