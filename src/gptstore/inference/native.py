@@ -5,6 +5,8 @@
   half the rate memory delivers them (gemv_bf16.c says why).
 - `decode_attention`: attention of decode rows over the slot KV cache, where PyTorch's
   flash-attention kernel spends most of its time on setup (decode_attention.c).
+- `rms_norm`, `silu_mul`: a Llama layer's small operations for 1-2 rows, one call each
+  instead of several PyTorch kernels (elementwise.c).
 
 They are C, not a PyTorch extension: no PyTorch headers, so the first build takes about
 a second with the system's C compiler instead of the ~minute a
@@ -41,8 +43,10 @@ from typing import Any
 BLOCK_ROWS, CHUNK = 8, 16
 #: the most rows one call takes (single-stream and two-stream decode steps)
 MAX_ROWS = 2
-SOURCES = tuple(Path(__file__).with_name("kernels") / name
-                for name in ("gemv_bf16.c", "decode_attention.c"))
+KERNELS = Path(__file__).with_name("kernels")
+SOURCES = tuple(KERNELS / name for name in ("gemv_bf16.c", "decode_attention.c",
+                                            "elementwise.c"))
+HEADERS = (KERNELS / "simd.h",)
 #: head sizes the attention kernel takes: whole AVX vectors, at most 32 of them
 MAX_HEAD_DIM = 256
 FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC", "-std=c11")
@@ -83,7 +87,7 @@ def _build(cc: str) -> Path:
     """The shared object for this source and compiler, built unless already cached."""
     version = subprocess.run([cc, "--version"], capture_output=True, text=True,
                              timeout=30).stdout.splitlines()[:1]
-    digest = hashlib.sha256(b"\0".join([*(path.read_bytes() for path in SOURCES),
+    digest = hashlib.sha256(b"\0".join([*(path.read_bytes() for path in SOURCES + HEADERS),
                                         " ".join(FLAGS).encode(),
                                         "".join(version).encode()])).hexdigest()[:16]
     for folder in (_cache_dir(), Path(tempfile.gettempdir()) / f"gptstore-kernels-{os.getuid()}"):
@@ -128,6 +132,10 @@ def _load() -> Any:
     library.gptstore_decode_attention.argtypes = [ptr, i64, i64, ptr, ptr, ptr, ptr, ptr,
                                                   i64, i64, ptr, i64, i64, i64, i64,
                                                   ctypes.c_float, ptr, c_int, c_int]
+    library.gptstore_rms_norm.restype = None
+    library.gptstore_rms_norm.argtypes = [ptr, i64, i64, ptr, i64, ctypes.c_float, ptr, c_int]
+    library.gptstore_silu_mul.restype = None
+    library.gptstore_silu_mul.argtypes = [ptr, i64, i64, i64, ptr, c_int]
     return library
 
 
@@ -282,3 +290,47 @@ def decode_attention(q: Any, k_cache: Any, v_cache: Any, slot0: int,
     """`DecodeAttention` prepared and run once (the caches already hold the new keys)."""
     return DecodeAttention(slot0, lengths, q.shape[1], k_cache.shape[1], q.shape[2])(
         q, k_cache, v_cache, scale)
+
+
+def _activations(x: Any, what: str) -> bool:
+    """Whether `x` ([rows, dim], unit stride along dim) holds bf16 (else fp32)."""
+    import torch
+
+    if x.dim() != 2 or x.stride(-1) != 1 or x.dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"{what} must be [rows, dim] fp32 or bf16 with unit stride along dim")
+    return bool(x.dtype == torch.bfloat16)
+
+
+def rms_norm(x: Any, weight: Any, eps: float) -> Any:
+    """Llama's RMSNorm of x [rows, dim] (rows may be strided) with `weight` [dim] of x's
+    dtype, as transformers computes it; one call instead of PyTorch's several kernels."""
+    import torch
+
+    lib = library()
+    if lib is None:
+        raise RuntimeError(f"the native kernels are not available: {unavailable_reason()}")
+    bf16 = _activations(x, "x")
+    rows, dim = x.shape
+    if weight.shape != (dim,) or weight.dtype != x.dtype or not weight.is_contiguous():
+        raise ValueError(f"weight must be a contiguous [{dim}] tensor of {x.dtype}")
+    out = torch.empty(rows, dim, dtype=x.dtype)
+    lib.gptstore_rms_norm(x.data_ptr(), rows, x.stride(0), weight.data_ptr(), dim, eps,
+                          out.data_ptr(), int(bf16))
+    return out
+
+
+def silu_mul(gate_up: Any, inter: int) -> Any:
+    """SiLU(gate) * up for gate_up [rows, 2 * inter] (gate first): [rows, inter]."""
+    import torch
+
+    lib = library()
+    if lib is None:
+        raise RuntimeError(f"the native kernels are not available: {unavailable_reason()}")
+    bf16 = _activations(gate_up, "gate_up")
+    rows, width = gate_up.shape
+    if width != 2 * inter:
+        raise ValueError(f"gate_up has {width} columns, not 2 x {inter}")
+    out = torch.empty(rows, inter, dtype=gate_up.dtype)
+    lib.gptstore_silu_mul(gate_up.data_ptr(), rows, gate_up.stride(0), inter,
+                          out.data_ptr(), int(bf16))
+    return out

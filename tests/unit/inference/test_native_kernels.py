@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from gptstore.inference import native
 from gptstore.inference.models import RowInput, build_runner
@@ -290,3 +291,35 @@ def test_engine_config_names_the_kernels_it_knows():
     with pytest.raises(InvalidRequest, match=r"gemv kernel 'mkl'.*native"):
         EngineConfig(gemv="mkl")
     assert EngineConfig(gemv="native", decode_attention="native").gemv == "native"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows", [1, 2])
+def test_rms_norm_and_swiglu_match_transformers(kernel, dtype, rows):
+    """Llama's RMSNorm (transformers' LlamaRMSNorm on a strided row, as the runner
+    passes the residual stream) and SiLU(gate) * up, dims with a partial vector."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    generator = torch.Generator().manual_seed(rows)
+    dim, inter = 44, 37
+    x = torch.randn(rows, 2 * dim, generator=generator).to(dtype)[:, :dim]
+    norm = LlamaRMSNorm(dim, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(dim, generator=generator))
+    norm = norm.to(dtype)
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    with torch.no_grad():
+        expected = norm(x)
+    got = native.rms_norm(x, norm.weight.detach(), 1e-5)
+    assert got.dtype == dtype and (got.float() - expected.float()).abs().max() < tolerance
+    gate_up = (3 * torch.randn(rows, 2 * inter, generator=generator)).to(dtype)
+    expected = F.silu(gate_up[:, :inter]) * gate_up[:, inter:]
+    got = native.silu_mul(gate_up, inter)
+    assert got.shape == (rows, inter)
+    # bf16: PyTorch rounds silu's output, then the product; one rounding here (2 ulps)
+    slack = expected.float().abs() * (2**-6 if dtype == torch.bfloat16 else 1e-6) + 1e-5
+    assert ((got.float() - expected.float()).abs() <= slack).all()
+    with pytest.raises(ValueError, match="not 2 x 36"):
+        native.silu_mul(gate_up, 36)
+    with pytest.raises(ValueError, match="weight must be"):
+        native.rms_norm(x, torch.ones(dim + 1, dtype=dtype), 1e-5)

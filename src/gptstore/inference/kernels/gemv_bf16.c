@@ -20,40 +20,12 @@
  * Threads: OpenMP over 8-row blocks, `n_threads` of them (PyTorch's intra-op count;
  * the process's one libgomp serves both).
  */
-#include <immintrin.h>
-#include <stdint.h>
 #include <stdlib.h>
-#include <string.h>
+
+#include "simd.h"
 
 #define ROWS 8  /* weight rows per block */
 #define CHUNK 16  /* columns per chunk */
-
-static inline float bf16_to_f32(uint16_t v) {
-    uint32_t bits = (uint32_t)v << 16;
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
-
-static inline uint16_t f32_to_bf16(float f) {
-    uint32_t bits;
-    memcpy(&bits, &f, 4);
-    if ((bits & 0x7fffffffu) > 0x7f800000u)  /* NaN: keep it a (quiet) NaN */
-        return (uint16_t)((bits >> 16) | 0x40);
-    bits += 0x7fffu + ((bits >> 16) & 1u);  /* round to nearest, ties to even */
-    return (uint16_t)(bits >> 16);
-}
-
-static inline float load_act(const void *p, int64_t i, int bf16) {
-    return bf16 ? bf16_to_f32(((const uint16_t *)p)[i]) : ((const float *)p)[i];
-}
-
-static inline float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_hadd_ps(s, s);
-    s = _mm_hadd_ps(s, s);
-    return _mm_cvtss_f32(s);
-}
 
 /* x: [n_rows, n_in] with row stride x_stride (elements); y, residual: [n_rows, n_out]
  * contiguous; bias: [n_out] or NULL; residual may be NULL. Returns 0, or -1 when the
