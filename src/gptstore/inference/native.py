@@ -39,6 +39,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gptstore.inference.cpu import cpu_flag_set
+
 #: the weights' block shape in the packed layout (the C file's ROWS and CHUNK)
 BLOCK_ROWS, CHUNK = 8, 16
 #: the most rows one call takes (single-stream and two-stream decode steps)
@@ -73,8 +75,6 @@ def _compiler() -> str | None:
 
 def _cpu_supports() -> str | None:
     """None if this CPU can run the kernel, else why not."""
-    from gptstore.inference.precision import cpu_flag_set
-
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return f"the kernel is x86-64 code; this machine is {platform.machine()}"
     missing = {"avx2", "fma"} - cpu_flag_set()

@@ -45,7 +45,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import platform
 import tempfile
 import threading
 import time
@@ -54,6 +53,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from gptstore.inference.cpu import cpu_flag_set, cpu_model
 from gptstore.inference.types import (
     ATTENTION_NATIVE,
     ATTENTION_SDPA,
@@ -186,29 +186,6 @@ class MachineProfile:
 
 
 # ------------------------------------------------------------------------ machine key
-
-
-def cpu_model() -> str:
-    """The CPU's model name (`/proc/cpuinfo`), or what the platform says elsewhere."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
-def cpu_flag_set() -> set[str]:
-    """Every flag of the first CPU in `/proc/cpuinfo` (empty where there is none)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
 
 
 def cpu_flags() -> list[str]:
@@ -355,6 +332,30 @@ def decode_kernels() -> list[str]:
     return kernels
 
 
+def _alternating_best(passes: dict[str, Callable[[], object]], *, min_reps: int,
+                      budget_s: float, cap_s: float) -> dict[str, float]:
+    """Best seconds of each pass: one warm-up call each (oneDNN builds its kernels on
+    the first), then the passes in turn, so a burst of load from other processes hits
+    all alike instead of deciding the comparison; at least `min_reps` rounds and
+    `budget_s`, at most `cap_s`."""
+    import torch
+
+    best = {name: float("inf") for name in passes}
+    with torch.inference_mode():
+        for run in passes.values():
+            run()
+        start, reps = time.perf_counter(), 0
+        while True:
+            for name, run in passes.items():
+                t0 = time.perf_counter()
+                run()
+                best[name] = min(best[name], time.perf_counter() - t0)
+            reps += 1
+            spent = time.perf_counter() - start
+            if (reps >= min_reps and spent >= budget_s) or spent >= cap_s:
+                return best
+
+
 def _time_use(use: Use) -> dict[str, float]:
     """GFLOP/s of `use` in fp32 and bf16 (for decode, bf16 in each 1-row kernel this
     machine has, as "bf16_<kernel>", and "bf16" the fastest). The passes alternate, so a
@@ -369,20 +370,8 @@ def _time_use(use: Use) -> dict[str, float]:
             passes[f"bf16_{kernel}"] = _pass(use, torch.bfloat16, kernel)
     else:
         passes["bf16"] = _pass(use, torch.bfloat16)
-    best = {name: float("inf") for name in passes}
-    with torch.inference_mode():
-        for run in passes.values():
-            run()  # warm-up (oneDNN builds its kernels on the first call)
-        start, reps = time.perf_counter(), 0
-        while True:
-            for name, run in passes.items():
-                t0 = time.perf_counter()
-                run()
-                best[name] = min(best[name], time.perf_counter() - t0)
-            reps += 1
-            spent = time.perf_counter() - start
-            if (reps >= 3 and spent >= 2 * TIME_BUDGET_S) or spent >= 2 * TIME_CAP_S:
-                break
+    best = _alternating_best(passes, min_reps=3, budget_s=2 * TIME_BUDGET_S,
+                             cap_s=2 * TIME_CAP_S)
     rows, n_in, n_out = SHAPES[use]
     flops = 2 * rows * n_in * n_out * COPIES[use]
     rates = {name: round(flops / seconds / 1e9, 2) for name, seconds in best.items()}
@@ -444,20 +433,7 @@ def _time_attention(dtype: Any) -> dict[str, float]:
                 kernels[rows](q, k_cache, v_cache, head_dim ** -0.5, k, v)
 
         passes[ATTENTION_NATIVE] = native_pass
-    best = {name: float("inf") for name in passes}
-    with torch.inference_mode():
-        for run in passes.values():
-            run()
-        start, reps = time.perf_counter(), 0
-        while True:
-            for name, run in passes.items():
-                t0 = time.perf_counter()
-                run()
-                best[name] = min(best[name], time.perf_counter() - t0)
-            reps += 1
-            spent = time.perf_counter() - start
-            if (reps >= 5 and spent >= TIME_BUDGET_S) or spent >= TIME_CAP_S:
-                break
+    best = _alternating_best(passes, min_reps=5, budget_s=TIME_BUDGET_S, cap_s=TIME_CAP_S)
     return {name: round(seconds * 1e6, 1) for name, seconds in best.items()}
 
 

@@ -19,7 +19,7 @@ PROMPTS = [[5, 6, 7, 8, 9, 10, 11, 12, 13], [40, 41], [100, 101, 102]]
 def kernel():  # type: ignore[no-untyped-def]
     """The built kernel. This project's machines are x86-64 with AVX2 and gcc: a kernel
     that fails to build there is a failure, not a skip."""
-    from gptstore.inference.precision import cpu_flag_set
+    from gptstore.inference.cpu import cpu_flag_set
 
     if not {"avx2", "fma"} <= cpu_flag_set():
         pytest.skip("the native GEMV needs AVX2 and FMA")
@@ -145,7 +145,7 @@ def test_where_it_is_switched_off_engines_keep_atens_gemv(unbuilt, monkeypatch):
 
 
 def test_a_compiler_that_fails_is_reported_not_raised(unbuilt, monkeypatch, tmp_path):
-    from gptstore.inference.precision import cpu_flag_set
+    from gptstore.inference.cpu import cpu_flag_set
 
     if not {"avx2", "fma"} <= cpu_flag_set():
         pytest.skip("the CPU check refuses before the compiler runs")
