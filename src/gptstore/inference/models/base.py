@@ -468,16 +468,16 @@ class DecoderRunner(Runner):
             t0 = t1 - len(run)
             ends = [r.start + 1 for r in run]
             length = max(ends)
-            mask = None
-            if min(ends) != length:  # rows of different lengths: mask the padding
-                mask = (torch.arange(length)[None, :] < torch.tensor(ends)[:, None])
-                mask = mask[:, None, None, :]
             slot0 = run[0].slot.index  # type: ignore[union-attr]
+            # the native kernel takes each row's length; SDPA needs the padding masked
             kernel = native.DecodeAttention(slot0, ends, self.n_heads, self.n_kv_heads,
                                             self.head_dim) if self.native_attention else None
-            groups.append(_AttnGroup(t0, t1, slot0, len(run), length,
-                                     None if kernel else mask, decode=True, fresh=False,
-                                     cached=True, native=kernel))
+            mask = None
+            if kernel is None and min(ends) != length:
+                mask = (torch.arange(length)[None, :] < torch.tensor(ends)[:, None])
+                mask = mask[:, None, None, :]
+            groups.append(_AttnGroup(t0, t1, slot0, len(run), length, mask, decode=True,
+                                     fresh=False, cached=True, native=kernel))
             run.clear()
 
         for row in rows:
@@ -534,7 +534,8 @@ class DecoderRunner(Runner):
         """Attention for all rows. q [N, H, hd], k/v [N, KV, hd] -> [N, H * hd].
 
         Writes this step's keys/values into the cache first, so decoding rows read
-        everything (old and new) from one cache view.
+        everything (old and new) from one cache view; in a step of decode rows only on
+        the native kernel (`plan.kernel_writes`), the kernel writes them itself.
         """
         n_heads, n_kv, hd = self.n_heads, self.n_kv_heads, self.head_dim
         k_cache = v_cache = None
