@@ -323,3 +323,14 @@ def test_rms_norm_and_swiglu_match_transformers(kernel, dtype, rows):
         native.silu_mul(gate_up, 36)
     with pytest.raises(ValueError, match="weight must be"):
         native.rms_norm(x, torch.ones(dim + 1, dtype=dtype), 1e-5)
+
+
+def test_a_layer_the_kernel_cannot_take_keeps_atens_gemv(kernel):
+    """An input width that is not a multiple of 16: that layer keeps the plain bf16
+    decode copy and ATen's GEMV, the model still serves."""
+    weight = torch.randn(24, 40)
+    linear = Linear.of(weight, decode_dtype=torch.bfloat16, gemv="native")
+    assert linear.decode_native is None and linear.decode_weight_t is not None
+    x = torch.randn(1, 40)
+    assert torch.allclose(linear(x), x @ weight.bfloat16().float().t(), atol=1e-2)
+    assert not native.attention_fits(12) and native.attention_fits(64)

@@ -15,6 +15,7 @@
  * (row, kv head).
  */
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 
 #include "simd.h"
@@ -37,16 +38,17 @@ int gptstore_decode_attention(const void *q, int64_t q_row_stride, int64_t q_hea
     int64_t longest = 1;
     for (int64_t r = 0; r < n_rows; r++)
         longest = lengths[r] > longest ? lengths[r] : longest;
-    /* per task: the group's scores (rows padded to whole vectors) and its queries in fp32 */
+    /* per thread: a task's scores (rows padded to whole vectors) and its queries in fp32 */
     const int64_t stride = (longest + 7) / 8 * 8, per_task = group * (stride + head_dim);
-    float *scratch = (float *)aligned_alloc(32, (size_t)(n_tasks * per_task) * sizeof(float) + 32);
+    const int64_t workers = n_threads < n_tasks ? (n_threads > 0 ? n_threads : 1) : n_tasks;
+    float *scratch = (float *)aligned_alloc(32, (size_t)(workers * per_task) * sizeof(float) + 32);
     if (!scratch)
         return -1;
 
-    #pragma omp parallel for schedule(static) num_threads(n_threads)
+    #pragma omp parallel for schedule(static) num_threads(workers)
     for (int64_t task = 0; task < n_tasks; task++) {
         const int64_t r = task / n_kv, h = task % n_kv, length = lengths[r];
-        float *scores = scratch + task * per_task, *qf = scores + group * stride;
+        float *scores = scratch + omp_get_thread_num() * per_task, *qf = scores + group * stride;
         const int64_t base = ((slot0 + r) * n_kv + h) * cap * head_dim;
         if (k_new && v_new) {
             const int64_t item = bf16 ? 2 : 4, to = (base + (length - 1) * head_dim) * item;
