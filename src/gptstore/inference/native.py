@@ -39,6 +39,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch  # loaded before the kernels, so they share its libgomp (one OpenMP runtime)
+import torch.nn.functional as F
+
 from gptstore.inference.cpu import cpu_flag_set
 
 #: the weights' block shape in the packed layout (the C file's ROWS and CHUNK)
@@ -121,8 +124,6 @@ def _load() -> Any:
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler found (set CC, or install gcc)")
-    import torch  # noqa: F401  (its libgomp is loaded first, so the kernel shares it)
-
     library = ctypes.CDLL(str(_build(cc)))
     i64, ptr, c_int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
     library.gptstore_gemv_bf16.restype = c_int
@@ -142,19 +143,25 @@ def _load() -> Any:
 def library() -> Any:
     """The loaded kernels (a `ctypes.CDLL`), or None where they cannot run here (built
     and loaded once per process)."""
+    if "library" in _state:  # the hot path: no lock once loaded (or refused)
+        return _state["library"]
     with _lock:
         if "library" not in _state:
             try:
-                _state["library"], _state["reason"] = _load(), None
+                _state["reason"] = None
+                _state["library"] = _load()
             except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-                _state["library"], _state["reason"] = None, str(exc)
+                _state["reason"] = str(exc)
+                _state["library"] = None
         return _state["library"]
 
 
-def kernel() -> Any:
-    """The GEMV function, or None where the kernels cannot run here."""
+def _required() -> Any:
+    """`library()`, or a RuntimeError saying why there is none."""
     lib = library()
-    return None if lib is None else lib.gptstore_gemv_bf16
+    if lib is None:
+        raise RuntimeError(f"the native kernels are not available: {unavailable_reason()}")
+    return lib
 
 
 def unavailable_reason() -> str | None:
@@ -170,9 +177,6 @@ def fits(n_in: int) -> bool:
 def pack(weight: Any) -> Any:
     """A [out, in] weight as the kernel reads it: bf16, rows padded with zeros to a
     multiple of 8, laid out [out / 8][in / 16][8][16] (contiguous)."""
-    import torch
-    import torch.nn.functional as F
-
     n_out, n_in = weight.shape
     if not fits(n_in):
         raise ValueError(f"the native GEMV needs in_features divisible by {CHUNK}, got {n_in}")
@@ -187,11 +191,7 @@ def pack(weight: Any) -> Any:
 def gemv(x: Any, packed: Any, n_out: int, bias: Any = None, residual: Any = None) -> Any:
     """`x @ W^T (+ bias) (+ residual)` for 1-2 rows of x ([rows, in], fp32 or bf16, its
     rows may be strided); the result has x's dtype, and so must bias and residual."""
-    import torch
-
-    function = kernel()
-    if function is None:
-        raise RuntimeError(f"the native GEMV is not available: {unavailable_reason()}")
+    function = _required().gptstore_gemv_bf16
     rows, n_in = x.shape
     if rows > MAX_ROWS:
         raise ValueError(f"the native GEMV takes 1-{MAX_ROWS} rows, got {rows}")
@@ -230,8 +230,7 @@ class DecodeAttention:
 
     def __init__(self, slot0: int, lengths: Sequence[int], n_heads: int, n_kv: int,
                  head_dim: int) -> None:
-        if library() is None:
-            raise RuntimeError(f"the native kernels are not available: {unavailable_reason()}")
+        self.function = _required().gptstore_decode_attention
         if not attention_fits(head_dim) or n_heads % n_kv:
             raise ValueError(f"the native attention cannot take head_dim {head_dim} with "
                              f"{n_heads} query and {n_kv} kv heads")
@@ -240,7 +239,6 @@ class DecodeAttention:
         self.slot0, self.rows, self.longest = slot0, len(lengths), max(lengths)
         self.n_heads, self.n_kv, self.head_dim = n_heads, n_kv, head_dim
         self.counts = (ctypes.c_int64 * self.rows)(*lengths)
-        self.function = library().gptstore_decode_attention
 
     def __call__(self, q: Any, k_cache: Any, v_cache: Any, scale: float,
                  k_new: Any = None, v_new: Any = None) -> Any:
@@ -248,8 +246,6 @@ class DecodeAttention:
         head_dim] in q's dtype. With `k_new`, `v_new` ([rows, kv_heads, head_dim], unit
         stride along head_dim) the kernel first writes them at each row's last
         position."""
-        import torch
-
         slots, n_kv, cap, head_dim = k_cache.shape
         if q.shape != (self.rows, self.n_heads, self.head_dim) or n_kv != self.n_kv \
                 or head_dim != self.head_dim or v_cache.shape != k_cache.shape \
@@ -294,8 +290,6 @@ def decode_attention(q: Any, k_cache: Any, v_cache: Any, slot0: int,
 
 def _activations(x: Any, what: str) -> bool:
     """Whether `x` ([rows, dim], unit stride along dim) holds bf16 (else fp32)."""
-    import torch
-
     if x.dim() != 2 or x.stride(-1) != 1 or x.dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"{what} must be [rows, dim] fp32 or bf16 with unit stride along dim")
     return bool(x.dtype == torch.bfloat16)
@@ -304,11 +298,7 @@ def _activations(x: Any, what: str) -> bool:
 def rms_norm(x: Any, weight: Any, eps: float) -> Any:
     """Llama's RMSNorm of x [rows, dim] (rows may be strided) with `weight` [dim] of x's
     dtype, as transformers computes it; one call instead of PyTorch's several kernels."""
-    import torch
-
-    lib = library()
-    if lib is None:
-        raise RuntimeError(f"the native kernels are not available: {unavailable_reason()}")
+    lib = _required()
     bf16 = _activations(x, "x")
     rows, dim = x.shape
     if weight.shape != (dim,) or weight.dtype != x.dtype or not weight.is_contiguous():
@@ -321,11 +311,7 @@ def rms_norm(x: Any, weight: Any, eps: float) -> Any:
 
 def silu_mul(gate_up: Any, inter: int) -> Any:
     """SiLU(gate) * up for gate_up [rows, 2 * inter] (gate first): [rows, inter]."""
-    import torch
-
-    lib = library()
-    if lib is None:
-        raise RuntimeError(f"the native kernels are not available: {unavailable_reason()}")
+    lib = _required()
     bf16 = _activations(gate_up, "gate_up")
     rows, width = gate_up.shape
     if width != 2 * inter:

@@ -327,7 +327,7 @@ def decode_kernels() -> list[str]:
     kernels = [GEMV_ATEN]
     if can_pack(torch.bfloat16):
         kernels.append(GEMV_ONEDNN)
-    if native.kernel() is not None:
+    if native.library() is not None:
         kernels.append(GEMV_NATIVE)
     return kernels
 
@@ -584,7 +584,7 @@ def attention_text(profile: MachineProfile) -> str | None:
         return None
     length = ATTENTION_SHAPE[3]
     names = {ATTENTION_SDPA: "SDPA", ATTENTION_NATIVE: "native"}
-    timed = ", ".join(f"{names.get(k, k)} {v:.0f} us" for k, v in times.items())
+    timed = ", ".join(f"{names[k]} {times[k]:.0f} us" for k in names if k in times)
     rows = " + ".join(str(r) for r in ATTENTION_ROWS)
     return f"{rows} rows x {length} positions: {timed} -> {profile.attention}"
 
@@ -610,7 +610,7 @@ def report_lines(profile: MachineProfile, bandwidth_gbs: float | None = None) ->
 
     reason = native.unavailable_reason()
     if reason:
-        lines.append(f"  native GEMV not available: {reason}")
+        lines.append(f"  native kernels not available: {reason}")
     if bandwidth_gbs is not None:
         lines.append(f"memory read: {bandwidth_gbs:.1f} GB/s")
     copy = " (with a bf16 copy for 1-2 row decode steps)" if profile.decode_copy else ""

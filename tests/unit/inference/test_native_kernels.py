@@ -23,8 +23,8 @@ def kernel():  # type: ignore[no-untyped-def]
 
     if not {"avx2", "fma"} <= cpu_flag_set():
         pytest.skip("the native GEMV needs AVX2 and FMA")
-    assert native.kernel() is not None, native.unavailable_reason()
-    return native.kernel()
+    assert native.library() is not None, native.unavailable_reason()
+    return native.library()
 
 
 @pytest.fixture
@@ -133,7 +133,7 @@ def test_runner_single_rows_on_the_native_kernel_match_aten(tiny_dirs, arch, dty
 
 def test_where_it_is_switched_off_engines_keep_atens_gemv(unbuilt, monkeypatch):
     monkeypatch.setenv(native.DISABLE_ENV, "0")
-    assert native.kernel() is None
+    assert native.library() is None
     assert native.DISABLE_ENV in (native.unavailable_reason() or "")
     from gptstore.inference import precision
 
@@ -153,7 +153,7 @@ def test_a_compiler_that_fails_is_reported_not_raised(unbuilt, monkeypatch, tmp_
     failing.write_text("#!/bin/sh\necho 'cc1: out of memory' >&2\nexit 1\n")
     failing.chmod(0o755)
     monkeypatch.setenv("CC", str(failing))
-    assert native.kernel() is None
+    assert native.library() is None
     assert "out of memory" in (native.unavailable_reason() or "")
     # nothing half-built is left where a later process would load it
     assert not list((tmp_path / "cache").rglob("*.so"))
@@ -161,7 +161,7 @@ def test_a_compiler_that_fails_is_reported_not_raised(unbuilt, monkeypatch, tmp_
 
 def test_the_build_is_cached_and_reused(unbuilt, monkeypatch, tmp_path, kernel):
     monkeypatch.setattr(native, "_state", {})
-    assert native.kernel() is not None
+    assert native.library() is not None
     built = list((tmp_path / "cache" / "gptstore" / "kernels").glob("gptstore-kernels-*.so"))
     assert len(built) == 1
     stamp = built[0].stat().st_mtime_ns
@@ -174,7 +174,7 @@ def test_the_build_is_cached_and_reused(unbuilt, monkeypatch, tmp_path, kernel):
 
     real_run = native.subprocess.run
     monkeypatch.setattr(native.subprocess, "run", no_compiler)
-    assert native.kernel() is not None
+    assert native.library() is not None
     assert built[0].stat().st_mtime_ns == stamp
 
 

@@ -19,14 +19,13 @@
 void gptstore_rms_norm(const void *x, int64_t rows, int64_t x_stride, const void *weight,
                        int64_t dim, float eps, void *out, int bf16) {
     for (int64_t r = 0; r < rows; r++) {
-        double total = 0.0;
         int64_t i = 0;
         __m256 sum8 = _mm256_setzero_ps();
         for (; i + 8 <= dim; i += 8) {
             __m256 v = load8(x, r * x_stride + i, bf16);
             sum8 = _mm256_fmadd_ps(v, v, sum8);
         }
-        total = hsum(sum8);
+        double total = hsum(sum8);
         for (; i < dim; i++) {
             float v = load_act(x, r * x_stride + i, bf16);
             total += v * v;

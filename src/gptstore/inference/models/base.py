@@ -125,7 +125,7 @@ class Linear:
         # gptstore's GEMV for 1-2 rows, on bf16 weights or as an fp32 model's decode copy
         self.decode_native: torch.Tensor | None = None
         if gemv == GEMV_NATIVE and (bf16 or decode_dtype == torch.bfloat16) \
-                and native.fits(weight_t.shape[0]) and native.kernel() is not None:
+                and native.fits(weight_t.shape[0]) and native.library() is not None:
             self.decode_native = native.pack(weight_t.t())
         # bf16 1-2 row products on the packed weights (`gemv="onednn"`), else ATen's GEMV
         packed_gemv = gemv == GEMV_ONEDNN and bf16 and self.packed is not None
