@@ -5,7 +5,7 @@
   half the rate memory delivers them (gemv_bf16.c says why).
 - `decode_attention`: attention of decode rows over the slot KV cache, where PyTorch's
   flash-attention kernel spends most of its time on setup (decode_attention.c).
-- `rms_norm`, `silu_mul`: a Llama layer's small operations for 1-2 rows, one call each
+- `rms_norm`, `silu_mul`: a Llama layer's small operations in a decode step, one call each
   instead of several PyTorch kernels (elementwise.c).
 
 They are C, not a PyTorch extension: no PyTorch headers, so the first build takes about
@@ -54,7 +54,10 @@ SOURCES = tuple(KERNELS / name for name in ("gemv_bf16.c", "decode_attention.c",
 HEADERS = (KERNELS / "simd.h",)
 #: head sizes the attention kernel takes: whole AVX vectors, at most 32 of them
 MAX_HEAD_DIM = 256
-FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC", "-std=c11")
+# -ffp-contract=off: fused multiply-adds only where the source writes them, so the
+# rotary embedding rounds as PyTorch's does (decode_attention.c)
+FLAGS = ("-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC",
+         "-std=c11")
 BUILD_TIMEOUT_S = 120
 DISABLE_ENV = "GPTSTORE_NATIVE_KERNELS"
 
@@ -131,12 +134,12 @@ def _load() -> Any:
                                            c_int, c_int]
     library.gptstore_decode_attention.restype = c_int
     library.gptstore_decode_attention.argtypes = [ptr, i64, i64, ptr, ptr, ptr, ptr, ptr,
-                                                  i64, i64, ptr, i64, i64, i64, i64,
+                                                  ptr, ptr, i64, i64, ptr, i64, i64, i64, i64,
                                                   ctypes.c_float, ptr, c_int, c_int]
     library.gptstore_rms_norm.restype = None
     library.gptstore_rms_norm.argtypes = [ptr, i64, i64, ptr, i64, ctypes.c_float, ptr, c_int]
     library.gptstore_silu_mul.restype = None
-    library.gptstore_silu_mul.argtypes = [ptr, i64, i64, i64, ptr, c_int]
+    library.gptstore_silu_mul.argtypes = [ptr, i64, i64, i64, ptr, c_int, c_int]
     return library
 
 
@@ -241,11 +244,14 @@ class DecodeAttention:
         self.counts = (ctypes.c_int64 * self.rows)(*lengths)
 
     def __call__(self, q: Any, k_cache: Any, v_cache: Any, scale: float,
-                 k_new: Any = None, v_new: Any = None) -> Any:
+                 k_new: Any = None, v_new: Any = None,
+                 rotary: tuple[Any, Any] | None = None) -> Any:
         """q [rows, heads, head_dim] (unit stride along head_dim) -> [rows, heads *
         head_dim] in q's dtype. With `k_new`, `v_new` ([rows, kv_heads, head_dim], unit
         stride along head_dim) the kernel first writes them at each row's last
-        position."""
+        position. With `rotary` (a Llama runner's cos and sign-folded sin tables,
+        contiguous [positions, head_dim] of q's dtype), q and `k_new` arrive unrotated
+        and the kernel rotates them at each row's position."""
         slots, n_kv, cap, head_dim = k_cache.shape
         if q.shape != (self.rows, self.n_heads, self.head_dim) or n_kv != self.n_kv \
                 or head_dim != self.head_dim or v_cache.shape != k_cache.shape \
@@ -269,9 +275,20 @@ class DecodeAttention:
             new_k, new_v = k_new.data_ptr(), v_new.data_ptr()
             strides = (ctypes.c_int64 * 4)(k_new.stride(0), k_new.stride(1),
                                            v_new.stride(0), v_new.stride(1))
+        cos = sin = None
+        if rotary is not None:
+            if new_k is None:
+                raise ValueError("rotary needs k_new and v_new (the kernel rotates the keys "
+                                 "it writes)")
+            for table in rotary:
+                if table.dtype != dtype or not table.is_contiguous() or table.dim() != 2 \
+                        or table.shape[1] != head_dim or table.shape[0] < self.longest:
+                    raise ValueError(f"the rotary tables must be contiguous [>= "
+                                     f"{self.longest}, {head_dim}] tensors of {dtype}")
+            cos, sin = rotary[0].data_ptr(), rotary[1].data_ptr()
         out = torch.empty(self.rows, self.n_heads * self.head_dim, dtype=dtype)
         status = self.function(q.data_ptr(), q.stride(0), q.stride(1), new_k, new_v,
-                               strides, k_cache.data_ptr(),
+                               strides, cos, sin, k_cache.data_ptr(),
                                v_cache.data_ptr(), self.slot0, self.rows, self.counts,
                                self.n_heads, self.n_kv, self.head_dim, cap, scale,
                                out.data_ptr(), int(dtype == torch.bfloat16),
@@ -318,5 +335,5 @@ def silu_mul(gate_up: Any, inter: int) -> Any:
         raise ValueError(f"gate_up has {width} columns, not 2 x {inter}")
     out = torch.empty(rows, inter, dtype=gate_up.dtype)
     lib.gptstore_silu_mul(gate_up.data_ptr(), rows, gate_up.stride(0), inter,
-                          out.data_ptr(), int(bf16))
+                          out.data_ptr(), int(bf16), torch.get_num_threads() if rows >= 8 else 1)
     return out

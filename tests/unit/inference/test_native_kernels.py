@@ -222,6 +222,43 @@ def test_decode_attention_matches_softmax_attention_and_writes_the_new_keys(
     assert torch.equal(native.decode_attention(q, k_cache, v_cache, 1, lengths, 0.25), out)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("head_dim", [16, 24])  # halves of whole vectors, and not
+def test_decode_attention_rotates_q_and_the_new_keys_as_the_runner_does(kernel, dtype,
+                                                                         head_dim):
+    """With the rotary tables, unrotated q and keys in: the keys written are bit for bit
+    what the runner's PyTorch rotary gives at each row's position, and the output is
+    the attention of the PyTorch-rotated q."""
+    generator = torch.Generator().manual_seed(7)
+    n_heads, n_kv, cap, lengths = 6, 2, 24, [3, 17]
+    half = head_dim // 2
+    angles = torch.arange(cap)[:, None] * (1e4 ** (-torch.arange(half) / half))[None]
+    cos = torch.cat([angles.cos(), angles.cos()], -1).to(dtype)
+    sin = angles.sin()
+    sin_signed = torch.cat([-sin, sin], -1).to(dtype)
+    k_cache = torch.randn(2, n_kv, cap, head_dim, generator=generator).to(dtype)
+    v_cache = torch.randn(2, n_kv, cap, head_dim, generator=generator).to(dtype)
+    fused = torch.randn(2, n_heads + 2 * n_kv, head_dim, generator=generator).to(dtype)
+    qk, v = fused[:, :n_heads + n_kv], fused[:, n_heads + n_kv:]
+    positions = torch.tensor(lengths) - 1
+    at_cos, at_sin = cos[positions][:, None], sin_signed[positions][:, None]
+    swapped = qk.unflatten(-1, (2, half)).flip(-2).flatten(-2)
+    rotated = torch.addcmul(qk * at_cos, swapped, at_sin)  # the runner's PyTorch path
+    expected_k, expected_v = k_cache.clone(), v_cache.clone()
+    attention = native.DecodeAttention(0, lengths, n_heads, n_kv, head_dim)
+    expected = attention(rotated[:, :n_heads], expected_k, expected_v, 0.25,
+                         rotated[:, n_heads:], v)
+    out = attention(qk[:, :n_heads], k_cache, v_cache, 0.25, qk[:, n_heads:], v,
+                    (cos, sin_signed))
+    assert torch.equal(k_cache, expected_k) and torch.equal(v_cache, expected_v)
+    assert torch.equal(out, expected)
+    with pytest.raises(ValueError, match="rotary tables"):
+        attention(qk[:, :n_heads], k_cache, v_cache, 0.25, qk[:, n_heads:], v,
+                  (cos[:10], sin_signed[:10]))
+    with pytest.raises(ValueError, match="rotary needs k_new"):
+        attention(qk[:, :n_heads], k_cache, v_cache, 0.25, rotary=(cos, sin_signed))
+
+
 def test_decode_attention_refuses_what_it_cannot_take(kernel):
     with pytest.raises(ValueError, match="head_dim 12"):
         native.DecodeAttention(0, [3], 4, 2, 12)

@@ -13,6 +13,15 @@
  * weighted sum are fp32; exp is a vectorised polynomial (Cephes' expf, relative error
  * ~2e-7). head_dim must be a multiple of 8, at most 256. Threads: OpenMP over
  * (row, kv head).
+ *
+ * Rotary embedding (optional, `rot_cos` and `rot_sin` not NULL): q and the new keys
+ * arrive unrotated and are rotated here at each row's position, so a Llama step needs
+ * no separate rotary kernels (four per layer in PyTorch: a multiply, a flip, a view and
+ * an addcmul). The tables are the runner's [positions, head_dim] cos and sign-folded
+ * sin (llama.py: rotate_half(x) * sin == flip_halves(x) * sin_signed) in q's dtype, and
+ * the arithmetic rounds where PyTorch's does: x * cos is rounded to q's dtype, then
+ * that plus flip_halves(x) * sin is one fused multiply-add in fp32 (ATen's vectorised
+ * addcmul), rounded again in bf16.
  */
 #include <math.h>
 #include <omp.h>
@@ -20,16 +29,57 @@
 
 #include "simd.h"
 
+/* x[at .. at + head_dim) rotated at table row `table` (an element offset), into fp32
+ * `to_f32` or, in the activations' dtype, into `to_act` at `to`: x * cos +
+ * flip_halves(x) * sin_signed, rounded as PyTorch rounds it (see the top). */
+static void rotate(const void *x, int64_t at, const void *cos, const void *sin,
+                   int64_t table, int64_t head_dim, int bf16, float *to_f32, void *to_act,
+                   int64_t to) {
+    const int64_t half = head_dim / 2;
+    if (half % 8 == 0) {  /* whole vectors in each half */
+        for (int64_t d = 0; d < head_dim; d += 8) {
+            const int64_t other = d < half ? d + half : d - half;
+            __m256 product = _mm256_mul_ps(load8(x, at + d, bf16), load8(cos, table + d, bf16));
+            if (bf16)
+                product = round8_bf16(product);
+            const __m256 rotated = _mm256_fmadd_ps(load8(x, at + other, bf16),
+                                                   load8(sin, table + d, bf16), product);
+            if (to_f32)
+                _mm256_storeu_ps(to_f32 + d, bf16 ? round8_bf16(rotated) : rotated);
+            else
+                store8(to_act, to + d, rotated, bf16);
+        }
+        return;
+    }
+    for (int64_t d = 0; d < head_dim; d++) {
+        const float v = load_act(x, at + d, bf16);
+        const float swapped = load_act(x, at + (d < half ? d + half : d - half), bf16);
+        float product = v * load_act(cos, table + d, bf16);
+        if (bf16)
+            product = bf16_to_f32(f32_to_bf16(product));
+        float rotated = fmaf(swapped, load_act(sin, table + d, bf16), product);
+        if (bf16)
+            rotated = bf16_to_f32(f32_to_bf16(rotated));
+        if (to_f32)
+            to_f32[d] = rotated;
+        else
+            store_act(to_act, to + d, rotated, bf16);
+    }
+}
+
 /* q: element [r, j, d] at q + r * q_row_stride + j * q_head_stride + d.
  * k_new, v_new (or NULL): the rows' new keys and values, element [r, h, d] at
  * r * new_strides[0] + h * new_strides[1] + d of k_new and r * new_strides[2] +
  * h * new_strides[3] + d of v_new, written into the cache at position lengths[r] - 1
  * first (else the caller has written them).
+ * rot_cos, rot_sin (or NULL): rotary tables, element [p, d] at p * head_dim + d; with
+ * them q and k_new are rotated at position lengths[r] - 1 (k_new is then required).
  * out: [n_rows, n_heads * head_dim] contiguous. Returns 0, or -1 when scratch memory
  * could not be allocated (nothing written then). */
 int gptstore_decode_attention(const void *q, int64_t q_row_stride, int64_t q_head_stride,
                               const void *k_new, const void *v_new,
-                              const int64_t *new_strides, void *k_cache, void *v_cache,
+                              const int64_t *new_strides, const void *rot_cos,
+                              const void *rot_sin, void *k_cache, void *v_cache,
                               int64_t slot0,
                               int64_t n_rows, const int64_t *lengths, int64_t n_heads,
                               int64_t n_kv, int64_t head_dim, int64_t cap, float scale,
@@ -50,18 +100,27 @@ int gptstore_decode_attention(const void *q, int64_t q_row_stride, int64_t q_hea
         const int64_t r = task / n_kv, h = task % n_kv, length = lengths[r];
         float *scores = scratch + omp_get_thread_num() * per_task, *qf = scores + group * stride;
         const int64_t base = ((slot0 + r) * n_kv + h) * cap * head_dim;
+        const int64_t table = (length - 1) * head_dim;  /* this row's rotary position */
         if (k_new && v_new) {
-            const int64_t item = bf16 ? 2 : 4, to = (base + (length - 1) * head_dim) * item;
-            const size_t size = (size_t)(head_dim * item);
-            memcpy((char *)k_cache + to,
-                   (const char *)k_new + (r * new_strides[0] + h * new_strides[1]) * item, size);
-            memcpy((char *)v_cache + to,
-                   (const char *)v_new + (r * new_strides[2] + h * new_strides[3]) * item, size);
+            const int64_t item = bf16 ? 2 : 4, to = base + (length - 1) * head_dim;
+            const int64_t k_at = r * new_strides[0] + h * new_strides[1];
+            if (rot_cos)
+                rotate(k_new, k_at, rot_cos, rot_sin, table, head_dim, bf16, NULL, k_cache, to);
+            else
+                memcpy((char *)k_cache + to * item, (const char *)k_new + k_at * item,
+                       (size_t)(head_dim * item));
+            memcpy((char *)v_cache + to * item,
+                   (const char *)v_new + (r * new_strides[2] + h * new_strides[3]) * item,
+                   (size_t)(head_dim * item));
         }
         for (int64_t j = 0; j < group; j++) {
             const int64_t at = r * q_row_stride + (h * group + j) * q_head_stride;
-            for (int64_t d = 0; d < head_dim; d += 8)
-                _mm256_storeu_ps(qf + j * head_dim + d, load8(q, at + d, bf16));
+            if (rot_cos)
+                rotate(q, at, rot_cos, rot_sin, table, head_dim, bf16, qf + j * head_dim,
+                       NULL, 0);
+            else
+                for (int64_t d = 0; d < head_dim; d += 8)
+                    _mm256_storeu_ps(qf + j * head_dim + d, load8(q, at + d, bf16));
         }
         /* scores: each key is read once for the whole group of query heads */
         for (int64_t t = 0; t < length; t++) {
@@ -109,16 +168,8 @@ int gptstore_decode_attention(const void *q, int64_t q_row_stride, int64_t q_hea
             }
             const __m256 inv = _mm256_set1_ps(1.0f / total);
             const int64_t at = r * n_heads * head_dim + (h * group + j) * head_dim;
-            for (int64_t v = 0; v < vecs; v++) {
-                float o[8];
-                _mm256_storeu_ps(o, _mm256_mul_ps(acc[v], inv));
-                for (int i = 0; i < 8; i++) {
-                    if (bf16)
-                        ((uint16_t *)out)[at + 8 * v + i] = f32_to_bf16(o[i]);
-                    else
-                        ((float *)out)[at + 8 * v + i] = o[i];
-                }
-            }
+            for (int64_t v = 0; v < vecs; v++)
+                store8(out, at + 8 * v, _mm256_mul_ps(acc[v], inv), bf16);
         }
     }
     free(scratch);

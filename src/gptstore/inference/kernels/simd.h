@@ -49,6 +49,31 @@ static inline uint16_t f32_to_bf16(float f) {
     return (uint16_t)(bits >> 16);
 }
 
+/* 8 floats rounded to bf16 as f32_to_bf16 rounds them (to nearest even; NaN stays
+ * NaN), returned as the floats those bf16 values are */
+static inline __m256 round8_bf16(__m256 v) {
+    const __m256i bits = _mm256_castps_si256(v);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+    __m256i rounded = _mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff)));
+    const __m256i quiet = _mm256_or_si256(bits, _mm256_set1_epi32(0x400000));
+    const __m256 is_nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
+    rounded = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(rounded),
+                                                   _mm256_castsi256_ps(quiet), is_nan));
+    return _mm256_castsi256_ps(_mm256_and_si256(rounded, _mm256_set1_epi32((int)0xffff0000u)));
+}
+
+/* 8 floats stored at p + i: fp32 as they are, or rounded to bf16 */
+static inline void store8(void *p, int64_t i, __m256 v, int bf16) {
+    if (!bf16) {
+        _mm256_storeu_ps((float *)p + i, v);
+        return;
+    }
+    const __m256i high = _mm256_srli_epi32(_mm256_castps_si256(round8_bf16(v)), 16);
+    const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(high),
+                                            _mm256_extracti128_si256(high, 1));
+    _mm_storeu_si128((__m128i *)((uint16_t *)p + i), packed);
+}
+
 static inline float bf16_to_f32(uint16_t v) {
     uint32_t bits = (uint32_t)v << 16;
     float f;

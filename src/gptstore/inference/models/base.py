@@ -530,12 +530,15 @@ class DecoderRunner(Runner):
     # -- attention ----------------------------------------------------------------------
 
     def attend(self, plan: StepPlan, layer: int, q: torch.Tensor, k: torch.Tensor,
-               v: torch.Tensor, scale: float) -> torch.Tensor:
+               v: torch.Tensor, scale: float,
+               rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Attention for all rows. q [N, H, hd], k/v [N, KV, hd] -> [N, H * hd].
 
         Writes this step's keys/values into the cache first, so decoding rows read
         everything (old and new) from one cache view; in a step of decode rows only on
-        the native kernel (`plan.kernel_writes`), the kernel writes them itself.
+        the native kernel (`plan.kernel_writes`), the kernel writes them itself, and
+        with `rotary` (cos and sign-folded sin tables, only in such a step) it also
+        rotates the unrotated q and k it is given.
         """
         n_heads, n_kv, hd = self.n_heads, self.n_kv_heads, self.head_dim
         k_cache = v_cache = None
@@ -544,8 +547,11 @@ class DecoderRunner(Runner):
         if plan.kernel_writes:  # decode rows only: the native kernel writes and attends
             assert k_cache is not None and v_cache is not None
             outputs = [g.native(q[g.t0:g.t1], k_cache, v_cache, scale, k[g.t0:g.t1],
-                                v[g.t0:g.t1]) for g in plan.groups if g.native is not None]
+                                v[g.t0:g.t1], rotary)
+                       for g in plan.groups if g.native is not None]
             return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=0)
+        if rotary is not None:
+            raise ValueError("only a step of native decode attention rotates q and k itself")
         if k_cache is not None and v_cache is not None:
             rows = plan.write_rows
             assert rows is not None

@@ -64,7 +64,7 @@ def rms_norm(x: torch.Tensor, weight2: torch.Tensor, eps: float) -> torch.Tensor
 
 
 def native_rms_norm(x: torch.Tensor, weight2: torch.Tensor, eps: float) -> torch.Tensor:
-    """`rms_norm` in one native call (native.py), for 1-2 rows: the same arguments."""
+    """`rms_norm` in one native call (native.py) for a decode step: the same arguments."""
     return native.rms_norm(x, weight2[:x.shape[-1]], eps)
 
 
@@ -206,15 +206,19 @@ class LlamaRunner(DecoderRunner):
     def hidden_states(self, plan: StepPlan, lora: LoraBatch | None) -> torch.Tensor:
         n, hd = plan.n_tokens, self.head_dim
         n_q, n_kv, inter, eps = self.n_heads, self.n_kv_heads, self.intermediate, self.eps
-        # steps of 1-2 tokens where the native decode kernels measured faster
-        # (`native_attention`): RMSNorm and SiLU * up in one native call each
-        small = n <= native.MAX_ROWS and self.native_attention
+        # steps of decode rows (or 1-2 tokens) where the native decode kernels measured
+        # faster (`native_attention`): RMSNorm and SiLU * up in one native call each
+        small = self.native_attention and (n <= native.MAX_ROWS or plan.kernel_writes)
         norm = native_rms_norm if small else rms_norm
         swiglu = native.silu_mul if small else silu_mul
-        qk_width = (n_q + n_kv) * hd
+        q_width, qk_width = n_q * hd, (n_q + n_kv) * hd
         self._ensure_rotary(plan.max_position)
-        cos = self.cos[plan.positions][:, None, :]  # [N, 1, hd], shared by all layers
-        sin = self.sin_signed[plan.positions][:, None, :]
+        # in a step of native decode attention only, the kernel rotates q and k itself
+        rotary = (self.cos, self.sin_signed) if plan.kernel_writes else None
+        cos = sin = self.cos  # else each row's position, [N, 1, hd], shared by all layers
+        if rotary is None:
+            cos = self.cos[plan.positions][:, None, :]
+            sin = self.sin_signed[plan.positions][:, None, :]
         x = F.embedding(plan.token_ids, self.embed)  # [N, D]
         for i, w in enumerate(self.layers):
             # attention block
@@ -222,11 +226,16 @@ class LlamaRunner(DecoderRunner):
             qkv = w.qkv(h)  # [N, (H + 2 KV) hd]
             if lora is not None:
                 lora.apply(i, "qkv", h, qkv)
-            qk = qkv[:, :qk_width].view(n, n_q + n_kv, hd)  # q and k rotated together
-            swapped = qk.unflatten(-1, (2, hd // 2)).flip(-2).flatten(-2)
-            qk = torch.addcmul(qk * cos, swapped, sin)  # == q * cos + rotate_half(q) * sin
             v = qkv[:, qk_width:].view(n, n_kv, hd)
-            attn = self.attend(plan, i, qk[:, :n_q], qk[:, n_q:], v, self.scale)
+            if rotary is not None:
+                attn = self.attend(plan, i, qkv[:, :q_width].view(n, n_q, hd),
+                                   qkv[:, q_width:qk_width].view(n, n_kv, hd), v,
+                                   self.scale, rotary)
+            else:
+                qk = qkv[:, :qk_width].view(n, n_q + n_kv, hd)  # q and k rotated together
+                swapped = qk.unflatten(-1, (2, hd // 2)).flip(-2).flatten(-2)
+                qk = torch.addcmul(qk * cos, swapped, sin)  # q * cos + rotate_half(q) * sin
+                attn = self.attend(plan, i, qk[:, :n_q], qk[:, n_q:], v, self.scale)
             x = w.o(attn, residual=x)
             if lora is not None:
                 lora.apply(i, "o", attn, x)
