@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -107,7 +108,13 @@ def main() -> None:
     profile = machine_profile(settings.home)
     gemv = args.gemv or profile.gemv  # default: measured fastest here
     attention = args.attention or profile.attention
-    model, tokenizer = load(folder, dtype)
+    # loaded on a short-lived thread: a team of OpenMP workers left on this main thread
+    # would slow every parallel region of the engine's (docs/design.md, "Threads")
+    loaded: list[tuple[Any, Any]] = []
+    loader = threading.Thread(target=lambda: loaded.append(load(folder, dtype)))
+    loader.start()
+    loader.join()
+    model, tokenizer = loaded.pop()
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     batch = prompts(tokenizer, args.streams)
     spec = ModelSpec(base_key="m", base_loader=lambda: load(folder, dtype))

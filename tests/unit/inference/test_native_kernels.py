@@ -331,7 +331,7 @@ def test_engine_config_names_the_kernels_it_knows():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("rows", [1, 2])
+@pytest.mark.parametrize("rows", [1, 2, 16])  # 16: a decode step of 16 streams (threaded)
 def test_rms_norm_and_swiglu_match_transformers(kernel, dtype, rows):
     """Llama's RMSNorm (transformers' LlamaRMSNorm on a strided row, as the runner
     passes the residual stream) and SiLU(gate) * up, dims with a partial vector."""
@@ -360,6 +360,20 @@ def test_rms_norm_and_swiglu_match_transformers(kernel, dtype, rows):
         native.silu_mul(gate_up, 36)
     with pytest.raises(ValueError, match="weight must be"):
         native.rms_norm(x, torch.ones(dim + 1, dtype=dtype), 1e-5)
+
+
+def test_bf16_results_round_to_nearest_even_as_pytorch_casts(kernel):
+    """The vectorised rounding of bf16 outputs, exactly: SiLU(24) is 24 in fp32, so
+    SwiGLU gives 24 * up rounded once, as PyTorch casts it (ties to even, NaN and
+    infinities kept), in whole vectors and the tail."""
+    generator = torch.Generator().manual_seed(3)
+    rows, inter = 16, 37
+    up = torch.randn(rows, inter, generator=generator).bfloat16()
+    up[0, :4] = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0])
+    gate_up = torch.cat([torch.full((rows, inter), 24.0).bfloat16(), up], dim=1)
+    expected = (24 * up.float()).bfloat16()
+    assert torch.equal(native.silu_mul(gate_up, inter).isnan(), expected.isnan())
+    assert torch.equal(native.silu_mul(gate_up, inter).nan_to_num(), expected.nan_to_num())
 
 
 def test_a_layer_the_kernel_cannot_take_keeps_atens_gemv(kernel):
