@@ -195,14 +195,17 @@ def _reference_attention(q, k_cache, v_cache, slot0, lengths, scale):  # type: i
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize(("n_heads", "n_kv"), [(9, 3), (4, 4)])
+@pytest.mark.parametrize(("n_heads", "n_kv", "head_dim"),
+                         [(9, 3, 16), (4, 4, 32), (8, 1, 16), (6, 2, 24)])
 def test_decode_attention_matches_softmax_attention_and_writes_the_new_keys(
-        kernel, dtype, n_heads, n_kv):
+        kernel, dtype, n_heads, n_kv, head_dim):
     """Rows of different lengths (1, a vector's worth, a partial vector, the whole
     capacity) on consecutive slots, q a strided view of a fused projection as the
-    runner passes it; the new keys/values land at each row's last position."""
+    runner passes it; the new keys/values land at each row's last position. Groups of
+    up to 4 query heads with head_dim a multiple of 16 take the paired loop, the others
+    (8 heads a group, head_dim 24) the general one."""
     generator = torch.Generator().manual_seed(n_heads)
-    cap, head_dim, lengths = 40, 16, [1, 8, 13, 40]
+    cap, lengths = 40, [1, 8, 13, 40]
     k_cache = torch.randn(6, n_kv, cap, head_dim, generator=generator).to(dtype)
     v_cache = torch.randn(6, n_kv, cap, head_dim, generator=generator).to(dtype)
     fused = torch.randn(4, n_heads + 2 * n_kv, head_dim, generator=generator).to(dtype)

@@ -67,6 +67,127 @@ static void rotate(const void *x, int64_t at, const void *cos, const void *sin,
     }
 }
 
+/* s[0 .. length) <- exp(s - max(s)); returns their sum (the softmax's divisor) */
+static float softmax_weights(float *s, int64_t length) {
+    float top = s[0];
+    for (int64_t t = 1; t < length; t++)
+        top = s[t] > top ? s[t] : top;
+    const __m256 m = _mm256_set1_ps(top);
+    __m256 sum8 = _mm256_setzero_ps();
+    int64_t t = 0;
+    for (; t + 8 <= length; t += 8) {
+        __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + t), m));
+        _mm256_storeu_ps(s + t, e);
+        sum8 = _mm256_add_ps(sum8, e);
+    }
+    float total = hsum(sum8);
+    if (t < length) {  /* the last partial vector: padded with zeros */
+        float tail[8] = {0}, e[8];
+        memcpy(tail, s + t, (size_t)(length - t) * sizeof(float));
+        _mm256_storeu_ps(e, exp8(_mm256_sub_ps(_mm256_loadu_ps(tail), m)));
+        for (int64_t i = 0; i < length - t; i++) {
+            s[t + i] = e[i];
+            total += e[i];
+        }
+    }
+    return total;
+}
+
+#define PAIRED_GROUP 4  /* the most query heads per kv head `attend_paired` takes */
+
+/* 16 cache values at p + i as two fp32 vectors: fp32 in order; bf16 as the 8 even, then
+ * the 8 odd positions (one load, a shift and a mask, as in gemv_bf16.c) */
+static inline void load16(const void *p, int64_t i, int bf16, __m256 *first,
+                          __m256 *second) {
+    if (bf16) {
+        const __m256i v = _mm256_loadu_si256((const __m256i *)((const uint16_t *)p + i));
+        *first = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+        *second = _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32((int)0xffff0000u)));
+    } else {
+        *first = _mm256_loadu_ps((const float *)p + i);
+        *second = _mm256_loadu_ps((const float *)p + i + 8);
+    }
+}
+
+/* the sums of four vectors, in the result's four lanes */
+static inline __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
+    const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+    return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+}
+
+/* One (row, kv head) task where the group has at most PAIRED_GROUP query heads and
+ * head_dim is a multiple of 16 (SmolLM2: 3 and 64): each key and value is widened once
+ * for the whole group instead of once per query head, and four scores are reduced
+ * together. qf: the group's queries, fp32 in order; qp: room for them in the order
+ * load16 gives the cache's values; out_at: where the group's first head goes in out.
+ * The same arithmetic as the general loop, summed in another order. */
+static void attend_paired(const float *qf, float *qp, float *scores, int64_t stride,
+                          const void *k_cache, const void *v_cache, int64_t base,
+                          int64_t length, int64_t group, int64_t head_dim, float scale,
+                          void *out, int64_t out_at, int bf16) {
+    const int64_t chunks = head_dim / 16;
+    for (int64_t j = 0; j < group; j++) {
+        for (int64_t c = 0; c < chunks; c++) {
+            const float *from = qf + j * head_dim + 16 * c;
+            float *to = qp + j * head_dim + 16 * c;
+            for (int i = 0; i < 8; i++) {
+                to[i] = bf16 ? from[2 * i] : from[i];
+                to[8 + i] = bf16 ? from[2 * i + 1] : from[8 + i];
+            }
+        }
+    }
+    for (int64_t t = 0; t < length; t++) {
+        const int64_t row = base + t * head_dim;
+        __m256 acc[PAIRED_GROUP];
+        for (int j = 0; j < PAIRED_GROUP; j++)
+            acc[j] = _mm256_setzero_ps();
+        for (int64_t c = 0; c < chunks; c++) {
+            __m256 first, second;
+            load16(k_cache, row + 16 * c, bf16, &first, &second);
+            for (int64_t j = 0; j < group; j++) {
+                const float *qj = qp + j * head_dim + 16 * c;
+                acc[j] = _mm256_fmadd_ps(first, _mm256_loadu_ps(qj), acc[j]);
+                acc[j] = _mm256_fmadd_ps(second, _mm256_loadu_ps(qj + 8), acc[j]);
+            }
+        }
+        float sums[4];
+        _mm_storeu_ps(sums, hsum4(acc[0], acc[1], acc[2], acc[3]));
+        for (int64_t j = 0; j < group; j++)
+            scores[j * stride + t] = sums[j] * scale;
+    }
+    float inv[PAIRED_GROUP];
+    for (int64_t j = 0; j < group; j++)
+        inv[j] = 1.0f / softmax_weights(scores + j * stride, length);
+    /* the weighted sums of values, 16 dimensions at a time (all in registers) */
+    for (int64_t c = 0; c < chunks; c++) {
+        __m256 lo[PAIRED_GROUP], hi[PAIRED_GROUP];
+        for (int j = 0; j < PAIRED_GROUP; j++)
+            lo[j] = hi[j] = _mm256_setzero_ps();
+        for (int64_t u = 0; u < length; u++) {
+            __m256 first, second;
+            load16(v_cache, base + u * head_dim + 16 * c, bf16, &first, &second);
+            for (int64_t j = 0; j < group; j++) {
+                const __m256 p = _mm256_set1_ps(scores[j * stride + u]);
+                lo[j] = _mm256_fmadd_ps(p, first, lo[j]);
+                hi[j] = _mm256_fmadd_ps(p, second, hi[j]);
+            }
+        }
+        for (int64_t j = 0; j < group; j++) {
+            const __m256 norm = _mm256_set1_ps(inv[j]);
+            __m256 first = _mm256_mul_ps(lo[j], norm), second = _mm256_mul_ps(hi[j], norm);
+            if (bf16) {  /* even and odd positions back in order */
+                const __m256 low = _mm256_unpacklo_ps(first, second);
+                const __m256 high = _mm256_unpackhi_ps(first, second);
+                first = _mm256_permute2f128_ps(low, high, 0x20);
+                second = _mm256_permute2f128_ps(low, high, 0x31);
+            }
+            const int64_t at = out_at + j * head_dim + 16 * c;
+            store8(out, at, first, bf16);
+            store8(out, at + 8, second, bf16);
+        }
+    }
+}
+
 /* q: element [r, j, d] at q + r * q_row_stride + j * q_head_stride + d.
  * k_new, v_new (or NULL): the rows' new keys and values, element [r, h, d] at
  * r * new_strides[0] + h * new_strides[1] + d of k_new and r * new_strides[2] +
@@ -88,8 +209,10 @@ int gptstore_decode_attention(const void *q, int64_t q_row_stride, int64_t q_hea
     int64_t longest = 1;
     for (int64_t r = 0; r < n_rows; r++)
         longest = lengths[r] > longest ? lengths[r] : longest;
-    /* per thread: a task's scores (rows padded to whole vectors) and its queries in fp32 */
-    const int64_t stride = (longest + 7) / 8 * 8, per_task = group * (stride + head_dim);
+    /* per thread: a task's scores (rows padded to whole vectors) and its queries in fp32,
+     * in order and in `attend_paired`'s order */
+    const int64_t stride = (longest + 7) / 8 * 8, per_task = group * (stride + 2 * head_dim);
+    const int paired = group <= PAIRED_GROUP && head_dim % 16 == 0;
     const int64_t workers = n_threads < n_tasks ? (n_threads > 0 ? n_threads : 1) : n_tasks;
     float *scratch = (float *)aligned_alloc(32, (size_t)(workers * per_task) * sizeof(float) + 32);
     if (!scratch)
@@ -122,6 +245,12 @@ int gptstore_decode_attention(const void *q, int64_t q_row_stride, int64_t q_hea
                 for (int64_t d = 0; d < head_dim; d += 8)
                     _mm256_storeu_ps(qf + j * head_dim + d, load8(q, at + d, bf16));
         }
+        if (paired) {
+            attend_paired(qf, qf + group * head_dim, scores, stride, k_cache, v_cache, base,
+                          length, group, head_dim, scale, out,
+                          r * n_heads * head_dim + h * group * head_dim, bf16);
+            continue;
+        }
         /* scores: each key is read once for the whole group of query heads */
         for (int64_t t = 0; t < length; t++) {
             const int64_t row = base + t * head_dim;
@@ -135,27 +264,7 @@ int gptstore_decode_attention(const void *q, int64_t q_row_stride, int64_t q_hea
         }
         for (int64_t j = 0; j < group; j++) {
             float *s = scores + j * stride;
-            float top = s[0];
-            for (int64_t t = 1; t < length; t++)
-                top = s[t] > top ? s[t] : top;
-            const __m256 m = _mm256_set1_ps(top);
-            __m256 sum8 = _mm256_setzero_ps();
-            int64_t t = 0;
-            for (; t + 8 <= length; t += 8) {
-                __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + t), m));
-                _mm256_storeu_ps(s + t, e);
-                sum8 = _mm256_add_ps(sum8, e);
-            }
-            float total = hsum(sum8);
-            if (t < length) {  /* the last partial vector: padded with zeros */
-                float tail[8] = {0}, e[8];
-                memcpy(tail, s + t, (size_t)(length - t) * sizeof(float));
-                _mm256_storeu_ps(e, exp8(_mm256_sub_ps(_mm256_loadu_ps(tail), m)));
-                for (int64_t i = 0; i < length - t; i++) {
-                    s[t + i] = e[i];
-                    total += e[i];
-                }
-            }
+            const float total = softmax_weights(s, length);
             /* the weighted sum of values, normalised once at the end */
             __m256 acc[32];  /* head_dim <= 256 */
             for (int64_t v = 0; v < vecs; v++)
