@@ -419,3 +419,19 @@ def test_a_layer_the_kernel_cannot_take_keeps_atens_gemv(kernel):
     expected = x.bfloat16().float() @ weight.bfloat16().float().t()  # bf16 in and out
     assert torch.allclose(linear(x), expected, rtol=1e-2, atol=1e-2)
     assert not native.attention_fits(12) and native.attention_fits(64)
+
+
+def test_every_file_the_build_reads_ships_in_the_package():
+    """An installed wheel builds the kernels from its own copy of the sources: each
+    source and header must match pyproject's package data (the header once did not)."""
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"]["gptstore"]
+    package = root / "src" / "gptstore"
+    for path in native.SOURCES + native.HEADERS:
+        relative = path.resolve().relative_to(package).as_posix()
+        assert any(fnmatch.fnmatch(relative, pattern) for pattern in patterns), relative
