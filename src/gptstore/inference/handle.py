@@ -18,6 +18,31 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from gptstore.inference.types import Completion, FinishReason, TokenEvent, TopLogprob, Usage
 
 
+class Wakeups:
+    """Asynchronous readers to wake, collected over one engine step and woken with one
+    `call_soon_threadsafe` per event loop. Why: each call writes to the loop's self-pipe
+    and wakes it, so 16 streams each woken on its own cost 16 system calls and loop
+    turns a step on the engine's thread and the server's, where one does."""
+
+    def __init__(self) -> None:
+        self._by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Event]] = {}
+
+    def add_all(self, waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]) -> None:
+        for loop, ready in waiters:
+            self._by_loop.setdefault(loop, []).append(ready)
+
+    def deliver(self) -> None:
+        for loop, readies in self._by_loop.items():
+            with contextlib.suppress(RuntimeError):  # a closed loop: nothing to wake
+                loop.call_soon_threadsafe(_set_all, readies)
+        self._by_loop.clear()
+
+
+def _set_all(readies: list[asyncio.Event]) -> None:
+    for ready in readies:
+        ready.set()
+
+
 class RequestHandle:
     """Events of one request, produced by the engine thread, consumed by anyone."""
 
@@ -34,7 +59,9 @@ class RequestHandle:
 
     # -- producer side (engine thread) ---------------------------------------------
 
-    def _push(self, event: TokenEvent) -> None:
+    def _push(self, event: TokenEvent, wakeups: Wakeups | None = None) -> None:
+        """Add an event and wake its readers: asynchronous ones now, or with `wakeups`
+        when the caller delivers them (once for a whole engine step)."""
         with self._cond:
             if self.finished:
                 return
@@ -43,9 +70,10 @@ class RequestHandle:
                 self.finished = True
             self._cond.notify_all()
             waiters = list(self._async_waiters)
-        for loop, ready in waiters:
-            with contextlib.suppress(RuntimeError):  # a closed loop: nothing to wake
-                loop.call_soon_threadsafe(ready.set)
+        pending = wakeups if wakeups is not None else Wakeups()
+        pending.add_all(waiters)
+        if wakeups is None:
+            pending.deliver()
 
     def _fail(self, error: BaseException) -> None:
         self._push(TokenEvent(token_id=None, text="", finish_reason="error", error=error,

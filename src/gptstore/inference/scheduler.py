@@ -34,7 +34,7 @@ import torch
 
 from gptstore.errors import Unavailable
 from gptstore.inference.detokenize import IncrementalDetokenizer, StopStringMatcher
-from gptstore.inference.handle import RequestHandle
+from gptstore.inference.handle import RequestHandle, Wakeups
 from gptstore.inference.kv_cache import Slot
 from gptstore.inference.lora import LoraBatch
 from gptstore.inference.models import RowInput
@@ -308,11 +308,15 @@ class Scheduler:
         finished: list[Sequence] = []
         if sampled:
             result = sample(logits, [s.sampler for s in sampled])
-            for i, seq in enumerate(sampled):
-                reason = self._emit(seq, result.token_ids[i], result.logprobs[i],
-                                    result.top_logprobs[i])
-                if reason is not None:
-                    finished.append(seq)
+            wakeups = Wakeups()  # the step's streams woken together
+            try:
+                for i, seq in enumerate(sampled):
+                    reason = self._emit(seq, result.token_ids[i], result.logprobs[i],
+                                        result.top_logprobs[i], wakeups)
+                    if reason is not None:
+                        finished.append(seq)
+            finally:
+                wakeups.deliver()
         # the prompts' keys/values go to the prefix cache after the first tokens are out
         # (copying them must not delay those), before a finished sequence frees its slot
         for seq in prompts_done:
@@ -325,7 +329,8 @@ class Scheduler:
     # -- per-token bookkeeping ----------------------------------------------------------
 
     def _emit(self, seq: Sequence, token: int, logprob: float | None,
-              top: list[tuple[int, float]] | None) -> FinishReason | None:
+              top: list[tuple[int, float]] | None,
+              wakeups: Wakeups | None = None) -> FinishReason | None:
         seq.output.append(token)
         reason: FinishReason | None = None
         if token in seq.stop_ids:
@@ -347,7 +352,8 @@ class Scheduler:
         if seq.cancelled:
             return reason or "cancelled"
         seq.handle._push(TokenEvent(token_id=token, text=text, logprob=logprob,
-                                    top_logprobs=top_list, finish_reason=reason, usage=usage))
+                                    top_logprobs=top_list, finish_reason=reason, usage=usage),
+                         wakeups)
         return reason
 
     @staticmethod

@@ -196,6 +196,38 @@ def test_async_iteration(tiny_dirs, make_engine):
     assert tokens == hf_greedy(reference, PROMPTS[0], 6) + hf_greedy(reference, PROMPTS[1], 6)
 
 
+def test_streams_of_one_step_are_woken_together(tiny_dirs, make_engine):
+    """Four streams read on one event loop: each engine step wakes the loop once for all
+    of them (one `call_soon_threadsafe`, one self-pipe write), not once per stream, and
+    every stream still gets all its tokens."""
+    engine = make_engine({"m": causal_spec(tiny_dirs["llama"])})
+    engine.generate("m", PROMPTS[2], _greedy(1))  # loaded: the four start in one step
+
+    async def consume() -> tuple[list[list[int]], int]:
+        loop = asyncio.get_running_loop()
+        calls = 0
+        plain = loop.call_soon_threadsafe
+
+        def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+            nonlocal calls
+            calls += 1
+            return plain(*args, **kwargs)
+
+        loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+        handles = [engine.submit(GenerationRequest(p, "m", _greedy(8))) for p in PROMPTS]
+
+        async def read(handle):  # type: ignore[no-untyped-def]
+            return [e.token_id async for e in handle if e.token_id is not None]
+
+        tokens = await asyncio.gather(*(read(h) for h in handles))
+        return list(tokens), calls
+
+    tokens, calls = asyncio.run(consume())
+    reference, _ = load_causal(tiny_dirs["llama"])
+    assert tokens == [hf_greedy(reference, p, 8) for p in PROMPTS]
+    assert calls <= 16  # one per step (8-11); one per stream and token would be 32
+
+
 def test_generic_fallback_runner_matches_too(tiny_dirs, make_engine):
     engine = make_engine({"m": causal_spec(tiny_dirs["gpt2"])}, use_fast_path=False)
     assert engine.model_info("m").runner == "GenericRunner"
