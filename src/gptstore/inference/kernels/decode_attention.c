@@ -119,22 +119,25 @@ static inline __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
  * head_dim is a multiple of 16 (SmolLM2: 3 and 64): each key and value is widened once
  * for the whole group instead of once per query head, and four scores are reduced
  * together. qf: the group's queries, fp32 in order; qp: room for them in the order
- * load16 gives the cache's values; out_at: where the group's first head goes in out.
+ * load16 gives bf16 cache values; out_at: where the group's first head goes in out.
  * The same arithmetic as the general loop, summed in another order. */
 static void attend_paired(const float *qf, float *qp, float *scores, int64_t stride,
                           const void *k_cache, const void *v_cache, int64_t base,
                           int64_t length, int64_t group, int64_t head_dim, float scale,
                           void *out, int64_t out_at, int bf16) {
     const int64_t chunks = head_dim / 16;
-    for (int64_t j = 0; j < group; j++) {
-        for (int64_t c = 0; c < chunks; c++) {
-            const float *from = qf + j * head_dim + 16 * c;
-            float *to = qp + j * head_dim + 16 * c;
-            for (int i = 0; i < 8; i++) {
-                to[i] = bf16 ? from[2 * i] : from[i];
-                to[8 + i] = bf16 ? from[2 * i + 1] : from[8 + i];
+    if (bf16) {  /* fp32 values load in order: the queries stay as they are */
+        for (int64_t j = 0; j < group; j++) {
+            for (int64_t c = 0; c < chunks; c++) {
+                const float *from = qf + j * head_dim + 16 * c;
+                float *to = qp + j * head_dim + 16 * c;
+                for (int i = 0; i < 8; i++) {
+                    to[i] = from[2 * i];
+                    to[8 + i] = from[2 * i + 1];
+                }
             }
         }
+        qf = qp;
     }
     for (int64_t t = 0; t < length; t++) {
         const int64_t row = base + t * head_dim;
@@ -145,7 +148,7 @@ static void attend_paired(const float *qf, float *qp, float *scores, int64_t str
             __m256 first, second;
             load16(k_cache, row + 16 * c, bf16, &first, &second);
             for (int64_t j = 0; j < group; j++) {
-                const float *qj = qp + j * head_dim + 16 * c;
+                const float *qj = qf + j * head_dim + 16 * c;
                 acc[j] = _mm256_fmadd_ps(first, _mm256_loadu_ps(qj), acc[j]);
                 acc[j] = _mm256_fmadd_ps(second, _mm256_loadu_ps(qj + 8), acc[j]);
             }

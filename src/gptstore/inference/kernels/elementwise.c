@@ -53,7 +53,7 @@ void gptstore_rms_norm(const void *x, int64_t rows, int64_t x_stride, const void
 void gptstore_silu_mul(const void *gate_up, int64_t rows, int64_t stride, int64_t inter,
                        void *out, int bf16, int n_threads) {
     const __m256 one = _mm256_set1_ps(1.0f);
-    #pragma omp parallel for schedule(static) num_threads(n_threads) if (rows > 1)
+    #pragma omp parallel for schedule(static) num_threads(n_threads) if (n_threads > 1)
     for (int64_t r = 0; r < rows; r++) {
         int64_t i = 0;
         for (; i + 8 <= inter; i += 8) {

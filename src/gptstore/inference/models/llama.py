@@ -215,8 +215,7 @@ class LlamaRunner(DecoderRunner):
         self._ensure_rotary(plan.max_position)
         # in a step of native decode attention only, the kernel rotates q and k itself
         rotary = (self.cos, self.sin_signed) if plan.kernel_writes else None
-        cos = sin = self.cos  # else each row's position, [N, 1, hd], shared by all layers
-        if rotary is None:
+        if rotary is None:  # each row's position, [N, 1, hd], shared by all layers
             cos = self.cos[plan.positions][:, None, :]
             sin = self.sin_signed[plan.positions][:, None, :]
         x = F.embedding(plan.token_ids, self.embed)  # [N, D]
