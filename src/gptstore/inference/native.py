@@ -7,6 +7,8 @@
   flash-attention kernel spends most of its time on setup (decode_attention.c).
 - `rms_norm`, `silu_mul`: a Llama layer's small operations in a decode step, one call each
   instead of several PyTorch kernels (elementwise.c).
+- `refine_top`: bf16 logits widened, with each row's top candidates recomputed in fp32,
+  in one pass instead of six PyTorch kernels (logits.c).
 
 They are C, not a PyTorch extension: no PyTorch headers, so the first build takes about
 a second with the system's C compiler instead of the ~minute a
@@ -50,7 +52,7 @@ BLOCK_ROWS, CHUNK = 8, 16
 MAX_ROWS = 2
 KERNELS = Path(__file__).with_name("kernels")
 SOURCES = tuple(KERNELS / name for name in ("gemv_bf16.c", "decode_attention.c",
-                                            "elementwise.c"))
+                                            "elementwise.c", "logits.c"))
 HEADERS = (KERNELS / "simd.h",)
 #: head sizes the attention kernel takes: whole AVX vectors, at most 32 of them
 MAX_HEAD_DIM = 256
@@ -140,6 +142,9 @@ def _load() -> Any:
     library.gptstore_rms_norm.argtypes = [ptr, i64, i64, ptr, i64, ctypes.c_float, ptr, c_int]
     library.gptstore_silu_mul.restype = None
     library.gptstore_silu_mul.argtypes = [ptr, i64, i64, i64, ptr, c_int, c_int]
+    library.gptstore_refine_top.restype = c_int
+    library.gptstore_refine_top.argtypes = [ptr, i64, i64, i64, ptr, i64, i64, c_int, ptr, i64,
+                                            c_int, ptr, i64, c_int]
     return library
 
 
@@ -336,4 +341,31 @@ def silu_mul(gate_up: Any, inter: int) -> Any:
     out = torch.empty(rows, inter, dtype=gate_up.dtype)
     lib.gptstore_silu_mul(gate_up.data_ptr(), rows, gate_up.stride(0), inter,
                           out.data_ptr(), int(bf16), torch.get_num_threads() if rows >= 8 else 1)
+    return out
+
+
+#: the most candidates `refine_top` recomputes per row (logits.c's MAX_K)
+REFINE_MAX_K = 64
+
+
+def refine_top(logits: Any, hidden: Any, weight: Any, k: int) -> Any:
+    """fp32 logits [rows, vocab] from bf16 `logits`, each row's k largest recomputed as
+    fp32 products of `hidden` [rows, dim] and their rows of `weight` [vocab, dim] (both
+    bf16 or fp32, unit stride along dim)."""
+    lib = _required()
+    rows, vocab = logits.shape
+    if logits.dtype != torch.bfloat16 or logits.stride(-1) != 1:
+        raise ValueError("logits must be [rows, vocab] bf16 with unit stride along vocab")
+    hidden_bf16 = _activations(hidden, "hidden")
+    weight_bf16 = _activations(weight, "weight")
+    dim = hidden.shape[1]
+    if hidden.shape[0] != rows or weight.shape != (vocab, dim):
+        raise ValueError(f"hidden must be [{rows}, dim] and weight [{vocab}, dim]")
+    if not 1 <= k <= min(REFINE_MAX_K, vocab):
+        raise ValueError(f"k must be in [1, {min(REFINE_MAX_K, vocab)}], got {k}")
+    out = torch.empty(rows, vocab, dtype=torch.float32)
+    lib.gptstore_refine_top(logits.data_ptr(), rows, vocab, logits.stride(0),
+                            hidden.data_ptr(), dim, hidden.stride(0), int(hidden_bf16),
+                            weight.data_ptr(), weight.stride(0), int(weight_bf16),
+                            out.data_ptr(), k, torch.get_num_threads() if rows >= 4 else 1)
     return out

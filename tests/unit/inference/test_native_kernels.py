@@ -421,6 +421,58 @@ def test_a_layer_the_kernel_cannot_take_keeps_atens_gemv(kernel):
     assert not native.attention_fits(12) and native.attention_fits(64)
 
 
+@pytest.mark.parametrize("weight_dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize(("rows", "vocab", "k"), [(1, 5003, 32), (16, 4096, 32), (3, 77, 64),
+                                                  (2, 40, 1)])
+def test_refine_top_equals_pytorchs_refinement(kernel, weight_dtype, rows, vocab, k):
+    """The native refinement against `_refine_top`'s PyTorch path: the same widened
+    logits, the k largest per row recomputed in fp32 up to summation order (among equal
+    bf16 values at the k-th place either may be taken), vocabularies in whole vectors
+    and not, the first vector holding more than k."""
+    from gptstore.inference.models.base import _refine_top
+
+    generator = torch.Generator().manual_seed(rows * vocab + k)
+    dim = 72  # not a multiple of 16: the dot product's 8-wide and scalar tails
+    weight = (torch.randn(vocab, dim, generator=generator) * 0.5).to(weight_dtype)
+    hidden = torch.randn(rows, dim, generator=generator).to(
+        torch.bfloat16 if weight_dtype == torch.bfloat16 else torch.float32)
+    exact = hidden.float() @ weight.float().t()
+    logits = exact.bfloat16()  # as the bf16 head gives them
+    widened = logits.float()
+    linear = Linear.of(weight)
+    theirs = _refine_top(logits, hidden, linear, k=k)
+    ours = _refine_top(logits, hidden, linear, k=k, native_kernel=True)
+    assert ours.dtype == torch.float32 and ours.shape == (rows, vocab)
+    kth = widened.topk(k, dim=-1).values[:, -1:]  # [R, 1]
+    refined = ours != widened
+    assert torch.equal(refined.sum(-1), torch.full((rows,), k))
+    assert bool((widened[refined.logical_not()] <= kth.expand(-1, vocab)[
+        refined.logical_not()]).all())  # nothing left out that beats the k-th
+    assert torch.allclose(ours[refined], exact[refined], atol=1e-5, rtol=0)
+    assert torch.equal(ours[~refined], widened[~refined])
+    both = refined & (theirs != widened)
+    assert int(both.sum()) >= rows * (k - 2)
+    assert torch.allclose(ours[both], theirs[both], atol=1e-5, rtol=0)
+
+
+def test_refine_top_takes_k_of_equal_logits_and_refuses_bad_input(kernel):
+    """Ties at the k-th place: k candidates, the larger values all among them; what the
+    kernel cannot take is refused by name, before anything runs."""
+    weight = torch.ones(50, 16, dtype=torch.bfloat16)
+    hidden = torch.ones(1, 16, dtype=torch.bfloat16)
+    logits = torch.zeros(1, 50, dtype=torch.bfloat16)
+    logits[0, 10:13] = 1.0
+    out = native.refine_top(logits, hidden, weight, 4)
+    assert bool((out[0, 10:13] == 16.0).all())
+    assert int((out[0] == 16.0).sum()) == 4  # the three ones and one of the zeros
+    with pytest.raises(ValueError, match="k must be"):
+        native.refine_top(logits, hidden, weight, native.REFINE_MAX_K + 1)
+    with pytest.raises(ValueError, match="logits must be"):
+        native.refine_top(logits.float(), hidden, weight, 4)
+    with pytest.raises(ValueError, match="hidden must be"):
+        native.refine_top(logits, hidden[:, :8], weight, 4)
+
+
 def test_every_file_the_build_reads_ships_in_the_package():
     """An installed wheel builds the kernels from its own copy of the sources: each
     source and header must match pyproject's package data (the header once did not)."""

@@ -93,6 +93,19 @@ static float softmax_weights(float *s, int64_t length) {
     return total;
 }
 
+/* A cache row (one position of one kv head) requested into L2 ahead of its use. The
+ * score loop requests each value row as it reads the key row of the same position:
+ * the hardware prefetcher follows the keys' sequential stream, and the values then
+ * stream beside it instead of after it. Measured on the Zen 4 EPYC (16 rows x 160
+ * positions over 30 layers' caches, 2 threads): 183 -> 125-134 us a layer. Requesting
+ * the next task's keys during the weighted sum was slower (165-171 us). */
+static inline void prefetch_row(const void *cache, int64_t row, int64_t head_dim, int bf16) {
+    const int64_t item = bf16 ? 2 : 4;
+    const char *at = (const char *)cache + row * item;
+    for (int64_t b = 0; b < head_dim * item; b += 64)
+        _mm_prefetch(at + b, _MM_HINT_T1);
+}
+
 #define PAIRED_GROUP 4  /* the most query heads per kv head `attend_paired` takes */
 
 /* 16 cache values at p + i as two fp32 vectors: fp32 in order; bf16 as the 8 even, then
@@ -141,6 +154,7 @@ static void attend_paired(const float *qf, float *qp, float *scores, int64_t str
     }
     for (int64_t t = 0; t < length; t++) {
         const int64_t row = base + t * head_dim;
+        prefetch_row(v_cache, row, head_dim, bf16);
         __m256 acc[PAIRED_GROUP];
         for (int j = 0; j < PAIRED_GROUP; j++)
             acc[j] = _mm256_setzero_ps();
@@ -257,6 +271,7 @@ int gptstore_decode_attention(const void *q, int64_t q_row_stride, int64_t q_hea
         /* scores: each key is read once for the whole group of query heads */
         for (int64_t t = 0; t < length; t++) {
             const int64_t row = base + t * head_dim;
+            prefetch_row(v_cache, row, head_dim, bf16);
             for (int64_t j = 0; j < group; j++) {
                 __m256 acc = _mm256_setzero_ps();
                 for (int64_t v = 0; v < vecs; v++)

@@ -625,11 +625,11 @@ class DecoderRunner(Runner):
             low = out.dtype == torch.bfloat16 or head.linear.decodes_low(hidden.shape[0])
             if not low or head_lora:
                 return out.float()
-            return _refine_top(out, hidden, head.linear)
+            return _refine_top(out, hidden, head.linear, native_kernel=self.native_attention)
 
 
 def _refine_top(out: torch.Tensor, hidden: torch.Tensor, linear: Linear,
-                k: int = REFINE_TOP) -> torch.Tensor:
+                k: int = REFINE_TOP, native_kernel: bool = False) -> torch.Tensor:
     """bf16 logits with their top-k recomputed in fp32.
 
     A bf16 matmul rounds each logit to 8 bits of mantissa: ~0.06 at a logit of 16, which
@@ -638,11 +638,17 @@ def _refine_top(out: torch.Tensor, hidden: torch.Tensor, linear: Linear,
     products of the same bf16 hidden state and weights gives exactly what an fp32 head
     would for the tokens that decide greedy choices, top-p and the reported logprobs, at
     k x hidden multiply-adds instead of a second pass over the whole (vocab x hidden)
-    matrix. The tail keeps its bf16 values.
+    matrix. The tail keeps its bf16 values. With `native_kernel` (where the native decode
+    kernels run) one native call does it all where the shapes allow (`native.refine_top`).
     """
+    if out.shape[0] == 0:  # a step of prompt chunks only: no row wants logits
+        return out.float()
+    weight = linear.weight_t.t()  # [vocab, hidden] view
+    if native_kernel and linear.bias is None and k < out.shape[-1] and \
+            out.dtype == torch.bfloat16 and out.stride(-1) == 1 and \
+            hidden.stride(-1) == 1 and weight.stride(-1) == 1 and k <= native.REFINE_MAX_K:
+        return native.refine_top(out, hidden, weight, k)
     logits = out.float()
-    if logits.shape[0] == 0:  # a step of prompt chunks only: no row wants logits
-        return logits
     if linear.bias is not None or logits.shape[-1] <= k:
         if logits.shape[-1] <= 4 * k:  # a classifier head: cheap to do all of it in fp32
             weight = linear.weight_t.float()
@@ -651,7 +657,6 @@ def _refine_top(out: torch.Tensor, hidden: torch.Tensor, linear: Linear,
                 logits += linear.bias.float()
         return logits
     top = logits.topk(k, dim=-1).indices  # [R, k]
-    weight = linear.weight_t.t()  # [vocab, hidden] view
     rows = weight[top.reshape(-1)].float().view(*top.shape, -1)  # [R, k, hidden]
     exact = torch.einsum("rkh,rh->rk", rows, hidden.float())
     logits.scatter_(-1, top, exact)
