@@ -92,6 +92,9 @@ def main() -> None:
     parser.add_argument("--home", type=Path, default=Path("/tmp/gptstore-bench"),
                         help="GPTSTORE_HOME of the benchmark store")
     parser.add_argument("--epochs", default="auto", help="default: auto (3 here)")
+    parser.add_argument("--method", choices=("lora", "full"), default="lora",
+                        help="lora (default) or full: every weight trained")
+    parser.add_argument("--learning-rate", default="auto", help="default: auto (by method)")
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--targets", default=",".join(ALL_PROJECTIONS))
     parser.add_argument("--seed", type=int, default=0)
@@ -134,10 +137,12 @@ def main() -> None:
         print(f"zero-shot {base.ref}: dev accuracy {results['zero_shot_dev_accuracy']:.3f} "
               f"({time.perf_counter() - started:.0f} s)", flush=True)
 
-    name = fresh_name(catalog, "bench/sst2-full-lora")
+    name = fresh_name(catalog, f"bench/sst2-full-{args.method}")
     epochs: Any = args.epochs if args.epochs == "auto" else int(args.epochs)
+    rate: Any = args.learning_rate if args.learning_rate == "auto" else float(args.learning_rate)
     config = TrainConfig(base=base.ref, train_file=str(train), name=name,
-                         task="classification", method="lora", epochs=epochs,
+                         task="classification", method=args.method, epochs=epochs,
+                         learning_rate=rate,
                          lora_r=args.lora_r, lora_target=args.targets, seed=args.seed,
                          valid_split=args.valid_split,
                          description="SmolLM2-135M-Instruct + LoRA sentiment classifier "
