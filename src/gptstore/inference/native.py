@@ -353,9 +353,9 @@ def refine_top(logits: Any, hidden: Any, weight: Any, k: int) -> Any:
     fp32 products of `hidden` [rows, dim] and their rows of `weight` [vocab, dim] (both
     bf16 or fp32, unit stride along dim)."""
     lib = _required()
-    rows, vocab = logits.shape
-    if logits.dtype != torch.bfloat16 or logits.stride(-1) != 1:
+    if logits.dim() != 2 or logits.dtype != torch.bfloat16 or logits.stride(-1) != 1:
         raise ValueError("logits must be [rows, vocab] bf16 with unit stride along vocab")
+    rows, vocab = logits.shape
     hidden_bf16 = _activations(hidden, "hidden")
     weight_bf16 = _activations(weight, "weight")
     dim = hidden.shape[1]
