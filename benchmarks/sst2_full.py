@@ -17,6 +17,8 @@
    best checkpoint and early stopping; on SST-2 that selection is noisy: a 692-sentence
    validation set peaked at 0.915 after a third of an epoch, a checkpoint that scores
    0.866 on dev.);
+   `--method full` trains every weight instead of an adapter (its own `auto`
+   learning rate and dropout);
 3. the published model is evaluated on the dev set (the same template) with
    `gptstore eval`'s code.
 
@@ -145,8 +147,9 @@ def main() -> None:
                          learning_rate=rate,
                          lora_r=args.lora_r, lora_target=args.targets, seed=args.seed,
                          valid_split=args.valid_split,
-                         description="SmolLM2-135M-Instruct + LoRA sentiment classifier "
-                                     "(SST-2, benchmarks/sst2_full.py)")
+                         description=f"SmolLM2-135M-Instruct sentiment classifier, "
+                                     f"{args.method} fine-tune (SST-2, "
+                                     "benchmarks/sst2_full.py)")
     zero_shot_cache.forget(settings.home)  # time a first run: no step-0 validation to reuse
     started = time.perf_counter()
     result = finetune(config, settings=settings, catalog=catalog)
