@@ -37,6 +37,7 @@ from gptstore.catalog.importers import builtin_gguf_path
 from gptstore.inference import Engine, EngineConfig, ModelSpec
 from gptstore.inference.loader import load_tokenizer
 from gptstore.inference.precision import cpu_flag_set, machine_profile, read_bandwidth
+from gptstore.inference.types import INT4_KERNELS
 
 HERE = Path(__file__).resolve().parent
 LLAMA_CPP_VERSION = "0.3.36"
@@ -104,6 +105,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--peer-prompts", type=int, default=2,
                         help="prompts the peer runs per round (its median counts)")
+    parser.add_argument("--int4-kernel", choices=INT4_KERNELS, default=None,
+                        help="gptstore's 4-bit 1-row kernel (default: the one measured "
+                             "faster here, `gptstore doctor`)")
     args = parser.parse_args()
 
     print(describe_machine(), flush=True)
@@ -115,8 +119,10 @@ def main() -> None:
     batch = prompts(load_tokenizer(catalog, base), 16)
     threads = torch.get_num_threads()
     spec = ModelSpec(base_key="m", base_loader=lambda: load(folder, torch.bfloat16))
-    print(f"{gguf.name} ({gguf.stat().st_size / 1e6:.0f} MB): llama.cpp vs gptstore int4, "
-          f"{threads} threads each, {args.tokens} new tokens", flush=True)
+    int4_kernel = args.int4_kernel or profile.int4_gemv
+    print(f"{gguf.name} ({gguf.stat().st_size / 1e6:.0f} MB): llama.cpp vs gptstore int4 "
+          f"({int4_kernel} 1-row kernel), {threads} threads each, {args.tokens} new tokens",
+          flush=True)
 
     peer_rates: list[float] = []
     our_rates: list[float] = []
@@ -128,10 +134,10 @@ def main() -> None:
         version = peer["version"]
         peer_rates.append(statistics.median(run["decode_tok_s"] for run in peer["runs"]))
         peer_other = other()
-        # the kernels the product picks here: the head's 1-row product, decode attention
+        # the kernels the product picks here: 1-row products, decode attention
         engine = Engine(lambda _name: spec, EngineConfig(
             quantize="int4", num_threads=threads, gemv=profile.gemv,
-            decode_attention=profile.attention))
+            decode_attention=profile.attention, int4_gemv=int4_kernel))
         engine.tokenizer("m")  # load
         engine_single(engine, batch[0][:8], 4)  # warm-up
         our_rates.append(engine_single(engine, batch[r % len(batch)], args.tokens))

@@ -3,6 +3,8 @@
 - `gemv`: 1-2 row products with bf16 weights. Single-stream decoding is a pass over
   every weight per token, and on AVX2 CPUs ATen's bf16 GEMV streams weights at about
   half the rate memory delivers them (gemv_bf16.c says why).
+- `gemv_q4`: the same with 4-bit weights (`int4` serving), where PyTorch's int4 kernel
+  streams them at under half that rate (gemv_q4.c).
 - `decode_attention`: attention of decode rows over the slot KV cache, where PyTorch's
   flash-attention kernel spends most of its time on setup (decode_attention.c).
 - `rms_norm`, `silu_mul`: a Llama layer's small operations in a decode step, one call each
@@ -48,10 +50,12 @@ from gptstore.inference.cpu import cpu_flag_set
 
 #: the weights' block shape in the packed layout (the C file's ROWS and CHUNK)
 BLOCK_ROWS, CHUNK = 8, 16
+#: inputs per 4-bit group (gemv_q4.c's Q4_GROUP; its Q4_ROWS is BLOCK_ROWS)
+Q4_GROUP = 32
 #: the most rows one call takes (single-stream and two-stream decode steps)
 MAX_ROWS = 2
 KERNELS = Path(__file__).with_name("kernels")
-SOURCES = tuple(KERNELS / name for name in ("gemv_bf16.c", "decode_attention.c",
+SOURCES = tuple(KERNELS / name for name in ("gemv_bf16.c", "gemv_q4.c", "decode_attention.c",
                                             "elementwise.c", "logits.c"))
 HEADERS = (KERNELS / "simd.h",)
 #: head sizes the attention kernel takes: whole AVX vectors, at most 32 of them
@@ -134,6 +138,8 @@ def _load() -> Any:
     library.gptstore_gemv_bf16.restype = c_int
     library.gptstore_gemv_bf16.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, ptr, ptr,
                                            c_int, c_int]
+    library.gptstore_gemv_q4.restype = c_int
+    library.gptstore_gemv_q4.argtypes = library.gptstore_gemv_bf16.argtypes
     library.gptstore_decode_attention.restype = c_int
     library.gptstore_decode_attention.argtypes = [ptr, i64, i64, ptr, ptr, ptr, ptr, ptr,
                                                   ptr, ptr, i64, i64, ptr, i64, i64, i64, i64,
@@ -199,7 +205,49 @@ def pack(weight: Any) -> Any:
 def gemv(x: Any, packed: Any, n_out: int, bias: Any = None, residual: Any = None) -> Any:
     """`x @ W^T (+ bias) (+ residual)` for 1-2 rows of x ([rows, in], fp32 or bf16, its
     rows may be strided); the result has x's dtype, and so must bias and residual."""
-    function = _required().gptstore_gemv_bf16
+    return _gemv(_required().gptstore_gemv_bf16, x, packed, n_out, bias, residual)
+
+
+def fits_q4(n_in: int) -> bool:
+    return n_in % Q4_GROUP == 0
+
+
+def pack_q4(q: Any, scale: Any, low: Any) -> Any:
+    """4-bit weights as `gemv_q4` reads them, from q [out, in] (integers 0..15) and each
+    group of 32 inputs' scale and min [out, in / 32] (w = q * scale + min): bf16 scales
+    and mins, rows padded with zeros to a multiple of 8, as [out / 8][in / 32] records of
+    160 bytes (gemv_q4.c)."""
+    n_out, n_in = q.shape
+    if not fits_q4(n_in):
+        raise ValueError(f"the native int4 GEMV needs in_features divisible by {Q4_GROUP}, "
+                         f"got {n_in}")
+    groups = n_in // Q4_GROUP
+    if scale.shape != (n_out, groups) or low.shape != (n_out, groups):
+        raise ValueError(f"scale and min must be [{n_out}, {groups}]")
+    pad = -n_out % BLOCK_ROWS
+    q = F.pad(q.to(torch.uint8), (0, 0, 0, pad)).reshape(-1, groups, Q4_GROUP)
+    nibbles = q[..., :Q4_GROUP // 2] | (q[..., Q4_GROUP // 2:] << 4)  # [out, groups, 16]
+
+    def by_block(t: Any) -> Any:  # [out, groups, width] -> [out / 8, groups, 8 * width]
+        blocks = t.reshape(-1, BLOCK_ROWS, groups, t.shape[-1]).permute(0, 2, 1, 3)
+        return blocks.reshape(blocks.shape[0], groups, -1)
+
+    def bf16_bytes(t: Any) -> Any:  # [out, groups] -> [out, groups, 2] bf16 bytes
+        t = F.pad(t.to(torch.bfloat16), (0, 0, 0, pad))
+        return t.contiguous().view(torch.uint8).reshape(t.shape[0], groups, 2)
+
+    return torch.cat([by_block(nibbles), by_block(bf16_bytes(scale)),
+                      by_block(bf16_bytes(low))], dim=-1).contiguous()
+
+
+def gemv_q4(x: Any, packed: Any, n_out: int, bias: Any = None, residual: Any = None) -> Any:
+    """`x @ W^T (+ bias) (+ residual)` for 1-2 rows of x with `pack_q4`'s weights; each
+    group of 32 activations is quantised to int8 (gemv_q4.c), as llama.cpp's Q4_1 product
+    does. Activations as `gemv`'s."""
+    return _gemv(_required().gptstore_gemv_q4, x, packed, n_out, bias, residual)
+
+
+def _gemv(function: Any, x: Any, packed: Any, n_out: int, bias: Any, residual: Any) -> Any:
     rows, n_in = x.shape
     if rows > MAX_ROWS:
         raise ValueError(f"the native GEMV takes 1-{MAX_ROWS} rows, got {rows}")

@@ -17,6 +17,9 @@ alternating, on one thread (`MEASURE_THREADS`), in well under a second:
   oneDNN on packed weights (where oneDNN can pack bf16) and gptstore's own (native.py,
   where the CPU has AVX2 and a C compiler is found), and the fastest is the profile's
   `gemv` (which kernel wins differs between CPUs: models/base.py, `Linear`);
+- *int4*: the decode pass with 4-bit weights (`GPTSTORE_INFERENCE_DTYPE=int4`), in
+  PyTorch's int4 kernel and in gptstore's own (native.py `gemv_q4`, where it builds);
+  the faster is the profile's `int4_gemv`;
 - *attention*: decode rows' attention over the KV cache, a 1-row and a 16-row group
   (`ATTENTION_SHAPE`) in the served dtype, as the runner calls PyTorch's SDPA (with
   its cache writes) and gptstore's own kernel (native.py), where that builds; the faster
@@ -61,6 +64,8 @@ from gptstore.inference.types import (
     GEMV_KERNELS,
     GEMV_NATIVE,
     GEMV_ONEDNN,
+    INT4_NATIVE,
+    INT4_TORCH,
 )
 
 Use = Literal["training", "batched", "decode"]
@@ -94,8 +99,9 @@ BANDWIDTH_BYTES = 256 * 1024**2
 ATTENTION_SHAPE = (9, 3, 64, 256)
 ATTENTION_ROWS = (1, 16)
 #: layout of a cached profile; one of an older layout is measured again (3: the native
-#: GEMV joined the timed 1-row kernels, and decode attention is timed)
-LAYOUT = 3
+#: GEMV joined the timed 1-row kernels, and decode attention is timed; 4: the 4-bit
+#: 1-row kernels are timed)
+LAYOUT = 4
 #: torch threads of the timing. One: the choice needs the ratio of the two dtypes, and
 #: multi-threaded kernels on a machine shared with other processes stall on their
 #: barriers (2 threads at load average 8 on 2 cores: 1.4 GFLOP/s for a 16-row fp32 step
@@ -122,6 +128,10 @@ class MachineProfile:
     # the microseconds of a 1-row plus a 16-row group in each kernel timed
     attention: str = ATTENTION_SDPA
     attention_us: dict[str, float] = field(default_factory=dict)
+    # kernel of 4-bit 1-2 row products that measured faster, "torch" or "native", and
+    # the microseconds of the decode pass with 4-bit weights in each kernel timed
+    int4_gemv: str = INT4_TORCH
+    int4_us: dict[str, float] = field(default_factory=dict)
     load_average: float = 0.0  # 1-minute load average when measured
     measured_at: float = field(default_factory=time.time)
     seconds: float = 0.0  # how long the measurement took
@@ -392,6 +402,36 @@ def gemv_kernel(gflops: dict[str, dict[str, float]]) -> str:
     return best
 
 
+def _time_int4() -> dict[str, float]:
+    """Microseconds of the decode pass (`SHAPES["decode"]` x `COPIES["decode"]`, one
+    row) with 4-bit weights, in PyTorch's int4 kernel ("torch") and, where it builds,
+    gptstore's ("native"). Alternating, best of each."""
+    import torch
+
+    from gptstore.inference import native
+    from gptstore.inference.models.base import Int4Linear
+
+    rows, n_in, n_out = SHAPES["decode"]
+    generator = torch.Generator().manual_seed(0)
+    weights = [torch.randn(n_in, n_out, generator=generator).to(torch.bfloat16)
+               for _ in range(COPIES["decode"])]
+    x = torch.randn(rows, n_in, generator=generator).to(torch.bfloat16)
+    kernels = [INT4_TORCH] + ([INT4_NATIVE] if native.library() is not None else [])
+    passes: dict[str, Callable[[], object]] = {}
+    for kernel in kernels:
+        linears = [Int4Linear(w, native_gemv=kernel == INT4_NATIVE) for w in weights]
+        passes[kernel] = lambda linears=linears: [linear(x) for linear in linears]
+    best = _alternating_best(passes, min_reps=3, budget_s=TIME_BUDGET_S, cap_s=TIME_CAP_S)
+    return {name: round(seconds * 1e6, 1) for name, seconds in best.items()}
+
+
+def int4_kernel(times_us: dict[str, float]) -> str:
+    """"native" where it measured faster than PyTorch's int4 kernel, else "torch"."""
+    native_us = times_us.get(INT4_NATIVE)
+    torch_us = times_us.get(INT4_TORCH, float("inf"))
+    return INT4_NATIVE if native_us is not None and native_us < torch_us else INT4_TORCH
+
+
 def _time_attention(dtype: Any) -> dict[str, float]:
     """Microseconds of decode rows' attention, a 1-row plus a 16-row group over
     `ATTENTION_SHAPE`, in each kernel this machine has: "sdpa" as the runner calls it
@@ -482,10 +522,13 @@ def measure() -> MachineProfile:
                                  load_average=round(load, 2))
         # the cache holds the served dtype
         attention_us = _time_attention(getattr(torch, profile.serving_dtype_name))
+        with torch.no_grad():
+            int4_us = _time_int4()
     finally:
         torch.set_num_threads(threads)
     return dataclasses.replace(profile, attention=attention_kernel(attention_us),
-                               attention_us=attention_us,
+                               attention_us=attention_us, int4_gemv=int4_kernel(int4_us),
+                               int4_us=int4_us,
                                seconds=round(time.perf_counter() - started, 3))
 
 
@@ -589,6 +632,17 @@ def attention_text(profile: MachineProfile) -> str | None:
     return f"{rows} rows x {length} positions: {timed} -> {profile.attention}"
 
 
+def int4_text(profile: MachineProfile) -> str | None:
+    """"PyTorch 3650 us, native 2480 us -> native": the decode pass with 4-bit weights in
+    each kernel timed (None where nothing was timed)."""
+    times = profile.int4_us
+    if not times:
+        return None
+    names = {INT4_TORCH: "PyTorch", INT4_NATIVE: "native"}
+    timed = ", ".join(f"{names[k]} {times[k]:.0f} us" for k in names if k in times)
+    return f"{timed} -> {profile.int4_gemv}"
+
+
 def report_lines(profile: MachineProfile, bandwidth_gbs: float | None = None) -> list[str]:
     """The profile as text: what `gptstore doctor` prints, and the benchmarks' header."""
     lines = [f"CPU: {profile.cpu}, torch {profile.torch}; GFLOP/s measured on "
@@ -606,6 +660,9 @@ def report_lines(profile: MachineProfile, bandwidth_gbs: float | None = None) ->
     attention = attention_text(profile)
     if attention:
         lines.append(f"  decode attention: {attention}")
+    int4 = int4_text(profile)
+    if int4:
+        lines.append(f"  int4 1-row kernel (opt-in dtype), the decode pass: {int4}")
     from gptstore.inference import native
 
     reason = native.unavailable_reason()

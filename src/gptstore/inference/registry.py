@@ -159,7 +159,8 @@ class ModelRegistry:
                               fast=self.config.use_fast_path,
                               pack=self.config.pack_weights, quantize=self.config.quantize,
                               decode_dtype=decode_dtype, gemv=self.config.gemv,
-                              attention=self.config.decode_attention)
+                              attention=self.config.decode_attention,
+                              int4_gemv=self.config.int4_gemv)
         is_classifier = type(model).__name__.endswith("ForSequenceClassification")
         if runner.supports_prefix_cache and self.config.prefix_cache_bytes and not is_classifier:
             runner.prefix_cache = PrefixCache(self.config.prefix_cache_bytes,

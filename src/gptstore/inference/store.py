@@ -64,6 +64,7 @@ def engine_config(settings: Settings, **overrides: Any) -> EngineConfig:
         values["decode_dtype"] = profile.decode_dtype_name
     values["gemv"] = profile.gemv  # the 1-row kernel measured faster here, any dtype
     values["decode_attention"] = profile.attention  # likewise decode rows' attention
+    values["int4_gemv"] = profile.int4_gemv  # and 4-bit 1-row products
     values.update(overrides)
     return EngineConfig(**values)
 

@@ -188,6 +188,9 @@ class ModelSpec:
 #: machine profile's `gemv` is the one measured fastest (precision.py)
 GEMV_ATEN, GEMV_ONEDNN, GEMV_NATIVE = "aten", "onednn", "native"
 GEMV_KERNELS = (GEMV_ATEN, GEMV_ONEDNN, GEMV_NATIVE)
+#: kernels of 4-bit 1-2 row products: PyTorch's int4 kernel, or gptstore's (native.py)
+INT4_TORCH, INT4_NATIVE = "torch", "native"
+INT4_KERNELS = (INT4_TORCH, INT4_NATIVE)
 #: kernels of decode rows' attention (`models/base.DecoderRunner.attend`): PyTorch's
 #: `scaled_dot_product_attention`, or gptstore's own (native.py); measured (precision.py)
 ATTENTION_SDPA, ATTENTION_NATIVE = "sdpa", "native"
@@ -213,6 +216,9 @@ class EngineConfig:
     # "native" (native.py), the one this CPU measured fastest (precision.py,
     # `MachineProfile.gemv`)
     gemv: str = GEMV_ATEN
+    # kernel of 4-bit 1-2 row products (`quantize="int4"`): "torch" or "native", the one
+    # this CPU measured faster (precision.py, `MachineProfile.int4_gemv`)
+    int4_gemv: str = INT4_TORCH
     # kernel of decode rows' attention: "sdpa" or "native", the one this CPU measured
     # faster (precision.py, `MachineProfile.attention`)
     decode_attention: str = ATTENTION_SDPA
@@ -236,6 +242,9 @@ class EngineConfig:
         if self.gemv not in GEMV_KERNELS:
             raise InvalidRequest(f"unknown gemv kernel {self.gemv!r} (known: "
                                  f"{', '.join(GEMV_KERNELS)})", param="gemv")
+        if self.int4_gemv not in INT4_KERNELS:
+            raise InvalidRequest(f"unknown int4 kernel {self.int4_gemv!r} (known: "
+                                 f"{', '.join(INT4_KERNELS)})", param="int4_gemv")
         if self.decode_attention not in ATTENTION_KERNELS:
             raise InvalidRequest(f"unknown attention kernel {self.decode_attention!r} "
                                  f"(known: {', '.join(ATTENTION_KERNELS)})",

@@ -487,3 +487,116 @@ def test_every_file_the_build_reads_ships_in_the_package():
     for path in native.SOURCES + native.HEADERS:
         relative = path.resolve().relative_to(package).as_posix()
         assert any(fnmatch.fnmatch(relative, pattern) for pattern in patterns), relative
+
+
+# ------------------------------------------------------------------ 4-bit GEMV
+
+
+def _q4_parts(n_out: int, n_in: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """q [out, in] in 0..15, and per group of 32 inputs a scale and a min [out, in / 32]."""
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randint(0, 16, (n_out, n_in), generator=gen)
+    scale = torch.rand(n_out, n_in // 32, generator=gen) * 0.02 + 0.001
+    low = torch.randn(n_out, n_in // 32, generator=gen) * 0.1
+    return q, scale, low
+
+
+def _q4_reference(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor,
+                  low: torch.Tensor) -> torch.Tensor:
+    """gemv_q4.c's arithmetic in float64: each group of 32 activations quantised to int8
+    (d = max|x| / 127, round half to even), exact integer dot products, bf16 scales and
+    mins, the min term on the unquantised activations."""
+    rows, n_in = x.shape
+    xg = x.double().reshape(rows, n_in // 32, 32)
+    d = xg.abs().amax(-1) / 127
+    x8 = torch.where(d[..., None] > 0, torch.round(xg / d[..., None].clamp_min(1e-30)), 0.0)
+    dots = torch.einsum("rgj,ogj->rog", x8, q.double().reshape(q.shape[0], n_in // 32, 32))
+    s = scale.bfloat16().double()[None]
+    m = low.bfloat16().double()[None]
+    return (dots * s * d[:, None, :]).sum(-1) + (m * xg.sum(-1)[:, None, :]).sum(-1)
+
+
+@pytest.mark.parametrize("n_out", [13, 64, 1000])
+@pytest.mark.parametrize("rows", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_q4_products_equal_their_int8_activation_arithmetic(kernel, n_out, rows, dtype):
+    n_in = 96
+    q, scale, low = _q4_parts(n_out, n_in)
+    packed = native.pack_q4(q, scale, low)
+    x = (torch.randn(rows, n_in) * 3).to(dtype)
+    bias, residual = torch.randn(n_out).to(dtype), torch.randn(rows, n_out).to(dtype)
+    got = native.gemv_q4(x, packed, n_out, bias, residual)
+    assert got.dtype == dtype and got.shape == (rows, n_out)
+    expected = _q4_reference(x.float(), q, scale, low) + bias.double() + residual.double()
+    # fp32: the kernel's fp32 sums; bf16: one rounding of the output
+    tolerance = 1e-5 if dtype == torch.float32 else 4e-3
+    assert (got.double() - expected).abs().max() <= tolerance * expected.abs().max()
+    # and close to the exact product on those 4-bit weights: int8 activations lose
+    # about 1% (as llama.cpp's Q4_1 x Q8 product does)
+    weight = q * scale.bfloat16().float().repeat_interleave(32, 1) + \
+        low.bfloat16().float().repeat_interleave(32, 1)
+    exact = x.float() @ weight.t() + bias.float() + residual.float()
+    assert (got.float() - exact).abs().max() <= 0.03 * exact.abs().max()
+
+
+def test_q4_zero_and_equal_activations_are_exact(kernel):
+    """A group of zeros (d = 0) adds nothing; a group of one value quantises exactly."""
+    q, scale, low = _q4_parts(8, 64, seed=3)
+    packed = native.pack_q4(q, scale, low)
+    x = torch.zeros(1, 64)
+    x[0, 32:] = 0.5
+    weight = q * scale.bfloat16().float().repeat_interleave(32, 1) + \
+        low.bfloat16().float().repeat_interleave(32, 1)
+    got = native.gemv_q4(x, packed, 8)
+    assert torch.allclose(got, x @ weight.t(), rtol=1e-5, atol=1e-6)
+
+
+def test_q4_inputs_it_cannot_take_are_refused_by_name(kernel):
+    q, scale, low = _q4_parts(8, 64)
+    with pytest.raises(ValueError, match="divisible by 32"):
+        native.pack_q4(q[:, :48], scale, low)
+    with pytest.raises(ValueError, match="scale and min"):
+        native.pack_q4(q, scale[:, :1], low)
+    packed = native.pack_q4(q, scale, low)
+    with pytest.raises(ValueError, match="1-2 rows"):
+        native.gemv_q4(torch.zeros(3, 64), packed, 8)
+    with pytest.raises(ValueError, match="residual"):
+        native.gemv_q4(torch.zeros(1, 64), packed, 8, residual=torch.zeros(1, 8).bfloat16())
+
+
+def test_an_int4_linear_on_the_native_kernel_serves_rows_as_pytorchs_does(kernel):
+    from gptstore.inference.models.base import Int4Linear
+
+    gen = torch.Generator().manual_seed(0)
+    weight_t = torch.randn(128, 48, generator=gen).bfloat16()
+    ours, theirs = Int4Linear(weight_t, native_gemv=True), Int4Linear(weight_t)
+    assert ours.decode_q4 is not None and theirs.decode_q4 is None
+    assert ours.extra_nbytes > theirs.extra_nbytes  # the copy in the kernel's order
+    for rows in (1, 2):
+        x = torch.randn(rows, 128, generator=gen).bfloat16()
+        a, b = ours(x).float(), theirs(x).float()
+        # two approximations of one product (int8 activations here, bf16 offsets
+        # there), each ~1-2% of the largest output on random weights; a misread scale,
+        # offset or nibble order is off by tens of percent
+        assert (a - b).abs().max() <= 0.05 * b.abs().max()
+    x = torch.randn(5, 128, generator=gen).bfloat16()  # more rows: PyTorch's kernel
+    assert torch.equal(ours(x), theirs(x))
+
+
+def test_runner_decodes_int4_on_the_native_kernel_near_pytorchs(tiny_dirs, kernel):
+    from transformers import AutoModelForCausalLM
+
+    def load():  # type: ignore[no-untyped-def]
+        return AutoModelForCausalLM.from_pretrained(tiny_dirs["llama"],
+                                                    dtype=torch.bfloat16).eval()
+
+    theirs = build_runner(load(), max_slots=2, quantize="int4")
+    ours = build_runner(load(), max_slots=2, quantize="int4", int4_gemv="native")
+    assert any(getattr(layer, "decode_q4", None) is not None for layer in ours._linears)
+    logits = []
+    for runner in (theirs, ours):
+        slot = runner.allocate()
+        runner.forward([RowInput(slot, PROMPTS[0], 0)])  # prefill: PyTorch's kernel
+        logits.append(runner.forward([RowInput(slot, [7], len(PROMPTS[0]))]))  # one row
+    cosine = F.cosine_similarity(logits[0].float(), logits[1].float(), dim=-1)
+    assert (cosine > 0.99).all(), cosine

@@ -111,6 +111,29 @@ def test_decode_attention_is_timed_in_each_kernel_and_the_faster_is_kept(tmp_pat
     assert "decode attention: 1 + 16 rows" in text
 
 
+def test_int4_rows_are_timed_in_each_kernel_and_the_faster_is_kept(tmp_path, measured):
+    from gptstore.errors import InvalidRequest
+    from gptstore.inference import EngineConfig, native
+
+    profile = machine_profile(tmp_path)
+    times = profile.int4_us
+    assert times["torch"] > 0
+    if native.library() is None:
+        assert profile.int4_gemv == "torch" and "native" not in times
+    else:
+        assert times["native"] > 0 and profile.int4_gemv == min(times, key=times.get)
+    assert precision.int4_kernel({"torch": 300.0, "native": 200.0}) == "native"
+    assert precision.int4_kernel({"torch": 200.0, "native": 300.0}) == "torch"
+    assert precision.int4_kernel({"torch": 200.0}) == "torch"
+    write_cache(tmp_path / "home", {**profile.to_dict(), "int4_gemv": "native"})
+    config = engine_config(Settings(home=tmp_path / "home", inference_dtype="int4"))
+    assert (config.quantize, config.int4_gemv) == ("int4", "native")
+    text = "\n".join(precision.report_lines(profile))
+    assert "int4 1-row kernel" in text and f"-> {profile.int4_gemv}" in text
+    with pytest.raises(InvalidRequest, match="int4 kernel"):
+        EngineConfig(int4_gemv="fbgemm")
+
+
 def test_engines_use_the_measured_kernel_for_single_rows_whatever_the_dtype(tmp_path):
     home = tmp_path / "home"
     choices = {"training": "bf16", "batched": "bf16", "decode": "bf16"}

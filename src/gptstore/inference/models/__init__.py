@@ -8,13 +8,13 @@ from __future__ import annotations
 from typing import Any
 
 from gptstore.inference.models.base import Head, Int4Linear, Linear, RowInput, Runner
-from gptstore.inference.types import ATTENTION_SDPA, GEMV_ATEN
+from gptstore.inference.types import ATTENTION_SDPA, GEMV_ATEN, INT4_TORCH
 
 
 def build_runner(model: Any, *, max_slots: int, max_context: int | None = None,
                  fast: bool = True, pack: bool = True, quantize: str | None = None,
                  decode_dtype: Any = None, gemv: str = GEMV_ATEN,
-                 attention: str = ATTENTION_SDPA) -> Runner:
+                 attention: str = ATTENTION_SDPA, int4_gemv: str = INT4_TORCH) -> Runner:
     """The runner for a loaded `transformers` model (causal LM or sequence classifier).
 
     `pack`: keep a oneDNN-packed copy of the weights for batched steps (models/base.py
@@ -25,18 +25,20 @@ def build_runner(model: Any, *, max_slots: int, max_context: int | None = None,
     runner ignores it. `gemv`: the kernel of bf16 1-2 row products, "aten" or "onednn"
     (packed weights) or "native", as measured on this CPU (precision.py,
     `MachineProfile.gemv`). `attention`: the kernel of decode rows' attention, "sdpa"
-    or "native" (`MachineProfile.attention`); the generic runner ignores both.
+    or "native" (`MachineProfile.attention`); `int4_gemv`: the kernel of 4-bit 1-2 row
+    products, "torch" or "native" (`MachineProfile.int4_gemv`); the generic runner
+    ignores all three.
     """
     from gptstore.inference.models import generic, gpt2, llama
 
     if fast and llama.supports(model):
         return llama.LlamaRunner(model, max_slots=max_slots, max_context=max_context,
                                  pack=pack, quantize=quantize, decode_dtype=decode_dtype,
-                                 gemv=gemv, attention=attention)
+                                 gemv=gemv, attention=attention, int4_gemv=int4_gemv)
     if fast and gpt2.supports(model):
         return gpt2.GPT2Runner(model, max_slots=max_slots, max_context=max_context, pack=pack,
                                quantize=quantize, decode_dtype=decode_dtype, gemv=gemv,
-                               attention=attention)
+                               attention=attention, int4_gemv=int4_gemv)
     return generic.GenericRunner(model, max_slots=max_slots, max_context=max_context)
 
 

@@ -39,6 +39,8 @@ from gptstore.inference.types import (
     GEMV_KERNELS,
     GEMV_NATIVE,
     GEMV_ONEDNN,
+    INT4_NATIVE,
+    INT4_TORCH,
 )
 
 
@@ -228,11 +230,20 @@ class Int4Linear(Linear):
     `_weight_int4pack_mm_for_cpu`, is fast only for them). Measured without AMX, all of
     SmolLM2's projections: 5.5 ms per one-row pass against 22 ms in fp32 (4x fewer bytes
     to read) and 34 vs 39 ms at 16 rows.
+
+    `native_gemv`: 1-2 row products (single-stream decoding) in gptstore's own kernel
+    on a copy of the 4-bit weights in the order it reads them (native.py `gemv_q4`: it
+    quantises each group of 32 activations to int8, as llama.cpp does), where this CPU
+    measured it faster (precision.py, `MachineProfile.int4_gemv`). On the Zen 4 EPYC, all
+    of SmolLM2's projections at one row, two threads: PyTorch's kernel 4.6-4.7 ms (~18
+    GB/s of weights), the native one 3.1 ms (~27 GB/s). Steps of more rows keep
+    PyTorch's kernel.
     """
 
     GROUP = 32
 
-    def __init__(self, weight_t: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+    def __init__(self, weight_t: torch.Tensor, bias: torch.Tensor | None = None, *,
+                 native_gemv: bool = False) -> None:
         super().__init__(weight_t, bias, pack=False)
         self.gemv_toggle = False  # the int4 kernel is not oneDNN
         weight = weight_t.t().float()  # [out, in]
@@ -246,6 +257,9 @@ class Int4Linear(Linear):
         # The kernel computes (q - 8) * scale + zero: zero = min + 8 * scale.
         self.scales_zeros = torch.stack([scale.t(), (low + 8 * scale).t()], dim=-1) \
             .to(torch.bfloat16).contiguous()  # [in / 32, out, 2]
+        self.decode_q4: torch.Tensor | None = None
+        if native_gemv and native.fits_q4(n_in) and native.library() is not None:
+            self.decode_q4 = native.pack_q4(q.reshape(n_out, n_in), scale, low)
 
     @staticmethod
     def fits(weight_t: torch.Tensor) -> bool:
@@ -254,10 +268,13 @@ class Int4Linear(Linear):
 
     @property
     def extra_nbytes(self) -> int:
-        return self.qweight.numel() * self.qweight.element_size() + \
-            self.scales_zeros.numel() * self.scales_zeros.element_size()
+        copies = (self.qweight, self.scales_zeros, self.decode_q4)
+        return sum(t.numel() * t.element_size() for t in copies if t is not None)
 
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        if self.decode_q4 is not None and x.shape[0] <= _GEMV_MAX_ROWS:
+            return native.gemv_q4(x.to(torch.bfloat16), self.decode_q4,
+                                  self.weight_t.shape[1], self.bias, residual)
         y = torch._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16).contiguous(), self.qweight,
                                               self.GROUP, self.scales_zeros)
         if self.bias is not None:
@@ -366,7 +383,7 @@ class DecoderRunner(Runner):
                  vocab_size: int, context_length: int, dtype: torch.dtype,
                  max_slots: int, pack: bool, quantize: str | None = None,
                  decode_dtype: torch.dtype | None = None, gemv: str = GEMV_ATEN,
-                 attention: str = ATTENTION_SDPA) -> None:
+                 attention: str = ATTENTION_SDPA, int4_gemv: str = INT4_TORCH) -> None:
         if quantize not in (None, "int4"):
             raise ValueError(f"unknown quantization {quantize!r}")
         if quantize and dtype != torch.bfloat16:
@@ -381,6 +398,8 @@ class DecoderRunner(Runner):
         self.decode_dtype = None if quantize or decode_dtype == dtype else decode_dtype
         # the kernel of bf16 1-2 row products (`Linear`), as measured on this CPU
         self.gemv = gemv
+        # and of 4-bit ones (`Int4Linear`), where the native kernel runs here
+        self.int4_native = int4_gemv == INT4_NATIVE and native.library() is not None
         # decode rows' attention on the native kernel, where it measured faster and runs
         self.native_attention = attention == ATTENTION_NATIVE and \
             native.attention_fits(head_dim) and native.library() is not None
@@ -393,7 +412,7 @@ class DecoderRunner(Runner):
         top candidates; `_refine_top` recomputes their logits from the exact weights."""
         layer: Linear
         if self.quantize == "int4" and Int4Linear.fits(weight_t):
-            layer = Int4Linear(weight_t, bias)
+            layer = Int4Linear(weight_t, bias, native_gemv=self.int4_native)
         else:
             layer = Linear(weight_t, bias, pack=self.pack, decode_dtype=self.decode_dtype,
                            gemv=self.gemv)

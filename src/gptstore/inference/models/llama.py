@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from gptstore.inference import native
 from gptstore.inference.lora import LoraBatch, SiteTarget
 from gptstore.inference.models.base import DecoderRunner, Head, Linear, StepPlan
-from gptstore.inference.types import ATTENTION_SDPA, GEMV_ATEN
+from gptstore.inference.types import ATTENTION_SDPA, GEMV_ATEN, INT4_TORCH
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
@@ -112,7 +112,7 @@ class LlamaRunner(DecoderRunner):
     def __init__(self, model: Any, *, max_slots: int, max_context: int | None = None,
                  pack: bool = False, quantize: str | None = None,
                  decode_dtype: torch.dtype | None = None, gemv: str = GEMV_ATEN,
-                 attention: str = ATTENTION_SDPA) -> None:
+                 attention: str = ATTENTION_SDPA, int4_gemv: str = INT4_TORCH) -> None:
         config = model.config
         decoder = _decoder(model)
         first = decoder.layers[0].self_attn
@@ -129,7 +129,7 @@ class LlamaRunner(DecoderRunner):
                          head_dim=head_dim, vocab_size=config.vocab_size,
                          context_length=context, dtype=dtype, max_slots=max_slots, pack=pack,
                          quantize=quantize, decode_dtype=decode_dtype, gemv=gemv,
-                         attention=attention)
+                         attention=attention, int4_gemv=int4_gemv)
         self.eps = float(config.rms_norm_eps)
         self.hidden = config.hidden_size
         self.intermediate = config.intermediate_size

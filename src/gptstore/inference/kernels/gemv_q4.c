@@ -1,0 +1,135 @@
+/* One- and two-row products with 4-bit weights on AVX2: y = x W^T (+ bias) (+ residual).
+ *
+ * Why hand-written (docs/design.md, "int4 serving"): a single stream reads every weight
+ * once per token, and PyTorch's CPU int4 kernel (`_weight_int4pack_mm_for_cpu`) streamed
+ * SmolLM2's 84 MB of 4-bit projections at ~16 GB/s on the Zen 4 EPYC, under half of
+ * what memory delivers; on CPUs without bf16 arithmetic it is slower than the exact
+ * model. This kernel does what llama.cpp's Q4_1 x Q8 product does: each group of 32
+ * activations is quantised to int8 once per call (scale d = max|x| / 127), and a group's
+ * 32 products are one `maddubs` of the 4-bit values against those bytes, so the weights
+ * are read as they stream, one sequential stream per thread.
+ *
+ * Weights: w = q * scale + min, q in 0..15, one bf16 scale and min per group of 32
+ * inputs (the grid of llama.cpp's Q4_1, models/base.py `Int4Linear`). For a row,
+ *   y = sum over groups g of  scale_g * d_g * sum_j q_j x8_j  +  min_g * sum_j x_j
+ * with x8 = round(x / d_g) and the second sum over the unquantised x.
+ *
+ * Packed layout (gptstore.inference.native.pack_q4): rows padded with zeros to a multiple
+ * of 8, as [out / 8][in / 32] records of 160 bytes: the 8 rows' 16 bytes of values (byte
+ * j holds q_j in its low and q_{j+16} in its high nibble, as Q4_1 stores them), then their
+ * 8 bf16 scales, then their 8 bf16 mins. `in` must be a multiple of 32.
+ *
+ * Activations (x, bias, residual, y) are all fp32 or all bf16 (`act_bf16`). Threads:
+ * OpenMP over 8-row blocks, `n_threads` of them.
+ */
+#include <math.h>
+#include <stdlib.h>
+
+#include "simd.h"
+
+#define Q4_ROWS 8
+#define Q4_GROUP 32
+#define Q4_RECORD (Q4_ROWS * Q4_GROUP / 2 + 2 * Q4_ROWS * 2)  /* bytes */
+
+/* x: [n_rows, n_in] with row stride x_stride (elements); y, residual: [n_rows, n_out]
+ * contiguous; bias: [n_out] or NULL; residual may be NULL. Returns 0, or -1 when the
+ * scratch memory could not be allocated (nothing written then). */
+int gptstore_gemv_q4(const void *x, int64_t n_rows, int64_t x_stride, const uint8_t *packed,
+                     int64_t n_in, int64_t n_out, const void *bias, const void *residual,
+                     void *y, int act_bf16, int n_threads) {
+    const int64_t n_groups = n_in / Q4_GROUP;
+    /* per row and group: 32 int8 activations, their scale d and their plain sum */
+    int8_t *xq = (int8_t *)aligned_alloc(32, (size_t)(n_rows * n_in) + 32);
+    float *xd = (float *)malloc((size_t)(n_rows * n_groups) * 2 * sizeof(float) + 8);
+    if (!xq || !xd) {
+        free(xq);
+        free(xd);
+        return -1;
+    }
+    float *xsum = xd + n_rows * n_groups;
+    const __m256 sign_bit = _mm256_set1_ps(-0.0f);
+    const __m256i unshuffle = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int64_t r = 0; r < n_rows; r++) {
+        for (int64_t g = 0; g < n_groups; g++) {
+            const int64_t at = r * x_stride + g * Q4_GROUP;
+            __m256 v[4];
+            __m256 amax8 = _mm256_setzero_ps(), sum8 = _mm256_setzero_ps();
+            for (int j = 0; j < 4; j++) {
+                v[j] = load8(x, at + 8 * j, act_bf16);
+                amax8 = _mm256_max_ps(amax8, _mm256_andnot_ps(sign_bit, v[j]));
+                sum8 = _mm256_add_ps(sum8, v[j]);
+            }
+            __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax8), _mm256_extractf128_ps(amax8, 1));
+            m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+            m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+            const float d = _mm_cvtss_f32(m4) / 127.0f;
+            const __m256 inv = _mm256_set1_ps(d > 0.0f ? 1.0f / d : 0.0f);
+            /* round to nearest even, then pack 4 x 8 int32 into 32 int8 in order */
+            __m256i q[4];
+            for (int j = 0; j < 4; j++)
+                q[j] = _mm256_cvtps_epi32(_mm256_mul_ps(v[j], inv));
+            const __m256i packed16 = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]),
+                                                        _mm256_packs_epi32(q[2], q[3]));
+            _mm256_store_si256((__m256i *)(xq + r * n_in + g * Q4_GROUP),
+                               _mm256_permutevar8x32_epi32(packed16, unshuffle));
+            xd[r * n_groups + g] = d;
+            xsum[r * n_groups + g] = hsum(sum8);
+        }
+    }
+    const int64_t n_blocks = (n_out + Q4_ROWS - 1) / Q4_ROWS;
+    const __m256i low_mask = _mm256_set1_epi8(0x0f);
+    const __m256i ones16 = _mm256_set1_epi16(1);
+
+    #pragma omp parallel for schedule(static) num_threads(n_threads)
+    for (int64_t b = 0; b < n_blocks; b++) {
+        const uint8_t *block = packed + b * n_groups * Q4_RECORD;
+        for (int64_t r = 0; r < n_rows; r++) {  /* a second row finds the block in cache */
+            const int8_t *xr = xq + r * n_in;
+            __m256 acc = _mm256_setzero_ps();  /* lane k: row k of the block */
+            for (int64_t g = 0; g < n_groups; g++) {
+                const uint8_t *record = block + g * Q4_RECORD;
+                const __m256i xv = _mm256_load_si256((const __m256i *)(xr + g * Q4_GROUP));
+                __m256i dots[Q4_ROWS];  /* row k's 32 products summed into 8 int32 lanes */
+                for (int k = 0; k < Q4_ROWS; k++) {
+                    const __m128i raw = _mm_loadu_si128((const __m128i *)(record + 16 * k));
+                    const __m256i both = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
+                    const __m256i q = _mm256_and_si256(both, low_mask);
+                    dots[k] = _mm256_madd_epi16(_mm256_maddubs_epi16(q, xv), ones16);
+                }
+                /* 8 vectors of 8 lanes -> one vector whose lane k is row k's sum: three
+                 * rounds of pairwise adds, then the two 128-bit halves added */
+                const __m256i s01 = _mm256_hadd_epi32(dots[0], dots[1]);
+                const __m256i s23 = _mm256_hadd_epi32(dots[2], dots[3]);
+                const __m256i s45 = _mm256_hadd_epi32(dots[4], dots[5]);
+                const __m256i s67 = _mm256_hadd_epi32(dots[6], dots[7]);
+                const __m256i s0123 = _mm256_hadd_epi32(s01, s23);
+                const __m256i s4567 = _mm256_hadd_epi32(s45, s67);
+                /* s0123 lanes: r0 r1 r2 r3 | r0 r1 r2 r3 (low | high half sums) */
+                const __m256i lows = _mm256_permute2x128_si256(s0123, s4567, 0x20);
+                const __m256i highs = _mm256_permute2x128_si256(s0123, s4567, 0x31);
+                const __m256 sums = _mm256_cvtepi32_ps(_mm256_add_epi32(lows, highs));
+                const __m256 scales = _mm256_mul_ps(load8(record + 128, 0, 1),
+                                                    _mm256_set1_ps(xd[r * n_groups + g]));
+                acc = _mm256_fmadd_ps(sums, scales, acc);
+                acc = _mm256_fmadd_ps(load8(record + 144, 0, 1),
+                                      _mm256_set1_ps(xsum[r * n_groups + g]), acc);
+            }
+            float out[Q4_ROWS];
+            _mm256_storeu_ps(out, acc);
+            for (int k = 0; k < Q4_ROWS; k++) {
+                const int64_t o = b * Q4_ROWS + k;
+                if (o >= n_out)
+                    break;
+                float s = out[k];
+                if (bias)
+                    s += load_act(bias, o, act_bf16);
+                if (residual)
+                    s += load_act(residual, r * n_out + o, act_bf16);
+                store_act(y, r * n_out + o, s, act_bf16);
+            }
+        }
+    }
+    free(xq);
+    free(xd);
+    return 0;
+}
