@@ -30,6 +30,68 @@
 #define Q4_ROWS 8
 #define Q4_GROUP 32
 #define Q4_RECORD (Q4_ROWS * Q4_GROUP / 2 + 2 * Q4_ROWS * 2)  /* bytes */
+#define Q4_MAX_ROWS 2  /* activation rows per call (native.py's MAX_ROWS) */
+
+/* One block of 8 weight rows against `n_rows` activation rows (a constant where it is
+ * inlined: with one row the compiler keeps the unpacked values out of memory). */
+static inline void q4_block(const uint8_t *packed, int64_t b, int64_t n_groups, int64_t n_in,
+                            int64_t n_out, const int8_t *xq, const float *xd,
+                            const float *xsum, const int n_rows, const void *bias,
+                            const void *residual, void *y, int act_bf16) {
+    const __m256i low_mask = _mm256_set1_epi8(0x0f);
+    const __m256i ones16 = _mm256_set1_epi16(1);
+    const uint8_t *block = packed + b * n_groups * Q4_RECORD;
+    __m256 acc[Q4_MAX_ROWS];  /* lane k: weight row k of the block, for each x row */
+    for (int64_t r = 0; r < n_rows; r++)
+        acc[r] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < n_groups; g++) {
+        const uint8_t *record = block + g * Q4_RECORD;
+        /* the 8 weight rows' 32 values of this group, unpacked once for every x row */
+        __m256i q[Q4_ROWS];
+        for (int k = 0; k < Q4_ROWS; k++) {
+            const __m128i raw = _mm_loadu_si128((const __m128i *)(record + 16 * k));
+            q[k] = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low_mask);
+        }
+        const __m256 scales = load8(record + 128, 0, 1), mins = load8(record + 144, 0, 1);
+        for (int64_t r = 0; r < n_rows; r++) {
+            const __m256i xv = _mm256_load_si256((const __m256i *)(xq + r * n_in + g * Q4_GROUP));
+            __m256i dots[Q4_ROWS];  /* weight row k's 32 products in 8 int32 lanes */
+            for (int k = 0; k < Q4_ROWS; k++)
+                dots[k] = _mm256_madd_epi16(_mm256_maddubs_epi16(q[k], xv), ones16);
+            /* 8 vectors of 8 lanes -> one vector whose lane k is row k's sum: three
+             * rounds of pairwise adds, then the two 128-bit halves added */
+            const __m256i s01 = _mm256_hadd_epi32(dots[0], dots[1]);
+            const __m256i s23 = _mm256_hadd_epi32(dots[2], dots[3]);
+            const __m256i s45 = _mm256_hadd_epi32(dots[4], dots[5]);
+            const __m256i s67 = _mm256_hadd_epi32(dots[6], dots[7]);
+            const __m256i s0123 = _mm256_hadd_epi32(s01, s23);
+            const __m256i s4567 = _mm256_hadd_epi32(s45, s67);
+            /* s0123 lanes: r0 r1 r2 r3 | r0 r1 r2 r3 (low | high half sums) */
+            const __m256i lows = _mm256_permute2x128_si256(s0123, s4567, 0x20);
+            const __m256i highs = _mm256_permute2x128_si256(s0123, s4567, 0x31);
+            const __m256 sums = _mm256_cvtepi32_ps(_mm256_add_epi32(lows, highs));
+            const int64_t at = r * n_groups + g;
+            acc[r] = _mm256_fmadd_ps(sums, _mm256_mul_ps(scales, _mm256_set1_ps(xd[at])),
+                                     acc[r]);
+            acc[r] = _mm256_fmadd_ps(mins, _mm256_set1_ps(xsum[at]), acc[r]);
+        }
+    }
+    for (int64_t r = 0; r < n_rows; r++) {
+        float out[Q4_ROWS];
+        _mm256_storeu_ps(out, acc[r]);
+        for (int k = 0; k < Q4_ROWS; k++) {
+            const int64_t o = b * Q4_ROWS + k;
+            if (o >= n_out)
+                break;
+            float s = out[k];
+            if (bias)
+                s += load_act(bias, o, act_bf16);
+            if (residual)
+                s += load_act(residual, r * n_out + o, act_bf16);
+            store_act(y, r * n_out + o, s, act_bf16);
+        }
+    }
+}
 
 /* x: [n_rows, n_in] with row stride x_stride (elements); y, residual: [n_rows, n_out]
  * contiguous; bias: [n_out] or NULL; residual may be NULL. Returns 0, or -1 when the
@@ -38,6 +100,8 @@ int gptstore_gemv_q4(const void *x, int64_t n_rows, int64_t x_stride, const uint
                      int64_t n_in, int64_t n_out, const void *bias, const void *residual,
                      void *y, int act_bf16, int n_threads) {
     const int64_t n_groups = n_in / Q4_GROUP;
+    if (n_rows > Q4_MAX_ROWS)
+        return -1;
     /* per row and group: 32 int8 activations, their scale d and their plain sum */
     int8_t *xq = (int8_t *)aligned_alloc(32, (size_t)(n_rows * n_in) + 32);
     float *xd = (float *)malloc((size_t)(n_rows * n_groups) * 2 * sizeof(float) + 8);
@@ -77,57 +141,15 @@ int gptstore_gemv_q4(const void *x, int64_t n_rows, int64_t x_stride, const uint
         }
     }
     const int64_t n_blocks = (n_out + Q4_ROWS - 1) / Q4_ROWS;
-    const __m256i low_mask = _mm256_set1_epi8(0x0f);
-    const __m256i ones16 = _mm256_set1_epi16(1);
 
     #pragma omp parallel for schedule(static) num_threads(n_threads)
     for (int64_t b = 0; b < n_blocks; b++) {
-        const uint8_t *block = packed + b * n_groups * Q4_RECORD;
-        for (int64_t r = 0; r < n_rows; r++) {  /* a second row finds the block in cache */
-            const int8_t *xr = xq + r * n_in;
-            __m256 acc = _mm256_setzero_ps();  /* lane k: row k of the block */
-            for (int64_t g = 0; g < n_groups; g++) {
-                const uint8_t *record = block + g * Q4_RECORD;
-                const __m256i xv = _mm256_load_si256((const __m256i *)(xr + g * Q4_GROUP));
-                __m256i dots[Q4_ROWS];  /* row k's 32 products summed into 8 int32 lanes */
-                for (int k = 0; k < Q4_ROWS; k++) {
-                    const __m128i raw = _mm_loadu_si128((const __m128i *)(record + 16 * k));
-                    const __m256i both = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
-                    const __m256i q = _mm256_and_si256(both, low_mask);
-                    dots[k] = _mm256_madd_epi16(_mm256_maddubs_epi16(q, xv), ones16);
-                }
-                /* 8 vectors of 8 lanes -> one vector whose lane k is row k's sum: three
-                 * rounds of pairwise adds, then the two 128-bit halves added */
-                const __m256i s01 = _mm256_hadd_epi32(dots[0], dots[1]);
-                const __m256i s23 = _mm256_hadd_epi32(dots[2], dots[3]);
-                const __m256i s45 = _mm256_hadd_epi32(dots[4], dots[5]);
-                const __m256i s67 = _mm256_hadd_epi32(dots[6], dots[7]);
-                const __m256i s0123 = _mm256_hadd_epi32(s01, s23);
-                const __m256i s4567 = _mm256_hadd_epi32(s45, s67);
-                /* s0123 lanes: r0 r1 r2 r3 | r0 r1 r2 r3 (low | high half sums) */
-                const __m256i lows = _mm256_permute2x128_si256(s0123, s4567, 0x20);
-                const __m256i highs = _mm256_permute2x128_si256(s0123, s4567, 0x31);
-                const __m256 sums = _mm256_cvtepi32_ps(_mm256_add_epi32(lows, highs));
-                const __m256 scales = _mm256_mul_ps(load8(record + 128, 0, 1),
-                                                    _mm256_set1_ps(xd[r * n_groups + g]));
-                acc = _mm256_fmadd_ps(sums, scales, acc);
-                acc = _mm256_fmadd_ps(load8(record + 144, 0, 1),
-                                      _mm256_set1_ps(xsum[r * n_groups + g]), acc);
-            }
-            float out[Q4_ROWS];
-            _mm256_storeu_ps(out, acc);
-            for (int k = 0; k < Q4_ROWS; k++) {
-                const int64_t o = b * Q4_ROWS + k;
-                if (o >= n_out)
-                    break;
-                float s = out[k];
-                if (bias)
-                    s += load_act(bias, o, act_bf16);
-                if (residual)
-                    s += load_act(residual, r * n_out + o, act_bf16);
-                store_act(y, r * n_out + o, s, act_bf16);
-            }
-        }
+        if (n_rows == 1)
+            q4_block(packed, b, n_groups, n_in, n_out, xq, xd, xsum, 1, bias, residual, y,
+                     act_bf16);
+        else
+            q4_block(packed, b, n_groups, n_in, n_out, xq, xd, xsum, 2, bias, residual, y,
+                     act_bf16);
     }
     free(xq);
     free(xd);
