@@ -427,9 +427,14 @@ def _time_int4() -> dict[str, float]:
 
 def int4_kernel(times_us: dict[str, float]) -> str:
     """"native" where it measured faster than PyTorch's int4 kernel, else "torch"."""
-    native_us = times_us.get(INT4_NATIVE)
-    torch_us = times_us.get(INT4_TORCH, float("inf"))
-    return INT4_NATIVE if native_us is not None and native_us < torch_us else INT4_TORCH
+    return _native_if_faster(times_us, INT4_TORCH)
+
+
+def _native_if_faster(times_us: dict[str, float], baseline: str) -> str:
+    """"native" where it was timed and beat `baseline`, else `baseline`."""
+    native_us = times_us.get("native")
+    return "native" if native_us is not None and \
+        native_us < times_us.get(baseline, float("inf")) else baseline
 
 
 def _time_attention(dtype: Any) -> dict[str, float]:
@@ -479,10 +484,7 @@ def _time_attention(dtype: Any) -> dict[str, float]:
 
 def attention_kernel(times_us: dict[str, float]) -> str:
     """"native" where it measured faster than SDPA, else "sdpa"."""
-    native_us = times_us.get(ATTENTION_NATIVE)
-    sdpa_us = times_us.get(ATTENTION_SDPA, float("inf"))
-    return ATTENTION_NATIVE if native_us is not None and native_us < sdpa_us \
-        else ATTENTION_SDPA
+    return _native_if_faster(times_us, ATTENTION_SDPA)
 
 
 def read_bandwidth(nbytes: int | None = None) -> float:
