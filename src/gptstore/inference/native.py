@@ -4,7 +4,8 @@
   every weight per token, and on AVX2 CPUs ATen's bf16 GEMV streams weights at about
   half the rate memory delivers them (gemv_bf16.c says why).
 - `gemv_q4`: the same with 4-bit weights (`int4` serving), where PyTorch's int4 kernel
-  streams them at under half that rate (gemv_q4.c).
+  streams them at under half that rate (gemv_q4.c; AVX2, and AVX-512 VNNI where the
+  CPU has it, chosen at run time).
 - `decode_attention`: attention of decode rows over the slot KV cache, where PyTorch's
   flash-attention kernel spends most of its time on setup (decode_attention.c).
 - `rms_norm`, `silu_mul`: a Llama layer's small operations in a decode step, one call each
@@ -140,6 +141,8 @@ def _load() -> Any:
                                            c_int, c_int]
     library.gptstore_gemv_q4.restype = c_int
     library.gptstore_gemv_q4.argtypes = library.gptstore_gemv_bf16.argtypes
+    library.gptstore_gemv_q4_use_vnni.restype = c_int
+    library.gptstore_gemv_q4_use_vnni.argtypes = [c_int]
     library.gptstore_decode_attention.restype = c_int
     library.gptstore_decode_attention.argtypes = [ptr, i64, i64, ptr, ptr, ptr, ptr, ptr,
                                                   ptr, ptr, i64, i64, ptr, i64, i64, i64, i64,
@@ -205,7 +208,7 @@ def pack(weight: Any) -> Any:
 def gemv(x: Any, packed: Any, n_out: int, bias: Any = None, residual: Any = None) -> Any:
     """`x @ W^T (+ bias) (+ residual)` for 1-2 rows of x ([rows, in], fp32 or bf16, its
     rows may be strided); the result has x's dtype, and so must bias and residual."""
-    return _gemv(_required().gptstore_gemv_bf16, x, packed, n_out, bias, residual)
+    return _gemv(_required().gptstore_gemv_bf16, x, packed, n_out, bias, residual, MAX_ROWS)
 
 
 def fits_q4(n_in: int) -> bool:
@@ -241,16 +244,34 @@ def pack_q4(q: Any, scale: Any, low: Any) -> Any:
 
 
 def gemv_q4(x: Any, packed: Any, n_out: int, bias: Any = None, residual: Any = None) -> Any:
-    """`x @ W^T (+ bias) (+ residual)` for 1-2 rows of x with `pack_q4`'s weights; each
-    group of 32 activations is quantised to int8 (gemv_q4.c), as llama.cpp's Q4_1 product
-    does. Activations as `gemv`'s."""
-    return _gemv(_required().gptstore_gemv_q4, x, packed, n_out, bias, residual)
+    """`x @ W^T (+ bias) (+ residual)` for rows of x with `pack_q4`'s weights (1-2 rows,
+    any number on the VNNI path: `q4_max_rows`); each group of 32 activations is
+    quantised to int8 (gemv_q4.c), as llama.cpp's Q4_1 product does. Activations as
+    `gemv`'s."""
+    return _gemv(_required().gptstore_gemv_q4, x, packed, n_out, bias, residual,
+                 q4_max_rows())
 
 
-def _gemv(function: Any, x: Any, packed: Any, n_out: int, bias: Any, residual: Any) -> Any:
+def q4_use_vnni(enable: bool = True) -> bool:
+    """Let `gemv_q4` use its AVX-512 VNNI path where the CPU has one (the default), or
+    keep it on AVX2 (the tests and benchmarks time both); returns whether VNNI is used."""
+    _state["q4_vnni"] = bool(_required().gptstore_gemv_q4_use_vnni(int(enable)))
+    return _state["q4_vnni"]
+
+
+def q4_max_rows() -> int | None:
+    """The most rows one `gemv_q4` call takes: any (None) on the VNNI path, else
+    `MAX_ROWS`."""
+    if "q4_vnni" not in _state:
+        q4_use_vnni(True)
+    return None if _state["q4_vnni"] else MAX_ROWS
+
+
+def _gemv(function: Any, x: Any, packed: Any, n_out: int, bias: Any, residual: Any,
+          max_rows: int | None) -> Any:
     rows, n_in = x.shape
-    if rows > MAX_ROWS:
-        raise ValueError(f"the native GEMV takes 1-{MAX_ROWS} rows, got {rows}")
+    if max_rows is not None and rows > max_rows:
+        raise ValueError(f"the native GEMV takes 1-{max_rows} rows, got {rows}")
     act_bf16 = x.dtype == torch.bfloat16
     if not act_bf16 and x.dtype != torch.float32:
         raise ValueError(f"the native GEMV takes fp32 or bf16 activations, not {x.dtype}")

@@ -17,9 +17,10 @@ alternating, on one thread (`MEASURE_THREADS`), in well under a second:
   oneDNN on packed weights (where oneDNN can pack bf16) and gptstore's own (native.py,
   where the CPU has AVX2 and a C compiler is found), and the fastest is the profile's
   `gemv` (which kernel wins differs between CPUs: models/base.py, `Linear`);
-- *int4*: the decode pass with 4-bit weights (`GPTSTORE_INFERENCE_DTYPE=int4`), in
-  PyTorch's int4 kernel and in gptstore's own (native.py `gemv_q4`, where it builds);
-  the faster is the profile's `int4_gemv`;
+- *int4*: the decode pass and the batched pass with 4-bit weights
+  (`GPTSTORE_INFERENCE_DTYPE=int4`), in PyTorch's int4 kernel and in gptstore's own
+  (native.py `gemv_q4`, where it builds; the batched pass only where it takes many rows,
+  its VNNI path); the profile's `int4_gemv` says which serves which (`int4_kernel`);
 - *attention*: decode rows' attention over the KV cache, a 1-row and a 16-row group
   (`ATTENTION_SHAPE`) in the served dtype, as the runner calls PyTorch's SDPA (with
   its cache writes) and gptstore's own kernel (native.py), where that builds; the faster
@@ -65,6 +66,7 @@ from gptstore.inference.types import (
     GEMV_NATIVE,
     GEMV_ONEDNN,
     INT4_NATIVE,
+    INT4_NATIVE_ALL,
     INT4_TORCH,
 )
 
@@ -100,8 +102,8 @@ ATTENTION_SHAPE = (9, 3, 64, 256)
 ATTENTION_ROWS = (1, 16)
 #: layout of a cached profile; one of an older layout is measured again (3: the native
 #: GEMV joined the timed 1-row kernels, and decode attention is timed; 4: the 4-bit
-#: 1-row kernels are timed)
-LAYOUT = 4
+#: kernels are timed, 5: at 16 rows too)
+LAYOUT = 5
 #: torch threads of the timing. One: the choice needs the ratio of the two dtypes, and
 #: multi-threaded kernels on a machine shared with other processes stall on their
 #: barriers (2 threads at load average 8 on 2 cores: 1.4 GFLOP/s for a 16-row fp32 step
@@ -128,8 +130,10 @@ class MachineProfile:
     # the microseconds of a 1-row plus a 16-row group in each kernel timed
     attention: str = ATTENTION_SDPA
     attention_us: dict[str, float] = field(default_factory=dict)
-    # kernel of 4-bit 1-2 row products that measured faster, "torch" or "native", and
-    # the microseconds of the decode pass with 4-bit weights in each kernel timed
+    # kernel of 4-bit products as measured: "torch", "native" (1-2 row steps) or
+    # "native-all" (every step), and the microseconds of the decode pass ("torch",
+    # "native") and the batched pass ("torch_batched", "native_batched") with 4-bit
+    # weights in each kernel timed
     int4_gemv: str = INT4_TORCH
     int4_us: dict[str, float] = field(default_factory=dict)
     load_average: float = 0.0  # 1-minute load average when measured
@@ -404,30 +408,43 @@ def gemv_kernel(gflops: dict[str, dict[str, float]]) -> str:
 
 def _time_int4() -> dict[str, float]:
     """Microseconds of the decode pass (`SHAPES["decode"]` x `COPIES["decode"]`, one
-    row) with 4-bit weights, in PyTorch's int4 kernel ("torch") and, where it builds,
-    gptstore's ("native"). Alternating, best of each."""
+    row) and of the batched pass (`SHAPES["batched"]` x `COPIES["batched"]`) with 4-bit
+    weights, in PyTorch's int4 kernel ("torch", "torch_batched") and, where it builds,
+    gptstore's ("native", and "native_batched" where it takes that many rows).
+    Alternating, best of each."""
     import torch
 
     from gptstore.inference import native
     from gptstore.inference.models.base import Int4Linear
 
-    rows, n_in, n_out = SHAPES["decode"]
     generator = torch.Generator().manual_seed(0)
-    weights = [torch.randn(n_in, n_out, generator=generator).to(torch.bfloat16)
-               for _ in range(COPIES["decode"])]
-    x = torch.randn(rows, n_in, generator=generator).to(torch.bfloat16)
-    kernels = [INT4_TORCH] + ([INT4_NATIVE] if native.library() is not None else [])
+    kernels = {INT4_TORCH: INT4_TORCH}
+    if native.library() is not None:
+        kernels[INT4_NATIVE] = INT4_NATIVE_ALL
     passes: dict[str, Callable[[], object]] = {}
-    for kernel in kernels:
-        linears = [Int4Linear(w, native_gemv=kernel == INT4_NATIVE) for w in weights]
-        passes[kernel] = lambda linears=linears: [linear(x) for linear in linears]
+    for use, suffix in (("decode", ""), ("batched", "_batched")):
+        rows, n_in, n_out = SHAPES[use]
+        weights = [torch.randn(n_in, n_out, generator=generator).to(torch.bfloat16)
+                   for _ in range(COPIES[use])]
+        x = torch.randn(rows, n_in, generator=generator).to(torch.bfloat16)
+        for name, kernel in kernels.items():
+            linears = [Int4Linear(w, kernel=kernel) for w in weights]
+            if suffix and name != INT4_TORCH and linears[0].q4_max_rows is not None:
+                continue  # the native kernel does not take this many rows here
+            passes[name + suffix] = lambda linears=linears, x=x: [linear(x) for linear in linears]
     best = _alternating_best(passes, min_reps=3, budget_s=TIME_BUDGET_S, cap_s=TIME_CAP_S)
     return {name: round(seconds * 1e6, 1) for name, seconds in best.items()}
 
 
 def int4_kernel(times_us: dict[str, float]) -> str:
-    """"native" where it measured faster than PyTorch's int4 kernel, else "torch"."""
-    return _native_if_faster(times_us, INT4_TORCH)
+    """"native" where gptstore's kernel measured faster than PyTorch's for one row,
+    "native-all" where it did for the batched pass too, else "torch"."""
+    if _native_if_faster(times_us, INT4_TORCH) == INT4_TORCH:
+        return INT4_TORCH
+    batched = {k.removesuffix("_batched"): v for k, v in times_us.items()
+               if k.endswith("_batched")}
+    return INT4_NATIVE_ALL if _native_if_faster(batched, INT4_TORCH) != INT4_TORCH \
+        else INT4_NATIVE
 
 
 def _native_if_faster(times_us: dict[str, float], baseline: str) -> str:
@@ -635,14 +652,20 @@ def attention_text(profile: MachineProfile) -> str | None:
 
 
 def int4_text(profile: MachineProfile) -> str | None:
-    """"PyTorch 3650 us, native 2480 us -> native": the decode pass with 4-bit weights in
-    each kernel timed (None where nothing was timed)."""
+    """"1 row: PyTorch 1226 us, native 879 us; 16 rows: PyTorch 1900 us, native 700 us
+    -> native-all": the passes with 4-bit weights in each kernel timed (None where
+    nothing was timed)."""
     times = profile.int4_us
     if not times:
         return None
     names = {INT4_TORCH: "PyTorch", INT4_NATIVE: "native"}
-    timed = ", ".join(f"{names[k]} {times[k]:.0f} us" for k in names if k in times)
-    return f"{timed} -> {profile.int4_gemv}"
+    parts = []
+    for suffix, rows in (("", SHAPES["decode"][0]), ("_batched", SHAPES["batched"][0])):
+        timed = ", ".join(f"{names[k]} {times[k + suffix]:.0f} us" for k in names
+                          if k + suffix in times)
+        if timed:
+            parts.append(f"{rows} row{'s' if rows > 1 else ''}: {timed}")
+    return f"{'; '.join(parts)} -> {profile.int4_gemv}"
 
 
 def report_lines(profile: MachineProfile, bandwidth_gbs: float | None = None) -> list[str]:
@@ -664,7 +687,7 @@ def report_lines(profile: MachineProfile, bandwidth_gbs: float | None = None) ->
         lines.append(f"  decode attention: {attention}")
     int4 = int4_text(profile)
     if int4:
-        lines.append(f"  int4 1-row kernel (opt-in dtype), the decode pass: {int4}")
+        lines.append(f"  int4 kernels (opt-in dtype): {int4}")
     from gptstore.inference import native
 
     reason = native.unavailable_reason()

@@ -188,9 +188,11 @@ class ModelSpec:
 #: machine profile's `gemv` is the one measured fastest (precision.py)
 GEMV_ATEN, GEMV_ONEDNN, GEMV_NATIVE = "aten", "onednn", "native"
 GEMV_KERNELS = (GEMV_ATEN, GEMV_ONEDNN, GEMV_NATIVE)
-#: kernels of 4-bit 1-2 row products: PyTorch's int4 kernel, or gptstore's (native.py)
-INT4_TORCH, INT4_NATIVE = "torch", "native"
-INT4_KERNELS = (INT4_TORCH, INT4_NATIVE)
+#: kernels of 4-bit products: PyTorch's int4 kernel for every step, gptstore's (native.py)
+#: for steps of 1-2 rows, or gptstore's for every step (its AVX-512 VNNI path takes any
+#: number of rows)
+INT4_TORCH, INT4_NATIVE, INT4_NATIVE_ALL = "torch", "native", "native-all"
+INT4_KERNELS = (INT4_TORCH, INT4_NATIVE, INT4_NATIVE_ALL)
 #: kernels of decode rows' attention (`models/base.DecoderRunner.attend`): PyTorch's
 #: `scaled_dot_product_attention`, or gptstore's own (native.py); measured (precision.py)
 ATTENTION_SDPA, ATTENTION_NATIVE = "sdpa", "native"
@@ -216,8 +218,9 @@ class EngineConfig:
     # "native" (native.py), the one this CPU measured fastest (precision.py,
     # `MachineProfile.gemv`)
     gemv: str = GEMV_ATEN
-    # kernel of 4-bit 1-2 row products (`quantize="int4"`): "torch" or "native", the one
-    # this CPU measured faster (precision.py, `MachineProfile.int4_gemv`)
+    # kernel of 4-bit products (`quantize="int4"`): "torch", "native" (1-2 row steps) or
+    # "native-all" (every step), as this CPU measured (precision.py,
+    # `MachineProfile.int4_gemv`)
     int4_gemv: str = INT4_TORCH
     # kernel of decode rows' attention: "sdpa" or "native", the one this CPU measured
     # faster (precision.py, `MachineProfile.attention`)

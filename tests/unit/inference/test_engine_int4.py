@@ -85,7 +85,7 @@ def test_int4_runner_stays_close_to_the_bf16_model(tiny_dirs, arch):
         assert quantized.extra_nbytes < exact.extra_nbytes
 
 
-@pytest.mark.parametrize("int4_gemv", ["torch", "native"])
+@pytest.mark.parametrize("int4_gemv", ["torch", "native", "native-all"])
 def test_engine_serves_int4_and_refuses_unknown_quantisation(tiny_dirs, make_engine, int4_gemv):
     engine = make_engine({"m": causal_spec(tiny_dirs["llama"])}, quantize="int4",
                          int4_gemv=int4_gemv)

@@ -516,10 +516,22 @@ def _q4_reference(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor,
     return (dots * s * d[:, None, :]).sum(-1) + (m * xg.sum(-1)[:, None, :]).sum(-1)
 
 
+@pytest.fixture(params=["avx2", "vnni"])
+def q4_path(request, kernel):  # type: ignore[no-untyped-def]
+    """gemv_q4 on its AVX2 path, then on its AVX-512 VNNI path where this CPU has one."""
+    if native.q4_use_vnni(request.param == "vnni") != (request.param == "vnni"):
+        native.q4_use_vnni(True)
+        pytest.skip("this CPU has no AVX-512 VNNI")
+    yield request.param
+    native.q4_use_vnni(True)  # the default: VNNI where the CPU has it
+
+
 @pytest.mark.parametrize("n_out", [13, 64, 1000])
-@pytest.mark.parametrize("rows", [1, 2])
+@pytest.mark.parametrize("rows", [1, 2, 7])  # 7: VNNI only, a tile of 4 and one of 3
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_q4_products_equal_their_int8_activation_arithmetic(kernel, n_out, rows, dtype):
+def test_q4_products_equal_their_int8_activation_arithmetic(q4_path, n_out, rows, dtype):
+    if rows > 2 and q4_path != "vnni":
+        pytest.skip("the AVX2 path takes 1-2 rows")
     n_in = 96
     q, scale, low = _q4_parts(n_out, n_in)
     packed = native.pack_q4(q, scale, low)
@@ -539,7 +551,7 @@ def test_q4_products_equal_their_int8_activation_arithmetic(kernel, n_out, rows,
     assert (got.float() - exact).abs().max() <= 0.03 * exact.abs().max()
 
 
-def test_q4_zero_and_equal_activations_are_exact(kernel):
+def test_q4_zero_and_equal_activations_are_exact(q4_path):
     """A group of zeros (d = 0) adds nothing; a group of one value quantises exactly."""
     q, scale, low = _q4_parts(8, 64, seed=3)
     packed = native.pack_q4(q, scale, low)
@@ -558,18 +570,22 @@ def test_q4_inputs_it_cannot_take_are_refused_by_name(kernel):
     with pytest.raises(ValueError, match="scale and min"):
         native.pack_q4(q, scale[:, :1], low)
     packed = native.pack_q4(q, scale, low)
-    with pytest.raises(ValueError, match="1-2 rows"):
-        native.gemv_q4(torch.zeros(3, 64), packed, 8)
+    native.q4_use_vnni(False)
+    try:
+        with pytest.raises(ValueError, match="1-2 rows"):
+            native.gemv_q4(torch.zeros(3, 64), packed, 8)
+    finally:
+        native.q4_use_vnni(True)
     with pytest.raises(ValueError, match="residual"):
         native.gemv_q4(torch.zeros(1, 64), packed, 8, residual=torch.zeros(1, 8).bfloat16())
 
 
-def test_an_int4_linear_on_the_native_kernel_serves_rows_as_pytorchs_does(kernel):
+def test_an_int4_linear_on_the_native_kernel_serves_rows_as_pytorchs_does(q4_path):
     from gptstore.inference.models.base import Int4Linear
 
     gen = torch.Generator().manual_seed(0)
     weight_t = torch.randn(128, 48, generator=gen).bfloat16()
-    ours, theirs = Int4Linear(weight_t, native_gemv=True), Int4Linear(weight_t)
+    ours, theirs = Int4Linear(weight_t, kernel="native"), Int4Linear(weight_t)
     assert ours.decode_q4 is not None and theirs.decode_q4 is None
     assert ours.extra_nbytes > theirs.extra_nbytes  # the copy in the kernel's order
     for rows in (1, 2):
@@ -581,6 +597,15 @@ def test_an_int4_linear_on_the_native_kernel_serves_rows_as_pytorchs_does(kernel
         assert (a - b).abs().max() <= 0.05 * b.abs().max()
     x = torch.randn(5, 128, generator=gen).bfloat16()  # more rows: PyTorch's kernel
     assert torch.equal(ours(x), theirs(x))
+    every = Int4Linear(weight_t, kernel="native-all")  # every step where the kernel can
+    if native.q4_max_rows() is None:
+        assert every.q4_max_rows is None
+        assert (every(x).float() - theirs(x).float()).abs().max() <= \
+            0.05 * theirs(x).float().abs().max()
+    else:
+        assert every.q4_max_rows == 2 and torch.equal(every(x), theirs(x))
+    with pytest.raises(ValueError, match="int4 kernel"):
+        Int4Linear(weight_t, kernel="fbgemm")
 
 
 def test_runner_decodes_int4_on_the_native_kernel_near_pytorchs(tiny_dirs, kernel):
@@ -592,11 +617,13 @@ def test_runner_decodes_int4_on_the_native_kernel_near_pytorchs(tiny_dirs, kerne
 
     theirs = build_runner(load(), max_slots=2, quantize="int4")
     ours = build_runner(load(), max_slots=2, quantize="int4", int4_gemv="native")
+    every = build_runner(load(), max_slots=2, quantize="int4", int4_gemv="native-all")
     assert any(getattr(layer, "decode_q4", None) is not None for layer in ours._linears)
     logits = []
-    for runner in (theirs, ours):
+    for runner in (theirs, ours, every):
         slot = runner.allocate()
-        runner.forward([RowInput(slot, PROMPTS[0], 0)])  # prefill: PyTorch's kernel
+        runner.forward([RowInput(slot, PROMPTS[0], 0)])  # prefill: 9 rows
         logits.append(runner.forward([RowInput(slot, [7], len(PROMPTS[0]))]))  # one row
-    cosine = F.cosine_similarity(logits[0].float(), logits[1].float(), dim=-1)
-    assert (cosine > 0.99).all(), cosine
+    for other in logits[1:]:  # prefill on PyTorch's kernel, or on the native one too
+        cosine = F.cosine_similarity(logits[0].float(), other.float(), dim=-1)
+        assert (cosine > 0.99).all(), cosine

@@ -122,13 +122,23 @@ def test_int4_rows_are_timed_in_each_kernel_and_the_faster_is_kept(tmp_path, mea
     from gptstore.inference import EngineConfig
 
     profile = machine_profile(tmp_path)
-    _assert_faster_kernel_kept(profile.int4_us, profile.int4_gemv, "torch",
-                               precision.int4_kernel)
+    one_row = {k: v for k, v in profile.int4_us.items() if not k.endswith("_batched")}
+    chosen = "native" if profile.int4_gemv == "native-all" else profile.int4_gemv
+    _assert_faster_kernel_kept(one_row, chosen, "torch", lambda t: precision.int4_kernel(t))
+    assert profile.int4_us["torch_batched"] > 0
+    # every step natively only where the native kernel was also faster at 16 rows
+    fast, slow = {"torch": 300.0, "native": 200.0}, {"torch": 200.0, "native": 300.0}
+    assert precision.int4_kernel({**fast, "torch_batched": 900.0,
+                                  "native_batched": 400.0}) == "native-all"
+    assert precision.int4_kernel({**fast, "torch_batched": 400.0,
+                                  "native_batched": 900.0}) == "native"
+    assert precision.int4_kernel({**slow, "torch_batched": 900.0,
+                                  "native_batched": 400.0}) == "torch"
     write_cache(tmp_path / "home", {**profile.to_dict(), "int4_gemv": "native"})
     config = engine_config(Settings(home=tmp_path / "home", inference_dtype="int4"))
     assert (config.quantize, config.int4_gemv) == ("int4", "native")
     text = "\n".join(precision.report_lines(profile))
-    assert "int4 1-row kernel" in text and f"-> {profile.int4_gemv}" in text
+    assert "int4 kernels" in text and f"-> {profile.int4_gemv}" in text
     with pytest.raises(InvalidRequest, match="int4 kernel"):
         EngineConfig(int4_gemv="fbgemm")
 

@@ -30,7 +30,24 @@
 #define Q4_ROWS 8
 #define Q4_GROUP 32
 #define Q4_RECORD (Q4_ROWS * Q4_GROUP / 2 + 2 * Q4_ROWS * 2)  /* bytes */
-#define Q4_MAX_ROWS 2  /* activation rows per call (native.py's MAX_ROWS) */
+#define Q4_MAX_ROWS 2  /* activation rows per call on the AVX2 path */
+#define Q4_TILE 4  /* activation rows per pass over a block on the VNNI path (any per call) */
+
+/* Block b's 8 sums of activation row r, with bias and residual, into y. */
+static inline void q4_store(const float *sums, int64_t b, int64_t r, int64_t n_out,
+                            const void *bias, const void *residual, void *y, int act_bf16) {
+    for (int k = 0; k < Q4_ROWS; k++) {
+        const int64_t o = b * Q4_ROWS + k;
+        if (o >= n_out)
+            break;
+        float s = sums[k];
+        if (bias)
+            s += load_act(bias, o, act_bf16);
+        if (residual)
+            s += load_act(residual, r * n_out + o, act_bf16);
+        store_act(y, r * n_out + o, s, act_bf16);
+    }
+}
 
 /* One block of 8 weight rows against `n_rows` activation rows (a constant where it is
  * inlined: with one row the compiler keeps the unpacked values out of memory). */
@@ -79,18 +96,83 @@ static inline void q4_block(const uint8_t *packed, int64_t b, int64_t n_groups, 
     for (int64_t r = 0; r < n_rows; r++) {
         float out[Q4_ROWS];
         _mm256_storeu_ps(out, acc[r]);
-        for (int k = 0; k < Q4_ROWS; k++) {
-            const int64_t o = b * Q4_ROWS + k;
-            if (o >= n_out)
-                break;
-            float s = out[k];
-            if (bias)
-                s += load_act(bias, o, act_bf16);
-            if (residual)
-                s += load_act(residual, r * n_out + o, act_bf16);
-            store_act(y, r * n_out + o, s, act_bf16);
+        q4_store(out, b, r, n_out, bias, residual, y, act_bf16);
+    }
+}
+
+/* The same block with AVX-512 VNNI, where the CPU has it (Zen 4, Sapphire Rapids):
+ * `vpdpbusd` does a group's 32 multiply-adds of 4 weight rows in one instruction per
+ * nibble half, against the activations' 16-byte halves repeated in each 128-bit lane;
+ * lane i of a product holds a quarter of weight row i / 4's sum. Sums stay spread over
+ * those 4 lanes, each lane scaled by its row's scale, until the block's end. */
+#define Q4_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+static inline Q4_VNNI void q4_block_vnni(const uint8_t *packed, int64_t b, int64_t n_groups,
+                                         int64_t n_in, int64_t n_out, const int8_t *xq,
+                                         const float *xd, const float *xsum, const int n_rows,
+                                         int64_t r0, const void *bias, const void *residual,
+                                         void *y, int act_bf16) {
+    const __m512i low_mask = _mm512_set1_epi8(0x0f);
+    const __m512i spread_low = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    const __m512i spread_high = _mm512_add_epi32(spread_low, _mm512_set1_epi32(4));
+    const uint8_t *block = packed + b * n_groups * Q4_RECORD;
+    __m512 acc[Q4_TILE][2];
+    __m256 acc_min[Q4_TILE];
+    for (int64_t r = 0; r < n_rows; r++) {
+        acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+        acc_min[r] = _mm256_setzero_ps();
+    }
+    for (int64_t g = 0; g < n_groups; g++) {
+        const uint8_t *record = block + g * Q4_RECORD;
+        __m512i q_low[2], q_high[2];  /* weight rows 0-3 and 4-7, values 0-15 and 16-31 */
+        for (int half = 0; half < 2; half++) {
+            const __m512i raw = _mm512_loadu_si512((const void *)(record + 64 * half));
+            q_low[half] = _mm512_and_si512(raw, low_mask);
+            q_high[half] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low_mask);
+        }
+        const __m512 scales = _mm512_castps256_ps512(load8(record + 128, 0, 1));
+        const __m512 spread[2] = {_mm512_permutexvar_ps(spread_low, scales),
+                                  _mm512_permutexvar_ps(spread_high, scales)};
+        const __m256 mins = load8(record + 144, 0, 1);
+        for (int64_t r = 0; r < n_rows; r++) {
+            const __m256i xv = _mm256_load_si256((const __m256i *)(xq + r * n_in + g * Q4_GROUP));
+            const __m512i x_low = _mm512_broadcast_i32x4(_mm256_castsi256_si128(xv));
+            const __m512i x_high = _mm512_broadcast_i32x4(_mm256_extracti128_si256(xv, 1));
+            const int64_t at = r * n_groups + g;
+            const __m512 d = _mm512_set1_ps(xd[at]);
+            for (int half = 0; half < 2; half++) {
+                __m512i dots = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q_low[half], x_low);
+                dots = _mm512_dpbusd_epi32(dots, q_high[half], x_high);
+                acc[r][half] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots),
+                                               _mm512_mul_ps(spread[half], d), acc[r][half]);
+            }
+            acc_min[r] = _mm256_fmadd_ps(mins, _mm256_set1_ps(xsum[at]), acc_min[r]);
         }
     }
+    for (int64_t r = 0; r < n_rows; r++) {
+        float lanes[32], out[Q4_ROWS];
+        _mm512_storeu_ps(lanes, acc[r][0]);
+        _mm512_storeu_ps(lanes + 16, acc[r][1]);
+        _mm256_storeu_ps(out, acc_min[r]);
+        for (int k = 0; k < Q4_ROWS; k++)
+            out[k] += (lanes[4 * k] + lanes[4 * k + 1]) + (lanes[4 * k + 2] + lanes[4 * k + 3]);
+        q4_store(out, b, r0 + r, n_out, bias, residual, y, act_bf16);
+    }
+}
+
+/* whether gptstore_gemv_q4 uses q4_block_vnni: -1 until first asked */
+static int q4_vnni = -1;
+
+static int q4_cpu_has_vnni(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+}
+
+/* Use the VNNI path where the CPU has it (enable != 0) or not; returns whether it is used
+ * now (for the tests and the benchmarks, which time both paths). */
+int gptstore_gemv_q4_use_vnni(int enable) {
+    q4_vnni = enable && q4_cpu_has_vnni();
+    return q4_vnni;
 }
 
 /* x: [n_rows, n_in] with row stride x_stride (elements); y, residual: [n_rows, n_out]
@@ -100,8 +182,10 @@ int gptstore_gemv_q4(const void *x, int64_t n_rows, int64_t x_stride, const uint
                      int64_t n_in, int64_t n_out, const void *bias, const void *residual,
                      void *y, int act_bf16, int n_threads) {
     const int64_t n_groups = n_in / Q4_GROUP;
-    if (n_rows > Q4_MAX_ROWS)
-        return -1;
+    if (q4_vnni < 0)
+        q4_vnni = q4_cpu_has_vnni();
+    if (n_rows > Q4_MAX_ROWS && !q4_vnni)
+        return -2;
     /* per row and group: 32 int8 activations, their scale d and their plain sum */
     int8_t *xq = (int8_t *)aligned_alloc(32, (size_t)(n_rows * n_in) + 32);
     float *xd = (float *)malloc((size_t)(n_rows * n_groups) * 2 * sizeof(float) + 8);
@@ -142,14 +226,38 @@ int gptstore_gemv_q4(const void *x, int64_t n_rows, int64_t x_stride, const uint
     }
     const int64_t n_blocks = (n_out + Q4_ROWS - 1) / Q4_ROWS;
 
+    const int vnni = q4_vnni;
     #pragma omp parallel for schedule(static) num_threads(n_threads)
     for (int64_t b = 0; b < n_blocks; b++) {
-        if (n_rows == 1)
+        if (vnni) {
+            for (int64_t r0 = 0; r0 < n_rows; r0 += Q4_TILE) {
+                const int8_t *tx = xq + r0 * n_in;
+                const float *td = xd + r0 * n_groups, *ts = xsum + r0 * n_groups;
+                switch (n_rows - r0) {  /* constants, so each size compiles on its own */
+                case 1:
+                    q4_block_vnni(packed, b, n_groups, n_in, n_out, tx, td, ts, 1, r0, bias,
+                                  residual, y, act_bf16);
+                    break;
+                case 2:
+                    q4_block_vnni(packed, b, n_groups, n_in, n_out, tx, td, ts, 2, r0, bias,
+                                  residual, y, act_bf16);
+                    break;
+                case 3:
+                    q4_block_vnni(packed, b, n_groups, n_in, n_out, tx, td, ts, 3, r0, bias,
+                                  residual, y, act_bf16);
+                    break;
+                default:
+                    q4_block_vnni(packed, b, n_groups, n_in, n_out, tx, td, ts, Q4_TILE, r0,
+                                  bias, residual, y, act_bf16);
+                }
+            }
+        } else if (n_rows == 1) {
             q4_block(packed, b, n_groups, n_in, n_out, xq, xd, xsum, 1, bias, residual, y,
                      act_bf16);
-        else
+        } else {
             q4_block(packed, b, n_groups, n_in, n_out, xq, xd, xsum, 2, bias, residual, y,
                      act_bf16);
+        }
     }
     free(xq);
     free(xd);

@@ -25,8 +25,8 @@ def build_runner(model: Any, *, max_slots: int, max_context: int | None = None,
     runner ignores it. `gemv`: the kernel of bf16 1-2 row products, "aten" or "onednn"
     (packed weights) or "native", as measured on this CPU (precision.py,
     `MachineProfile.gemv`). `attention`: the kernel of decode rows' attention, "sdpa"
-    or "native" (`MachineProfile.attention`); `int4_gemv`: the kernel of 4-bit 1-2 row
-    products, "torch" or "native" (`MachineProfile.int4_gemv`); the generic runner
+    or "native" (`MachineProfile.attention`); `int4_gemv`: the kernel of 4-bit products,
+    "torch", "native" or "native-all" (`MachineProfile.int4_gemv`); the generic runner
     ignores all three.
     """
     from gptstore.inference.models import generic, gpt2, llama

@@ -39,7 +39,8 @@ from gptstore.inference.types import (
     GEMV_KERNELS,
     GEMV_NATIVE,
     GEMV_ONEDNN,
-    INT4_NATIVE,
+    INT4_KERNELS,
+    INT4_NATIVE_ALL,
     INT4_TORCH,
 )
 
@@ -231,19 +232,22 @@ class Int4Linear(Linear):
     SmolLM2's projections: 5.5 ms per one-row pass against 22 ms in fp32 (4x fewer bytes
     to read) and 34 vs 39 ms at 16 rows.
 
-    `native_gemv`: 1-2 row products (single-stream decoding) in gptstore's own kernel
-    on a copy of the 4-bit weights in the order it reads them (native.py `gemv_q4`: it
-    quantises each group of 32 activations to int8, as llama.cpp does), where this CPU
-    measured it faster (precision.py, `MachineProfile.int4_gemv`). On the Zen 4 EPYC, all
-    of SmolLM2's projections at one row, two threads: PyTorch's kernel 4.6-4.7 ms (~18
-    GB/s of weights), the native one 3.1 ms (~27 GB/s). Steps of more rows keep
-    PyTorch's kernel.
+    `kernel`: "native" runs 1-2 row products (single-stream decoding) in gptstore's own
+    kernel on a copy of the 4-bit weights in the order it reads them (native.py
+    `gemv_q4`: it quantises each group of 32 activations to int8, as llama.cpp does);
+    "native-all" runs every step there (prefill and batches too: its AVX-512 VNNI path
+    takes any number of rows); "torch" keeps PyTorch's kernel. The profile picks by
+    measurement (precision.py, `MachineProfile.int4_gemv`). On the Zen 4 EPYC, all of
+    SmolLM2's projections at one row, two threads: PyTorch's kernel 4.6-4.7 ms (~18
+    GB/s of weights), the native one 3.1 ms (~27 GB/s).
     """
 
     GROUP = 32
 
     def __init__(self, weight_t: torch.Tensor, bias: torch.Tensor | None = None, *,
-                 native_gemv: bool = False) -> None:
+                 kernel: str = INT4_TORCH) -> None:
+        if kernel not in INT4_KERNELS:
+            raise ValueError(f"unknown int4 kernel {kernel!r} (known: {', '.join(INT4_KERNELS)})")
         super().__init__(weight_t, bias, pack=False)
         self.gemv_toggle = False  # the int4 kernel is not oneDNN
         weight = weight_t.t().float()  # [out, in]
@@ -258,8 +262,11 @@ class Int4Linear(Linear):
         self.scales_zeros = torch.stack([scale.t(), (low + 8 * scale).t()], dim=-1) \
             .to(torch.bfloat16).contiguous()  # [in / 32, out, 2]
         self.decode_q4: torch.Tensor | None = None
-        if native_gemv and native.fits_q4(n_in) and native.library() is not None:
+        self.q4_max_rows: int | None = _GEMV_MAX_ROWS
+        if kernel != INT4_TORCH and native.fits_q4(n_in) and native.library() is not None:
             self.decode_q4 = native.pack_q4(q.reshape(n_out, n_in), scale, low)
+            if kernel == INT4_NATIVE_ALL and native.q4_max_rows() is None:
+                self.q4_max_rows = None  # every step
 
     @staticmethod
     def fits(weight_t: torch.Tensor) -> bool:
@@ -272,7 +279,8 @@ class Int4Linear(Linear):
         return sum(t.numel() * t.element_size() for t in copies if t is not None)
 
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        if self.decode_q4 is not None and x.shape[0] <= _GEMV_MAX_ROWS:
+        if self.decode_q4 is not None and (self.q4_max_rows is None
+                                           or x.shape[0] <= self.q4_max_rows):
             return native.gemv_q4(x.to(torch.bfloat16), self.decode_q4,
                                   self.weight_t.shape[1], self.bias, residual)
         y = torch._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16).contiguous(), self.qweight,
@@ -398,8 +406,8 @@ class DecoderRunner(Runner):
         self.decode_dtype = None if quantize or decode_dtype == dtype else decode_dtype
         # the kernel of bf16 1-2 row products (`Linear`), as measured on this CPU
         self.gemv = gemv
-        # and of 4-bit ones (`Int4Linear`), where the native kernel runs here
-        self.int4_native = int4_gemv == INT4_NATIVE and native.library() is not None
+        # and of 4-bit ones (`Int4Linear`)
+        self.int4_gemv = int4_gemv
         # decode rows' attention on the native kernel, where it measured faster and runs
         self.native_attention = attention == ATTENTION_NATIVE and \
             native.attention_fits(head_dim) and native.library() is not None
@@ -412,7 +420,7 @@ class DecoderRunner(Runner):
         top candidates; `_refine_top` recomputes their logits from the exact weights."""
         layer: Linear
         if self.quantize == "int4" and Int4Linear.fits(weight_t):
-            layer = Int4Linear(weight_t, bias, native_gemv=self.int4_native)
+            layer = Int4Linear(weight_t, bias, kernel=self.int4_gemv)
         else:
             layer = Linear(weight_t, bias, pack=self.pack, decode_dtype=self.decode_dtype,
                            gemv=self.gemv)
