@@ -106,8 +106,9 @@ def main() -> None:
     parser.add_argument("--peer-prompts", type=int, default=2,
                         help="prompts the peer runs per round (its median counts)")
     parser.add_argument("--int4-kernel", choices=INT4_KERNELS, default=None,
-                        help="gptstore's 4-bit 1-row kernel (default: the one measured "
-                             "faster here, `gptstore doctor`)")
+                        help="gptstore's 4-bit kernel: torch, native (1-2 row steps) or "
+                             "native-all (every step); default: as measured here "
+                             "(`gptstore doctor`)")
     args = parser.parse_args()
 
     print(describe_machine(), flush=True)
@@ -121,7 +122,7 @@ def main() -> None:
     spec = ModelSpec(base_key="m", base_loader=lambda: load(folder, torch.bfloat16))
     int4_kernel = args.int4_kernel or profile.int4_gemv
     print(f"{gguf.name} ({gguf.stat().st_size / 1e6:.0f} MB): llama.cpp vs gptstore int4 "
-          f"({int4_kernel} 1-row kernel), {threads} threads each, {args.tokens} new tokens",
+          f"(int4 kernel {int4_kernel}), {threads} threads each, {args.tokens} new tokens",
           flush=True)
 
     peer_rates: list[float] = []
