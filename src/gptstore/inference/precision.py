@@ -17,10 +17,12 @@ alternating, on one thread (`MEASURE_THREADS`), in well under a second:
   oneDNN on packed weights (where oneDNN can pack bf16) and gptstore's own (native.py,
   where the CPU has AVX2 and a C compiler is found), and the fastest is the profile's
   `gemv` (which kernel wins differs between CPUs: models/base.py, `Linear`);
-- *int4*: the decode pass and the batched pass with 4-bit weights
-  (`GPTSTORE_INFERENCE_DTYPE=int4`), in PyTorch's int4 kernel and in gptstore's own
-  (native.py `gemv_q4`, where it builds; the batched pass only where it takes many rows,
-  its VNNI path); the profile's `int4_gemv` says which serves which (`int4_kernel`);
+- *int4* (not part of the first-use timing: measured by `int4_choice` the first time
+  int4 is served, or by `gptstore doctor`, then cached with the rest): the decode pass
+  and the batched pass with 4-bit weights (`GPTSTORE_INFERENCE_DTYPE=int4`), in
+  PyTorch's int4 kernel and in gptstore's own (native.py `gemv_q4`, where it builds; the
+  batched pass only where it takes many rows, its VNNI path); the profile's `int4_gemv`
+  says which serves which (`int4_kernel`);
 - *attention*: decode rows' attention over the KV cache, a 1-row and a 16-row group
   (`ATTENTION_SHAPE`) in the served dtype, as the runner calls PyTorch's SDPA (with
   its cache writes) and gptstore's own kernel (native.py), where that builds; the faster
@@ -101,9 +103,9 @@ BANDWIDTH_BYTES = 256 * 1024**2
 ATTENTION_SHAPE = (9, 3, 64, 256)
 ATTENTION_ROWS = (1, 16)
 #: layout of a cached profile; one of an older layout is measured again (3: the native
-#: GEMV joined the timed 1-row kernels, and decode attention is timed; 4: the 4-bit
-#: kernels are timed, 5: at 16 rows too)
-LAYOUT = 5
+#: GEMV joined the timed 1-row kernels, and decode attention is timed; 4: it has room for
+#: the 4-bit kernels' times)
+LAYOUT = 4
 #: torch threads of the timing. One: the choice needs the ratio of the two dtypes, and
 #: multi-threaded kernels on a machine shared with other processes stall on their
 #: barriers (2 threads at load average 8 on 2 cores: 1.4 GFLOP/s for a 16-row fp32 step
@@ -133,7 +135,7 @@ class MachineProfile:
     # kernel of 4-bit products as measured: "torch", "native" (1-2 row steps) or
     # "native-all" (every step), and the microseconds of the decode pass ("torch",
     # "native") and the batched pass ("torch_batched", "native_batched") with 4-bit
-    # weights in each kernel timed
+    # weights in each kernel timed; empty until `int4_choice` measures them
     int4_gemv: str = INT4_TORCH
     int4_us: dict[str, float] = field(default_factory=dict)
     load_average: float = 0.0  # 1-minute load average when measured
@@ -541,13 +543,10 @@ def measure() -> MachineProfile:
                                  load_average=round(load, 2))
         # the cache holds the served dtype
         attention_us = _time_attention(getattr(torch, profile.serving_dtype_name))
-        with torch.no_grad():
-            int4_us = _time_int4()
     finally:
         torch.set_num_threads(threads)
     return dataclasses.replace(profile, attention=attention_kernel(attention_us),
-                               attention_us=attention_us, int4_gemv=int4_kernel(int4_us),
-                               int4_us=int4_us,
+                               attention_us=attention_us,
                                seconds=round(time.perf_counter() - started, 3))
 
 
@@ -582,6 +581,29 @@ def machine_profile(home: Path, *, remeasure: bool = False) -> MachineProfile:
         if fresh.quiet:
             _write_cache(path, key, fresh)
         return fresh
+
+
+def int4_choice(home: Path) -> str:
+    """The int4 kernel choice (`MachineProfile.int4_gemv`), timed the first time it is
+    asked for on this machine (~0.5 s: only int4 serving, an opt-in, needs it) and
+    cached with the profile."""
+    import torch
+
+    profile = machine_profile(home)
+    if profile.int4_us:
+        return profile.int4_gemv
+    threads = torch.get_num_threads()
+    torch.set_num_threads(MEASURE_THREADS)
+    try:
+        times = _time_int4()
+    finally:
+        torch.set_num_threads(threads)
+    profile = dataclasses.replace(profile, int4_gemv=int4_kernel(times), int4_us=times)
+    with _lock:
+        _memo[profile.key] = profile
+        if profile.quiet:
+            _write_cache(Path(home) / CACHE_FILE, profile.key, profile)
+    return profile.int4_gemv
 
 
 def _read_cache(path: Path) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from gptstore.inference.loader import (
     saves_whole_modules,
     weights_version,
 )
-from gptstore.inference.precision import machine_profile
+from gptstore.inference.precision import int4_choice, machine_profile
 from gptstore.inference.types import EngineConfig, ModelSpec
 from gptstore.settings import Settings
 
@@ -57,6 +57,7 @@ def engine_config(settings: Settings, **overrides: Any) -> EngineConfig:
     profile = machine_profile(settings.home)  # measured once per machine (precision.py)
     if settings.inference_dtype == "int4":
         values["quantize"] = "int4"  # EngineConfig sets the bf16 activations it needs
+        values["int4_gemv"] = int4_choice(settings.home)  # timed on first use
     elif settings.inference_dtype != "auto":
         values["dtype"] = settings.inference_dtype  # an explicit setting wins
     elif "dtype" not in overrides:
@@ -64,7 +65,6 @@ def engine_config(settings: Settings, **overrides: Any) -> EngineConfig:
         values["decode_dtype"] = profile.decode_dtype_name
     values["gemv"] = profile.gemv  # the 1-row kernel measured faster here, any dtype
     values["decode_attention"] = profile.attention  # likewise decode rows' attention
-    values["int4_gemv"] = profile.int4_gemv  # and 4-bit 1-row products
     values.update(overrides)
     return EngineConfig(**values)
 

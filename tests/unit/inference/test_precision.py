@@ -3,6 +3,7 @@ home, chosen per use, and overridden by explicit settings."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -117,11 +118,22 @@ def test_decode_attention_is_timed_in_each_kernel_and_the_faster_is_kept(tmp_pat
     assert "decode attention: 1 + 16 rows" in text
 
 
-def test_int4_rows_are_timed_in_each_kernel_and_the_faster_is_kept(tmp_path, measured):
+def test_int4_kernels_are_timed_on_first_use_and_the_faster_is_kept(tmp_path, measured,
+                                                                    monkeypatch):
     from gptstore.errors import InvalidRequest
     from gptstore.inference import EngineConfig
 
     profile = machine_profile(tmp_path)
+    assert profile.int4_us == {}  # int4 is opt-in: not part of the first-use timing
+    timed = []
+    real = precision._time_int4
+    monkeypatch.setattr(precision, "_time_int4", lambda: timed.append(1) or real())
+    choice = precision.int4_choice(tmp_path)
+    assert precision.int4_choice(tmp_path) == choice
+    assert len(timed) == (1 if profile.quiet else 2)  # cached once measured (when quiet)
+    profile = machine_profile(tmp_path)
+    assert profile.int4_gemv == choice or not profile.quiet
+    profile = dataclasses.replace(profile, int4_gemv=choice, int4_us=precision._time_int4())
     one_row = {k: v for k, v in profile.int4_us.items() if not k.endswith("_batched")}
     chosen = "native" if profile.int4_gemv == "native-all" else profile.int4_gemv
     _assert_faster_kernel_kept(one_row, chosen, "torch", lambda t: precision.int4_kernel(t))
@@ -136,7 +148,7 @@ def test_int4_rows_are_timed_in_each_kernel_and_the_faster_is_kept(tmp_path, mea
                                   "native_batched": 400.0}) == "torch"
     write_cache(tmp_path / "home", {**profile.to_dict(), "int4_gemv": "native"})
     config = engine_config(Settings(home=tmp_path / "home", inference_dtype="int4"))
-    assert (config.quantize, config.int4_gemv) == ("int4", "native")
+    assert (config.quantize, config.int4_gemv) == ("int4", "native")  # cached: no timing
     text = "\n".join(precision.report_lines(profile))
     assert "int4 kernels" in text and f"-> {profile.int4_gemv}" in text
     with pytest.raises(InvalidRequest, match="int4 kernel"):
