@@ -38,7 +38,7 @@ from gptstore.inference import Engine, EngineConfig, ModelSpec
 from gptstore.inference.loader import load_tokenizer
 from gptstore.inference.precision import (
     cpu_flag_set,
-    int4_choice,
+    int4_profile,
     machine_profile,
     read_bandwidth,
 )
@@ -125,7 +125,7 @@ def main() -> None:
     batch = prompts(load_tokenizer(catalog, base), 16)
     threads = torch.get_num_threads()
     spec = ModelSpec(base_key="m", base_loader=lambda: load(folder, torch.bfloat16))
-    int4_kernel = args.int4_kernel or int4_choice(settings.home)
+    int4_kernel = args.int4_kernel or int4_profile(settings.home).int4_gemv
     print(f"{gguf.name} ({gguf.stat().st_size / 1e6:.0f} MB): llama.cpp vs gptstore int4 "
           f"(int4 kernel {int4_kernel}), {threads} threads each, {args.tokens} new tokens",
           flush=True)

@@ -23,7 +23,7 @@ def doctor(
     chosen for training, batched serving and single-stream decoding."""
     from gptstore.inference.precision import (
         CACHE_FILE,
-        int4_choice,
+        int4_profile,
         machine_profile,
         read_bandwidth,
         report_lines,
@@ -31,8 +31,7 @@ def doctor(
 
     cfg = settings()
     machine_profile(cfg.home, remeasure=remeasure)
-    int4_choice(cfg.home)  # the opt-in int4 kernels too (timed once, then cached)
-    profile = machine_profile(cfg.home)
+    profile = int4_profile(cfg.home)  # the opt-in int4 kernels too (timed once, cached)
     bandwidth = read_bandwidth()
     overrides = {"GPTSTORE_INFERENCE_DTYPE": cfg.inference_dtype,
                  "GPTSTORE_TRAINING_PRECISION": cfg.training_precision}

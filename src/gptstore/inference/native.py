@@ -143,6 +143,8 @@ def _load() -> Any:
     library.gptstore_gemv_q4.argtypes = library.gptstore_gemv_bf16.argtypes
     library.gptstore_gemv_q4_use_vnni.restype = c_int
     library.gptstore_gemv_q4_use_vnni.argtypes = [c_int]
+    library.gptstore_gemv_q4_vnni.restype = c_int
+    library.gptstore_gemv_q4_vnni.argtypes = []
     library.gptstore_decode_attention.restype = c_int
     library.gptstore_decode_attention.argtypes = [ptr, i64, i64, ptr, ptr, ptr, ptr, ptr,
                                                   ptr, ptr, i64, i64, ptr, i64, i64, i64, i64,
@@ -255,16 +257,13 @@ def gemv_q4(x: Any, packed: Any, n_out: int, bias: Any = None, residual: Any = N
 def q4_use_vnni(enable: bool = True) -> bool:
     """Let `gemv_q4` use its AVX-512 VNNI path where the CPU has one (the default), or
     keep it on AVX2 (the tests and benchmarks time both); returns whether VNNI is used."""
-    _state["q4_vnni"] = bool(_required().gptstore_gemv_q4_use_vnni(int(enable)))
-    return _state["q4_vnni"]
+    return bool(_required().gptstore_gemv_q4_use_vnni(int(enable)))
 
 
 def q4_max_rows() -> int | None:
     """The most rows one `gemv_q4` call takes: any (None) on the VNNI path, else
     `MAX_ROWS`."""
-    if "q4_vnni" not in _state:
-        q4_use_vnni(True)
-    return None if _state["q4_vnni"] else MAX_ROWS
+    return None if _required().gptstore_gemv_q4_vnni() else MAX_ROWS
 
 
 def _gemv(function: Any, x: Any, packed: Any, n_out: int, bias: Any, residual: Any,
@@ -287,6 +286,8 @@ def _gemv(function: Any, x: Any, packed: Any, n_out: int, bias: Any, residual: A
                       None if bias is None else bias.data_ptr(),
                       None if residual is None else residual.data_ptr(), y.data_ptr(),
                       int(act_bf16), torch.get_num_threads())
+    if status == -2:  # the kernel's own row limit (gemv_q4.c's AVX2 path)
+        raise ValueError(f"the native GEMV takes 1-{MAX_ROWS} rows here, got {rows}")
     if status != 0:
         raise MemoryError("the native GEMV could not allocate its scratch row")
     return y

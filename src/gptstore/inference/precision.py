@@ -17,7 +17,7 @@ alternating, on one thread (`MEASURE_THREADS`), in well under a second:
   oneDNN on packed weights (where oneDNN can pack bf16) and gptstore's own (native.py,
   where the CPU has AVX2 and a C compiler is found), and the fastest is the profile's
   `gemv` (which kernel wins differs between CPUs: models/base.py, `Linear`);
-- *int4* (not part of the first-use timing: measured by `int4_choice` the first time
+- *int4* (not part of the first-use timing: measured by `int4_profile` the first time
   int4 is served, or by `gptstore doctor`, then cached with the rest): the decode pass
   and the batched pass with 4-bit weights (`GPTSTORE_INFERENCE_DTYPE=int4`), in
   PyTorch's int4 kernel and in gptstore's own (native.py `gemv_q4`, where it builds; the
@@ -135,7 +135,7 @@ class MachineProfile:
     # kernel of 4-bit products as measured: "torch", "native" (1-2 row steps) or
     # "native-all" (every step), and the microseconds of the decode pass ("torch",
     # "native") and the batched pass ("torch_batched", "native_batched") with 4-bit
-    # weights in each kernel timed; empty until `int4_choice` measures them
+    # weights in each kernel timed; empty until `int4_profile` measures them
     int4_gemv: str = INT4_TORCH
     int4_us: dict[str, float] = field(default_factory=dict)
     load_average: float = 0.0  # 1-minute load average when measured
@@ -420,8 +420,8 @@ def _time_int4() -> dict[str, float]:
     from gptstore.inference.models.base import Int4Linear
 
     generator = torch.Generator().manual_seed(0)
-    kernels = {INT4_TORCH: INT4_TORCH}
-    if native.library() is not None:
+    kernels = {INT4_TORCH: INT4_TORCH}  # timed name -> the `Int4Linear` kernel it runs
+    if native.library() is not None:  # every step where it can, so 16 rows are timed too
         kernels[INT4_NATIVE] = INT4_NATIVE_ALL
     passes: dict[str, Callable[[], object]] = {}
     for use, suffix in (("decode", ""), ("batched", "_batched")):
@@ -583,15 +583,15 @@ def machine_profile(home: Path, *, remeasure: bool = False) -> MachineProfile:
         return fresh
 
 
-def int4_choice(home: Path) -> str:
-    """The int4 kernel choice (`MachineProfile.int4_gemv`), timed the first time it is
-    asked for on this machine (~0.5 s: only int4 serving, an opt-in, needs it) and
-    cached with the profile."""
+def int4_profile(home: Path) -> MachineProfile:
+    """This machine's profile with its int4 kernels timed (`int4_us`, `int4_gemv`): the
+    first time they are asked for on this machine (~0.5 s: only int4 serving, an
+    opt-in, needs them), then cached with the rest."""
     import torch
 
     profile = machine_profile(home)
     if profile.int4_us:
-        return profile.int4_gemv
+        return profile
     threads = torch.get_num_threads()
     torch.set_num_threads(MEASURE_THREADS)
     try:
@@ -603,7 +603,7 @@ def int4_choice(home: Path) -> str:
         _memo[profile.key] = profile
         if profile.quiet:
             _write_cache(Path(home) / CACHE_FILE, profile.key, profile)
-    return profile.int4_gemv
+    return profile
 
 
 def _read_cache(path: Path) -> dict[str, Any]:

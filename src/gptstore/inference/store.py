@@ -31,7 +31,7 @@ from gptstore.inference.loader import (
     saves_whole_modules,
     weights_version,
 )
-from gptstore.inference.precision import int4_choice, machine_profile
+from gptstore.inference.precision import int4_profile, machine_profile
 from gptstore.inference.types import EngineConfig, ModelSpec
 from gptstore.settings import Settings
 
@@ -57,7 +57,7 @@ def engine_config(settings: Settings, **overrides: Any) -> EngineConfig:
     profile = machine_profile(settings.home)  # measured once per machine (precision.py)
     if settings.inference_dtype == "int4":
         values["quantize"] = "int4"  # EngineConfig sets the bf16 activations it needs
-        values["int4_gemv"] = int4_choice(settings.home)  # timed on first use
+        values["int4_gemv"] = int4_profile(settings.home).int4_gemv  # timed on first use
     elif settings.inference_dtype != "auto":
         values["dtype"] = settings.inference_dtype  # an explicit setting wins
     elif "dtype" not in overrides:

@@ -3,7 +3,6 @@ home, chosen per use, and overridden by explicit settings."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -128,12 +127,12 @@ def test_int4_kernels_are_timed_on_first_use_and_the_faster_is_kept(tmp_path, me
     timed = []
     real = precision._time_int4
     monkeypatch.setattr(precision, "_time_int4", lambda: timed.append(1) or real())
-    choice = precision.int4_choice(tmp_path)
-    assert precision.int4_choice(tmp_path) == choice
+    profile = precision.int4_profile(tmp_path)
+    again = precision.int4_profile(tmp_path)
     assert len(timed) == (1 if profile.quiet else 2)  # cached once measured (when quiet)
-    profile = machine_profile(tmp_path)
-    assert profile.int4_gemv == choice or not profile.quiet
-    profile = dataclasses.replace(profile, int4_gemv=choice, int4_us=precision._time_int4())
+    if profile.quiet:
+        assert again == profile and machine_profile(tmp_path).int4_us == profile.int4_us
+    assert profile.int4_gemv == precision.int4_kernel(profile.int4_us)
     one_row = {k: v for k, v in profile.int4_us.items() if not k.endswith("_batched")}
     chosen = "native" if profile.int4_gemv == "native-all" else profile.int4_gemv
     _assert_faster_kernel_kept(one_row, chosen, "torch", lambda t: precision.int4_kernel(t))

@@ -1,4 +1,5 @@
-/* One- and two-row products with 4-bit weights on AVX2: y = x W^T (+ bias) (+ residual).
+/* Products with 4-bit weights: y = x W^T (+ bias) (+ residual), for 1-2 rows of x on
+ * AVX2, for any number of rows on AVX-512 VNNI where the CPU has it (q4_block_vnni).
  *
  * Why hand-written (docs/design.md, "int4 serving"): a single stream reads every weight
  * once per token, and PyTorch's CPU int4 kernel (`_weight_int4pack_mm_for_cpu`) streamed
@@ -22,7 +23,6 @@
  * Activations (x, bias, residual, y) are all fp32 or all bf16 (`act_bf16`). Threads:
  * OpenMP over 8-row blocks, `n_threads` of them.
  */
-#include <math.h>
 #include <stdlib.h>
 
 #include "simd.h"
@@ -175,16 +175,23 @@ int gptstore_gemv_q4_use_vnni(int enable) {
     return q4_vnni;
 }
 
+/* Whether the VNNI path is used (by default where the CPU has it). */
+int gptstore_gemv_q4_vnni(void) {
+    if (q4_vnni < 0)
+        q4_vnni = q4_cpu_has_vnni();
+    return q4_vnni;
+}
+
 /* x: [n_rows, n_in] with row stride x_stride (elements); y, residual: [n_rows, n_out]
- * contiguous; bias: [n_out] or NULL; residual may be NULL. Returns 0, or -1 when the
- * scratch memory could not be allocated (nothing written then). */
+ * contiguous; bias: [n_out] or NULL; residual may be NULL. Returns 0; -1 when the
+ * scratch memory could not be allocated, -2 for more than Q4_MAX_ROWS rows on the AVX2
+ * path (nothing written then). */
 int gptstore_gemv_q4(const void *x, int64_t n_rows, int64_t x_stride, const uint8_t *packed,
                      int64_t n_in, int64_t n_out, const void *bias, const void *residual,
                      void *y, int act_bf16, int n_threads) {
     const int64_t n_groups = n_in / Q4_GROUP;
-    if (q4_vnni < 0)
-        q4_vnni = q4_cpu_has_vnni();
-    if (n_rows > Q4_MAX_ROWS && !q4_vnni)
+    const int vnni = gptstore_gemv_q4_vnni();
+    if (n_rows > Q4_MAX_ROWS && !vnni)
         return -2;
     /* per row and group: 32 int8 activations, their scale d and their plain sum */
     int8_t *xq = (int8_t *)aligned_alloc(32, (size_t)(n_rows * n_in) + 32);
@@ -225,8 +232,6 @@ int gptstore_gemv_q4(const void *x, int64_t n_rows, int64_t x_stride, const uint
         }
     }
     const int64_t n_blocks = (n_out + Q4_ROWS - 1) / Q4_ROWS;
-
-    const int vnni = q4_vnni;
     #pragma omp parallel for schedule(static) num_threads(n_threads)
     for (int64_t b = 0; b < n_blocks; b++) {
         if (vnni) {
