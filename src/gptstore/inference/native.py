@@ -2,7 +2,9 @@
 
 - `gemv`: 1-2 row products with bf16 weights. Single-stream decoding is a pass over
   every weight per token, and on AVX2 CPUs ATen's bf16 GEMV streams weights at about
-  half the rate memory delivers them (gemv_bf16.c says why).
+  half the rate memory delivers them (gemv_bf16.c says why). Its AVX-512 path (the same
+  bits, with a software prefetch) is a kernel of its own to the machine's profile,
+  which times both.
 - `gemv_q4`: the same with 4-bit weights (`int4` serving), where PyTorch's int4 kernel
   streams them at under half that rate (gemv_q4.c; AVX2, and AVX-512 VNNI where the
   CPU has it, chosen at run time).
@@ -139,6 +141,10 @@ def _load() -> Any:
     library.gptstore_gemv_bf16.restype = c_int
     library.gptstore_gemv_bf16.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, ptr, ptr,
                                            c_int, c_int]
+    library.gptstore_gemv_bf16_avx512.restype = c_int
+    library.gptstore_gemv_bf16_avx512.argtypes = library.gptstore_gemv_bf16.argtypes
+    library.gptstore_gemv_bf16_avx512_supported.restype = c_int
+    library.gptstore_gemv_bf16_avx512_supported.argtypes = []
     library.gptstore_gemv_q4.restype = c_int
     library.gptstore_gemv_q4.argtypes = library.gptstore_gemv_bf16.argtypes
     library.gptstore_gemv_q4_use_vnni.restype = c_int
@@ -207,10 +213,21 @@ def pack(weight: Any) -> Any:
     return blocks.permute(0, 2, 1, 3).contiguous()
 
 
-def gemv(x: Any, packed: Any, n_out: int, bias: Any = None, residual: Any = None) -> Any:
+def gemv(x: Any, packed: Any, n_out: int, bias: Any = None, residual: Any = None, *,
+         avx512: bool = False) -> Any:
     """`x @ W^T (+ bias) (+ residual)` for 1-2 rows of x ([rows, in], fp32 or bf16, its
-    rows may be strided); the result has x's dtype, and so must bias and residual."""
-    return _gemv(_required().gptstore_gemv_bf16, x, packed, n_out, bias, residual, MAX_ROWS)
+    rows may be strided); the result has x's dtype, and so must bias and residual.
+    `avx512`: the AVX-512 path (the same bits; where `gemv_avx512_supported`)."""
+    lib = _required()
+    function = lib.gptstore_gemv_bf16_avx512 if avx512 else lib.gptstore_gemv_bf16
+    return _gemv(function, x, packed, n_out, bias, residual, MAX_ROWS)
+
+
+def gemv_avx512_supported() -> bool:
+    """Whether `gemv(..., avx512=True)` runs here (the kernels build and the CPU has
+    AVX-512)."""
+    library_ = library()
+    return library_ is not None and bool(library_.gptstore_gemv_bf16_avx512_supported())
 
 
 def fits_q4(n_in: int) -> bool:
@@ -288,6 +305,9 @@ def _gemv(function: Any, x: Any, packed: Any, n_out: int, bias: Any, residual: A
                       int(act_bf16), torch.get_num_threads())
     if status == -2:  # the kernel's own row limit (gemv_q4.c's AVX2 path)
         raise ValueError(f"the native GEMV takes 1-{MAX_ROWS} rows here, got {rows}")
+    if status == -3:
+        raise ValueError("the native GEMV's AVX-512 path needs a CPU with AVX-512 "
+                         "(gemv_avx512_supported() is False here)")
     if status != 0:
         raise MemoryError("the native GEMV could not allocate its scratch row")
     return y

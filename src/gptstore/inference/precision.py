@@ -15,7 +15,8 @@ alternating, on one thread (`MEASURE_THREADS`), in well under a second:
   decoding is a pass over all the weights per token, so its speed is bytes read, not
   arithmetic. bf16 is timed in every kernel the engine has for it here: ATen's GEMV,
   oneDNN on packed weights (where oneDNN can pack bf16) and gptstore's own (native.py,
-  where the CPU has AVX2 and a C compiler is found), and the fastest is the profile's
+  where the CPU has AVX2 and a C compiler is found; its AVX-512 path as a kernel of its
+  own where the CPU has AVX-512), and the fastest is the profile's
   `gemv` (which kernel wins differs between CPUs: models/base.py, `Linear`);
 - *int4* (not part of the first-use timing: measured by `int4_profile` the first time
   int4 is served, or by `gptstore doctor`, then cached with the rest): the decode pass
@@ -66,6 +67,7 @@ from gptstore.inference.types import (
     GEMV_ATEN,
     GEMV_KERNELS,
     GEMV_NATIVE,
+    GEMV_NATIVE_AVX512,
     GEMV_ONEDNN,
     INT4_NATIVE,
     INT4_NATIVE_ALL,
@@ -104,8 +106,8 @@ ATTENTION_SHAPE = (9, 3, 64, 256)
 ATTENTION_ROWS = (1, 16)
 #: layout of a cached profile; one of an older layout is measured again (3: the native
 #: GEMV joined the timed 1-row kernels, and decode attention is timed; 4: it has room for
-#: the 4-bit kernels' times)
-LAYOUT = 4
+#: the 4-bit kernels' times; 5: the native GEMV's AVX-512 path is timed as a kernel)
+LAYOUT = 5
 #: torch threads of the timing. One: the choice needs the ratio of the two dtypes, and
 #: multi-threaded kernels on a machine shared with other processes stall on their
 #: barriers (2 threads at load average 8 on 2 cores: 1.4 GFLOP/s for a 16-row fp32 step
@@ -334,7 +336,8 @@ def _pass(use: Use, dtype: Any, gemv: str = GEMV_ATEN) -> Callable[[], object]:
 
 def decode_kernels() -> list[str]:
     """The kernels of bf16 1-row products this machine can run: ATen's GEMV always,
-    oneDNN where it can pack bf16 weights, the native one where it builds here."""
+    oneDNN where it can pack bf16 weights, the native one where it builds here (and its
+    AVX-512 path where the CPU has AVX-512)."""
     import torch
 
     from gptstore.inference import native
@@ -345,6 +348,8 @@ def decode_kernels() -> list[str]:
         kernels.append(GEMV_ONEDNN)
     if native.library() is not None:
         kernels.append(GEMV_NATIVE)
+        if native.gemv_avx512_supported():
+            kernels.append(GEMV_NATIVE_AVX512)
     return kernels
 
 
@@ -654,7 +659,8 @@ def gemv_rates_text(profile: MachineProfile) -> str | None:
     """"ATen GEMV 8.4, native 13.9 GFLOP/s -> native": the 1-row bf16 kernels timed and
     the one chosen (None where only ATen's was timed)."""
     decode = profile.gflops.get("decode", {})
-    names = {GEMV_ATEN: "ATen GEMV", GEMV_ONEDNN: "packed oneDNN", GEMV_NATIVE: "native"}
+    names = {GEMV_ATEN: "ATen GEMV", GEMV_ONEDNN: "packed oneDNN", GEMV_NATIVE: "native",
+             GEMV_NATIVE_AVX512: "native AVX-512"}
     timed = [f"{names[k]} {decode[f'bf16_{k}']:.1f}" for k in GEMV_KERNELS
              if f"bf16_{k}" in decode]
     return f"{', '.join(timed)} GFLOP/s -> {profile.gemv}" if len(timed) > 1 else None

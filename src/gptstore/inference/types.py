@@ -184,10 +184,12 @@ class ModelSpec:
 
 
 #: kernels of bf16 1-2 row products (`models/base.Linear`): ATen's GEMV, oneDNN on
-#: packed weights, or gptstore's own (native.py, on weights in its packed layout); the
-#: machine profile's `gemv` is the one measured fastest (precision.py)
+#: packed weights, or gptstore's own (native.py, on weights in its packed layout) on
+#: AVX2 or on AVX-512 (the same bits); the machine profile's `gemv` is the one measured
+#: fastest (precision.py)
 GEMV_ATEN, GEMV_ONEDNN, GEMV_NATIVE = "aten", "onednn", "native"
-GEMV_KERNELS = (GEMV_ATEN, GEMV_ONEDNN, GEMV_NATIVE)
+GEMV_NATIVE_AVX512 = "native-avx512"
+GEMV_KERNELS = (GEMV_ATEN, GEMV_ONEDNN, GEMV_NATIVE, GEMV_NATIVE_AVX512)
 #: kernels of 4-bit products: PyTorch's int4 kernel for every step, gptstore's (native.py)
 #: for steps of 1-2 rows, or gptstore's for every step (its AVX-512 VNNI path takes any
 #: number of rows)
@@ -214,9 +216,9 @@ class EngineConfig:
     # "bfloat16": fp32 bases also keep a bf16 copy of their projections for steps of 1-2
     # rows (single-stream decoding), where this CPU measured bf16 faster (precision.py)
     decode_dtype: str | None = None
-    # kernel of bf16 1-2 row products: "aten" (its GEMV), "onednn" (packed weights) or
-    # "native" (native.py), the one this CPU measured fastest (precision.py,
-    # `MachineProfile.gemv`)
+    # kernel of bf16 1-2 row products: "aten" (its GEMV), "onednn" (packed weights),
+    # "native" or "native-avx512" (native.py), the one this CPU measured fastest
+    # (precision.py, `MachineProfile.gemv`)
     gemv: str = GEMV_ATEN
     # kernel of 4-bit products (`quantize="int4"`): "torch", "native" (1-2 row steps) or
     # "native-all" (every step), as this CPU measured (precision.py,

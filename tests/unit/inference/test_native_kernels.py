@@ -75,6 +75,45 @@ def test_bf16_activations_round_once_to_nearest(kernel):
     assert native.gemv(x, native.pack(weight), 40)[0].isnan().all()
 
 
+@pytest.fixture
+def avx512(kernel):  # type: ignore[no-untyped-def]
+    """The GEMV's AVX-512 path, where this machine's CPU has AVX-512."""
+    if not native.gemv_avx512_supported():
+        pytest.skip("this CPU has no AVX-512: the GEMV runs its AVX2 path only")
+    return kernel
+
+
+@pytest.mark.parametrize("act", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows", [1, 2])
+@pytest.mark.parametrize("n_out", [13, 64, 1000])
+def test_the_avx512_path_gives_the_avx2_paths_bits(avx512, n_out, rows, act):
+    """Each 256-bit half of the AVX-512 loop does the AVX2 loop's arithmetic for its
+    row in the same order: equal outputs, bias and residual included (n_out 13: a last
+    block of 5 rows, so a pair with one row past the end)."""
+    generator = torch.Generator().manual_seed(7 * n_out + rows)
+    n_in = 4000  # long rows: the prefetch runs past blocks and past the end
+    n_in -= n_in % 16
+    weight = torch.randn(n_out, n_in, generator=generator)
+    x = torch.randn(rows, 2 * n_in, generator=generator)[:, :n_in].to(act)
+    bias = torch.randn(n_out, generator=generator).to(act)
+    residual = torch.randn(rows, n_out, generator=generator).to(act)
+    packed = native.pack(weight)
+    for extra in ((), (bias, residual)):
+        narrow = native.gemv(x, packed, n_out, *extra)
+        wide = native.gemv(x, packed, n_out, *extra, avx512=True)
+        assert wide.dtype == act and torch.equal(wide, narrow)
+
+
+def test_a_linear_on_the_avx512_kernel_matches_the_avx2_one(avx512):
+    weight, bias = torch.randn(48, 32), torch.randn(48)
+    linears = {gemv: Linear.of(weight, bias, decode_dtype=torch.bfloat16, gemv=gemv)
+               for gemv in ("native", "native-avx512")}
+    assert linears["native-avx512"].native_avx512 and not linears["native"].native_avx512
+    for rows in (1, 2):
+        x = torch.randn(rows, 32)
+        assert torch.equal(linears["native"](x), linears["native-avx512"](x))
+
+
 def test_inputs_it_cannot_take_are_refused_by_name(kernel):
     with pytest.raises(ValueError, match="divisible by 16"):
         native.pack(torch.randn(8, 40))

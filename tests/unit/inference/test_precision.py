@@ -89,6 +89,17 @@ def test_the_kernel_choice_takes_the_fastest_of_those_timed() -> None:
     rates["decode"]["bf16_onednn"] = 20.0
     assert precision.gemv_kernel(rates) == "onednn"
     assert precision.gemv_kernel({"decode": {"fp32": 5.0, "bf16": 8.0}}) == "aten"
+    rates["decode"]["bf16_native-avx512"] = 21.0  # the native kernel's two paths compete
+    assert precision.gemv_kernel(rates) == "native-avx512"
+
+
+def test_the_native_kernels_avx512_path_is_timed_where_the_cpu_has_it() -> None:
+    from gptstore.inference import native
+
+    kernels = precision.decode_kernels()
+    assert ("native-avx512" in kernels) == native.gemv_avx512_supported()
+    if native.library() is None:
+        assert "native" not in kernels
 
 
 def _assert_faster_kernel_kept(times: dict[str, float], chosen: str, baseline: str,
