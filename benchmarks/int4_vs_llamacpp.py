@@ -49,11 +49,12 @@ LLAMA_CPP_VERSION = "0.3.36"
 #: /proc/cpuinfo flag -> the ggml build option of that instruction set. The build is not
 #: `GGML_NATIVE`: on an AMX Sapphire Rapids the native build died with "Illegal
 #: instruction" (../shared/NOTES.md), so the sets are named from what this CPU reports.
+#: Not AMX: built with ggml's AMX options on an AMX Sapphire Rapids VM (2026-12-06), the
+#: peer died with SIGILL on its first token; a user there builds without them.
 GGML_FLAGS = {
     "avx": "GGML_AVX", "avx2": "GGML_AVX2", "fma": "GGML_FMA", "f16c": "GGML_F16C",
     "avx512f": "GGML_AVX512", "avx512vbmi": "GGML_AVX512_VBMI",
     "avx512_vnni": "GGML_AVX512_VNNI", "avx512_bf16": "GGML_AVX512_BF16",
-    "amx_tile": "GGML_AMX_TILE", "amx_int8": "GGML_AMX_INT8", "amx_bf16": "GGML_AMX_BF16",
 }
 
 
