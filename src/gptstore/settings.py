@@ -57,6 +57,14 @@ class Settings(BaseSettings):
         "both exact); int4 = 4-bit projection weights with bf16 activations "
         "(faster, outputs differ slightly from the exact model).",
     )
+    int4_kernel: Literal["auto", "torch", "native", "native-all"] = Field(
+        default="auto",
+        description="Kernel of 4-bit products when inference_dtype is int4: auto = as "
+        "`gptstore doctor` measured on this CPU (timed on first int4 use, cached in the "
+        "home); torch = PyTorch's int4 kernel; native = gptstore's for 1-2 row steps "
+        "(single streams); native-all = gptstore's for every step where its AVX-512 "
+        "VNNI path runs (elsewhere as native).",
+    )
     prefix_cache_bytes: int = Field(
         default=256 * 1024**2, ge=0,
         description="Memory per served base for keys/values of prompt prefixes kept for "

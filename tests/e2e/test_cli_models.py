@@ -22,6 +22,13 @@ def gptstore(*args: str, home: Path, check: bool = True) -> subprocess.Completed
     return proc
 
 
+def test_a_bad_setting_is_one_line_naming_the_variable(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("GPTSTORE_INT4_KERNEL", "fbgemm")
+    proc = gptstore("models", "list", home=tmp_path, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "GPTSTORE_INT4_KERNEL='fbgemm'" in proc.stderr and "native-all" in proc.stderr
+
+
 def test_help_lists_settings(tmp_path: Path) -> None:
     for args in (["--help"], ["serve", "--help"]):
         out = gptstore(*args, home=tmp_path).stdout

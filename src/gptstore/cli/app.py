@@ -114,10 +114,21 @@ def gc(
 
 
 def main() -> None:
-    """Console entry point: GptStoreError becomes one clear line and exit status 1."""
+    """Console entry point: GptStoreError, or a GPTSTORE_* environment variable the
+    settings refuse, becomes one clear line and exit status 1."""
+    from pydantic import ValidationError
+
+    from gptstore.settings import Settings
+
     try:
         app()
     except GptStoreError as exc:
         fail(exc)
+    except ValidationError as exc:
+        if exc.title != Settings.__name__:
+            raise
+        fail("; ".join(f"GPTSTORE_{'_'.join(map(str, e['loc'])).upper()}="
+                       f"{e.get('input')!r}: {e['msg']}" for e in exc.errors())
+             + " (fix the environment variable; `gptstore --help` lists the settings)")
     except KeyboardInterrupt:
         fail("interrupted", code=130)

@@ -57,7 +57,9 @@ def engine_config(settings: Settings, **overrides: Any) -> EngineConfig:
     profile = machine_profile(settings.home)  # measured once per machine (precision.py)
     if settings.inference_dtype == "int4":
         values["quantize"] = "int4"  # EngineConfig sets the bf16 activations it needs
-        values["int4_gemv"] = int4_profile(settings.home).int4_gemv  # timed on first use
+        # an explicit kernel wins (and skips the timing); auto: timed on first use
+        values["int4_gemv"] = settings.int4_kernel if settings.int4_kernel != "auto" \
+            else int4_profile(settings.home).int4_gemv
     elif settings.inference_dtype != "auto":
         values["dtype"] = settings.inference_dtype  # an explicit setting wins
     elif "dtype" not in overrides:

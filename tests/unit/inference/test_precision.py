@@ -159,6 +159,11 @@ def test_int4_kernels_are_timed_on_first_use_and_the_faster_is_kept(tmp_path, me
     write_cache(tmp_path / "home", {**profile.to_dict(), "int4_gemv": "native"})
     config = engine_config(Settings(home=tmp_path / "home", inference_dtype="int4"))
     assert (config.quantize, config.int4_gemv) == ("int4", "native")  # cached: no timing
+    # an explicit kernel wins over the measured one, without timing anything
+    monkeypatch.setattr(precision, "_time_int4", lambda: pytest.fail("timed"))
+    forced = engine_config(Settings(home=tmp_path / "other", inference_dtype="int4",
+                                    int4_kernel="native-all"))
+    assert forced.int4_gemv == "native-all"
     text = "\n".join(precision.report_lines(profile))
     assert "int4 kernels" in text and f"-> {profile.int4_gemv}" in text
     with pytest.raises(InvalidRequest, match="int4 kernel"):
