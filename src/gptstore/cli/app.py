@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 from gptstore import __version__
 from gptstore.cli import accounts, doctor, evaluate, finetune, jobs, models, run
 from gptstore.cli.common import console, fail, human_size, open_catalog, settings
 from gptstore.errors import GptStoreError
-from gptstore.settings import describe_settings
+from gptstore.settings import Settings, describe_settings
 
 SETTINGS_HELP = "Settings (environment variables):\n\n" + "\n\n".join(
     describe_settings().splitlines()
@@ -116,10 +117,6 @@ def gc(
 def main() -> None:
     """Console entry point: GptStoreError, or a GPTSTORE_* environment variable the
     settings refuse, becomes one clear line and exit status 1."""
-    from pydantic import ValidationError
-
-    from gptstore.settings import Settings
-
     try:
         app()
     except GptStoreError as exc:

@@ -35,7 +35,7 @@
 
 #include "simd.h"
 
-#define ROWS 8  /* weight rows per block */
+#define ROWS GEMV_BLOCK_ROWS  /* weight rows per block */
 #define CHUNK 16  /* columns per chunk */
 
 /* Bytes ahead of the current chunk that the AVX-512 loop prefetches (16 chunks of
@@ -94,10 +94,14 @@ static inline GEMV_AVX512 void block_avx512(const uint16_t *block, const float *
     }
 }
 
-/* Whether this CPU runs block_avx512. */
+/* Whether this CPU runs block_avx512 (asked once: every AVX-512 call checks it). */
 int gptstore_gemv_bf16_avx512_supported(void) {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+    static int supported = -1;  /* the same answer from any thread, so no lock */
+    if (supported < 0) {
+        __builtin_cpu_init();
+        supported = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+    }
+    return supported;
 }
 
 /* x: [n_rows, n_in] with row stride x_stride (elements); y, residual: [n_rows, n_out]
@@ -130,20 +134,7 @@ static int gemv_bf16(const void *x, int64_t n_rows, int64_t x_stride, const uint
                 block_avx512(block, xs + r * n_in, n_in, sums);
             else
                 block_avx2(block, xs + r * n_in, n_in, sums);
-            for (int k = 0; k < ROWS; k++) {
-                const int64_t o = b * ROWS + k;
-                if (o >= n_out)
-                    break;
-                float s = sums[k];
-                if (bias)
-                    s += load_act(bias, o, act_bf16);
-                if (residual)
-                    s += load_act(residual, r * n_out + o, act_bf16);
-                if (act_bf16)
-                    ((uint16_t *)y)[r * n_out + o] = f32_to_bf16(s);
-                else
-                    ((float *)y)[r * n_out + o] = s;
-            }
+            store_block_sums(sums, b, r, n_out, bias, residual, y, act_bf16);
         }
     }
     free(xs);

@@ -27,27 +27,11 @@
 
 #include "simd.h"
 
-#define Q4_ROWS 8
+#define Q4_ROWS GEMV_BLOCK_ROWS
 #define Q4_GROUP 32
 #define Q4_RECORD (Q4_ROWS * Q4_GROUP / 2 + 2 * Q4_ROWS * 2)  /* bytes */
 #define Q4_MAX_ROWS 2  /* activation rows per call on the AVX2 path */
 #define Q4_TILE 4  /* activation rows per pass over a block on the VNNI path (any per call) */
-
-/* Block b's 8 sums of activation row r, with bias and residual, into y. */
-static inline void q4_store(const float *sums, int64_t b, int64_t r, int64_t n_out,
-                            const void *bias, const void *residual, void *y, int act_bf16) {
-    for (int k = 0; k < Q4_ROWS; k++) {
-        const int64_t o = b * Q4_ROWS + k;
-        if (o >= n_out)
-            break;
-        float s = sums[k];
-        if (bias)
-            s += load_act(bias, o, act_bf16);
-        if (residual)
-            s += load_act(residual, r * n_out + o, act_bf16);
-        store_act(y, r * n_out + o, s, act_bf16);
-    }
-}
 
 /* One block of 8 weight rows against `n_rows` activation rows (a constant where it is
  * inlined: with one row the compiler keeps the unpacked values out of memory). */
@@ -96,7 +80,7 @@ static inline void q4_block(const uint8_t *packed, int64_t b, int64_t n_groups, 
     for (int64_t r = 0; r < n_rows; r++) {
         float out[Q4_ROWS];
         _mm256_storeu_ps(out, acc[r]);
-        q4_store(out, b, r, n_out, bias, residual, y, act_bf16);
+        store_block_sums(out, b, r, n_out, bias, residual, y, act_bf16);
     }
 }
 
@@ -155,7 +139,7 @@ static inline Q4_VNNI void q4_block_vnni(const uint8_t *packed, int64_t b, int64
         _mm256_storeu_ps(out, acc_min[r]);
         for (int k = 0; k < Q4_ROWS; k++)
             out[k] += (lanes[4 * k] + lanes[4 * k + 1]) + (lanes[4 * k + 2] + lanes[4 * k + 3]);
-        q4_store(out, b, r0 + r, n_out, bias, residual, y, act_bf16);
+        store_block_sums(out, b, r0 + r, n_out, bias, residual, y, act_bf16);
     }
 }
 

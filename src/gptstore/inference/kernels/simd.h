@@ -92,4 +92,25 @@ static inline void store_act(void *p, int64_t i, float v, int bf16) {
         ((float *)p)[i] = v;
 }
 
+/* weight rows per block of the GEMVs' packed layouts (native.py BLOCK_ROWS) */
+#define GEMV_BLOCK_ROWS 8
+
+/* The GEMVs' output: weight row block b's sums for activation row r, plus bias and
+ * residual, into y ([rows, n_out]); rows of the block past n_out are dropped. */
+static inline void store_block_sums(const float *sums, int64_t b, int64_t r, int64_t n_out,
+                                    const void *bias, const void *residual, void *y,
+                                    int act_bf16) {
+    for (int k = 0; k < GEMV_BLOCK_ROWS; k++) {
+        const int64_t o = b * GEMV_BLOCK_ROWS + k;
+        if (o >= n_out)
+            break;
+        float s = sums[k];
+        if (bias)
+            s += load_act(bias, o, act_bf16);
+        if (residual)
+            s += load_act(residual, r * n_out + o, act_bf16);
+        store_act(y, r * n_out + o, s, act_bf16);
+    }
+}
+
 #endif
