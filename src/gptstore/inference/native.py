@@ -12,6 +12,8 @@
   flash-attention kernel spends most of its time on setup (decode_attention.c).
 - `rms_norm`, `silu_mul`: a Llama layer's small operations in a decode step, one call each
   instead of several PyTorch kernels (elementwise.c).
+- `LlamaDecodeStep`: a Llama layer stack's 1-2 row decode step as one call that runs the
+  kernels above back to back (decode_step.c), instead of ~8 Python calls a layer.
 - `refine_top`: bf16 logits widened, with each row's top candidates recomputed in fp32,
   in one pass instead of six PyTorch kernels (logits.c).
 
@@ -59,7 +61,7 @@ Q4_GROUP = 32
 MAX_ROWS = 2
 KERNELS = Path(__file__).with_name("kernels")
 SOURCES = tuple(KERNELS / name for name in ("gemv_bf16.c", "gemv_q4.c", "decode_attention.c",
-                                            "elementwise.c", "logits.c"))
+                                            "elementwise.c", "logits.c", "decode_step.c"))
 HEADERS = (KERNELS / "simd.h",)
 #: head sizes the attention kernel takes: whole AVX vectors, at most 32 of them
 MAX_HEAD_DIM = 256
@@ -159,6 +161,10 @@ def _load() -> Any:
     library.gptstore_rms_norm.argtypes = [ptr, i64, i64, ptr, i64, ctypes.c_float, ptr, c_int]
     library.gptstore_silu_mul.restype = None
     library.gptstore_silu_mul.argtypes = [ptr, i64, i64, i64, ptr, c_int, c_int]
+    library.gptstore_llama_decode.restype = c_int
+    library.gptstore_llama_decode.argtypes = [ptr, i64, i64, i64, ptr, c_int, i64, i64, i64,
+                                              i64, ctypes.c_float, ptr, ptr, i64, i64, i64,
+                                              ptr, ctypes.c_float, ptr, ptr, c_int, c_int]
     library.gptstore_refine_top.restype = c_int
     library.gptstore_refine_top.argtypes = [ptr, i64, i64, i64, ptr, i64, i64, c_int, ptr, i64,
                                             c_int, ptr, i64, c_int]
@@ -432,6 +438,99 @@ def silu_mul(gate_up: Any, inter: int) -> Any:
     lib.gptstore_silu_mul(gate_up.data_ptr(), rows, gate_up.stride(0), inter,
                           out.data_ptr(), int(bf16), torch.get_num_threads() if rows >= 8 else 1)
     return out
+
+
+#: the products' kernels `LlamaDecodeStep` runs (decode_step.c's enum)
+DECODE_STEP_KERNELS = {"native": 0, "native-avx512": 1, "q4": 2}
+
+
+class LlamaDecodeStep:
+    """A Llama layer stack's decode step for 1-2 rows in one native call (decode_step.c):
+    per layer the kernels the separate calls would run (`rms_norm`, `gemv` or `gemv_q4`,
+    `DecodeAttention` writing and rotating, `silu_mul`), in the same order on the same
+    kind of buffers, so it gives their bits without their ~8 Python calls a layer.
+
+    Built once per runner from each layer's weights, which it keeps alive: per layer
+    (norm1, qkv, qkv_bias, o, o_bias, norm2, gate_up, gate_up_bias, down, down_bias), the
+    products packed for `kernel` ("native" or "native-avx512": `pack`; "q4": `pack_q4`),
+    biases None or of the activations' dtype, norms [dim]."""
+
+    def __init__(self, layers: Sequence[Sequence[Any]], kernel: str, *, dim: int,
+                 n_heads: int, n_kv: int, head_dim: int, inter: int, eps: float,
+                 scale: float, dtype: Any) -> None:
+        self.function = _required().gptstore_llama_decode
+        if kernel not in DECODE_STEP_KERNELS:
+            raise ValueError(f"unknown decode step kernel {kernel!r} (known: "
+                             f"{', '.join(DECODE_STEP_KERNELS)})")
+        if dtype not in (torch.float32, torch.bfloat16) or (kernel == "q4"
+                                                             and dtype != torch.bfloat16):
+            raise ValueError(f"activations of {dtype} cannot run on the {kernel} kernel")
+        if not attention_fits(head_dim) or n_heads % n_kv:
+            raise ValueError(f"the native attention cannot take head_dim {head_dim} with "
+                             f"{n_heads} query and {n_kv} kv heads")
+        qkv_width = (n_heads + 2 * n_kv) * head_dim
+        shapes = ((dim, qkv_width), (n_heads * head_dim, dim), (dim, 2 * inter), (inter, dim))
+        addresses: list[int] = []
+        for i, layer in enumerate(layers):
+            norm1, qkv, qkv_bias, o, o_bias, norm2, gate_up, gate_up_bias, down, down_bias = layer
+            for norm in (norm1, norm2):
+                if norm.shape != (dim,) or norm.dtype != dtype or not norm.is_contiguous():
+                    raise ValueError(f"layer {i}: a norm weight is not a contiguous [{dim}] "
+                                     f"tensor of {dtype}")
+            for (n_in, n_out), weights, bias in zip(shapes, (qkv, o, gate_up, down),
+                                                    (qkv_bias, o_bias, gate_up_bias, down_bias),
+                                                    strict=True):
+                blocks = -(-n_out // BLOCK_ROWS)
+                expected = blocks * (n_in // Q4_GROUP) * (BLOCK_ROWS * Q4_GROUP // 2
+                                                          + 4 * BLOCK_ROWS) \
+                    if kernel == "q4" else blocks * BLOCK_ROWS * n_in
+                if weights.numel() != expected or not weights.is_contiguous():
+                    raise ValueError(f"layer {i}: a {n_in} -> {n_out} product's weights are "
+                                     f"not packed for the {kernel} kernel")
+                if bias is not None and (bias.shape != (n_out,) or bias.dtype != dtype
+                                         or not bias.is_contiguous()):
+                    raise ValueError(f"layer {i}: a bias is not a contiguous [{n_out}] "
+                                     f"tensor of {dtype}")
+            addresses.extend(0 if t is None else t.data_ptr() for t in layer)
+        self.kept = [list(layer) for layer in layers]  # the addresses stay valid
+        self.table = (ctypes.c_int64 * len(addresses))(*addresses)
+        self.n_layers, self.kernel = len(layers), DECODE_STEP_KERNELS[kernel]
+        self.dim, self.n_heads, self.n_kv, self.head_dim = dim, n_heads, n_kv, head_dim
+        self.inter, self.eps, self.scale, self.dtype = inter, eps, scale, dtype
+
+    def __call__(self, x: Any, k_cache: Any, v_cache: Any, attention: DecodeAttention,
+                 rotary: tuple[Any, Any]) -> None:
+        """Run the layers on x ([rows, dim], contiguous, the embeddings), in place: x
+        ends as the last layer's output. The caches are the runner's [layers, slots,
+        kv_heads, cap, head_dim]; `attention` holds the rows' slots and lengths
+        (prepared for this step); `rotary` the cos and sign-folded sin tables."""
+        rows = x.shape[0]
+        if x.shape != (rows, self.dim) or x.dtype != self.dtype or not x.is_contiguous() \
+                or not 1 <= rows <= MAX_ROWS or attention.rows != rows:
+            raise ValueError(f"x must be a contiguous [1-{MAX_ROWS}, {self.dim}] tensor of "
+                             f"{self.dtype}, one row per prepared attention row")
+        layers, slots, n_kv, cap, head_dim = k_cache.shape
+        if layers != self.n_layers or n_kv != self.n_kv or head_dim != self.head_dim \
+                or v_cache.shape != k_cache.shape or k_cache.dtype != self.dtype \
+                or v_cache.dtype != self.dtype or not k_cache.is_contiguous() \
+                or not v_cache.is_contiguous() or attention.slot0 + rows > slots \
+                or attention.longest > cap:
+            raise ValueError("the caches do not match the layers or the prepared attention")
+        for table in rotary:
+            if table.dtype != self.dtype or not table.is_contiguous() \
+                    or table.shape[1:] != (head_dim,) or table.shape[0] < attention.longest:
+                raise ValueError(f"the rotary tables must be contiguous [>= "
+                                 f"{attention.longest}, {head_dim}] tensors of {self.dtype}")
+        status = self.function(x.data_ptr(), rows, self.dim, self.n_layers, self.table,
+                               self.kernel, self.n_heads, self.n_kv, self.head_dim, self.inter,
+                               self.eps, k_cache.data_ptr(), v_cache.data_ptr(), slots, cap,
+                               attention.slot0, attention.counts, self.scale,
+                               rotary[0].data_ptr(), rotary[1].data_ptr(),
+                               int(self.dtype == torch.bfloat16), torch.get_num_threads())
+        if status == -3:
+            raise ValueError("the native GEMV's AVX-512 path needs a CPU with AVX-512")
+        if status != 0:
+            raise MemoryError("the native decode step could not allocate its scratch memory")
 
 
 #: the most candidates `refine_top` recomputes per row (logits.c's MAX_K)

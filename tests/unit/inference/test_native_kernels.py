@@ -391,6 +391,86 @@ def test_bf16_llama_steps_on_the_native_kernels_follow_pytorchs(tiny_dirs, kerne
         assert (a - b).abs().max() < 0.05 * a.abs().max() + 0.05
 
 
+#: runner settings whose every product runs on one native kernel: fp32 weights with the
+#: bf16 decode copy, bf16 weights, the same on the AVX-512 path, 4-bit weights
+DECODE_STEP_CASES = {
+    "fp32": (torch.float32, {"decode_dtype": torch.bfloat16, "gemv": "native"}),
+    "bf16": (torch.bfloat16, {"gemv": "native"}),
+    "bf16-avx512": (torch.bfloat16, {"gemv": "native-avx512"}),
+    "int4": (torch.bfloat16, {"quantize": "int4", "int4_gemv": "native"}),
+}
+
+
+@pytest.mark.parametrize("case", DECODE_STEP_CASES)
+@pytest.mark.parametrize("bias", [False, True])
+def test_a_decode_step_in_one_call_gives_the_separate_calls_bits(kernel, tmp_path, case, bias):
+    """Two rows decoding (one of them alone every third step) on the native kernels:
+    the layers in one call (`native.LlamaDecodeStep`) and in the runner's separate calls
+    give equal logits and caches at every step, biases (Qwen2's q/k/v) included."""
+    from transformers import AutoModelForCausalLM
+
+    from gptstore.testing.tiny import make_tiny_model
+
+    dtype, settings = DECODE_STEP_CASES[case]
+    if settings.get("gemv") == "native-avx512" and not native.gemv_avx512_supported():
+        pytest.skip("this CPU has no AVX-512: the GEMV runs its AVX2 path only")
+    folder = make_tiny_model("llama", tmp_path / "model", seed=3, initializer_range=0.2,
+                             attention_bias=bias, mlp_bias=bias)
+
+    def run(one_call: bool) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, int]:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
+        runner = build_runner(model, max_slots=3, attention="native", **settings)
+        assert runner.decode_step is not None
+        calls = []
+        step = runner.decode_step
+
+        def counted(*args):  # type: ignore[no-untyped-def]
+            calls.append(args[0].shape[0])
+            return step(*args)
+
+        runner.decode_step = counted if one_call else None
+        slots = [runner.allocate() for _ in range(2)]
+        prompts = [[5, 6, 7, 8, 9], [40, 41, 42]]
+        seen = [runner.forward([RowInput(s, p, 0) for s, p in zip(slots, prompts,
+                                                                    strict=True)])]
+        lengths, last = [len(p) for p in prompts], seen[0].argmax(-1).tolist()
+        for n in range(12):
+            live = [0] if n % 3 == 0 else [0, 1]
+            out = runner.forward([RowInput(slots[i], [last[i]], lengths[i]) for i in live])
+            seen.append(out)
+            for j, i in enumerate(live):
+                last[i], lengths[i] = int(out[j].argmax()), lengths[i] + 1
+        return seen, runner.kv.k, runner.kv.v, len(calls)
+
+    (ours, k_ours, v_ours, calls), (theirs, k_theirs, v_theirs, _) = run(True), run(False)
+    assert calls == 12  # every decode step took the one call; the prefill did not
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(k_ours, k_theirs) and torch.equal(v_ours, v_theirs)
+
+
+def test_a_decode_step_is_taken_only_where_every_part_is_native(tiny_dirs, kernel):
+    """PyTorch's attention or a product on ATen's GEMV leaves the step to the separate
+    calls, and weights that are not what the kernel reads are refused by name."""
+    from transformers import AutoModelForCausalLM
+
+    def runner(**settings):  # type: ignore[no-untyped-def]
+        model = AutoModelForCausalLM.from_pretrained(tiny_dirs["llama"],
+                                                     dtype=torch.bfloat16).eval()
+        return build_runner(model, max_slots=2, **settings)
+
+    assert runner(attention="sdpa", gemv="native").decode_step is None
+    assert runner(attention="native", gemv="aten").decode_step is None
+    step = runner(attention="native", gemv="native").decode_step
+    assert step is not None
+    layers = [list(layer) for layer in step.kept]
+    layers[1][3] = layers[1][3][:1]  # layer 1's output product: one block of its four
+    with pytest.raises(ValueError, match="layer 1: a 32 -> 32 product's weights are not "
+                                         "packed for the native kernel"):
+        native.LlamaDecodeStep(layers, "native", dim=32, n_heads=4, n_kv=2, head_dim=8,
+                               inter=64, eps=1e-6, scale=0.35, dtype=torch.bfloat16)
+
+
 def test_engine_config_names_the_kernels_it_knows():
     from gptstore.errors import InvalidRequest
     from gptstore.inference.types import EngineConfig

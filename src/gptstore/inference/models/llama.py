@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from gptstore.inference import native
 from gptstore.inference.lora import LoraBatch, SiteTarget
-from gptstore.inference.models.base import DecoderRunner, Head, Linear, StepPlan
+from gptstore.inference.models.base import DecoderRunner, Head, Int4Linear, Linear, StepPlan
 from gptstore.inference.types import ATTENTION_SDPA, GEMV_ATEN, INT4_TORCH
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -165,6 +165,35 @@ class LlamaRunner(DecoderRunner):
         self._rotary = decoder.rotary_emb
         self.cos = self.sin_signed = torch.empty(0, head_dim, dtype=dtype)
         self._ensure_rotary(min(context, 2048))
+        self.decode_step = self._decode_step()
+
+    def _decode_step(self) -> native.LlamaDecodeStep | None:
+        """The layers as one native call for 1-2 row decode steps (`native.LlamaDecodeStep`),
+        where every product of every layer runs on one native kernel and the attention
+        on the native one: the same kernels the step would call one by one."""
+        if not self.native_attention or not self.layers:
+            return None
+        kinds, layers = set(), []
+        for w in self.layers:
+            parts: list[torch.Tensor | None] = [w.norm1[:self.hidden]]
+            for linear in (w.qkv, w.o, w.gate_up, w.down):
+                weights, kind = linear.decode_native, \
+                    "native-avx512" if linear.native_avx512 else "native"
+                if isinstance(linear, Int4Linear):
+                    weights, kind = linear.decode_q4, "q4"
+                if weights is None:
+                    return None  # a product on PyTorch's kernels
+                kinds.add(kind)
+                parts += [weights, linear.bias]
+                if linear is w.o:
+                    parts.append(w.norm2[:self.hidden])
+            layers.append(parts)
+        if len(kinds) != 1:
+            return None
+        return native.LlamaDecodeStep(layers, kinds.pop(), dim=self.hidden, n_heads=self.n_heads,
+                                      n_kv=self.n_kv_heads, head_dim=self.head_dim,
+                                      inter=self.intermediate, eps=self.eps, scale=self.scale,
+                                      dtype=self.dtype)
 
     def _ensure_rotary(self, n_positions: int) -> None:
         if n_positions <= self.cos.shape[0]:
@@ -206,6 +235,15 @@ class LlamaRunner(DecoderRunner):
     def hidden_states(self, plan: StepPlan, lora: LoraBatch | None) -> torch.Tensor:
         n, hd = plan.n_tokens, self.head_dim
         n_q, n_kv, inter, eps = self.n_heads, self.n_kv_heads, self.intermediate, self.eps
+        if self.decode_step is not None and lora is None and plan.kernel_writes \
+                and n <= native.MAX_ROWS and len(plan.groups) == 1:
+            # 1-2 decode rows on consecutive slots: every layer in one native call
+            self._ensure_rotary(plan.max_position)
+            x = F.embedding(plan.token_ids, self.embed)  # [N, D], updated in place
+            attention = plan.groups[0].native
+            assert attention is not None
+            self.decode_step(x, self.kv.k, self.kv.v, attention, (self.cos, self.sin_signed))
+            return native_rms_norm(x[plan.last_index], self.final_norm, eps)
         # steps of decode rows (or 1-2 tokens) where the native decode kernels measured
         # faster (`native_attention`): RMSNorm and SiLU * up in one native call each
         small = self.native_attention and (n <= native.MAX_ROWS or plan.kernel_writes)

@@ -1,0 +1,130 @@
+/* A Llama layer stack's decode step for 1-2 rows in one call: for each layer, RMSNorm,
+ * the fused q/k/v product, attention (rotating q and k and writing the new keys and
+ * values into the cache), the output product with its residual, RMSNorm, the fused
+ * gate/up product, SiLU(gate) * up and the down product with its residual.
+ *
+ * Why (docs/design.md, "One call per decode step"): a single-stream step of a small
+ * model is ~240 short native calls (SmolLM2: 30 layers x 8), each behind a Python
+ * wrapper, a ctypes call and a fresh OpenMP team. On an AVX2 EPYC the kernels were
+ * ~60-70% of the step and Python and ctypes most of the rest. Here the same kernels run
+ * back to back from C, in the same order on the same buffers, so the result has the
+ * same bits as the step made of separate calls; only the calls between them go.
+ *
+ * Weights (`layers`): per layer, LAYER_FIELDS addresses in the order of the enum below;
+ * the products' weights are in the layout of the kernel `kernel` names (gemv_bf16.c's
+ * packed bf16, or gemv_q4.c's 4-bit records), a bias address may be 0 (none), and the
+ * RMSNorm weights are [dim] of the activations' dtype. Activations (x, the rotary
+ * tables, the caches, the biases) are all fp32 or all bf16 (`act_bf16`).
+ * The caches are [layers, slots, n_kv, cap, head_dim] (kv_cache.py), the rows on
+ * consecutive slots from `slot0`, row r at position lengths[r] - 1.
+ */
+#include <stdlib.h>
+
+#include "simd.h"
+
+int gptstore_gemv_bf16(const void *x, int64_t n_rows, int64_t x_stride,
+                       const uint16_t *packed, int64_t n_in, int64_t n_out,
+                       const void *bias, const void *residual, void *y,
+                       int act_bf16, int n_threads);
+int gptstore_gemv_bf16_avx512(const void *x, int64_t n_rows, int64_t x_stride,
+                              const uint16_t *packed, int64_t n_in, int64_t n_out,
+                              const void *bias, const void *residual, void *y,
+                              int act_bf16, int n_threads);
+int gptstore_gemv_q4(const void *x, int64_t n_rows, int64_t x_stride, const uint8_t *packed,
+                     int64_t n_in, int64_t n_out, const void *bias, const void *residual,
+                     void *y, int act_bf16, int n_threads);
+int gptstore_decode_attention(const void *q, int64_t q_row_stride, int64_t q_head_stride,
+                              const void *k_new, const void *v_new,
+                              const int64_t *new_strides, const void *rot_cos,
+                              const void *rot_sin, void *k_cache, void *v_cache,
+                              int64_t slot0, int64_t n_rows, const int64_t *lengths,
+                              int64_t n_heads, int64_t n_kv, int64_t head_dim, int64_t cap,
+                              float scale, void *out, int bf16, int n_threads);
+void gptstore_rms_norm(const void *x, int64_t rows, int64_t x_stride, const void *weight,
+                       int64_t dim, float eps, void *out, int bf16);
+void gptstore_silu_mul(const void *gate_up, int64_t rows, int64_t stride, int64_t inter,
+                       void *out, int bf16, int n_threads);
+
+/* each layer's addresses in `layers` */
+enum { NORM1, QKV, QKV_BIAS, O, O_BIAS, NORM2, GATE_UP, GATE_UP_BIAS, DOWN, DOWN_BIAS,
+       LAYER_FIELDS };
+
+/* the products' kernel (native.py DECODE_STEP_KERNELS) */
+enum { KERNEL_BF16, KERNEL_BF16_AVX512, KERNEL_Q4 };
+
+static const void *at(const int64_t *layer, int field) {
+    return (const void *)(intptr_t)layer[field];
+}
+
+static int project(int kernel, const void *x, int64_t rows, const void *weights,
+                   int64_t n_in, int64_t n_out, const void *bias, const void *residual,
+                   void *y, int act_bf16, int n_threads) {
+    switch (kernel) {
+    case KERNEL_BF16:
+        return gptstore_gemv_bf16(x, rows, n_in, (const uint16_t *)weights, n_in, n_out, bias,
+                                  residual, y, act_bf16, n_threads);
+    case KERNEL_BF16_AVX512:
+        return gptstore_gemv_bf16_avx512(x, rows, n_in, (const uint16_t *)weights, n_in,
+                                         n_out, bias, residual, y, act_bf16, n_threads);
+    default:
+        return gptstore_gemv_q4(x, rows, n_in, (const uint8_t *)weights, n_in, n_out, bias,
+                                residual, y, act_bf16, n_threads);
+    }
+}
+
+/* x: [rows, dim] contiguous, the embeddings in and the last layer's output out (the
+ * final norm is the caller's). Returns 0; -1 when scratch memory could not be
+ * allocated, -2 for more rows than the products take, -3 where the CPU lacks the
+ * kernel (x is then partly updated: the caller discards the step). */
+int gptstore_llama_decode(void *x, int64_t rows, int64_t dim, int64_t n_layers,
+                          const int64_t *layers, int kernel, int64_t n_heads, int64_t n_kv,
+                          int64_t head_dim, int64_t inter, float eps, void *k_cache,
+                          void *v_cache, int64_t n_slots, int64_t cap, int64_t slot0,
+                          const int64_t *lengths, float scale, const void *rot_cos,
+                          const void *rot_sin, int act_bf16, int n_threads) {
+    const int64_t item = act_bf16 ? 2 : 4;
+    const int64_t q_width = n_heads * head_dim, kv_width = n_kv * head_dim;
+    const int64_t qkv_width = q_width + 2 * kv_width;
+    const int64_t layer_cache = n_slots * kv_width * cap;  /* elements per layer */
+    const int64_t new_strides[4] = {qkv_width, head_dim, qkv_width, head_dim};
+    /* h: a norm's output; mid: x after attention; qkv, attn, gate_up, act: as named */
+    char *scratch = (char *)malloc((size_t)(rows * (2 * dim + qkv_width + q_width + 3 * inter)
+                                            * item));
+    if (!scratch)
+        return -1;
+    char *h = scratch, *mid = h + rows * dim * item, *qkv = mid + rows * dim * item;
+    char *attn = qkv + rows * qkv_width * item, *gate_up = attn + rows * q_width * item;
+    char *act = gate_up + rows * 2 * inter * item;
+    int status = 0;
+    for (int64_t i = 0; i < n_layers && status == 0; i++) {
+        const int64_t *layer = layers + i * LAYER_FIELDS;
+        gptstore_rms_norm(x, rows, dim, at(layer, NORM1), dim, eps, h, act_bf16);
+        status = project(kernel, h, rows, at(layer, QKV), dim, qkv_width, at(layer, QKV_BIAS),
+                         NULL, qkv, act_bf16, n_threads);
+        if (status)
+            break;
+        status = gptstore_decode_attention(
+            qkv, qkv_width, head_dim, qkv + q_width * item, qkv + (q_width + kv_width) * item,
+            new_strides, rot_cos, rot_sin, (char *)k_cache + i * layer_cache * item,
+            (char *)v_cache + i * layer_cache * item, slot0, rows, lengths, n_heads, n_kv,
+            head_dim, cap, scale, attn, act_bf16, n_threads);
+        if (status)
+            break;
+        status = project(kernel, attn, rows, at(layer, O), q_width, dim, at(layer, O_BIAS), x,
+                         mid, act_bf16, n_threads);
+        if (status)
+            break;
+        gptstore_rms_norm(mid, rows, dim, at(layer, NORM2), dim, eps, h, act_bf16);
+        status = project(kernel, h, rows, at(layer, GATE_UP), dim, 2 * inter,
+                         at(layer, GATE_UP_BIAS), NULL, gate_up, act_bf16, n_threads);
+        if (status)
+            break;
+        /* one thread under 8 rows, as native.silu_mul calls it */
+        gptstore_silu_mul(gate_up, rows, 2 * inter, inter, act, act_bf16,
+                          rows >= 8 ? n_threads : 1);
+        status = project(kernel, act, rows, at(layer, DOWN), inter, dim, at(layer, DOWN_BIAS),
+                         mid, x, act_bf16, n_threads);
+    }
+    free(scratch);
+    return status;
+}
