@@ -90,6 +90,9 @@ def main() -> None:
                         help="generate's dtype (default: from_pretrained's own)")
     parser.add_argument("--gemv", choices=GEMV_KERNELS,
                         help="kernel of 1-2 row bf16 products (default: measured fastest here)")
+    parser.add_argument("--gemv-rows", type=int, default=None,
+                        help="most rows of a decode step on the native GEMV (default: as "
+                             "measured here)")
     parser.add_argument("--attention", choices=ATTENTION_KERNELS,
                         help="kernel of decode rows' attention (default: measured faster here)")
     parser.add_argument("--tokens", type=int, default=128, help="new tokens per request")
@@ -107,6 +110,8 @@ def main() -> None:
     decode_dtype = None if args.dtype else decode_dtype_name(settings.home)
     profile = machine_profile(settings.home)
     gemv = args.gemv or profile.gemv  # default: measured fastest here
+    # the decode steps the native GEMV serves: as measured, or 1-2 rows with --gemv-rows
+    gemv_rows = args.gemv_rows or profile.gemv_rows
     attention = args.attention or profile.attention
     # loaded on a short-lived thread: a team of OpenMP workers left on this main thread
     # would slow every parallel region of the engine's (docs/design.md, "Threads")
@@ -120,7 +125,8 @@ def main() -> None:
     spec = ModelSpec(base_key="m", base_loader=lambda: load(folder, dtype))
     del model
     copy = f" with a {decode_dtype} copy for 1-row steps" if decode_dtype else ""
-    copy += f", bf16 1-row kernel {gemv}, decode attention {attention}"
+    copy += f", bf16 1-row kernel {gemv} (decode steps of up to {gemv_rows} rows), " \
+        f"decode attention {attention}"
     print(f"{folder.name}: gptstore {str(dtype).removeprefix('torch.')}{copy} "
           f"({weight_bytes / 1e6:.0f} MB of weights), {args.tokens} new tokens", flush=True)
 
@@ -137,7 +143,7 @@ def main() -> None:
         peer_other = other()
         engine = Engine(lambda _name: spec, EngineConfig(max_running=args.streams,
                                                          decode_dtype=decode_dtype,
-                                                         gemv=gemv,
+                                                         gemv=gemv, gemv_rows=gemv_rows,
                                                          decode_attention=attention))
         engine.tokenizer("m")  # load
         engine_single(engine, batch[0][:8], 4)  # warm-up

@@ -12,8 +12,9 @@
   flash-attention kernel spends most of its time on setup (decode_attention.c).
 - `rms_norm`, `silu_mul`: a Llama layer's small operations in a decode step, one call each
   instead of several PyTorch kernels (elementwise.c).
-- `LlamaDecodeStep`: a Llama layer stack's 1-2 row decode step as one call that runs the
-  kernels above back to back (decode_step.c), instead of ~8 Python calls a layer.
+- `LlamaDecodeStep`: a Llama layer stack's decode step (1-2 rows, or as many as the
+  native GEMV serves) as one call that runs the kernels above back to back
+  (decode_step.c), instead of ~8 Python calls a layer.
 - `refine_top`: bf16 logits widened, with each row's top candidates recomputed in fp32,
   in one pass instead of six PyTorch kernels (logits.c).
 
@@ -57,7 +58,8 @@ from gptstore.inference.cpu import cpu_flag_set
 BLOCK_ROWS, CHUNK = 8, 16
 #: inputs per 4-bit group (gemv_q4.c's Q4_GROUP; its Q4_ROWS is BLOCK_ROWS)
 Q4_GROUP = 32
-#: the most rows one call takes (single-stream and two-stream decode steps)
+#: rows of the steps the GEMVs are made for (single- and two-stream decoding), and the
+#: most the 4-bit one takes on AVX2
 MAX_ROWS = 2
 KERNELS = Path(__file__).with_name("kernels")
 SOURCES = tuple(KERNELS / name for name in ("gemv_bf16.c", "gemv_q4.c", "decode_attention.c",
@@ -221,12 +223,15 @@ def pack(weight: Any) -> Any:
 
 def gemv(x: Any, packed: Any, n_out: int, bias: Any = None, residual: Any = None, *,
          avx512: bool = False) -> Any:
-    """`x @ W^T (+ bias) (+ residual)` for 1-2 rows of x ([rows, in], fp32 or bf16, its
-    rows may be strided); the result has x's dtype, and so must bias and residual.
-    `avx512`: the AVX-512 path (the same bits; where `gemv_avx512_supported`)."""
+    """`x @ W^T (+ bias) (+ residual)` for rows of x ([rows, in], fp32 or bf16, its rows
+    may be strided): made for 1-2 rows (each row is a pass over the weights, which the
+    next row finds in cache), served for more where the machine measured that faster
+    than the batched products (`MachineProfile.gemv_rows`). The result has x's dtype,
+    and so must bias and residual. `avx512`: the AVX-512 path (the same bits; where
+    `gemv_avx512_supported`)."""
     lib = _required()
     function = lib.gptstore_gemv_bf16_avx512 if avx512 else lib.gptstore_gemv_bf16
-    return _gemv(function, x, packed, n_out, bias, residual, MAX_ROWS)
+    return _gemv(function, x, packed, n_out, bias, residual, None)
 
 
 def gemv_avx512_supported() -> bool:
@@ -495,6 +500,9 @@ class LlamaDecodeStep:
         self.kept = [list(layer) for layer in layers]  # the addresses stay valid
         self.table = (ctypes.c_int64 * len(addresses))(*addresses)
         self.n_layers, self.kernel = len(layers), DECODE_STEP_KERNELS[kernel]
+        # the most rows a call takes: the 4-bit kernel's limit (1-2 rows on AVX2), any
+        # for the bf16 GEMV (the runner passes what the machine measured worth it)
+        self.max_rows = q4_max_rows() if kernel == "q4" else None
         self.dim, self.n_heads, self.n_kv, self.head_dim = dim, n_heads, n_kv, head_dim
         self.inter, self.eps, self.scale, self.dtype = inter, eps, scale, dtype
 
@@ -505,9 +513,11 @@ class LlamaDecodeStep:
         kv_heads, cap, head_dim]; `attention` holds the rows' slots and lengths
         (prepared for this step); `rotary` the cos and sign-folded sin tables."""
         rows = x.shape[0]
+        most = self.max_rows
         if x.shape != (rows, self.dim) or x.dtype != self.dtype or not x.is_contiguous() \
-                or not 1 <= rows <= MAX_ROWS or attention.rows != rows:
-            raise ValueError(f"x must be a contiguous [1-{MAX_ROWS}, {self.dim}] tensor of "
+                or rows < 1 or (most is not None and rows > most) or attention.rows != rows:
+            limit = f"1-{most}" if most is not None else "rows"
+            raise ValueError(f"x must be a contiguous [{limit}, {self.dim}] tensor of "
                              f"{self.dtype}, one row per prepared attention row")
         layers, slots, n_kv, cap, head_dim = k_cache.shape
         if layers != self.n_layers or n_kv != self.n_kv or head_dim != self.head_dim \

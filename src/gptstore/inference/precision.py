@@ -106,8 +106,11 @@ ATTENTION_SHAPE = (9, 3, 64, 256)
 ATTENTION_ROWS = (1, 16)
 #: layout of a cached profile; one of an older layout is measured again (3: the native
 #: GEMV joined the timed 1-row kernels, and decode attention is timed; 4: it has room for
-#: the 4-bit kernels' times; 5: the native GEMV's AVX-512 path is timed as a kernel)
-LAYOUT = 5
+#: the 4-bit kernels' times; 5: the native GEMV's AVX-512 path is timed as a kernel; 6: the
+#: rows of decode steps the native GEMV serves are timed)
+LAYOUT = 6
+#: rows of the decode steps timed for `MachineProfile.gemv_rows`, most first
+GEMV_ROWS_TIMED = (16, 8, 4)
 #: torch threads of the timing. One: the choice needs the ratio of the two dtypes, and
 #: multi-threaded kernels on a machine shared with other processes stall on their
 #: barriers (2 threads at load average 8 on 2 cores: 1.4 GFLOP/s for a 16-row fp32 step
@@ -130,6 +133,12 @@ class MachineProfile:
     # (packed weights) or "native" (native.py); gflops["decode"] has each one timed as
     # "bf16_<kernel>"
     gemv: str = GEMV_ATEN
+    # the most rows of a decode step the native GEMV serves (where `gemv` is native): 2,
+    # or the most of `GEMV_ROWS_TIMED` at which it measured at least as fast as the
+    # batched products of the served dtype; and the microseconds timed
+    # ("native_<rows>", "batched_<rows>")
+    gemv_rows: int = 2
+    gemv_rows_us: dict[str, float] = field(default_factory=dict)
     # kernel of decode rows' attention that measured faster, "sdpa" or "native", and
     # the microseconds of a 1-row plus a 16-row group in each kernel timed
     attention: str = ATTENTION_SDPA
@@ -413,6 +422,63 @@ def gemv_kernel(gflops: dict[str, dict[str, float]]) -> str:
     return best
 
 
+def _time_gemv_rows(profile: MachineProfile) -> tuple[int, dict[str, float]]:
+    """The most rows of a decode step the native GEMV should serve, and the microseconds
+    timed: 2 where the profile's 1-row kernel is not the native one; else the most of
+    `GEMV_ROWS_TIMED` at which a pass through the native kernel took no longer than
+    the same pass through the batched products in the served dtype (packed for
+    oneDNN), both as `Linear` runs them, alternating. The pass covers `COPIES["decode"]`
+    distinct weights of the batched shape, so both read their weights from memory, as a
+    model's step does (a few weights that stay in cache favour the batched products,
+    whose fp32 bytes are twice the bf16 copy's).
+
+    Why: a step of a few rows is still a pass over every weight. On an AVX2 EPYC that
+    serves fp32 with the bf16 copy, the engine decoding 4 streams ran at 89-91 tok/s
+    with those steps on fp32 products, barely above one stream's 90, and at 165-188
+    with them on the native kernel; 16 streams 184-202 against 240-264."""
+    import torch
+
+    from gptstore.inference.models.base import Linear
+
+    if profile.gemv not in (GEMV_NATIVE, GEMV_NATIVE_AVX512):
+        return 2, {}
+    dtype = getattr(torch, profile.serving_dtype_name)
+    decode_dtype = torch.bfloat16 if profile.decode_copy else None
+    _, n_in, n_out = SHAPES["batched"]
+    generator = torch.Generator().manual_seed(0)
+    weights = [torch.randn(n_out, n_in, generator=generator).to(dtype)
+               for _ in range(COPIES["decode"])]
+    most = max(GEMV_ROWS_TIMED)
+    batched = [Linear.of(w, pack=True) for w in weights]
+    natives = [Linear.of(w, decode_dtype=decode_dtype, gemv=profile.gemv, gemv_rows=most)
+               for w in weights]
+    times: dict[str, float] = {}
+    for rows in GEMV_ROWS_TIMED:
+        x = torch.randn(rows, n_in, generator=generator).to(dtype)
+
+        def run(linears: list[Any], x: Any = x) -> Callable[[], object]:
+            return lambda: [linear(x) for linear in linears]
+
+        best = _alternating_best({"native": run(natives), "batched": run(batched)},
+                                 min_reps=3, budget_s=TIME_BUDGET_S, cap_s=TIME_CAP_S)
+        times.update({f"{name}_{rows}": round(seconds * 1e6, 1)
+                      for name, seconds in best.items()})
+        if best["native"] <= best["batched"]:
+            return rows, times
+    return 2, times
+
+
+def gemv_rows_text(profile: MachineProfile) -> str | None:
+    """What `_time_gemv_rows` measured, for `gptstore doctor`."""
+    times = profile.gemv_rows_us
+    if not times:
+        return None
+    parts = [f"{rows} rows: batched {times[f'batched_{rows}'] / 1e3:.1f} ms, native "
+             f"{times[f'native_{rows}'] / 1e3:.1f} ms"
+             for rows in GEMV_ROWS_TIMED if f"native_{rows}" in times]
+    return f"{'; '.join(parts)} -> native up to {profile.gemv_rows} rows"
+
+
 def _time_int4() -> dict[str, float]:
     """Microseconds of the decode pass (`SHAPES["decode"]` x `COPIES["decode"]`, one
     row) and of the batched pass (`SHAPES["batched"]` x `COPIES["batched"]`) with 4-bit
@@ -548,10 +614,12 @@ def measure() -> MachineProfile:
                                  load_average=round(load, 2))
         # the cache holds the served dtype
         attention_us = _time_attention(getattr(torch, profile.serving_dtype_name))
+        gemv_rows, gemv_rows_us = _time_gemv_rows(profile)
     finally:
         torch.set_num_threads(threads)
     return dataclasses.replace(profile, attention=attention_kernel(attention_us),
-                               attention_us=attention_us,
+                               attention_us=attention_us, gemv_rows=gemv_rows,
+                               gemv_rows_us=gemv_rows_us,
                                seconds=round(time.perf_counter() - started, 3))
 
 
@@ -710,6 +778,9 @@ def report_lines(profile: MachineProfile, bandwidth_gbs: float | None = None) ->
     kernels = gemv_rates_text(profile)
     if kernels:
         lines.append(f"  bf16 1-row kernel: {kernels}")
+    rows = gemv_rows_text(profile)
+    if rows:
+        lines.append(f"  decode steps of a few rows: {rows}")
     attention = attention_text(profile)
     if attention:
         lines.append(f"  decode attention: {attention}")
@@ -723,7 +794,8 @@ def report_lines(profile: MachineProfile, bandwidth_gbs: float | None = None) ->
         lines.append(f"  native kernels not available: {reason}")
     if bandwidth_gbs is not None:
         lines.append(f"memory read: {bandwidth_gbs:.1f} GB/s")
-    copy = " (with a bf16 copy for 1-2 row decode steps)" if profile.decode_copy else ""
+    copy = f" (with a bf16 copy for decode steps of 1-{profile.gemv_rows} rows)" \
+        if profile.decode_copy else ""
     lines.append(f"served weights: {profile.serving}{copy}; training autocast: "
                  f"{profile.choice('training')} (bf16 where it measured >= {BF16_MARGIN}x fp32)")
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(profile.measured_at))

@@ -159,6 +159,7 @@ class ModelRegistry:
                               fast=self.config.use_fast_path,
                               pack=self.config.pack_weights, quantize=self.config.quantize,
                               decode_dtype=decode_dtype, gemv=self.config.gemv,
+                              gemv_rows=self.config.gemv_rows,
                               attention=self.config.decode_attention,
                               int4_gemv=self.config.int4_gemv)
         is_classifier = type(model).__name__.endswith("ForSequenceClassification")

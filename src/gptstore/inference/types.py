@@ -220,6 +220,10 @@ class EngineConfig:
     # "native" or "native-avx512" (native.py), the one this CPU measured fastest
     # (precision.py, `MachineProfile.gemv`)
     gemv: str = GEMV_ATEN
+    # the most rows of a step the native kernel serves (`gemv` "native" or
+    # "native-avx512"): 1-2 rows always, decode steps of more where it measured faster
+    # than the batched products (precision.py, `MachineProfile.gemv_rows`)
+    gemv_rows: int = 2
     # kernel of 4-bit products (`quantize="int4"`): "torch", "native" (1-2 row steps) or
     # "native-all" (every step), as this CPU measured (precision.py,
     # `MachineProfile.int4_gemv`)
@@ -247,6 +251,9 @@ class EngineConfig:
         if self.gemv not in GEMV_KERNELS:
             raise InvalidRequest(f"unknown gemv kernel {self.gemv!r} (known: "
                                  f"{', '.join(GEMV_KERNELS)})", param="gemv")
+        if self.gemv_rows < 1:
+            raise InvalidRequest(f"gemv_rows must be at least 1, got {self.gemv_rows}",
+                                 param="gemv_rows")
         if self.int4_gemv not in INT4_KERNELS:
             raise InvalidRequest(f"unknown int4 kernel {self.int4_gemv!r} (known: "
                                  f"{', '.join(INT4_KERNELS)})", param="int4_gemv")

@@ -118,12 +118,39 @@ def test_inputs_it_cannot_take_are_refused_by_name(kernel):
     with pytest.raises(ValueError, match="divisible by 16"):
         native.pack(torch.randn(8, 40))
     packed = native.pack(torch.randn(8, 32))
-    with pytest.raises(ValueError, match="1-2 rows"):
-        native.gemv(torch.randn(3, 32), packed, 8)
     with pytest.raises(ValueError, match="fp32 or bf16"):
         native.gemv(torch.randn(1, 32).half(), packed, 8)
     with pytest.raises(ValueError, match="residual"):
         native.gemv(torch.randn(1, 32), packed, 8, residual=torch.randn(1, 8).bfloat16())
+
+
+@pytest.mark.parametrize("act", [torch.float32, torch.bfloat16])
+def test_many_rows_give_each_rows_own_bits(kernel, act):
+    """A decode step of several rows (`MachineProfile.gemv_rows`) is each row's own pass
+    over the weights: the bits of that row alone."""
+    generator = torch.Generator().manual_seed(11)
+    weight = torch.randn(40, 64, generator=generator)
+    x = torch.randn(16, 64, generator=generator).to(act)
+    bias = torch.randn(40, generator=generator).to(act)
+    residual = torch.randn(16, 40, generator=generator).to(act)
+    packed = native.pack(weight)
+    together = native.gemv(x, packed, 40, bias, residual)
+    alone = torch.cat([native.gemv(x[i:i + 1], packed, 40, bias, residual[i:i + 1])
+                       for i in range(16)])
+    assert torch.equal(together, alone)
+
+
+def test_a_linear_serves_as_many_rows_natively_as_it_is_told(kernel):
+    """`gemv_rows`: steps of up to that many rows run on the bf16 copy in the native
+    kernel (logits refined, as for 1-2 rows: `decodes_low`), more on the fp32 weights."""
+    weight, bias = torch.randn(48, 32), torch.randn(48)
+    linear = Linear.of(weight, bias, decode_dtype=torch.bfloat16, gemv="native", gemv_rows=8)
+    assert linear.decodes_low(8) and not linear.decodes_low(9)
+    x = torch.randn(9, 32)
+    assert torch.allclose(linear(x[:8]), x[:8] @ weight.bfloat16().float().t() + bias,
+                          atol=1e-4)
+    assert torch.allclose(linear(x), x @ weight.t() + bias, atol=1e-5)  # fp32 weights
+    assert not torch.allclose(linear(x)[:8], linear(x[:8]), atol=1e-6)  # not the copy
 
 
 def test_a_linear_on_the_native_kernel_serves_one_and_two_rows_and_batches_as_before(kernel):
@@ -395,6 +422,8 @@ def test_bf16_llama_steps_on_the_native_kernels_follow_pytorchs(tiny_dirs, kerne
 #: bf16 decode copy, bf16 weights, the same on the AVX-512 path, 4-bit weights
 DECODE_STEP_CASES = {
     "fp32": (torch.float32, {"decode_dtype": torch.bfloat16, "gemv": "native"}),
+    "fp32-4-rows": (torch.float32, {"decode_dtype": torch.bfloat16, "gemv": "native",
+                                    "gemv_rows": 4}),
     "bf16": (torch.bfloat16, {"gemv": "native"}),
     "bf16-avx512": (torch.bfloat16, {"gemv": "native-avx512"}),
     "int4": (torch.bfloat16, {"quantize": "int4", "int4_gemv": "native"}),
@@ -404,14 +433,16 @@ DECODE_STEP_CASES = {
 @pytest.mark.parametrize("case", DECODE_STEP_CASES)
 @pytest.mark.parametrize("bias", [False, True])
 def test_a_decode_step_in_one_call_gives_the_separate_calls_bits(kernel, tmp_path, case, bias):
-    """Two rows decoding (one of them alone every third step) on the native kernels:
-    the layers in one call (`native.LlamaDecodeStep`) and in the runner's separate calls
-    give equal logits and caches at every step, biases (Qwen2's q/k/v) included."""
+    """Two rows decoding (one of them alone every third step; four where the GEMV
+    serves four) on the native kernels: the layers in one call
+    (`native.LlamaDecodeStep`) and in the runner's separate calls give equal logits and
+    caches at every step, biases (Qwen2's q/k/v) included."""
     from transformers import AutoModelForCausalLM
 
     from gptstore.testing.tiny import make_tiny_model
 
     dtype, settings = DECODE_STEP_CASES[case]
+    rows = settings.get("gemv_rows", 2)  # the most rows a step of the one call has
     if settings.get("gemv") == "native-avx512" and not native.gemv_avx512_supported():
         pytest.skip("this CPU has no AVX-512: the GEMV runs its AVX2 path only")
     folder = make_tiny_model("llama", tmp_path / "model", seed=3, initializer_range=0.2,
@@ -419,7 +450,7 @@ def test_a_decode_step_in_one_call_gives_the_separate_calls_bits(kernel, tmp_pat
 
     def run(one_call: bool) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, int]:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
-        runner = build_runner(model, max_slots=3, attention="native", **settings)
+        runner = build_runner(model, max_slots=4, attention="native", **settings)
         assert runner.decode_step is not None
         calls = []
         step = runner.decode_step
@@ -429,13 +460,13 @@ def test_a_decode_step_in_one_call_gives_the_separate_calls_bits(kernel, tmp_pat
             return step(*args)
 
         runner.decode_step = counted if one_call else None
-        slots = [runner.allocate() for _ in range(2)]
-        prompts = [[5, 6, 7, 8, 9], [40, 41, 42]]
+        prompts = [[5, 6, 7, 8, 9], [40, 41, 42], [7, 8], [50, 51, 52, 53]][:rows]
+        slots = [runner.allocate() for _ in prompts]
         seen = [runner.forward([RowInput(s, p, 0) for s, p in zip(slots, prompts,
                                                                     strict=True)])]
         lengths, last = [len(p) for p in prompts], seen[0].argmax(-1).tolist()
         for n in range(12):
-            live = [0] if n % 3 == 0 else [0, 1]
+            live = [0] if n % 3 == 0 else list(range(rows))
             out = runner.forward([RowInput(slots[i], [last[i]], lengths[i]) for i in live])
             seen.append(out)
             for j, i in enumerate(live):

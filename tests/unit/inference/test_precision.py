@@ -3,6 +3,7 @@ home, chosen per use, and overridden by explicit settings."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -179,6 +180,52 @@ def test_engines_use_the_measured_kernel_for_single_rows_whatever_the_dtype(tmp_
     assert engine_config(Settings(home=home), gemv="aten").gemv == "aten"
     write_cache(home, profile_doc(choices, gemv="aten"))
     assert engine_config(Settings(home=home)).gemv == "aten"
+
+
+def test_decode_steps_of_a_few_rows_go_native_as_far_as_it_measures_faster(monkeypatch):
+    """`gemv_rows`: the most of 16, 8 and 4 rows at which the native GEMV's pass took no
+    longer than the batched products' (most first, so it stops at the first win); 2
+    where none won, or where the native kernel is not the profile's 1-row kernel."""
+    from gptstore.inference import native
+
+    if native.library() is None:
+        pytest.skip("the native kernels do not build here")
+    base = MachineProfile.from_dict(profile_doc(
+        {"training": "fp32", "batched": "fp32", "decode": "bf16"}, gemv="native"))
+    assert base.decode_copy
+    timed: list[int] = []
+
+    def fake(native_faster_from: int) -> Any:
+        def best(passes: dict[str, Any], **_: Any) -> dict[str, float]:
+            rows = int(passes["native"]()[0].shape[0])  # each pass returns its outputs
+            timed.append(rows)
+            native_s = 1.0 if rows <= native_faster_from else 2.0
+            return {"native": native_s, "batched": 1.5}
+        return best
+
+    monkeypatch.setattr(precision, "COPIES", {**precision.COPIES, "decode": 2})  # quick
+    monkeypatch.setattr(precision, "_alternating_best", fake(8))
+    rows, times = precision._time_gemv_rows(base)
+    assert rows == 8 and timed == [16, 8]
+    assert set(times) == {"native_16", "batched_16", "native_8", "batched_8"}
+    timed.clear()
+    monkeypatch.setattr(precision, "_alternating_best", fake(1))
+    assert precision._time_gemv_rows(base)[0] == 2 and timed == [16, 8, 4]
+    assert precision._time_gemv_rows(dataclasses.replace(base, gemv="aten")) == (2, {})
+    text = precision.gemv_rows_text(dataclasses.replace(base, gemv_rows=8, gemv_rows_us={
+        "native_16": 2000.0, "batched_16": 1500.0, "native_8": 1000.0, "batched_8": 1500.0}))
+    assert text == ("16 rows: batched 1.5 ms, native 2.0 ms; 8 rows: batched 1.5 ms, "
+                    "native 1.0 ms -> native up to 8 rows")
+
+
+def test_engines_serve_the_measured_rows_on_the_native_kernel(tmp_path):
+    home = tmp_path / "home"
+    doc = profile_doc({"training": "fp32", "batched": "fp32", "decode": "bf16"},
+                      gemv="native")
+    write_cache(home, {**doc, "gemv_rows": 8})
+    assert engine_config(Settings(home=home)).gemv_rows == 8
+    write_cache(home, doc)
+    assert engine_config(Settings(home=home)).gemv_rows == 2
 
 
 def test_a_profile_of_an_older_layout_is_measured_again(tmp_path, measured):

@@ -1,4 +1,5 @@
-/* A Llama layer stack's decode step for 1-2 rows in one call: for each layer, RMSNorm,
+/* A Llama layer stack's decode step in one call (rows decoding one token each: 1-2, or
+ * as many as the machine measured the native GEMV faster for): for each layer, RMSNorm,
  * the fused q/k/v product, attention (rotating q and k and writing the new keys and
  * values into the cache), the output product with its residual, RMSNorm, the fused
  * gate/up product, SiLU(gate) * up and the down product with its residual.

@@ -13,7 +13,7 @@ from gptstore.inference.types import ATTENTION_SDPA, GEMV_ATEN, INT4_TORCH
 
 def build_runner(model: Any, *, max_slots: int, max_context: int | None = None,
                  fast: bool = True, pack: bool = True, quantize: str | None = None,
-                 decode_dtype: Any = None, gemv: str = GEMV_ATEN,
+                 decode_dtype: Any = None, gemv: str = GEMV_ATEN, gemv_rows: int = 2,
                  attention: str = ATTENTION_SDPA, int4_gemv: str = INT4_TORCH) -> Runner:
     """The runner for a loaded `transformers` model (causal LM or sequence classifier).
 
@@ -24,21 +24,23 @@ def build_runner(model: Any, *, max_slots: int, max_context: int | None = None,
     rows run on a bf16 copy of the projections (models/base.py `Linear`); the generic
     runner ignores it. `gemv`: the kernel of bf16 1-2 row products, "aten" or "onednn"
     (packed weights) or "native", as measured on this CPU (precision.py,
-    `MachineProfile.gemv`). `attention`: the kernel of decode rows' attention, "sdpa"
+    `MachineProfile.gemv`); `gemv_rows`: the most rows of a step the native one serves
+    (`MachineProfile.gemv_rows`). `attention`: the kernel of decode rows' attention, "sdpa"
     or "native" (`MachineProfile.attention`); `int4_gemv`: the kernel of 4-bit products,
     "torch", "native" or "native-all" (`MachineProfile.int4_gemv`); the generic runner
-    ignores all three.
+    ignores all of these.
     """
     from gptstore.inference.models import generic, gpt2, llama
 
     if fast and llama.supports(model):
         return llama.LlamaRunner(model, max_slots=max_slots, max_context=max_context,
                                  pack=pack, quantize=quantize, decode_dtype=decode_dtype,
-                                 gemv=gemv, attention=attention, int4_gemv=int4_gemv)
+                                 gemv=gemv, gemv_rows=gemv_rows, attention=attention,
+                                 int4_gemv=int4_gemv)
     if fast and gpt2.supports(model):
         return gpt2.GPT2Runner(model, max_slots=max_slots, max_context=max_context, pack=pack,
                                quantize=quantize, decode_dtype=decode_dtype, gemv=gemv,
-                               attention=attention, int4_gemv=int4_gemv)
+                               gemv_rows=gemv_rows, attention=attention, int4_gemv=int4_gemv)
     return generic.GenericRunner(model, max_slots=max_slots, max_context=max_context)
 
 

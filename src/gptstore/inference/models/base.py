@@ -116,11 +116,17 @@ class Linear:
       (gemv_bf16.c), where the CPU has AVX-512 and it measured faster. On an AMX
       Sapphire Rapids VM, 270 MB of weights at one row, two threads: 17 GB/s on the
       AVX2 path, 20 GB/s on this one (the machine streams ~27 GB/s).
+    * `gemv_rows`: the native kernel also serves steps of up to that many rows, where
+      the machine measured it no slower than the batched products
+      (`MachineProfile.gemv_rows`): such a step is still a pass over every weight, and
+      on a CPU that serves fp32 the bf16 copy halves its bytes. On an AVX2 EPYC the
+      engine decoding 4 streams went from 98-103 to 156-184 tok/s with it, 16 streams
+      from 196-207 to 250-269 (alternating scratch runs).
     """
 
     def __init__(self, weight_t: torch.Tensor, bias: torch.Tensor | None = None, *,
                  pack: bool = False, decode_dtype: torch.dtype | None = None,
-                 gemv: str = GEMV_ATEN) -> None:
+                 gemv: str = GEMV_ATEN, gemv_rows: int = _GEMV_MAX_ROWS) -> None:
         if gemv not in GEMV_KERNELS:
             raise ValueError(f"unknown gemv kernel {gemv!r} (known: {', '.join(GEMV_KERNELS)})")
         self.weight_t = weight_t  # [in, out]: a transposed view of an nn.Linear weight,
@@ -137,6 +143,8 @@ class Linear:
                 and native.fits(weight_t.shape[0]) and native.library() is not None:
             self.decode_native = native.pack(weight_t.t())
         self.native_avx512 = gemv == GEMV_NATIVE_AVX512 and native.gemv_avx512_supported()
+        # the most rows the native kernel serves: 1-2 always, more where measured faster
+        self.native_rows = max(gemv_rows, _GEMV_MAX_ROWS)
         # bf16 1-2 row products on the packed weights (`gemv="onednn"`), else ATen's GEMV
         packed_gemv = gemv == GEMV_ONEDNN and bf16 and self.packed is not None
         self.gemv_toggle = bf16 and mkldnn and not packed_gemv
@@ -156,9 +164,10 @@ class Linear:
     @classmethod
     def of(cls, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
            pack: bool = False, decode_dtype: torch.dtype | None = None,
-           gemv: str = GEMV_ATEN) -> Linear:
+           gemv: str = GEMV_ATEN, gemv_rows: int = _GEMV_MAX_ROWS) -> Linear:
         """From an `nn.Linear`-style weight [out, in]."""
-        return cls(weight.t(), bias, pack=pack, decode_dtype=decode_dtype, gemv=gemv)
+        return cls(weight.t(), bias, pack=pack, decode_dtype=decode_dtype, gemv=gemv,
+                   gemv_rows=gemv_rows)
 
     @property
     def extra_nbytes(self) -> int:
@@ -172,12 +181,13 @@ class Linear:
 
     def decodes_low(self, rows: int) -> bool:
         """Whether a step of `rows` rows runs on a lower-precision decode copy."""
-        return rows <= _GEMV_MAX_ROWS and (
-            self.decode_weight_t is not None or self.decode_packed is not None
-            or (self.decode_native is not None and self.weight_t.dtype != torch.bfloat16))
+        if self.decode_native is not None and self.weight_t.dtype != torch.bfloat16:
+            return rows <= self.native_rows
+        return rows <= _GEMV_MAX_ROWS and (self.decode_weight_t is not None
+                                           or self.decode_packed is not None)
 
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        if self.decode_native is not None and x.shape[0] <= _GEMV_MAX_ROWS:
+        if self.decode_native is not None and x.shape[0] <= self.native_rows:
             return native.gemv(x, self.decode_native, self.weight_t.shape[1], self.bias,
                                residual, avx512=self.native_avx512)
         if self.decodes_low(x.shape[0]):
@@ -398,7 +408,8 @@ class DecoderRunner(Runner):
                  vocab_size: int, context_length: int, dtype: torch.dtype,
                  max_slots: int, pack: bool, quantize: str | None = None,
                  decode_dtype: torch.dtype | None = None, gemv: str = GEMV_ATEN,
-                 attention: str = ATTENTION_SDPA, int4_gemv: str = INT4_TORCH) -> None:
+                 gemv_rows: int = _GEMV_MAX_ROWS, attention: str = ATTENTION_SDPA,
+                 int4_gemv: str = INT4_TORCH) -> None:
         if quantize not in (None, "int4"):
             raise ValueError(f"unknown quantization {quantize!r}")
         if quantize and dtype != torch.bfloat16:
@@ -413,6 +424,8 @@ class DecoderRunner(Runner):
         self.decode_dtype = None if quantize or decode_dtype == dtype else decode_dtype
         # the kernel of bf16 1-2 row products (`Linear`), as measured on this CPU
         self.gemv = gemv
+        # the most rows of a step the native one serves (`Linear`)
+        self.gemv_rows = gemv_rows
         # and of 4-bit ones (`Int4Linear`)
         self.int4_gemv = int4_gemv
         # decode rows' attention on the native kernel, where it measured faster and runs
@@ -430,7 +443,7 @@ class DecoderRunner(Runner):
             layer = Int4Linear(weight_t, bias, kernel=self.int4_gemv)
         else:
             layer = Linear(weight_t, bias, pack=self.pack, decode_dtype=self.decode_dtype,
-                           gemv=self.gemv)
+                           gemv=self.gemv, gemv_rows=self.gemv_rows)
         self._linears.append(layer)
         return layer
 

@@ -47,7 +47,8 @@ class GPT2Runner(DecoderRunner):
     def __init__(self, model: Any, *, max_slots: int, max_context: int | None = None,
                  pack: bool = False, quantize: str | None = None,
                  decode_dtype: torch.dtype | None = None, gemv: str = GEMV_ATEN,
-                 attention: str = ATTENTION_SDPA, int4_gemv: str = INT4_TORCH) -> None:
+                 gemv_rows: int = 2, attention: str = ATTENTION_SDPA,
+                 int4_gemv: str = INT4_TORCH) -> None:
         config = model.config
         tr = model.transformer
         d, n_heads = config.n_embd, config.n_head
@@ -59,7 +60,7 @@ class GPT2Runner(DecoderRunner):
                          head_dim=d // n_heads, vocab_size=config.vocab_size,
                          context_length=context, dtype=dtype, max_slots=max_slots, pack=pack,
                          quantize=quantize, decode_dtype=decode_dtype, gemv=gemv,
-                         attention=attention, int4_gemv=int4_gemv)
+                         gemv_rows=gemv_rows, attention=attention, int4_gemv=int4_gemv)
         self.hidden = d
         self.eps = float(config.layer_norm_epsilon)
         self.wte = tr.wte.weight.detach()

@@ -112,7 +112,8 @@ class LlamaRunner(DecoderRunner):
     def __init__(self, model: Any, *, max_slots: int, max_context: int | None = None,
                  pack: bool = False, quantize: str | None = None,
                  decode_dtype: torch.dtype | None = None, gemv: str = GEMV_ATEN,
-                 attention: str = ATTENTION_SDPA, int4_gemv: str = INT4_TORCH) -> None:
+                 gemv_rows: int = 2, attention: str = ATTENTION_SDPA,
+                 int4_gemv: str = INT4_TORCH) -> None:
         config = model.config
         decoder = _decoder(model)
         first = decoder.layers[0].self_attn
@@ -129,7 +130,7 @@ class LlamaRunner(DecoderRunner):
                          head_dim=head_dim, vocab_size=config.vocab_size,
                          context_length=context, dtype=dtype, max_slots=max_slots, pack=pack,
                          quantize=quantize, decode_dtype=decode_dtype, gemv=gemv,
-                         attention=attention, int4_gemv=int4_gemv)
+                         gemv_rows=gemv_rows, attention=attention, int4_gemv=int4_gemv)
         self.eps = float(config.rms_norm_eps)
         self.hidden = config.hidden_size
         self.intermediate = config.intermediate_size
@@ -165,12 +166,16 @@ class LlamaRunner(DecoderRunner):
         self._rotary = decoder.rotary_emb
         self.cos = self.sin_signed = torch.empty(0, head_dim, dtype=dtype)
         self._ensure_rotary(min(context, 2048))
+        # the most rows of a decode step that `decode_step` runs (the native products'
+        # limit: `gemv_rows` for the bf16 GEMV, 1-2 for the 4-bit one)
+        self.decode_step_rows = native.MAX_ROWS
         self.decode_step = self._decode_step()
 
     def _decode_step(self) -> native.LlamaDecodeStep | None:
-        """The layers as one native call for 1-2 row decode steps (`native.LlamaDecodeStep`),
-        where every product of every layer runs on one native kernel and the attention
-        on the native one: the same kernels the step would call one by one."""
+        """The layers as one native call for decode steps of as many rows as the native
+        products serve (`native.LlamaDecodeStep`), where every product of every layer
+        runs on one native kernel and the attention on the native one: the same kernels
+        the step would call one by one."""
         if not self.native_attention or not self.layers:
             return None
         kinds, layers = set(), []
@@ -190,7 +195,11 @@ class LlamaRunner(DecoderRunner):
             layers.append(parts)
         if len(kinds) != 1:
             return None
-        return native.LlamaDecodeStep(layers, kinds.pop(), dim=self.hidden, n_heads=self.n_heads,
+        kind = kinds.pop()
+        if kind != "q4":
+            self.decode_step_rows = min(linear.native_rows for linear in self._linears
+                                        if linear.decode_native is not None)
+        return native.LlamaDecodeStep(layers, kind, dim=self.hidden, n_heads=self.n_heads,
                                       n_kv=self.n_kv_heads, head_dim=self.head_dim,
                                       inter=self.intermediate, eps=self.eps, scale=self.scale,
                                       dtype=self.dtype)
@@ -236,8 +245,8 @@ class LlamaRunner(DecoderRunner):
         n, hd = plan.n_tokens, self.head_dim
         n_q, n_kv, inter, eps = self.n_heads, self.n_kv_heads, self.intermediate, self.eps
         if self.decode_step is not None and lora is None and plan.kernel_writes \
-                and n <= native.MAX_ROWS and len(plan.groups) == 1:
-            # 1-2 decode rows on consecutive slots: every layer in one native call
+                and n <= self.decode_step_rows and len(plan.groups) == 1:
+            # decode rows on consecutive slots: every layer in one native call
             self._ensure_rotary(plan.max_position)
             x = F.embedding(plan.token_ids, self.embed)  # [N, D], updated in place
             attention = plan.groups[0].native
