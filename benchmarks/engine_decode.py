@@ -124,7 +124,7 @@ def main() -> None:
     batch = prompts(tokenizer, args.streams)
     spec = ModelSpec(base_key="m", base_loader=lambda: load(folder, dtype))
     del model
-    copy = f" with a {decode_dtype} copy for 1-row steps" if decode_dtype else ""
+    copy = f" with a {decode_dtype} copy for decode steps" if decode_dtype else ""
     copy += f", bf16 1-row kernel {gemv} (decode steps of up to {gemv_rows} rows), " \
         f"decode attention {attention}"
     print(f"{folder.name}: gptstore {str(dtype).removeprefix('torch.')}{copy} "
