@@ -450,7 +450,8 @@ DECODE_STEP_KERNELS = {"native": 0, "native-avx512": 1, "q4": 2}
 
 
 class LlamaDecodeStep:
-    """A Llama layer stack's decode step for 1-2 rows in one native call (decode_step.c):
+    """A Llama layer stack's decode step (rows decoding one token each) in one native call
+    (decode_step.c):
     per layer the kernels the separate calls would run (`rms_norm`, `gemv` or `gemv_q4`,
     `DecodeAttention` writing and rotating, `silu_mul`), in the same order on the same
     kind of buffers, so it gives their bits without their ~8 Python calls a layer.
@@ -537,6 +538,8 @@ class LlamaDecodeStep:
                                attention.slot0, attention.counts, self.scale,
                                rotary[0].data_ptr(), rotary[1].data_ptr(),
                                int(self.dtype == torch.bfloat16), torch.get_num_threads())
+        if status == -2:  # the 4-bit kernel's row limit, checked above: not reached
+            raise ValueError(f"the native 4-bit GEMV takes 1-{MAX_ROWS} rows here")
         if status == -3:
             raise ValueError("the native GEMV's AVX-512 path needs a CPU with AVX-512")
         if status != 0:

@@ -61,6 +61,12 @@ def test_first_use_measures_every_use_in_both_dtypes_quickly(tmp_path, measured)
         assert rates["fp32"] > 0 and rates["bf16"] > 0
     assert profile.choices == choose(profile.gflops)
     assert profile.key == machine_key() and profile.cpu in profile.key
+    # the few-row rule: timed where the native GEMV is the 1-row kernel, else 1-2 rows
+    assert profile.gemv_rows in (2, *precision.GEMV_ROWS_TIMED)
+    if profile.gemv in ("native", "native-avx512"):
+        assert profile.gemv_rows_us[f"native_{max(precision.GEMV_ROWS_TIMED)}"] > 0
+    else:
+        assert profile.gemv_rows == 2 and not profile.gemv_rows_us
     # "well under a second" on a quiet machine; the test machine is shared, so allow 3 s
     assert profile.seconds < 3.0
 

@@ -1,5 +1,7 @@
 /* One- and two-row products with bf16 weights on AVX2 + FMA (or AVX-512): y = x W^T (+ bias)
- * (+ residual).
+ * (+ residual). More rows are each a pass over the block the row before has just read
+ * (decode steps of a few rows, where the machine measured that faster:
+ * precision.py `gemv_rows`).
  *
  * Why hand-written (docs/design.md, "The native bf16 GEMV"): single-stream decoding
  * reads every weight once per token, so its speed is the rate weights stream from

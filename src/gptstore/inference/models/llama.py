@@ -166,43 +166,41 @@ class LlamaRunner(DecoderRunner):
         self._rotary = decoder.rotary_emb
         self.cos = self.sin_signed = torch.empty(0, head_dim, dtype=dtype)
         self._ensure_rotary(min(context, 2048))
-        # the most rows of a decode step that `decode_step` runs (the native products'
-        # limit: `gemv_rows` for the bf16 GEMV, 1-2 for the 4-bit one)
-        self.decode_step_rows = native.MAX_ROWS
-        self.decode_step = self._decode_step()
+        # the layers as one native call, for decode steps of up to `decode_step_rows`
+        self.decode_step, self.decode_step_rows = self._decode_step()
 
-    def _decode_step(self) -> native.LlamaDecodeStep | None:
-        """The layers as one native call for decode steps of as many rows as the native
-        products serve (`native.LlamaDecodeStep`), where every product of every layer
-        runs on one native kernel and the attention on the native one: the same kernels
-        the step would call one by one."""
+    def _decode_step(self) -> tuple[native.LlamaDecodeStep | None, int]:
+        """The layers as one native call (`native.LlamaDecodeStep`) where every product
+        of every layer runs on one native kernel and the attention on the native one
+        (the same kernels the step would call one by one), and the most rows of a step
+        it takes: what the products' kernel serves (`gemv_rows` for the bf16 GEMV, 1-2
+        for the 4-bit one)."""
         if not self.native_attention or not self.layers:
-            return None
-        kinds, layers = set(), []
+            return None, 0
+        kinds, layers, most = set(), [], []
         for w in self.layers:
             parts: list[torch.Tensor | None] = [w.norm1[:self.hidden]]
             for linear in (w.qkv, w.o, w.gate_up, w.down):
-                weights, kind = linear.decode_native, \
-                    "native-avx512" if linear.native_avx512 else "native"
                 if isinstance(linear, Int4Linear):
-                    weights, kind = linear.decode_q4, "q4"
+                    weights, kind, rows = linear.decode_q4, "q4", native.MAX_ROWS
+                else:
+                    weights, rows = linear.decode_native, linear.native_rows
+                    kind = "native-avx512" if linear.native_avx512 else "native"
                 if weights is None:
-                    return None  # a product on PyTorch's kernels
+                    return None, 0  # a product on PyTorch's kernels
                 kinds.add(kind)
+                most.append(rows)
                 parts += [weights, linear.bias]
                 if linear is w.o:
                     parts.append(w.norm2[:self.hidden])
             layers.append(parts)
         if len(kinds) != 1:
-            return None
-        kind = kinds.pop()
-        if kind != "q4":
-            self.decode_step_rows = min(linear.native_rows for linear in self._linears
-                                        if linear.decode_native is not None)
-        return native.LlamaDecodeStep(layers, kind, dim=self.hidden, n_heads=self.n_heads,
-                                      n_kv=self.n_kv_heads, head_dim=self.head_dim,
-                                      inter=self.intermediate, eps=self.eps, scale=self.scale,
-                                      dtype=self.dtype)
+            return None, 0
+        step = native.LlamaDecodeStep(layers, kinds.pop(), dim=self.hidden,
+                                      n_heads=self.n_heads, n_kv=self.n_kv_heads,
+                                      head_dim=self.head_dim, inter=self.intermediate,
+                                      eps=self.eps, scale=self.scale, dtype=self.dtype)
+        return step, min(most)
 
     def _ensure_rotary(self, n_positions: int) -> None:
         if n_positions <= self.cos.shape[0]:
