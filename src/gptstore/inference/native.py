@@ -37,6 +37,7 @@ machine), never assumed.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import platform
@@ -102,13 +103,19 @@ def _cpu_supports() -> str | None:
     return None
 
 
+@functools.cache
+def source_digest() -> str:
+    """A digest of the kernels' source and flags: what a machine's profile measured
+    (precision.py measures again when it changes)."""
+    return hashlib.sha256(b"\0".join([*(path.read_bytes() for path in SOURCES + HEADERS),
+                                      " ".join(FLAGS).encode()])).hexdigest()[:16]
+
+
 def _build(cc: str) -> Path:
     """The shared object for this source and compiler, built unless already cached."""
     version = subprocess.run([cc, "--version"], capture_output=True, text=True,
                              timeout=30).stdout.splitlines()[:1]
-    digest = hashlib.sha256(b"\0".join([*(path.read_bytes() for path in SOURCES + HEADERS),
-                                        " ".join(FLAGS).encode(),
-                                        "".join(version).encode()])).hexdigest()[:16]
+    digest = hashlib.sha256(f"{source_digest()} {''.join(version)}".encode()).hexdigest()[:16]
     for folder in (_cache_dir(), Path(tempfile.gettempdir()) / f"gptstore-kernels-{os.getuid()}"):
         target = folder / f"gptstore-kernels-{digest}.so"
         if target.exists():

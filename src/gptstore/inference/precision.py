@@ -107,8 +107,9 @@ ATTENTION_ROWS = (1, 16)
 #: layout of a cached profile; one of an older layout is measured again (3: the native
 #: GEMV joined the timed 1-row kernels, and decode attention is timed; 4: it has room for
 #: the 4-bit kernels' times; 5: the native GEMV's AVX-512 path is timed as a kernel; 6: the
-#: rows of decode steps the native GEMV serves are timed)
-LAYOUT = 6
+#: rows of decode steps the native GEMV serves are timed; 7: the native kernels' source
+#: digest is kept, and a profile measured with other kernels is measured again)
+LAYOUT = 7
 #: rows of the decode steps timed for `MachineProfile.gemv_rows`, most first
 GEMV_ROWS_TIMED = (16, 8, 4)
 #: torch threads of the timing. One: the choice needs the ratio of the two dtypes, and
@@ -152,6 +153,9 @@ class MachineProfile:
     load_average: float = 0.0  # 1-minute load average when measured
     measured_at: float = field(default_factory=time.time)
     seconds: float = 0.0  # how long the measurement took
+    # the native kernels measured (`native.source_digest`): a new build of them changes
+    # what they cost, so a profile of other kernels is measured again
+    kernels: str = field(default_factory=lambda: _kernels_digest())
     layout: int = LAYOUT
 
     @property
@@ -209,7 +213,15 @@ class MachineProfile:
         """Raises ValueError for a profile of another layout (measured again)."""
         if doc.get("layout") != LAYOUT:
             raise ValueError(f"profile layout {doc.get('layout')!r}, not {LAYOUT}")
+        if doc.get("kernels") != _kernels_digest():
+            raise ValueError("profile measured with other native kernels")
         return cls(**{k: doc[k] for k in cls.__dataclass_fields__ if k in doc})
+
+
+def _kernels_digest() -> str:
+    from gptstore.inference import native
+
+    return native.source_digest()
 
 
 # ------------------------------------------------------------------------ machine key

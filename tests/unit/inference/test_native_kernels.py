@@ -125,18 +125,20 @@ def test_inputs_it_cannot_take_are_refused_by_name(kernel):
 
 
 @pytest.mark.parametrize("act", [torch.float32, torch.bfloat16])
-def test_many_rows_give_each_rows_own_bits(kernel, act):
-    """A decode step of several rows (`MachineProfile.gemv_rows`) is each row's own pass
-    over the weights: the bits of that row alone."""
+@pytest.mark.parametrize(("rows", "n_out"), [(16, 40), (5, 13)])
+def test_many_rows_give_each_rows_own_bits(kernel, act, rows, n_out):
+    """A decode step of several rows (`MachineProfile.gemv_rows`) gives each row the bits
+    of that row alone, though the AVX2 path takes rows two at a time (5 rows: two pairs
+    and one alone; 13 outputs: a last weight block of 5 rows)."""
     generator = torch.Generator().manual_seed(11)
-    weight = torch.randn(40, 64, generator=generator)
-    x = torch.randn(16, 64, generator=generator).to(act)
-    bias = torch.randn(40, generator=generator).to(act)
-    residual = torch.randn(16, 40, generator=generator).to(act)
+    weight = torch.randn(n_out, 64, generator=generator)
+    x = torch.randn(rows, 64, generator=generator).to(act)
+    bias = torch.randn(n_out, generator=generator).to(act)
+    residual = torch.randn(rows, n_out, generator=generator).to(act)
     packed = native.pack(weight)
-    together = native.gemv(x, packed, 40, bias, residual)
-    alone = torch.cat([native.gemv(x[i:i + 1], packed, 40, bias, residual[i:i + 1])
-                       for i in range(16)])
+    together = native.gemv(x, packed, n_out, bias, residual)
+    alone = torch.cat([native.gemv(x[i:i + 1], packed, n_out, bias, residual[i:i + 1])
+                       for i in range(rows)])
     assert torch.equal(together, alone)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from gptstore.inference import precision
+from gptstore.inference import native, precision
 from gptstore.inference.precision import MachineProfile, choose, machine_key, machine_profile
 from gptstore.inference.store import engine_config
 from gptstore.settings import Settings
@@ -242,6 +242,20 @@ def test_a_profile_of_an_older_layout_is_measured_again(tmp_path, measured):
     assert len(measured) == 1 and profile.cpu != "test CPU"
     doc = json.loads((tmp_path / precision.CACHE_FILE).read_text())
     assert doc[machine_key()]["layout"] == precision.LAYOUT
+
+
+def test_a_profile_of_other_native_kernels_is_measured_again(tmp_path, measured):
+    """A new build of the kernels changes what they cost (a faster many-row GEMV moves
+    `gemv_rows`): a profile that measured other kernels is not trusted."""
+    doc = profile_doc({"training": "fp32", "batched": "fp32", "decode": "bf16"},
+                      gemv="native")
+    write_cache(tmp_path, {**doc, "kernels": "0123456789abcdef"})
+    profile = machine_profile(tmp_path)
+    assert len(measured) == 1 and profile.cpu != "test CPU"
+    cached = json.loads((tmp_path / precision.CACHE_FILE).read_text())[machine_key()]
+    assert cached["kernels"] == native.source_digest()
+    precision._memo.clear()
+    assert machine_profile(tmp_path) == profile and len(measured) == 1
 
 
 def test_profile_is_cached_in_the_home_and_read_back_without_measuring(tmp_path, measured):

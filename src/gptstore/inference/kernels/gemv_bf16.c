@@ -1,5 +1,5 @@
 /* One- and two-row products with bf16 weights on AVX2 + FMA (or AVX-512): y = x W^T (+ bias)
- * (+ residual). More rows are each a pass over the block the row before has just read
+ * (+ residual). More rows go two at a time over the block the rows before have just read
  * (decode steps of a few rows, where the machine measured that faster:
  * precision.py `gemv_rows`).
  *
@@ -67,6 +67,42 @@ static inline void block_avx2(const uint16_t *block, const float *xr, int64_t n_
         out[k] = hsum(acc[k]);
 }
 
+/* The sums of block_avx2 for two rows of x at once, four weight rows at a time: each
+ * widened weight vector feeds both rows' FMAs, which halves the shifts and masks per
+ * FMA and keeps eight independent sums in flight. Each (row, weight row) sum takes the
+ * same FMAs in the same order as block_avx2's, so the bits are the same. In a C loop on
+ * an AVX2 EPYC (Zen 3, 2 threads, 24 distinct 576 x 1536 weights), 16 rows ran at 127
+ * GFLOP/s against 107 one row at a time, 2 rows at 93 against 81. */
+static inline void block_pair_avx2(const uint16_t *block, const float *x0, const float *x1,
+                                   int64_t n_in, float out0[ROWS], float out1[ROWS]) {
+    const __m256i odd_mask = _mm256_set1_epi32((int)0xffff0000u);
+    for (int half = 0; half < ROWS; half += ROWS / 2) {
+        __m256 acc0[ROWS / 2], acc1[ROWS / 2];
+        for (int k = 0; k < ROWS / 2; k++)
+            acc0[k] = acc1[k] = _mm256_setzero_ps();
+        for (int64_t c = 0; c < n_in; c += CHUNK) {
+            const __m256 x0_even = _mm256_load_ps(x0 + c);
+            const __m256 x0_odd = _mm256_load_ps(x0 + c + CHUNK / 2);
+            const __m256 x1_even = _mm256_load_ps(x1 + c);
+            const __m256 x1_odd = _mm256_load_ps(x1 + c + CHUNK / 2);
+            const uint16_t *chunk = block + c * ROWS + half * CHUNK;
+            for (int k = 0; k < ROWS / 2; k++) {
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(chunk + k * CHUNK));
+                const __m256 even = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+                const __m256 odd = _mm256_castsi256_ps(_mm256_and_si256(v, odd_mask));
+                acc0[k] = _mm256_fmadd_ps(even, x0_even, acc0[k]);
+                acc0[k] = _mm256_fmadd_ps(odd, x0_odd, acc0[k]);
+                acc1[k] = _mm256_fmadd_ps(even, x1_even, acc1[k]);
+                acc1[k] = _mm256_fmadd_ps(odd, x1_odd, acc1[k]);
+            }
+        }
+        for (int k = 0; k < ROWS / 2; k++) {
+            out0[half + k] = hsum(acc0[k]);
+            out1[half + k] = hsum(acc1[k]);
+        }
+    }
+}
+
 /* The same sums with AVX-512: rows 2k and 2k+1 in the low and high halves of acc[k]. */
 #define GEMV_AVX512 __attribute__((target("avx512f,avx512dq")))
 static inline GEMV_AVX512 void block_avx512(const uint16_t *block, const float *xr,
@@ -130,7 +166,16 @@ static int gemv_bf16(const void *x, int64_t n_rows, int64_t x_stride, const uint
     #pragma omp parallel for schedule(static) num_threads(n_threads)
     for (int64_t b = 0; b < n_blocks; b++) {
         const uint16_t *block = packed + b * ROWS * n_in;
-        for (int64_t r = 0; r < n_rows; r++) {  /* a second row finds the block in cache */
+        int64_t r = 0;  /* rows after the first find the block in cache */
+        if (!use_avx512) {
+            for (; r + 1 < n_rows; r += 2) {
+                float sums0[ROWS], sums1[ROWS];
+                block_pair_avx2(block, xs + r * n_in, xs + (r + 1) * n_in, n_in, sums0, sums1);
+                store_block_sums(sums0, b, r, n_out, bias, residual, y, act_bf16);
+                store_block_sums(sums1, b, r + 1, n_out, bias, residual, y, act_bf16);
+            }
+        }
+        for (; r < n_rows; r++) {
             float sums[ROWS];
             if (use_avx512)
                 block_avx512(block, xs + r * n_in, n_in, sums);
