@@ -29,6 +29,25 @@ def test_a_bad_setting_is_one_line_naming_the_variable(tmp_path: Path, monkeypat
     assert "GPTSTORE_INT4_KERNEL='fbgemm'" in proc.stderr and "native-all" in proc.stderr
 
 
+@pytest.mark.parametrize(("args", "code"), [(["models", "list"], 0),
+                                           (["models", "show", "nobody/nothing"], 1)])
+def test_the_command_ends_with_its_exit_code_its_atexit_hooks_and_objects_frozen(
+        tmp_path: Path, args: list[str], code: int) -> None:
+    """`main` freezes the objects alive when the command is done (the interpreter's
+    teardown then skips them: ~1 s with torch and transformers loaded), keeping the exit
+    code and every atexit hook."""
+    script = ("import atexit, gc, sys\n"
+              "atexit.register(lambda: print('frozen', gc.get_freeze_count() > 0))\n"
+              f"sys.argv = ['gptstore', *{args!r}]\n"
+              "from gptstore.cli.app import main\n"
+              "main()\n")
+    env = {**os.environ, "GPTSTORE_HOME": str(tmp_path), "COLUMNS": "200"}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == code, proc.stderr
+    assert proc.stdout.strip().endswith("frozen True")
+
+
 def test_help_lists_settings(tmp_path: Path) -> None:
     for args in (["--help"], ["serve", "--help"]):
         out = gptstore(*args, home=tmp_path).stdout
