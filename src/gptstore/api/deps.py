@@ -36,11 +36,12 @@ async def get_serving(request: Request) -> Any:
     starts without importing torch)."""
     state = request.app.state
     if state.serving is None:
-        await run_in_threadpool(_build_serving, state)
+        await run_in_threadpool(build_serving, state)
     return state.serving
 
 
-def _build_serving(state: Any) -> None:
+def build_serving(state: Any) -> None:
+    """The engine and its OpenAI serving layer on `state`, once (from any thread)."""
     if state.serving is None:
         with _engine_lock:
             if state.serving is None:

@@ -77,7 +77,7 @@ def serve(
     """Start the HTTP server (OpenAI-compatible API under /v1, store API under /api)."""
     import uvicorn
 
-    from gptstore.api.app import build_app
+    from gptstore.api.app import build_app, preload_problem
 
     cfg = settings()
     if host:
@@ -98,6 +98,10 @@ def serve(
             if not catalog.exists(BUILTIN_NAME):
                 with console.status(f"pulling {BUILTIN_NAME} (first run only)…"):
                     ensure_builtin(catalog)
+    with open_catalog() as catalog:
+        problem = preload_problem(catalog, cfg.preload_models)
+    if problem:
+        fail(problem)
     # on SIGTERM, requests in flight get this long to finish, then they are cancelled
     uvicorn.run(build_app(cfg), host=cfg.host, port=cfg.port, log_level="info",
                 timeout_graceful_shutdown=max(1, round(cfg.shutdown_grace_seconds)))

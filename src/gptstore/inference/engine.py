@@ -232,6 +232,11 @@ class Engine:
 
     # -- introspection ----------------------------------------------------------------
 
+    def load(self, model: str) -> None:
+        """Load `model`'s base and adapter now, as its first request would (a server's
+        preload); kept loaded like any other, under the memory budget."""
+        self._with_loaded(model, lambda _base, _adapter: None)
+
     def tokenizer(self, model: str) -> Any:
         """The tokenizer of `model` (loads its base if needed)."""
         return self._with_loaded(model, lambda base, _a: base.tokenizer)

@@ -13,8 +13,11 @@ from api_helpers import Publisher
 from fastapi.testclient import TestClient
 
 from gptstore import __version__
+from gptstore.api.app import build_app
 from gptstore.api.store.schemas import ModelPage, ModelPublic, VersionPublic
 from gptstore.catalog.repository import Catalog
+from gptstore.errors import InvalidRequest
+from gptstore.settings import Settings
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
@@ -219,3 +222,10 @@ def test_limits_at_the_bounds_are_accepted(client: TestClient, publish: Publishe
 def test_health_and_engine(client: TestClient) -> None:
     assert _get(client, "/healthz") == {"status": "ok", "version": __version__}
     assert _get(client, "/api/engine") == {"started": False}
+
+
+def test_a_preload_name_the_store_lacks_stops_the_start(settings: Settings) -> None:
+    app = build_app(settings.model_copy(update={"preload": "acme/nope"}))
+    with pytest.raises(InvalidRequest, match="GPTSTORE_PRELOAD names 'acme/nope'"), \
+            TestClient(app):
+        pass
