@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/engine_decode.py [--home /tmp/gptstore-bench]
     .venv/bin/python benchmarks/engine_decode.py --model DIR    # any local HF causal LM
     .venv/bin/python benchmarks/engine_decode.py --gemv aten --attention sdpa  # other kernels
+    .venv/bin/python benchmarks/engine_decode.py --adapter-rank 8  # LoRA models too
 
 Prints the machine (CPU, GEMM GFLOP/s in fp32 and bf16, memory bandwidth), then per
 round and as best / median over rounds:
@@ -12,8 +13,12 @@ round and as best / median over rounds:
   * 16 concurrent streams: total tokens/s of the engine vs `generate` one request after
     another (the peer serves one request at a time).
 Rounds alternate the two, and the engine is shut down while the peer runs (its idle
-threads would slow the peer). Default model: the store's built-in SmolLM2-135M-Instruct
-(pulled into --home once), gptstore in the dtype it measured best here (or --dtype).
+threads would slow the peer). With --adapter-rank R, each round also runs the engine on
+a random LoRA adapter of rank R on every projection (PEFT, seeded; as a fine-tune of the
+store is served): one stream on it, and 16 streams with it on every other stream (the
+rest on the base), beside the base figures. Default model: the store's built-in
+SmolLM2-135M-Instruct (pulled into --home once), gptstore in the dtype it measured best
+here (or --dtype).
 """
 
 from __future__ import annotations
@@ -53,6 +58,23 @@ def load(folder: Path, dtype: torch.dtype) -> tuple[Any, Any]:
     return model.eval(), AutoTokenizer.from_pretrained(folder)
 
 
+def random_adapter(model: Any, rank: int, folder: Path) -> Path:
+    """A PEFT LoRA adapter of `rank` on every projection of `model` with random, seeded
+    weights (B non-zero, so it changes the outputs), saved to `folder`."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear")
+    peft_model = get_peft_model(model, config)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.01)
+    peft_model.save_pretrained(str(folder))
+    peft_model.unload()  # the base as it was
+    return folder
+
+
 def prompts(tokenizer: Any, n: int) -> list[list[int]]:
     out = []
     for question in (QUESTIONS * (n // len(QUESTIONS) + 1))[:n]:
@@ -62,20 +84,23 @@ def prompts(tokenizer: Any, n: int) -> list[list[int]]:
     return out
 
 
-def engine_single(engine: Engine, prompt: list[int], n: int) -> float:
+def engine_single(engine: Engine, prompt: list[int], n: int, model: str = "m") -> float:
     """Decode tokens/s after the first token, one request alone."""
     params = SamplingParams(temperature=0, max_tokens=n, ignore_eos=True)
     first = 0.0
-    for i, _event in enumerate(engine.submit(GenerationRequest(prompt, "m", params))):
+    for i, _event in enumerate(engine.submit(GenerationRequest(prompt, model, params))):
         if i == 0:
             first = time.perf_counter()
     return (n - 1) / (time.perf_counter() - first)
 
 
-def engine_many(engine: Engine, batch: list[list[int]], n: int) -> float:
+def engine_many(engine: Engine, batch: list[list[int]], n: int,
+                models: tuple[str, ...] | list[str] = ("m",)) -> float:
+    """Total tokens/s of the batch's requests at once, request i on models[i % len]."""
     params = SamplingParams(temperature=0, max_tokens=n, ignore_eos=True)
     start = time.perf_counter()
-    handles = [engine.submit(GenerationRequest(p, "m", params)) for p in batch]
+    handles = [engine.submit(GenerationRequest(p, models[i % len(models)], params))
+               for i, p in enumerate(batch)]
     total = sum(len(h.result().token_ids) for h in handles)
     return total / (time.perf_counter() - start)
 
@@ -98,6 +123,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128, help="new tokens per request")
     parser.add_argument("--streams", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--adapter-rank", type=int, default=0,
+                        help="also decode with a random LoRA adapter of this rank")
     parser.add_argument("--peer-prompts", type=int, default=2,
                         help="single-stream prompts the peer runs per round")
     args = parser.parse_args()
@@ -123,6 +150,11 @@ def main() -> None:
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     batch = prompts(tokenizer, args.streams)
     spec = ModelSpec(base_key="m", base_loader=lambda: load(folder, dtype))
+    specs = {"m": spec}
+    if args.adapter_rank:
+        specs["m+lora"] = ModelSpec(base_key="m", base_loader=spec.base_loader,
+                                    adapter_dir=random_adapter(model, args.adapter_rank,
+                                                               args.home / "bench-adapter"))
     del model
     copy = f" with a {decode_dtype} copy for decode steps" if decode_dtype else ""
     copy += f", bf16 1-row kernel {gemv} (decode steps of up to {gemv_rows} rows), " \
@@ -130,7 +162,8 @@ def main() -> None:
     print(f"{folder.name}: gptstore {str(dtype).removeprefix('torch.')}{copy} "
           f"({weight_bytes / 1e6:.0f} MB of weights), {args.tokens} new tokens", flush=True)
 
-    rows: dict[str, list[float]] = {k: [] for k in ("peer", "peer_seq", "ours", "many")}
+    rows: dict[str, list[float]] = {k: [] for k in ("peer", "peer_seq", "ours", "many",
+                                                    "lora", "lora_many")}
     other = OtherLoad()
     peer_dtype = "?"
     for r in range(args.rounds):
@@ -141,7 +174,7 @@ def main() -> None:
         rows["peer_seq"].append(sum(run["tokens"] for run in peer["runs"])
                                 / sum(run["seconds"] for run in peer["runs"]))
         peer_other = other()
-        engine = Engine(lambda _name: spec, EngineConfig(max_running=args.streams,
+        engine = Engine(specs.__getitem__, EngineConfig(max_running=args.streams,
                                                          decode_dtype=decode_dtype,
                                                          gemv=gemv, gemv_rows=gemv_rows,
                                                          decode_attention=attention))
@@ -149,11 +182,20 @@ def main() -> None:
         engine_single(engine, batch[0][:8], 4)  # warm-up
         rows["ours"].append(engine_single(engine, batch[r % len(batch)], args.tokens))
         rows["many"].append(engine_many(engine, batch, args.tokens))
+        adapter = ""
+        if args.adapter_rank:
+            engine_single(engine, batch[0][:8], 4, "m+lora")  # loads the adapter
+            rows["lora"].append(engine_single(engine, batch[r % len(batch)], args.tokens,
+                                              "m+lora"))
+            rows["lora_many"].append(engine_many(engine, batch, args.tokens,
+                                                 ["m+lora", "m"]))
+            adapter = f" | adapter: 1 stream {rows['lora'][-1]:5.1f} tok/s, " \
+                f"{args.streams} streams (every other) {rows['lora_many'][-1]:6.1f} tok/s"
         engine.shutdown()
         print(f"round {r + 1}: generate ({peer_dtype}) {rows['peer'][-1]:5.1f} tok/s | engine "
               f"1 stream {rows['ours'][-1]:5.1f} tok/s | engine {args.streams} streams "
-              f"{rows['many'][-1]:6.1f} tok/s | other processes' CPU: {peer_other:.0%} "
-              f"(peer), {other():.0%} (engine)", flush=True)
+              f"{rows['many'][-1]:6.1f} tok/s{adapter} | other processes' CPU: "
+              f"{peer_other:.0%} (peer), {other():.0%} (engine)", flush=True)
 
     read_bytes = weight_bytes // 2 if decode_dtype else weight_bytes  # what a 1-row step reads
     ceiling = read_bandwidth() * 1e9 / read_bytes
@@ -164,6 +206,11 @@ def main() -> None:
               f"{ours / peer_rate:.2f}x ({ours / ceiling:.0%} of the bandwidth ceiling "
               f"{ceiling:.0f} tok/s); {args.streams} streams {many:.1f} tok/s = "
               f"{many / seq:.1f}x generate one after another")
+        if args.adapter_rank:
+            lora, lora_many = pick(rows["lora"]), pick(rows["lora_many"])
+            print(f"{'':6s}  adapter (rank {args.adapter_rank}): single stream {lora:.1f} "
+                  f"tok/s = {lora / ours:.2f}x the base's; {args.streams} streams, every "
+                  f"other on it, {lora_many:.1f} tok/s = {lora_many / many:.2f}x")
     catalog.close()
 
 

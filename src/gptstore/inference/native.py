@@ -173,7 +173,8 @@ def _load() -> Any:
     library.gptstore_llama_decode.restype = c_int
     library.gptstore_llama_decode.argtypes = [ptr, i64, i64, i64, ptr, c_int, i64, i64, i64,
                                               i64, ctypes.c_float, ptr, ptr, i64, i64, i64,
-                                              ptr, ctypes.c_float, ptr, ptr, c_int, c_int]
+                                              ptr, ctypes.c_float, ptr, ptr, ptr, c_int,
+                                              c_int]
     library.gptstore_refine_top.restype = c_int
     library.gptstore_refine_top.argtypes = [ptr, i64, i64, i64, ptr, i64, i64, c_int, ptr, i64,
                                             c_int, ptr, i64, c_int]
@@ -454,6 +455,50 @@ def silu_mul(gate_up: Any, inter: int) -> Any:
 
 #: the products' kernels `LlamaDecodeStep` runs (decode_step.c's enum)
 DECODE_STEP_KERNELS = {"native": 0, "native-avx512": 1, "q4": 2}
+#: a layer's LoRA sites in decode_step.c's order, the most target modules one site
+#: stacks (q, k, v), and the most rows of x A^T one site may have (all of them summed)
+LORA_SITES = ("qkv", "o", "gate_up", "down")
+LORA_MAX_BLOCKS = 3
+LORA_MAX_RANKS = 768
+_LORA_SITE_FIELDS = 4 + 5 * LORA_MAX_BLOCKS
+
+
+class LoraTable:
+    """One LoRA adapter's sites as `LlamaDecodeStep` takes them (decode_step.c's site
+    records): built once per adapter and runner, keeping the tensors it points at."""
+
+    def __init__(self, sites: dict[tuple[int, str], Any], n_layers: int, dtype: Any) -> None:
+        """`sites`: models/lora.py `LoraAdapter.sites`. Raises ValueError for what the
+        native step cannot take (a site outside the layers' four, more stacked modules
+        or ranks than it holds, tensors of another dtype); the runner then keeps the
+        step of separate calls for that adapter."""
+        fields = [0] * (n_layers * len(LORA_SITES) * _LORA_SITE_FIELDS)
+        kept: list[Any] = []
+        for (layer, name), site in sites.items():
+            if layer == -1 and name == "lm_head":
+                continue  # the head's: the runner adds it after the layers
+            if name not in LORA_SITES or not 0 <= layer < n_layers:
+                raise ValueError(f"LoRA site {name!r} of layer {layer} is not one of a "
+                                 "decode step's")
+            tensors = [site.A, *(block.B for block in site.blocks)]
+            if site.bias is not None:
+                tensors.append(site.bias)
+            if len(site.blocks) > LORA_MAX_BLOCKS or site.A.shape[0] > LORA_MAX_RANKS or \
+                    any(t.dtype != dtype or not t.is_contiguous() for t in tensors):
+                raise ValueError(f"LoRA site {name!r} of layer {layer} does not fit the "
+                                 f"native step (at most {LORA_MAX_BLOCKS} modules, "
+                                 f"{LORA_MAX_RANKS} ranks, contiguous {dtype})")
+            at = (layer * len(LORA_SITES) + LORA_SITES.index(name)) * _LORA_SITE_FIELDS
+            record = [site.A.data_ptr(), site.A.shape[0], len(site.blocks),
+                      0 if site.bias is None else site.bias.data_ptr()]
+            for block in site.blocks:
+                width, rank = block.B.shape
+                record += [block.offset, width, block.r0, rank, block.B.data_ptr()]
+            fields[at:at + len(record)] = record
+            kept += tensors
+        self.kept = kept  # the addresses stay valid
+        self.table = (ctypes.c_int64 * len(fields))(*fields)
+        self.n_layers, self.dtype = n_layers, dtype
 
 
 class LlamaDecodeStep:
@@ -515,11 +560,22 @@ class LlamaDecodeStep:
         self.inter, self.eps, self.scale, self.dtype = inter, eps, scale, dtype
 
     def __call__(self, x: Any, k_cache: Any, v_cache: Any, attention: DecodeAttention,
-                 rotary: tuple[Any, Any]) -> None:
+                 rotary: tuple[Any, Any],
+                 lora: Sequence[LoraTable | None] | None = None) -> None:
         """Run the layers on x ([rows, dim], contiguous, the embeddings), in place: x
         ends as the last layer's output. The caches are the runner's [layers, slots,
         kv_heads, cap, head_dim]; `attention` holds the rows' slots and lengths
-        (prepared for this step); `rotary` the cos and sign-folded sin tables."""
+        (prepared for this step); `rotary` the cos and sign-folded sin tables; `lora`
+        each row's adapter (None for a row without one), if any row has one."""
+        rows_lora = None
+        if lora is not None:
+            if len(lora) != x.shape[0] or any(
+                    t is not None and (t.n_layers != self.n_layers or t.dtype != self.dtype)
+                    for t in lora):
+                raise ValueError("one LoRA table (or None) per row, built for these layers "
+                                 "and this dtype")
+            rows_lora = (ctypes.c_int64 * len(lora))(
+                *(0 if t is None else ctypes.addressof(t.table) for t in lora))
         rows = x.shape[0]
         most = self.max_rows
         if x.shape != (rows, self.dim) or x.dtype != self.dtype or not x.is_contiguous() \
@@ -544,6 +600,7 @@ class LlamaDecodeStep:
                                self.eps, k_cache.data_ptr(), v_cache.data_ptr(), slots, cap,
                                attention.slot0, attention.counts, self.scale,
                                rotary[0].data_ptr(), rotary[1].data_ptr(),
+                               rows_lora,
                                int(self.dtype == torch.bfloat16), torch.get_num_threads())
         if status == -2:  # the 4-bit kernel's row limit, checked above: not reached
             raise ValueError(f"the native 4-bit GEMV takes 1-{MAX_ROWS} rows here")

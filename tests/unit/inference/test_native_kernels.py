@@ -482,6 +482,70 @@ def test_a_decode_step_in_one_call_gives_the_separate_calls_bits(kernel, tmp_pat
     assert torch.equal(k_ours, k_theirs) and torch.equal(v_ours, v_theirs)
 
 
+@pytest.mark.parametrize("case", ["fp32", "fp32-4-rows", "bf16", "int4"])
+@pytest.mark.parametrize("mix", ["one adapter", "mixed"])
+def test_a_decode_step_in_one_call_applies_each_rows_adapter(kernel, tmp_path, case, mix):
+    """Rows with LoRA adapters keep the one native call, which adds each row's delta
+    where models/lora.py would between separate calls: the same logits (within the
+    float error of another summation order) on the same tokens, and caches. "mixed":
+    rows of two adapters and none, one of them on q and v only (k's columns of the
+    fused q/k/v get nothing); an adapter changes the outputs."""
+    from transformers import AutoModelForCausalLM
+
+    from gptstore.inference.lora import LoraBatch, load_lora_adapter
+    from gptstore.testing.tiny import make_tiny_adapter, make_tiny_model
+
+    dtype, settings = DECODE_STEP_CASES[case]
+    rows = settings.get("gemv_rows", 2)
+    folder = make_tiny_model("llama", tmp_path / "model", seed=3, initializer_range=0.2)
+    every = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    folders = [make_tiny_adapter(folder, tmp_path / "a", seed=4, r=4, target_modules=every),
+               make_tiny_adapter(folder, tmp_path / "b", seed=5, r=8,
+                                 target_modules=("q_proj", "v_proj"))]
+
+    def run(one_call: bool, tokens: list[list[int]] | None, plain: bool = False
+            ) -> tuple[list[torch.Tensor], list[list[int]], torch.Tensor, int]:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
+        runner = build_runner(model, max_slots=4, attention="native", **settings)
+        a, b = (load_lora_adapter(f, f.name, runner.site_of, dtype) for f in folders)
+        adapters = [None] * rows if plain else [a] * rows if mix == "one adapter" \
+            else [a, None, b, a][:rows] if rows > 2 else [b, a]
+        step, calls = runner.decode_step, []
+
+        def counted(*args):  # type: ignore[no-untyped-def]
+            calls.append(args[-1] is not None)
+            return step(*args)
+
+        runner.decode_step = counted if one_call else None
+        prompts = [[5, 6, 7, 8, 9], [40, 41, 42], [7, 8], [50, 51, 52, 53]][:rows]
+        slots = [runner.allocate() for _ in prompts]
+        first = runner.forward(
+            [RowInput(s, p, 0) for s, p in zip(slots, prompts, strict=True)],
+            LoraBatch.build([ad for ad, p in zip(adapters, prompts, strict=True) for _ in p],
+                            adapters))
+        seen, chosen = [first], [first.argmax(-1).tolist()]
+        lengths = [len(p) for p in prompts]
+        for n in range(8):
+            last = tokens[n] if tokens is not None else chosen[-1]
+            out = runner.forward([RowInput(slots[i], [last[i]], lengths[i])
+                                  for i in range(rows)], LoraBatch.build(adapters, adapters))
+            seen.append(out)
+            chosen.append(out.argmax(-1).tolist())
+            lengths = [n + 1 for n in lengths]
+        return seen, chosen, runner.kv.k, sum(calls)
+
+    theirs, tokens, k_theirs, _ = run(False, None)
+    ours, _, k_ours, with_lora = run(True, tokens)
+    assert with_lora == 8  # every decode step took the one call, with the adapters
+    tolerance = 1e-4 if dtype == torch.float32 else 0.05
+    for a, b in zip(ours, theirs, strict=True):
+        assert (a - b).abs().max() <= tolerance * (1 + b.abs().max())
+    assert (k_ours.float() - k_theirs.float()).abs().max() <= tolerance * (
+        1 + k_theirs.float().abs().max())
+    plain, _, _, _ = run(True, tokens, plain=True)
+    assert (plain[-1] - ours[-1]).abs().max() > 0.1  # the adapters change the outputs
+
+
 def test_a_decode_step_is_taken_only_where_every_part_is_native(tiny_dirs, kernel):
     """PyTorch's attention or a product on ATen's GEMV leaves the step to the separate
     calls, and weights that are not what the kernel reads are refused by name."""

@@ -35,21 +35,6 @@ static inline void offer(float *values, int64_t *indices, int *n, int k, float v
     indices[j] = i;
 }
 
-static inline float dot(const void *x, const void *w, int64_t dim, int x_bf16, int w_bf16) {
-    __m256 a = _mm256_setzero_ps(), b = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 16 <= dim; i += 16) {
-        a = _mm256_fmadd_ps(load8(x, i, x_bf16), load8(w, i, w_bf16), a);
-        b = _mm256_fmadd_ps(load8(x, i + 8, x_bf16), load8(w, i + 8, w_bf16), b);
-    }
-    for (; i + 8 <= dim; i += 8)
-        a = _mm256_fmadd_ps(load8(x, i, x_bf16), load8(w, i, w_bf16), a);
-    float total = hsum(_mm256_add_ps(a, b));
-    for (; i < dim; i++)
-        total += load_act(x, i, x_bf16) * load_act(w, i, w_bf16);
-    return total;
-}
-
 /* out [rows, vocab] fp32 = logits [rows, vocab] (bf16, row stride `ld`) widened, then
  * for each row its k largest logits replaced by hidden[r] . weight[index] in fp32;
  * hidden [rows, dim] and weight [vocab, dim] (row strides given) are bf16 or fp32.

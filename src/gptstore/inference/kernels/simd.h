@@ -95,6 +95,22 @@ static inline void store_act(void *p, int64_t i, float v, int bf16) {
 /* weight rows per block of the GEMVs' packed layouts (native.py BLOCK_ROWS) */
 #define GEMV_BLOCK_ROWS 8
 
+/* x . w over `dim` values, each fp32 or bf16, summed in fp32 */
+static inline float dot(const void *x, const void *w, int64_t dim, int x_bf16, int w_bf16) {
+    __m256 a = _mm256_setzero_ps(), b = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= dim; i += 16) {
+        a = _mm256_fmadd_ps(load8(x, i, x_bf16), load8(w, i, w_bf16), a);
+        b = _mm256_fmadd_ps(load8(x, i + 8, x_bf16), load8(w, i + 8, w_bf16), b);
+    }
+    for (; i + 8 <= dim; i += 8)
+        a = _mm256_fmadd_ps(load8(x, i, x_bf16), load8(w, i, w_bf16), a);
+    float total = hsum(_mm256_add_ps(a, b));
+    for (; i < dim; i++)
+        total += load_act(x, i, x_bf16) * load_act(w, i, w_bf16);
+    return total;
+}
+
 /* The GEMVs' output: weight row block b's sums for activation row r, plus bias and
  * residual, into y ([rows, n_out]); rows of the block past n_out are dropped. */
 static inline void store_block_sums(const float *sums, int64_t b, int64_t r, int64_t n_out,

@@ -17,6 +17,7 @@ same tokens as `generate`.
 from __future__ import annotations
 
 import re
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,6 +169,9 @@ class LlamaRunner(DecoderRunner):
         self._ensure_rotary(min(context, 2048))
         # the layers as one native call, for decode steps of up to `decode_step_rows`
         self.decode_step, self.decode_step_rows = self._decode_step()
+        # each adapter's table for that call, while the adapter is loaded
+        self._lora_tables: weakref.WeakKeyDictionary[Any, native.LoraTable | None] = \
+            weakref.WeakKeyDictionary()
 
     def _decode_step(self) -> tuple[native.LlamaDecodeStep | None, int]:
         """The layers as one native call (`native.LlamaDecodeStep`) where every product
@@ -201,6 +205,29 @@ class LlamaRunner(DecoderRunner):
                                       head_dim=self.head_dim, inter=self.intermediate,
                                       eps=self.eps, scale=self.scale, dtype=self.dtype)
         return step, min(most)
+
+    def _lora_tables_of(self, lora: LoraBatch, n: int
+                        ) -> list[native.LoraTable | None] | None:
+        """Per row of a step of `n` one-token rows, the native step's table of its adapter
+        (None for a row without one), each built on first use; None where an adapter
+        does not fit the native step (models/lora.py applies it then, between separate
+        calls)."""
+        tables: list[native.LoraTable | None] = [None] * n
+        for adapter, selector in lora.token_groups:
+            if adapter not in self._lora_tables:
+                try:
+                    built: native.LoraTable | None = native.LoraTable(
+                        adapter.sites, len(self.layers), self.dtype)
+                except ValueError:
+                    built = None
+                self._lora_tables[adapter] = built
+            table = self._lora_tables[adapter]
+            if table is None:
+                return None
+            rows = range(n)[selector] if isinstance(selector, slice) else selector.tolist()
+            for row in rows:
+                tables[row] = table
+        return tables
 
     def _ensure_rotary(self, n_positions: int) -> None:
         if n_positions <= self.cos.shape[0]:
@@ -242,15 +269,19 @@ class LlamaRunner(DecoderRunner):
     def hidden_states(self, plan: StepPlan, lora: LoraBatch | None) -> torch.Tensor:
         n, hd = plan.n_tokens, self.head_dim
         n_q, n_kv, inter, eps = self.n_heads, self.n_kv_heads, self.intermediate, self.eps
-        if self.decode_step is not None and lora is None and plan.kernel_writes \
+        if self.decode_step is not None and plan.kernel_writes \
                 and n <= self.decode_step_rows and len(plan.groups) == 1:
-            # decode rows on consecutive slots: every layer in one native call
-            self._ensure_rotary(plan.max_position)
-            x = F.embedding(plan.token_ids, self.embed)  # [N, D], updated in place
-            attention = plan.groups[0].native
-            assert attention is not None
-            self.decode_step(x, self.kv.k, self.kv.v, attention, (self.cos, self.sin_signed))
-            return native_rms_norm(x[plan.last_index], self.final_norm, eps)
+            # decode rows on consecutive slots: every layer in one native call, with each
+            # row's adapter where the rows have any
+            tables = self._lora_tables_of(lora, n) if lora is not None else None
+            if lora is None or tables is not None:
+                self._ensure_rotary(plan.max_position)
+                x = F.embedding(plan.token_ids, self.embed)  # [N, D], updated in place
+                attention = plan.groups[0].native
+                assert attention is not None
+                self.decode_step(x, self.kv.k, self.kv.v, attention,
+                                 (self.cos, self.sin_signed), tables)
+                return native_rms_norm(x[plan.last_index], self.final_norm, eps)
         # steps of decode rows (or 1-2 tokens) where the native decode kernels measured
         # faster (`native_attention`): RMSNorm and SiLU * up in one native call each
         small = self.native_attention and (n <= native.MAX_ROWS or plan.kernel_writes)
