@@ -111,9 +111,10 @@ def make_tiny_model(arch: Arch, out_dir: Path, *, seed: int = 0, **overrides: An
 
 
 def make_tiny_adapter(base_dir: Path, out_dir: Path, *, seed: int = 0, r: int = 4,
-                      target_modules: tuple[str, ...] | None = None) -> Path:
-    """A PEFT LoRA adapter for the model in `base_dir`, with random (non-zero) B so it
-    changes the model's outputs, saved as PEFT writes it."""
+                      target_modules: tuple[str, ...] | None = None,
+                      lora_bias: bool = False) -> Path:
+    """A PEFT LoRA adapter for the model in `base_dir`, with random (non-zero) B (and B's
+    bias, with `lora_bias`) so it changes the model's outputs, saved as PEFT writes it."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -121,7 +122,7 @@ def make_tiny_adapter(base_dir: Path, out_dir: Path, *, seed: int = 0, r: int = 
     base = AutoModelForCausalLM.from_pretrained(base_dir)
     if target_modules is None:
         target_modules = ("c_attn",) if base.config.model_type == "gpt2" else ("q_proj", "v_proj")
-    model = get_peft_model(base, LoraConfig(r=r, lora_alpha=2 * r,
+    model = get_peft_model(base, LoraConfig(r=r, lora_alpha=2 * r, lora_bias=lora_bias,
                                             target_modules=list(target_modules)))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():

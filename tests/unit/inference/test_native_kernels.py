@@ -489,7 +489,7 @@ def test_a_decode_step_in_one_call_applies_each_rows_adapter(kernel, tmp_path, c
     where models/lora.py would between separate calls: the same logits (within the
     float error of another summation order) on the same tokens, and caches. "mixed":
     rows of two adapters and none, one of them on q and v only (k's columns of the
-    fused q/k/v get nothing); an adapter changes the outputs."""
+    fused q/k/v get nothing) with PEFT's LoRA bias; an adapter changes the outputs."""
     from transformers import AutoModelForCausalLM
 
     from gptstore.inference.lora import LoraBatch, load_lora_adapter
@@ -501,7 +501,7 @@ def test_a_decode_step_in_one_call_applies_each_rows_adapter(kernel, tmp_path, c
     every = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     folders = [make_tiny_adapter(folder, tmp_path / "a", seed=4, r=4, target_modules=every),
                make_tiny_adapter(folder, tmp_path / "b", seed=5, r=8,
-                                 target_modules=("q_proj", "v_proj"))]
+                                 target_modules=("q_proj", "v_proj"), lora_bias=True)]
 
     def run(one_call: bool, tokens: list[list[int]] | None, plain: bool = False
             ) -> tuple[list[torch.Tensor], list[list[int]], torch.Tensor, int]:
