@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/engine_decode.py --model DIR    # any local HF causal LM
     .venv/bin/python benchmarks/engine_decode.py --gemv aten --attention sdpa  # other kernels
     .venv/bin/python benchmarks/engine_decode.py --adapter-rank 8  # LoRA models too
+    .venv/bin/python benchmarks/engine_decode.py --dtype int4  # 4-bit weights
 
 Prints the machine (CPU, GEMM GFLOP/s in fp32 and bf16, memory bandwidth), then per
 round and as best / median over rounds:
@@ -37,8 +38,13 @@ from peer_generate import run_peer
 
 from gptstore.inference import Engine, EngineConfig, GenerationRequest, ModelSpec, SamplingParams
 from gptstore.inference.loader import preferred_dtype
-from gptstore.inference.precision import decode_dtype_name, machine_profile, read_bandwidth
-from gptstore.inference.types import ATTENTION_KERNELS, GEMV_KERNELS
+from gptstore.inference.precision import (
+    decode_dtype_name,
+    int4_profile,
+    machine_profile,
+    read_bandwidth,
+)
+from gptstore.inference.types import ATTENTION_KERNELS, GEMV_KERNELS, INT4_TORCH
 
 QUESTIONS = [
     "What is the capital of France?", "Write a haiku about the sea.",
@@ -109,8 +115,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", type=Path, default=Path("/tmp/gptstore-bench"))
     parser.add_argument("--model", type=Path, help="HF causal-LM folder (default: built-in)")
-    parser.add_argument("--dtype", choices=["bfloat16", "float32"],
-                        help="gptstore's dtype (default: measured best on this machine)")
+    parser.add_argument("--dtype", choices=["bfloat16", "float32", "int4"],
+                        help="gptstore's dtype (default: measured best on this machine; "
+                        "int4: 4-bit projections on the 4-bit kernel measured here)")
     parser.add_argument("--peer-dtype", choices=["bfloat16", "float32"],
                         help="generate's dtype (default: from_pretrained's own)")
     parser.add_argument("--gemv", choices=GEMV_KERNELS,
@@ -132,7 +139,10 @@ def main() -> None:
     print(describe_machine(), flush=True)
     settings, catalog, base = open_store(args.home)
     folder = args.model or catalog.snapshot(base)
-    dtype = getattr(torch, args.dtype) if args.dtype else preferred_dtype(settings)
+    # int4: 4-bit projections with bf16 activations, on the 4-bit kernel measured here
+    int4 = args.dtype == "int4"
+    dtype = torch.bfloat16 if int4 else getattr(torch, args.dtype) if args.dtype \
+        else preferred_dtype(settings)
     # the product's default: a bf16 copy for 1-row steps where this CPU measured it faster
     decode_dtype = None if args.dtype else decode_dtype_name(settings.home)
     profile = machine_profile(settings.home)
@@ -140,6 +150,7 @@ def main() -> None:
     # the decode steps the native GEMV serves: as measured, or 1-2 rows with --gemv-rows
     gemv_rows = args.gemv_rows or profile.gemv_rows
     attention = args.attention or profile.attention
+    int4_gemv = int4_profile(settings.home).int4_gemv if int4 else INT4_TORCH
     # loaded on a short-lived thread: a team of OpenMP workers left on this main thread
     # would slow every parallel region of the engine's (docs/design.md, "Threads")
     loaded: list[tuple[Any, Any]] = []
@@ -159,6 +170,8 @@ def main() -> None:
     copy = f" with a {decode_dtype} copy for decode steps" if decode_dtype else ""
     copy += f", bf16 1-row kernel {gemv} (decode steps of up to {gemv_rows} rows), " \
         f"decode attention {attention}"
+    if int4:
+        copy += f", 4-bit projections on the {int4_gemv} int4 kernel"
     print(f"{folder.name}: gptstore {str(dtype).removeprefix('torch.')}{copy} "
           f"({weight_bytes / 1e6:.0f} MB of weights), {args.tokens} new tokens", flush=True)
 
@@ -177,7 +190,9 @@ def main() -> None:
         engine = Engine(specs.__getitem__, EngineConfig(max_running=args.streams,
                                                          decode_dtype=decode_dtype,
                                                          gemv=gemv, gemv_rows=gemv_rows,
-                                                         decode_attention=attention))
+                                                         decode_attention=attention,
+                                                         quantize="int4" if int4 else None,
+                                                         int4_gemv=int4_gemv))
         engine.tokenizer("m")  # load
         engine_single(engine, batch[0][:8], 4)  # warm-up
         rows["ours"].append(engine_single(engine, batch[r % len(batch)], args.tokens))
@@ -202,9 +217,11 @@ def main() -> None:
     for label, pick in (("best", max), ("median", statistics.median)):
         peer_rate, ours, many = pick(rows["peer"]), pick(rows["ours"]), pick(rows["many"])
         seq = pick(rows["peer_seq"])
+        # the ceiling is for the weights as loaded; 4-bit projections read fewer bytes
+        share = "" if int4 else \
+            f" ({ours / ceiling:.0%} of the bandwidth ceiling {ceiling:.0f} tok/s)"
         print(f"{label:6s}: single stream {ours:.1f} vs generate {peer_rate:.1f} tok/s = "
-              f"{ours / peer_rate:.2f}x ({ours / ceiling:.0%} of the bandwidth ceiling "
-              f"{ceiling:.0f} tok/s); {args.streams} streams {many:.1f} tok/s = "
+              f"{ours / peer_rate:.2f}x{share}; {args.streams} streams {many:.1f} tok/s = "
               f"{many / seq:.1f}x generate one after another")
         if args.adapter_rank:
             lora, lora_many = pick(rows["lora"]), pick(rows["lora_many"])

@@ -59,8 +59,8 @@ from gptstore.inference.cpu import cpu_flag_set
 BLOCK_ROWS, CHUNK = 8, 16
 #: inputs per 4-bit group (gemv_q4.c's Q4_GROUP; its Q4_ROWS is BLOCK_ROWS)
 Q4_GROUP = 32
-#: rows of the steps the GEMVs are made for (single- and two-stream decoding), and the
-#: most the 4-bit one takes on AVX2
+#: rows of the steps the GEMVs are made for (single- and two-stream decoding): the 4-bit
+#: one serves these with the int4 kernel "native", any with "native-all"
 MAX_ROWS = 2
 KERNELS = Path(__file__).with_name("kernels")
 SOURCES = tuple(KERNELS / name for name in ("gemv_bf16.c", "gemv_q4.c", "decode_attention.c",
@@ -282,8 +282,8 @@ def pack_q4(q: Any, scale: Any, low: Any) -> Any:
 
 
 def gemv_q4(x: Any, packed: Any, n_out: int, bias: Any = None, residual: Any = None) -> Any:
-    """`x @ W^T (+ bias) (+ residual)` for rows of x with `pack_q4`'s weights (1-2 rows,
-    any number on the VNNI path: `q4_max_rows`); each group of 32 activations is
+    """`x @ W^T (+ bias) (+ residual)` for rows of x with `pack_q4`'s weights (any
+    number: `q4_max_rows`); each group of 32 activations is
     quantised to int8 (gemv_q4.c), as llama.cpp's Q4_1 product does. Activations as
     `gemv`'s."""
     return _gemv(_required().gptstore_gemv_q4, x, packed, n_out, bias, residual,
@@ -297,9 +297,9 @@ def q4_use_vnni(enable: bool = True) -> bool:
 
 
 def q4_max_rows() -> int | None:
-    """The most rows one `gemv_q4` call takes: any (None) on the VNNI path, else
-    `MAX_ROWS`."""
-    return None if _required().gptstore_gemv_q4_vnni() else MAX_ROWS
+    """The most rows one `gemv_q4` call takes: any (None), on both paths (AVX2 takes
+    them two at a time since 2026-12-06; it took 1-2 before)."""
+    return None
 
 
 def _gemv(function: Any, x: Any, packed: Any, n_out: int, bias: Any, residual: Any,

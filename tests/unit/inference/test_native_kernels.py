@@ -743,7 +743,7 @@ def q4_path(request, kernel):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("n_out", [13, 64, 1000])
-@pytest.mark.parametrize("rows", [1, 2, 7])  # 7: VNNI only, a tile of 4 and one of 3
+@pytest.mark.parametrize("rows", [1, 2, 7])  # 7: 3 pairs and 1 (AVX2), 4 and 3 (VNNI)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_q4_products_equal_their_int8_activation_arithmetic(q4_path, n_out, rows, dtype):
     n_in = 96
@@ -751,10 +751,6 @@ def test_q4_products_equal_their_int8_activation_arithmetic(q4_path, n_out, rows
     packed = native.pack_q4(q, scale, low)
     x = (torch.randn(rows, n_in) * 3).to(dtype)
     bias, residual = torch.randn(n_out).to(dtype), torch.randn(rows, n_out).to(dtype)
-    if rows > 2 and q4_path == "avx2":  # that path takes 1-2 rows, and says so
-        with pytest.raises(ValueError, match="1-2 rows"):
-            native.gemv_q4(x, packed, n_out, bias, residual)
-        return
     got = native.gemv_q4(x, packed, n_out, bias, residual)
     assert got.dtype == dtype and got.shape == (rows, n_out)
     expected = _q4_reference(x.float(), q, scale, low) + bias.double() + residual.double()
@@ -767,6 +763,20 @@ def test_q4_products_equal_their_int8_activation_arithmetic(q4_path, n_out, rows
         low.bfloat16().float().repeat_interleave(32, 1)
     exact = x.float() @ weight.t() + bias.float() + residual.float()
     assert (got.float() - exact).abs().max() <= 0.03 * exact.abs().max()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_q4_many_rows_give_each_rows_own_bits(q4_path, dtype):
+    """A step of many rows (the int4 kernel "native-all") gives each row the bits of that
+    row alone, though the AVX2 path takes rows in pairs (5: two pairs and one alone)."""
+    q, scale, low = _q4_parts(13, 96, seed=5)
+    packed = native.pack_q4(q, scale, low)
+    x = (torch.randn(5, 96, generator=torch.Generator().manual_seed(6)) * 3).to(dtype)
+    bias, residual = torch.randn(13).to(dtype), torch.randn(5, 13).to(dtype)
+    together = native.gemv_q4(x, packed, 13, bias, residual)
+    alone = torch.cat([native.gemv_q4(x[i:i + 1], packed, 13, bias, residual[i:i + 1])
+                       for i in range(5)])
+    assert torch.equal(together, alone)
 
 
 def test_q4_zero_and_equal_activations_are_exact(q4_path):
@@ -809,13 +819,10 @@ def test_an_int4_linear_on_the_native_kernel_serves_rows_as_pytorchs_does(q4_pat
         assert (a - b).abs().max() <= 0.05 * b.abs().max()
     x = torch.randn(5, 128, generator=gen).bfloat16()  # more rows: PyTorch's kernel
     assert torch.equal(ours(x), theirs(x))
-    every = Int4Linear(weight_t, kernel="native-all")  # every step where the kernel can
-    if native.q4_max_rows() is None:
-        assert every.q4_max_rows is None
-        assert (every(x).float() - theirs(x).float()).abs().max() <= \
-            0.05 * theirs(x).float().abs().max()
-    else:
-        assert every.q4_max_rows == 2 and torch.equal(every(x), theirs(x))
+    every = Int4Linear(weight_t, kernel="native-all")  # every step, on either path
+    assert every.q4_max_rows is None
+    assert (every(x).float() - theirs(x).float()).abs().max() <= \
+        0.05 * theirs(x).float().abs().max()
     with pytest.raises(ValueError, match="int4 kernel"):
         Int4Linear(weight_t, kernel="fbgemm")
 

@@ -177,8 +177,8 @@ class LlamaRunner(DecoderRunner):
         """The layers as one native call (`native.LlamaDecodeStep`) where every product
         of every layer runs on one native kernel and the attention on the native one
         (the same kernels the step would call one by one), and the most rows of a step
-        it takes: what the products' kernel serves (`gemv_rows` for the bf16 GEMV, 1-2
-        for the 4-bit one)."""
+        it takes: what the products' kernel serves (`gemv_rows` for the bf16 GEMV; for
+        the 4-bit one 1-2, or any with the int4 kernel "native-all")."""
         if not self.native_attention or not self.layers:
             return None, 0
         kinds, layers, most = set(), [], []
@@ -186,7 +186,9 @@ class LlamaRunner(DecoderRunner):
             parts: list[torch.Tensor | None] = [w.norm1[:self.hidden]]
             for linear in (w.qkv, w.o, w.gate_up, w.down):
                 if isinstance(linear, Int4Linear):
-                    weights, kind, rows = linear.decode_q4, "q4", native.MAX_ROWS
+                    # 1-2 rows with the int4 kernel "native", every step with "native-all"
+                    weights, kind = linear.decode_q4, "q4"
+                    rows = linear.q4_max_rows or self.kv.max_slots
                 else:
                     weights, rows = linear.decode_native, linear.native_rows
                     kind = "native-avx512" if linear.native_avx512 else "native"
