@@ -62,8 +62,8 @@ class Settings(BaseSettings):
         description="Kernel of 4-bit products when inference_dtype is int4: auto = as "
         "`gptstore doctor` measured on this CPU (timed on first int4 use, cached in the "
         "home); torch = PyTorch's int4 kernel; native = gptstore's for 1-2 row steps "
-        "(single streams); native-all = gptstore's for every step where its AVX-512 "
-        "VNNI path runs (elsewhere as native).",
+        "(single streams); native-all = gptstore's for every step (prompts and batches "
+        "too).",
     )
     prefix_cache_bytes: int = Field(
         default=256 * 1024**2, ge=0,

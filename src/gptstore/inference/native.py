@@ -232,8 +232,8 @@ def pack(weight: Any) -> Any:
 def gemv(x: Any, packed: Any, n_out: int, bias: Any = None, residual: Any = None, *,
          avx512: bool = False) -> Any:
     """`x @ W^T (+ bias) (+ residual)` for rows of x ([rows, in], fp32 or bf16, its rows
-    may be strided): made for 1-2 rows (each row is a pass over the weights, which the
-    next row finds in cache), served for more where the machine measured that faster
+    may be strided): made for 1-2 rows (on AVX2 rows go in pairs over each weight block,
+    which the next pair finds in cache), served for more where the machine measured that faster
     than the batched products (`MachineProfile.gemv_rows`). The result has x's dtype,
     and so must bias and residual. `avx512`: the AVX-512 path (the same bits; where
     `gemv_avx512_supported`)."""
@@ -553,8 +553,8 @@ class LlamaDecodeStep:
         self.kept = [list(layer) for layer in layers]  # the addresses stay valid
         self.table = (ctypes.c_int64 * len(addresses))(*addresses)
         self.n_layers, self.kernel = len(layers), DECODE_STEP_KERNELS[kernel]
-        # the most rows a call takes: the 4-bit kernel's limit (1-2 rows on AVX2), any
-        # for the bf16 GEMV (the runner passes what the machine measured worth it)
+        # the most rows a call takes: any (the runner passes what the machine measured
+        # worth it for the bf16 GEMV, and for the 4-bit one what its int4 kernel serves)
         self.max_rows = q4_max_rows() if kernel == "q4" else None
         self.dim, self.n_heads, self.n_kv, self.head_dim = dim, n_heads, n_kv, head_dim
         self.inter, self.eps, self.scale, self.dtype = inter, eps, scale, dtype
