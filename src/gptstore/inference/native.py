@@ -239,7 +239,7 @@ def gemv(x: Any, packed: Any, n_out: int, bias: Any = None, residual: Any = None
     `gemv_avx512_supported`)."""
     lib = _required()
     function = lib.gptstore_gemv_bf16_avx512 if avx512 else lib.gptstore_gemv_bf16
-    return _gemv(function, x, packed, n_out, bias, residual, None)
+    return _gemv(function, x, packed, n_out, bias, residual)
 
 
 def gemv_avx512_supported() -> bool:
@@ -282,12 +282,10 @@ def pack_q4(q: Any, scale: Any, low: Any) -> Any:
 
 
 def gemv_q4(x: Any, packed: Any, n_out: int, bias: Any = None, residual: Any = None) -> Any:
-    """`x @ W^T (+ bias) (+ residual)` for rows of x with `pack_q4`'s weights (any
-    number: `q4_max_rows`); each group of 32 activations is
-    quantised to int8 (gemv_q4.c), as llama.cpp's Q4_1 product does. Activations as
-    `gemv`'s."""
-    return _gemv(_required().gptstore_gemv_q4, x, packed, n_out, bias, residual,
-                 q4_max_rows())
+    """`x @ W^T (+ bias) (+ residual)` for any number of rows of x with `pack_q4`'s
+    weights; each group of 32 activations is quantised to int8 (gemv_q4.c), as
+    llama.cpp's Q4_1 product does. Activations as `gemv`'s."""
+    return _gemv(_required().gptstore_gemv_q4, x, packed, n_out, bias, residual)
 
 
 def q4_use_vnni(enable: bool = True) -> bool:
@@ -296,17 +294,8 @@ def q4_use_vnni(enable: bool = True) -> bool:
     return bool(_required().gptstore_gemv_q4_use_vnni(int(enable)))
 
 
-def q4_max_rows() -> int | None:
-    """The most rows one `gemv_q4` call takes: any (None), on both paths (AVX2 takes
-    them two at a time since 2026-12-06; it took 1-2 before)."""
-    return None
-
-
-def _gemv(function: Any, x: Any, packed: Any, n_out: int, bias: Any, residual: Any,
-          max_rows: int | None) -> Any:
+def _gemv(function: Any, x: Any, packed: Any, n_out: int, bias: Any, residual: Any) -> Any:
     rows, n_in = x.shape
-    if max_rows is not None and rows > max_rows:
-        raise ValueError(f"the native GEMV takes 1-{max_rows} rows, got {rows}")
     act_bf16 = x.dtype == torch.bfloat16
     if not act_bf16 and x.dtype != torch.float32:
         raise ValueError(f"the native GEMV takes fp32 or bf16 activations, not {x.dtype}")
@@ -322,8 +311,6 @@ def _gemv(function: Any, x: Any, packed: Any, n_out: int, bias: Any, residual: A
                       None if bias is None else bias.data_ptr(),
                       None if residual is None else residual.data_ptr(), y.data_ptr(),
                       int(act_bf16), torch.get_num_threads())
-    if status == -2:  # the kernel's own row limit (gemv_q4.c's AVX2 path)
-        raise ValueError(f"the native GEMV takes 1-{MAX_ROWS} rows here, got {rows}")
     if status == -3:
         raise ValueError("the native GEMV's AVX-512 path needs a CPU with AVX-512 "
                          "(gemv_avx512_supported() is False here)")
@@ -553,9 +540,6 @@ class LlamaDecodeStep:
         self.kept = [list(layer) for layer in layers]  # the addresses stay valid
         self.table = (ctypes.c_int64 * len(addresses))(*addresses)
         self.n_layers, self.kernel = len(layers), DECODE_STEP_KERNELS[kernel]
-        # the most rows a call takes: any (the runner passes what the machine measured
-        # worth it for the bf16 GEMV, and for the 4-bit one what its int4 kernel serves)
-        self.max_rows = q4_max_rows() if kernel == "q4" else None
         self.dim, self.n_heads, self.n_kv, self.head_dim = dim, n_heads, n_kv, head_dim
         self.inter, self.eps, self.scale, self.dtype = inter, eps, scale, dtype
 
@@ -577,11 +561,9 @@ class LlamaDecodeStep:
             rows_lora = (ctypes.c_int64 * len(lora))(
                 *(0 if t is None else ctypes.addressof(t.table) for t in lora))
         rows = x.shape[0]
-        most = self.max_rows
         if x.shape != (rows, self.dim) or x.dtype != self.dtype or not x.is_contiguous() \
-                or rows < 1 or (most is not None and rows > most) or attention.rows != rows:
-            limit = f"1-{most}" if most is not None else "rows"
-            raise ValueError(f"x must be a contiguous [{limit}, {self.dim}] tensor of "
+                or rows < 1 or attention.rows != rows:
+            raise ValueError(f"x must be a contiguous [rows, {self.dim}] tensor of "
                              f"{self.dtype}, one row per prepared attention row")
         layers, slots, n_kv, cap, head_dim = k_cache.shape
         if layers != self.n_layers or n_kv != self.n_kv or head_dim != self.head_dim \
@@ -602,8 +584,6 @@ class LlamaDecodeStep:
                                rotary[0].data_ptr(), rotary[1].data_ptr(),
                                rows_lora,
                                int(self.dtype == torch.bfloat16), torch.get_num_threads())
-        if status == -2:  # the 4-bit kernel's row limit, checked above: not reached
-            raise ValueError(f"the native 4-bit GEMV takes 1-{MAX_ROWS} rows here")
         if status == -3:
             raise ValueError("the native GEMV's AVX-512 path needs a CPU with AVX-512")
         if status != 0:

@@ -21,8 +21,8 @@ alternating, on one thread (`MEASURE_THREADS`), in well under a second:
 - *int4* (not part of the first-use timing: measured by `int4_profile` the first time
   int4 is served, or by `gptstore doctor`, then cached with the rest): the decode pass
   and the batched pass with 4-bit weights (`GPTSTORE_INFERENCE_DTYPE=int4`), in
-  PyTorch's int4 kernel and in gptstore's own (native.py `gemv_q4`, where it builds; the
-  batched pass only where it takes many rows, its VNNI path); the profile's `int4_gemv`
+  PyTorch's int4 kernel and in gptstore's own (native.py `gemv_q4`, where it builds);
+  the profile's `int4_gemv`
   says which serves which (`int4_kernel`);
 - *attention*: decode rows' attention over the KV cache, a 1-row and a 16-row group
   (`ATTENTION_SHAPE`) in the served dtype, as the runner calls PyTorch's SDPA (with
@@ -119,6 +119,13 @@ GEMV_ROWS_TIMED = (16, 8, 4)
 MEASURE_THREADS = 1
 
 
+def _kernels_digest() -> str:
+    """The native kernels' source digest (`native.source_digest`)."""
+    from gptstore.inference import native
+
+    return native.source_digest()
+
+
 @dataclass(frozen=True)
 class MachineProfile:
     """What was measured on one machine, and the precision chosen per use."""
@@ -155,7 +162,7 @@ class MachineProfile:
     seconds: float = 0.0  # how long the measurement took
     # the native kernels measured (`native.source_digest`): a new build of them changes
     # what they cost, so a profile of other kernels is measured again
-    kernels: str = field(default_factory=lambda: _kernels_digest())
+    kernels: str = field(default_factory=_kernels_digest)
     layout: int = LAYOUT
 
     @property
@@ -216,12 +223,6 @@ class MachineProfile:
         if doc.get("kernels") != _kernels_digest():
             raise ValueError("profile measured with other native kernels")
         return cls(**{k: doc[k] for k in cls.__dataclass_fields__ if k in doc})
-
-
-def _kernels_digest() -> str:
-    from gptstore.inference import native
-
-    return native.source_digest()
 
 
 # ------------------------------------------------------------------------ machine key
@@ -495,7 +496,7 @@ def _time_int4() -> dict[str, float]:
     """Microseconds of the decode pass (`SHAPES["decode"]` x `COPIES["decode"]`, one
     row) and of the batched pass (`SHAPES["batched"]` x `COPIES["batched"]`) with 4-bit
     weights, in PyTorch's int4 kernel ("torch", "torch_batched") and, where it builds,
-    gptstore's ("native", and "native_batched" where it takes that many rows).
+    gptstore's ("native", "native_batched").
     Alternating, best of each."""
     import torch
 
@@ -514,8 +515,6 @@ def _time_int4() -> dict[str, float]:
         x = torch.randn(rows, n_in, generator=generator).to(torch.bfloat16)
         for name, kernel in kernels.items():
             linears = [Int4Linear(w, kernel=kernel) for w in weights]
-            if suffix and name != INT4_TORCH and linears[0].q4_max_rows is not None:
-                continue  # the native kernel does not take this many rows here
             passes[name + suffix] = lambda linears=linears, x=x: [linear(x) for linear in linears]
     best = _alternating_best(passes, min_reps=3, budget_s=TIME_BUDGET_S, cap_s=TIME_CAP_S)
     return {name: round(seconds * 1e6, 1) for name, seconds in best.items()}

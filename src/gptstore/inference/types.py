@@ -191,8 +191,7 @@ GEMV_ATEN, GEMV_ONEDNN, GEMV_NATIVE = "aten", "onednn", "native"
 GEMV_NATIVE_AVX512 = "native-avx512"
 GEMV_KERNELS = (GEMV_ATEN, GEMV_ONEDNN, GEMV_NATIVE, GEMV_NATIVE_AVX512)
 #: kernels of 4-bit products: PyTorch's int4 kernel for every step, gptstore's (native.py)
-#: for steps of 1-2 rows, or gptstore's for every step (its AVX-512 VNNI path takes any
-#: number of rows)
+#: for steps of 1-2 rows, or gptstore's for every step
 INT4_TORCH, INT4_NATIVE, INT4_NATIVE_ALL = "torch", "native", "native-all"
 INT4_KERNELS = (INT4_TORCH, INT4_NATIVE, INT4_NATIVE_ALL)
 #: kernels of decode rows' attention (`models/base.DecoderRunner.attend`): PyTorch's

@@ -139,8 +139,8 @@ static int project(int kernel, const void *x, int64_t rows, const void *weights,
 
 /* x: [rows, dim] contiguous, the embeddings in and the last layer's output out (the
  * final norm is the caller's). Returns 0; -1 when scratch memory could not be
- * allocated, -2 for more rows than the products take, -3 where the CPU lacks the
- * kernel (x is then partly updated: the caller discards the step). */
+ * allocated, -3 where the CPU lacks the kernel (x is then partly updated: the caller
+ * discards the step). */
 int gptstore_llama_decode(void *x, int64_t rows, int64_t dim, int64_t n_layers,
                           const int64_t *layers, int kernel, int64_t n_heads, int64_t n_kv,
                           int64_t head_dim, int64_t inter, float eps, void *k_cache,

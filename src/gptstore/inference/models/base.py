@@ -282,7 +282,7 @@ class Int4Linear(Linear):
         self.q4_max_rows: int | None = _GEMV_MAX_ROWS
         if kernel != INT4_TORCH and native.fits_q4(n_in) and native.library() is not None:
             self.decode_q4 = native.pack_q4(q.reshape(n_out, n_in), scale, low)
-            if kernel == INT4_NATIVE_ALL and native.q4_max_rows() is None:
+            if kernel == INT4_NATIVE_ALL:
                 self.q4_max_rows = None  # every step
 
     @staticmethod
