@@ -108,10 +108,19 @@ ATTENTION_ROWS = (1, 16)
 #: GEMV joined the timed 1-row kernels, and decode attention is timed; 4: it has room for
 #: the 4-bit kernels' times; 5: the native GEMV's AVX-512 path is timed as a kernel; 6: the
 #: rows of decode steps the native GEMV serves are timed; 7: the native kernels' source
-#: digest is kept, and a profile measured with other kernels is measured again)
-LAYOUT = 7
+#: digest is kept, and a profile measured with other kernels is measured again; 8: those
+#: rows are timed as whole decode steps of a runner)
+LAYOUT = 8
 #: rows of the decode steps timed for `MachineProfile.gemv_rows`, most first
 GEMV_ROWS_TIMED = (16, 8, 4)
+#: the Llama whose decode steps `_time_gemv_rows` times: SmolLM2-135M's layer shapes, a
+#: few layers (their weights, ~40 MB in bf16, are more than the L3 caches seen hold, as
+#: a model's are), a small vocabulary (the head is not what is compared)
+ROWS_MODEL = {"hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9,
+              "num_key_value_heads": 3, "num_hidden_layers": 6, "vocab_size": 256,
+              "max_position_embeddings": 256, "tie_word_embeddings": True}
+#: tokens in each timed row's cache before its step
+ROWS_PROMPT = 32
 #: torch threads of the timing. One: the choice needs the ratio of the two dtypes, and
 #: multi-threaded kernels on a machine shared with other processes stall on their
 #: barriers (2 threads at load average 8 on 2 cores: 1.4 GFLOP/s for a 16-row fp32 step
@@ -435,44 +444,58 @@ def gemv_kernel(gflops: dict[str, dict[str, float]]) -> str:
     return best
 
 
-def _time_gemv_rows(profile: MachineProfile) -> tuple[int, dict[str, float]]:
+def _time_gemv_rows(profile: MachineProfile, attention: str) -> tuple[int, dict[str, float]]:
     """The most rows of a decode step the native GEMV should serve, and the microseconds
     timed: 2 where the profile's 1-row kernel is not the native one; else the most of
-    `GEMV_ROWS_TIMED` at which a pass through the native kernel took no longer than
-    the same pass through the batched products in the served dtype (packed for
-    oneDNN), both as `Linear` runs them, alternating. The pass covers `COPIES["decode"]`
-    distinct weights of the batched shape, so both read their weights from memory, as a
-    model's step does (a few weights that stay in cache favour the batched products,
-    whose fp32 bytes are twice the bf16 copy's).
+    `GEMV_ROWS_TIMED` at which a decode step of that many rows took no longer with the
+    native GEMV serving it than with the batched products in the served dtype (packed
+    for oneDNN). Both are timed as the engine runs them, alternating: the decode step of
+    a runner (models/) built for a Llama of SmolLM2's layer shapes (`ROWS_MODEL`, random
+    weights) in the served dtype, with `attention` as the profile chose it, so where the
+    native GEMV serves a Llama step's every product the step is one native call
+    (llama.py `_decode_step`), and the batched side pays its calls between products as
+    the engine does.
 
     Why: a step of a few rows is still a pass over every weight. On an AVX2 EPYC that
     serves fp32 with the bf16 copy, the engine decoding 4 streams ran at 89-91 tok/s
     with those steps on fp32 products, barely above one stream's 90, and at 165-188
-    with them on the native kernel; 16 streams 184-202 against 240-264."""
+    with them on the native kernel; 16 streams 184-202 against 240-264. Why whole steps
+    and not each product alone (as timed before): on a Zen 4 EPYC (`avx512_bf16`) a
+    16-row product alone measured 2.9 ms on the native kernel against oneDNN's 2.7 (24
+    weights, one thread), so 8 rows were chosen, while the engine's 16 streams decoded
+    at 860-925 tok/s with 16-row steps on the one native call against 740-800 with the
+    batched products (docs/design.md, "Decode steps of a few rows on the native GEMV")."""
     import torch
-
-    from gptstore.inference.models.base import Linear
 
     if profile.gemv not in (GEMV_NATIVE, GEMV_NATIVE_AVX512):
         return 2, {}
-    dtype = getattr(torch, profile.serving_dtype_name)
-    decode_dtype = torch.bfloat16 if profile.decode_copy else None
-    _, n_in, n_out = SHAPES["batched"]
-    generator = torch.Generator().manual_seed(0)
-    weights = [torch.randn(n_out, n_in, generator=generator).to(dtype)
-               for _ in range(COPIES["decode"])]
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from gptstore.inference.models import RowInput, build_runner
+
     most = max(GEMV_ROWS_TIMED)
-    batched = [Linear.of(w, pack=True) for w in weights]
-    natives = [Linear.of(w, decode_dtype=decode_dtype, gemv=profile.gemv, gemv_rows=most)
-               for w in weights]
+    with torch.random.fork_rng():  # random weights without moving the caller's generator
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig(**ROWS_MODEL))
+    model = model.to(getattr(torch, profile.serving_dtype_name)).eval()
+    decode_dtype = torch.bfloat16 if profile.decode_copy else None
+    runners = {name: build_runner(model, max_slots=most, decode_dtype=decode_dtype,
+                                  gemv=profile.gemv, gemv_rows=rows, attention=attention)
+               for name, rows in (("native", most), ("batched", 2))}
+    prompt = list(range(1, ROWS_PROMPT + 1))
+    slots = {}
+    with torch.inference_mode():
+        for name, runner in runners.items():
+            slots[name] = [runner.allocate() for _ in range(most)]
+            runner.forward([RowInput(slot, prompt, 0) for slot in slots[name]])
     times: dict[str, float] = {}
     for rows in GEMV_ROWS_TIMED:
-        x = torch.randn(rows, n_in, generator=generator).to(dtype)
+        def step(name: str, rows: int = rows) -> Callable[[], object]:
+            # the same token at the same position each time: it overwrites its own keys
+            step_rows = [RowInput(slot, [7], ROWS_PROMPT) for slot in slots[name][:rows]]
+            return lambda: runners[name].forward(step_rows)
 
-        def run(linears: list[Any], x: Any = x) -> Callable[[], object]:
-            return lambda: [linear(x) for linear in linears]
-
-        best = _alternating_best({"native": run(natives), "batched": run(batched)},
+        best = _alternating_best({name: step(name) for name in runners},
                                  min_reps=3, budget_s=TIME_BUDGET_S, cap_s=TIME_CAP_S)
         times.update({f"{name}_{rows}": round(seconds * 1e6, 1)
                       for name, seconds in best.items()})
@@ -613,8 +636,11 @@ def measure() -> MachineProfile:
     from gptstore.inference import native
 
     # the native kernels are built (a few seconds with the system compiler, once per
-    # machine) or loaded before the clock starts: the build is not part of what is timed
+    # machine) or loaded before the clock starts: the build is not part of what is timed;
+    # nor is importing transformers (~2 s where nothing has yet), whose Llama the decode
+    # steps of a few rows are timed on (`_time_gemv_rows`)
     native.library()
+    import transformers  # noqa: F401
     started = time.perf_counter()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     gflops: dict[str, dict[str, float]] = {}
@@ -630,10 +656,11 @@ def measure() -> MachineProfile:
                                  load_average=round(load, 2))
         # the cache holds the served dtype
         attention_us = _time_attention(getattr(torch, profile.serving_dtype_name))
-        gemv_rows, gemv_rows_us = _time_gemv_rows(profile)
+        attention = attention_kernel(attention_us)
+        gemv_rows, gemv_rows_us = _time_gemv_rows(profile, attention)
     finally:
         torch.set_num_threads(threads)
-    return dataclasses.replace(profile, attention=attention_kernel(attention_us),
+    return dataclasses.replace(profile, attention=attention,
                                attention_us=attention_us, gemv_rows=gemv_rows,
                                gemv_rows_us=gemv_rows_us,
                                seconds=round(time.perf_counter() - started, 3))

@@ -124,22 +124,31 @@ def test_inputs_it_cannot_take_are_refused_by_name(kernel):
         native.gemv(torch.randn(1, 32), packed, 8, residual=torch.randn(1, 8).bfloat16())
 
 
+@pytest.mark.parametrize("wide", [False, True], ids=["avx2", "avx512"])
 @pytest.mark.parametrize("act", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize(("rows", "n_out"), [(16, 40), (5, 13)])
-def test_many_rows_give_each_rows_own_bits(kernel, act, rows, n_out):
+@pytest.mark.parametrize(("rows", "n_out"), [(16, 40), (5, 13), (7, 13), (6, 24)])
+def test_many_rows_give_each_rows_own_bits(kernel, act, rows, n_out, wide):
     """A decode step of several rows (`MachineProfile.gemv_rows`) gives each row the bits
-    of that row alone, though the AVX2 path takes rows two at a time (5 rows: two pairs
-    and one alone; 13 outputs: a last weight block of 5 rows)."""
+    of that row alone, though the AVX2 path takes rows two at a time and the AVX-512
+    path's bf16 dot products four (5 rows: two pairs and one alone, or four and one; 7
+    and 6: four and three, four and two; 13 outputs: a last weight block of 5 rows)."""
+    if wide and not native.gemv_avx512_supported():
+        pytest.skip("this CPU has no AVX-512: the GEMV runs its AVX2 path only")
     generator = torch.Generator().manual_seed(11)
     weight = torch.randn(n_out, 64, generator=generator)
-    x = torch.randn(rows, 64, generator=generator).to(act)
+    # rows strided as the runner passes them (RMSNorm's [x, -x])
+    x = torch.randn(rows, 128, generator=generator)[:, :64].to(act)
     bias = torch.randn(n_out, generator=generator).to(act)
     residual = torch.randn(rows, n_out, generator=generator).to(act)
     packed = native.pack(weight)
-    together = native.gemv(x, packed, n_out, bias, residual)
-    alone = torch.cat([native.gemv(x[i:i + 1], packed, n_out, bias, residual[i:i + 1])
-                       for i in range(rows)])
+    together = native.gemv(x, packed, n_out, bias, residual, avx512=wide)
+    alone = torch.cat([native.gemv(x[i:i + 1], packed, n_out, bias, residual[i:i + 1],
+                                   avx512=wide) for i in range(rows)])
     assert torch.equal(together, alone)
+    # and the bits of the AVX2 path, one row at a time
+    narrow = torch.cat([native.gemv(x[i:i + 1], packed, n_out, bias, residual[i:i + 1])
+                        for i in range(rows)])
+    assert torch.equal(together, narrow)
 
 
 def test_a_linear_serves_as_many_rows_natively_as_it_is_told(kernel):

@@ -189,9 +189,11 @@ def test_engines_use_the_measured_kernel_for_single_rows_whatever_the_dtype(tmp_
 
 
 def test_decode_steps_of_a_few_rows_go_native_as_far_as_it_measures_faster(monkeypatch):
-    """`gemv_rows`: the most of 16, 8 and 4 rows at which the native GEMV's pass took no
-    longer than the batched products' (most first, so it stops at the first win); 2
-    where none won, or where the native kernel is not the profile's 1-row kernel."""
+    """`gemv_rows`: the most of 16, 8 and 4 rows at which a runner's decode step with the
+    native GEMV took no longer than with the batched products (most first, so it stops at
+    the first win); 2 where none won, or where the native kernel is not the profile's
+    1-row kernel. The native side's step is the one native call the engine makes (with
+    the native attention), the batched side's the separate calls."""
     from gptstore.inference import native
 
     if native.library() is None:
@@ -200,24 +202,32 @@ def test_decode_steps_of_a_few_rows_go_native_as_far_as_it_measures_faster(monke
         {"training": "fp32", "batched": "fp32", "decode": "bf16"}, gemv="native"))
     assert base.decode_copy
     timed: list[int] = []
+    one_calls: list[int] = []
+    step_call = native.LlamaDecodeStep.__call__
+    monkeypatch.setattr(native.LlamaDecodeStep, "__call__", lambda self, x, *a, **k: (
+        one_calls.append(x.shape[0]), step_call(self, x, *a, **k))[1])
 
     def fake(native_faster_from: int) -> Any:
         def best(passes: dict[str, Any], **_: Any) -> dict[str, float]:
-            rows = int(passes["native"]()[0].shape[0])  # each pass returns its outputs
+            one_calls.clear()
+            rows = int(passes["batched"]().shape[0])  # each pass returns its logits
+            assert not one_calls  # separate calls
+            assert passes["native"]().shape[0] == rows and one_calls == [rows]
             timed.append(rows)
             native_s = 1.0 if rows <= native_faster_from else 2.0
             return {"native": native_s, "batched": 1.5}
         return best
 
-    monkeypatch.setattr(precision, "COPIES", {**precision.COPIES, "decode": 2})  # quick
+    monkeypatch.setitem(precision.ROWS_MODEL, "num_hidden_layers", 1)  # quick
     monkeypatch.setattr(precision, "_alternating_best", fake(8))
-    rows, times = precision._time_gemv_rows(base)
+    rows, times = precision._time_gemv_rows(base, "native")
     assert rows == 8 and timed == [16, 8]
     assert set(times) == {"native_16", "batched_16", "native_8", "batched_8"}
     timed.clear()
     monkeypatch.setattr(precision, "_alternating_best", fake(1))
-    assert precision._time_gemv_rows(base)[0] == 2 and timed == [16, 8, 4]
-    assert precision._time_gemv_rows(dataclasses.replace(base, gemv="aten")) == (2, {})
+    assert precision._time_gemv_rows(base, "native")[0] == 2 and timed == [16, 8, 4]
+    assert precision._time_gemv_rows(dataclasses.replace(base, gemv="aten"), "native") \
+        == (2, {})
     text = precision.gemv_rows_text(dataclasses.replace(base, gemv_rows=8, gemv_rows_us={
         "native_16": 2000.0, "batched_16": 1500.0, "native_8": 1000.0, "batched_8": 1500.0}))
     assert text == ("16 rows: batched 1.5 ms, native 2.0 ms; 8 rows: batched 1.5 ms, "

@@ -21,6 +21,21 @@ static inline float hsum(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
+/* The eight sums hsum gives v[0] .. v[7], in one vector, added in hsum's order (each
+ * vector's halves, then neighbours, then pairs of those), so with the same bits: the
+ * GEMVs end each weight block so, eight rows' sums in a few shuffles. */
+static inline __m256 hsum8(const __m256 v[8]) {
+    __m256 halves[4];  /* halves[i]: v[2i]'s four half sums, then v[2i + 1]'s */
+    for (int i = 0; i < 4; i++)
+        halves[i] = _mm256_add_ps(_mm256_permute2f128_ps(v[2 * i], v[2 * i + 1], 0x20),
+                                  _mm256_permute2f128_ps(v[2 * i], v[2 * i + 1], 0x31));
+    const __m256 pairs_low = _mm256_hadd_ps(halves[0], halves[1]);
+    const __m256 pairs_high = _mm256_hadd_ps(halves[2], halves[3]);
+    /* sums of v[0], v[2], v[4], v[6] in the low lane, v[1], v[3], v[5], v[7] in the high */
+    const __m256 sums = _mm256_hadd_ps(pairs_low, pairs_high);
+    return _mm256_permutevar8x32_ps(sums, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
 /* exp(x) for 8 floats: Cephes' expf (range reduction by ln 2, degree-5 polynomial) */
 static inline __m256 exp8(__m256 x) {
     const __m256 hi = _mm256_set1_ps(88.3762626647949f), lo = _mm256_set1_ps(-88.3762626647949f);
@@ -116,6 +131,16 @@ static inline float dot(const void *x, const void *w, int64_t dim, int x_bf16, i
 static inline void store_block_sums(const float *sums, int64_t b, int64_t r, int64_t n_out,
                                     const void *bias, const void *residual, void *y,
                                     int act_bf16) {
+    const int64_t o0 = b * GEMV_BLOCK_ROWS;
+    if (o0 + GEMV_BLOCK_ROWS <= n_out) {  /* a whole block: the same adds, eight at once */
+        __m256 s = _mm256_loadu_ps(sums);
+        if (bias)
+            s = _mm256_add_ps(s, load8(bias, o0, act_bf16));
+        if (residual)
+            s = _mm256_add_ps(s, load8(residual, r * n_out + o0, act_bf16));
+        store8(y, r * n_out + o0, s, act_bf16);
+        return;
+    }
     for (int k = 0; k < GEMV_BLOCK_ROWS; k++) {
         const int64_t o = b * GEMV_BLOCK_ROWS + k;
         if (o >= n_out)
