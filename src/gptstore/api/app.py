@@ -82,7 +82,11 @@ def _start_preload(state: Any, names: list[str]) -> threading.Thread | None:
     return thread
 
 
-def build_app(settings: Settings | None = None) -> FastAPI:
+def build_app(settings: Settings | None = None, *, record: bool = False) -> FastAPI:
+    """The application. `record`: while it runs, keep the record of where it listens in
+    the home (api/runtime.py), as `gptstore serve` does, so the CLI of the same store asks
+    it; an app that does not listen on `settings.host` and `settings.port` (a test's
+    client) must not."""
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -124,9 +128,18 @@ def build_app(settings: Settings | None = None) -> FastAPI:
             app.state.worker.start()
         preloader = _start_preload(app.state, settings.preload_models)
         _tune_gc()
+        from gptstore.api.runtime import forget_server, record_server
+
+        # `gptstore generate` and `chat` of this store ask this server while it runs
+        # (cli/remote.py); the record goes first when it stops. Here, not around
+        # uvicorn.run: uvicorn re-raises SIGTERM once it has shut down, so nothing after
+        # it runs.
+        runtime = record_server(settings.home, settings.host, settings.port) if record \
+            else None
         try:
             yield
         finally:
+            forget_server(runtime)
             if preloader is not None:  # a load in progress finishes before the engine stops
                 preloader.join()
             if app.state.worker is not None:

@@ -103,7 +103,7 @@ def serve(
     if problem:
         fail(problem)
     # on SIGTERM, requests in flight get this long to finish, then they are cancelled
-    uvicorn.run(build_app(cfg), host=cfg.host, port=cfg.port, log_level="info",
+    uvicorn.run(build_app(cfg, record=True), host=cfg.host, port=cfg.port, log_level="info",
                 timeout_graceful_shutdown=max(1, round(cfg.shutdown_grace_seconds)))
 
 

@@ -39,17 +39,78 @@ def _params(max_tokens: int, temperature: float, top_p: float, seed: int | None)
                           top_p=top_p if temperature > 0 else 1.0, seed=seed)
 
 
+def _write(pieces: Iterator[str]) -> str:
+    """Print the answer's text as it comes; return all of it."""
+    out = []
+    for text in pieces:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        out.append(text)
+    return "".join(out)
+
+
 def _stream(engine: Any, name: str, prompt_ids: list[int], params: Any) -> str:
     from gptstore.inference.types import GenerationRequest
 
     handle = engine.submit(GenerationRequest(prompt_ids=prompt_ids, model=name, params=params))
-    pieces = []
-    for event in handle:
-        if event.text:
-            sys.stdout.write(event.text)
-            sys.stdout.flush()
-            pieces.append(event.text)
-    return "".join(pieces)
+    return _write(event.text for event in handle if event.text)
+
+
+class _Answers:
+    """Where a command's answers come from: the running `gptstore serve` of this store
+    (cli/remote.py) while it serves this client, else an engine in this process,
+    started on the first answer that needs it."""
+
+    def __init__(self, name: str, params: Any, local: bool) -> None:
+        from contextlib import ExitStack
+
+        from gptstore.cli.remote import running_server
+
+        self.name, self.params = name, params
+        self.url = None if local else running_server(settings().home)
+        self._stack = ExitStack()
+        self._engine: Any = None
+
+    def __enter__(self) -> _Answers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def engine(self) -> Any:
+        if self._engine is None:
+            self._engine = self._stack.enter_context(local_engine())
+        return self._engine
+
+    def answer(self, *, messages: list[dict[str, str]] | None = None,
+               raw: str | None = None) -> str:
+        """Stream the answer to `messages` (chat template) or to the `raw` prompt."""
+        if self.url is not None:
+            from dataclasses import asdict
+
+            from gptstore.cli.remote import Refused, stream_text
+
+            params = {k: v for k, v in asdict(self.params).items()
+                      if k in ("max_tokens", "temperature", "top_p", "seed")}
+            try:
+                return _write(stream_text(self.url, self.name, params, messages=messages,
+                                          prompt=raw))
+            except Refused:  # a server with users and no key of ours: our own engine
+                self.url = None
+        from gptstore.inference.prompts import render_chat_prompt, render_raw_prompt
+
+        engine = self.engine()
+        tokenizer = engine.tokenizer(self.name)
+        ids = render_raw_prompt(tokenizer, raw) if messages is None else \
+            render_chat_prompt(tokenizer, messages)
+        return _stream(engine, self.name, ids, self.params)
+
+
+Local = Annotated[bool, typer.Option(
+    "--local", help="Run the model in this process even where a `gptstore serve` of this "
+    "store is running (by default the command asks that server, which has it loaded, "
+    "sending GPTSTORE_API_KEY where it is set; a server that refuses the key leaves the "
+    "command to run the model itself).")]
 
 
 def generate(
@@ -60,15 +121,14 @@ def generate(
     top_p: TopP = 0.95,
     seed: Seed = None,
     raw: Annotated[bool, typer.Option(help="Do not apply the chat template.")] = False,
+    local: Local = False,
 ) -> None:
     """Generate text, streaming tokens to the terminal."""
-    from gptstore.inference.prompts import render_chat_prompt, render_raw_prompt
-
-    with local_engine() as engine:
-        tokenizer = engine.tokenizer(name)
-        ids = render_raw_prompt(tokenizer, prompt) if raw else \
-            render_chat_prompt(tokenizer, [{"role": "user", "content": prompt}])
-        _stream(engine, name, ids, _params(max_tokens, temperature, top_p, seed))
+    with _Answers(name, _params(max_tokens, temperature, top_p, seed), local) as answers:
+        if raw:
+            answers.answer(raw=prompt)
+        else:
+            answers.answer(messages=[{"role": "user", "content": prompt}])
     sys.stdout.write("\n")
 
 
@@ -79,14 +139,15 @@ def chat(
     temperature: Temperature = 0.7,
     top_p: TopP = 0.95,
     seed: Seed = None,
+    local: Local = False,
 ) -> None:
     """Chat with a model: the conversation is kept; /reset clears it, /exit or Ctrl-D ends."""
-    from gptstore.inference.prompts import render_chat_prompt
-
     messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
-    with local_engine() as engine:
-        tokenizer = engine.tokenizer(name)
-        console.print(f"[dim]chatting with {name}; /reset clears, /exit ends[/]")
+    with _Answers(name, _params(max_tokens, temperature, top_p, seed), local) as answers:
+        if answers.url is None:
+            answers.engine().tokenizer(name)  # load now: a missing model fails before input
+        where = f" through the server at {answers.url}" if answers.url else ""
+        console.print(f"[dim]chatting with {name}{where}; /reset clears, /exit ends[/]")
         while True:
             try:
                 line = console.input("[bold green]> [/]")
@@ -101,7 +162,6 @@ def chat(
             if not line.strip():
                 continue
             messages.append({"role": "user", "content": line})
-            ids = render_chat_prompt(tokenizer, messages)
-            answer = _stream(engine, name, ids, _params(max_tokens, temperature, top_p, seed))
+            answer = answers.answer(messages=messages)
             sys.stdout.write("\n")
             messages.append({"role": "assistant", "content": answer})
