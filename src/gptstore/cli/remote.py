@@ -14,7 +14,7 @@ key: the commands send `GPTSTORE_API_KEY` when it is set, and where the server r
 them (401 or 403) they run the model in their own process as before. `--local` skips
 the server.
 
-Knows HTTP and the runtime file; nothing of the engine.
+Knows the OpenAI HTTP API as the server speaks it; nothing of the engine.
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ from collections.abc import Iterator
 from typing import Any
 
 from gptstore.api.runtime import PROBE_TIMEOUT_S
-from gptstore.api.runtime import running_server as running_server
 from gptstore.errors import GptStoreError, InvalidRequest, NotFound, Unavailable
 
 API_KEY_ENV = "GPTSTORE_API_KEY"
 
 
 class Refused(Exception):
-    """The server would not serve this client (401 / 403): run the model locally."""
+    """The server would not serve this client (401 / 403), or was gone before the
+    request reached it: run the model locally."""
 
 
 def _headers() -> dict[str, str]:
@@ -61,8 +61,8 @@ def stream_text(url: str, model: str, params: dict[str, Any], *,
                 prompt: str | None = None) -> Iterator[str]:
     """The answer's text as it streams from the server: a chat completion of `messages`,
     or with `prompt` a completion of that raw text. `params`: max_tokens, temperature,
-    top_p, seed. Raises `Refused` (before any text) where the server wants another key,
-    else the error it answered, as the CLI's own errors."""
+    top_p, seed. Raises `Refused` (before any text) where the server wants another key
+    or is gone, else the error it answered, as the CLI's own errors."""
     import httpx
 
     body: dict[str, Any] = {"model": model, "stream": True,
@@ -72,8 +72,19 @@ def stream_text(url: str, model: str, params: dict[str, Any], *,
     else:
         path, body["prompt"] = "/v1/completions", prompt
     timeout = httpx.Timeout(None, connect=PROBE_TIMEOUT_S * 4)
-    with httpx.stream("POST", url + path, json=body, headers=_headers(),
-                      timeout=timeout) as response:
+    try:
+        yield from _stream(url + path, body, timeout, chat=messages is not None)
+    except httpx.ConnectError as exc:  # stopped since it answered the probe
+        raise Refused(str(exc)) from exc
+    except httpx.HTTPError as exc:
+        raise Unavailable(f"the server at {url} stopped answering ({exc}); run the "
+                          "command again, or with --local") from exc
+
+
+def _stream(url: str, body: dict[str, Any], timeout: Any, *, chat: bool) -> Iterator[str]:
+    import httpx
+
+    with httpx.stream("POST", url, json=body, headers=_headers(), timeout=timeout) as response:
         if response.status_code != 200:
             raise _error(response.status_code, response.read())
         for line in response.iter_lines():
@@ -86,7 +97,6 @@ def stream_text(url: str, model: str, params: dict[str, Any], *,
             if "error" in chunk:
                 raise GptStoreError(chunk["error"].get("message", "the server failed"))
             for choice in chunk.get("choices") or []:
-                text = choice["delta"].get("content") if messages is not None \
-                    else choice.get("text")
+                text = choice["delta"].get("content") if chat else choice.get("text")
                 if text:
                     yield text

@@ -64,7 +64,7 @@ class _Answers:
     def __init__(self, name: str, params: Any, local: bool) -> None:
         from contextlib import ExitStack
 
-        from gptstore.cli.remote import running_server
+        from gptstore.api.runtime import running_server
 
         self.name, self.params = name, params
         self.url = None if local else running_server(settings().home)
@@ -95,7 +95,7 @@ class _Answers:
             try:
                 return _write(stream_text(self.url, self.name, params, messages=messages,
                                           prompt=raw))
-            except Refused:  # a server with users and no key of ours: our own engine
+            except Refused:  # wants another key, or gone since the probe: our own engine
                 self.url = None
         from gptstore.inference.prompts import render_chat_prompt, render_raw_prompt
 

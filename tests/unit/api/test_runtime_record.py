@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from gptstore.api.runtime import RUNTIME_FILE, forget_server, record_server, running_server
+from gptstore.cli.remote import Refused, stream_text
 from gptstore.testing.server import free_port
 
 
@@ -68,3 +69,11 @@ def test_stale_silent_or_broken_records_are_no_server(tmp_path: Path) -> None:
     finally:
         alive.kill()
         alive.wait()
+
+
+def test_a_server_gone_since_the_probe_leaves_the_command_to_its_engine() -> None:
+    """Nothing listens: `Refused`, which sends `generate` and `chat` to their own engine
+    before any text was printed."""
+    with pytest.raises(Refused):
+        list(stream_text(f"http://127.0.0.1:{free_port()}", "acme/tiny", {"max_tokens": 4},
+                         messages=[{"role": "user", "content": "hi"}]))
