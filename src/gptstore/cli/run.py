@@ -22,10 +22,12 @@ Seed = Annotated[int | None, typer.Option(help="Seed for reproducible sampling."
 @contextmanager
 def local_engine() -> Iterator[Any]:
     """An in-process engine over the store (one request at a time is all a CLI needs)."""
+    from gptstore.inference.loader import collection_paused
     from gptstore.inference.store import build_engine
 
     with open_catalog() as catalog:
-        engine = build_engine(settings(), catalog, max_running=4)
+        with collection_paused():  # it imports torch and the engine (loader.py)
+            engine = build_engine(settings(), catalog, max_running=4)
         try:
             yield engine
         finally:

@@ -21,8 +21,11 @@ Knows nothing of training (optimisers, methods, checkpoints) and nothing of HTTP
 
 from __future__ import annotations
 
+import gc
 import json
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -95,15 +98,51 @@ def weights_version(catalog: Catalog, version: VersionInfo) -> VersionInfo:
     return catalog.get_version(version.base_version_id)
 
 
+class _CollectorPause:
+    """Python's cyclic garbage collector off while any thread loads (see
+    `collection_paused`), on again when the last one is done, if it was on before."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.loads = 0
+        self.resume = False
+
+    @contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self.lock:
+            if self.loads == 0:
+                self.resume = gc.isenabled()
+                gc.disable()
+            self.loads += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.loads -= 1
+                if self.loads == 0 and self.resume:
+                    gc.enable()
+
+
+#: Loading a model imports torch's and transformers' modules and builds their configs,
+#: tokenizers and weights: hundreds of thousands of objects, few of them garbage, and
+#: each 700 allocations start a collection that, every so often, scans them all. With
+#: the collector off meanwhile, `gptstore generate`'s imports and load took ~2.6 s
+#: against ~3.7 on a 2-core Zen 4 EPYC (docs/design.md, "Layout and dependencies").
+#: Reference counting still frees what it can; cycles made meanwhile wait for the next
+#: collection after it.
+collection_paused = _CollectorPause()
+
+
 def load_tokenizer(catalog: Catalog, ref: str | VersionInfo) -> Any:
     """The version's tokenizer (its base's, for adapters without one), with
     `model_max_length` capped at the model's context length."""
-    from transformers import AutoTokenizer
+    with collection_paused():
+        from transformers import AutoTokenizer
 
-    version = catalog.resolve(ref) if isinstance(ref, str) else ref
-    if version.kind == "adapter" and not version.has_file("tokenizer.json"):
-        version = weights_version(catalog, version)
-    tokenizer = AutoTokenizer.from_pretrained(catalog.snapshot(version))
+        version = catalog.resolve(ref) if isinstance(ref, str) else ref
+        if version.kind == "adapter" and not version.has_file("tokenizer.json"):
+            version = weights_version(catalog, version)
+        tokenizer = AutoTokenizer.from_pretrained(catalog.snapshot(version))
     context = version.lineage.get("context_length")
     if isinstance(context, int) and context < tokenizer.model_max_length:
         tokenizer.model_max_length = context
@@ -145,8 +184,18 @@ def load_version(
     `task` loads the weights for another task than the version's own (a causal-LM base
     as a classifier to fine-tune), with `label_names` as its outputs; `configure(config)`
     may change the transformers config before the weights are built (training sets its
-    dropout there); `dtype` defaults to `preferred_dtype()`.
+    dropout there); `dtype` defaults to `preferred_dtype()`. With the cyclic collector
+    paused (`collection_paused`).
     """
+    with collection_paused():
+        return _load_version(catalog, ref, task=task, label_names=label_names, dtype=dtype,
+                             configure=configure, attn_implementation=attn_implementation)
+
+
+def _load_version(catalog: Catalog, ref: str | VersionInfo, *, task: TaskName | None,
+                  label_names: Sequence[str] | None, dtype: Any,
+                  configure: Callable[[Any], None] | None,
+                  attn_implementation: str | None) -> LoadedVersion:
     from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
 
