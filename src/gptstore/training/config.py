@@ -18,7 +18,6 @@ import math
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
-from gptstore.catalog.access import VISIBILITIES
 from gptstore.catalog.names import parse_ref
 from gptstore.errors import InvalidRequest
 from gptstore.tasks import TASKS
@@ -198,6 +197,10 @@ class TrainConfig:
                                  "or leave it at auto", param="lora_target")
 
     def _check_choices(self) -> None:
+        # here, not at the top: catalog.access imports SQLAlchemy, ~0.15 s of every CLI
+        # command's start (the CLI imports this module for its flags' defaults)
+        from gptstore.catalog.access import VISIBILITIES
+
         for key, choices in (("task", TASK_CHOICES), ("method", METHOD_CHOICES),
                              ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
                              ("precision", PRECISIONS), ("metric", METRICS),

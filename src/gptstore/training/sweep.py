@@ -28,9 +28,8 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gptstore.catalog.repository import Catalog, VersionInfo
 from gptstore.errors import InvalidRequest
 from gptstore.settings import Settings
 from gptstore.training.config import (
@@ -42,6 +41,9 @@ from gptstore.training.config import (
 )
 from gptstore.training.logs import TrainEvent
 from gptstore.training.sweep_plot import trials_svg
+
+if TYPE_CHECKING:  # the catalog (SQLAlchemy) is imported where a sweep runs, not by the CLI's start
+    from gptstore.catalog.repository import Catalog, VersionInfo
 
 #: the dimensions a sweep can search, and what each means
 DIMENSIONS = ("learning_rate", "epochs", "batch_size", "lora_r", "lora_target",
@@ -144,6 +146,8 @@ def sweep(config: TrainConfig, *, trials: int, space: SearchSpace | None = None,
         raise InvalidRequest(f"trials must be >= 1, got {trials}", param="trials")
     settings = settings or (catalog.settings if catalog is not None else Settings())
     own = catalog is None
+    from gptstore.catalog.repository import Catalog
+
     catalog = catalog or Catalog(settings)
     space = space or SearchSpace()
     try:

@@ -77,3 +77,15 @@ def test_no_inference_module_names_training():
                               if d.startswith("gptstore.training"))
                  for name, path in modules.items() if name.startswith("gptstore.inference")}
     assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_the_cli_starts_without_the_database_layer_torch_or_transformers():
+    """Every command pays the CLI's imports; `generate` through a running server pays
+    little else (cli/remote.py). SQLAlchemy (~0.15-0.25 s), torch and transformers are
+    imported by the commands that use them."""
+    code = ("import sys, gptstore.cli.app; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'sqlalchemy', 'torch', 'transformers'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "[]"
