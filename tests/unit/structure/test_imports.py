@@ -61,13 +61,20 @@ def test_no_two_modules_import_each_other():
     assert mutual == []
 
 
-def test_inference_imports_nothing_from_training():
-    code = ("import sys, gptstore.inference, gptstore.inference.engine, "
-            "gptstore.inference.loader, gptstore.inference.store; "
-            "print([m for m in sys.modules if m.startswith('gptstore.training')])")
+def _loaded_in_a_fresh_process(imports: str, wanted: str) -> list[str]:
+    """The modules, among those `wanted` (an expression over a module name `m`), that
+    a fresh interpreter holds after `import <imports>`."""
+    code = (f"import sys, {imports}; "
+            f"print(sorted({{m for m in sys.modules if {wanted}}}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
-    assert out == "[]"
+    return ast.literal_eval(out)  # type: ignore[no-any-return]
+
+
+def test_inference_imports_nothing_from_training():
+    assert _loaded_in_a_fresh_process(
+        "gptstore.inference, gptstore.inference.engine, gptstore.inference.loader, "
+        "gptstore.inference.store", "m.startswith('gptstore.training')") == []
 
 
 def test_no_inference_module_names_training():
@@ -83,9 +90,6 @@ def test_the_cli_starts_without_the_database_layer_torch_or_transformers():
     """Every command pays the CLI's imports; `generate` through a running server pays
     little else (cli/remote.py). SQLAlchemy (~0.15-0.25 s), torch and transformers are
     imported by the commands that use them."""
-    code = ("import sys, gptstore.cli.app; "
-            "print(sorted({m.split('.')[0] for m in sys.modules} & "
-            "{'sqlalchemy', 'torch', 'transformers'}))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout.strip()
-    assert out == "[]"
+    assert _loaded_in_a_fresh_process(
+        "gptstore.cli.app",
+        "m.split('.')[0] in ('sqlalchemy', 'torch', 'transformers')") == []
