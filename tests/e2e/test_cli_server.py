@@ -111,8 +111,7 @@ def test_a_server_that_wants_a_key_leaves_the_command_to_its_own_engine(
         assert proc.stdout == local_answers["chat"]
 
 
-def test_the_record_goes_when_the_server_stops(home: Path,
-                                               local_answers: dict[str, str]) -> None:
+def test_the_record_goes_when_the_server_stops(home: Path) -> None:
     srv = RemoteServer(home)
     assert (home / RUNTIME_FILE).is_file()
     srv.proc.send_signal(signal.SIGTERM)

@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from gptstore import __version__
 from gptstore.api.deps import PrincipalDep
 from gptstore.api.errors import install_error_handlers
+from gptstore.api.runtime import forget_server, record_server
 from gptstore.settings import Settings
 
 #: what /api/engine shows every caller; which models are loaded (digests and snapshot
@@ -128,8 +129,6 @@ def build_app(settings: Settings | None = None, *, record: bool = False) -> Fast
             app.state.worker.start()
         preloader = _start_preload(app.state, settings.preload_models)
         _tune_gc()
-        from gptstore.api.runtime import forget_server, record_server
-
         # `gptstore generate` and `chat` of this store ask this server while it runs
         # (cli/remote.py); the record goes first when it stops. Here, not around
         # uvicorn.run: uvicorn re-raises SIGTERM once it has shut down, so nothing after

@@ -140,14 +140,13 @@ def sweep(config: TrainConfig, *, trials: int, space: SearchSpace | None = None,
     """Run `trials` fine-tunes proposed by TPE, prune by median, publish the best."""
     import optuna
 
+    from gptstore.catalog.repository import Catalog
     from gptstore.training.loop import finetune
 
     if trials < 1:
         raise InvalidRequest(f"trials must be >= 1, got {trials}", param="trials")
     settings = settings or (catalog.settings if catalog is not None else Settings())
     own = catalog is None
-    from gptstore.catalog.repository import Catalog
-
     catalog = catalog or Catalog(settings)
     space = space or SearchSpace()
     try:

@@ -204,8 +204,12 @@ def test_decode_steps_of_a_few_rows_go_native_as_far_as_it_measures_faster(monke
     timed: list[int] = []
     one_calls: list[int] = []
     step_call = native.LlamaDecodeStep.__call__
-    monkeypatch.setattr(native.LlamaDecodeStep, "__call__", lambda self, x, *a, **k: (
-        one_calls.append(x.shape[0]), step_call(self, x, *a, **k))[1])
+
+    def counted(self: Any, x: Any, *args: Any, **kwargs: Any) -> None:
+        one_calls.append(x.shape[0])
+        step_call(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(native.LlamaDecodeStep, "__call__", counted)
 
     def fake(native_faster_from: int) -> Any:
         def best(passes: dict[str, Any], **_: Any) -> dict[str, float]:
