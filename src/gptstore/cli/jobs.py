@@ -13,13 +13,23 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from gptstore.cli.common import console, err_console, human_size, open_catalog, print_json
+from gptstore.cli.common import (
+    console,
+    err_console,
+    human_size,
+    id_column,
+    open_catalog,
+    print_json,
+)
+from gptstore.errors import NotFound
 
-#: everything the CLI creates belongs to the single local user (as over the API without
-#: accounts)
+#: files the CLI uploads belong to the single local user, as over the API without
+#: accounts; a job submitted from the CLI belongs to its model's namespace (`submit`).
+#: The CLI is the store's operator: its lists show every owner's files and jobs.
 OWNER = "local"
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
@@ -34,10 +44,11 @@ def _when(moment: Any) -> str:
 # -- files ----------------------------------------------------------------------------
 
 
-def upload_file(catalog: Any, path: Path) -> Any:
+def upload_file(catalog: Any, path: Path, owner: str = OWNER) -> Any:
     """Upload a local training file (streamed in chunks) into the store."""
     if not path.is_file():
-        raise typer.BadParameter(f"{path} is not a file")
+        raise NotFound(f"{path} is not a file: give the path of a training file",
+                       param="file")
 
     def chunks() -> Any:
         with path.open("rb") as handle:
@@ -45,7 +56,7 @@ def upload_file(catalog: Any, path: Path) -> Any:
                 yield block
 
     return catalog.files.upload(chunks(), filename=path.name, purpose="fine-tune",
-                                owner=OWNER, max_bytes=catalog.settings.max_upload_bytes)
+                                owner=owner, max_bytes=catalog.settings.max_upload_bytes)
 
 
 @files_app.command("upload")
@@ -59,23 +70,25 @@ def files_upload(path: Annotated[Path, typer.Argument(help="A training file.")],
                     "status": file.status, "report": file.report})
         return
     state = "ok" if file.status == "processed" else "has errors (gptstore files show)"
-    console.print(f"uploaded [bold]{file.id}[/] ({file.filename}, {human_size(file.bytes)}): "
+    console.print(f"uploaded [bold]{file.id}[/] ({escape(file.filename)}, "
+                  f"{human_size(file.bytes)}): "
                   f"{state}")
 
 
 @files_app.command("list")
 def files_list(as_json: JsonFlag = False) -> None:
-    """Your files, newest first."""
+    """Training files and job results in the store (every owner's), newest first."""
     with open_catalog() as catalog:
-        files, _ = catalog.files.page(owner=OWNER)
+        files, _ = catalog.files.page()
     if as_json:
         print_json([{"id": f.id, "filename": f.filename, "bytes": f.bytes,
-                     "purpose": f.purpose, "status": f.status,
+                     "purpose": f.purpose, "status": f.status, "owner": f.owner,
                      "created_at": f.created_at.isoformat()} for f in files])
         return
-    table = Table("id", "file", "size", "purpose", "status", "uploaded")
+    table = Table(id_column("id", [f.id for f in files]), "file", "size", "purpose", "status",
+                  "owner", "uploaded")
     for f in files:
-        table.add_row(f.id, f.filename, human_size(f.bytes), f.purpose, f.status,
+        table.add_row(f.id, f.filename, human_size(f.bytes), f.purpose, f.status, f.owner,
                       _when(f.created_at))
     console.print(table)
 
@@ -90,13 +103,15 @@ def files_show(file_id: str, as_json: JsonFlag = False) -> None:
         print_json({"id": file.id, "filename": file.filename, "bytes": file.bytes,
                     "purpose": file.purpose, "status": file.status, "report": report})
         return
-    console.print(f"[bold]{file.id}[/] {file.filename} ({human_size(file.bytes)}, "
+    console.print(f"[bold]{file.id}[/] {escape(file.filename)} ({human_size(file.bytes)}, "
                   f"{file.purpose}): {report.get('format')} / {report.get('task')}, "
                   f"{report.get('examples')} examples")
     for issue in report.get("errors", []):
-        console.print(f"[red]error[/] line {issue.get('line')}: {issue.get('message')}")
+        console.print(f"[red]error[/] line {issue.get('line')}: "
+                      f"{escape(str(issue.get('message')))}")
     for issue in report.get("warnings", [])[:10]:
-        console.print(f"[yellow]warning[/] line {issue.get('line')}: {issue.get('message')}")
+        console.print(f"[yellow]warning[/] line {issue.get('line')}: "
+                      f"{escape(str(issue.get('message')))}")
 
 
 @files_app.command("rm")
@@ -119,9 +134,21 @@ def _store(catalog: Any) -> Any:
     return JobStore(catalog.db)
 
 
+def _published(job: Any) -> str | None:
+    """The model a job published: none until it succeeded (as OpenAI's job object)."""
+    return job.fine_tuned_model if job.status.value == "succeeded" else None
+
+
+def _target(job: Any) -> str:
+    """What a job publishes, for tables: the name it will take while it may still."""
+    if job.status.value == "succeeded" or not job.status.finished:
+        return str(job.fine_tuned_model)
+    return f"(nothing published: {job.status.value})"
+
+
 def job_summary(job: Any) -> dict[str, Any]:
-    return {"id": job.id, "status": job.status.value, "model": job.model,
-            "fine_tuned_model": job.fine_tuned_model, "training_file": job.training_file,
+    return {"id": job.id, "status": job.status.value, "owner": job.owner, "model": job.model,
+            "fine_tuned_model": _published(job), "training_file": job.training_file,
             "validation_file": job.validation_file, "hyperparameters": job.hyperparameters,
             "trained_tokens": job.trained_tokens, "error": job.error,
             "created_at": job.created_at.isoformat(),
@@ -132,15 +159,16 @@ def job_summary(job: Any) -> dict[str, Any]:
 @jobs_app.command("list")
 def jobs_list(limit: Annotated[int, typer.Option(min=1, help="At most this many.")] = 20,
               as_json: JsonFlag = False) -> None:
-    """Fine-tuning jobs, newest first."""
+    """Fine-tuning jobs in the store (every owner's), newest first."""
     with open_catalog() as catalog:
-        jobs, _ = _store(catalog).page(owner=OWNER, limit=limit)
+        jobs, _ = _store(catalog).page(limit=limit)
     if as_json:
         print_json([job_summary(j) for j in jobs])
         return
-    table = Table("id", "status", "base", "model", "created")
+    table = Table(id_column("id", [j.id for j in jobs]), "status", "base",
+                  id_column("model", [_target(j) for j in jobs]), "owner", "created")
     for j in jobs:
-        table.add_row(j.id, j.status.value, j.model, j.fine_tuned_model, _when(j.created_at))
+        table.add_row(j.id, j.status.value, j.model, _target(j), j.owner, _when(j.created_at))
     console.print(table)
 
 
@@ -160,10 +188,10 @@ def jobs_show(
     if as_json:
         print_json(job_summary(job))
         return
-    console.print(f"[bold]{job.id}[/] {job.status.value}: {job.model} -> "
-                  f"{job.fine_tuned_model}")
+    console.print(f"[bold]{job.id}[/] {job.status.value}: {job.model} -> {_target(job)}")
     if job.error:
-        console.print(f"[red]error[/] ({job.error.get('param')}): {job.error.get('message')}")
+        console.print(f"[red]error[/] ({job.error.get('param')}): "
+                      f"{escape(str(job.error.get('message')))}")
     if follow and job.status.value == "failed":
         raise typer.Exit(1)
 
@@ -192,7 +220,8 @@ def _follow(store: Any, job_id: str) -> Any:
                         progress.update(bar, completed=data["step"],
                                         loss=f"loss {data['train_loss']:.4f}")
                     else:
-                        progress.console.print(f"{_when(event.created_at)} {event.message}")
+                        progress.console.print(f"{_when(event.created_at)} "
+                                               f"{escape(event.message)}")
             if job.status.finished:
                 return job
             time.sleep(0.5)
@@ -210,7 +239,7 @@ def jobs_events(job_id: str, limit: Annotated[int, typer.Option(min=1)] = 50,
                      "type": e.type, "message": e.message, "data": e.data} for e in events])
         return
     for event in events:
-        console.print(f"{_when(event.created_at)} {event.message}", highlight=False)
+        console.print(f"{_when(event.created_at)} {escape(event.message)}", highlight=False)
 
 
 def _control(action: str, job_id: str) -> None:
@@ -243,15 +272,30 @@ def jobs_resume(job_id: str) -> None:
 
 def submit(config: Any, *, follow: bool = False) -> str:
     """`gptstore finetune --submit`: upload the files and queue a job with the config."""
+    from gptstore.catalog.names import parse_ref
     from gptstore.jobs.service import SERVICE_FIELDS, create_job
+    from gptstore.training.config import TrainConfig
 
+    # the job belongs to the namespace it publishes into, as an API job belongs to its
+    # caller's; the operator at the shell may publish into any, as a run in the foreground
+    owner = parse_ref(config.name).namespace
+    # only what the command set: the service's own defaults (a job's checkpoint models)
+    # stand where the command left a setting at TrainConfig's default
+    options = {k: v for k, v in config.to_dict().items()
+               if k not in SERVICE_FIELDS and v != TrainConfig.default_of(k)}
     with open_catalog() as catalog:
-        train = upload_file(catalog, Path(config.train_file))
-        valid = upload_file(catalog, Path(config.valid_file)) if config.valid_file else None
-        options = {k: v for k, v in config.to_dict().items() if k not in SERVICE_FIELDS}
-        job = create_job(catalog, _store(catalog), owner=OWNER, model=config.base,
-                         training_file=train.id, validation_file=valid.id if valid else None,
-                         options=options)
+        uploaded = [upload_file(catalog, Path(config.train_file), owner)]
+        try:
+            if config.valid_file:
+                uploaded.append(upload_file(catalog, Path(config.valid_file), owner))
+            job = create_job(catalog, _store(catalog), owner=owner, model=config.base,
+                             training_file=uploaded[0].id,
+                             validation_file=uploaded[1].id if len(uploaded) > 1 else None,
+                             options=options)
+        except BaseException:
+            for file in uploaded:  # a refused job leaves no copies of its files behind
+                catalog.files.delete(file.id)
+            raise
         err_console.print(f"queued {job.id}: {job.model} -> {job.fine_tuned_model} "
                           f"(follow it with `gptstore jobs show {job.id} --follow`)")
         if follow:

@@ -252,6 +252,14 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
+    def default_of(cls, key: str) -> Any:
+        """A field's default (MISSING for the required ones)."""
+        spec = {f.name: f for f in fields(cls)}[key]
+        if spec.default_factory is not MISSING:
+            return spec.default_factory()
+        return spec.default
+
+    @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> TrainConfig:
         """Build from a dict (REST payload, job record); unknown keys are an error."""
         known = {f.name for f in fields(cls)}

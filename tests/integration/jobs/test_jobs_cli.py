@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from gptstore.catalog.importers import import_path
 from gptstore.catalog.repository import Catalog
+from gptstore.jobs.store import JobStore
 from gptstore.jobs.worker import Worker
 from gptstore.settings import Settings
 
@@ -30,15 +31,18 @@ def test_submit_follow_and_inspect(tiny_models: dict[str, Path], tmp_path: Path)
     train.write_text("".join(json.dumps(r) + "\n" for r in rows))
     runner = CliRunner()
 
+    # a namespace of the operator's choosing, as a run in the foreground may publish into
     result = runner.invoke(_app(), ["finetune", "--base", "acme/tiny", "--train", str(train),
-                                    "--name", "local/counter", "--epochs", "2",
+                                    "--name", "me/counter", "--epochs", "2",
                                     "--lr", "0.01", "--submit", "--json"])
     assert result.exit_code == 0, result.output
     job_id = json.loads(result.stdout)["job"]
     listed = json.loads(runner.invoke(_app(), ["jobs", "list", "--json"]).stdout)
     assert [j["id"] for j in listed] == [job_id]
-    assert listed[0]["status"] == "validating_files"
-    assert listed[0]["fine_tuned_model"] == "local/counter"
+    assert listed[0]["status"] == "validating_files" and listed[0]["owner"] == "me"
+    assert listed[0]["fine_tuned_model"] is None  # nothing published yet, as OpenAI's
+    table = runner.invoke(_app(), ["jobs", "list"], terminal_width=60).stdout
+    assert job_id in table and "me/counter" in table  # ids and names whole, even at 60
 
     worker = Worker(settings)
     worker.start()
@@ -49,7 +53,16 @@ def test_submit_follow_and_inspect(tiny_models: dict[str, Path], tmp_path: Path)
     assert result.exit_code == 0, result.output
     shown = json.loads(result.stdout)
     assert shown["status"] == "succeeded" and shown["trained_tokens"] > 0
+    assert shown["fine_tuned_model"] == "me/counter"
     assert shown["hyperparameters"]["n_epochs"] == 2
+    # the service's per-epoch checkpoint models, as for a job from the API
+    catalog = Catalog(settings)
+    try:
+        checkpoints, _ = JobStore(catalog.db).checkpoints(job_id)
+        assert len(checkpoints) == 2
+        assert all(catalog.exists(c.model) for c in checkpoints)
+    finally:
+        catalog.close()
     assert "The job has successfully completed" in result.stderr
 
     events = json.loads(runner.invoke(_app(), ["jobs", "events", job_id, "--limit", "500",
@@ -64,7 +77,7 @@ def test_submit_follow_and_inspect(tiny_models: dict[str, Path], tmp_path: Path)
                                                "--json"]).stdout)["report"]
     assert (report["format"], report["examples"]) == ("prompt-completion", 30)
 
-    generated = runner.invoke(_app(), ["generate", "local/counter", "7 plus one is",
+    generated = runner.invoke(_app(), ["generate", "me/counter", "7 plus one is",
                                        "--raw", "--max-tokens", "2", "--temperature", "0"])
     assert generated.exit_code == 0 and generated.stdout.strip(), generated.output
 
@@ -73,3 +86,19 @@ def test_submit_follow_and_inspect(tiny_models: dict[str, Path], tmp_path: Path)
     assert cancelled.exit_code != 0 and "already succeeded" in str(cancelled.exception)
     removed = runner.invoke(_app(), ["files", "rm", upload["id"]])
     assert removed.exit_code == 0, removed.output
+
+
+def test_a_refused_submit_leaves_no_uploaded_file(tiny_models: dict[str, Path],
+                                                   tmp_path: Path) -> None:
+    catalog = Catalog(Settings())
+    import_path(catalog, tiny_models["llama"], "acme/tiny")
+    catalog.close()
+    train = tmp_path / "count.jsonl"
+    train.write_text(json.dumps({"prompt": "1 plus one is", "completion": " 2"}) + "\n")
+    runner = CliRunner()
+    # the name is taken: the service refuses the job after the upload
+    result = runner.invoke(_app(), ["finetune", "--base", "acme/tiny", "--train", str(train),
+                                    "--name", "acme/tiny", "--submit"])
+    assert result.exit_code != 0 and "already exists" in str(result.exception)
+    assert json.loads(runner.invoke(_app(), ["files", "list", "--json"]).stdout) == []
+    assert json.loads(runner.invoke(_app(), ["jobs", "list", "--json"]).stdout) == []
