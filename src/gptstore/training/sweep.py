@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from gptstore.errors import InvalidRequest
 from gptstore.settings import Settings
+from gptstore.tasks import CLASSIFICATION
 from gptstore.training.config import (
     ALL_LINEAR,
     ATTENTION,
@@ -142,6 +143,7 @@ def sweep(config: TrainConfig, *, trials: int, space: SearchSpace | None = None,
 
     from gptstore.catalog.repository import Catalog
     from gptstore.training.loop import finetune
+    from gptstore.training.prepare import task_of
 
     if trials < 1:
         raise InvalidRequest(f"trials must be >= 1, got {trials}", param="trials")
@@ -157,8 +159,12 @@ def sweep(config: TrainConfig, *, trials: int, space: SearchSpace | None = None,
         root = Path(config.run_dir) if config.run_dir else \
             settings.runs_dir / f"{ns}--{model}--sweep"
         root.mkdir(parents=True, exist_ok=True)
+        # the task the trials will train (from the file where it is auto), so that a
+        # classifier's sweep ranks by accuracy, as its runs' auto metric does
+        task = task_of(config, Path(config.train_file)) if Path(config.train_file).is_file() \
+            else config.task
         metric = config.metric if config.metric != AUTO else (
-            "accuracy" if config.task == "classification" else "loss")
+            "accuracy" if task == CLASSIFICATION else "loss")
         higher = metric in ("accuracy", "macro_f1", "token_accuracy")
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.create_study(

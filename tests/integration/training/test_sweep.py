@@ -4,6 +4,7 @@ the best published with the sweep in its lineage and the plot of the trials."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -18,8 +19,10 @@ def test_sweep_publishes_the_best_trial_with_the_sweep_in_its_lineage(store, con
 
     settings, catalog = store
     shutil.rmtree(settings.home / zero_shot.FOLDER, ignore_errors=True)
-    config = config_for("classification", "lora", "llama", "acme/swept", epochs=2,
-                        max_steps=6)
+    # the task left at auto, as from the CLI: the file's (text + label) decides it, and the
+    # sweep ranks by the classifier's accuracy
+    config = replace(config_for("classification", "lora", "llama", "acme/swept", epochs=2,
+                                max_steps=6), task="auto")
     space = SearchSpace(dimensions=("learning_rate", "lora_r", "lora_target"),
                         lr_range=(1e-3, 3e-2), lora_ranks=(2, 4))
     seen = []
@@ -27,6 +30,7 @@ def test_sweep_publishes_the_best_trial_with_the_sweep_in_its_lineage(store, con
                    on_trial=seen.append)
     assert [t.number for t in seen] == [0, 1, 2]
     assert all(t.state in ("complete", "pruned") for t in result.trials)
+    assert result.metric == "accuracy"
     complete = [t for t in result.trials if t.state == "complete"]
     assert result.best.value == max(t.value for t in complete)  # accuracy: higher wins
     for trial in result.trials:
