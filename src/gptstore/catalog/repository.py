@@ -43,7 +43,7 @@ from gptstore.catalog.names import ModelRef, parse_ref
 from gptstore.catalog.tables import Model, Namespace, Version, VersionFile, utcnow
 from gptstore.errors import Conflict, InvalidRequest, NotFound, PermissionDenied, StorageError
 from gptstore.settings import Settings
-from gptstore.storage.blobs import BlobStore
+from gptstore.storage.blobs import BlobStore, GcResult
 from gptstore.storage.db import Database
 from gptstore.storage.manifest import FileEntry, Manifest
 from gptstore.tasks import TASKS
@@ -508,6 +508,9 @@ class Catalog:
         """
         columns = _sort_key(sort)
         limit = _check_limit(limit)
+        if task and task not in TASKS:
+            raise InvalidRequest(f"unknown task {task!r}: use {' or '.join(TASKS)}",
+                                 param="task")
         after = decode_cursor(cursor, sort) if cursor is not None else None
         with self.db.session() as session:
             query = (
@@ -901,11 +904,11 @@ class Catalog:
         suites = {suite.data_digest for suite in Evaluations(self).list_suites()}
         return files | manifests | self.files.referenced_digests() | suites
 
-    def gc(self, *, grace_seconds: float | None = None) -> tuple[int, int]:
+    def gc(self, *, grace_seconds: float | None = None) -> GcResult:
         """Remove unreferenced blobs (older than the grace period) and stale snapshots."""
         grace = self.settings.gc_grace_seconds if grace_seconds is None else grace_seconds
         referenced = self.referenced_digests()
-        removed, freed = self.blobs.gc(referenced, grace_seconds=grace)
+        result = self.blobs.gc(referenced, grace_seconds=grace)
         snaps = self.settings.snapshots_dir
         if snaps.is_dir():
             live = {d.split(":", 1)[1] for d in referenced}
@@ -914,7 +917,7 @@ class Catalog:
                     shutil.rmtree(folder, ignore_errors=True)
                     with contextlib.suppress(FileNotFoundError):
                         folder.unlink()
-        return removed, freed
+        return result
 
 
 def _put(blobs: BlobStore, path: Path) -> tuple[str, int]:

@@ -9,7 +9,7 @@ import typer
 from rich.markdown import Markdown
 from rich.table import Table
 
-from gptstore.cli.common import console, human_size, open_catalog, print_json
+from gptstore.cli.common import console, human_size, id_column, open_catalog, print_json
 
 app = typer.Typer(help="Browse and manage the models in the store.", no_args_is_help=True)
 
@@ -53,7 +53,8 @@ def audit(catalog: Any, action: str, target: str, detail: dict[str, Any] | None 
 def list_models(
     task: Annotated[str | None, typer.Option(help="Only this task.")] = None,
     search: Annotated[str | None, typer.Option(help="Substring of name or description.")] = None,
-    sort: Annotated[str, typer.Option(help="name, updated, downloads or likes.")] = "name",
+    sort: Annotated[str, typer.Option(
+        help="name, updated, downloads, likes, trending, rating or newest.")] = "name",
     as_json: JsonFlag = False,
 ) -> None:
     """List the models in the store (every page of the catalog's listing)."""
@@ -62,10 +63,14 @@ def list_models(
     if as_json:
         print_json([m.to_dict() for m in models])
         return
+    if not models and (task or search):
+        console.print("No models match.")
+        return
     if not models:
         console.print("No models yet: `gptstore models pull HuggingFaceTB/SmolLM2-135M-Instruct`")
         return
-    table = Table("name", "task", "latest", "kind", "size", "updated")
+    table = Table(id_column("name", [m.name for m in models]), "task", "latest", "kind",
+                  "size", "updated")
     for m in models:
         latest = m.latest
         table.add_row(m.name, m.task, str(latest.number) if latest else "-",
@@ -174,7 +179,8 @@ def rm(
     with open_catalog() as catalog:
         info = catalog.delete_model(name)
         audit(catalog, "delete", info.name, {"versions": len(info.versions)})
-    console.print(f"removed [bold]{info.name}[/] ({len(info.versions)} versions)")
+    count = len(info.versions)
+    console.print(f"removed [bold]{info.name}[/] ({count} version{'' if count == 1 else 's'})")
 
 
 @app.command("set")

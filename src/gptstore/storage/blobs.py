@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from gptstore.errors import InvalidRequest, NotFound, PayloadTooLarge, StorageError
 
@@ -144,6 +144,16 @@ def _storage_error(exc: OSError, what: str) -> StorageError:
     return StorageError(f"{what} failed: {exc.strerror or exc}; nothing was stored")
 
 
+class GcResult(NamedTuple):
+    """What a garbage collection did: unreferenced files removed and their bytes, and
+    unreferenced files kept because they are younger than the grace period."""
+
+    removed: int
+    freed: int
+    kept: int = 0
+    kept_bytes: int = 0
+
+
 class BlobStore:
     """sha256-addressed files under `root`."""
 
@@ -217,14 +227,14 @@ class BlobStore:
                 for f in sorted(sub.iterdir()):
                     yield "sha256:" + f.name, f
 
-    def gc(self, referenced: set[str], *, grace_seconds: float) -> tuple[int, int]:
+    def gc(self, referenced: set[str], *, grace_seconds: float) -> GcResult:
         """Delete blobs not in `referenced` and stray temp files older than the grace.
 
         The grace period keeps blobs an import has just written but not yet committed
-        (like git's prune expiry). Returns (files removed, bytes freed).
+        (like git's prune expiry); those are counted as kept.
         """
         now = time.time()
-        removed = freed = 0
+        removed = freed = kept = kept_bytes = 0
         candidates = list(self.iter_blobs())
         if self.tmp.is_dir():
             candidates += [("", p) for p in self.tmp.iterdir()]
@@ -234,6 +244,8 @@ class BlobStore:
             try:
                 stat = path.stat()
                 if now - stat.st_mtime < grace_seconds:
+                    kept += 1
+                    kept_bytes += stat.st_size
                     continue
                 if path.is_dir():
                     shutil.rmtree(path)
@@ -243,4 +255,4 @@ class BlobStore:
                 continue
             removed += 1
             freed += stat.st_size
-        return removed, freed
+        return GcResult(removed, freed, kept, kept_bytes)

@@ -51,6 +51,8 @@ def test_search_filters_and_sorts(client: TestClient, publish: Publisher) -> Non
     assert error["error"]["param"] == "cursor"
     bad = client.get("/api/search", params={"sort": "random"})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "sort"
+    unknown = client.get("/api/search", params={"task": "bogus"})  # not "nothing matches"
+    assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "task"
 
 
 def test_categories_shelve_models_by_task_and_tag(client: TestClient,

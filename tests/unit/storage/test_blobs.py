@@ -74,8 +74,9 @@ def test_gc_keeps_referenced_and_young_blobs(tmp_path: Path) -> None:
     stray = store.tmp / "blob-stray"
     stray.write_bytes(b"half written")
     os.utime(stray, (old, old))
-    removed, freed = store.gc({keep.digest}, grace_seconds=3600)
-    assert (removed, freed) == (2, len(b"drop") + len(b"half written"))
+    result = store.gc({keep.digest}, grace_seconds=3600)
+    assert (result.removed, result.freed) == (2, len(b"drop") + len(b"half written"))
+    assert (result.kept, result.kept_bytes) == (1, len(b"young"))
     assert store.exists(keep.digest)
     assert store.exists(young.digest)
     assert not store.exists(drop.digest)
