@@ -201,10 +201,22 @@ class Settings(BaseSettings):
         return self.home / "files"
 
 
+#: read by the native kernels themselves (inference/native.py), once per process and not
+#: through Settings: the kernels serve code that has no Settings (tests, benchmarks)
+NATIVE_KERNELS_ENV = "GPTSTORE_NATIVE_KERNELS"
+_PROCESS_VARIABLES = {
+    NATIVE_KERNELS_ENV: ("1", "0 turns off gptstore's own C decode kernels (built with the "
+                              "system's C compiler on first use); PyTorch's kernels then "
+                              "run every step"),
+}
+
+
 def describe_settings() -> str:
     """A plain-text table of the settings and their variables, for `--help` texts."""
     lines = []
     for name, field in Settings.model_fields.items():
         default = field.default
         lines.append(f"GPTSTORE_{name.upper()} (default: {default}): {field.description}")
+    for variable, (default, description) in _PROCESS_VARIABLES.items():
+        lines.append(f"{variable} (default: {default}): {description}")
     return "\n".join(lines)

@@ -77,6 +77,8 @@ def test_accounts_from_the_shell_to_the_openai_client(tmp_path: Path,
         gptstore("models", "set", "alice/tiny", "--visibility", "public", home=home)
         assert sorted(m.id for m in bob.models.list()) == ["acme/team", "alice/tiny"]
         gptstore("keys", "revoke", keys[0]["id"], home=home)
+        again = gptstore("keys", "revoke", keys[0]["id"], home=home)
+        assert "already revoked" in again.stdout
         # the server trusts a verified key for KEY_CACHE_S before asking the database again
         deadline = time.monotonic() + KEY_CACHE_S + 1
         with pytest.raises(openai.AuthenticationError):
@@ -91,6 +93,7 @@ def test_accounts_from_the_shell_to_the_openai_client(tmp_path: Path,
                      ("create", "acme/team"), ("visibility", "alice/tiny"),
                      ("key-revoke", "alice")]:
         assert expected in actions
+    assert actions.count(("key-revoke", "alice")) == 1  # revoking again changed nothing
     assert json.loads(gptstore("audit", "--json", "--user", "nobody", home=home).stdout) == []
 
 

@@ -18,7 +18,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from gptstore.cli.common import console, open_catalog, print_json
+from gptstore.cli.common import console, id_column, open_catalog, print_json
+from gptstore.errors import InvalidRequest
 
 users_app = typer.Typer(help="Users: they own namespaces and hold API keys.",
                         no_args_is_help=True)
@@ -62,8 +63,8 @@ def parse_when(text: str, *, what: str) -> datetime:
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise typer.BadParameter(f"{what} {text!r}: give a duration such as 30d, 12h, 90m "
-                                 "or 2w, or a date such as 2027-01-31") from None
+        raise InvalidRequest(f"{what} {text!r}: give a duration such as 30d, 12h, 90m or "
+                             "2w, or a date such as 2027-01-31", param=what.lstrip("-")) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
@@ -110,8 +111,8 @@ def users_list(as_json: JsonFlag = False) -> None:
 def _member(text: str) -> tuple[str, str]:
     user, sep, role = text.partition(":")
     if not sep or not user or role not in ("read", "write", "admin"):
-        raise typer.BadParameter(f"--member {text!r}: write USER:ROLE with ROLE read, "
-                                 "write or admin")
+        raise InvalidRequest(f"--member {text!r}: write USER:ROLE with ROLE read, write or "
+                             "admin", param="member")
     return user, role
 
 
@@ -136,7 +137,8 @@ def orgs_add(
             console.print(f"created organisation [bold]{name}[/]")
         else:
             if existing.kind != "org":
-                raise typer.BadParameter(f"{name} is a user, not an organisation")
+                raise InvalidRequest(f"{name} is a user, not an organisation: choose another "
+                                     "name for the organisation", param="name")
             for user, role in members:
                 accounts.add_member(name, user, role)
                 _audit(catalog, "member", name, {"user": user, "role": role})
@@ -183,7 +185,8 @@ def keys_list(
     if as_json:
         print_json([k.to_dict() for k in keys])
         return
-    table = Table("id", "user", "name", "scope", "state", "created", "expires", "last used")
+    table = Table(id_column("id", [k.key_id for k in keys]), "user", "name", "scope", "state",
+                  "created", "expires", "last used")
     for k in keys:
         table.add_row(k.key_id, k.user, k.name, k.scope, k.state,
                       f"{k.created_at:%Y-%m-%d %H:%M}",
@@ -196,8 +199,15 @@ def keys_list(
 def keys_revoke(key: Annotated[str, typer.Argument(help="The key's id (or the key).")]
                 ) -> None:
     """Revoke an API key: requests with it get 401 from now on."""
+    started = datetime.now(UTC)
     with _accounts() as (catalog, accounts):
         info = accounts.revoke_key(key)
+        revoked = info.revoked_at
+        assert revoked is not None
+        if revoked.replace(tzinfo=revoked.tzinfo or UTC) < started:  # nothing changes
+            console.print(f"key {info.key_id} of {info.user} was already revoked "
+                          f"({info.revoked_at:%Y-%m-%d %H:%M} UTC)")
+            return
         _audit(catalog, "key-revoke", info.user, {"key": info.key_id})
     console.print(f"revoked key {info.key_id} of {info.user}")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from gc import freeze as freeze_collector
 from typing import Annotated
 
@@ -115,13 +116,24 @@ def gc(
 ) -> None:
     """Delete blobs that no version references any more."""
     with open_catalog() as catalog:
-        removed, freed = catalog.gc(grace_seconds=grace)
-    console.print(f"removed {removed} unreferenced files, freed {human_size(freed)}")
+        result = catalog.gc(grace_seconds=grace)
+        grace_s = catalog.settings.gc_grace_seconds if grace is None else grace
+    console.print(f"removed {result.removed} unreferenced files, freed "
+                  f"{human_size(result.freed)}")
+    if result.kept:
+        console.print(f"kept {result.kept} unreferenced files ({human_size(result.kept_bytes)})"
+                      f" younger than the grace period of {grace_s} s; `gptstore gc --grace 0`"
+                      " removes them too (only while nothing is importing or publishing)")
 
 
 def main() -> None:
     """Console entry point: GptStoreError, or a GPTSTORE_* environment variable the
     settings refuse, becomes one clear line and exit status 1."""
+    # PEFT (0.21) reads transformers' deprecated `is_gradient_checkpointing` when it wraps
+    # or loads a model: a FutureWarning on every fine-tune and export that the user can
+    # do nothing about
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                            category=FutureWarning)
     try:
         _main()
     finally:

@@ -54,6 +54,7 @@ import torch  # loaded before the kernels, so they share its libgomp (one OpenMP
 import torch.nn.functional as F
 
 from gptstore.inference.cpu import cpu_flag_set
+from gptstore.settings import NATIVE_KERNELS_ENV
 
 #: the weights' block shape in the packed layout (the C file's ROWS and CHUNK)
 BLOCK_ROWS, CHUNK = 8, 16
@@ -73,7 +74,7 @@ MAX_HEAD_DIM = 256
 FLAGS = ("-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC",
          "-std=c11")
 BUILD_TIMEOUT_S = 120
-DISABLE_ENV = "GPTSTORE_NATIVE_KERNELS"
+DISABLE_ENV = NATIVE_KERNELS_ENV
 
 _lock = threading.Lock()
 _state: dict[str, Any] = {}
