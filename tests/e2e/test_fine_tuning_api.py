@@ -172,7 +172,9 @@ def test_a_bad_file_fails_at_validating_files(client: openai.OpenAI, tmp_path: P
     rows: list = chat_rows(12)
     rows[2] = '{"messages": [{"role": "user", "content": "unterminated"'
     train = upload(client, write_jsonl(tmp_path / "broken.jsonl", rows))
-    assert client.files.retrieve(train).status == "error"
+    stored = client.files.retrieve(train)
+    assert stored.status == "error"
+    assert stored.status_details and stored.status_details.startswith("line 3: ")
     job = client.fine_tuning.jobs.create(model="acme/tiny", training_file=train)
     failed = wait_for(client, job.id, {"failed", "succeeded"})
     assert failed.status == "failed"

@@ -152,6 +152,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
+        if first.get("type") == "json_invalid":  # loc is ("body", the error's offset)
+            at = first.get("loc", ("body", "?"))[-1]
+            detail = (first.get("ctx") or {}).get("error", "")
+            message = (f"the request body is not valid JSON (character {at}: {detail}); "
+                       "send a JSON object").replace(": )", ")")
+            return JSONResponse(envelope(message, "invalid_request_error"), status_code=400)
         loc = [str(p) for p in first.get("loc", ())]
         if loc and loc[0] in _LOCATIONS:
             loc = loc[1:]

@@ -112,6 +112,15 @@ def test_a_deeply_nested_body_gets_400(client: TestClient) -> None:
     assert response.json()["error"]["type"] == "invalid_request_error"
 
 
+def test_a_body_that_is_not_json_gets_400_saying_so(client: TestClient) -> None:
+    response = client.post("/v1/chat/completions", content=b"{bad json",
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] is None and error["type"] == "invalid_request_error"
+    assert error["message"].startswith("the request body is not valid JSON (character 1: ")
+
+
 def test_request_ids_are_echoed_or_made(client: TestClient) -> None:
     mine = client.get("/healthz", headers={"x-request-id": "trace-42"})
     assert mine.headers["x-request-id"] == "trace-42"

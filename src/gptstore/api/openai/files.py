@@ -42,11 +42,21 @@ def unix(moment: datetime) -> int:
     return int(moment.timestamp())
 
 
+def _issue(error: Any) -> str:
+    """One error of a file's report, with its line where it has one."""
+    if not isinstance(error, dict):
+        return str(error)
+    message = str(error.get("message", error))
+    return f"line {error['line']}: {message}" if error.get("line") else message
+
+
 def file_object(file: FileInfo) -> FileObject:
     details = None
     if file.status == "error" and file.report:
         errors = file.report.get("errors") or []
-        details = "; ".join(str(e.get("message", e)) for e in errors[:3]) or None
+        details = "; ".join(_issue(e) for e in errors[:3]) or None
+        if details and len(errors) > 3:
+            details += f"; and {len(errors) - 3} more (GET /api/files/{file.id}/report)"
     return FileObject(id=file.id, bytes=file.bytes, created_at=unix(file.created_at),
                       filename=file.filename, purpose=file.purpose,
                       status="error" if file.status == "error" else "processed",
