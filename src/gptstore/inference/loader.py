@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -287,6 +288,13 @@ def export_merged(catalog: Catalog, version: VersionInfo, out_dir: Path) -> None
     loaded.model.save_pretrained(out_dir, safe_serialization=True)
     loaded.tokenizer.save_pretrained(out_dir)
     (out_dir / "README.md").write_bytes(catalog.read_file(version, "README.md"))
+    # safetensors writes its file owner-only (0600); an export is the user's folder, each
+    # file readable as any new file of theirs (the umask decides, as `models export`'s)
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in out_dir.iterdir():
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
     catalog.count_download(version.model)
 
 

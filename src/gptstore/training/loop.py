@@ -158,12 +158,21 @@ class FineTuneRun:
 
     def _run(self) -> FinetuneResult:
         started = time.perf_counter()
-        self._check_store()
-        self._prepare()
-        self.timings["prepare"] = time.perf_counter() - started
-        self._build_model()
-        self._build_optimizer()
-        self._resume()
+        self.made_run_dir = False
+        try:
+            self._check_store()
+            self._prepare()
+            self.timings["prepare"] = time.perf_counter() - started
+            self._build_model()
+            self._build_optimizer()
+            self._resume()
+        except BaseException:
+            # a run refused before it began (bad data, nothing to resume) leaves no empty
+            # folder of its own behind
+            if self.made_run_dir and self.run_dir.is_dir() \
+                    and not any(self.run_dir.iterdir()):
+                self.run_dir.rmdir()
+            raise
         self.timings["load_model"] = time.perf_counter() - started - self.timings["prepare"]
         self.timings["train"] = 0.0  # in optimiser steps (this session)
         self.timings["validation"] = 0.0
@@ -206,6 +215,7 @@ class FineTuneRun:
         self.run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(self.settings,
                                                                               cfg.name)
         try:
+            self.made_run_dir = not self.run_dir.exists()
             self.run_dir.mkdir(parents=True, exist_ok=True)
             probe = self.run_dir / ".write-test"
             probe.write_text("ok")

@@ -3,6 +3,8 @@ export that loads in plain transformers and matches adapter inference."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -85,6 +87,9 @@ def test_merged_export_loads_in_transformers_and_matches_the_adapter(store, trai
     version = catalog.resolve(trained[key])
     out = tmp_path / "merged"
     export_merged(catalog, version, out)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {oct(p.stat().st_mode & 0o777) for p in out.iterdir()} == {oct(0o666 & ~umask)}
     classifier = version.task == "classification"
     auto = AutoModelForSequenceClassification if classifier else AutoModelForCausalLM
     merged = auto.from_pretrained(out, dtype=torch.float32).eval()

@@ -111,6 +111,8 @@ def test_resume_needs_a_checkpoint_and_the_same_settings(store, config_for):
         finetune(TrainConfig(**{**config.to_dict(), "resume": True}), settings=settings,
                  catalog=catalog)
     assert info.value.param == "resume"
+    # the refused run leaves no empty folder of its own behind
+    assert not (settings.runs_dir / "acme--resume-rules").exists()
     with pytest.raises(Crash):
         finetune(config, settings=settings, catalog=catalog, callbacks=[crash_at(6)])
     changed = TrainConfig(**{**config.to_dict(), "resume": True, "learning_rate": 0.5})
