@@ -175,6 +175,12 @@ class Settings(BaseSettings):
         return f"sqlite:///{self.home / 'gptstore.db'}"
 
     @property
+    def api_base(self) -> str:
+        """The OpenAI-compatible API of `gptstore serve` with these settings, as a client
+        on this machine reaches it (`local_url`)."""
+        return f"{local_url(self.host, self.port)}/v1"
+
+    @property
     def preload_models(self) -> list[str]:
         """The names in `preload`, in order, without blanks."""
         return [name.strip() for name in self.preload.split(",") if name.strip()]
@@ -199,6 +205,18 @@ class Settings(BaseSettings):
     def files_dir(self) -> Path:
         """Uploaded files under their own names (links into the blob store)."""
         return self.home / "files"
+
+
+def local_url(host: str, port: int) -> str:
+    """`http://host:port` of a server bound to host:port, as a client on the same machine
+    reaches it: the loopback address for a server bound to every interface."""
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
 
 
 #: read by the native kernels themselves (inference/native.py), once per process and not

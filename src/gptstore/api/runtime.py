@@ -12,6 +12,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from gptstore.settings import local_url
+
 RUNTIME_FILE = "server.json"
 #: how long a client waits for a recorded server's `/healthz`
 PROBE_TIMEOUT_S = 0.5
@@ -22,14 +24,8 @@ def record_server(home: Path, host: str, port: int) -> Path | None:
     port is chosen by the system, so no address can be recorded)."""
     if not port:
         return None
-    if host in ("", "0.0.0.0"):
-        host = "127.0.0.1"  # reachable from this machine whatever interface it binds
-    elif host == "::":
-        host = "::1"
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
     path = home / RUNTIME_FILE
-    doc = {"url": f"http://{host}:{port}", "pid": os.getpid()}
+    doc = {"url": local_url(host, port), "pid": os.getpid()}
     try:
         fd, tmp = tempfile.mkstemp(dir=home, prefix=".server-", suffix=".json")
     except OSError:  # a home it cannot write: the CLI loads models itself, as before

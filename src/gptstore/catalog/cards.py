@@ -29,6 +29,8 @@ class CardData:
     lineage: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     label_names: list[str] | None = None
+    #: the store's OpenAI-compatible API, for the card's example (`Settings.api_base`)
+    api_base: str = "http://127.0.0.1:8000/v1"
 
 
 def _is_number(value: Any) -> bool:
@@ -138,7 +140,7 @@ def render_card(card: CardData) -> str:
     else:
         parts.append(
             "```python\nfrom openai import OpenAI\n\n"
-            'client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused")\n'
+            f'client = OpenAI(base_url="{card.api_base}", api_key="unused")\n'
             "reply = client.chat.completions.create(\n"
             f'    model="{card.name}", messages=[{{"role": "user", "content": "Hello!"}}]\n'
             ")\nprint(reply.choices[0].message.content)\n```\n"

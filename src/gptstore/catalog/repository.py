@@ -757,7 +757,7 @@ class Catalog:
                 license=license, tags=list(tags), kind=kind,
                 base_model=base_version.ref if base_version else None,
                 lineage=lineage, metrics=metrics,
-                label_names=lineage.get("label_names"),
+                label_names=lineage.get("label_names"), api_base=self.settings.api_base,
             )
         )
         card_blob = self.blobs.put_bytes(card.encode())

@@ -57,6 +57,16 @@ def test_publish_resolve_and_card(catalog: Catalog, tmp_path: Path) -> None:
     assert (snapshot / "model.safetensors").read_bytes() == b"weights"
 
 
+def test_the_card_shows_the_api_of_the_store_it_was_published_in(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "home", host="0.0.0.0", port=8611)
+    catalog = Catalog(settings)
+    try:
+        version = catalog.publish("acme/m", _folder(tmp_path, "m", {"config.json": b"{}"}))
+        assert 'OpenAI(base_url="http://127.0.0.1:8611/v1"' in catalog.card(version)
+    finally:
+        catalog.close()
+
+
 def test_identical_files_are_stored_once(catalog: Catalog, tmp_path: Path) -> None:
     a = _folder(tmp_path, "a", {"model.safetensors": b"same bytes", "config.json": b"{1}"})
     b = _folder(tmp_path, "b", {"model.safetensors": b"same bytes", "config.json": b"{2}"})
@@ -344,6 +354,7 @@ def test_search_is_a_literal_case_insensitive_substring(catalog: Catalog,
     ({"limit": 0}, "limit", "from 1 to 200"),
     ({"limit": 201}, "limit", "from 1 to 200"),
     ({"sort": "random"}, "sort", "unknown sort 'random'"),
+    ({"task": "text-generation"}, "task", "unknown task 'text-generation'"),
     ({"cursor": "not-base64!"}, "cursor", "not one this store returned"),
     ({"cursor": ""}, "cursor", "not one this store returned"),
     # valid base64 of JSON, but not a cursor / a key of the wrong shape or type
