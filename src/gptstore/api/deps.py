@@ -33,7 +33,9 @@ def get_principal(request: Request) -> Principal:
 
 async def get_serving(request: Request) -> Any:
     """The OpenAI serving layer, built with its engine on first use (so the server
-    starts without importing torch)."""
+    starts without importing torch). Routes ask for it after the caller's key and the
+    model were checked: a refused request does not wait seconds for an engine (torch's
+    imports, and on a new machine the precision measurement) it will never use."""
     state = request.app.state
     if state.serving is None:
         await run_in_threadpool(build_serving, state)
@@ -76,5 +78,4 @@ CatalogDep = Annotated[Catalog, Depends(get_catalog)]
 OwnerDep = Annotated[str, Depends(get_owner)]
 WriteOwnerDep = Annotated[str, Depends(get_write_owner)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
-ServingDep = Annotated[Any, Depends(get_serving)]
 UsageDep = Annotated[Any, Depends(get_usage)]

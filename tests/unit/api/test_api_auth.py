@@ -106,6 +106,17 @@ def test_every_route_refuses_a_missing_or_bad_key_with_401(client: TestClient, k
         assert error["code"] == "invalid_api_key" and error["type"] == "invalid_request_error"
         bodies.add(response.text)
     assert len(bodies) == 1  # which check failed is not said: no oracle for keys
+    # refused before the engine: a fresh server's first refused request does not wait
+    # for torch's imports and the machine's precision measurement
+    assert client.app.state.serving is None  # type: ignore[attr-defined]
+
+
+def test_a_request_for_a_missing_model_starts_no_engine(client: TestClient,
+                                                         keys: Keys) -> None:
+    for path in READ_POSTS:
+        response = call(client, "POST", path, keys.of("alice"))
+        assert response.status_code == 404, (path, response.text)
+    assert client.app.state.serving is None  # type: ignore[attr-defined]
 
 
 def test_a_read_key_on_a_write_route_gets_403(client: TestClient, keys: Keys) -> None:

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from gptstore.api.auth import rate_key
-from gptstore.api.deps import CatalogDep, PrincipalDep, ServingDep, UsageDep
+from gptstore.api.deps import CatalogDep, PrincipalDep, UsageDep, get_serving
 from gptstore.api.openai.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -123,18 +123,19 @@ def _answer(result: Any) -> Any:
 
 @router.post("/chat/completions", response_model=ChatCompletionResponse,
              summary="Chat completion (OpenAI-compatible; stream=true for SSE chunks)")
-async def chat_completions(request: ChatCompletionRequest, serving: ServingDep,
-                           catalog: CatalogDep, principal: PrincipalDep, http: Request,
-                          usage: UsageDep) -> Any:
+async def chat_completions(request: ChatCompletionRequest, catalog: CatalogDep,
+                           principal: PrincipalDep, http: Request, usage: UsageDep) -> Any:
     await _check_readable(catalog, principal, request.model, usage)
+    serving = await get_serving(http)
     return await _serve(http, principal, lambda: serving.chat(request))
 
 
 @router.post("/completions", response_model=CompletionResponse,
              summary="Text completion of a raw prompt (OpenAI-compatible)")
-async def completions(request: CompletionRequest, serving: ServingDep, catalog: CatalogDep,
+async def completions(request: CompletionRequest, catalog: CatalogDep,
                       principal: PrincipalDep, http: Request, usage: UsageDep) -> Any:
     await _check_readable(catalog, principal, request.model, usage)
+    serving = await get_serving(http)
     return await _serve(http, principal, lambda: serving.completion(request))
 
 
@@ -149,8 +150,8 @@ async def completions(request: CompletionRequest, serving: ServingDep, catalog: 
         "API; errors use OpenAI's envelope."
     ),
 )
-async def classifications(request: ClassificationRequest, serving: ServingDep,
-                          catalog: CatalogDep, principal: PrincipalDep, http: Request,
-                          usage: UsageDep) -> Any:
+async def classifications(request: ClassificationRequest, catalog: CatalogDep,
+                          principal: PrincipalDep, http: Request, usage: UsageDep) -> Any:
     await _check_readable(catalog, principal, request.model, usage)
+    serving = await get_serving(http)
     return await _serve(http, principal, lambda: serving.classify(request))
