@@ -15,3 +15,6 @@ TaskName = Literal["causal-lm", "classification"]
 CAUSAL_LM: TaskName = "causal-lm"
 CLASSIFICATION: TaskName = "classification"
 TASKS: tuple[TaskName, ...] = (CAUSAL_LM, CLASSIFICATION)
+#: transformers' class-name suffix of a model with a sequence classification head (what
+#: makes an imported folder, or a loaded model, a classifier)
+CLASSIFIER_SUFFIX = "ForSequenceClassification"

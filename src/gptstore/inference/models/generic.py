@@ -30,6 +30,7 @@ from gptstore.errors import InvalidRequest
 from gptstore.inference.kv_cache import Slot
 from gptstore.inference.lora import LoraAdapter, LoraBatch, SiteTarget
 from gptstore.inference.models.base import Head, RowInput, Runner
+from gptstore.tasks import CLASSIFIER_SUFFIX
 
 
 class _CacheSlot(Slot):
@@ -50,7 +51,7 @@ class GenericRunner(Runner):
         self.max_slots = max_slots
         self._live: list[_CacheSlot] = []
         self.is_classifier = getattr(model, "score", None) is not None \
-            or type(model).__name__.endswith("ForSequenceClassification")
+            or type(model).__name__.endswith(CLASSIFIER_SUFFIX)
         # transformers 5 renamed `past_key_values` to `cache`; use whichever it takes.
         params = inspect.signature(model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
