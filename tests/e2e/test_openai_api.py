@@ -81,6 +81,10 @@ def chat_prompt_ids(model_dir: Path) -> tuple[list[int], object]:
 def test_models(client: openai.OpenAI) -> None:
     ids = sorted(m.id for m in client.models.list())
     assert ids == ["acme/ad1", "acme/ad2", "acme/clf", "acme/tiny"]
+    assert client.models.retrieve("acme/tiny@1").id == "acme/tiny@1"
+    for missing in ("acme/tiny@7", "acme/none", "gpt-4o"):
+        err = _error(lambda missing=missing: client.models.retrieve(missing))
+        assert err.status_code == 404 and err.body["code"] == "model_not_found", missing
 
 
 def test_chat_greedy_matches_transformers(client: openai.OpenAI,
@@ -221,6 +225,33 @@ def test_errors(client: openai.OpenAI) -> None:
                                                    suffix="y"))
     assert err.status_code == 400 and err.body["param"] == "suffix"
     assert err.body["type"] == "invalid_request_error"
+    # OpenAI's limits: at most 4 stop strings, completions logprobs at most 5
+    err = _error(lambda: client.chat.completions.create(model="acme/tiny", messages=CHAT,
+                                                        stop=list("abcde")))
+    assert err.status_code == 400 and err.body["param"].startswith("stop")
+    err = _error(lambda: client.completions.create(model="acme/tiny", prompt="x",
+                                                   logprobs=6))
+    assert err.status_code == 400 and err.body["param"] == "logprobs"
+    err = _error(lambda: client.completions.create(model="acme/tiny", prompt="x",
+                                                   logit_bias={"x": 1}))
+    assert err.status_code == 400 and err.body["param"] == "logit_bias"
+
+
+def test_logit_bias_bans_a_token(client: openai.OpenAI, store: dict[str, Path]) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(store["base"])
+    model = AutoModelForCausalLM.from_pretrained(store["base"], dtype=torch.float32).eval()
+    ids = tokenizer("Once upon", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        best, second = model(input_ids=ids).logits[0, -1].topk(2).indices.tolist()
+
+    def first(**extra: object) -> str:
+        return client.completions.create(model="acme/tiny", prompt="Once upon", max_tokens=1,
+                                          temperature=0, **extra).choices[0].text
+
+    assert first() == tokenizer.decode([best])
+    assert first(logit_bias={str(best): -100}) == tokenizer.decode([second])
 
 
 def _engine(server: RemoteServer) -> dict[str, object]:

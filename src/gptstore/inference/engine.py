@@ -131,6 +131,11 @@ class Engine:
             raise InvalidRequest(f"token id {bad[0]} is outside the model's vocabulary "
                                  f"(0..{runner.vocab_size - 1})", param="prompt")
         params = request.params
+        outside = [t for t in params.logit_bias if t >= runner.vocab_size]
+        if outside:
+            raise InvalidRequest(f"logit_bias names token {outside[0]}, outside the model's "
+                                 f"vocabulary (0..{runner.vocab_size - 1})",
+                                 param="logit_bias")
         request.request_id = request.request_id or f"cmpl-{uuid.uuid4().hex[:24]}"
         max_new = min(params.max_tokens or math.inf, context - n_prompt)
         stop_ids = frozenset(params.stop_token_ids or ()) | (

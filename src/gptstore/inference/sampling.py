@@ -45,6 +45,14 @@ class SamplerState:
             self.seen[ids] = True
         if params.frequency_penalty != 0.0 or params.presence_penalty != 0.0:
             self.counts = torch.zeros(vocab_size, dtype=torch.float32)
+        # logit_bias: the named tokens and what to add to their logits (ids checked
+        # against the vocabulary by the engine)
+        self.bias_ids: torch.Tensor | None = None
+        self.bias_values: torch.Tensor | None = None
+        if params.logit_bias:
+            self.bias_ids = torch.tensor(list(params.logit_bias), dtype=torch.long)
+            self.bias_values = torch.tensor(list(params.logit_bias.values()),
+                                            dtype=torch.float32)
 
     def observe(self, token_id: int) -> None:
         """Record a generated token (for the penalties of later steps)."""
@@ -121,6 +129,8 @@ def _apply_penalties(row: torch.Tensor, state: SamplerState) -> None:
     if state.counts is not None:
         row -= state.counts * params.frequency_penalty
         row -= (state.counts > 0).float() * params.presence_penalty
+    if state.bias_ids is not None and state.bias_values is not None:
+        row.index_add_(0, state.bias_ids, state.bias_values.to(row.dtype))
 
 
 def _sample_row(row: torch.Tensor, state: SamplerState) -> int:

@@ -10,7 +10,7 @@ no torch, so the API process can build requests without loading the engine.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -46,11 +46,21 @@ class SamplingParams:
     presence_penalty: float = 0.0
     logprobs: bool = False
     top_logprobs: int = 0  # with logprobs: also the k most likely alternatives
+    # OpenAI's logit_bias: added to each named token's logit before choosing (-100 bans
+    # a token, 100 all but forces it); logprobs stay the model's own, as above
+    logit_bias: Mapping[int, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
             self.stop = (self.stop,)
         self.stop = tuple(s for s in self.stop if s)
+        for token, bias in self.logit_bias.items():
+            if not isinstance(token, int) or isinstance(token, bool) or token < 0:
+                raise InvalidRequest(f"logit_bias keys must be token ids (integers >= 0), "
+                                     f"got {token!r}", param="logit_bias")
+            if not (_finite(bias) and -100 <= bias <= 100):
+                raise InvalidRequest(f"logit_bias values must be in [-100, 100], got "
+                                     f"{bias!r} for token {token}", param="logit_bias")
         checks: list[tuple[str, bool, str]] = [
             ("max_tokens", self.max_tokens is None or self.max_tokens >= 1, "at least 1"),
             ("temperature", _finite(self.temperature) and self.temperature >= 0, ">= 0"),
@@ -83,6 +93,7 @@ class SamplingParams:
             self.repetition_penalty != 1.0
             or self.frequency_penalty != 0.0
             or self.presence_penalty != 0.0
+            or bool(self.logit_bias)
         )
 
 

@@ -83,6 +83,31 @@ def test_frequency_and_presence_penalties_follow_openai():
     assert work[0].tolist() == [0.0, -1.25, -0.75, 0.0]
 
 
+def test_logit_bias_follows_openai():
+    logits = torch.tensor([[1.0, 3.0, 2.0, 0.0]])
+    state = _state(vocab=4, temperature=0, logprobs=True, logit_bias={1: -100.0, 3: 1.5})
+    result = sample(logits.clone(), [state])
+    assert result.token_ids == [2]  # token 1 banned; 3 lifted to 1.5, still below 2
+    # the reported logprob is the model's own, before the bias (as OpenAI's)
+    assert result.logprobs[0] == pytest.approx(torch.log_softmax(logits[0], -1)[2].item())
+    forced = sample(logits.clone(), [_state(vocab=4, temperature=1.0, seed=3,
+                                            logit_bias={0: 100.0})])
+    assert forced.token_ids == [0]
+
+
+def test_logit_bias_bans_a_token_through_the_engine(tiny_dirs, make_engine):
+    engine = make_engine({"m": causal_spec(tiny_dirs["gpt2"])})
+    params = dict(temperature=0, max_tokens=12, ignore_eos=True)
+    plain = engine.generate("m", PROMPT, SamplingParams(**params), timeout=30).token_ids
+    banned = plain[0]
+    biased = engine.generate("m", PROMPT, SamplingParams(**params, logit_bias={banned: -100}),
+                             timeout=30).token_ids
+    assert banned not in biased and biased != plain
+    with pytest.raises(InvalidRequest, match="outside the model's vocabulary") as info:
+        engine.generate("m", PROMPT, SamplingParams(**params, logit_bias={10**6: 1.0}))
+    assert info.value.param == "logit_bias"
+
+
 def test_penalties_change_greedy_output(tiny_dirs, make_engine):
     engine = make_engine({"m": causal_spec(tiny_dirs["gpt2"])})
 
@@ -133,6 +158,7 @@ def test_greedy_and_logprob_rows_are_read_whether_all_or_some_rows_ask():
 @pytest.mark.parametrize(("field", "value"), [
     ("temperature", -1.0), ("top_p", 0.0), ("top_k", -1), ("max_tokens", 0),
     ("frequency_penalty", 3.0), ("repetition_penalty", 0.0), ("top_logprobs", 30),
+    ("logit_bias", {5: 101.0}), ("logit_bias", {-1: 1.0}),
 ])
 def test_bad_parameters_name_the_field(field, value):
     with pytest.raises(InvalidRequest) as info:

@@ -74,8 +74,10 @@ class SamplingFields(OpenAIBaseModel):
     n: Annotated[int, Field(ge=1, le=16)] = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None  # OpenAI's limit
     seed: int | None = None
+    # token id (as a string, JSON keys being strings) -> bias in [-100, 100]
+    logit_bias: dict[str, float] | None = None
     frequency_penalty: Penalty | None = None
     presence_penalty: Penalty | None = None
     user: str | None = None
@@ -194,7 +196,7 @@ class ChatCompletionChunk(OpenAIBaseModel):
 class CompletionRequest(SamplingFields):
     prompt: str | list[str] | list[int] | list[list[int]]
     max_tokens: Annotated[int, Field(ge=1)] | None = 16
-    logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    logprobs: Annotated[int, Field(ge=0, le=5)] | None = None  # OpenAI's limit
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = None
