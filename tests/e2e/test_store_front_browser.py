@@ -370,6 +370,15 @@ def test_fine_tune_through_the_wizard(page: Any, server: RemoteServer, tmp_path:
     assert page.locator("#ft-base").input_value() == "acme/tiny"
     assert page.locator("#ft-n_epochs").input_value() == "auto"
     shoot(page, shots, "wizard-settings")
+    # what is not a number is refused in the form, not sent as "auto"
+    page.fill("#ft-n_epochs", "abc")
+    page.click("#ft-start")
+    assert "auto or a whole number" in page.evaluate(
+        "document.querySelector('#ft-n_epochs').validationMessage")
+    assert "/finetune" in page.url
+    # the suffix's pattern is one the browser checks (an invalid one it ignores)
+    page.fill("#ft-suffix", "bad name")
+    assert page.evaluate("document.querySelector('#ft-suffix').validity.patternMismatch")
     page.fill("#ft-n_epochs", "5")
     page.fill("#ft-batch_size", "4")
     page.fill("#ft-suffix", "pirate")

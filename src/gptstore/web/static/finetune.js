@@ -93,10 +93,12 @@ function settingsForm(report, bases, chosen, onStart) {
         h("option", { value: "head" }, "Head only (classification)"))),
     Object.entries(AUTO_HELP).map(([key, help]) => h("div", { class: "field" },
       h("label", { for: `ft-${key}` }, key.replaceAll("_", " ")),
-      h("input", { id: `ft-${key}`, value: "auto", inputmode: "decimal" }),
+      h("input", { id: `ft-${key}`, value: "auto", inputmode: "decimal",
+        oninput: (e) => e.target.setCustomValidity("") }),
       h("small", { class: "muted" }, help))),
     h("div", { class: "field" }, h("label", { for: "ft-suffix" }, "Name suffix"),
-      h("input", { id: "ft-suffix", maxlength: 40, pattern: "[A-Za-z0-9._-]*", placeholder: "e.g. pirate" }),
+      h("input", { id: "ft-suffix", maxlength: 64, pattern: "[A-Za-z0-9][A-Za-z0-9._\\-]*",
+        title: "letters, digits, '.', '_' or '-', starting with a letter or digit", placeholder: "e.g. pirate" }),
       h("small", { class: "muted" }, "The new model is named local/<base>-<suffix>-<id>.")),
     h("div", { class: "actions" }, h("button", { type: "submit", id: "ft-start" }, "Start fine-tuning")));
   form.addEventListener("submit", (event) => {
@@ -105,7 +107,14 @@ function settingsForm(report, bases, chosen, onStart) {
     const hp = {};
     for (const key of Object.keys(AUTO_HELP)) {
       const v = value(key);
-      hp[key] = v === "" || v === "auto" ? "auto" : Number(v);
+      const input = form.querySelector(`#ft-${key}`);
+      const number = Number(v);
+      const integer = key !== "learning_rate_multiplier";
+      const ok = v === "" || v === "auto" ||
+        (Number.isFinite(number) && number > 0 && (!integer || Number.isInteger(number)));
+      input.setCustomValidity(ok ? "" : `${key.replaceAll("_", " ")}: auto or ${integer ? "a whole number" : "a number"} above 0`);
+      if (!ok) { input.reportValidity(); return; }
+      hp[key] = v === "" || v === "auto" ? "auto" : number;
     }
     onStart({
       model: value("base"), task: value("task"), adaptation: value("method"),

@@ -23,7 +23,10 @@ function settingsFields(prefix) {
 
 function readSettings(root, prefix) {
   const get = (name) => root.querySelector(`#${prefix}-${name}`).value;
-  const body = { temperature: Number(get("temperature")), max_tokens: Number(get("max-tokens")) };
+  // an empty field is left to the server's default, not sent as 0
+  const body = {};
+  if (get("temperature").trim() !== "") body.temperature = Number(get("temperature"));
+  if (get("max-tokens").trim() !== "") body.max_tokens = Number(get("max-tokens"));
   const stop = get("stop").replace(/\\n/g, "\n");
   if (stop) body.stop = [stop];
   return body;
@@ -92,7 +95,9 @@ function chat(model) {
     send.disabled = true;
     stop.disabled = false;
     const answer = await streamInto(out, model, messages, readSettings(form, "pg"), controller.signal);
-    history.push({ role: "assistant", content: answer });
+    // a failed turn is not part of the conversation the next message continues
+    if (out.dataset.finish === "error") history.pop();
+    else history.push({ role: "assistant", content: answer });
     controller = null;
     send.disabled = false;
     stop.disabled = true;
