@@ -338,7 +338,8 @@ def import_path(
             facts["source_digest"] = file_sha256(path)
         else:
             facts = stage_hf_folder(path, stage)
-        lineage = {"source": source or f"local:{path.resolve()}", **facts,
+        # the folder's or file's name, not its path on this machine (a public card shows it)
+        lineage = {"source": source or f"local:{path.resolve().name}", **facts,
                    "code_version": f"gptstore {__version__}"}
         # a folder with a classification head is a classifier of its labels, as the store's
         # own fine-tunes are; anything else generates text

@@ -28,6 +28,11 @@ PUBLISHED_CURVES = ("train_loss", "train_accuracy", "valid_loss", "valid_accurac
                     "valid_token_accuracy")
 
 
+#: config fields that say where this machine ran the run, not how the model was trained:
+#: left out of the published lineage (a public card must not show the server's paths;
+#: the data is in `dataset`, by name and digest)
+MACHINE_FIELDS = frozenset({"train_file", "valid_file", "run_dir", "resume", "threads"})
+
 @dataclass(frozen=True)
 class RunRecord:
     """Everything a finished run did and measured."""
@@ -96,7 +101,8 @@ class RunRecord:
             "method": self.method,
             "dataset": self.train_data.to_dict(),
             "valid_dataset": self.valid_data.to_dict() if self.valid_data else None,
-            "hyperparameters": self.config.to_dict(),
+            "hyperparameters": {k: v for k, v in self.config.to_dict().items()
+                                if k not in MACHINE_FIELDS},
             "auto": list(self.auto_fields),
             "seed": self.config.seed,
             "precision": self.precision,

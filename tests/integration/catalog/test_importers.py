@@ -28,7 +28,7 @@ def test_import_export_round_trip_is_bit_identical(catalog: Catalog, tiny_model:
     from transformers import AutoModelForCausalLM
 
     version = import_path(catalog, tiny_model, "acme/tiny", license="mit")
-    assert version.lineage["source"].startswith("local:")
+    assert version.lineage["source"] == f"local:{tiny_model.resolve().name}"  # not the path
     assert version.lineage["parameters"] > 0
     assert {"config.json", "tokenizer.json", "README.md"} <= {f.path for f in version.files}
     out = tmp_path / "export"
