@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import copy
 import math
+import re
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -158,10 +160,52 @@ def install_error_handlers(app: FastAPI) -> None:
             message = (f"the request body is not valid JSON (character {at}: {detail}); "
                        "send a JSON object").replace(": )", ")")
             return JSONResponse(envelope(message, "invalid_request_error"), status_code=400)
-        loc = [str(p) for p in first.get("loc", ())]
+        param, detail = _first_problem(exc.errors())
+        message = f"{param}: {detail}" if param else detail
+        return JSONResponse(envelope(message, "invalid_request_error", param), status_code=400)
+
+
+#: what pydantic puts in an error's location for the member of a union it tried (`str`,
+#: `list[str]`, `literal['auto']`, `function-after[...]`, a model's class name): not a
+#: field of the request, so not part of the `param` a client is told
+_UNION_MEMBER = re.compile(r"^(str|int|float|bool|none|bytes)$|[\[\]-]|^[A-Z]")
+_MEMBER_TYPES = {"str": str, "int": int, "float": float, "bool": bool, "list": list,
+                 "dict": dict}
+
+
+def _first_problem(errors: Sequence[Any]) -> tuple[str | None, str]:
+    """The `param` (dotted field path) and the message of a request's first validation
+    error. A value that fits none of a union's members gets one error per member, at the
+    union's path plus the member's name (and deeper); the member of the value's own type
+    (a list for a list) says what is wrong, else every member's message is given."""
+    if not errors:
+        return None, "invalid request"
+
+    def parts(error: Any) -> tuple[tuple[str, ...], str | None, tuple[str, ...]]:
+        """(path to the union, the member tried, path inside it); no union: (path, None,
+        ())."""
+        loc = [str(p) for p in error.get("loc", ())]
         if loc and loc[0] in _LOCATIONS:
             loc = loc[1:]
-        param = ".".join(loc) or None
-        message = f"{param}: {first.get('msg', 'invalid value')}" if param else str(
-            first.get("msg", "invalid request"))
-        return JSONResponse(envelope(message, "invalid_request_error", param), status_code=400)
+        for i, part in enumerate(loc):
+            if _UNION_MEMBER.search(part):
+                inside = tuple(p for p in loc[i + 1:] if not _UNION_MEMBER.search(p))
+                return tuple(loc[:i]), part, inside
+        return tuple(loc), None, ()
+
+    def kind(member: str | None) -> type | None:
+        return _MEMBER_TYPES.get(member.split("[", 1)[0]) if member else None
+
+    root, member, _ = parts(errors[0])
+    chosen: list[Any] = [errors[0]]
+    if member is not None:
+        union = [e for e in errors if parts(e)[0] == root and parts(e)[1] is not None]
+        # the value itself is the input of an error about the member as a whole
+        value_types = {type(e.get("input")) for e in union if not parts(e)[2]}
+        chosen = [e for e in union if kind(parts(e)[1]) in value_types] or \
+            [e for e in union if not parts(e)[2]] or union[:1]
+    inside = parts(chosen[0])[2]
+    chosen = [e for e in chosen if parts(e)[2] == inside]  # one field's problems
+    path = parts(chosen[0])[0] + inside
+    detail = "; or ".join(dict.fromkeys(str(e.get("msg", "invalid value")) for e in chosen))
+    return ".".join(path) or None, detail

@@ -121,6 +121,27 @@ def test_a_body_that_is_not_json_gets_400_saying_so(client: TestClient) -> None:
     assert error["message"].startswith("the request body is not valid JSON (character 1: ")
 
 
+@pytest.mark.parametrize(("body", "param", "message"), [
+    # a list that fits no member of `str | list[str]`: the list member says why
+    ({"stop": list("abcde")}, "stop", "List should have at most 4 items"),
+    # a value of neither type: every member's message, at the field's own path
+    ({"messages": [{"role": "user", "content": 5}]}, "messages.0.content",
+     "Input should be a valid string; or Input should be a valid list"),
+    # inside the list member: the part that is wrong, not the union's member names
+    ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+     "messages.0.content.0.type", "Input should be 'text'"),
+    ({"messages": [{"role": "user", "content": None}]}, "messages.0",
+     "Value error, a user message needs its content"),
+])
+def test_validation_errors_name_the_field_not_the_union_member(
+        client: TestClient, body: dict[str, Any], param: str, message: str) -> None:
+    request = {"model": "acme/m", "messages": [{"role": "user", "content": "hi"}], **body}
+    response = client.post("/v1/chat/completions", json=request)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and error["message"].startswith(f"{param}: {message}")
+
+
 def test_request_ids_are_echoed_or_made(client: TestClient) -> None:
     mine = client.get("/healthz", headers={"x-request-id": "trace-42"})
     assert mine.headers["x-request-id"] == "trace-42"
