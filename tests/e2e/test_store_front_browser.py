@@ -510,7 +510,8 @@ def test_an_empty_store_says_what_to_do(browser: Any, tmp_path: Path, shots: Pat
             assert "The store is empty" in page.locator("main").inner_text()
             assert "gptstore models pull" in page.locator(".empty-store").inner_text()
             shoot(page, shots, "home-empty")
-            for path, words in (("/search?q=anything", "No model matches"),
+            for path, words in (("/no/such/page", "no page at /no/such/page"),
+                                ("/search?q=anything", "No model matches"),
                                 ("/me/models", "You have no models yet"),
                                 ("/me/files", "No files"), ("/me/jobs", "No jobs"),
                                 ("/compare", "No generative model"),

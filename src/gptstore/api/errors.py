@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -139,6 +139,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # Starlette's own errors (an unrouted path, a method a route lacks) in the envelope
+        if exc.status_code == 404 and _browser_page(request):
+            # a mistyped page address in a browser: the store front's shell, which draws
+            # its "no page here" view, not the API's JSON
+            from gptstore.web.pages import shell
+
+            return HTMLResponse(shell(), status_code=404)
         if exc.status_code == 404:
             message = (f"no route {request.method} {request.url.path}: see /docs for the "
                        "API's routes")
@@ -163,6 +169,16 @@ def install_error_handlers(app: FastAPI) -> None:
         param, detail = _first_problem(exc.errors())
         message = f"{param}: {detail}" if param else detail
         return JSONResponse(envelope(message, "invalid_request_error", param), status_code=400)
+
+
+#: paths of the API and the server's own files: their 404 is always the JSON envelope
+_API_PREFIXES = ("/v1/", "/api/", "/static/", "/docs", "/redoc", "/openapi.json", "/healthz")
+
+
+def _browser_page(request: Request) -> bool:
+    """Whether `request` is a browser asking for a page (not the API, not a file)."""
+    return request.method == "GET" and not request.url.path.startswith(_API_PREFIXES) \
+        and "text/html" in request.headers.get("accept", "")
 
 
 #: what pydantic puts in an error's location for the member of a union it tried (`str`,

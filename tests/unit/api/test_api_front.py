@@ -141,6 +141,11 @@ def test_pages_are_served_and_unknown_paths_stay_api_errors(client: TestClient) 
         assert client.get(f"/static/{asset}").status_code == 200, asset
     unknown = client.get("/no/such/page")
     assert unknown.status_code == 404 and "error" in unknown.json()
+    # a browser asking for a page gets the store front, which says there is none
+    browsing = client.get("/no/such/page", headers={"accept": "text/html,*/*;q=0.8"})
+    assert browsing.status_code == 404 and browsing.text.startswith("<!doctype html>")
+    api = client.get("/v1/no/such/route", headers={"accept": "text/html"})
+    assert api.status_code == 404 and "error" in api.json()  # the API's is always JSON
 
 
 def test_a_file_preview_marks_the_tokens_that_carry_the_loss(

@@ -136,14 +136,24 @@ export async function render() {
     try {
       await page(root, match);
     } catch (err) {
-      root.append(errorBox(err, err.status === 404
-        ? "Check the name, or go back to the store's home."
-        : err.status === 401 ? "This store needs you to sign in (the link at the top)."
-          : "Reload the page; if it persists, look at the server's log."));
+      if (err.status === 401) {
+        // signed out on a store that needs a key: say so, not the API's wording
+        const next = encodeURIComponent(window.location.pathname + window.location.search);
+        root.replaceChildren(h("h1", {}, "Sign in"), h("p", { role: "alert" },
+          "This store shows its models to signed-in users. ",
+          h("a", { href: `/login?next=${next}` }, "Sign in"), " to go on."));
+      } else {
+        if (err.status === 404) document.title = "Not found · gptstore";
+        root.append(errorBox(err, err.status === 404
+          ? "Check the name, or go back to the store's home."
+          : err.status === 400 ? "Check the address: one of its parameters is not one this page takes."
+            : "Reload the page; if it persists, look at the server's log."));
+      }
     }
     root.dataset.ready = "1";
     return;
   }
+  document.title = "Not found · gptstore";
   root.append(errorBox(new Error(`no page at ${path}`), "Go back to the store's home."));
   root.dataset.ready = "1";
 }
