@@ -75,6 +75,11 @@ export function formatCount(n) {
   return String(n);
 }
 
+// "1 example", "4 examples"
+export function plural(n, word) {
+  return `${n} ${word}${n === 1 ? "" : "s"}`;
+}
+
 export function formatNumber(v) {
   if (typeof v !== "number") return String(v);
   if (Number.isInteger(v)) return String(v);

@@ -4,7 +4,7 @@
 // its base, with the digest of the data it was scored on.
 
 import { getJSON } from "./api.js";
-import { formatNumber, h, timeAgo } from "./dom.js";
+import { formatNumber, h, plural, timeAgo } from "./dom.js";
 import { modelUrl } from "./widgets.js";
 
 const TASKS = { classification: "classification", "causal-lm": "text (causal LM)",
@@ -36,7 +36,7 @@ export async function suitesPage(root) {
     h("tbody", {}, suites.map((s) => h("tr", {},
       h("td", {}, h("a", { href: `/leaderboards/${encodeURIComponent(s.name)}` }, s.name)),
       h("td", {}, TASKS[s.task] || s.task),
-      h("td", {}, `${s.description} (${s.examples} examples)`),
+      h("td", {}, `${s.description} (${plural(s.examples, "example")})`),
       h("td", {}, `${s.metric} (${s.higher_is_better ? "higher" : "lower"} is better)`),
       h("td", {}, s.license || "–")))))));
 }
@@ -48,7 +48,7 @@ export async function leaderboardPage(root, name) {
   root.append(h("p", {}, h("a", { href: "/leaderboards" }, "← All leaderboards")),
     h("h1", {}, `${suite.name} leaderboard`),
     h("p", {}, suite.description),
-    h("p", { class: "muted" }, `${TASKS[suite.task] || suite.task}, ${suite.examples} examples, `,
+    h("p", { class: "muted" }, `${TASKS[suite.task] || suite.task}, ${plural(suite.examples, "example")}, `,
       `ranked by ${suite.metric} (${suite.higher_is_better ? "higher" : "lower"} is better). Data `,
       h("code", { title: suite.data_digest }, suite.data_digest.slice(0, 19)),
       suite.source ? ` from ${suite.source}` : "", suite.license ? `; licence: ${suite.license}` : "", "."));

@@ -4,7 +4,7 @@
 
 import { getJSON, query, sendJSON, whoami } from "./api.js";
 import { bars, lineChart } from "./charts.js";
-import { errorBox, formatBytes, formatCount, formatNumber, h, timeAgo, trustedHtml } from "./dom.js";
+import { errorBox, formatBytes, formatCount, formatNumber, h, plural, timeAgo, trustedHtml } from "./dom.js";
 import { modelCard, modelUrl } from "./widgets.js";
 import { playground } from "./playground.js";
 
@@ -40,7 +40,7 @@ function evaluations(version) {
   return h("table", { class: "kv", id: "evaluations" }, h("tbody", {}, results.map((r) =>
     h("tr", {}, h("th", { scope: "row" }, h("a", { href: `/leaderboards/${encodeURIComponent(r.suite)}` }, r.suite)),
       h("td", {}, `${r.metric} ${r.score === null ? "–" : formatNumber(r.score)}`,
-        h("span", { class: "muted" }, ` (${r.mode}, ${r.examples} examples${r.current ? "" : "; on older data, not ranked"})`))))));
+        h("span", { class: "muted" }, ` (${r.mode}, ${plural(r.examples, "example")}${r.current ? "" : "; on older data, not ranked"})`))))));
 }
 
 function curves(metrics) {
