@@ -88,7 +88,7 @@ def files_list(as_json: JsonFlag = False) -> None:
     table = Table(id_column("id", [f.id for f in files]), "file", "size", "purpose", "status",
                   "owner", "uploaded")
     for f in files:
-        table.add_row(f.id, f.filename, human_size(f.bytes), f.purpose, f.status, f.owner,
+        table.add_row(f.id, escape(f.filename), human_size(f.bytes), f.purpose, f.status, f.owner,
                       _when(f.created_at))
     console.print(table)
 
