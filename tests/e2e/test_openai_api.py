@@ -234,7 +234,7 @@ def test_errors(client: openai.OpenAI) -> None:
     assert err.status_code == 400 and err.body["param"] == "logprobs"
     err = _error(lambda: client.completions.create(model="acme/tiny", prompt="x",
                                                    logit_bias={"x": 1}))
-    assert err.status_code == 400 and err.body["param"] == "logit_bias"
+    assert err.status_code == 400 and err.body["param"] == "logit_bias.x"  # the bad key
 
 
 def test_logit_bias_bans_a_token(client: openai.OpenAI, store: dict[str, Path]) -> None:

@@ -202,9 +202,8 @@ def keys_revoke(key: Annotated[str, typer.Argument(help="The key's id (or the ke
     started = datetime.now(UTC)
     with _accounts() as (catalog, accounts):
         info = accounts.revoke_key(key)
-        revoked = info.revoked_at
-        assert revoked is not None
-        if revoked.replace(tzinfo=revoked.tzinfo or UTC) < started:  # nothing changes
+        assert info.revoked_at is not None
+        if info.revoked_at < started:  # revoked before: nothing changes
             console.print(f"key {info.key_id} of {info.user} was already revoked "
                           f"({info.revoked_at:%Y-%m-%d %H:%M} UTC)")
             return

@@ -117,13 +117,13 @@ def gc(
     """Delete blobs that no version references any more."""
     with open_catalog() as catalog:
         result = catalog.gc(grace_seconds=grace)
-        grace_s = catalog.settings.gc_grace_seconds if grace is None else grace
     console.print(f"removed {result.removed} unreferenced files, freed "
                   f"{human_size(result.freed)}")
     if result.kept:
         console.print(f"kept {result.kept} unreferenced files ({human_size(result.kept_bytes)})"
-                      f" younger than the grace period of {grace_s} s; `gptstore gc --grace 0`"
-                      " removes them too (only while nothing is importing or publishing)")
+                      f" younger than the grace period of {result.grace_seconds:g} s; "
+                      "`gptstore gc --grace 0` removes them too (only while nothing is "
+                      "importing or publishing)")
 
 
 def main() -> None:

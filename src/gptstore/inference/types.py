@@ -87,15 +87,6 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0 or self.top_k == 1
 
-    @property
-    def has_penalties(self) -> bool:
-        return (
-            self.repetition_penalty != 1.0
-            or self.frequency_penalty != 0.0
-            or self.presence_penalty != 0.0
-            or bool(self.logit_bias)
-        )
-
 
 def _finite(x: float) -> bool:
     return isinstance(x, int | float) and math.isfinite(x)

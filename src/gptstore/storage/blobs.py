@@ -152,6 +152,7 @@ class GcResult(NamedTuple):
     freed: int
     kept: int = 0
     kept_bytes: int = 0
+    grace_seconds: float = 0.0
 
 
 class BlobStore:
@@ -255,4 +256,4 @@ class BlobStore:
                 continue
             removed += 1
             freed += stat.st_size
-        return GcResult(removed, freed, kept, kept_bytes)
+        return GcResult(removed, freed, kept, kept_bytes, grace_seconds)

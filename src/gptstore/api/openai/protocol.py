@@ -83,8 +83,8 @@ class SamplingFields(OpenAIBaseModel):
     stream_options: StreamOptions | None = None
     stop: str | Annotated[list[str], Field(max_length=4)] | None = None  # OpenAI's limit
     seed: int | None = None
-    # token id (as a string, JSON keys being strings) -> bias in [-100, 100]
-    logit_bias: dict[str, float] | None = None
+    # token id -> bias in [-100, 100] (JSON's string keys read as integers)
+    logit_bias: dict[int, float] | None = None
     frequency_penalty: Penalty | None = None
     presence_penalty: Penalty | None = None
     user: str | None = None

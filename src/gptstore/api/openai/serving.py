@@ -78,21 +78,8 @@ def sampling_params(req: SamplingFields, *, max_tokens: int | None, logprobs: bo
         logprobs=logprobs,
         top_logprobs=top_logprobs,
         ignore_eos=req.ignore_eos,
-        logit_bias=_logit_bias(req.logit_bias),
+        logit_bias=dict(req.logit_bias or {}),
     )
-
-
-def _logit_bias(bias: dict[str, float] | None) -> dict[int, float]:
-    """OpenAI's logit_bias (token ids as JSON's string keys) with integer ids."""
-    out = {}
-    for key, value in (bias or {}).items():
-        try:
-            token = int(key)
-        except ValueError:
-            raise InvalidRequest(f"logit_bias keys must be token ids, got {key!r}",
-                                 param="logit_bias") from None
-        out[token] = value
-    return out
 
 
 def _finish(reason: str | None) -> Any:
