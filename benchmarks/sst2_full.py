@@ -99,6 +99,10 @@ def main() -> None:
     parser.add_argument("--learning-rate", default="auto", help="default: auto (by method)")
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--targets", default=",".join(ALL_PROJECTIONS))
+    parser.add_argument("--loraplus-lr-ratio", type=float, default=1.0,
+                        help="LoRA+: B matrices learn this many times faster (1: plain LoRA)")
+    parser.add_argument("--train-limit", type=int, default=None, metavar="N",
+                        help="train on the first N training sentences only (a quick trial)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--valid-split", type=float, default=0.0,
                         help="fraction of the training set held out for validation")
@@ -118,7 +122,7 @@ def main() -> None:
     from gptstore.training import TrainConfig, evaluate_file, finetune
     from gptstore.training import zero_shot as zero_shot_cache
 
-    train_rows = read_sst2(args.data / "stsa.binary.train")
+    train_rows = read_sst2(args.data / "stsa.binary.train")[:args.train_limit]
     dev_rows = read_sst2(args.data / "stsa.binary.dev")
     settings, catalog, base = open_store(args.home)
     work = Path(tempfile.mkdtemp(prefix="sst2-full-"))
@@ -146,6 +150,7 @@ def main() -> None:
                          task="classification", method=args.method, epochs=epochs,
                          learning_rate=rate,
                          lora_r=args.lora_r, lora_target=args.targets, seed=args.seed,
+                         loraplus_lr_ratio=args.loraplus_lr_ratio,
                          valid_split=args.valid_split,
                          description=f"SmolLM2-135M-Instruct sentiment classifier, "
                                      f"{args.method} fine-tune (SST-2, "
@@ -165,6 +170,7 @@ def main() -> None:
         "train_seconds": summary["train_seconds"], "wall_seconds": round(wall, 1),
         "tokens_per_second": summary["tokens_per_second"],
         "learning_rate": summary["config"]["learning_rate"],
+        "loraplus_lr_ratio": summary["config"]["loraplus_lr_ratio"],
         "stopped_early": summary["stopped_early"],
         "best_step": (summary["best"] or {}).get("step"),
         "foreign_cpu": round(meter(), 3),

@@ -76,6 +76,8 @@ def finetune(
     lora_r: Annotated[int, typer.Option(help=_h("lora_r"))] = _d("lora_r"),
     lora_alpha: Annotated[str, typer.Option(help=_h("lora_alpha"))] = _d("lora_alpha"),
     lora_dropout: Annotated[float, typer.Option(help=_h("lora_dropout"))] = _d("lora_dropout"),
+    loraplus_lr_ratio: Annotated[float, typer.Option(help=_h("loraplus_lr_ratio"))] = _d(
+        "loraplus_lr_ratio"),
     lora_target: Annotated[str, typer.Option(help=_h("lora_target"))] = _d("lora_target"),
     max_length: Annotated[str, typer.Option(help=_h("max_length"))] = _d("max_length"),
     valid_split: Annotated[str, typer.Option(help=_h("valid_split"))] = _d("valid_split"),
@@ -116,7 +118,8 @@ def finetune(
         optimizer=optimizer, momentum=momentum, schedule=schedule, warmup_ratio=warmup,
         max_grad_norm=max_grad_norm, head_init=head_init, lora_r=lora_r,
         lora_alpha=_auto(lora_alpha),
-        lora_dropout=lora_dropout, lora_target=lora_target, max_length=_auto(max_length),
+        lora_dropout=lora_dropout, loraplus_lr_ratio=loraplus_lr_ratio,
+        lora_target=lora_target, max_length=_auto(max_length),
         valid_split=_auto(valid_split), format=format, eval_every=_auto(eval_every),
         metric=metric, early_stopping_patience=patience, save_every=_auto(save_every),
         max_steps=max_steps, seed=seed, precision=precision, threads=threads,

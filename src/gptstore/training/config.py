@@ -115,6 +115,10 @@ class TrainConfig:
     # -- LoRA ------------------------------------------------------------------------
     lora_r: int = _help("LoRA rank.", 8)
     lora_alpha: float | str = _help("LoRA alpha (scale = alpha / r); auto: 2 x r.", AUTO)
+    loraplus_lr_ratio: float = _help("LoRA+: the B matrices learn this many times faster "
+                                     "than the A matrices (Hayou et al. 2024; PEFT's "
+                                     "create_loraplus_optimizer, LLaMA-Factory's "
+                                     "loraplus_lr_ratio); 1: plain LoRA.", 1.0)
     lora_dropout: float = _help("Dropout on the LoRA input (PEFT's default 0; on a CPU "
                                 "drawing the masks costs 10-25% of a LoRA step).", 0.0)
     lora_target: list[str] | str = field(default=AUTO, metadata={"help": (
@@ -218,6 +222,10 @@ class TrainConfig:
         _at_least(self, "grad_accum_steps", 1, "1 means no accumulation")
         _at_least(self, "lora_r", 1, "8 is a good start")
         _positive(self, "lora_alpha", "auto gives 2 x lora_r")
+        if not self.loraplus_lr_ratio >= 1:
+            raise InvalidRequest(f"loraplus_lr_ratio must be at least 1 (1 is plain LoRA), "
+                                 f"got {self.loraplus_lr_ratio!r}; try 16",
+                                 param="loraplus_lr_ratio")
         _at_least(self, "eval_every", 0, "0 validates at epoch ends only")
         _at_least(self, "save_every", 0, "0 turns checkpoints off")
         _at_least(self, "early_stopping_patience", 0, "0 never stops early")

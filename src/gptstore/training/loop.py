@@ -310,7 +310,8 @@ class FineTuneRun:
         cfg = self.rcfg
         params = trainable_parameters(self.model)
         self.params = [p for _, p in params]
-        groups = decay_groups(params, cfg.weight_decay)
+        groups = decay_groups(params, cfg.weight_decay,
+                              b_ratio=cfg.loraplus_lr_ratio if cfg.method == "lora" else 1.0)
         lr = float(cfg.learning_rate)
         if cfg.optimizer == "sgd":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
@@ -389,7 +390,7 @@ class FineTuneRun:
                 lr = lr_at(state.step, self.total_steps, self.warmup,
                            float(cfg.learning_rate), cfg.schedule)
                 for group in self.optimizer.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * group.get("lr_scale", 1.0)
                 method.set_mode(self.model, task, True)
                 shards = int(cfg.shards)
                 batches = [self._batch(part) for indices in windows[state.window]
@@ -655,9 +656,22 @@ def apply_dropout(config: Any, p: float) -> dict[str, float]:
     return old
 
 
-def decay_groups(params: Sequence[tuple[str, torch.nn.Parameter]], weight_decay: float
-                 ) -> list[dict[str, Any]]:
+def decay_groups(params: Sequence[tuple[str, torch.nn.Parameter]], weight_decay: float,
+                 b_ratio: float = 1.0) -> list[dict[str, Any]]:
     """Optimiser groups: weight decay on matrices only; biases, norm scales and other 1-D
-    weights are not shrunk (nanoGPT's rule)."""
-    return [{"params": [p for _, p in params if p.ndim >= 2], "weight_decay": weight_decay},
-            {"params": [p for _, p in params if p.ndim < 2], "weight_decay": 0.0}]
+    weights are not shrunk (nanoGPT's rule). With `b_ratio` > 1 (LoRA+), the LoRA B
+    matrices form a group of their own whose learning rate is `b_ratio` times the
+    schedule's (`lr_scale`, read by the loop at every step); the A matrices, a
+    classification head and everything else follow the schedule as it is."""
+    def is_b(name: str) -> bool:
+        return b_ratio != 1.0 and ".lora_B." in name
+
+    groups = [{"params": [p for n, p in params if p.ndim >= 2 and not is_b(n)],
+               "weight_decay": weight_decay, "lr_scale": 1.0},
+              {"params": [p for n, p in params if p.ndim < 2], "weight_decay": 0.0,
+               "lr_scale": 1.0}]
+    b_params = [p for n, p in params if p.ndim >= 2 and is_b(n)]
+    if b_params:
+        groups.append({"params": b_params, "weight_decay": weight_decay,
+                       "lr_scale": float(b_ratio)})
+    return groups

@@ -131,6 +131,31 @@ def test_head_only_classifier_stores_the_head_only(store, config_for):
     assert all(float(t.abs().sum()) == 0 for k, t in tensors.items() if "lora_B" in k)
 
 
+def test_loraplus_moves_the_b_matrices_faster(store, config_for):
+    """LoRA+: after one AdamW step from B = 0 (A's gradient is zero there), each B weight
+    moved by about the learning rate, times loraplus_lr_ratio for B's group."""
+    settings, catalog = store
+    from safetensors.torch import load
+
+    moved = {}
+    for ratio in (1.0, 16.0):
+        name = f"acme/loraplus-{int(ratio)}"
+        finetune(config_for("causal-lm", "lora", "llama", name, max_steps=1, warmup_ratio=0.0,
+                            schedule="constant", learning_rate=1e-4, weight_decay=0.0,
+                            loraplus_lr_ratio=ratio),
+                 settings=settings, catalog=catalog)
+        tensors = load(catalog.read_file(catalog.resolve(name), "adapter_model.safetensors"))
+        moved[ratio] = max(float(t.abs().max()) for k, t in tensors.items() if "lora_B" in k)
+    assert moved[1.0] == pytest.approx(1e-4, rel=0.05)
+    assert moved[16.0] == pytest.approx(16e-4, rel=0.05)
+
+
+def test_loraplus_ratio_below_one_is_refused(config_for):
+    with pytest.raises(InvalidRequest, match="loraplus_lr_ratio") as raised:
+        config_for("causal-lm", "lora", "llama", "acme/x", loraplus_lr_ratio=0.5)
+    assert raised.value.param == "loraplus_lr_ratio"
+
+
 def test_same_seed_same_metrics_and_grad_accumulation(store, config_for):
     """Two runs with one seed agree exactly; 4 x 2 accumulated equals batches of 8."""
     settings, catalog = store
