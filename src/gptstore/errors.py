@@ -29,6 +29,11 @@ class InvalidRequest(GptStoreError, ValueError):
     type = "invalid_request_error"
 
 
+class ContextLengthExceeded(InvalidRequest):
+    """The prompt, or the prompt and the asked-for new tokens, do not fit the model's
+    context (OpenAI's code `context_length_exceeded`)."""
+
+
 class PayloadTooLarge(InvalidRequest):
     """An upload or a request body larger than the deployment allows (HTTP 413)."""
 

@@ -107,9 +107,29 @@ COMPLETION_CHUNK_FINISH_REASON = Relaxation(
         "null",
 )
 
+# With `echo`, the prompt's first token has no context to be scored in: OpenAI's API
+# sent null for its logprob and its alternatives (a text-davinci-003 reply quoted in
+# vllm-project/vllm#1504; stanford-crfm/helm#54, "The first log probability and top
+# choices are None"), which vLLM and lm-evaluation-harness follow (the harness slices
+# token_logprobs[ctxlen:-1], past it). The document's arrays take numbers and objects.
+_ECHO_LOGPROBS = "/properties/choices/items/properties/logprobs/anyOf/0/properties"
+COMPLETION_ECHO_FIRST_LOGPROB = Relaxation(
+    name="completion with echo: the prompt's first token has a null logprob",
+    schema="CreateCompletionResponse",
+    pointer=f"{_ECHO_LOGPROBS}/token_logprobs/items",
+    why="the first prompt token has no context; OpenAI sent null there",
+)
+COMPLETION_ECHO_FIRST_TOP = Relaxation(
+    name="completion with echo: the prompt's first token has null top_logprobs",
+    schema="CreateCompletionResponse",
+    pointer=f"{_ECHO_LOGPROBS}/top_logprobs/items",
+    why="the first prompt token has no context; OpenAI sent null there",
+)
+
 CHAT_STREAM = (CHAT_CHUNK_FINISH_REASON, CHAT_CHUNK_LOGPROBS, CHAT_CHUNK_LOGPROBS_REFUSAL,
                CHAT_CHUNK_USAGE)
 COMPLETION_STREAM = (COMPLETION_CHUNK_FINISH_REASON,)
+COMPLETION_ECHO = (COMPLETION_ECHO_FIRST_LOGPROB, COMPLETION_ECHO_FIRST_TOP)
 
 
 # -- the document ------------------------------------------------------------------
@@ -190,8 +210,11 @@ def _parent(schemas: dict[str, Any], relax: Relaxation) -> tuple[dict[str, Any],
         raise ValueError(f"relaxation {relax.name!r}: no schema {relax.schema}")
     node: Any = schemas[relax.schema]
     *steps, last = relax.pointer.lstrip("/").split("/")
-    for step in steps:
-        node = node.get(step) if isinstance(node, dict) else None
+    for step in steps:  # object keys, and list indices (anyOf/0)
+        if isinstance(node, list) and step.isdigit() and int(step) < len(node):
+            node = node[int(step)]
+        else:
+            node = node.get(step) if isinstance(node, dict) else None
     if not isinstance(node, dict) or last not in node:
         raise ValueError(f"relaxation {relax.name!r}: {relax.schema}{relax.pointer} is not "
                          "in the document any more; check whether the exception still holds")

@@ -34,7 +34,13 @@ from typing import Any
 
 import httpx
 import pytest
-from openai_schema import CHAT_STREAM, COMPLETION_STREAM, Relaxation, assert_conforms
+from openai_schema import (
+    CHAT_STREAM,
+    COMPLETION_ECHO,
+    COMPLETION_STREAM,
+    Relaxation,
+    assert_conforms,
+)
 
 from gptstore.catalog.importers import import_path
 from gptstore.catalog.repository import Catalog
@@ -106,8 +112,11 @@ CASES = [
     Case("completion", "POST", "/v1/completions", "CreateCompletionResponse", completion(),
          covers=("choices.0.text", "usage.total_tokens")),
     Case("completion-logprobs-echo", "POST", "/v1/completions", "CreateCompletionResponse",
-         completion(logprobs=2, echo=True, **TOKENS),
-         covers=("choices.0.logprobs.top_logprobs.0", "choices.0.logprobs.text_offset.0")),
+         completion(logprobs=2, echo=True, **TOKENS), relaxations=COMPLETION_ECHO,
+         covers=("choices.0.logprobs.top_logprobs.1", "choices.0.logprobs.text_offset.0")),
+    Case("completion-echo-max-tokens-0", "POST", "/v1/completions",
+         "CreateCompletionResponse", completion(logprobs=1, echo=True, max_tokens=0),
+         relaxations=COMPLETION_ECHO, covers=("choices.0.logprobs.token_logprobs.1",)),
     Case("completion-logprobs-0", "POST", "/v1/completions", "CreateCompletionResponse",
          completion(logprobs=0, **TOKENS), covers=("choices.0.logprobs.top_logprobs.0",)),
     Case("completion-n2-two-prompts", "POST", "/v1/completions", "CreateCompletionResponse",
@@ -119,7 +128,8 @@ CASES = [
     Case("completion-stream-logprobs-echo", "POST", "/v1/completions",
          "CreateCompletionResponse",
          completion(stream=True, logprobs=2, echo=True, **TOKENS), stream=True,
-         relaxations=COMPLETION_STREAM, covers=("choices.0.logprobs.top_logprobs.0",)),
+         relaxations=COMPLETION_STREAM + COMPLETION_ECHO,
+         covers=("choices.0.logprobs.top_logprobs.1",)),
     # -- errors -------------------------------------------------------------------------
     Case("error-400-out-of-range", "POST", "/v1/chat/completions", "ErrorResponse",
          chat(temperature=3), status=400, covers=("error.param",)),

@@ -131,9 +131,15 @@ def test_completions(client: openai.OpenAI, store: dict[str, Path]) -> None:
                                     temperature=0, echo=True, logprobs=2)
     choice = out.choices[0]
     assert choice.text == prompt + expected
-    assert len(choice.logprobs.tokens) == out.usage.completion_tokens
-    assert all(lp <= 0 for lp in choice.logprobs.token_logprobs)
-    assert all(len(top) <= 2 for top in choice.logprobs.top_logprobs)
+    # echo + logprobs: the prompt's tokens first (the first without a logprob), then the
+    # generated ones
+    assert len(choice.logprobs.tokens) == len(ids) + out.usage.completion_tokens
+    assert choice.logprobs.token_logprobs[0] is None
+    assert choice.logprobs.top_logprobs[0] is None
+    assert all(lp <= 0 for lp in choice.logprobs.token_logprobs[1:])
+    assert all(len(top) <= 3 for top in choice.logprobs.top_logprobs[1:])
+    assert "".join(choice.logprobs.tokens[:len(ids)]) == prompt
+    assert choice.logprobs.text_offset[len(ids)] == len(prompt)
     several = client.completions.create(model="acme/tiny", prompt=[prompt, "Hello"],
                                         max_tokens=3, n=2, seed=7, temperature=1.0)
     assert sorted(c.index for c in several.choices) == [0, 1, 2, 3]
@@ -144,6 +150,62 @@ def test_completions(client: openai.OpenAI, store: dict[str, Path]) -> None:
     streamed = client.completions.create(model="acme/tiny", prompt=prompt, max_tokens=6,
                                          temperature=0, stream=True)
     assert "".join(c.choices[0].text for c in streamed if c.choices) == expected
+
+
+def test_echo_scores_the_prompt_as_evaluation_harnesses_ask(client: openai.OpenAI,
+                                                             store: dict[str, Path]) -> None:
+    """lm-evaluation-harness's loglikelihood request (`local-completions`): token-id
+    prompts in a batch, echo, max_tokens 1, logprobs 1, temperature 0; it sums
+    token_logprobs[ctxlen:-1] and checks each token against max(top_logprobs)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(store["base"], dtype=torch.float32).eval()
+    prompts = [[5, 17, 99, 230, 41, 8, 77], [300, 12, 12, 64]]
+    out = client.completions.create(model="acme/tiny", prompt=prompts, echo=True,
+                                    max_tokens=1, logprobs=1, temperature=0, seed=1234)
+    for prompt, choice in zip(prompts, sorted(out.choices, key=lambda c: c.index),
+                              strict=True):
+        with torch.inference_mode():
+            reference = torch.log_softmax(model(torch.tensor([prompt])).logits[0], dim=-1)
+        scores = choice.logprobs.token_logprobs
+        assert len(scores) == len(prompt) + 1 and scores[0] is None
+        expected = [reference[i - 1, prompt[i]].item() for i in range(1, len(prompt))]
+        assert scores[1:-1] == pytest.approx(expected, abs=1e-4)
+        greedy = [reference[i - 1].argmax().item() == prompt[i] for i in range(1, len(prompt))]
+        harness = [lp == max(top.values()) for lp, top in
+                   zip(scores[1:-1], choice.logprobs.top_logprobs[1:-1], strict=True)]
+        assert harness == greedy
+    # max_tokens 0 (the older harnesses' and OpenAI's legacy form): the prompt, scored
+    only = client.completions.create(model="acme/tiny", prompt="The capital of France is",
+                                     echo=True, max_tokens=0, logprobs=0)
+    assert only.choices[0].text == "The capital of France is"
+    assert only.usage.completion_tokens == 0 and only.choices[0].finish_reason == "length"
+    assert all(lp <= 0 for lp in only.choices[0].logprobs.token_logprobs[1:])
+    err = _error(lambda: client.completions.create(model="acme/tiny", prompt="x",
+                                                   max_tokens=0))
+    assert err.status_code == 400 and err.body["param"] == "max_tokens"
+    # streamed: the echoed prompt comes first, with its scores
+    chunks = [c for c in client.completions.create(
+        model="acme/tiny", prompt=prompts[0], echo=True, max_tokens=2, logprobs=1,
+        temperature=0, stream=True) if c.choices]
+    assert chunks[0].choices[0].logprobs.token_logprobs[1:] == pytest.approx(
+        out.choices[0].logprobs.token_logprobs[1:-1], abs=1e-5)
+
+
+def test_prompt_and_max_tokens_must_fit_the_context(client: openai.OpenAI) -> None:
+    prompt = list(range(10, 210))  # 200 tokens; the tiny model's context is 256
+    err = _error(lambda: client.completions.create(model="acme/tiny", prompt=prompt,
+                                                   max_tokens=100))
+    assert err.status_code == 400 and err.body["code"] == "context_length_exceeded"
+    assert err.body["param"] == "prompt" and "at most 56" in err.body["message"]
+    long = [{"role": "user", "content": "word " * 40}]  # ~170 tokens here
+    err = _error(lambda: client.chat.completions.create(model="acme/tiny", messages=long,
+                                                        max_tokens=150))
+    assert err.status_code == 400 and err.body["code"] == "context_length_exceeded"
+    assert err.body["param"] == "messages"
+    # without max_tokens, a chat reply fills what the context leaves
+    assert client.chat.completions.create(model="acme/tiny", messages=long,
+                                          temperature=0).choices[0].finish_reason
 
 
 def test_classifier(server: RemoteServer, store: dict[str, Path]) -> None:

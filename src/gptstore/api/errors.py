@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gptstore.errors import (
     Conflict,
+    ContextLengthExceeded,
     GptStoreError,
     InvalidRequest,
     NotFound,
@@ -113,6 +114,8 @@ def _code(exc: GptStoreError) -> str | None:
         return "invalid_api_key"
     if isinstance(exc, RateLimited):
         return "rate_limit_exceeded"
+    if isinstance(exc, ContextLengthExceeded):
+        return "context_length_exceeded"
     return None
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from gptstore.errors import InvalidRequest
+from gptstore.errors import ContextLengthExceeded, InvalidRequest
 from gptstore.inference.detokenize import IncrementalDetokenizer, StopStringMatcher
 from gptstore.inference.handle import RequestHandle
 from gptstore.inference.lora import LoraBatch
@@ -122,22 +122,30 @@ class Engine:
             raise InvalidRequest(f"{request.model} is a classification model and cannot "
                                  "generate text", param="model")
         n_prompt, context = len(request.prompt_ids), runner.context_length
+        params = request.params
         if n_prompt >= context:
             # Neutral wording: the serving layer knows whether it was `messages` or `prompt`.
-            raise InvalidRequest(f"prompt has {n_prompt} tokens, the model's context is "
-                                 f"{context}")
+            raise ContextLengthExceeded(f"prompt has {n_prompt} tokens, the model's context "
+                                        f"is {context}; shorten it")
+        if params.max_tokens_strict and params.max_tokens is not None \
+                and n_prompt + params.max_tokens > context:
+            raise ContextLengthExceeded(
+                f"the model's context is {context} tokens, and {n_prompt + params.max_tokens}"
+                f" were asked for ({n_prompt} in the prompt, {params.max_tokens} for the "
+                f"completion); shorten the prompt or ask for at most "
+                f"{context - n_prompt} new tokens")
         bad = [t for t in request.prompt_ids if not 0 <= t < runner.vocab_size]
         if bad:
             raise InvalidRequest(f"token id {bad[0]} is outside the model's vocabulary "
                                  f"(0..{runner.vocab_size - 1})", param="prompt")
-        params = request.params
         outside = [t for t in params.logit_bias if t >= runner.vocab_size]
         if outside:
             raise InvalidRequest(f"logit_bias names token {outside[0]}, outside the model's "
                                  f"vocabulary (0..{runner.vocab_size - 1})",
                                  param="logit_bias")
         request.request_id = request.request_id or f"cmpl-{uuid.uuid4().hex[:24]}"
-        max_new = min(params.max_tokens or math.inf, context - n_prompt)
+        max_new = min(math.inf if params.max_tokens is None else params.max_tokens,
+                      context - n_prompt)
         stop_ids = frozenset(params.stop_token_ids or ()) | (
             frozenset() if params.ignore_eos else base.eos_token_ids)
         seq: RunningSequence

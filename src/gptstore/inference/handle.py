@@ -170,6 +170,8 @@ class RequestHandle:
             usage=last.usage or Usage(self.prompt_tokens, len(tokens)),
             logprobs=[e.logprob or 0.0 for e in token_events] if want_logprobs else None,
             top_logprobs=top,
+            prompt_logprobs=next((e.prompt_logprobs for e in events
+                                  if e.prompt_logprobs is not None), None),
         )
 
 

@@ -45,6 +45,7 @@ from gptstore.inference.types import (
     EngineConfig,
     FinishReason,
     GenerationRequest,
+    PromptLogprobs,
     TokenEvent,
     TopLogprob,
     Usage,
@@ -71,10 +72,17 @@ class Sequence:
     computed: int = 0  # tokens whose keys/values are in the cache
     chunked: bool = False  # its prompt is being prefilled in paced chunks (pacing.py)
     cancelled: bool = False
+    # the prompt's own scores, filled chunk by chunk when SamplingParams.prompt_logprobs
+    # asks for them; sent with the request's first event
+    prompt_scores: PromptLogprobs | None = None
 
     @property
     def prompt(self) -> list[int]:
         return self.request.prompt_ids
+
+    @property
+    def scores_prompt(self) -> bool:
+        return self.request.params.prompt_logprobs is not None
 
 
 class Scheduler:
@@ -244,6 +252,9 @@ class Scheduler:
         with torch.inference_mode():
             for seq in admitted:
                 assert seq.slot is not None
+                if seq.scores_prompt:  # every prompt position's logits: nothing reused
+                    seq.prompt_scores = PromptLogprobs([None], [None])
+                    continue
                 seq.computed = seq.base.runner.load_prefix(seq.slot, seq.prompt,
                                                            _namespace(seq))
 
@@ -276,14 +287,15 @@ class Scheduler:
                 n = 1
                 tokens = [seq.output[-1] if seq.output else seq.prompt[-1]]
             rows.append(RowInput(seq.slot, tokens, seq.computed,
-                                 want_logits=seq.computed + n == total))
+                                 want_logits=seq.computed + n == total,
+                                 all_logits=seq.scores_prompt and seq.computed < len(seq.prompt)))
             stepped.append(seq)
         if not rows:
             return
         adapters = [s.adapter.adapter if s.adapter else None for s in stepped]
         lora = LoraBatch.build(
             [a for a, r in zip(adapters, rows, strict=True) for _ in r.token_ids],
-            [a for a, r in zip(adapters, rows, strict=True) if r.want_logits],
+            [a for a, r in zip(adapters, rows, strict=True) for _ in range(r.n_outputs)],
         )
         runner = stepped[0].base.runner
         if stepped[0].base.threads != self._threads:  # measured per base on loading
@@ -295,7 +307,10 @@ class Scheduler:
                       len(rows) - sum(1 for r in rows if len(r.token_ids) > 1))
         self.steps += 1
         sampled: list[Sequence] = []
+        sample_rows: list[int] = []  # each sampled sequence's row of `logits`
         prompts_done: list[Sequence] = []
+        finished: list[Sequence] = []
+        out = 0
         for seq, row in zip(stepped, rows, strict=True):
             before = seq.computed
             seq.computed += len(row.token_ids)
@@ -303,10 +318,18 @@ class Scheduler:
                 seq.slot.length = seq.computed
                 if before < len(seq.prompt) <= seq.computed:  # the prompt is all cached now
                     prompts_done.append(seq)
-            if row.want_logits:
+            if row.all_logits:
+                _score_prompt(seq, logits[out:out + row.n_outputs], before)
+            out += row.n_outputs
+            if row.want_logits and seq.max_new_tokens == 0:  # scored, nothing to generate
+                finished.append(seq)
+                self._finish(seq, "length", release=False)
+            elif row.want_logits:
                 sampled.append(seq)
-        finished: list[Sequence] = []
+                sample_rows.append(out - 1)
         if sampled:
+            if len(sample_rows) < logits.shape[0]:
+                logits = logits[sample_rows]
             result = sample(logits, [s.sampler for s in sampled])
             wakeups = Wakeups()  # the step's streams woken together
             try:
@@ -352,9 +375,16 @@ class Scheduler:
         if seq.cancelled:
             return reason or "cancelled"
         seq.handle._push(TokenEvent(token_id=token, text=text, logprob=logprob,
-                                    top_logprobs=top_list, finish_reason=reason, usage=usage),
+                                    top_logprobs=top_list, finish_reason=reason, usage=usage,
+                                    prompt_logprobs=self._take_scores(seq)),
                          wakeups)
         return reason
+
+    @staticmethod
+    def _take_scores(seq: Sequence) -> PromptLogprobs | None:
+        """The prompt's scores, once: for the request's first event."""
+        scores, seq.prompt_scores = seq.prompt_scores, None
+        return scores
 
     @staticmethod
     def _flush(seq: Sequence) -> str:
@@ -368,10 +398,39 @@ class Scheduler:
             seq.slot = None
         self.registry.release(seq.base, seq.adapter)
 
-    def _finish(self, seq: Sequence, reason: FinishReason) -> None:
-        self._release(seq)
+    def _finish(self, seq: Sequence, reason: FinishReason, release: bool = True) -> None:
+        if release:
+            self._release(seq)
         seq.handle._push(TokenEvent(token_id=None, text="", finish_reason=reason,
-                                    usage=Usage(len(seq.prompt), len(seq.output))))
+                                    usage=Usage(len(seq.prompt), len(seq.output)),
+                                    prompt_logprobs=self._take_scores(seq)))
+
+
+#: prompt positions scored at once: [rows, vocab] fp32 log-softmax stays within ~25 MB
+_SCORE_ROWS = 128
+
+
+def _score_prompt(seq: Sequence, logits: torch.Tensor, start: int) -> None:
+    """Add the scores of the prompt tokens that follow positions start.. (one row of
+    `logits` each): the token's logprob under the model's own distribution (log-softmax
+    of the raw logits, as sampled tokens report theirs) and the k most likely tokens."""
+    scores = seq.prompt_scores
+    assert scores is not None
+    k = seq.request.params.prompt_logprobs or 0
+    targets = seq.prompt[start + 1:start + 1 + logits.shape[0]]  # the last may have none
+    decode = seq.base.tokenizer.decode
+    for first in range(0, len(targets), _SCORE_ROWS):
+        block = targets[first:first + _SCORE_ROWS]
+        logprobs = torch.log_softmax(logits[first:first + len(block)].float(), dim=-1)
+        own = logprobs.gather(1, torch.tensor(block)[:, None])[:, 0].tolist()
+        scores.logprobs.extend(own)
+        if k:
+            values, indices = logprobs.topk(k, dim=-1)
+            for vs, ids in zip(values.tolist(), indices.tolist(), strict=True):
+                scores.top_logprobs.append([TopLogprob(t, decode([t]), v)
+                                            for t, v in zip(ids, vs, strict=True)])
+        else:
+            scores.top_logprobs.extend([] for _ in block)
 
 
 def _namespace(seq: Sequence) -> str:

@@ -49,6 +49,15 @@ class SamplingParams:
     # OpenAI's logit_bias: added to each named token's logit before choosing (-100 bans
     # a token, 100 all but forces it); logprobs stay the model's own, as above
     logit_bias: Mapping[int, float] = field(default_factory=dict)
+    # vLLM's prompt_logprobs: score the prompt too, each token's logprob given the tokens
+    # before it and the k most likely alternatives (0: the token's own only); None: off.
+    # What OpenAI's completions `echo` + `logprobs` report, and what evaluation harnesses
+    # (lm-evaluation-harness's loglikelihood requests) read
+    prompt_logprobs: int | None = None
+    # OpenAI's rule for an explicit max_tokens: the prompt and max_tokens must fit the
+    # context together (else a context_length_exceeded error); False caps max_tokens at
+    # what the context leaves (a server-side default, not the client's own number)
+    max_tokens_strict: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -62,7 +71,8 @@ class SamplingParams:
                 raise InvalidRequest(f"logit_bias values must be in [-100, 100], got "
                                      f"{bias!r} for token {token}", param="logit_bias")
         checks: list[tuple[str, bool, str]] = [
-            ("max_tokens", self.max_tokens is None or self.max_tokens >= 1, "at least 1"),
+            ("max_tokens", self.max_tokens is None or self.max_tokens >= 0,
+             "at least 0 (0: only score the prompt)"),
             ("temperature", _finite(self.temperature) and self.temperature >= 0, ">= 0"),
             ("top_p", _finite(self.top_p) and 0 < self.top_p <= 1, "in (0, 1]"),
             ("top_k", self.top_k >= 0, ">= 0 (0 disables it)"),
@@ -75,6 +85,8 @@ class SamplingParams:
              _finite(self.presence_penalty) and -2 <= self.presence_penalty <= 2,
              "in [-2, 2]"),
             ("top_logprobs", 0 <= self.top_logprobs <= 20, "in [0, 20]"),
+            ("prompt_logprobs", self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= 20,
+             "in [0, 20] or None"),
             ("stop", len(self.stop) <= 16, "at most 16 strings"),
         ]
         for name, ok, rule in checks:
@@ -119,6 +131,16 @@ class TopLogprob:
 
 
 @dataclass
+class PromptLogprobs:
+    """The prompt's own tokens scored by the model: for each prompt token, its logprob
+    given the tokens before it and the most likely alternatives there. The first token
+    has no context: None and no alternatives, as OpenAI's `echo` reports it."""
+
+    logprobs: list[float | None]
+    top_logprobs: list[list[TopLogprob] | None]
+
+
+@dataclass
 class Usage:
     prompt_tokens: int
     completion_tokens: int
@@ -145,6 +167,8 @@ class TokenEvent:
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
     error: BaseException | None = None
+    # on the request's first event when SamplingParams.prompt_logprobs asked for them
+    prompt_logprobs: PromptLogprobs | None = None
 
 
 @dataclass
@@ -158,6 +182,7 @@ class Completion:
     usage: Usage
     logprobs: list[float] | None = None
     top_logprobs: list[list[TopLogprob]] | None = None
+    prompt_logprobs: PromptLogprobs | None = None
 
 
 @dataclass

@@ -156,7 +156,7 @@ def test_greedy_and_logprob_rows_are_read_whether_all_or_some_rows_ask():
 
 
 @pytest.mark.parametrize(("field", "value"), [
-    ("temperature", -1.0), ("top_p", 0.0), ("top_k", -1), ("max_tokens", 0),
+    ("temperature", -1.0), ("top_p", 0.0), ("top_k", -1), ("max_tokens", -1),
     ("frequency_penalty", 3.0), ("repetition_penalty", 0.0), ("top_logprobs", 30),
     ("logit_bias", {5: 101.0}), ("logit_bias", {-1: 1.0}),
 ])

@@ -210,7 +210,9 @@ class ChatCompletionChunk(OpenAIBaseModel):
 
 class CompletionRequest(SamplingFields):
     prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: Annotated[int, Field(ge=1)] | None = 16
+    # 0 only with echo: the prompt comes back scored, nothing is generated (as OpenAI's
+    # legacy completions and vLLM allow; evaluation harnesses ask for it)
+    max_tokens: Annotated[int, Field(ge=0)] | None = 16
     logprobs: Annotated[int, Field(ge=0, le=5)] | None = None  # OpenAI's limit
     echo: bool = False
     suffix: str | None = None
@@ -219,8 +221,9 @@ class CompletionRequest(SamplingFields):
 
 class CompletionLogprobs(OpenAIBaseModel):
     tokens: list[str] = Field(default_factory=list)
+    # with echo, the prompt's tokens come first; its first token has no context: null
     token_logprobs: list[float | None] = Field(default_factory=list)
-    top_logprobs: list[dict[str, float]] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
     text_offset: list[int] = Field(default_factory=list)
 
 

@@ -51,6 +51,7 @@ class _Choice:
     index: int
     handle: Any  # RequestHandle
     prompt_text: str = ""
+    prompt_ids: list[int] | None = None
 
 
 def _unsupported(field: str, value: Any) -> None:
@@ -60,13 +61,19 @@ def _unsupported(field: str, value: Any) -> None:
 
 
 def sampling_params(req: SamplingFields, *, max_tokens: int | None, logprobs: bool,
-                    top_logprobs: int, index: int) -> Any:
+                    top_logprobs: int, index: int, strict: bool = False,
+                    prompt_logprobs: int | None = None) -> Any:
+    """The engine's SamplingParams of one choice. `strict`: max_tokens is the client's
+    own number, so prompt and max_tokens must fit the context (OpenAI's 400
+    context_length_exceeded); a server default is capped instead."""
     from gptstore.inference.types import SamplingParams
 
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     seed = None if req.seed is None else req.seed + index  # n choices must differ
     return SamplingParams(
         max_tokens=max_tokens,
+        max_tokens_strict=strict,
+        prompt_logprobs=prompt_logprobs,
         temperature=DEFAULT_TEMPERATURE if req.temperature is None else req.temperature,
         top_p=1.0 if req.top_p is None else req.top_p,
         top_k=req.top_k or 0,
@@ -170,7 +177,7 @@ class OpenAIServing:
                     index = p * n + j
                     handle = await self._submit(model, ids, params_for(index), prompt_param)
                     choices.append(_Choice(index, handle,
-                                           prompt_texts[p] if prompt_texts else ""))
+                                           prompt_texts[p] if prompt_texts else "", ids))
         except BaseException:
             for choice in choices:
                 choice.handle.cancel()
@@ -193,16 +200,16 @@ class OpenAIServing:
             _unsupported("response_format", True)
         tokenizer = await self._tokenizer(request.model)
         prompt_ids = self.render_chat(tokenizer, request)
+        asked = request.max_completion_tokens or request.max_tokens
         max_tokens = self._max_tokens(
-            request.max_completion_tokens or request.max_tokens,
-            "max_completion_tokens" if request.max_completion_tokens else "max_tokens")
+            asked, "max_completion_tokens" if request.max_completion_tokens else "max_tokens")
         top = request.top_logprobs or 0
         if top and not request.logprobs:
             raise InvalidRequest("top_logprobs needs logprobs: true", param="top_logprobs")
         choices = await self._start(
             request.model, [prompt_ids], request.n,
             lambda i: sampling_params(request, max_tokens=max_tokens, logprobs=request.logprobs,
-                                      top_logprobs=top, index=i),
+                                      top_logprobs=top, index=i, strict=asked is not None),
             "messages",
         )
         if request.stream:
@@ -293,15 +300,22 @@ class OpenAIServing:
         _unsupported("suffix", request.suffix)
         if request.best_of is not None and request.best_of != request.n:
             raise InvalidRequest("best_of must equal n (or be left out)", param="best_of")
+        if request.max_tokens == 0 and not request.echo:
+            raise InvalidRequest("max_tokens 0 generates nothing: use it with echo: true to "
+                                 "get the prompt back scored (with logprobs), or ask for at "
+                                 "least 1 token", param="max_tokens")
         max_tokens = self._max_tokens(request.max_tokens, "max_tokens")
         tokenizer = await self._tokenizer(request.model)
         prompts, texts = self._completion_prompts(tokenizer, request.prompt)
         want_logprobs = request.logprobs is not None
+        # echo + logprobs: the prompt's tokens are scored too (OpenAI's legacy behaviour)
+        prompt_logprobs = request.logprobs if request.echo and want_logprobs else None
         choices = await self._start(
             request.model, prompts, request.n,
             lambda i: sampling_params(request, max_tokens=max_tokens,
                                       logprobs=want_logprobs, top_logprobs=request.logprobs or 0,
-                                      index=i),
+                                      index=i, strict=request.max_tokens is not None,
+                                      prompt_logprobs=prompt_logprobs),
             "prompt", texts,
         )
         if request.stream:
@@ -313,9 +327,12 @@ class OpenAIServing:
         for choice, result in zip(choices, results, strict=True):
             usage.completion_tokens += result.usage.completion_tokens
             text = (choice.prompt_text if request.echo else "") + result.text
-            logprobs = _completion_logprobs(tokenizer, _events_from(result),
-                                            len(choice.prompt_text) if request.echo else 0) \
-                if want_logprobs else None
+            logprobs = None
+            if want_logprobs:
+                logprobs = _prompt_logprobs(tokenizer, choice, result.prompt_logprobs) \
+                    if request.echo else CompletionLogprobs()
+                _completion_logprobs(tokenizer, _events_from(result),
+                                     len(choice.prompt_text) if request.echo else 0, logprobs)
             out.append(CompletionChoice(index=choice.index, text=text, logprobs=logprobs,
                                         finish_reason=_finish(result.finish_reason)))
         usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
@@ -336,11 +353,16 @@ class OpenAIServing:
                                                                     finish_reason=finish,
                                                                     logprobs=logprobs)]))
 
+        by_index = {choice.index: choice for choice in choices}
         try:
-            if request.echo:
+            if request.echo and not want_logprobs:
                 for choice in choices:
                     yield chunk(choice.index, choice.prompt_text)
             async for index, event in _merge(choices):
+                if event.prompt_logprobs is not None:  # echo + logprobs: the scored prompt
+                    choice = by_index[index]
+                    yield chunk(index, choice.prompt_text, None,
+                                _prompt_logprobs(tokenizer, choice, event.prompt_logprobs))
                 if event.text or (want_logprobs and event.token_id is not None):
                     lp = _completion_logprobs(tokenizer, [event], 0) if want_logprobs else None
                     yield chunk(index, event.text, None, lp)
@@ -387,9 +409,33 @@ def _events_from(result: Any) -> list[Any]:
             for t, lp, top in zip(result.token_ids, logprobs, tops, strict=True)]
 
 
-def _completion_logprobs(tokenizer: Any, events: Sequence[Any], offset: int
-                         ) -> CompletionLogprobs:
+def _prompt_logprobs(tokenizer: Any, choice: _Choice, scores: Any) -> CompletionLogprobs:
+    """The echoed prompt's tokens with their scores (the engine's PromptLogprobs): the
+    first token null, as OpenAI reports it, each other's alternatives with the token
+    itself among them."""
     out = CompletionLogprobs()
+    if scores is None:  # the request was cancelled before its prompt was scored
+        return out
+    offset = 0
+    for i, token in enumerate(choice.prompt_ids or []):
+        text = _token_text(tokenizer, token)
+        own = scores.logprobs[i]
+        out.tokens.append(text)
+        out.token_logprobs.append(own)
+        top = None
+        if own is not None:
+            top = {t.text: t.logprob for t in scores.top_logprobs[i] or []}
+            top.setdefault(text, own)
+        out.top_logprobs.append(top)
+        out.text_offset.append(offset)
+        offset += len(text)
+    return out
+
+
+def _completion_logprobs(tokenizer: Any, events: Sequence[Any], offset: int,
+                         out: CompletionLogprobs | None = None) -> CompletionLogprobs:
+    """The generated tokens' logprobs, appended to `out` (after an echoed prompt's)."""
+    out = out if out is not None else CompletionLogprobs()
     for e in events:
         if e.token_id is None:
             continue

@@ -53,7 +53,15 @@ class RowInput:
     slot: Slot | None  # None: no cache (classification, one-shot)
     token_ids: list[int]  # tokens to run now; their positions start at `start`
     start: int
-    want_logits: bool = True
+    want_logits: bool = True  # the last token's logits (the next token is sampled)
+    # the logits of every token of the row, in order (scoring a prompt); the row's
+    # outputs are then len(token_ids) rows, the last one serving `want_logits` too
+    all_logits: bool = False
+
+    @property
+    def n_outputs(self) -> int:
+        """Rows of logits this row adds to a step's output."""
+        return len(self.token_ids) if self.all_logits else int(self.want_logits)
 
 
 _GEMV_MAX_ROWS = 2  # up to this many rows a bf16 matmul is a matrix-vector product
@@ -349,7 +357,8 @@ class Runner(ABC):
     @abstractmethod
     def forward(self, rows: Sequence[RowInput], lora: LoraBatch | None = None,
                 head: Head | None = None) -> torch.Tensor:
-        """Run one step; return float32 outputs [rows wanting logits, out] in row order."""
+        """Run one step; return float32 outputs [sum of the rows' n_outputs, out] in row
+        order."""
 
     def site_of(self, module: str) -> SiteTarget | None:
         return None
@@ -391,7 +400,7 @@ class StepPlan:
     write_positions: torch.Tensor | None  # [N']
     write_rows: torch.Tensor | slice | None  # which of the N tokens are cached
     groups: list[_AttnGroup]
-    last_index: torch.Tensor  # [R] index of the last token of rows wanting logits
+    last_index: torch.Tensor  # [R] the tokens whose logits are wanted (RowInput.n_outputs)
     max_position: int  # largest position in the step (+1): rotary tables must reach it
     # every token is a decode row on the native attention kernel, which writes the new
     # keys/values into the cache itself (no separate write)
@@ -551,7 +560,9 @@ class DecoderRunner(Runner):
                 groups.append(_AttnGroup(t0, t0 + n, row.slot.index if row.slot else -1, 1,
                                          end, mask, decode=False, fresh=row.start == 0,
                                          cached=row.slot is not None))
-            if row.want_logits:
+            if row.all_logits:
+                last.extend(range(t0, t0 + n))
+            elif row.want_logits:
                 last.append(t0 + n - 1)
         close_run()
 

@@ -126,14 +126,17 @@ class GenericRunner(Runner):
         return torch.stack(outputs) if outputs else torch.empty(0, self.vocab_size)
 
     def _run_row(self, row: RowInput) -> list[torch.Tensor]:
-        """One row through the model with its own cache: [its last logits] or []."""
+        """One row through the model with its own cache: its logits (RowInput.n_outputs)."""
         ids = torch.tensor([row.token_ids], dtype=torch.long)
         positions = torch.arange(row.start, row.start + len(row.token_ids))[None]
         cache = row.slot.cache if row.slot is not None else None  # type: ignore[attr-defined]
         out = self.model(input_ids=ids, position_ids=positions, use_cache=cache is not None,
-                         logits_to_keep=1, **{self._cache_kwarg: cache})
+                         logits_to_keep=0 if row.all_logits else 1,
+                         **{self._cache_kwarg: cache})
         if row.slot is not None:
             row.slot.length = row.start + len(row.token_ids)
+        if row.all_logits:
+            return list(out.logits[0].float())
         return [out.logits[0, -1].float()] if row.want_logits else []
 
     def _classify(self, rows: Sequence[RowInput]) -> torch.Tensor:

@@ -1,0 +1,123 @@
+"""Scoring a prompt (SamplingParams.prompt_logprobs, what `echo` + `logprobs` and
+lm-evaluation-harness's loglikelihood requests read): each prompt token's logprob equals
+transformers' log-softmax at the position before it, whichever way the prompt is
+prefilled (chunked, batched with others, after a cached prefix, under an adapter);
+max_tokens=0 scores without generating; an explicit max_tokens must fit the context."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from inference_helpers import causal_spec, load_causal
+from test_engine_lora import make_adapter
+
+from gptstore.errors import ContextLengthExceeded, InvalidRequest
+from gptstore.inference import GenerationRequest, SamplingParams
+
+PROMPT = [5 + (i * 29) % 300 for i in range(45)]
+OTHER = [40, 41, 42, 43]
+
+
+def _scoring(k: int, max_tokens: int = 1) -> SamplingParams:
+    return SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True,
+                          prompt_logprobs=k)
+
+
+def _reference(model, prompt: list[int]) -> torch.Tensor:
+    with torch.inference_mode():
+        return torch.log_softmax(model(torch.tensor([prompt])).logits[0].float(), dim=-1)
+
+
+def _check(scores, reference: torch.Tensor, prompt: list[int], k: int) -> None:
+    assert scores is not None
+    assert len(scores.logprobs) == len(scores.top_logprobs) == len(prompt)
+    assert scores.logprobs[0] is None and scores.top_logprobs[0] is None
+    for i in range(1, len(prompt)):
+        row = reference[i - 1]
+        assert scores.logprobs[i] == pytest.approx(row[prompt[i]].item(), abs=1e-4)
+        top = scores.top_logprobs[i]
+        assert [t.token_id for t in top] == row.topk(k).indices.tolist()
+        assert [t.logprob for t in top] == pytest.approx(row.topk(k).values.tolist(), abs=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_prompt_scores_match_transformers_in_chunks_and_batches(tiny_dirs, make_engine, arch):
+    engine = make_engine({"m": causal_spec(tiny_dirs[arch])}, max_step_tokens=8,
+                         start=False)
+    busy = engine.submit(GenerationRequest(OTHER, "m", SamplingParams(
+        temperature=0, max_tokens=20, ignore_eos=True)))
+    scored = engine.submit(GenerationRequest(PROMPT, "m", _scoring(3, max_tokens=4)))
+    engine.start()  # 45 tokens in chunks of at most 8, beside a decoding request
+    reference, _ = load_causal(tiny_dirs[arch])
+    result = scored.result(timeout=60)
+    _check(result.prompt_logprobs, _reference(reference, PROMPT), PROMPT, 3)
+    # the generated tokens are unaffected: greedy continues the scored prompt
+    full = _reference(reference, PROMPT + result.token_ids[:-1])
+    assert result.token_ids == full[len(PROMPT) - 1:].argmax(-1).tolist()
+    assert busy.result(timeout=60).prompt_logprobs is None
+
+
+def test_max_tokens_zero_scores_the_prompt_only(tiny_dirs, make_engine):
+    engine = make_engine({"m": causal_spec(tiny_dirs["llama"])})
+    result = engine.generate("m", PROMPT, _scoring(0, max_tokens=0), timeout=60)
+    assert result.token_ids == [] and result.text == ""
+    assert result.finish_reason == "length"
+    assert (result.usage.prompt_tokens, result.usage.completion_tokens) == (len(PROMPT), 0)
+    reference, _ = load_causal(tiny_dirs["llama"])
+    expected = _reference(reference, PROMPT)
+    assert result.prompt_logprobs is not None
+    assert result.prompt_logprobs.top_logprobs[1:] == [[]] * (len(PROMPT) - 1)
+    assert result.prompt_logprobs.logprobs[1:] == pytest.approx(
+        [expected[i - 1, PROMPT[i]].item() for i in range(1, len(PROMPT))], abs=1e-4)
+    # a one-token prompt has nothing to score
+    one = engine.generate("m", [7], _scoring(2, max_tokens=0), timeout=60)
+    assert one.prompt_logprobs is not None and one.prompt_logprobs.logprobs == [None]
+
+
+def test_a_cached_prefix_is_scored_all_the_same(tiny_dirs, make_engine):
+    engine = make_engine({"m": causal_spec(tiny_dirs["llama"])}, prefix_block_tokens=16)
+    plain = SamplingParams(temperature=0, max_tokens=2, ignore_eos=True)
+    engine.generate("m", PROMPT, plain, timeout=60)  # its blocks are cached now
+    hits = engine.stats()["prefix_cache_hit_tokens"]
+    result = engine.generate("m", PROMPT, _scoring(1), timeout=60)
+    assert engine.stats()["prefix_cache_hit_tokens"] == hits  # every position computed
+    reference, _ = load_causal(tiny_dirs["llama"])
+    _check(result.prompt_logprobs, _reference(reference, PROMPT), PROMPT, 1)
+
+
+def test_an_adapters_prompt_scores_match_peft(tiny_dirs, make_engine, tmp_path):
+    from peft import PeftModel
+
+    base_dir = tiny_dirs["llama"]
+    adapter = make_adapter(base_dir, tmp_path / "a", "llama", seed=3,
+                           targets=["q_proj", "v_proj", "down_proj"])
+    engine = make_engine({"base": causal_spec(base_dir, "k"),
+                          "a": causal_spec(base_dir, "k", adapter)}, start=False)
+    on_base = engine.submit(GenerationRequest(PROMPT, "base", _scoring(2)))
+    on_adapter = engine.submit(GenerationRequest(PROMPT, "a", _scoring(2)))
+    engine.start()
+    model, _ = load_causal(base_dir)
+    _check(on_base.result(timeout=60).prompt_logprobs, _reference(model, PROMPT), PROMPT, 2)
+    tuned = PeftModel.from_pretrained(load_causal(base_dir)[0], adapter).eval()
+    _check(on_adapter.result(timeout=60).prompt_logprobs, _reference(tuned, PROMPT),
+           PROMPT, 2)
+
+
+def test_the_generic_runner_scores_prompts_too(tiny_dirs, make_engine):
+    engine = make_engine({"m": causal_spec(tiny_dirs["gpt2"])}, use_fast_path=False)
+    result = engine.generate("m", PROMPT, _scoring(2), timeout=60)
+    reference, _ = load_causal(tiny_dirs["gpt2"])
+    _check(result.prompt_logprobs, _reference(reference, PROMPT), PROMPT, 2)
+
+
+def test_an_explicit_max_tokens_must_fit_the_context(tiny_dirs, make_engine):
+    engine = make_engine({"m": causal_spec(tiny_dirs["llama"])})  # context 256
+    strict = SamplingParams(temperature=0, max_tokens=60, max_tokens_strict=True)
+    with pytest.raises(ContextLengthExceeded, match=r"260 were asked for \(200 in the prompt, "
+                                                    r"60 for the completion\).*at most 56"):
+        engine.submit(GenerationRequest([5] * 200, "m", strict))
+    # a server-side default is capped at what the context leaves instead
+    capped = SamplingParams(temperature=0, max_tokens=60, ignore_eos=True)
+    assert len(engine.generate("m", [5] * 200, capped, timeout=60).token_ids) == 56
+    with pytest.raises(InvalidRequest, match="prompt_logprobs must be in"):
+        SamplingParams(prompt_logprobs=21)
