@@ -127,7 +127,7 @@ def main() -> None:
     from gptstore.testing.server import RemoteServer
 
     python = harness_python(args.harness_venv)
-    settings, catalog, base = open_store(args.home)
+    _settings, catalog, base = open_store(args.home)
     folder = catalog.snapshot(base)
     catalog.close()
     work = Path(tempfile.mkdtemp(prefix="lm-eval-"))

@@ -365,6 +365,7 @@ def test_fine_tune_through_the_wizard(page: Any, server: RemoteServer, tmp_path:
     assert "What is 0 plus 1?" not in page.locator(".examples mark").first.inner_text()
     facts = page.locator("#preview-facts").inner_text()
     assert "tokens" in facts and "an epoch" in facts
+    assert "no lora fine-tune of acme/tiny has finished in this store yet" in facts
     shoot(page, shots, "wizard-preview")
     page.click("button:text('Next: settings')")
     assert page.locator("#ft-base").input_value() == "acme/tiny"

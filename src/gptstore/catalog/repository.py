@@ -619,6 +619,19 @@ class Catalog:
                 raise NotFound(f"version id {version_id} does not exist")
             return _version_info(version)
 
+    def derived_versions(self, base: VersionInfo, *, limit: int = 50) -> list[VersionInfo]:
+        """The versions published on top of `base` (fine-tunes, adapters), newest first,
+        without their file lists: what this store has measured on that base (the
+        training-time estimate reads their runs' throughput). Every owner's: only
+        aggregate figures may leave this store-internal query."""
+        with self.db.session() as session:
+            query = _version_options(
+                select(Version).join(Version.model)
+                .where(Version.base_version_id == base.id)
+                .order_by(Version.created_at.desc(), Version.id.desc()).limit(limit)
+            )
+            return [_version_info(v, with_files=False) for v in session.scalars(query)]
+
     def read_file(self, version: VersionInfo, path: str) -> bytes:
         return self.blobs.read_bytes(version.file(path).digest)
 

@@ -9,16 +9,17 @@ lazily so `gptstore --help` stays fast.
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
+from gptstore.cli.common import open_catalog
 from gptstore.data import (
-    CPU_LORA_TOKENS_PER_SECOND,
     DEFAULT_MAX_LENGTH,
     TASKS,
     ValidationReport,
@@ -60,16 +61,25 @@ def validate(
     """Validate a training file: format, errors by line, tokens, labels, time estimate."""
     console = Console()
     try:
-        tokenizer = _load_tokenizer(base) if base else None
-        report = validate_file(
-            file,
-            task=task,  # type: ignore[arg-type]  # checked by parse_file
-            format=format,
-            tokenizer=tokenizer,
-            max_length=max_length or (default_max_length(tokenizer) if tokenizer else None),
-            tokens_per_second=CPU_LORA_TOKENS_PER_SECOND if tokenizer else None,
-            epochs=epochs,
-        )
+        with ExitStack() as stack:
+            catalog = version = tokenizer = None
+            if base:
+                from gptstore.inference.loader import load_tokenizer
+
+                catalog = stack.enter_context(open_catalog())
+                version = catalog.resolve(base)
+                tokenizer = load_tokenizer(catalog, version)
+            report = validate_file(
+                file,
+                task=task,  # type: ignore[arg-type]  # checked by parse_file
+                format=format,
+                tokenizer=tokenizer,
+                max_length=max_length or (default_max_length(tokenizer) if tokenizer else None),
+            )
+            if catalog is not None:
+                from gptstore.training.estimate import estimate_report
+
+                estimate_report(catalog, version, report, epochs=epochs)
     except GptStoreError as exc:
         if as_json:
             typer.echo(json.dumps({"error": {"message": exc.message, "type": exc.type,
@@ -83,13 +93,6 @@ def validate(
         print_report(console, report, base=base)
     if not report.ok:
         raise typer.Exit(1)
-
-
-def _load_tokenizer(base: str) -> Any:
-    from gptstore.inference.loader import tokenizer_of
-    from gptstore.settings import Settings
-
-    return tokenizer_of(Settings(), base)
 
 
 def print_report(console: Console, report: ValidationReport, *, base: str | None) -> None:
@@ -118,8 +121,7 @@ def print_report(console: Console, report: ValidationReport, *, base: str | None
         summary.add_row(
             "estimated training time",
             f"{_duration(report.estimated_training_seconds)} for {report.epochs} epoch(s) "
-            f"at ~{report.tokens_per_second:.0f} tokens/s (an estimate: LoRA on "
-            "SmolLM2-135M, 2-core CPU)",
+            f"at ~{report.tokens_per_second:.0f} tokens/s ({report.estimate_basis})",
         )
     console.print(summary)
     if report.label_distribution:

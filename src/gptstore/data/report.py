@@ -19,11 +19,12 @@ from gptstore.data.formats.base import ClassificationRecord, Issue
 from gptstore.data.formats.classification import label_set
 from gptstore.data.types import TaskName
 
-#: Estimated fine-tuning throughput in trained tokens per second for LoRA (r=8 on q/v)
-#: on SmolLM2-135M, fp32, on the 2-core CPU of our reference machine. Measured: one
-#: plain-PyTorch LoRA step over 8 x 64 tokens takes ~1.5 s (~340 tok/s); the Hugging
-#: Face Trainer on SST-2 with padding reached ~155 tok/s. An ESTIMATE: a GPU is orders
-#: of magnitude faster, bigger models are proportionally slower.
+#: Reference fine-tuning throughput in trained tokens per second for LoRA (r=8 on q/v)
+#: on SmolLM2-135M, fp32, on the 2-core CPU of our reference machine, for a store that
+#: has not finished a fine-tune of the base yet (training/estimate.py measures it from
+#: the store's own runs after that). Measured: one plain-PyTorch LoRA step over 8 x 64
+#: tokens takes ~1.5 s (~340 tok/s); the Hugging Face Trainer on SST-2 with padding
+#: reached ~155 tok/s. Small steps (batch 1) run far below it.
 CPU_LORA_TOKENS_PER_SECOND = 300.0
 
 #: how many errors / warnings `to_dict` lists (the counts are always complete)
@@ -71,6 +72,8 @@ class ValidationReport:
     tokens_per_second: float | None = None
     epochs: int | None = None
     estimated_training_seconds: float | None = None
+    #: what the throughput rests on (training/estimate.py's `Throughput.basis`)
+    estimate_basis: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -103,6 +106,7 @@ class ValidationReport:
                 None if self.estimated_training_seconds is None
                 else round(self.estimated_training_seconds, 1)
             ),
+            "estimate_basis": self.estimate_basis,
         }
 
 

@@ -165,6 +165,7 @@ def test_a_file_preview_marks_the_tokens_that_carry_the_loss(
     assert example["line"] == 1 and example["tokens"] > 0
     assert body["tokens"]["total"] == 2 * example["tokens"] and body["truncated"] == 0
     assert body["estimated_seconds_per_epoch"] == pytest.approx(body["tokens"]["total"] / 300)
+    assert "no lora fine-tune of acme/tiny has finished" in body["estimate_basis"]
     targets = "".join(s["text"] for s in example["segments"] if s["loss"])
     prompt = "".join(s["text"] for s in example["segments"] if not s["loss"])
     assert "hi there" in targets and "Say hi" in prompt and "Say hi" not in targets

@@ -77,7 +77,9 @@ def test_base_counts_tokens_and_estimates_time(tmp_path: Path, store_base: str) 
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["max_length"] == 256  # the tokenizer's context length (< 1024)
+    # nothing has been fine-tuned on this base here: the reference figure, said so
     assert report["tokens_per_second"] == CPU_LORA_TOKENS_PER_SECOND
+    assert "reference figure" in report["estimate_basis"]
     assert report["estimated_training_seconds"] == pytest.approx(
         report["tokens"]["total"] * 2 / CPU_LORA_TOKENS_PER_SECOND, abs=0.1)
     rich = runner.invoke(app, ["validate", str(path), "--base", "tiny/base"])
@@ -110,3 +112,41 @@ def test_missing_file_is_an_error(tmp_path: Path) -> None:
     result = runner.invoke(app, ["validate", str(tmp_path / "nope.jsonl"), "--json"])
     assert result.exit_code == 1
     assert json.loads(result.output)["error"]["type"] == "not_found_error"
+
+
+def test_the_estimate_uses_this_stores_runs_of_the_most_similar_step_size(
+        tmp_path: Path, settings: Any, store_base: str) -> None:
+    """Finished LoRA fine-tunes of the base give the throughput: the runs whose tokens
+    per step are nearest the new file's (here: batch 1 of ~16-token chats, so the slow
+    small-step runs), their median; another method's and another base's runs do not
+    count."""
+    from gptstore.catalog.repository import Catalog
+
+    catalog = Catalog(settings)
+    weights = tmp_path / "adapter"
+    weights.mkdir()
+    (weights / "adapter_model.safetensors").write_bytes(b"x")
+    base = catalog.resolve(store_base)
+
+    def run(name: str, tokens_per_step: float, rate: float, method: str = "lora") -> None:
+        steps = 100
+        catalog.publish(name, weights, kind="adapter", base=base.ref,
+                        lineage={"source": "finetune", "method": method},
+                        metrics={"train": {"tokens": int(tokens_per_step * steps),
+                                           "seconds": tokens_per_step * steps / rate,
+                                           "steps": steps}})
+
+    run("me/small-a", 15, 20.0)
+    run("me/small-b", 18, 24.0)
+    run("me/small-c", 12, 16.0)
+    run("me/big", 400, 300.0)
+    run("me/full", 16, 5.0, method="full")
+    catalog.close()
+    result = runner.invoke(app, ["validate", str(write_jsonl(tmp_path, GOOD)), "--base",
+                                 store_base, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["tokens_per_second"] == pytest.approx(20.0)  # small-a/b/c's median
+    assert "measured" in report["estimate_basis"] and "3 runs" in report["estimate_basis"]
+    assert report["estimated_training_seconds"] == pytest.approx(
+        report["tokens"]["total"] / 20.0, abs=0.1)

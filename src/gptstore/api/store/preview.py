@@ -54,8 +54,11 @@ class FilePreview(StoreBaseModel):
     truncated: int | None = Field(
         default=None, description="Examples longer than the context, cut in training.")
     estimated_seconds_per_epoch: float | None = Field(
-        default=None, description="Total tokens / the throughput of LoRA on a CPU "
-                                  "(`gptstore data validate`'s estimate).")
+        default=None, description="Total tokens / the expected LoRA throughput on this "
+                                  "base (`gptstore data validate`'s estimate).")
+    estimate_basis: str | None = Field(
+        default=None, description="What the throughput rests on: this store's finished "
+                                  "LoRA fine-tunes of the base, or a reference figure.")
 
 
 def _tokenizer(catalog: Any, version: Any) -> Any:
@@ -96,7 +99,8 @@ def preview_file(
     limit: Annotated[int, Query(ge=1, le=20)] = 3,
 ) -> FilePreview:
     from gptstore.data.encode import default_max_length, parse_file
-    from gptstore.data.report import CPU_LORA_TOKENS_PER_SECOND, validate_file
+    from gptstore.data.report import validate_file
+    from gptstore.training.estimate import estimate_report
 
     file = owned(catalog, file_id, owner)
     version = catalog.resolve(base, principal=principal)
@@ -106,12 +110,13 @@ def preview_file(
     if parsed.format is not None and parsed.records:
         tokenizer = _tokenizer(catalog, version)
         # the whole file's token counts and time estimate, as `gptstore data validate`
-        report = validate_file(parsed.path, tokenizer=tokenizer,
-                               tokens_per_second=CPU_LORA_TOKENS_PER_SECOND)
+        report = validate_file(parsed.path, tokenizer=tokenizer)
+        estimate_report(catalog, version, report)
         if report.tokens is not None:
             measured = {"tokens": TokenCounts(**report.tokens.to_dict()),
                         "truncated": report.truncated,
-                        "estimated_seconds_per_epoch": report.estimated_training_seconds}
+                        "estimated_seconds_per_epoch": report.estimated_training_seconds,
+                        "estimate_basis": report.estimate_basis}
         result = parsed.format.encode(parsed.records[:limit], tokenizer,
                                       default_max_length(tokenizer))
         for example in result.examples:

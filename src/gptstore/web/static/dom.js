@@ -80,6 +80,15 @@ export function plural(n, word) {
   return `${n} ${word}${n === 1 ? "" : "s"}`;
 }
 
+// "45 s", "12 min", "2 h 5 min": a duration as a person reads an estimate
+export function duration(seconds) {
+  const s = Math.max(1, Math.round(seconds));
+  if (s < 90) return `${s} s`;
+  const minutes = Math.round(s / 60);
+  if (minutes < 90) return `${minutes} min`;
+  return `${Math.floor(minutes / 60)} h ${minutes % 60} min`;
+}
+
 export function formatNumber(v) {
   if (typeof v !== "number") return String(v);
   if (Number.isInteger(v)) return String(v);

@@ -5,7 +5,7 @@
 
 import { getJSON, query, request, sendJSON } from "./api.js";
 import { bars, lineChart } from "./charts.js";
-import { errorBox, fill, h } from "./dom.js";
+import { duration, errorBox, fill, h } from "./dom.js";
 import { modelUrl } from "./widgets.js";
 
 const STEPS = ["Upload", "Check", "Preview", "Settings", "Start"];
@@ -35,7 +35,7 @@ function reportView(report) {
   }
   const facts = [["examples", report.examples], ["duplicates", report.duplicates]];
   if (report.tokens) facts.push(["tokens", `${report.tokens.total} (mean ${report.tokens.mean.toFixed(0)} per example, max ${report.tokens.max})`]);
-  if (report.estimated_training_seconds) facts.push(["estimated training time", `${Math.round(report.estimated_training_seconds)} s`]);
+  if (report.estimated_training_seconds) facts.push(["estimated training time", duration(report.estimated_training_seconds)]);
   box.append(h("table", { class: "kv" }, h("tbody", {}, facts.map(([k, v]) =>
     h("tr", {}, h("th", { scope: "row" }, k), h("td", {}, String(v)))))));
   if (report.label_distribution) {
@@ -59,7 +59,9 @@ async function previewView(fileId, base) {
     h("tr", {}, h("th", { scope: "row" }, "tokens"), h("td", {}, `${t.total} in all; ${t.min} to ${t.max} an example (mean ${Math.round(t.mean)})`)),
     h("tr", {}, h("th", { scope: "row" }, "longer than the context"), h("td", {}, `${preview.truncated} (cut in training)`)),
     preview.estimated_seconds_per_epoch !== null ? h("tr", {}, h("th", { scope: "row" }, "estimated time"),
-      h("td", {}, `about ${Math.max(1, Math.round(preview.estimated_seconds_per_epoch))} s an epoch (LoRA on a CPU)`)) : null)) : null;
+      h("td", {}, `about ${duration(preview.estimated_seconds_per_epoch)} an epoch`,
+        preview.estimate_basis ? h("br") : null,
+        preview.estimate_basis ? h("small", { class: "muted" }, preview.estimate_basis) : null)) : null)) : null;
   return h("div", { class: "examples" }, facts,
     h("p", { class: "muted" }, `As ${preview.base} sees them: highlighted tokens are the targets (the loss is computed on them only).`),
     preview.examples.map((ex) => h("div", { class: "example" },
