@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 import venv
@@ -175,4 +174,4 @@ def _choice(sample: dict) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
