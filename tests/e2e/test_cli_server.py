@@ -120,6 +120,19 @@ def test_chat_keeps_the_conversation_through_the_server(home: Path,
     assert _engine(server)["steps"]
 
 
+def test_a_turn_that_does_not_fit_the_context_is_dropped_and_the_chat_goes_on(
+        home: Path, server: RemoteServer) -> None:
+    """The tiny model's context is 256 tokens: --max-tokens 240 leaves no room for a
+    40-word message; the command says so, drops that turn and answers the next."""
+    long = " ".join(["word"] * 40)
+    for where in ((), ("--local",)):
+        proc = gptstore("chat", "acme/tiny", "--max-tokens", "240", "--temperature", "0",
+                        *where, home=home, stdin=f"{long}\nhi\n/exit\n")
+        assert proc.returncode == 0, proc.stderr
+        assert "the model's context is 256 tokens" in proc.stdout, where
+        assert "/reset starts over" in proc.stdout and "Traceback" not in proc.stderr
+
+
 def test_server_errors_are_the_commands_errors(home: Path, server: RemoteServer) -> None:
     proc = gptstore("generate", "nobody/missing", "hi", home=home)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr

@@ -203,9 +203,13 @@ def test_prompt_and_max_tokens_must_fit_the_context(client: openai.OpenAI) -> No
                                                         max_tokens=150))
     assert err.status_code == 400 and err.body["code"] == "context_length_exceeded"
     assert err.body["param"] == "messages"
-    # without max_tokens, a chat reply fills what the context leaves
+    # without max_tokens, a chat reply fills what the context leaves, and a completion's
+    # default of 16 is capped there too
     assert client.chat.completions.create(model="acme/tiny", messages=long,
                                           temperature=0).choices[0].finish_reason
+    capped = client.completions.create(model="acme/tiny", prompt=list(range(10, 252)),
+                                       temperature=0, extra_body={"ignore_eos": True})
+    assert capped.usage.completion_tokens == 14 and capped.choices[0].finish_reason == "length"
 
 
 def test_classifier(server: RemoteServer, store: dict[str, Path]) -> None:

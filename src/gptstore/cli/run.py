@@ -9,8 +9,10 @@ from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from gptstore.cli.common import console, open_catalog, settings
+from gptstore.errors import InvalidRequest
 
 ModelArg = Annotated[str, typer.Argument(help="Model: namespace/name[@VERSION].")]
 MaxTokens = Annotated[int, typer.Option(min=1, help="Most new tokens per answer.")]
@@ -37,8 +39,11 @@ def local_engine() -> Iterator[Any]:
 def _params(max_tokens: int, temperature: float, top_p: float, seed: int | None) -> Any:
     from gptstore.inference.types import SamplingParams
 
+    # strict, as the server holds a request's own max_tokens: both ways tell the same
+    # when the conversation and --max-tokens no longer fit the context
     return SamplingParams(max_tokens=max_tokens, temperature=temperature,
-                          top_p=top_p if temperature > 0 else 1.0, seed=seed)
+                          top_p=top_p if temperature > 0 else 1.0, seed=seed,
+                          max_tokens_strict=True)
 
 
 def _write(pieces: Iterator[str]) -> str:
@@ -164,6 +169,13 @@ def chat(
             if not line.strip():
                 continue
             messages.append({"role": "user", "content": line})
-            answer = answers.answer(messages=messages)
+            try:
+                answer = answers.answer(messages=messages)
+            except InvalidRequest as exc:  # the turn is dropped; the conversation goes on
+                messages.pop()
+                console.print(f"[red]error:[/red] {escape(exc.message)}"
+                              + ("; /reset starts over" if exc.param in (None, "messages")
+                                 else ""), highlight=False, soft_wrap=True)
+                continue
             sys.stdout.write("\n")
             messages.append({"role": "assistant", "content": answer})

@@ -382,8 +382,11 @@ class Scheduler:
 
     @staticmethod
     def _take_scores(seq: Sequence) -> PromptLogprobs | None:
-        """The prompt's scores, once: for the request's first event."""
+        """The prompt's scores, once, for the request's first event; none while part of
+        the prompt is unscored (a request stopped in its prefill)."""
         scores, seq.prompt_scores = seq.prompt_scores, None
+        if scores is not None and len(scores.logprobs) < len(seq.prompt):
+            return None
         return scores
 
     @staticmethod

@@ -121,3 +121,17 @@ def test_an_explicit_max_tokens_must_fit_the_context(tiny_dirs, make_engine):
     assert len(engine.generate("m", [5] * 200, capped, timeout=60).token_ids) == 56
     with pytest.raises(InvalidRequest, match="prompt_logprobs must be in"):
         SamplingParams(prompt_logprobs=21)
+
+
+def test_a_prompt_stopped_in_its_prefill_brings_no_partial_scores(tiny_dirs, make_engine):
+    engine = make_engine({"m": causal_spec(tiny_dirs["llama"])}, max_step_tokens=8,
+                         start=False)
+    handle = engine.submit(GenerationRequest(PROMPT, "m", _scoring(1)))
+    scheduler = engine.scheduler
+    scheduler._admit()  # one step by hand: the first chunk of 8 of the 45 tokens
+    with torch.inference_mode():
+        for seqs in list(scheduler._running.values()):
+            scheduler._step_base(seqs)
+    engine.shutdown()
+    result = handle.result(timeout=30)
+    assert result.finish_reason == "cancelled" and result.prompt_logprobs is None

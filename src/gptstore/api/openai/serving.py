@@ -89,6 +89,14 @@ def sampling_params(req: SamplingFields, *, max_tokens: int | None, logprobs: bo
     )
 
 
+def _asked(request: Any, *fields: str) -> bool:
+    """Whether the client gave one of `fields` itself (with a value): its own number is
+    held to the context (OpenAI's rule); a default (completions' 16, the server's cap)
+    is capped at what the context leaves."""
+    return any(field in request.model_fields_set and getattr(request, field) is not None
+               for field in fields)
+
+
 def _finish(reason: str | None) -> Any:
     return "length" if reason == "length" else ("stop" if reason else None)
 
@@ -209,7 +217,9 @@ class OpenAIServing:
         choices = await self._start(
             request.model, [prompt_ids], request.n,
             lambda i: sampling_params(request, max_tokens=max_tokens, logprobs=request.logprobs,
-                                      top_logprobs=top, index=i, strict=asked is not None),
+                                      top_logprobs=top, index=i,
+                                      strict=_asked(request, "max_completion_tokens",
+                                                    "max_tokens")),
             "messages",
         )
         if request.stream:
@@ -304,7 +314,10 @@ class OpenAIServing:
             raise InvalidRequest("max_tokens 0 generates nothing: use it with echo: true to "
                                  "get the prompt back scored (with logprobs), or ask for at "
                                  "least 1 token", param="max_tokens")
-        max_tokens = self._max_tokens(request.max_tokens, "max_tokens")
+        if _asked(request, "max_tokens"):
+            max_tokens = self._max_tokens(request.max_tokens, "max_tokens")
+        else:  # OpenAI's default of 16, within the server's cap
+            max_tokens = min(request.max_tokens or 16, self.max_tokens or 16)
         tokenizer = await self._tokenizer(request.model)
         prompts, texts = self._completion_prompts(tokenizer, request.prompt)
         want_logprobs = request.logprobs is not None
@@ -314,7 +327,7 @@ class OpenAIServing:
             request.model, prompts, request.n,
             lambda i: sampling_params(request, max_tokens=max_tokens,
                                       logprobs=want_logprobs, top_logprobs=request.logprobs or 0,
-                                      index=i, strict=request.max_tokens is not None,
+                                      index=i, strict=_asked(request, "max_tokens"),
                                       prompt_logprobs=prompt_logprobs),
             "prompt", texts,
         )
@@ -414,7 +427,7 @@ def _prompt_logprobs(tokenizer: Any, choice: _Choice, scores: Any) -> Completion
     first token null, as OpenAI reports it, each other's alternatives with the token
     itself among them."""
     out = CompletionLogprobs()
-    if scores is None:  # the request was cancelled before its prompt was scored
+    if scores is None:  # the request ended before its prompt was scored
         return out
     offset = 0
     for i, token in enumerate(choice.prompt_ids or []):
