@@ -221,6 +221,15 @@ def test_chat_streams_and_stops(page: Any) -> None:
     page.wait_for_function(
         "() => document.querySelectorAll('.msg.assistant .answer[data-finish]').length == 2")
     assert second.get_attribute("data-finish") == "length"
+    # more new tokens than the 4096-token context leaves: the server's reason, in the chat
+    page.fill("#pg-max-tokens", "4096")
+    page.fill("#pg-input", "And once more.")
+    page.click("#playground button[type=submit]")
+    page.wait_for_function(
+        "() => document.querySelectorAll('.msg.assistant .answer[data-finish]').length == 3")
+    third = page.locator(".msg.assistant .answer").nth(2)
+    assert third.get_attribute("data-finish") == "error"
+    assert "the model's context is 4096 tokens" in third.inner_text()
 
 
 def test_compare_two_models_side_by_side(page: Any, shots: Path) -> None:
