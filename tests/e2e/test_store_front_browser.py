@@ -322,17 +322,17 @@ def test_like_and_rate(page: Any) -> None:
 
 
 def test_usage_is_counted(page: Any, server: RemoteServer) -> None:
-    """The requests of the tests above (two chats and the comparison's two sides on
-    acme/tiny, one classification) reach the totals at the next flush (every 5 s) and
-    make the models trend."""
+    """The requests of the tests above (three chat turns, the last refused for its
+    length, and the comparison's two sides on acme/tiny, one classification) reach the
+    totals at the next flush (every 5 s) and make the models trend."""
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         tiny = httpx.get(f"{server.url}/api/models/acme/tiny").json()
         clf = httpx.get(f"{server.url}/api/models/acme/sentiment").json()
-        if tiny["requests"] >= 4 and clf["requests"] >= 1:
+        if tiny["requests"] >= 5 and clf["requests"] >= 1:
             break
         time.sleep(0.5)
-    assert (tiny["requests"], clf["requests"]) == (4, 1)
+    assert (tiny["requests"], clf["requests"]) == (5, 1)
     page.goto("/search?sort=trending")
     ready(page)
     assert result_names(page)[:2] == ["acme/tiny", "acme/sentiment"]
