@@ -625,10 +625,13 @@ class Catalog:
         training-time estimate reads their runs' throughput). Every owner's: only
         aggregate figures may leave this store-internal query."""
         with self.db.session() as session:
-            query = _version_options(
+            query = (
                 select(Version).join(Version.model)
                 .where(Version.base_version_id == base.id)
                 .order_by(Version.created_at.desc(), Version.id.desc()).limit(limit)
+                .options(selectinload(Version.model).selectinload(Model.namespace),
+                         selectinload(Version.base_version).selectinload(Version.model)
+                         .selectinload(Model.namespace))
             )
             return [_version_info(v, with_files=False) for v in session.scalars(query)]
 

@@ -9,7 +9,7 @@ lazily so `gptstore --help` stays fast.
 from __future__ import annotations
 
 import json
-from contextlib import ExitStack
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -61,12 +61,11 @@ def validate(
     """Validate a training file: format, errors by line, tokens, labels, time estimate."""
     console = Console()
     try:
-        with ExitStack() as stack:
-            catalog = version = tokenizer = None
-            if base:
+        with open_catalog() if base else nullcontext() as catalog:
+            version = tokenizer = None
+            if catalog is not None:
                 from gptstore.inference.loader import load_tokenizer
 
-                catalog = stack.enter_context(open_catalog())
                 version = catalog.resolve(base)
                 tokenizer = load_tokenizer(catalog, version)
             report = validate_file(

@@ -150,15 +150,6 @@ def load_tokenizer(catalog: Catalog, ref: str | VersionInfo) -> Any:
     return tokenizer
 
 
-def tokenizer_of(settings: Settings, name: str) -> Any:
-    """The tokenizer of store model `name`, opening the store for just that."""
-    catalog = Catalog(settings)
-    try:
-        return load_tokenizer(catalog, name)
-    finally:
-        catalog.close()
-
-
 def label_names_of(version: VersionInfo, config: Any | None = None) -> list[str] | None:
     """A classifier's outputs: the lineage's `label_names`, else its config's id2label."""
     names = version.lineage.get("label_names")

@@ -316,8 +316,9 @@ class OpenAIServing:
                                  "least 1 token", param="max_tokens")
         if _asked(request, "max_tokens"):
             max_tokens = self._max_tokens(request.max_tokens, "max_tokens")
-        else:  # OpenAI's default of 16, within the server's cap
-            max_tokens = min(request.max_tokens or 16, self.max_tokens or 16)
+        else:  # OpenAI's default (the field's 16), within the server's cap
+            default = request.max_tokens if request.max_tokens is not None else 16
+            max_tokens = default if self.max_tokens is None else min(default, self.max_tokens)
         tokenizer = await self._tokenizer(request.model)
         prompts, texts = self._completion_prompts(tokenizer, request.prompt)
         want_logprobs = request.logprobs is not None
