@@ -39,7 +39,7 @@ class Throughput:
             return (f"measured: {self.method} fine-tunes of {self.base} in this store "
                     f"({self.runs} run{'s' if self.runs > 1 else ''} of the most similar "
                     "step size)")
-        return (f"a reference figure ({self.method} on SmolLM2-135M, a 2-core CPU): no "
+        return (f"a reference figure for {self.method} on SmolLM2-135M on a 2-core CPU; no "
                 f"{self.method} fine-tune of {self.base} has finished in this store yet")
 
     def to_dict(self) -> dict[str, Any]:
