@@ -87,6 +87,20 @@ def zero_shot(catalog: Any, base: Any, rows: list[tuple[str, str]], batch_size: 
     return correct / len(rows)
 
 
+def extra_fields(pairs: list[str]) -> dict[str, Any]:
+    """`--set FIELD=VALUE` pairs as TrainConfig keyword arguments."""
+    fields: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set {pair!r}: write FIELD=VALUE, e.g. --set lora_dropout=0.1")
+        try:
+            fields[key] = json.loads(value)
+        except json.JSONDecodeError:
+            fields[key] = value
+    return fields
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
@@ -112,6 +126,9 @@ def main() -> None:
     parser.add_argument("--wait-quiet", type=float, default=600, metavar="SECONDS",
                         help="first wait up to this long for other processes to leave the "
                              "CPU (0: do not wait)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="any other TrainConfig field, e.g. --set lora_dropout=0.1 "
+                             "(repeatable; VALUE is read as JSON where it parses, else text)")
     parser.add_argument("--json", action="store_true", help="print one JSON object too")
     args = parser.parse_args()
     from machine import describe_machine
@@ -151,7 +168,7 @@ def main() -> None:
                          learning_rate=rate,
                          lora_r=args.lora_r, lora_target=args.targets, seed=args.seed,
                          loraplus_lr_ratio=args.loraplus_lr_ratio,
-                         valid_split=args.valid_split,
+                         valid_split=args.valid_split, **extra_fields(args.set),
                          description=f"SmolLM2-135M-Instruct sentiment classifier, "
                                      f"{args.method} fine-tune (SST-2, "
                                      "benchmarks/sst2_full.py)")
@@ -171,6 +188,7 @@ def main() -> None:
         "tokens_per_second": summary["tokens_per_second"],
         "learning_rate": summary["config"]["learning_rate"],
         "loraplus_lr_ratio": summary["config"]["loraplus_lr_ratio"],
+        "set": {key: summary["config"][key] for key in extra_fields(args.set)},
         "stopped_early": summary["stopped_early"],
         "best_step": (summary["best"] or {}).get("step"),
         "foreign_cpu": round(meter(), 3),

@@ -4,6 +4,8 @@ A checkpoint is a folder `RUN/checkpoints/step-00000120/` holding
 
 - `trainable.safetensors`: the weights that train (adapter + head, or all of them);
 - `optimizer.safetensors`: the optimiser's state tensors and torch's RNG state;
+- `average.safetensors`: the moving average of the trained weights, where the run keeps
+  one (`ema_decay`, averaging.py);
 - `state.json`: the loop's position (epoch, window in the epoch, step), counters, the
   best metrics, early-stopping patience, the curves so far, the optimiser's scalar
   settings and the config the run was started with.
@@ -34,6 +36,7 @@ from gptstore.errors import StorageError
 
 CHECKPOINTS = "checkpoints"
 BEST = "best"
+AVERAGE = "average.safetensors"
 KEEP = 1
 
 
@@ -72,6 +75,7 @@ class Checkpoint:
     trainable: dict[str, torch.Tensor]
     optimizer: dict[str, Any]
     rng: torch.Tensor
+    average: dict[str, torch.Tensor] | None = None
 
 
 def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -101,7 +105,8 @@ def _atomic_dir(final: Path) -> Path:
 
 
 def save_checkpoint(run_dir: Path, state: TrainState, model: nn.Module,
-                    optimizer: torch.optim.Optimizer, config: dict[str, Any]) -> Path:
+                    optimizer: torch.optim.Optimizer, config: dict[str, Any],
+                    average: dict[str, torch.Tensor] | None = None) -> Path:
     """Write a checkpoint atomically and drop older ones; returns its folder."""
     root = run_dir / CHECKPOINTS
     final = root / f"step-{state.step:08d}"
@@ -112,6 +117,8 @@ def save_checkpoint(run_dir: Path, state: TrainState, model: nn.Module,
         tensors, meta = _optimizer_tensors(optimizer)
         tensors["rng.torch"] = torch.get_rng_state()
         save_file(tensors, str(tmp / "optimizer.safetensors"))
+        if average is not None:
+            save_file(average, str(tmp / AVERAGE))
         doc = {"state": state.to_dict(), "optimizer": meta, "config": config}
         (tmp / "state.json").write_text(json.dumps(doc, indent=1, default=_json_default))
         shutil.rmtree(final, ignore_errors=True)
@@ -157,7 +164,9 @@ def load_checkpoint(path: Path) -> Checkpoint:
             group["betas"] = tuple(group["betas"])
     return Checkpoint(path=path, state=TrainState.from_dict(doc["state"]), config=doc["config"],
                       trainable=load_file(str(path / "trainable.safetensors")),
-                      optimizer={"state": state, "param_groups": groups}, rng=rng)
+                      optimizer={"state": state, "param_groups": groups}, rng=rng,
+                      average=load_file(str(path / AVERAGE)) if (path / AVERAGE).is_file()
+                      else None)
 
 
 def restore(checkpoint: Checkpoint, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:

@@ -104,6 +104,10 @@ class TrainConfig:
                                 "learning rate up from 0.", 0.05)
     max_grad_norm: float = _help("Clip the gradient norm to this; 0 turns clipping off.",
                                  1.0)
+    ema_decay: float = _help("Validate, keep and publish an exponential moving average of "
+                             "the trained weights, over about 1 / (1 - decay) optimiser "
+                             "steps (e.g. 0.99); 0: the weights as the last step left "
+                             "them.", 0.0)
     dropout: float | str = _help("Dropout at the model's dropout points (attention, "
                                  "residual, embeddings, as the architecture has them) and "
                                  "before a classification head; auto: 0.1 for full and "
@@ -236,6 +240,10 @@ class TrainConfig:
             _at_least(self, "max_steps", 1, "leave it unset to train all epochs")
         if self.threads is not None:
             _at_least(self, "threads", 1, "leave it unset for torch's choice")
+        if not (_is_number(self.ema_decay) and 0 <= self.ema_decay < 1):
+            raise InvalidRequest(f"ema_decay must be in [0, 1), got {self.ema_decay!r}; "
+                                 "0.99 averages about the last 100 steps, 0 turns it off",
+                                 param="ema_decay")
         for key in ("dropout", "lora_dropout", "warmup_ratio"):
             value = getattr(self, key)
             if value != AUTO and not (_is_number(value) and 0 <= value < 1):

@@ -37,6 +37,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ from gptstore.settings import Settings
 from gptstore.training import checkpoint as ckpt
 from gptstore.training import zero_shot
 from gptstore.training.auto_eval import evaluate_published
+from gptstore.training.averaging import WeightAverage
 from gptstore.training.cadence import EvalCadence
 from gptstore.training.config import AUTO, TrainConfig, run_steps
 from gptstore.training.evaluate import evaluate_examples, extract_features
@@ -180,6 +182,8 @@ class FineTuneRun:
                           else None, callbacks=self.callbacks)
         try:
             self._train()
+            if self.average is not None:  # the run's result is the average from here on
+                self.average.apply()
             # the published record holds the times up to publishing; the returned one
             # adds publishing itself and the total, command to published model
             publishing = time.perf_counter()
@@ -321,6 +325,8 @@ class FineTuneRun:
                                                betas=(cfg.adam_beta1, cfg.adam_beta2),
                                                fused=True)
         self.warmup = round(cfg.warmup_ratio * self.total_steps)
+        self.param_names = [name for name, _ in params]
+        self.average = WeightAverage(self.params, cfg.ema_decay) if cfg.ema_decay else None
 
     # -- 4. resume ---------------------------------------------------------------------
 
@@ -338,6 +344,11 @@ class FineTuneRun:
                                  f"other settings ({diff}); use the same settings, or "
                                  "remove the folder to start over", param="resume")
         ckpt.restore(checkpoint, self.model, self.optimizer)
+        if self.average is not None:
+            if checkpoint.average is None:
+                raise InvalidRequest(f"cannot resume {self.run_dir}: its checkpoint holds no "
+                                     "weight average; start over", param="resume")
+            self.average.load(self.param_names, checkpoint.average)
         self.state = checkpoint.state
         self.resumed_from = checkpoint.path
 
@@ -417,6 +428,8 @@ class FineTuneRun:
                              if cfg.max_grad_norm > 0 else None)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
+                if self.average is not None:
+                    self.average.update()
                 # 4. account: tokens through the model, time in training steps only
                 elapsed = time.perf_counter() - started
                 tokens = sum(b.n_tokens for b in batches) if not self.features else 0
@@ -519,11 +532,12 @@ class FineTuneRun:
         if metrics is None:
             self.method.set_mode(self.model, self.task, False)
             pool = self.shard_runner.pool if self.shard_runner is not None else None
-            metrics = evaluate_examples(self.model, self.task, self.valid_examples,
-                                        pad_id=self.pad_id, bf16=self.bf16,
-                                        features=self.features.get("valid"),
-                                        frozen_backbone=self.method.frozen_backbone,
-                                        executor=pool)
+            with self._averaged():
+                metrics = evaluate_examples(self.model, self.task, self.valid_examples,
+                                            pad_id=self.pad_id, bf16=self.bf16,
+                                            features=self.features.get("valid"),
+                                            frozen_backbone=self.method.frozen_backbone,
+                                            executor=pool)
             metrics = {k: round(v, 6) for k, v in metrics.items()}
             if reuse_key:
                 zero_shot.write(home, reuse_key, metrics)
@@ -534,7 +548,8 @@ class FineTuneRun:
         if self._improves(metrics):
             state.best = {**metrics, "step": state.step}
             state.bad_evals = 0
-            ckpt.save_best(self.run_dir, self.model)
+            with self._averaged():
+                ckpt.save_best(self.run_dir, self.model)
         elif state.best is None or not within_noise(
                 state.best, metrics, metric=str(cfg.metric),
                 higher=self.task.metric_directions[str(cfg.metric)],
@@ -553,6 +568,11 @@ class FineTuneRun:
                                  {**metrics, "best": state.best, "reused": reused,
                                   "stopped_early": state.stopped_early}))
 
+    def _averaged(self) -> AbstractContextManager[None]:
+        """Inside: the model holds the weights a validation or a publish reads (the
+        moving average where the run keeps one, `ema_decay`)."""
+        return self.average.applied() if self.average is not None else nullcontext()
+
     def _improves(self, metrics: dict[str, float]) -> bool:
         best = self.state.best
         if best is None:
@@ -564,8 +584,10 @@ class FineTuneRun:
         return metrics["loss"] < best["loss"]  # a tie on accuracy: the lower loss wins
 
     def _checkpoint(self) -> Path:
-        path = ckpt.save_checkpoint(self.run_dir, self.state, self.model, self.optimizer,
-                                    self.rcfg.to_dict())
+        path = ckpt.save_checkpoint(
+            self.run_dir, self.state, self.model, self.optimizer, self.rcfg.to_dict(),
+            average=self.average.state(self.param_names) if self.average is not None
+            else None)
         self.log.emit(TrainEvent("checkpoint", self.state.step, self.total_steps,
                                  self.state.epoch, {"path": str(path)}))
         return path
@@ -577,9 +599,10 @@ class FineTuneRun:
         name = f"{self.cfg.name}-step-{state.step}"
         if not self.catalog.exists(name):
             record = self._record()
-            self._export_and_publish(record, name=name, description=(
-                f"Checkpoint at step {state.step} (end of epoch {state.epoch}) of "
-                f"{self.cfg.name}, fine-tuned from {self.base.ref}."), checkpoint=True)
+            with self._averaged():
+                self._export_and_publish(record, name=name, description=(
+                    f"Checkpoint at step {state.step} (end of epoch {state.epoch}) of "
+                    f"{self.cfg.name}, fine-tuned from {self.base.ref}."), checkpoint=True)
         last = state.last_eval or {}
         train_loss = state.curves.get("train_loss", [])
         metrics: dict[str, Any] = {"step": state.step}

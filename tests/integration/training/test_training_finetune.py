@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from gptstore.errors import InvalidRequest
 from gptstore.training import finetune
@@ -154,6 +155,41 @@ def test_loraplus_ratio_below_one_is_refused(config_for):
     with pytest.raises(InvalidRequest, match="loraplus_lr_ratio") as raised:
         config_for("causal-lm", "lora", "llama", "acme/x", loraplus_lr_ratio=0.5)
     assert raised.value.param == "loraplus_lr_ratio"
+
+
+def test_ema_publishes_the_moving_average_of_the_steps(store, config_for):
+    """With ema_decay the published adapter is the average of the steps' weights, with
+    the short early horizon: after 2 updates w0 + 9/11 (w1 - w0), then + 3/4 (w2 - it)."""
+    settings, catalog = store
+    from safetensors.torch import load
+
+    common = {"warmup_ratio": 0.0, "schedule": "constant", "learning_rate": 1e-3,
+              "weight_decay": 0.0, "precision": "fp32", "shards": 1}
+    weights = {}
+    for steps, decay in ((1, 0.0), (2, 0.0), (2, 0.95)):
+        name = f"acme/ema-{steps}-{int(decay * 100)}"
+        finetune(config_for("causal-lm", "lora", "llama", name, max_steps=steps,
+                            ema_decay=decay, **common), settings=settings, catalog=catalog)
+        weights[steps, decay] = load(catalog.read_file(catalog.resolve(name),
+                                                       "adapter_model.safetensors"))
+    one, two, averaged = weights[1, 0.0], weights[2, 0.0], weights[2, 0.95]
+    checked = 0
+    for key, tensor in averaged.items():
+        # B starts at 0; A's gradient is 0 while B is, so A did not move in step 1
+        start = one[key] * 0 if "lora_B" in key else one[key]
+        first = start + (9 / 11) * (one[key] - start)
+        expected = first + 0.75 * (two[key] - first)
+        assert torch.allclose(tensor, expected, atol=1e-7), key
+        assert not torch.equal(tensor, two[key]), key
+        checked += 1
+    assert checked
+
+
+def test_ema_decay_outside_zero_to_one_is_refused(config_for):
+    for bad in (1.0, -0.1, "high"):
+        with pytest.raises(InvalidRequest, match="ema_decay") as raised:
+            config_for("causal-lm", "lora", "llama", "acme/x", ema_decay=bad)
+        assert raised.value.param == "ema_decay"
 
 
 def test_same_seed_same_metrics_and_grad_accumulation(store, config_for):

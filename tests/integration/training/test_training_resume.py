@@ -37,12 +37,14 @@ def _strip(result) -> dict:
             "steps": result.steps, "train_tokens": result.train_tokens}
 
 
-@pytest.mark.parametrize("extra", [{}, {"dropout": 0.0, "lora_dropout": 0.0, "shards": 2}],
-                         ids=["dropout", "shards"])
+@pytest.mark.parametrize("extra", [
+    {}, {"dropout": 0.0, "lora_dropout": 0.0, "shards": 2},
+    {"dropout": 0.0, "lora_dropout": 0.0, "ema_decay": 0.9},  # the average resumes too
+], ids=["dropout", "shards", "ema"])
 def test_resume_after_an_exception_equals_the_uninterrupted_run(store, config_for, extra):
     settings, catalog = store
     run = {**RUN, **extra}
-    tag = "shards" if extra else "dropout"
+    tag = "ema" if "ema_decay" in extra else "shards" if extra else "dropout"
     reference = finetune(config_for("classification", "lora", "llama", f"acme/ref-{tag}", **run),
                          settings=settings, catalog=catalog).record
     config = config_for("classification", "lora", "llama", f"acme/crashed-{tag}", **run)
