@@ -29,6 +29,7 @@ Prints the zero-shot dev accuracy, the fine-tuned dev accuracy, the training tim
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 import time
@@ -88,12 +89,19 @@ def zero_shot(catalog: Any, base: Any, rows: list[tuple[str, str]], batch_size: 
 
 
 def extra_fields(pairs: list[str]) -> dict[str, Any]:
-    """`--set FIELD=VALUE` pairs as TrainConfig keyword arguments."""
+    """`--set FIELD=VALUE` pairs as TrainConfig keyword arguments (they win over the
+    script's own flags)."""
+    from gptstore.training import TrainConfig
+
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
     fields: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise SystemExit(f"--set {pair!r}: write FIELD=VALUE, e.g. --set lora_dropout=0.1")
+        if key not in known:
+            raise SystemExit(f"--set {pair!r}: {key} is not a training field; see "
+                             "`gptstore finetune --help` (its options, dashes as underscores)")
         try:
             fields[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -131,6 +139,7 @@ def main() -> None:
                              "(repeatable; VALUE is read as JSON where it parses, else text)")
     parser.add_argument("--json", action="store_true", help="print one JSON object too")
     args = parser.parse_args()
+    extra = extra_fields(args.set)
     from machine import describe_machine
 
     print(describe_machine(), flush=True)
@@ -163,15 +172,14 @@ def main() -> None:
     name = fresh_name(catalog, f"bench/sst2-full-{args.method}")
     epochs: Any = args.epochs if args.epochs == "auto" else int(args.epochs)
     rate: Any = args.learning_rate if args.learning_rate == "auto" else float(args.learning_rate)
-    config = TrainConfig(base=base.ref, train_file=str(train), name=name,
-                         task="classification", method=args.method, epochs=epochs,
-                         learning_rate=rate,
-                         lora_r=args.lora_r, lora_target=args.targets, seed=args.seed,
-                         loraplus_lr_ratio=args.loraplus_lr_ratio,
-                         valid_split=args.valid_split, **extra_fields(args.set),
-                         description=f"SmolLM2-135M-Instruct sentiment classifier, "
-                                     f"{args.method} fine-tune (SST-2, "
-                                     "benchmarks/sst2_full.py)")
+    fields: dict[str, Any] = dict(
+        base=base.ref, train_file=str(train), name=name, task="classification",
+        method=args.method, epochs=epochs, learning_rate=rate, lora_r=args.lora_r,
+        lora_target=args.targets, seed=args.seed, loraplus_lr_ratio=args.loraplus_lr_ratio,
+        valid_split=args.valid_split,
+        description=f"SmolLM2-135M-Instruct sentiment classifier, {args.method} fine-tune "
+                    "(SST-2, benchmarks/sst2_full.py)")
+    config = TrainConfig(**{**fields, **extra})
     zero_shot_cache.forget(settings.home)  # time a first run: no step-0 validation to reuse
     started = time.perf_counter()
     result = finetune(config, settings=settings, catalog=catalog)
@@ -188,7 +196,7 @@ def main() -> None:
         "tokens_per_second": summary["tokens_per_second"],
         "learning_rate": summary["config"]["learning_rate"],
         "loraplus_lr_ratio": summary["config"]["loraplus_lr_ratio"],
-        "set": {key: summary["config"][key] for key in extra_fields(args.set)},
+        "set": {key: summary["config"][key] for key in extra},
         "stopped_early": summary["stopped_early"],
         "best_step": (summary["best"] or {}).get("step"),
         "foreign_cpu": round(meter(), 3),

@@ -20,6 +20,8 @@ from contextlib import contextmanager
 
 import torch
 
+from gptstore.errors import StorageError
+
 
 class WeightAverage:
     """The average of `params` (the trainable weights, in their own dtype)."""
@@ -67,6 +69,11 @@ class WeightAverage:
         return tensors
 
     def load(self, names: Sequence[str], tensors: dict[str, torch.Tensor]) -> None:
+        missing = [n for n in [*(f"ema.{n}" for n in names), "ema_updates"] if n not in tensors]
+        if missing:
+            raise StorageError(f"the checkpoint's weight average lacks {len(missing)} "
+                               f"tensors (e.g. {missing[0]}); it belongs to another run: "
+                               "start a new one")
         with torch.no_grad():
             for name, shadow in zip(names, self.shadow, strict=True):
                 shadow.copy_(tensors[f"ema.{name}"])

@@ -346,8 +346,9 @@ class FineTuneRun:
         ckpt.restore(checkpoint, self.model, self.optimizer)
         if self.average is not None:
             if checkpoint.average is None:
-                raise InvalidRequest(f"cannot resume {self.run_dir}: its checkpoint holds no "
-                                     "weight average; start over", param="resume")
+                raise InvalidRequest(f"cannot resume {self.run_dir}: the run was started "
+                                     "without a weight average; resume it with ema_decay 0, "
+                                     "or remove the folder to start over", param="resume")
             self.average.load(self.param_names, checkpoint.average)
         self.state = checkpoint.state
         self.resumed_from = checkpoint.path

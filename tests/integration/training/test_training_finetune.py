@@ -165,13 +165,17 @@ def test_ema_publishes_the_moving_average_of_the_steps(store, config_for):
 
     common = {"warmup_ratio": 0.0, "schedule": "constant", "learning_rate": 1e-3,
               "weight_decay": 0.0, "precision": "fp32", "shards": 1}
-    weights = {}
+    weights, valid_loss = {}, {}
     for steps, decay in ((1, 0.0), (2, 0.0), (2, 0.95)):
         name = f"acme/ema-{steps}-{int(decay * 100)}"
-        finetune(config_for("causal-lm", "lora", "llama", name, max_steps=steps,
-                            ema_decay=decay, **common), settings=settings, catalog=catalog)
+        record = finetune(config_for("causal-lm", "lora", "llama", name, max_steps=steps,
+                                     ema_decay=decay, **common),
+                          settings=settings, catalog=catalog).record
         weights[steps, decay] = load(catalog.read_file(catalog.resolve(name),
                                                        "adapter_model.safetensors"))
+        valid_loss[steps, decay] = record.final["loss"]
+    # the validation read the average too, not the weights of the last step
+    assert valid_loss[2, 0.95] != valid_loss[2, 0.0]
     one, two, averaged = weights[1, 0.0], weights[2, 0.0], weights[2, 0.95]
     checked = 0
     for key, tensor in averaged.items():
