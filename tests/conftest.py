@@ -15,20 +15,39 @@ from gptstore.settings import Settings
 PG_ENV = "GPTSTORE_TEST_DATABASE_URL"
 
 
-@pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No test sees the user's GPTSTORE_* variables or home, nor the network."""
+#: what every test runs with besides its own home: no network, and exact fp32 by
+#: default, so that tests comparing numbers or greedy text with a reference mean the same
+#: on every CPU (the precision choice has its own tests,
+#: tests/unit/inference/test_precision.py, which set auto themselves)
+ISOLATED = {"GPTSTORE_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
+            "GPTSTORE_INFERENCE_DTYPE": "float32", "GPTSTORE_TRAINING_PRECISION": "fp32"}
+
+
+def _isolate(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
     for key in list(os.environ):
         if key.startswith("GPTSTORE_") and key != PG_ENV:
             monkeypatch.delenv(key)
-    monkeypatch.setenv("GPTSTORE_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("GPTSTORE_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    # exact fp32 by default, so that tests comparing numbers or greedy text with a
-    # reference mean the same on every CPU; the precision choice has its own tests
-    # (tests/unit/inference/test_precision.py), which set auto themselves
-    monkeypatch.setenv("GPTSTORE_INFERENCE_DTYPE", "float32")
-    monkeypatch.setenv("GPTSTORE_TRAINING_PRECISION", "fp32")
+    monkeypatch.setenv("GPTSTORE_HOME", str(home))
+    for key, value in ISOLATED.items():
+        monkeypatch.setenv(key, value)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_session_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The isolation from the session's start: module- and session-scoped fixtures are
+    set up before any function-scoped one, and the settings they build or the commands
+    they run must see what the tests see (on a CPU where auto picks bf16, a store built
+    with the user's settings trained in bf16 beside a resumed run in fp32)."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _isolate(monkeypatch, tmp_path_factory.mktemp("session-home"))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test sees the user's GPTSTORE_* variables or home, nor the network: each its
+    own home, and whatever a test changes is undone after it."""
+    _isolate(monkeypatch, tmp_path / "home")
 
 
 @pytest.fixture

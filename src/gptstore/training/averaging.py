@@ -24,10 +24,11 @@ from gptstore.errors import StorageError
 
 
 class WeightAverage:
-    """The average of `params` (the trainable weights, in their own dtype)."""
+    """The average of the trainable weights `named` (name, parameter), in their dtype."""
 
-    def __init__(self, params: Sequence[torch.nn.Parameter], decay: float) -> None:
-        self.params = list(params)
+    def __init__(self, named: Sequence[tuple[str, torch.nn.Parameter]], decay: float) -> None:
+        self.names = [name for name, _ in named]
+        self.params = [param for _, param in named]
         self.decay = decay
         self.updates = 0
         self.shadow = [p.detach().clone() for p in self.params]
@@ -63,18 +64,20 @@ class WeightAverage:
 
     # -- checkpoints: the average and its update count, by the weights' names ------------
 
-    def state(self, names: Sequence[str]) -> dict[str, torch.Tensor]:
-        tensors = {f"ema.{n}": s.contiguous() for n, s in zip(names, self.shadow, strict=True)}
+    def state(self) -> dict[str, torch.Tensor]:
+        tensors = {f"ema.{n}": s.contiguous()
+                   for n, s in zip(self.names, self.shadow, strict=True)}
         tensors["ema_updates"] = torch.tensor(self.updates)
         return tensors
 
-    def load(self, names: Sequence[str], tensors: dict[str, torch.Tensor]) -> None:
-        missing = [n for n in [*(f"ema.{n}" for n in names), "ema_updates"] if n not in tensors]
+    def load(self, tensors: dict[str, torch.Tensor]) -> None:
+        missing = [n for n in [*(f"ema.{n}" for n in self.names), "ema_updates"]
+                   if n not in tensors]
         if missing:
             raise StorageError(f"the checkpoint's weight average lacks {len(missing)} "
                                f"tensors (e.g. {missing[0]}); it belongs to another run: "
                                "start a new one")
         with torch.no_grad():
-            for name, shadow in zip(names, self.shadow, strict=True):
+            for name, shadow in zip(self.names, self.shadow, strict=True):
                 shadow.copy_(tensors[f"ema.{name}"])
         self.updates = int(tensors["ema_updates"])

@@ -325,8 +325,7 @@ class FineTuneRun:
                                                betas=(cfg.adam_beta1, cfg.adam_beta2),
                                                fused=True)
         self.warmup = round(cfg.warmup_ratio * self.total_steps)
-        self.param_names = [name for name, _ in params]
-        self.average = WeightAverage(self.params, cfg.ema_decay) if cfg.ema_decay else None
+        self.average = WeightAverage(params, cfg.ema_decay) if cfg.ema_decay else None
 
     # -- 4. resume ---------------------------------------------------------------------
 
@@ -349,7 +348,7 @@ class FineTuneRun:
                 raise InvalidRequest(f"cannot resume {self.run_dir}: the run was started "
                                      "without a weight average; resume it with ema_decay 0, "
                                      "or remove the folder to start over", param="resume")
-            self.average.load(self.param_names, checkpoint.average)
+            self.average.load(checkpoint.average)
         self.state = checkpoint.state
         self.resumed_from = checkpoint.path
 
@@ -587,8 +586,7 @@ class FineTuneRun:
     def _checkpoint(self) -> Path:
         path = ckpt.save_checkpoint(
             self.run_dir, self.state, self.model, self.optimizer, self.rcfg.to_dict(),
-            average=self.average.state(self.param_names) if self.average is not None
-            else None)
+            average=self.average.state() if self.average is not None else None)
         self.log.emit(TrainEvent("checkpoint", self.state.step, self.total_steps,
                                  self.state.epoch, {"path": str(path)}))
         return path
