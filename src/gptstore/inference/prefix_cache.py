@@ -18,6 +18,15 @@ cache (kv_cache.py) keeps each sequence contiguous so decode attention reads it 
 place; copying a 1000-token prefix (SmolLM2: ~23 MB in bf16) takes a few milliseconds
 against hundreds for recomputing it.
 
+A block stored by a scored prompt (`SamplingParams.prompt_logprobs`) also keeps its
+tokens' scores (`BlockScores`: each token's logprob given the ones before it and the k
+most likely tokens there), so a later scored prompt that shares the prefix reuses the
+scores as well as the keys/values: lm-evaluation-harness scores every choice of a
+multiple-choice question as its own prompt, context included. Scores of a prefix depend
+on its tokens only, like its keys/values. vLLM recomputes such prompts whole (its prefix
+cache is off for `prompt_logprobs`); a few hundred bytes a token (~1% of SmolLM2's
+keys/values) make the reuse possible.
+
 Knows tensors and token ids only: the runner copies blocks to and from its slots.
 """
 
@@ -35,16 +44,51 @@ BlockKey = tuple[object, tuple[int, ...]]  # (parent block id or the namespace, 
 BlockReader = Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]
 
 
+@dataclass(frozen=True)
+class BlockScores:
+    """The scores of a block's tokens, one row per token: its logprob given the tokens
+    before it (NaN for a prompt's first token, which has none) and the `k` most likely
+    tokens at its position, best first."""
+
+    logprobs: torch.Tensor  # [n] float32
+    top_ids: torch.Tensor  # [n, k] int32
+    top_logprobs: torch.Tensor  # [n, k] float32
+
+    @property
+    def k(self) -> int:
+        return self.top_ids.shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size()
+                   for t in (self.logprobs, self.top_ids, self.top_logprobs))
+
+
+#: (start, end) -> the scores of positions [start, end) of a scored prompt
+ScoresReader = Callable[[int, int], BlockScores]
+
+
 @dataclass(eq=False)
 class PrefixBlock:
     id: int
     key: BlockKey
     k: torch.Tensor  # [layers, kv_heads, block_tokens, head_dim]
     v: torch.Tensor
+    scores: BlockScores | None = None  # kept where a scored prompt stored the block
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.key[1])
 
     @property
     def nbytes(self) -> int:
-        return 2 * self.k.numel() * self.k.element_size()
+        scores = self.scores.nbytes if self.scores is not None else 0
+        return 2 * self.k.numel() * self.k.element_size() + scores
+
+    def scored(self, k: int | None) -> bool:
+        """Whether the block serves a prompt that wants scores with `k` alternatives
+        (None: no scores wanted)."""
+        return k is None or (self.scores is not None and self.scores.k >= k)
 
 
 class PrefixCache:
@@ -64,29 +108,44 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self._blocks)
 
-    def lookup(self, namespace: str, tokens: Sequence[int], limit: int) -> list[PrefixBlock]:
+    def lookup(self, namespace: str, tokens: Sequence[int], limit: int,
+               scores: int | None = None) -> list[PrefixBlock]:
         """The longest chain of cached blocks that starts `tokens`, within its first
-        `limit` tokens (the caller keeps at least one token to compute logits from)."""
-        chain = self._chain(namespace, tokens[:max(0, limit)])
+        `limit` tokens (the caller keeps at least one token to compute logits from);
+        with `scores`, only as far as the blocks keep scores with that many
+        alternatives."""
+        chain = self._chain(namespace, tokens[:max(0, limit)], scores)
         self._touch(chain)
         self.hit_tokens += len(chain) * self.block_tokens
         return chain
 
-    def insert(self, namespace: str, tokens: Sequence[int], read: BlockReader) -> int:
+    def cached_blocks(self, namespace: str, tokens: Sequence[int],
+                      scores: int | None = None) -> int:
+        """How many blocks of `tokens` a lookup would find now (nothing is touched)."""
+        return len(self._chain(namespace, tokens, scores))
+
+    def insert(self, namespace: str, tokens: Sequence[int], read: BlockReader,
+               read_scores: ScoresReader | None = None) -> int:
         """Store every full block of `tokens` not cached yet; `read(start, end)` gives
         the keys/values of positions [start, end) as `[layers, kv_heads, n, head_dim]`
-        copies. Room is made before each block, so the cache never holds more than its
-        budget, even for a moment; blocks of this chain are never evicted for it (the
-        insert stops instead). Returns the blocks added."""
+        copies, `read_scores(start, end)` (a scored prompt) their scores, which cached
+        blocks without them (or with fewer alternatives) take too. Room is made before
+        each block, so the cache never holds more than its budget, even for a moment;
+        blocks of this chain are never evicted for it (the insert stops instead).
+        Returns the blocks added."""
         size = self.block_tokens
         chain = self._chain(namespace, tokens)
         self._touch(chain)
+        if read_scores is not None:
+            for i, block in enumerate(chain):
+                self._add_scores(block, read_scores(i * size, (i + 1) * size), keep=chain)
         parent: object = chain[-1].id if chain else namespace
         added = 0
         for i in range(len(chain), len(tokens) // size):
             k, v = read(i * size, (i + 1) * size)
+            scores = read_scores(i * size, (i + 1) * size) if read_scores else None
             block = PrefixBlock(next(self._ids), (parent, tuple(tokens[i * size:(i + 1) * size])),
-                                k, v)
+                                k, v, scores)
             if not self._make_room(block.nbytes, keep=chain):
                 break
             self._blocks[block.key] = block
@@ -96,6 +155,16 @@ class PrefixCache:
             added += 1
         self._touch(chain)  # old blocks and new: the most recent now, parents last
         return added
+
+    def _add_scores(self, block: PrefixBlock, scores: BlockScores,
+                    keep: list[PrefixBlock]) -> None:
+        """Give a cached block scores with more alternatives than it keeps, room allowing."""
+        if block.scored(scores.k):
+            return
+        extra = scores.nbytes - (block.scores.nbytes if block.scores is not None else 0)
+        if self._make_room(extra, keep):
+            block.scores = scores
+            self.nbytes += extra
 
     def _make_room(self, nbytes: int, keep: list[PrefixBlock]) -> bool:
         """Evict least recently used blocks until `nbytes` more fit; False when only
@@ -112,13 +181,15 @@ class PrefixCache:
             self.evicted_blocks += 1
         return True
 
-    def _chain(self, namespace: str, tokens: Sequence[int]) -> list[PrefixBlock]:
-        """The cached blocks that start `tokens`, from the root, as far as they go."""
+    def _chain(self, namespace: str, tokens: Sequence[int],
+               scores: int | None = None) -> list[PrefixBlock]:
+        """The cached blocks that start `tokens`, from the root, as far as they go (and
+        keep scores with `scores` alternatives, where asked)."""
         size, chain = self.block_tokens, []
         parent: object = namespace
         for i in range(len(tokens) // size):
             block = self._blocks.get((parent, tuple(tokens[i * size:(i + 1) * size])))
-            if block is None:
+            if block is None or not block.scored(scores):
                 break
             chain.append(block)
             parent = block.id

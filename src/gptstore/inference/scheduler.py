@@ -22,6 +22,7 @@ arrive with their base and adapter already loaded by the registry.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -39,6 +40,7 @@ from gptstore.inference.kv_cache import Slot
 from gptstore.inference.lora import LoraBatch
 from gptstore.inference.models import RowInput
 from gptstore.inference.pacing import PrefillPacer
+from gptstore.inference.prefix_cache import BlockScores, PrefixBlock, ScoresReader
 from gptstore.inference.registry import LoadedAdapter, LoadedBase, ModelRegistry
 from gptstore.inference.sampling import SamplerState, sample
 from gptstore.inference.types import (
@@ -238,25 +240,68 @@ class Scheduler:
     def _admit(self) -> None:
         admitted: list[Sequence] = []
         with self._cond:
+            later: list[Sequence] = []  # waiting for a prefix another prompt computes now
             while self._waiting and self.running_count < self.config.max_running:
                 seq = self._waiting.popleft()
                 runner = seq.base.runner
                 if runner.free_slots <= 0:  # cannot happen with one slot per running seq
                     self._waiting.appendleft(seq)
                     break
+                if self._awaits_prefix(seq):
+                    later.append(seq)
+                    continue
                 seq.slot = runner.allocate()
                 self._running.setdefault(seq.base.key, []).append(seq)
                 admitted.append(seq)
+            self._waiting.extendleft(reversed(later))
         # outside the lock (copying tensors must not block submit()), in inference mode
         # (the cache tensors were made in it, and only there may they be written)
         with torch.inference_mode():
             for seq in admitted:
                 assert seq.slot is not None
-                if seq.scores_prompt:  # every prompt position's logits: nothing reused
-                    seq.prompt_scores = PromptLogprobs([None], [None])
-                    continue
-                seq.computed = seq.base.runner.load_prefix(seq.slot, seq.prompt,
-                                                           _namespace(seq))
+                k = seq.request.params.prompt_logprobs
+                blocks = seq.base.runner.load_prefix(seq.slot, seq.prompt, _namespace(seq), k)
+                seq.computed = sum(block.n_tokens for block in blocks)
+                if seq.scores_prompt:
+                    seq.prompt_scores = _cached_scores(seq, blocks)
+                    # the last cached position runs again: its logits score the token
+                    # after the blocks, which another prompt may have had different
+                    seq.computed = seq.slot.length = max(0, seq.computed - 1)
+
+    def _awaits_prefix(self, seq: Sequence) -> bool:
+        """Whether a prompt that finishes its prefill in the coming step (same base and
+        adapter) will cache more of `seq`'s prefix than the cache holds: `seq` then
+        waits in the queue for that step rather than computing the same keys/values
+        (and scores) beside it. Many requests with one new system prompt, or every
+        choice of a multiple-choice question, arrive together; SGLang's scheduler holds
+        such requests back the same way (its in-batch prefix caching). The steps are
+        compute-bound, so the wait costs `seq` about what computing the shared part
+        itself would have; a prompt prefilled in paced chunks over many steps is not
+        waited for."""
+        cache = seq.base.runner.prefix_cache
+        if cache is None:
+            return False
+        size, namespace = cache.block_tokens, _namespace(seq)
+        k = seq.request.params.prompt_logprobs
+        tokens = seq.prompt[:len(seq.prompt) - 1]  # a lookup keeps one token for logits
+        if len(tokens) < size:
+            return False
+        have = cache.cached_blocks(namespace, tokens, k)
+        running = self._running.get(seq.base.key, [])
+        pacer = self._pacers.setdefault(seq.base.key, PrefillPacer(self.config.max_step_tokens))
+        decoding = any(s.computed >= len(s.prompt) - 1 for s in running)
+        for other in running:
+            remaining = len(other.prompt) - other.computed
+            soon = remaining <= (pacer.whole_tokens if decoding or other.chunked
+                                 else pacer.max_tokens)
+            if remaining <= 0 or not soon or _namespace(other) != namespace:
+                continue
+            other_k = other.request.params.prompt_logprobs
+            if k is not None and (other_k is None or other_k < k):
+                continue  # its blocks will keep no scores for this prompt
+            if _shared_blocks(tokens, other.prompt, size) > have:
+                return True
+        return False
 
     def _step_base(self, seqs: list[Sequence]) -> None:
         """One forward step for the running sequences of one base."""
@@ -308,7 +353,8 @@ class Scheduler:
         self.steps += 1
         sampled: list[Sequence] = []
         sample_rows: list[int] = []  # each sampled sequence's row of `logits`
-        prompts_done: list[Sequence] = []
+        # (sequence, its prompt's scores): taken from the sequence by its first event
+        prompts_done: list[tuple[Sequence, PromptLogprobs | None]] = []
         finished: list[Sequence] = []
         out = 0
         for seq, row in zip(stepped, rows, strict=True):
@@ -317,7 +363,7 @@ class Scheduler:
             if seq.slot is not None:
                 seq.slot.length = seq.computed
                 if before < len(seq.prompt) <= seq.computed:  # the prompt is all cached now
-                    prompts_done.append(seq)
+                    prompts_done.append((seq, seq.prompt_scores))
             if row.all_logits:
                 _score_prompt(seq, logits[out:out + row.n_outputs], before)
             out += row.n_outputs
@@ -342,9 +388,12 @@ class Scheduler:
                 wakeups.deliver()
         # the prompts' keys/values go to the prefix cache after the first tokens are out
         # (copying them must not delay those), before a finished sequence frees its slot
-        for seq in prompts_done:
+        for seq, scores in prompts_done:
             assert seq.slot is not None
-            runner.store_prefix(seq.slot, seq.prompt, _namespace(seq))
+            read_scores = None
+            if scores is not None and len(scores.logprobs) == len(seq.prompt):
+                read_scores = _scores_reader(scores, seq.request.params.prompt_logprobs or 0)
+            runner.store_prefix(seq.slot, seq.prompt, _namespace(seq), read_scores)
         for seq in finished:
             seqs.remove(seq)
             self._release(seq)
@@ -434,6 +483,48 @@ def _score_prompt(seq: Sequence, logits: torch.Tensor, start: int) -> None:
                                             for t, v in zip(ids, vs, strict=True)])
         else:
             scores.top_logprobs.extend([] for _ in block)
+
+
+def _cached_scores(seq: Sequence, blocks: list[PrefixBlock]) -> PromptLogprobs:
+    """The scores of the prompt tokens in cached blocks (the first token has none)."""
+    scores = PromptLogprobs([None], [None])
+    k = seq.request.params.prompt_logprobs or 0
+    decode = seq.base.tokenizer.decode
+    for i, block in enumerate(blocks):
+        cached = block.scores
+        assert cached is not None  # the lookup took scored blocks only
+        first = 1 if i == 0 else 0
+        scores.logprobs.extend(cached.logprobs[first:].tolist())
+        for ids, values in zip(cached.top_ids[first:, :k].tolist(),
+                               cached.top_logprobs[first:, :k].tolist(), strict=True):
+            scores.top_logprobs.append([TopLogprob(t, decode([t]), v)
+                                        for t, v in zip(ids, values, strict=True)])
+    return scores
+
+
+def _scores_reader(scores: PromptLogprobs, k: int) -> ScoresReader:
+    """Positions [start, end) of a whole prompt's scores, as a prefix block keeps them."""
+
+    def read(start: int, end: int) -> BlockScores:
+        tops = [top or [] for top in scores.top_logprobs[start:end]]  # the first: None
+        return BlockScores(
+            torch.tensor([math.nan if x is None else x for x in scores.logprobs[start:end]],
+                         dtype=torch.float32),
+            torch.tensor([[t.token_id for t in top] or [0] * k for top in tops],
+                         dtype=torch.int32).reshape(end - start, k),
+            torch.tensor([[t.logprob for t in top] or [math.nan] * k for top in tops],
+                         dtype=torch.float32).reshape(end - start, k))
+
+    return read
+
+
+def _shared_blocks(a: list[int], b: list[int], size: int) -> int:
+    """How many whole blocks of `size` tokens `a` and `b` start with in common."""
+    n = 0
+    while (n + 1) * size <= min(len(a), len(b)) and \
+            a[n * size:(n + 1) * size] == b[n * size:(n + 1) * size]:
+        n += 1
+    return n
 
 
 def _namespace(seq: Sequence) -> str:

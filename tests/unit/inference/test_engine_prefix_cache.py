@@ -13,7 +13,7 @@ from test_engine_lora import make_adapter, peft_greedy
 
 from gptstore.inference import GenerationRequest, SamplingParams
 from gptstore.inference.pacing import PrefillPacer
-from gptstore.inference.prefix_cache import PrefixCache
+from gptstore.inference.prefix_cache import BlockScores, PrefixCache
 
 BLOCK = 16
 PACED = True
@@ -45,6 +45,23 @@ def test_shared_prefix_is_reused_and_gives_the_same_greedy_tokens(tiny_dirs, mak
     # requests 2..4 each found the 64 tokens of SHARED's 4 full blocks
     assert stats["prefix_cache_hit_tokens"] == 3 * 64
     assert plain.stats()["prefix_cache_hit_tokens"] == 0
+
+
+def test_requests_arriving_together_compute_a_new_shared_prefix_once(tiny_dirs,
+                                                                     make_engine):
+    # a new system prompt, four requests at once: the first computes its blocks, the
+    # others wait for them in the queue and start after them
+    engine = make_engine({"m": causal_spec(tiny_dirs["llama"])}, prefix_block_tokens=BLOCK,
+                         start=False)
+    prompts = [SHARED + s for s in SUFFIXES] + [[*SHARED, 77]]
+    handles = [engine.submit(GenerationRequest(p, "m", _greedy(6))) for p in prompts]
+    unrelated = engine.submit(GenerationRequest(list(range(200, 240)), "m", _greedy(6)))
+    engine.start()
+    reference, _ = load_causal(tiny_dirs["llama"])
+    for prompt, handle in zip(prompts, handles, strict=True):
+        assert handle.result(timeout=60).token_ids == hf_greedy(reference, prompt, 6)
+    assert unrelated.result(timeout=60).token_ids == hf_greedy(reference, list(range(200, 240)), 6)
+    assert engine.stats()["prefix_cache_hit_tokens"] == 3 * 64
 
 
 def test_a_short_shared_system_header_is_reused_with_the_default_blocks(tiny_dirs,
@@ -125,6 +142,30 @@ def test_eviction_takes_leaves_before_the_blocks_they_hang_from():
     assert cache.lookup("x", [1, 2, 3], 2) == []  # another namespace sees nothing
 
 
+def test_scores_count_in_the_bound_and_are_added_to_cached_blocks_where_room_allows():
+    kv = 2 * 4 * 4  # one block's keys and values: 2 tokens x 2 floats each, fp32
+    scored = 2 * 4 + 2 * 2 * 4 * 2  # its scores with 2 alternatives: 40 bytes
+    cache = PrefixCache(budget_bytes=2 * kv + scored, block_tokens=2)
+
+    def read(start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.zeros(1, 1, end - start, 2), torch.zeros(1, 1, end - start, 2)
+
+    def scores(start: int, end: int) -> BlockScores:
+        return BlockScores(torch.zeros(end - start), torch.zeros(end - start, 2, dtype=torch.int32),
+                           torch.zeros(end - start, 2))
+
+    assert cache.insert("", [1, 2, 3, 4], read) == 2
+    assert cache.cached_blocks("", [1, 2, 3, 4], scores=2) == 0  # keys/values only
+    assert cache.insert("", [1, 2, 3, 4], read, scores) == 0
+    # room for one block's scores: the first got them, the second stays without
+    assert cache.nbytes == 2 * kv + scored <= cache.budget_bytes
+    assert cache.cached_blocks("", [1, 2, 3, 4], scores=2) == 1
+    assert cache.cached_blocks("", [1, 2, 3, 4], scores=1) == 1
+    assert cache.cached_blocks("", [1, 2, 3, 4], scores=3) == 0
+    assert cache.cached_blocks("", [1, 2, 3, 4]) == 2
+    assert len(cache.lookup("", [1, 2, 3, 4, 5], 4, scores=2)) == 1
+
+
 def test_pacer_bounds_prefill_chunks_while_others_decode():
     pacer = PrefillPacer(max_tokens=512, ratio=1.0)
     assert pacer.budget(decoding=0) == 512  # alone: the biggest chunk
@@ -153,22 +194,20 @@ def test_short_prompts_arriving_while_streams_decode_are_prefilled_whole(
                          paced_prefill=PACED)
 
     def steps_to_first_token(prompt: list[int]) -> tuple[int, list[int]]:
+        # one token: no step runs after it, whenever this thread reads the count
         before = engine.stats()["steps"]
-        handle = engine.submit(GenerationRequest(prompt, "m", _greedy(3)))
-        events = iter(handle)
-        first = next(events).token_id
-        took = engine.stats()["steps"] - before
-        return took, [first] + [e.token_id for e in events if e.token_id is not None]
+        tokens = engine.generate("m", prompt, _greedy(1), timeout=60).token_ids
+        return engine.stats()["steps"] - before, tokens
 
     reference, _ = load_causal(tiny_dirs["llama"])
     short = [3 + (i * 7) % 300 for i in range(40)]
     took, tokens = steps_to_first_token(short)
     assert took == 1  # whole, not 5 chunks of 8
-    assert tokens == hf_greedy(reference, short, 3)
+    assert tokens == hf_greedy(reference, short, 1)
     long_prompt = [3 + (i * 11) % 500 for i in range(100)]
     took, tokens = steps_to_first_token(long_prompt)
     assert took >= 100 // 8  # chunks of 8 to the end: its last 60 were not taken whole
-    assert tokens == hf_greedy(reference, long_prompt, 3)
+    assert tokens == hf_greedy(reference, long_prompt, 1)
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])

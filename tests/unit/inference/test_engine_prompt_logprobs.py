@@ -2,7 +2,8 @@
 lm-evaluation-harness's loglikelihood requests read): each prompt token's logprob equals
 transformers' log-softmax at the position before it, whichever way the prompt is
 prefilled (chunked, batched with others, after a cached prefix, under an adapter);
-max_tokens=0 scores without generating; an explicit max_tokens must fit the context."""
+prompts sharing a context reuse its cached keys/values and scores; max_tokens=0 scores
+without generating; an explicit max_tokens must fit the context."""
 
 from __future__ import annotations
 
@@ -80,9 +81,42 @@ def test_a_cached_prefix_is_scored_all_the_same(tiny_dirs, make_engine):
     engine.generate("m", PROMPT, plain, timeout=60)  # its blocks are cached now
     hits = engine.stats()["prefix_cache_hit_tokens"]
     result = engine.generate("m", PROMPT, _scoring(1), timeout=60)
-    assert engine.stats()["prefix_cache_hit_tokens"] == hits  # every position computed
+    # the plain request's blocks keep no scores: every position computed
+    assert engine.stats()["prefix_cache_hit_tokens"] == hits
     reference, _ = load_causal(tiny_dirs["llama"])
-    _check(result.prompt_logprobs, _reference(reference, PROMPT), PROMPT, 1)
+    expected = _reference(reference, PROMPT)
+    _check(result.prompt_logprobs, expected, PROMPT, 1)
+    # the scored prompt gave those blocks its scores: the next one reuses them
+    again = engine.generate("m", PROMPT, _scoring(1), timeout=60)
+    assert engine.stats()["prefix_cache_hit_tokens"] == hits + 32  # 2 blocks of 44 tokens
+    _check(again.prompt_logprobs, expected, PROMPT, 1)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_choices_of_one_context_reuse_its_keys_values_and_scores(tiny_dirs, make_engine,
+                                                                 arch):
+    """lm-evaluation-harness's multiple-choice requests: context + each choice, sent
+    together. The first computes the context; the others wait for its blocks (not
+    computing them beside it) and take their scores from the cache. The context ends on
+    a block boundary, so a choice's own score comes from the last cached position,
+    computed again."""
+    engine = make_engine({"m": causal_spec(tiny_dirs[arch])}, prefix_block_tokens=8,
+                         start=False)
+    context = PROMPT[:40]
+    prompts = [[*context, 61], [*context, 62, 63], [*context, 64]]
+    handles = [engine.submit(GenerationRequest(p, "m", _scoring(2, max_tokens=0)))
+               for p in prompts]
+    other_k = engine.submit(GenerationRequest([*context, 65], "m", _scoring(3, max_tokens=0)))
+    engine.start()
+    reference, _ = load_causal(tiny_dirs[arch])
+    for prompt, handle in zip(prompts, handles, strict=True):
+        _check(handle.result(timeout=60).prompt_logprobs, _reference(reference, prompt),
+               prompt, 2)
+    _check(other_k.result(timeout=60).prompt_logprobs, _reference(reference, [*context, 65]),
+           [*context, 65], 3)
+    # choices 2 and 3 found the context's 5 blocks; the one asking 3 alternatives
+    # where the blocks keep 2 computed the context itself, beside the first
+    assert engine.stats()["prefix_cache_hit_tokens"] == 2 * 40
 
 
 def test_an_adapters_prompt_scores_match_peft(tiny_dirs, make_engine, tmp_path):

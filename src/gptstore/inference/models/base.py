@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from gptstore.inference import native
 from gptstore.inference.kv_cache import Slot, SlotKVCache
 from gptstore.inference.lora import LoraBatch, SiteTarget
-from gptstore.inference.prefix_cache import PrefixCache
+from gptstore.inference.prefix_cache import PrefixBlock, PrefixCache, ScoresReader
 from gptstore.inference.types import (
     ATTENTION_NATIVE,
     ATTENTION_SDPA,
@@ -334,14 +334,17 @@ class Runner(ABC):
     prefix_cache: PrefixCache | None = None  # set by the registry where supported
     supports_prefix_cache: bool = False
 
-    def load_prefix(self, slot: Slot, tokens: Sequence[int], namespace: str) -> int:
+    def load_prefix(self, slot: Slot, tokens: Sequence[int], namespace: str,
+                    scores: int | None = None) -> list[PrefixBlock]:
         """Copy the cached keys/values of the longest cached prefix of `tokens` into
-        `slot`; return how many positions are now filled (0: nothing cached)."""
-        return 0
+        `slot` (with `scores`: of blocks that keep scores with that many alternatives);
+        return its blocks, which fill the slot's first positions (none: nothing cached)."""
+        return []
 
-    def store_prefix(self, slot: Slot, tokens: Sequence[int], namespace: str) -> None:
-        """Offer the keys/values of `tokens` (all in `slot`) to the prefix cache (runners
-        without one keep nothing)."""
+    def store_prefix(self, slot: Slot, tokens: Sequence[int], namespace: str,
+                     read_scores: ScoresReader | None = None) -> None:
+        """Offer the keys/values of `tokens` (all in `slot`), and a scored prompt's
+        scores, to the prefix cache (runners without one keep nothing)."""
         return None
 
     @abstractmethod
@@ -476,13 +479,15 @@ class DecoderRunner(Runner):
 
     # -- prefix cache (prefix_cache.py) -------------------------------------------------
 
-    def load_prefix(self, slot: Slot, tokens: Sequence[int], namespace: str) -> int:
+    def load_prefix(self, slot: Slot, tokens: Sequence[int], namespace: str,
+                    scores: int | None = None) -> list[PrefixBlock]:
         cache = self.prefix_cache
         if cache is None:
-            return 0
-        blocks = cache.lookup(namespace, tokens, len(tokens) - 1)  # keep one for logits
+            return []
+        # keep one token for logits
+        blocks = cache.lookup(namespace, tokens, len(tokens) - 1, scores)
         if not blocks:
-            return 0
+            return []
         size = cache.block_tokens
         n = len(blocks) * size
         self.kv.ensure_capacity(n)
@@ -490,9 +495,10 @@ class DecoderRunner(Runner):
             self.kv.k[:, slot.index, :, i * size:(i + 1) * size] = block.k
             self.kv.v[:, slot.index, :, i * size:(i + 1) * size] = block.v
         slot.length = n
-        return n
+        return blocks
 
-    def store_prefix(self, slot: Slot, tokens: Sequence[int], namespace: str) -> None:
+    def store_prefix(self, slot: Slot, tokens: Sequence[int], namespace: str,
+                     read_scores: ScoresReader | None = None) -> None:
         cache = self.prefix_cache
         if cache is None or len(tokens) < cache.block_tokens:
             return
@@ -502,7 +508,7 @@ class DecoderRunner(Runner):
             return (self.kv.k[:, index, :, start:end].clone(),
                     self.kv.v[:, index, :, start:end].clone())
 
-        cache.insert(namespace, tokens, read)
+        cache.insert(namespace, tokens, read, read_scores)
 
     # -- the step plan ----------------------------------------------------------------
 
