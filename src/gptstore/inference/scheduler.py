@@ -74,6 +74,7 @@ class Sequence:
     computed: int = 0  # tokens whose keys/values are in the cache
     chunked: bool = False  # its prompt is being prefilled in paced chunks (pacing.py)
     cancelled: bool = False
+    held: bool = False  # held in the queue for a prefix another prompt computed
     # the prompt's own scores, filled chunk by chunk when SamplingParams.prompt_logprobs
     # asks for them; sent with the request's first event
     prompt_scores: PromptLogprobs | None = None
@@ -240,14 +241,17 @@ class Scheduler:
     def _admit(self) -> None:
         admitted: list[Sequence] = []
         with self._cond:
-            later: list[Sequence] = []  # waiting for a prefix another prompt computes now
-            while self._waiting and self.running_count < self.config.max_running:
+            # held for a prefix another prompt computes now; they keep their places
+            # (the capacity they will take is not given to requests behind them)
+            later: list[Sequence] = []
+            while self._waiting and self.running_count + len(later) < self.config.max_running:
                 seq = self._waiting.popleft()
                 runner = seq.base.runner
-                if runner.free_slots <= 0:  # cannot happen with one slot per running seq
-                    self._waiting.appendleft(seq)
+                if runner.free_slots <= sum(s.base is seq.base for s in later):
+                    self._waiting.appendleft(seq)  # no slot left (held requests counted)
                     break
-                if self._awaits_prefix(seq):
+                if not seq.held and self._awaits_prefix(seq):
+                    seq.held = True  # once: the other prompt's blocks are cached next step
                     later.append(seq)
                     continue
                 seq.slot = runner.allocate()
@@ -276,8 +280,8 @@ class Scheduler:
         choice of a multiple-choice question, arrive together; SGLang's scheduler holds
         such requests back the same way (its in-batch prefix caching). The steps are
         compute-bound, so the wait costs `seq` about what computing the shared part
-        itself would have; a prompt prefilled in paced chunks over many steps is not
-        waited for."""
+        itself would have; a prompt whose prefill needs more than the coming step is
+        not waited for, and a request is held once at most."""
         cache = seq.base.runner.prefix_cache
         if cache is None:
             return False
@@ -289,12 +293,15 @@ class Scheduler:
         have = cache.cached_blocks(namespace, tokens, k)
         running = self._running.get(seq.base.key, [])
         pacer = self._pacers.setdefault(seq.base.key, PrefillPacer(self.config.max_step_tokens))
-        decoding = any(s.computed >= len(s.prompt) - 1 for s in running)
+        decoding = sum(1 for s in running if s.computed >= len(s.prompt) - 1)
+        budget = pacer.budget(decoding) if self.config.paced_prefill \
+            else self.config.max_step_tokens
         for other in running:
             remaining = len(other.prompt) - other.computed
-            soon = remaining <= (pacer.whole_tokens if decoding or other.chunked
-                                 else pacer.max_tokens)
-            if remaining <= 0 or not soon or _namespace(other) != namespace:
+            # the rule of _step_base: a short prompt whole, a long one in budget chunks
+            ends = remaining <= budget or (not other.chunked and
+                                           pacer.takes_whole(remaining, 0))
+            if remaining <= 0 or not ends or _namespace(other) != namespace:
                 continue
             other_k = other.request.params.prompt_logprobs
             if k is not None and (other_k is None or other_k < k):

@@ -64,6 +64,61 @@ def test_requests_arriving_together_compute_a_new_shared_prefix_once(tiny_dirs,
     assert engine.stats()["prefix_cache_hit_tokens"] == 3 * 64
 
 
+def test_a_request_waits_only_for_a_prompt_ending_its_prefill_and_keeps_its_place(
+        tiny_dirs, make_engine, monkeypatch):
+    """Stepped by hand: a request sharing the prefix of a long prompt still read in
+    paced chunks is not held (it would wait many steps); one sharing a short prompt's
+    is held for one step, and the capacity it will take is not given to a request
+    queued behind it."""
+    monkeypatch.setattr(PrefillPacer, "budget", lambda self, decoding: 8 if decoding else 512)
+    engine = make_engine({"m": causal_spec(tiny_dirs["llama"])}, prefix_block_tokens=8,
+                         max_running=5, start=False)
+    scheduler = engine.scheduler
+
+    def submit(prompt: list[int]):
+        return engine.submit(GenerationRequest(prompt, "m", _greedy(40)))
+
+    def step() -> None:  # as the engine's loop: admit, then step
+        scheduler._admit()
+        run()
+
+    def run() -> None:
+        with torch.inference_mode():
+            for seqs in list(scheduler._running.values()):
+                scheduler._step_base(seqs)
+
+    def running() -> list[list[int]]:
+        return [s.prompt for seqs in scheduler._running.values() for s in seqs]
+
+    def waiting() -> list[list[int]]:
+        return [s.prompt for s in scheduler._waiting]
+
+    decoding = submit([5, 6, 7, 8])
+    step()  # decoding from now on: prompts are paced at 8 tokens a step
+    long_prompt = [3 + (i * 11) % 500 for i in range(100)]
+    submit(long_prompt)
+    for _ in range(6):  # 48 of its 100 tokens read, in chunks of 8
+        step()
+    sharing_long = [*long_prompt[:64], 9]
+    submit(sharing_long)
+    scheduler._admit()
+    assert sharing_long in running()  # not held: the long prompt needs 7 more steps
+
+    short = [3 + (i * 13) % 500 for i in range(30)]
+    sharing_short, unrelated = [*short[:24], 1, 2], [400, 401, 402]
+    for prompt in (short, sharing_short, unrelated):
+        submit(prompt)
+    scheduler._admit()
+    assert short in running() and waiting() == [sharing_short, unrelated]
+    hits = engine.stats()["prefix_cache_hit_tokens"]
+    run()  # the short prompt whole: its blocks are cached after this step
+    scheduler._admit()
+    assert sharing_short in running() and waiting() == [unrelated]
+    assert engine.stats()["prefix_cache_hit_tokens"] - hits == 24
+    engine.shutdown()
+    assert decoding.result(timeout=30).finish_reason == "cancelled"
+
+
 def test_a_short_shared_system_header_is_reused_with_the_default_blocks(tiny_dirs,
                                                                          make_engine):
     # SmolLM2's chat template puts the same 24-token system header in front of every chat
