@@ -119,6 +119,25 @@ def test_choices_of_one_context_reuse_its_keys_values_and_scores(tiny_dirs, make
     assert engine.stats()["prefix_cache_hit_tokens"] == 2 * 40
 
 
+@pytest.mark.parametrize("gemv", ["aten", "native"])
+def test_an_fp32_models_scores_stay_fp32_where_small_steps_use_a_bf16_copy(tiny_dirs,
+                                                                          make_engine, gemv):
+    """Where the machine decodes fp32-served models on a bf16 copy (an AVX2-only EPYC:
+    steps of 1-2 rows, or up to `gemv_rows` on the native kernel), a scored prompt's
+    step still runs on the fp32 weights: a score must not depend on its step's size (a
+    choice recomputed after a cached context is a few tokens)."""
+    from gptstore.inference import native
+
+    if gemv == "native" and native.library() is None:
+        pytest.skip("the native kernels do not build on this CPU")
+    engine = make_engine({"m": causal_spec(tiny_dirs["llama"])}, decode_dtype="bfloat16",
+                         gemv=gemv, gemv_rows=16)
+    reference, _ = load_causal(tiny_dirs["llama"])
+    prompt = PROMPT[:2] if gemv == "aten" else PROMPT[:12]  # rows the copy would serve
+    result = engine.generate("m", prompt, _scoring(2), timeout=60)
+    _check(result.prompt_logprobs, _reference(reference, prompt), prompt, 2)
+
+
 def test_an_adapters_prompt_scores_match_peft(tiny_dirs, make_engine, tmp_path):
     from peft import PeftModel
 

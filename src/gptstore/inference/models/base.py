@@ -20,6 +20,7 @@ Knows nothing of sampling, requests or adapters' storage.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -65,6 +66,14 @@ class RowInput:
 
 
 _GEMV_MAX_ROWS = 2  # up to this many rows a bf16 matmul is a matrix-vector product
+
+#: True during a step that scores a prompt (`RowInput.all_logits`): its products keep the
+#: weights' own precision, not a lower-precision decode copy (`Linear`). A decode copy
+#: is a speed choice for generating, where a step's few rows only pick the next token;
+#: a score is a figure a caller compares (lm-evaluation-harness against transformers),
+#: and on an fp32-served model it must not depend on how many rows its step had.
+_EXACT_STEP: contextvars.ContextVar[bool] = contextvars.ContextVar("exact_step",
+                                                                   default=False)
 REFINE_TOP = 32  # bf16 logits: the top candidates recomputed in fp32 (see _refine_top)
 
 
@@ -189,13 +198,16 @@ class Linear:
 
     def decodes_low(self, rows: int) -> bool:
         """Whether a step of `rows` rows runs on a lower-precision decode copy."""
+        if _EXACT_STEP.get():
+            return False
         if self.decode_native is not None and self.weight_t.dtype != torch.bfloat16:
             return rows <= self.native_rows
         return rows <= _GEMV_MAX_ROWS and (self.decode_weight_t is not None
                                            or self.decode_packed is not None)
 
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        if self.decode_native is not None and x.shape[0] <= self.native_rows:
+        if self.decode_native is not None and x.shape[0] <= self.native_rows and \
+                (self.weight_t.dtype == torch.bfloat16 or not _EXACT_STEP.get()):
             return native.gemv(x, self.decode_native, self.weight_t.shape[1], self.bias,
                                residual, avx512=self.native_avx512)
         if self.decodes_low(x.shape[0]):
@@ -678,18 +690,23 @@ class DecoderRunner(Runner):
                                                                    self.decode_dtype) \
             and plan.n_tokens <= _GEMV_MAX_ROWS \
             and torch.backends.mkldnn.is_available() and torch._C._get_mkldnn_enabled()
-        with torch.inference_mode(), _mkldnn_off(gemv_step):
-            hidden = self.hidden_states(plan, lora)
-            head = head or self.default_head()
-            out = head.linear(hidden)
-            head_lora = lora is not None and head.lora_site is not None \
-                and lora.touches(head.lora_site)
-            if lora is not None and head.lora_site is not None:
-                lora.apply(-1, head.lora_site, hidden, out, rows=True)
-            low = out.dtype == torch.bfloat16 or head.linear.decodes_low(hidden.shape[0])
-            if not low or head_lora:
-                return out.float()
-            return _refine_top(out, hidden, head.linear, native_kernel=self.native_attention)
+        exact = _EXACT_STEP.set(any(row.all_logits for row in rows))
+        try:
+            with torch.inference_mode(), _mkldnn_off(gemv_step):
+                hidden = self.hidden_states(plan, lora)
+                head = head or self.default_head()
+                out = head.linear(hidden)
+                head_lora = lora is not None and head.lora_site is not None \
+                    and lora.touches(head.lora_site)
+                if lora is not None and head.lora_site is not None:
+                    lora.apply(-1, head.lora_site, hidden, out, rows=True)
+                low = out.dtype == torch.bfloat16 or head.linear.decodes_low(hidden.shape[0])
+                if not low or head_lora:
+                    return out.float()
+                return _refine_top(out, hidden, head.linear,
+                                   native_kernel=self.native_attention)
+        finally:
+            _EXACT_STEP.reset(exact)
 
 
 def _refine_top(out: torch.Tensor, hidden: torch.Tensor, linear: Linear,
