@@ -34,6 +34,7 @@ import venv
 from pathlib import Path
 from typing import Any
 
+import httpx
 from finetune_vs_hf import DEFAULT_DATA, open_store, read_sst2
 from machine import describe_machine
 
@@ -139,6 +140,9 @@ def main() -> None:
             f"model={base.model},base_url={server.url}/v1/completions,tokenizer={folder},"
             "tokenizer_backend=huggingface,num_concurrent=1,max_retries=1",
             tasks, work / "served", args.limit, args.batch_size)
+        # how much of the prompts the server took from its prefix cache (a choice's
+        # context, computed for the question's first choice)
+        engine = httpx.get(f"{server.url}/api/engine", timeout=10).json()
     served_wall = time.perf_counter() - started  # the server's start included
     peer = run_harness(python, "hf", f"pretrained={folder},dtype=float32", tasks,
                        work / "hf", args.limit, args.batch_size)
@@ -152,6 +156,8 @@ def main() -> None:
           f"batch {args.batch_size})")
     print(f"  gptstore serve + local-completions: acc {served[0]['acc,none']:.3f} "
           f"(+-{served[0]['acc_stderr,none']:.3f}), {served_wall:.0f} s with the server's start")
+    print(f"    prompt tokens served from the prefix cache: "
+          f"{engine['prefix_cache_hit_tokens']:,}")
     print(f"  lm_eval's hf model, fp32:          acc {peer[0]['acc,none']:.3f} "
           f"(+-{peer[0]['acc_stderr,none']:.3f}), {peer[2]:.0f} s")
     print(f"  the same answer on {same} of {n} sentences; largest loglikelihood "
@@ -160,6 +166,7 @@ def main() -> None:
         print(json.dumps({"sentences": n, "served_acc": served[0]["acc,none"],
                           "hf_acc": peer[0]["acc,none"], "served_seconds": round(served_wall, 1),
                           "hf_seconds": round(peer[2], 1), "same_answer": same,
+                          "prefix_cache_hit_tokens": engine["prefix_cache_hit_tokens"],
                           "max_loglikelihood_difference": gap}))
 
 
