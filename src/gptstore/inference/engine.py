@@ -32,6 +32,7 @@ from gptstore.inference.detokenize import IncrementalDetokenizer, StopStringMatc
 from gptstore.inference.handle import RequestHandle
 from gptstore.inference.lora import LoraBatch
 from gptstore.inference.models import Head, Linear, RowInput
+from gptstore.inference.models.base import exact_products
 from gptstore.inference.registry import LoadedAdapter, LoadedBase, ModelRegistry
 from gptstore.inference.sampling import SamplerState
 from gptstore.inference.scheduler import Scheduler
@@ -237,7 +238,8 @@ class Engine:
             if adapter is not None:
                 lora = LoraBatch.build([adapter.adapter for ids in chunk for _ in ids],
                                        [adapter.adapter] * len(chunk))
-            logits = base.runner.forward(rows, lora, head)
+            with exact_products():  # not a short batch's decode copy (models/base.py)
+                logits = base.runner.forward(rows, lora, head)
             probs = torch.softmax(logits.float(), dim=-1).tolist()
             results += [list(zip(labels, row, strict=True)) for row in probs]
             start = end

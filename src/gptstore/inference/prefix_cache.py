@@ -138,7 +138,10 @@ class PrefixCache:
         self._touch(chain)
         if read_scores is not None:
             for i, block in enumerate(chain):
-                self._add_scores(block, read_scores(i * size, (i + 1) * size), keep=chain)
+                scores = read_scores(i * size, (i + 1) * size)
+                if not block.scored(scores.k):
+                    self._add_scores(block, read(i * size, (i + 1) * size), scores,
+                                     keep=chain)
         parent: object = chain[-1].id if chain else namespace
         added = 0
         for i in range(len(chain), len(tokens) // size):
@@ -156,13 +159,16 @@ class PrefixCache:
         self._touch(chain)  # old blocks and new: the most recent now, parents last
         return added
 
-    def _add_scores(self, block: PrefixBlock, scores: BlockScores,
-                    keep: list[PrefixBlock]) -> None:
-        """Give a cached block scores with more alternatives than it keeps, room allowing."""
-        if block.scored(scores.k):
-            return
+    def _add_scores(self, block: PrefixBlock, kv: tuple[torch.Tensor, torch.Tensor],
+                    scores: BlockScores, keep: list[PrefixBlock]) -> None:
+        """Give a cached block a scored prompt's scores, room allowing, and its
+        keys/values with them: the block's own may come from a step of a few rows on a
+        lower-precision copy of the weights, which a scored step does not use
+        (models/base.py, `_EXACT_STEP`), and the scores must go with the keys/values
+        they were computed with."""
         extra = scores.nbytes - (block.scores.nbytes if block.scores is not None else 0)
         if self._make_room(extra, keep):
+            block.k, block.v = kv
             block.scores = scores
             self.nbytes += extra
 

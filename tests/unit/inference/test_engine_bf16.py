@@ -74,6 +74,32 @@ def test_bf16_step_of_prompt_chunks_only_wants_no_logits(tiny_dirs, arch):
     assert rest[0].argmax() == whole[0].argmax()
 
 
+def test_a_scoring_step_of_one_token_stays_off_the_native_decode_steps_copy(tiny_dirs):
+    """A scored prompt's last chunk of one token is a decode row; where every layer runs
+    as one native call on the bf16 copy of fp32 weights, an exact step (one that scores
+    a prompt) runs layer by layer on the fp32 weights instead."""
+    from gptstore.inference import native
+
+    if native.library() is None:
+        pytest.skip("the native kernels do not build on this CPU")
+    exact = build_runner(_fp32(tiny_dirs["llama"]), max_slots=2, pack=False)
+    mixed = build_runner(_fp32(tiny_dirs["llama"]), max_slots=2, pack=False,
+                         decode_dtype=torch.bfloat16, gemv="native", gemv_rows=16,
+                         attention="native")
+    assert mixed.decode_step is not None  # type: ignore[attr-defined]
+    prompt = PROMPTS[0]
+
+    def last_token(runner, all_logits: bool) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        slot = runner.allocate()  # the prompt's first chunk scored: on the fp32 weights
+        runner.forward([RowInput(slot, prompt[:-1], 0, want_logits=False, all_logits=True)])
+        return runner.forward([RowInput(slot, prompt[-1:], len(prompt) - 1,
+                                        all_logits=all_logits)])
+
+    expected = last_token(exact, True)
+    assert (last_token(mixed, True) - expected).abs().max() < 1e-5
+    assert (last_token(mixed, False) - expected).abs().max() > 1e-4  # the copy's rounding
+
+
 def _fp32(folder):
     from transformers import AutoModelForCausalLM
 

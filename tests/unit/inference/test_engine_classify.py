@@ -61,6 +61,26 @@ def test_classifier_probabilities_match_transformers(tiny_dirs, make_engine, tmp
         assert [p for _, p in row] == pytest.approx(ref, abs=1e-5)
 
 
+def test_short_texts_are_classified_on_the_fp32_weights_where_decoding_uses_a_copy(
+        tiny_dirs, make_engine, tmp_path):
+    """Where an fp32 model decodes small steps on a bf16 copy, a batch of short texts
+    (a few rows) is classified on the fp32 weights all the same: a text's probabilities
+    do not depend on what it was batched with."""
+    from gptstore.inference import native
+
+    if native.library() is None:
+        pytest.skip("the native kernels do not build on this CPU")
+    folder = make_classifier(tiny_dirs["llama"], tmp_path / "cls")
+    spec = ModelSpec(base_key="cls", base_loader=lambda: load_classifier(folder),
+                     task="classification")
+    engine = make_engine({"c": spec}, decode_dtype="bfloat16", gemv="native", gemv_rows=16)
+    texts = ["terrible", "ok"]  # a few tokens each: a step the copy would serve
+    got = engine.classify("c", texts)
+    expected = reference_probs(*load_classifier(folder), texts)
+    for row, ref in zip(got, expected, strict=True):
+        assert [p for _, p in row] == pytest.approx(ref, abs=1e-5)
+
+
 def test_classification_adapter_on_a_shared_causal_base(tiny_dirs, make_engine, tmp_path):
     """A PEFT LoRA adapter trained on a *ForSequenceClassification model (its head saved
     via modules_to_save) served on the causal LM base that generation also uses."""

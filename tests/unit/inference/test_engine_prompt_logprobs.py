@@ -138,6 +138,28 @@ def test_an_fp32_models_scores_stay_fp32_where_small_steps_use_a_bf16_copy(tiny_
     _check(result.prompt_logprobs, _reference(reference, prompt), prompt, 2)
 
 
+def test_a_scored_prompt_replaces_the_copys_keys_values_in_the_blocks_it_scores(
+        tiny_dirs, make_engine):
+    """A plain request's blocks may hold keys/values of a small step on the bf16 copy;
+    a scored prompt that gives them scores gives them its fp32 keys/values too, so a
+    later scored prompt reusing them is scored as from the fp32 weights."""
+    from gptstore.inference import native
+
+    if native.library() is None:
+        pytest.skip("the native kernels do not build on this CPU")
+    engine = make_engine({"m": causal_spec(tiny_dirs["llama"])}, decode_dtype="bfloat16",
+                         gemv="native", gemv_rows=16, prefix_block_tokens=8)
+    prompt = PROMPT[:16]  # one step of 16 rows: on the copy when not scored
+    engine.generate("m", prompt, SamplingParams(temperature=0, max_tokens=1), timeout=60)
+    engine.generate("m", prompt, _scoring(1, max_tokens=0), timeout=60)
+    hits = engine.stats()["prefix_cache_hit_tokens"]
+    choice = [*prompt, 61]
+    result = engine.generate("m", choice, _scoring(1, max_tokens=0), timeout=60)
+    assert engine.stats()["prefix_cache_hit_tokens"] - hits == 16  # both blocks reused
+    reference, _ = load_causal(tiny_dirs["llama"])
+    _check(result.prompt_logprobs, _reference(reference, choice), choice, 1)
+
+
 def test_an_adapters_prompt_scores_match_peft(tiny_dirs, make_engine, tmp_path):
     from peft import PeftModel
 

@@ -20,10 +20,11 @@ Knows nothing of sampling, requests or adapters' storage.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -67,13 +68,30 @@ class RowInput:
 
 _GEMV_MAX_ROWS = 2  # up to this many rows a bf16 matmul is a matrix-vector product
 
-#: True during a step that scores a prompt (`RowInput.all_logits`): its products keep the
-#: weights' own precision, not a lower-precision decode copy (`Linear`). A decode copy
-#: is a speed choice for generating, where a step's few rows only pick the next token;
-#: a score is a figure a caller compares (lm-evaluation-harness against transformers),
-#: and on an fp32-served model it must not depend on how many rows its step had.
+#: True during a step that scores a prompt (`RowInput.all_logits`) or classifies texts
+#: (`exact_products`): its products keep the weights' own precision, not a
+#: lower-precision decode copy (`Linear`). A decode copy is a speed choice for
+#: generating, where a step's few rows only pick the next token; a score or a class
+#: probability is a figure a caller compares (lm-evaluation-harness against
+#: transformers), and on an fp32-served model it must not depend on how many rows its
+#: step had.
 _EXACT_STEP: contextvars.ContextVar[bool] = contextvars.ContextVar("exact_step",
                                                                    default=False)
+
+
+@contextlib.contextmanager
+def exact_products() -> Iterator[None]:
+    """Steps run in here keep the weights' own precision (see `_EXACT_STEP`)."""
+    token = _EXACT_STEP.set(True)
+    try:
+        yield
+    finally:
+        _EXACT_STEP.reset(token)
+
+
+def exact_step() -> bool:
+    """Whether the step running now keeps the weights' own precision."""
+    return _EXACT_STEP.get()
 REFINE_TOP = 32  # bf16 logits: the top candidates recomputed in fp32 (see _refine_top)
 
 
@@ -690,7 +708,7 @@ class DecoderRunner(Runner):
                                                                    self.decode_dtype) \
             and plan.n_tokens <= _GEMV_MAX_ROWS \
             and torch.backends.mkldnn.is_available() and torch._C._get_mkldnn_enabled()
-        exact = _EXACT_STEP.set(any(row.all_logits for row in rows))
+        exact = _EXACT_STEP.set(_EXACT_STEP.get() or any(row.all_logits for row in rows))
         try:
             with torch.inference_mode(), _mkldnn_off(gemv_step):
                 hidden = self.hidden_states(plan, lora)

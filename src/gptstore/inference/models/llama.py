@@ -26,7 +26,14 @@ import torch.nn.functional as F
 
 from gptstore.inference import native
 from gptstore.inference.lora import LoraBatch, SiteTarget
-from gptstore.inference.models.base import DecoderRunner, Head, Int4Linear, Linear, StepPlan
+from gptstore.inference.models.base import (
+    DecoderRunner,
+    Head,
+    Int4Linear,
+    Linear,
+    StepPlan,
+    exact_step,
+)
 from gptstore.inference.types import ATTENTION_SDPA, GEMV_ATEN, INT4_TORCH
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -271,8 +278,10 @@ class LlamaRunner(DecoderRunner):
     def hidden_states(self, plan: StepPlan, lora: LoraBatch | None) -> torch.Tensor:
         n, hd = plan.n_tokens, self.head_dim
         n_q, n_kv, inter, eps = self.n_heads, self.n_kv_heads, self.intermediate, self.eps
+        # (its products run on the bf16 copy of fp32 weights: not in an exact step)
         if self.decode_step is not None and plan.kernel_writes \
-                and n <= self.decode_step_rows and len(plan.groups) == 1:
+                and n <= self.decode_step_rows and len(plan.groups) == 1 \
+                and (self.dtype == torch.bfloat16 or not exact_step()):
             # decode rows on consecutive slots: every layer in one native call, with each
             # row's adapter where the rows have any
             tables = self._lora_tables_of(lora, n) if lora is not None else None
