@@ -4,7 +4,9 @@ Continuous batching: requests join and leave between steps. Each step, per loade
 base, the scheduler
 
 1. drops cancelled sequences (their KV slot is free before this step computes),
-2. admits queued requests while fewer than `max_running` sequences run,
+2. admits queued requests while fewer than `max_running` sequences run (one whose
+   prefix a prompt ending its prefill in this step will cache waits for the next
+   step, once: `_awaits_prefix`),
 3. builds one batch of rows ordered by KV slot: every decoding sequence contributes its
    last token, newcomers contribute their prompt (chunked so one step prefills at most
    `max_step_tokens` prompt tokens, and while others decode only as many as keep the
