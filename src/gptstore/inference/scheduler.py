@@ -294,10 +294,7 @@ class Scheduler:
             return False
         have = cache.cached_blocks(namespace, tokens, k)
         running = self._running.get(seq.base.key, [])
-        pacer = self._pacers.setdefault(seq.base.key, PrefillPacer(self.config.max_step_tokens))
-        decoding = sum(1 for s in running if s.computed >= len(s.prompt) - 1)
-        budget = pacer.budget(decoding) if self.config.paced_prefill \
-            else self.config.max_step_tokens
+        pacer, budget = self._prefill_budget(seq.base.key, running)
         for other in running:
             remaining = len(other.prompt) - other.computed
             # the rule of _step_base: a short prompt whole, a long one in budget chunks
@@ -312,16 +309,21 @@ class Scheduler:
                 return True
         return False
 
+    def _prefill_budget(self, key: str, seqs: list[Sequence]) -> tuple[PrefillPacer, int]:
+        """The pacer of base `key` and how many prompt tokens its next step may prefill
+        beside its running `seqs` (a short prompt may exceed it: pacing.py)."""
+        pacer = self._pacers.setdefault(key, PrefillPacer(self.config.max_step_tokens))
+        if not self.config.paced_prefill:
+            return pacer, self.config.max_step_tokens
+        decoding = sum(1 for s in seqs if s.computed >= len(s.prompt) - 1)
+        return pacer, pacer.budget(decoding)
+
     def _step_base(self, seqs: list[Sequence]) -> None:
         """One forward step for the running sequences of one base."""
         seqs.sort(key=lambda s: s.slot.index if s.slot else 0)
         rows: list[RowInput] = []
         stepped: list[Sequence] = []
-        pacer = self._pacers.setdefault(seqs[0].base.key,
-                                        PrefillPacer(self.config.max_step_tokens))
-        decoding = sum(1 for s in seqs if s.computed >= len(s.prompt) - 1)
-        budget = pacer.budget(decoding) if self.config.paced_prefill \
-            else self.config.max_step_tokens
+        pacer, budget = self._prefill_budget(seqs[0].base.key, seqs)
         prefill_tokens = 0
         for seq in seqs:
             total = len(seq.prompt) + len(seq.output)

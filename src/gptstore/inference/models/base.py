@@ -67,6 +67,7 @@ class RowInput:
 
 
 _GEMV_MAX_ROWS = 2  # up to this many rows a bf16 matmul is a matrix-vector product
+REFINE_TOP = 32  # bf16 logits: the top candidates recomputed in fp32 (see _refine_top)
 
 #: True during a step that scores a prompt (`RowInput.all_logits`) or classifies texts
 #: (`exact_products`): its products keep the weights' own precision, not a
@@ -92,7 +93,6 @@ def exact_products() -> Iterator[None]:
 def exact_step() -> bool:
     """Whether the step running now keeps the weights' own precision."""
     return _EXACT_STEP.get()
-REFINE_TOP = 32  # bf16 logits: the top candidates recomputed in fp32 (see _refine_top)
 
 
 @functools.cache
@@ -216,7 +216,7 @@ class Linear:
 
     def decodes_low(self, rows: int) -> bool:
         """Whether a step of `rows` rows runs on a lower-precision decode copy."""
-        if _EXACT_STEP.get():
+        if exact_step():
             return False
         if self.decode_native is not None and self.weight_t.dtype != torch.bfloat16:
             return rows <= self.native_rows
@@ -225,7 +225,7 @@ class Linear:
 
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         if self.decode_native is not None and x.shape[0] <= self.native_rows and \
-                (self.weight_t.dtype == torch.bfloat16 or not _EXACT_STEP.get()):
+                (self.weight_t.dtype == torch.bfloat16 or not exact_step()):
             return native.gemv(x, self.decode_native, self.weight_t.shape[1], self.bias,
                                residual, avx512=self.native_avx512)
         if self.decodes_low(x.shape[0]):
@@ -708,7 +708,7 @@ class DecoderRunner(Runner):
                                                                    self.decode_dtype) \
             and plan.n_tokens <= _GEMV_MAX_ROWS \
             and torch.backends.mkldnn.is_available() and torch._C._get_mkldnn_enabled()
-        exact = _EXACT_STEP.set(_EXACT_STEP.get() or any(row.all_logits for row in rows))
+        exact = _EXACT_STEP.set(exact_step() or any(row.all_logits for row in rows))
         try:
             with torch.inference_mode(), _mkldnn_off(gemv_step):
                 hidden = self.hidden_states(plan, lora)
