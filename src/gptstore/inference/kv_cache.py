@@ -12,24 +12,43 @@ position p lives at `[:, slot, :, p]`. Why this layout, on a CPU:
 * Active slots are kept dense (0..n-1): when a sequence leaves, the last slot's contents
   move into the hole (a copy of one sequence, once). The running batch is then always
   one run of consecutive slots, decoded with one attention call per layer.
-* Capacity (positions per slot) grows geometrically with the longest live sequence, and
-  the slots dimension with the number of live sequences; both shrink back when the base
-  goes idle, so memory follows the load instead of `slots x context` up front
-  (SmolLM2: 23 KB per token in bf16). Growing the slots too matters for latency: a lone
-  request with a 1,000-token prompt (a cached system prompt) on an idle base otherwise
-  zero-filled the cache of all 16 slots at 2,048 positions, 0.75 GB in bf16, ~0.5 s of
-  its time to first token.
+* The tensors lie on address space reserved for every slot at the full context
+  (`_reserve`: anonymous memory), not on allocated memory. The kernel backs a page when
+  it is first written and an untouched page reads as zeros: the system's pages play the
+  part of a paged cache's blocks (4 KiB: 16 positions of one head in fp32), so memory
+  follows the positions the live sequences filled, without block tables, and the cache
+  never grows by copying. A released slot's pages go back at once. Before, zero-filled
+  tensors grew by doubling with the longest sequence and the live slots: each growth
+  stopped every stream for a copy of the whole cache, and on an AVX2 EPYC VM sixteen
+  chat requests arriving together spent 140-240 ms of their time to first token
+  zero-filling 94 MB (fp32 SmolLM2, one slot grown to sixteen). docs/design.md has the
+  measurements.
 
 Knows nothing of models' maths, only shapes; the decoders write and read the tensors.
 """
 
 from __future__ import annotations
 
+import math
+import mmap
+import platform
+import sys
 from dataclasses import dataclass
 
 import torch
 
-_MIN_CAPACITY = 128
+# Linux's MAP_NORESERVE (Python's mmap names it from 3.13 on): the reservation is address
+# space, not a commitment of memory, so a long context on a small machine still maps.
+# Its value differs by architecture; where we do not know it, the mapping goes without.
+_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000 if sys.platform == "linux" and
+                     platform.machine() in ("x86_64", "AMD64", "aarch64", "arm64") else 0)
+# Where MADV_DONTNEED zeroes private anonymous pages (Linux), released slots give their
+# pages back; elsewhere they keep them (stale but finite values, masked when read) until
+# the base goes idle.
+_GIVE_BACK = sys.platform == "linux" and hasattr(mmap, "MADV_DONTNEED")
+# The most address space one cache reserves at once: a longer context on many slots
+# (a 128k-token model) reserves less first and grows by copying if a sequence needs it.
+_RESERVE_BYTES = 1 << 38
 
 
 @dataclass(eq=False)
@@ -44,14 +63,16 @@ class SlotKVCache:
     """Per-sequence key/value storage for all layers of one decoder."""
 
     def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, max_slots: int,
-                 max_length: int, dtype: torch.dtype) -> None:
+                 max_length: int, dtype: torch.dtype, *,
+                 reserve_bytes: int | None = None) -> None:
         self.n_layers, self.n_kv_heads, self.head_dim = n_layers, n_kv_heads, head_dim
         self.max_slots, self.max_length, self.dtype = max_slots, max_length, dtype
+        self.reserve_bytes = _RESERVE_BYTES if reserve_bytes is None else reserve_bytes
         self.slots: list[Slot] = []
-        self.capacity = 0  # positions per slot
-        self.slot_capacity = 0  # slots the tensors hold (live ones are 0..len(slots)-1)
+        self.capacity = 0  # positions per slot reserved
         self.k = torch.empty(0, dtype=dtype)
         self.v = torch.empty(0, dtype=dtype)
+        self._memory: mmap.mmap | None = None  # under k (first half) and v
 
     # -- slots ------------------------------------------------------------------------
 
@@ -67,11 +88,13 @@ class SlotKVCache:
         return slot
 
     def release(self, slot: Slot) -> None:
-        """Free a slot; the last live slot moves into its place to keep slots dense."""
+        """Free a slot; the last live slot moves into its place to keep slots dense, and
+        the pages the move leaves unused go back to the system."""
         if slot.index < 0 or slot.index >= len(self.slots) or self.slots[slot.index] is not slot:
             return  # already released
         last = self.slots.pop()
         if last is not slot:
+            self._give_back(slot.index)  # its positions read as zeros again
             n = last.length
             if n:
                 self.k[:, slot.index, :, :n] = self.k[:, last.index, :, :n]
@@ -79,47 +102,85 @@ class SlotKVCache:
             last.index = slot.index
             self.slots[slot.index] = last
         slot.index = -1
-        if not self.slots:
+        if self.slots:
+            self._give_back(len(self.slots))  # the last slot's old place
+        else:
             self._reset()
 
     # -- storage ----------------------------------------------------------------------
 
     def ensure_capacity(self, length: int) -> None:
-        """Make room for positions [0, length) in every live slot."""
-        live = len(self.slots)
-        if length <= self.capacity and live <= self.slot_capacity:
+        """Make room for positions [0, length) in every slot."""
+        if length <= self.capacity:
             return
         if length > self.max_length:
             raise ValueError(f"{length} positions exceed the cache's maximum {self.max_length}")
-        capacity = _grown(self.capacity, length, _MIN_CAPACITY, self.max_length)
-        slots = _grown(self.slot_capacity, live, 1, self.max_slots)
-        shape = (self.n_layers, slots, self.n_kv_heads, capacity, self.head_dim)
-        # zeros, not empty: a decode step reads up to the longest row's length and masks
-        # the rest, and masked garbage could be NaN (0 x NaN is NaN in the softmax's sum)
-        k = torch.zeros(shape, dtype=self.dtype)
-        v = torch.zeros(shape, dtype=self.dtype)
-        if self.capacity and live:
-            kept = min(live, self.slot_capacity)
-            k[:, :kept, :, :self.capacity] = self.k[:, :kept]
-            v[:, :kept, :, :self.capacity] = self.v[:, :kept]
-        self.k, self.v, self.capacity, self.slot_capacity = k, v, capacity, slots
+        per_position = 2 * self.n_layers * self.max_slots * self.n_kv_heads * self.head_dim \
+            * self.k.element_size()
+        # the full context where the address space allows; past a shorter reservation,
+        # twice the last one (each growth copies every live slot)
+        capacity = min(self.max_length, max(length, 2 * self.capacity,
+                                            self.reserve_bytes // per_position))
+        while True:
+            try:
+                k, v, memory = _reserve(
+                    (self.n_layers, self.max_slots, self.n_kv_heads, capacity, self.head_dim),
+                    self.dtype)
+                break
+            except OSError:  # the system refused the address space (strict overcommit)
+                if capacity <= length:
+                    raise
+                capacity = max(length, capacity // 2)
+        filled = max((slot.length for slot in self.slots), default=0)
+        if filled:  # a reservation too short for this sequence: copy what is filled
+            k[:, :len(self.slots), :, :filled] = self.k[:, :len(self.slots), :, :filled]
+            v[:, :len(self.slots), :, :filled] = self.v[:, :len(self.slots), :, :filled]
+        self.k, self.v, self.capacity, self._memory = k, v, capacity, memory
+
+    def _give_back(self, index: int) -> None:
+        """Return the pages of slot `index` (all layers, keys and values) to the system;
+        they read as zeros afterwards."""
+        if self._memory is None or not _GIVE_BACK:
+            return
+        block = self.k[0, 0].numel() * self.k.element_size()  # one slot of one layer
+        page = mmap.PAGESIZE
+        for tensor in (0, 1):
+            for layer in range(self.n_layers):
+                start = ((tensor * self.n_layers + layer) * self.max_slots + index) * block
+                first = -(-start // page) * page  # whole pages inside the block only
+                end = (start + block) // page * page
+                if end > first:
+                    self._memory.madvise(mmap.MADV_DONTNEED, first, end - first)
 
     def _reset(self) -> None:
-        """Give the memory back when no sequence is live."""
+        """Give the address space back when no sequence is live."""
         self.k = torch.empty(0, dtype=self.dtype)
         self.v = torch.empty(0, dtype=self.dtype)
-        self.capacity = self.slot_capacity = 0
+        self.capacity = 0
+        self._memory = None
 
     @property
     def nbytes(self) -> int:
-        return 2 * self.k.numel() * self.k.element_size()
+        """Bytes of the positions the live sequences filled (what the cache holds in
+        memory, to the page)."""
+        per_position = 2 * self.n_layers * self.n_kv_heads * self.head_dim \
+            * self.k.element_size()
+        return per_position * sum(slot.length for slot in self.slots)
 
 
-def _grown(current: int, needed: int, least: int, most: int) -> int:
-    """`current` doubled until it holds `needed` (at least `least`, at most `most`)."""
-    if needed <= current:
-        return current
-    size = max(least, current * 2)
-    while size < needed:
-        size *= 2
-    return min(size, most)
+def _reserve(shape: tuple[int, ...], dtype: torch.dtype
+             ) -> tuple[torch.Tensor, torch.Tensor, mmap.mmap | None]:
+    """Keys and values of `shape` on one private anonymous mapping: zero pages until
+    written, backed by memory only where written. Raises OSError where the system
+    refuses the address space."""
+    count = math.prod(shape)
+    if not hasattr(mmap, "MAP_PRIVATE"):  # Windows: plain zero-filled memory
+        return torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype), None
+    nbytes = count * torch.empty(0, dtype=dtype).element_size()
+    memory = mmap.mmap(-1, 2 * nbytes, flags=mmap.MAP_PRIVATE | _NORESERVE)
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):
+        # where transparent huge pages are on for every mapping, a write would take 2 MiB
+        # for one head's first positions
+        memory.madvise(mmap.MADV_NOHUGEPAGE)
+    both = torch.frombuffer(memory, dtype=dtype, count=2 * count)
+    return both[:count].view(shape), both[count:].view(shape), memory
