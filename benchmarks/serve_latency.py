@@ -6,7 +6,8 @@ SmolLM2-135M-Instruct from the store, in the dtype gptstore measured best here. 
 the machine first, then:
  (e) a chat turn behind a ~1,000-token shared system prompt: time to first token of the
      first request (prefix computed) and of a second request with another question
-     (prefix reused), with the prefix cache on, and the second with it off;
+     (prefix reused), with the prefix cache on, and the second with it off; then the
+     second chat's next turn, which sends back its answer (up to 128 tokens) as history;
  (f) 15 streams decoding when a ~2,000-token prompt arrives: the streams' gap between
      tokens, p50 / p95, in the steps before it arrived and while it was prefilled, with
      paced chunks (the default) and with fixed 512-token chunks (`paced_prefill=False`).
@@ -32,6 +33,7 @@ from gptstore.inference.loader import load_tokenizer
 from gptstore.inference.prompts import render_chat_prompt
 from gptstore.inference.store import build_engine
 
+ANSWER_TOKENS = 128  # at most, of the answer the next turn sends back
 SYSTEM_SENTENCE = ("You are the support assistant of a bicycle shop. Answer briefly, name "
                    "the part involved, and suggest whether the customer should visit. ")
 
@@ -72,6 +74,17 @@ def part_e(settings: Any, catalog: Any, tokenizer: Any, prefix_tokens: int
         ttft(engine, first[:16])  # loads the model, warms kernels up
         out[f"{label}_first_s"] = ttft(engine, first)
         out[f"{label}_second_s"] = ttft(engine, second)
+        # the second chat's next turn sends its answer back as history
+        answer = engine.generate(BUILTIN_NAME, second, SamplingParams(
+            temperature=0, max_tokens=ANSWER_TOKENS)).token_ids
+        third = render_chat_prompt(tokenizer, [
+            {"role": "system", "content": system}, {"role": "user", "content": "A flat tyre?"},
+            {"role": "assistant", "content": tokenizer.decode(answer, skip_special_tokens=True)},
+            {"role": "user", "content": "And the valve?"}])
+        hits = engine.stats()["prefix_cache_hit_tokens"]
+        out[f"{label}_next_turn_s"] = ttft(engine, third)
+        out[f"{label}_next_turn_cached"] = engine.stats()["prefix_cache_hit_tokens"] - hits
+        out["next_turn_tokens"], out["answer_tokens"] = len(third), len(answer)
         engine.shutdown()
     return out
 
@@ -138,6 +151,10 @@ def main() -> None:
           f"{e['cache_second_s']:.3f} s = {e['cache_second_s'] / e['cache_first_s']:.2f}x; "
           f"without the cache the second took {e['no_cache_second_s']:.3f} s "
           f"[other processes: {other():.0%} of the CPU]", flush=True)
+    print(f"(e) the second chat's next turn ({e['next_turn_tokens']:.0f} tokens, its "
+          f"{e['answer_tokens']:.0f}-token answer as history): TTFT {e['cache_next_turn_s']:.3f} s, "
+          f"{e['cache_next_turn_cached']:.0f} tokens from the cache; without the cache "
+          f"{e['no_cache_next_turn_s']:.3f} s", flush=True)
     f = part_f(settings, catalog, tokenizer, args.streams, args.long_tokens)
     for label, r in f.items():
         print(f"(f) {label}: {args.streams} streams' gap p50/p95 {r['gap_before_p50'] * 1e3:.0f}"

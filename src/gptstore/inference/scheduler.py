@@ -14,7 +14,9 @@ base, the scheduler
    after its longest cached prefix (prefix_cache.py), and a finished prompt offered
    to that cache,
 4. runs the runner's forward once, samples each row with its own parameters, and
-   streams a `TokenEvent` to each request's handle (detokenised, stop strings handled).
+   streams a `TokenEvent` to each request's handle (detokenised, stop strings handled);
+   a finished request offers its prompt and answer to the prefix cache, as the history
+   of the chat's next turn.
 
 Classification jobs run on the same thread between steps, so one thread owns the CPU's
 matrix units and nothing races on a model. Knows no HTTP and no store names: sequences
@@ -407,6 +409,10 @@ class Scheduler:
             runner.store_prefix(seq.slot, seq.prompt, _namespace(seq), read_scores)
         for seq in finished:
             seqs.remove(seq)
+            # the answer's keys/values too: a chat's next turn sends it back as history
+            if seq.slot is not None and seq.computed > len(seq.prompt):
+                tokens = (seq.prompt + seq.output)[:seq.computed]
+                runner.store_prefix(seq.slot, tokens, _namespace(seq))
             self._release(seq)
 
     # -- per-token bookkeeping ----------------------------------------------------------

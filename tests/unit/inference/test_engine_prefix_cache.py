@@ -134,16 +134,20 @@ def test_a_short_shared_system_header_is_reused_with_the_default_blocks(tiny_dir
 
 
 def test_chat_history_is_reused_turn_after_turn(tiny_dirs, make_engine):
+    """A turn's prompt and its answer are cached when it ends: the next turn, which
+    sends both back as history, computes only what follows them."""
     engine = make_engine({"m": causal_spec(tiny_dirs["llama"])}, prefix_block_tokens=BLOCK)
     reference, _ = load_causal(tiny_dirs["llama"])
     history = list(SHARED)
     for turn in SUFFIXES:
         history += turn
-        answer = engine.generate("m", history, _greedy(8), timeout=60).token_ids
-        assert answer == hf_greedy(reference, history, 8)
+        answer = engine.generate("m", history, _greedy(20), timeout=60).token_ids
+        assert answer == hf_greedy(reference, history, 20)
         history += answer
-    # turn 2 reuses turn 1's prompt blocks, turn 3 those of turn 2's longer prompt
-    assert engine.stats()["prefix_cache_hit_tokens"] >= 64 + 80
+    # turn 1: 73 prompt tokens + 19 of its answer in the cache (its last token was
+    # never fed back) = 5 blocks, all found by turn 2 (95 tokens); turn 2 leaves
+    # 95 + 19 = 7 blocks, all found by turn 3 (the prompts alone: 64 + 80)
+    assert engine.stats()["prefix_cache_hit_tokens"] == 80 + 112
 
 
 def test_adapters_do_not_share_cached_prefixes(tiny_dirs, make_engine, tmp_path):
