@@ -152,8 +152,9 @@ def main() -> None:
           f"without the cache the second took {e['no_cache_second_s']:.3f} s "
           f"[other processes: {other():.0%} of the CPU]", flush=True)
     print(f"(e) the second chat's next turn ({e['next_turn_tokens']:.0f} tokens, its "
-          f"{e['answer_tokens']:.0f}-token answer as history): TTFT {e['cache_next_turn_s']:.3f} s, "
-          f"{e['cache_next_turn_cached']:.0f} tokens from the cache; without the cache "
+          f"{e['answer_tokens']:.0f}-token answer as history): TTFT "
+          f"{e['cache_next_turn_s']:.3f} s, {e['cache_next_turn_cached']:.0f} tokens from "
+          f"the cache; without the cache "
           f"{e['no_cache_next_turn_s']:.3f} s", flush=True)
     f = part_f(settings, catalog, tokenizer, args.streams, args.long_tokens)
     for label, r in f.items():
