@@ -102,7 +102,7 @@ class PrefixCache:
         self._blocks: OrderedDict[BlockKey, PrefixBlock] = OrderedDict()  # oldest first
         self._ids = count()
         self.nbytes = 0
-        self.hit_tokens = 0  # prompt tokens served from the cache so far
+        self.hit_tokens = 0  # prompt positions served from the cache so far
         self.evicted_blocks = 0
 
     def __len__(self) -> int:
@@ -116,7 +116,9 @@ class PrefixCache:
         alternatives."""
         chain = self._chain(namespace, tokens[:max(0, limit)], scores)
         self._touch(chain)
-        self.hit_tokens += len(chain) * self.block_tokens
+        # a scored prompt computes the chain's last position again (its logits score
+        # the token after the chain): that one is not served from the cache
+        self.hit_tokens += len(chain) * self.block_tokens - (scores is not None and bool(chain))
         return chain
 
     def cached_blocks(self, namespace: str, tokens: Sequence[int],
