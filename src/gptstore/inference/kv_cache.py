@@ -15,7 +15,7 @@ position p lives at `[:, slot, :, p]`. Why this layout, on a CPU:
 * The tensors lie on address space reserved for every slot at the full context
   (`_reserve`: anonymous memory), not on allocated memory. The kernel backs a page when
   it is first written and an untouched page reads as zeros: the system's pages play the
-  part of a paged cache's blocks (4 KiB: 16 positions of one head in fp32), so memory
+  part of a paged cache's blocks (4 KiB: 16 positions of a 64-wide head in fp32), so memory
   follows the positions the live sequences filled, without block tables, and the cache
   never grows by copying. A released slot's pages go back at once. Before, zero-filled
   tensors grew by doubling with the longest sequence and the live slots: each growth
@@ -41,7 +41,7 @@ import torch
 # space, not a commitment of memory, so a long context on a small machine still maps.
 # Its value differs by architecture; where we do not know it, the mapping goes without.
 _NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000 if sys.platform == "linux" and
-                     platform.machine() in ("x86_64", "AMD64", "aarch64", "arm64") else 0)
+                     platform.machine() in ("x86_64", "aarch64", "riscv64", "s390x") else 0)
 # Where MADV_DONTNEED zeroes private anonymous pages (Linux), released slots give their
 # pages back; elsewhere they keep them (stale but finite values, masked when read) until
 # the base goes idle.
@@ -49,6 +49,20 @@ _GIVE_BACK = sys.platform == "linux" and hasattr(mmap, "MADV_DONTNEED")
 # The most address space one cache reserves at once: a longer context on many slots
 # (a 128k-token model) reserves less first and grows by copying if a sequence needs it.
 _RESERVE_BYTES = 1 << 38
+# Positions per slot reserved first where a reservation costs memory: under strict
+# overcommit (every mapped byte is charged, MAP_NORESERVE or not) and where there is no
+# anonymous private mapping (Windows: zero-filled memory); it then grows by doubling.
+_MIN_CAPACITY = 128
+
+
+def _reservations_cost_memory() -> bool:
+    if not hasattr(mmap, "MAP_PRIVATE"):
+        return True
+    try:
+        with open("/proc/sys/vm/overcommit_memory") as f:
+            return f.read().strip() == "2"
+    except OSError:
+        return False
 
 
 @dataclass(eq=False)
@@ -119,15 +133,16 @@ class SlotKVCache:
             * self.k.element_size()
         # the full context where the address space allows; past a shorter reservation,
         # twice the last one (each growth copies every live slot)
-        capacity = min(self.max_length, max(length, 2 * self.capacity,
-                                            self.reserve_bytes // per_position))
+        first = _MIN_CAPACITY if _reservations_cost_memory() else \
+            self.reserve_bytes // per_position
+        capacity = min(self.max_length, max(length, 2 * self.capacity, first))
         while True:
             try:
                 k, v, memory = _reserve(
                     (self.n_layers, self.max_slots, self.n_kv_heads, capacity, self.head_dim),
                     self.dtype)
                 break
-            except OSError:  # the system refused the address space (strict overcommit)
+            except OSError:  # the system refused the address space
                 if capacity <= length:
                     raise
                 capacity = max(length, capacity // 2)
@@ -138,8 +153,9 @@ class SlotKVCache:
         self.k, self.v, self.capacity, self._memory = k, v, capacity, memory
 
     def _give_back(self, index: int) -> None:
-        """Return the pages of slot `index` (all layers, keys and values) to the system;
-        they read as zeros afterwards."""
+        """Return the whole pages of slot `index` (all layers, keys and values) to the
+        system (Linux); they read as zeros afterwards. A page shared with a neighbouring
+        slot keeps its values: stale but finite, never read unmasked."""
         if self._memory is None or not _GIVE_BACK:
             return
         block = self.k[0, 0].numel() * self.k.element_size()  # one slot of one layer
@@ -161,8 +177,9 @@ class SlotKVCache:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the positions the live sequences filled (what the cache holds in
-        memory, to the page)."""
+        """Bytes of the positions the live sequences filled: about what the cache holds
+        in memory (the system backs whole pages; where released slots cannot give theirs
+        back, off Linux, they stay until the base goes idle)."""
         per_position = 2 * self.n_layers * self.n_kv_heads * self.head_dim \
             * self.k.element_size()
         return per_position * sum(slot.length for slot in self.slots)

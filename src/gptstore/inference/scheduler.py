@@ -230,10 +230,12 @@ class Scheduler:
                 self._step_base(seqs)
         except Exception as error:
             log.exception("engine step failed")
-            for seq in list(seqs):
-                seqs.remove(seq)
-                self._release(seq)
-                seq.handle._fail(error)
+            # in inference mode: releasing a slot moves another in the cache's tensors
+            with torch.inference_mode():
+                for seq in list(seqs):
+                    seqs.remove(seq)
+                    self._release(seq)
+                    seq.handle._fail(error)
 
     def _drop_cancelled(self) -> None:
         with torch.inference_mode():  # releasing a slot moves another in the cache
@@ -408,11 +410,11 @@ class Scheduler:
                 read_scores = _scores_reader(scores, seq.request.params.prompt_logprobs or 0)
             runner.store_prefix(seq.slot, seq.prompt, _namespace(seq), read_scores)
         for seq in finished:
-            seqs.remove(seq)
             # the answer's keys/values too: a chat's next turn sends it back as history
-            if seq.slot is not None and seq.computed > len(seq.prompt):
+            if seq.slot is not None and seq.computed > len(seq.prompt) and not seq.cancelled:
                 tokens = (seq.prompt + seq.output)[:seq.computed]
                 runner.store_prefix(seq.slot, tokens, _namespace(seq))
+            seqs.remove(seq)
             self._release(seq)
 
     # -- per-token bookkeeping ----------------------------------------------------------

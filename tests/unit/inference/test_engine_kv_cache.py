@@ -137,6 +137,49 @@ def test_a_failing_step_fails_its_requests_not_the_engine(tiny_dirs, make_engine
                                timeout=30).token_ids) == 3
 
 
+def test_a_step_failing_beside_cached_sequences_fails_them_not_the_engine(
+        tiny_dirs, make_engine, monkeypatch):
+    """Releasing the failed step's sequences moves a filled slot into a freed one: that
+    copy writes the cache's (inference-mode) tensors, so it must run in inference mode
+    too, or the engine thread died with it."""
+    engine = make_engine({"m": causal_spec(tiny_dirs["llama"])}, start=False)
+    params = SamplingParams(temperature=0, max_tokens=5, ignore_eos=True)
+    handles = [engine.submit(GenerationRequest(p, "m", params)) for p in ([5, 6, 7], [8, 9])]
+    runner = engine.registry._bases[str(tiny_dirs["llama"])].runner
+    real_forward = runner.forward
+    calls = []
+
+    def second_fails(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # both prompts are in the cache by now
+            raise RuntimeError("boom")
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "forward", second_fails)
+    engine.start()
+    for handle in handles:
+        with pytest.raises(RuntimeError, match="boom"):
+            handle.result(timeout=30)
+    out = engine.generate("m", [5, 6], SamplingParams(max_tokens=3, ignore_eos=True),
+                          timeout=30)
+    assert len(out.token_ids) == 3
+
+
+def test_under_strict_overcommit_the_cache_reserves_as_it_grows(monkeypatch):
+    """Where every mapped byte is charged (vm.overcommit_memory=2), a reservation of the
+    full context would take memory nobody uses: the cache reserves 128 positions first
+    and doubles, as the sequences need."""
+    monkeypatch.setattr(kv_cache, "_reservations_cost_memory", lambda: True)
+    cache = _cache()
+    slot = cache.allocate()
+    cache.ensure_capacity(10)
+    assert cache.capacity == 128
+    cache.k[:, 0, :, :10] = 3.0
+    slot.length = 10
+    cache.ensure_capacity(129)
+    assert cache.capacity == 256 and cache.k[:, 0, :, :10].eq(3.0).all()
+
+
 def test_long_context_grows_rotary_tables_and_cache(tmp_path, make_engine):
     from gptstore.testing.tiny import make_tiny_model
 

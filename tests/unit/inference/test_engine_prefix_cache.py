@@ -150,6 +150,29 @@ def test_chat_history_is_reused_turn_after_turn(tiny_dirs, make_engine):
     assert engine.stats()["prefix_cache_hit_tokens"] == 80 + 112
 
 
+def test_a_request_cancelled_in_its_step_leaves_no_answer(tiny_dirs, make_engine,
+                                                          monkeypatch):
+    engine = make_engine({"m": causal_spec(tiny_dirs["llama"])}, prefix_block_tokens=BLOCK)
+    engine.tokenizer("m")  # load the base
+    runner = engine.registry._bases[str(tiny_dirs["llama"])].runner
+    real_forward = runner.forward
+    handles = []
+
+    def cancel_in_step_20(*args, **kwargs):
+        out = real_forward(*args, **kwargs)
+        if engine.scheduler.steps == 19:  # the step's tokens are in the cache now
+            handles[0].cancel()
+        return out
+
+    monkeypatch.setattr(runner, "forward", cancel_in_step_20)
+    handles.append(engine.submit(GenerationRequest(SHARED, "m", _greedy(30))))
+    events = list(handles[0])
+    assert events[-1].finish_reason == "cancelled"
+    # the prompt's 4 blocks only: 70 + 19 positions would have made a 5th
+    engine.scheduler.run_job(lambda: None).result(timeout=30)  # that step has ended
+    assert engine.stats()["prefix_cache_blocks"] == 4
+
+
 def test_adapters_do_not_share_cached_prefixes(tiny_dirs, make_engine, tmp_path):
     base_dir = tiny_dirs["llama"]
     adapter = make_adapter(base_dir, tmp_path / "a", "llama", seed=3)
