@@ -36,22 +36,34 @@ def test_release_moves_the_last_slot_into_the_hole():
     assert cache.free_slots == 1
 
 
+def _grows_keeping_contents(cache: SlotKVCache, first: int, needed: int, grown: int) -> None:
+    slot = cache.allocate()
+    cache.ensure_capacity(10)
+    assert cache.capacity == first
+    cache.v[:, 0, :, :10] = 7.0
+    slot.length = 10
+    cache.ensure_capacity(needed)
+    assert cache.capacity == grown
+    assert cache.v[:, 0, :, :10].eq(7.0).all() and cache.v[:, 0, :, 10:].eq(0).all()
+    cache.release(slot)
+    assert cache.nbytes == 0 and cache.k.shape == (0,)
+
+
 def test_a_reservation_shorter_than_the_context_grows_keeping_contents():
     """A cache whose full context on every slot exceeds `reserve_bytes` (a 128k-token
     model) reserves less first, and grows by copying what the live slots filled."""
     per_position = 2 * 2 * 3 * 1 * 2 * 4  # k and v, layers, slots, heads, head_dim, fp32
     cache = SlotKVCache(n_layers=2, n_kv_heads=1, head_dim=2, max_slots=3, max_length=1024,
                         dtype=torch.float32, reserve_bytes=100 * per_position)
-    slot = cache.allocate()
-    cache.ensure_capacity(10)
-    assert cache.capacity == 100
-    cache.v[:, 0, :, :10] = 7.0
-    slot.length = 10
-    cache.ensure_capacity(300)
-    assert cache.capacity == 300
-    assert cache.v[:, 0, :, :10].eq(7.0).all() and cache.v[:, 0, :, 10:].eq(0).all()
-    cache.release(slot)
-    assert cache.nbytes == 0 and cache.k.shape == (0,)
+    _grows_keeping_contents(cache, first=100, needed=300, grown=300)
+
+
+def test_under_strict_overcommit_the_cache_reserves_as_it_grows(monkeypatch):
+    """Where every mapped byte is charged (vm.overcommit_memory=2), a reservation of the
+    full context would take memory nobody uses: the cache reserves 128 positions first
+    and doubles, as the sequences need."""
+    monkeypatch.setattr(kv_cache, "_reservations_cost_memory", lambda: True)
+    _grows_keeping_contents(_cache(), first=128, needed=129, grown=256)
 
 
 def _resident_bytes(tensor: torch.Tensor) -> int:
@@ -163,21 +175,6 @@ def test_a_step_failing_beside_cached_sequences_fails_them_not_the_engine(
     out = engine.generate("m", [5, 6], SamplingParams(max_tokens=3, ignore_eos=True),
                           timeout=30)
     assert len(out.token_ids) == 3
-
-
-def test_under_strict_overcommit_the_cache_reserves_as_it_grows(monkeypatch):
-    """Where every mapped byte is charged (vm.overcommit_memory=2), a reservation of the
-    full context would take memory nobody uses: the cache reserves 128 positions first
-    and doubles, as the sequences need."""
-    monkeypatch.setattr(kv_cache, "_reservations_cost_memory", lambda: True)
-    cache = _cache()
-    slot = cache.allocate()
-    cache.ensure_capacity(10)
-    assert cache.capacity == 128
-    cache.k[:, 0, :, :10] = 3.0
-    slot.length = 10
-    cache.ensure_capacity(129)
-    assert cache.capacity == 256 and cache.k[:, 0, :, :10].eq(3.0).all()
 
 
 def test_long_context_grows_rotary_tables_and_cache(tmp_path, make_engine):
