@@ -95,6 +95,13 @@ def exact_step() -> bool:
     return _EXACT_STEP.get()
 
 
+def copy_allowed(weights: torch.dtype) -> bool:
+    """Whether products of weights of dtype `weights` may run on their bf16 copy now:
+    always for bf16 weights (the copy holds the same values, in another layout), for
+    fp32 weights only outside an exact step."""
+    return weights == torch.bfloat16 or not exact_step()
+
+
 @functools.cache
 def can_pack(dtype: torch.dtype) -> bool:
     """Whether oneDNN can hold weights of `dtype` in its blocked layout on this CPU.
@@ -216,7 +223,7 @@ class Linear:
 
     def decodes_low(self, rows: int) -> bool:
         """Whether a step of `rows` rows runs on a lower-precision decode copy."""
-        if exact_step():
+        if not copy_allowed(self.weight_t.dtype):
             return False
         if self.decode_native is not None and self.weight_t.dtype != torch.bfloat16:
             return rows <= self.native_rows
@@ -225,7 +232,7 @@ class Linear:
 
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         if self.decode_native is not None and x.shape[0] <= self.native_rows and \
-                (self.weight_t.dtype == torch.bfloat16 or not exact_step()):
+                copy_allowed(self.weight_t.dtype):
             return native.gemv(x, self.decode_native, self.weight_t.shape[1], self.bias,
                                residual, avx512=self.native_avx512)
         if self.decodes_low(x.shape[0]):

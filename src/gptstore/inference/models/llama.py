@@ -32,7 +32,7 @@ from gptstore.inference.models.base import (
     Int4Linear,
     Linear,
     StepPlan,
-    exact_step,
+    copy_allowed,
 )
 from gptstore.inference.types import ATTENTION_SDPA, GEMV_ATEN, INT4_TORCH
 
@@ -281,7 +281,7 @@ class LlamaRunner(DecoderRunner):
         # (its products run on the bf16 copy of fp32 weights: not in an exact step)
         if self.decode_step is not None and plan.kernel_writes \
                 and n <= self.decode_step_rows and len(plan.groups) == 1 \
-                and (self.dtype == torch.bfloat16 or not exact_step()):
+                and copy_allowed(self.dtype):
             # decode rows on consecutive slots: every layer in one native call, with each
             # row's adapter where the rows have any
             tables = self._lora_tables_of(lora, n) if lora is not None else None
