@@ -298,5 +298,6 @@ class Engine:
             "loaded": self.registry.loaded(),
             "base_bytes": self.registry.base_bytes,
             "adapter_bytes": self.registry.adapter_bytes,
+            "kv_cache_bytes": self.registry.kv_cache_bytes,
             **self.registry.prefix_cache_stats(),
         }

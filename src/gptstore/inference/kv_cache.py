@@ -17,12 +17,18 @@ position p lives at `[:, slot, :, p]`. Why this layout, on a CPU:
   it is first written and an untouched page reads as zeros: the system's pages play the
   part of a paged cache's blocks (4 KiB: 16 positions of a 64-wide head in fp32), so memory
   follows the positions the live sequences filled, without block tables, and the cache
-  never grows by copying. A released slot's pages go back at once. Before, zero-filled
+  never grows by copying. A released slot's pages go back at once (but the warm
+  slot's, below). Before, zero-filled
   tensors grew by doubling with the longest sequence and the live slots: each growth
   stopped every stream for a copy of the whole cache, and on an AVX2 EPYC VM sixteen
   chat requests arriving together spent 140-240 ms of their time to first token
   zero-filling 94 MB (fp32 SmolLM2, one slot grown to sixteen). docs/design.md has the
   measurements.
+* One released slot stays warm: the first free one, the slot the next request takes,
+  keeps its pages (zeroed in place, up to `_WARM_BYTES`) across releases and idle
+  spells. A chat's next turn copies its cached history into that slot: 1,100 positions
+  of bf16 SmolLM2 took 8-9 ms into pages the kernel must first back and zero, 2 ms into
+  the warm slot (Zen 4 EPYC; docs/design.md).
 
 Knows nothing of models' maths, only shapes; the decoders write and read the tensors.
 """
@@ -49,6 +55,9 @@ _GIVE_BACK = sys.platform == "linux" and hasattr(mmap, "MADV_DONTNEED")
 # The most address space one cache reserves at once: a longer context on many slots
 # (a 128k-token model) reserves less first and grows by copying if a sequence needs it.
 _RESERVE_BYTES = 1 << 38
+# The most memory the warm slot (the first free one) keeps backed between requests; a
+# longer sequence's slot goes back whole, as every other free slot does.
+_WARM_BYTES = 64 << 20
 # Positions per slot reserved first where a reservation costs memory: under strict
 # overcommit (every mapped byte is charged, MAP_NORESERVE or not) and where there is no
 # anonymous private mapping (Windows: zero-filled memory); it then grows by doubling.
@@ -87,6 +96,10 @@ class SlotKVCache:
         self.k = torch.empty(0, dtype=dtype)
         self.v = torch.empty(0, dtype=dtype)
         self._memory: mmap.mmap | None = None  # under k (first half) and v
+        # the free slot that keeps its pages (zeroed) for the next request, and how many
+        # positions of it are backed: always index len(self.slots) when set
+        self._warm: int | None = None
+        self._warm_length = 0
 
     # -- slots ------------------------------------------------------------------------
 
@@ -98,12 +111,15 @@ class SlotKVCache:
         if len(self.slots) >= self.max_slots:
             raise RuntimeError("no free KV-cache slot (the scheduler should have waited)")
         slot = Slot(index=len(self.slots))
+        if self._warm == slot.index:
+            self._warm, self._warm_length = None, 0
         self.slots.append(slot)
         return slot
 
     def release(self, slot: Slot) -> None:
-        """Free a slot; the last live slot moves into its place to keep slots dense, and
-        the pages the move leaves unused go back to the system."""
+        """Free a slot; the last live slot moves into its place to keep slots dense. The
+        last slot's old place becomes the warm slot; every other page the move leaves
+        unused goes back to the system."""
         if slot.index < 0 or slot.index >= len(self.slots) or self.slots[slot.index] is not slot:
             return  # already released
         last = self.slots.pop()
@@ -116,10 +132,39 @@ class SlotKVCache:
             last.index = slot.index
             self.slots[slot.index] = last
         slot.index = -1
-        if self.slots:
-            self._give_back(len(self.slots))  # the last slot's old place
-        else:
+        freed = len(self.slots)  # the last slot's old place, now the first free slot
+        if self._warm is not None:  # the warm slot was the one after it
+            self._give_back(self._warm)
+            self._warm, self._warm_length = None, 0
+        if not self.slots and not self._keeps_reservation():
             self._reset()
+        else:
+            self._keep_warm(freed, last.length)
+
+    def _keep_warm(self, index: int, length: int) -> None:
+        """Make free slot `index`, whose positions [0, length) were last written, the warm
+        slot: zero those positions in place (their pages stay backed) and give back every
+        other page of it. Every position reads as zeros afterwards, as on a fresh page:
+        an attention call reads a shorter sequence's slot past its length (masked), and a
+        stale NaN there would turn the masked weights' zeros into NaN."""
+        per_position = 2 * self.n_layers * self.n_kv_heads * self.head_dim \
+            * self.k.element_size()
+        if not _GIVE_BACK or self._memory is None or not 0 < length <= self.capacity \
+                or length * per_position > _WARM_BYTES:
+            self._give_back(index)
+            return
+        self.k[:, index, :, :length].zero_()
+        self.v[:, index, :, :length].zero_()
+        self._give_back(index, start=length)  # what a failed step may have written past it
+        self._warm, self._warm_length = index, length
+
+    def _keeps_reservation(self) -> bool:
+        """Whether the cache keeps its address space while no sequence is live: where it
+        holds every slot at the full context and released pages go back (Linux), keeping
+        it costs only the warm slot's pages; elsewhere (a shorter or committed reservation,
+        memory that cannot be given back) it goes back whole."""
+        return _GIVE_BACK and self._memory is not None \
+            and self.capacity == self.max_length and not _reservations_cost_memory()
 
     # -- storage ----------------------------------------------------------------------
 
@@ -151,38 +196,51 @@ class SlotKVCache:
             k[:, :len(self.slots), :, :filled] = self.k[:, :len(self.slots), :, :filled]
             v[:, :len(self.slots), :, :filled] = self.v[:, :len(self.slots), :, :filled]
         self.k, self.v, self.capacity, self._memory = k, v, capacity, memory
+        self._warm, self._warm_length = None, 0  # its free slots are fresh
 
-    def _give_back(self, index: int) -> None:
-        """Return the whole pages of slot `index` (all layers, keys and values) to the
-        system (Linux); they read as zeros afterwards. A page shared with a neighbouring
-        slot keeps its values: stale but finite, never read unmasked."""
+    def _give_back(self, index: int, start: int = 0) -> None:
+        """Return the pages of slot `index` (all layers and heads, keys and values) to the
+        system (Linux); they read as zeros afterwards. From position `start` on, where
+        the caller has zeroed the positions before it: the page that holds `start` goes
+        too. Only pages inside the slot's own bytes go: one shared with a neighbouring
+        slot keeps its values (stale but finite, never read unmasked)."""
         if self._memory is None or not _GIVE_BACK:
             return
-        block = self.k[0, 0].numel() * self.k.element_size()  # one slot of one layer
+        row = self.head_dim * self.k.element_size()  # one position of one head
+        head = self.capacity * row
+        block = self.n_kv_heads * head  # one slot of one layer
         page = mmap.PAGESIZE
         for tensor in (0, 1):
             for layer in range(self.n_layers):
-                start = ((tensor * self.n_layers + layer) * self.max_slots + index) * block
-                first = -(-start // page) * page  # whole pages inside the block only
-                end = (start + block) // page * page
-                if end > first:
-                    self._memory.madvise(mmap.MADV_DONTNEED, first, end - first)
+                base = ((tensor * self.n_layers + layer) * self.max_slots + index) * block
+                low = -(-base // page) * page  # the slot's whole pages only
+                high = (base + block) // page * page
+                if not start:
+                    if high > low:
+                        self._memory.madvise(mmap.MADV_DONTNEED, low, high - low)
+                    continue
+                for h in range(self.n_kv_heads):  # one run per head, from `start`
+                    first = max(low, (base + h * head + start * row) // page * page)
+                    end = min(high, -(-(base + (h + 1) * head) // page) * page)
+                    if end > first:
+                        self._memory.madvise(mmap.MADV_DONTNEED, first, end - first)
 
     def _reset(self) -> None:
-        """Give the address space back when no sequence is live."""
+        """Give the address space back (no sequence is live; see `_keeps_reservation`)."""
         self.k = torch.empty(0, dtype=self.dtype)
         self.v = torch.empty(0, dtype=self.dtype)
         self.capacity = 0
         self._memory = None
+        self._warm, self._warm_length = None, 0
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the positions the live sequences filled: about what the cache holds
-        in memory (the system backs whole pages; where released slots cannot give theirs
-        back, off Linux, they stay until the base goes idle)."""
+        """Bytes of the positions the live sequences filled and of the warm slot's: about
+        what the cache holds in memory (the system backs whole pages; where released
+        slots cannot give theirs back, off Linux, they stay until the base goes idle)."""
         per_position = 2 * self.n_layers * self.n_kv_heads * self.head_dim \
             * self.k.element_size()
-        return per_position * sum(slot.length for slot in self.slots)
+        return per_position * (sum(slot.length for slot in self.slots) + self._warm_length)
 
 
 def _reserve(shape: tuple[int, ...], dtype: torch.dtype

@@ -135,6 +135,12 @@ class ModelRegistry:
     def adapter_bytes(self) -> int:
         return sum(a.adapter.nbytes for a in self._adapters.values())
 
+    @property
+    def kv_cache_bytes(self) -> int:
+        """Bytes the bases' KV caches hold: the live sequences' and the warm slots'."""
+        with self._lock:
+            return sum(b.runner.cache_nbytes for b in self._bases.values())
+
     # -- bases ----------------------------------------------------------------------------
 
     def _base(self, spec: ModelSpec) -> LoadedBase:

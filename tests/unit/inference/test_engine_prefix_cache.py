@@ -148,6 +148,11 @@ def test_chat_history_is_reused_turn_after_turn(tiny_dirs, make_engine):
     # never fed back) = 5 blocks, all found by turn 2 (95 tokens); turn 2 leaves
     # 95 + 19 = 7 blocks, all found by turn 3 (the prompts alone: 64 + 80)
     assert engine.stats()["prefix_cache_hit_tokens"] == 80 + 112
+    # idle now: the KV cache holds the last turn's positions, in the slot it keeps warm
+    engine.scheduler.run_job(lambda: None).result(timeout=30)  # its release has run
+    kv = engine.registry._bases[str(tiny_dirs["llama"])].runner.kv
+    per_position = 2 * kv.n_layers * kv.n_kv_heads * kv.head_dim * kv.k.element_size()
+    assert engine.stats()["kv_cache_bytes"] == per_position * (len(history) - 1)
 
 
 def test_a_request_cancelled_in_its_step_leaves_no_answer(tiny_dirs, make_engine,

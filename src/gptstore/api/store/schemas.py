@@ -151,6 +151,9 @@ class EngineStats(StoreBaseModel):
         default=None, description="Loaded base weights -> their loaded adapter folders.")
     base_bytes: int | None = Field(default=None, description="Bytes of loaded bases.")
     adapter_bytes: int | None = Field(default=None, description="Bytes of loaded adapters.")
+    kv_cache_bytes: int | None = Field(
+        default=None, description="Bytes of the running sequences' keys/values (and of the "
+                                  "slot kept warm for the next request).")
     prefix_cache_bytes: int | None = Field(
         default=None, description="Bytes of cached prompt-prefix keys/values.")
     prefix_cache_blocks: int | None = Field(default=None, description="Cached prefix blocks.")
