@@ -9,7 +9,7 @@ Prints:
      vs the same 16 requests sent one after another to `generate`;
  (c) time to first token p50 / p95 under that load;
  (d) resident memory of 1 base + 20 LoRA adapters loaded vs the base alone, against the
-     adapters' own file sizes.
+     adapters' own file sizes (measured in a fresh process: see `part_d`).
 Every figure is a ratio against a peer measured in the same run (this machine is noisy).
 The peer is `generate` as its users run it: its own process, its main thread,
 `from_pretrained`'s defaults (benchmarks/peer_generate.py), run while no engine or
