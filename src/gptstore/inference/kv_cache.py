@@ -17,18 +17,18 @@ position p lives at `[:, slot, :, p]`. Why this layout, on a CPU:
   it is first written and an untouched page reads as zeros: the system's pages play the
   part of a paged cache's blocks (4 KiB: 16 positions of a 64-wide head in fp32), so memory
   follows the positions the live sequences filled, without block tables, and the cache
-  never grows by copying. A released slot's pages go back at once (but the warm
-  slot's, below). Before, zero-filled
+  never grows by copying. A released slot's pages go back at once (but an idle
+  base's last slot, below). Before, zero-filled
   tensors grew by doubling with the longest sequence and the live slots: each growth
   stopped every stream for a copy of the whole cache, and on an AVX2 EPYC VM sixteen
   chat requests arriving together spent 140-240 ms of their time to first token
   zero-filling 94 MB (fp32 SmolLM2, one slot grown to sixteen). docs/design.md has the
   measurements.
-* One released slot stays warm: the first free one, the slot the next request takes,
-  keeps its pages (zeroed in place, up to `_WARM_BYTES`) across releases and idle
-  spells. A chat's next turn copies its cached history into that slot: 1,100 positions
-  of bf16 SmolLM2 took 8-9 ms into pages the kernel must first back and zero, 2 ms into
-  the warm slot (Zen 4 EPYC; docs/design.md).
+* The last sequence of an idle base leaves its slot warm: slot 0, the one the next
+  request takes, keeps the pages that sequence wrote (zeroed in place, up to
+  `_WARM_BYTES`) while the base waits. A chat's next turn copies its cached history
+  into that slot: 1,100 positions of bf16 SmolLM2 took 8-9 ms into pages the kernel
+  must first back and zero, 2 ms into the warm slot (Zen 4 EPYC; docs/design.md).
 
 Knows nothing of models' maths, only shapes; the decoders write and read the tensors.
 """
@@ -117,9 +117,9 @@ class SlotKVCache:
         return slot
 
     def release(self, slot: Slot) -> None:
-        """Free a slot; the last live slot moves into its place to keep slots dense. The
-        last slot's old place becomes the warm slot; every other page the move leaves
-        unused goes back to the system."""
+        """Free a slot; the last live slot moves into its place to keep slots dense, and
+        the pages the move leaves unused go back to the system. The last sequence of an
+        idle base leaves its slot warm (`_keep_warm`)."""
         if slot.index < 0 or slot.index >= len(self.slots) or self.slots[slot.index] is not slot:
             return  # already released
         last = self.slots.pop()
@@ -132,25 +132,26 @@ class SlotKVCache:
             last.index = slot.index
             self.slots[slot.index] = last
         slot.index = -1
-        freed = len(self.slots)  # the last slot's old place, now the first free slot
-        if self._warm is not None:  # the warm slot was the one after it
-            self._give_back(self._warm)
-            self._warm, self._warm_length = None, 0
-        if not self.slots and not self._keeps_reservation():
-            self._reset()
+        if self.slots:
+            self._give_back(len(self.slots))  # the last slot's old place
+        elif self._keeps_reservation():
+            self._keep_warm(0, last.length)
         else:
-            self._keep_warm(freed, last.length)
+            self._reset()
 
     def _keep_warm(self, index: int, length: int) -> None:
         """Make free slot `index`, whose positions [0, length) were last written, the warm
         slot: zero those positions in place (their pages stay backed) and give back every
         other page of it. Every position reads as zeros afterwards, as on a fresh page:
         an attention call reads a shorter sequence's slot past its length (masked), and a
-        stale NaN there would turn the masked weights' zeros into NaN."""
+        stale NaN there would turn the masked weights' zeros into NaN.
+
+        Only when the base goes idle, so the zeroing (3.5-4 ms for 1,100 positions of
+        bf16 SmolLM2) delays no running stream, and no later release in the same step
+        gives the zeroed pages back unused."""
         per_position = 2 * self.n_layers * self.n_kv_heads * self.head_dim \
             * self.k.element_size()
-        if not _GIVE_BACK or self._memory is None or not 0 < length <= self.capacity \
-                or length * per_position > _WARM_BYTES:
+        if not 0 < length <= self.capacity or length * per_position > _WARM_BYTES:
             self._give_back(index)
             return
         self.k[:, index, :, :length].zero_()
@@ -199,11 +200,12 @@ class SlotKVCache:
         self._warm, self._warm_length = None, 0  # its free slots are fresh
 
     def _give_back(self, index: int, start: int = 0) -> None:
-        """Return the pages of slot `index` (all layers and heads, keys and values) to the
-        system (Linux); they read as zeros afterwards. From position `start` on, where
-        the caller has zeroed the positions before it: the page that holds `start` goes
-        too. Only pages inside the slot's own bytes go: one shared with a neighbouring
-        slot keeps its values (stale but finite, never read unmasked)."""
+        """Make slot `index`'s positions from `start` on (all layers and heads, keys and
+        values) read as zeros, returning their whole pages to the system (Linux); the
+        caller has zeroed the positions before `start`, so the page that holds `start`
+        goes too. Only pages inside the slot's own bytes go; the few bytes of a page it
+        shares with a neighbouring slot (a context whose slot is not a whole number of
+        pages) are zeroed in place."""
         if self._memory is None or not _GIVE_BACK:
             return
         row = self.head_dim * self.k.element_size()  # one position of one head
@@ -215,15 +217,24 @@ class SlotKVCache:
                 base = ((tensor * self.n_layers + layer) * self.max_slots + index) * block
                 low = -(-base // page) * page  # the slot's whole pages only
                 high = (base + block) // page * page
-                if not start:
-                    if high > low:
-                        self._memory.madvise(mmap.MADV_DONTNEED, low, high - low)
-                    continue
-                for h in range(self.n_kv_heads):  # one run per head, from `start`
-                    first = max(low, (base + h * head + start * row) // page * page)
-                    end = min(high, -(-(base + (h + 1) * head) // page) * page)
-                    if end > first:
-                        self._memory.madvise(mmap.MADV_DONTNEED, first, end - first)
+                # one run of bytes per head from `start` (one for the slot from 0)
+                runs = [(base, base + block)] if not start else \
+                    [(base + h * head + start * row, base + (h + 1) * head)
+                     for h in range(self.n_kv_heads)]
+                for begin, end in runs:
+                    first = max(low, begin // page * page)
+                    last = min(high, -(-end // page) * page)
+                    if last <= first:
+                        self._zero(begin, end)
+                        continue
+                    self._memory.madvise(mmap.MADV_DONTNEED, first, last - first)
+                    self._zero(begin, first)
+                    self._zero(last, end)
+
+    def _zero(self, begin: int, end: int) -> None:
+        """Zero bytes [begin, end) of the mapping in place (nothing when empty)."""
+        if end > begin and self._memory is not None:
+            self._memory[begin:end] = bytes(end - begin)
 
     def _reset(self) -> None:
         """Give the address space back (no sequence is live; see `_keeps_reservation`)."""

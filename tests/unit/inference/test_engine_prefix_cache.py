@@ -11,7 +11,7 @@ import torch
 from inference_helpers import causal_spec, hf_greedy, load_causal
 from test_engine_lora import make_adapter, peft_greedy
 
-from gptstore.inference import GenerationRequest, SamplingParams
+from gptstore.inference import GenerationRequest, SamplingParams, kv_cache
 from gptstore.inference.pacing import PrefillPacer
 from gptstore.inference.prefix_cache import BlockScores, PrefixCache
 
@@ -149,10 +149,13 @@ def test_chat_history_is_reused_turn_after_turn(tiny_dirs, make_engine):
     # 95 + 19 = 7 blocks, all found by turn 3 (the prompts alone: 64 + 80)
     assert engine.stats()["prefix_cache_hit_tokens"] == 80 + 112
     # idle now: the KV cache holds the last turn's positions, in the slot it keeps warm
+    # (where it keeps its reservation while idle: Linux, not under strict overcommit)
     engine.scheduler.run_job(lambda: None).result(timeout=30)  # its release has run
     kv = engine.registry._bases[str(tiny_dirs["llama"])].runner.kv
     per_position = 2 * kv.n_layers * kv.n_kv_heads * kv.head_dim * kv.k.element_size()
-    assert engine.stats()["kv_cache_bytes"] == per_position * (len(history) - 1)
+    warm = kv_cache._GIVE_BACK and not kv_cache._reservations_cost_memory()
+    assert engine.stats()["kv_cache_bytes"] == (per_position * (len(history) - 1) if warm
+                                                else 0)
 
 
 def test_a_request_cancelled_in_its_step_leaves_no_answer(tiny_dirs, make_engine,

@@ -152,8 +152,9 @@ class EngineStats(StoreBaseModel):
     base_bytes: int | None = Field(default=None, description="Bytes of loaded bases.")
     adapter_bytes: int | None = Field(default=None, description="Bytes of loaded adapters.")
     kv_cache_bytes: int | None = Field(
-        default=None, description="Bytes of the running sequences' keys/values (and of the "
-                                  "slot kept warm for the next request).")
+        default=None, description="Bytes of the hand-written decoders' KV caches (Llama, "
+                                  "GPT-2 families): the running sequences' keys/values and "
+                                  "an idle base's warm slot.")
     prefix_cache_bytes: int | None = Field(
         default=None, description="Bytes of cached prompt-prefix keys/values.")
     prefix_cache_blocks: int | None = Field(default=None, description="Cached prefix blocks.")
