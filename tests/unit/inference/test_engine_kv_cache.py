@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import mmap
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -67,22 +66,25 @@ def test_under_strict_overcommit_the_cache_reserves_as_it_grows(monkeypatch):
     _grows_keeping_contents(_cache(), first=128, needed=129, grown=256)
 
 
-def _resident_bytes(tensor: torch.Tensor) -> int:
-    """Resident memory of the mapping that holds `tensor` (Linux's /proc/self/smaps)."""
-    address = tensor.data_ptr()
-    lines = Path("/proc/self/smaps").read_text().splitlines()
-    for i, line in enumerate(lines):
-        head = line.split()[0]
-        if "-" in head and ":" not in head:
-            start, end = (int(x, 16) for x in head.split("-"))
-            if start <= address < end:
-                for field in lines[i + 1:]:
-                    if field.startswith("Rss:"):
-                        return int(field.split()[1]) * 1024
-    raise AssertionError("no mapping holds the tensor")
+def _resident_bytes(cache: SlotKVCache) -> int:
+    """Memory backing the cache's keys and values: the pages of their address range that
+    hold a page of this process's own (Linux's /proc/self/pagemap: present and mapped
+    exclusively, so the shared zero page a read of an untouched page maps is not
+    counted). Not the mapping's Rss in smaps: the kernel may merge it with a neighbouring
+    mapping of the same kind (another test's cache) and report their pages together."""
+    if not cache.k.numel():
+        return 0
+    page = mmap.PAGESIZE
+    start = cache.k.data_ptr() // page
+    end = -(-(cache.v.data_ptr() + cache.v.numel() * cache.v.element_size()) // page)
+    with open("/proc/self/pagemap", "rb") as f:
+        f.seek(start * 8)
+        entries = memoryview(f.read((end - start) * 8)).cast("Q")
+    present, exclusive = 1 << 63, 1 << 56
+    return page * sum(1 for e in entries if e & present and e & exclusive)
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/smaps")
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/pagemap")
 def test_memory_follows_the_positions_the_live_slots_filled():
     """The cache reserves every slot at the full context as address space; memory backs
     only the pages written (reading the rest gives zeros and takes none), and a released
@@ -94,7 +96,7 @@ def test_memory_follows_the_positions_the_live_slots_filled():
     first = cache.allocate()
     cache.ensure_capacity(40)
     assert cache.capacity == 4096 and cache.k.shape[1] == 16
-    assert _resident_bytes(cache.k) < 64 * 1024  # reserved, not backed
+    assert _resident_bytes(cache) < 64 * 1024  # reserved, not backed
     slots = [first] + [cache.allocate() for _ in range(15)]
     for value, slot in enumerate(slots, start=1):
         cache.k[:, slot.index, :, :40] = float(value)
@@ -103,14 +105,14 @@ def test_memory_follows_the_positions_the_live_slots_filled():
     # 16 positions of one head fill a 4 KiB page: 40 positions take three
     page_rounded = 16 * per_slot * 48 // 40
     assert cache.nbytes == 16 * per_slot
-    assert 16 * per_slot <= _resident_bytes(cache.k) <= page_rounded + 64 * 1024
+    assert 16 * per_slot <= _resident_bytes(cache) <= page_rounded + 64 * 1024
     assert cache.k[:, :, :, 40:1024].eq(0).all()  # unwritten positions read as zeros ...
-    assert _resident_bytes(cache.k) <= page_rounded + 64 * 1024  # ... and take no memory
+    assert _resident_bytes(cache) <= page_rounded + 64 * 1024  # ... and take no memory
     for slot in slots[:15]:
         cache.release(slot)
     assert slots[15].index == 0 and cache.k[:, 0, :, :40].eq(16.0).all()
     assert cache.k[:, 1:].eq(0).all() and cache.v[:, 1:].eq(0).all()  # given back
-    assert _resident_bytes(cache.k) <= page_rounded // 16 + 64 * 1024
+    assert _resident_bytes(cache) <= page_rounded // 16 + 64 * 1024
     assert cache.nbytes == per_slot
 
 
@@ -191,7 +193,7 @@ def test_long_context_grows_rotary_tables_and_cache(tmp_path, make_engine):
     assert out.token_ids == hf_greedy(reference, prompt, 4)
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/smaps")
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/pagemap")
 def test_an_idle_base_keeps_its_last_slot_warm_and_zeroed(monkeypatch):
     """The last sequence of an idle base leaves its slot's pages backed, zeroed in place:
     the next request's copy of its cached history writes into backed memory (1,100
@@ -212,11 +214,11 @@ def test_an_idle_base_keeps_its_last_slot_warm_and_zeroed(monkeypatch):
     assert cache.k.data_ptr() == mapping and cache.capacity == 4096  # reservation kept
     assert cache.k.eq(0).all() and cache.v.eq(0).all()  # no NaN survives, nowhere
     # backed: the positions written, less the page holding the first one after them
-    warm = _resident_bytes(cache.k)
+    warm = _resident_bytes(cache)
     assert (200 - per_page) * per_position <= warm <= 200 * per_position
     assert cache.nbytes == 200 * per_position
     b = cache.allocate()  # the next request takes the warm slot, its pages still backed
-    assert b.index == 0 and cache.nbytes == 0 and _resident_bytes(cache.k) == warm
+    assert b.index == 0 and cache.nbytes == 0 and _resident_bytes(cache) == warm
     c = cache.allocate()
     cache.k[:, 1, :, :100] = 1.0
     cache.v[:, 1, :, :100] = 1.0
@@ -228,14 +230,14 @@ def test_an_idle_base_keeps_its_last_slot_warm_and_zeroed(monkeypatch):
     cache.release(c)  # idle again: slot 0 turns warm with c's 100 positions
     assert cache.k.eq(0).all() and cache.v.eq(0).all()
     assert cache.nbytes == 100 * per_position
-    assert _resident_bytes(cache.k) <= 100 * per_position
+    assert _resident_bytes(cache) <= 100 * per_position
     # a sequence longer than the warm bound leaves no warm slot behind
     monkeypatch.setattr(kv_cache, "_WARM_BYTES", 1000 * per_position)
     d = cache.allocate()
     cache.k[:, 0, :, :1001] = 2.0
     d.length = 1001
     cache.release(d)
-    assert cache.k.eq(0).all() and cache.nbytes == 0 and _resident_bytes(cache.k) == 0
+    assert cache.k.eq(0).all() and cache.nbytes == 0 and _resident_bytes(cache) == 0
 
 
 def test_positions_past_a_slot_length_read_zero_where_slots_share_pages():
