@@ -145,6 +145,10 @@ def part_bc(home: Path, catalog: Catalog, prompts: list[list[int]], dtype: str
             "ttft_p95_s": p95, "completion_tokens": total}
 
 
+def adapter_name(i: int) -> str:
+    return f"bench/adapter-{i}"
+
+
 def make_adapters(catalog: Catalog, root: Path, count: int) -> list[tuple[str, int]]:
     """`count` LoRA adapters (r=8 on q/k/v/o) on the base, published as adapter versions."""
     from peft import LoraConfig, get_peft_model
@@ -152,7 +156,7 @@ def make_adapters(catalog: Catalog, root: Path, count: int) -> list[tuple[str, i
     names = []
     base_version = catalog.resolve(BUILTIN_NAME)
     for i in range(count):
-        name = f"bench/adapter-{i}"
+        name = adapter_name(i)
         if not catalog.exists(name):
             model = load_version(catalog, BUILTIN_NAME, dtype=torch.float32).model
             peft_model = get_peft_model(model, LoraConfig(
@@ -197,7 +201,7 @@ def measure_memory(catalog: Catalog, dtype: str, count: int) -> dict[str, float]
     engine.generate(BUILTIN_NAME, ids, params)
     before = rss_bytes()
     for i in range(count):
-        engine.generate(f"bench/adapter-{i}", ids, params)
+        engine.generate(adapter_name(i), ids, params)
     after = rss_bytes()
     engine.shutdown()
     return {"rss_base_mb": before / 1e6, "rss_base_plus_adapters_mb": after / 1e6}

@@ -55,8 +55,8 @@ _GIVE_BACK = sys.platform == "linux" and hasattr(mmap, "MADV_DONTNEED")
 # The most address space one cache reserves at once: a longer context on many slots
 # (a 128k-token model) reserves less first and grows by copying if a sequence needs it.
 _RESERVE_BYTES = 1 << 38
-# The most memory the warm slot (the first free one) keeps backed between requests; a
-# longer sequence's slot goes back whole, as every other free slot does.
+# The most memory an idle base's warm slot keeps backed between requests; a longer
+# sequence's slot goes back whole, as every other free slot does.
 _WARM_BYTES = 64 << 20
 # Positions per slot reserved first where a reservation costs memory: under strict
 # overcommit (every mapped byte is charged, MAP_NORESERVE or not) and where there is no
@@ -96,9 +96,7 @@ class SlotKVCache:
         self.k = torch.empty(0, dtype=dtype)
         self.v = torch.empty(0, dtype=dtype)
         self._memory: mmap.mmap | None = None  # under k (first half) and v
-        # the free slot that keeps its pages (zeroed) for the next request, and how many
-        # positions of it are backed: always index len(self.slots) when set
-        self._warm: int | None = None
+        # positions an idle base's slot 0 keeps backed (zeroed) for the next request
         self._warm_length = 0
 
     # -- slots ------------------------------------------------------------------------
@@ -111,8 +109,7 @@ class SlotKVCache:
         if len(self.slots) >= self.max_slots:
             raise RuntimeError("no free KV-cache slot (the scheduler should have waited)")
         slot = Slot(index=len(self.slots))
-        if self._warm == slot.index:
-            self._warm, self._warm_length = None, 0
+        self._warm_length = 0  # slot 0 taken, or none was warm
         self.slots.append(slot)
         return slot
 
@@ -135,12 +132,12 @@ class SlotKVCache:
         if self.slots:
             self._give_back(len(self.slots))  # the last slot's old place
         elif self._keeps_reservation():
-            self._keep_warm(0, last.length)
+            self._keep_warm(last.length)
         else:
             self._reset()
 
-    def _keep_warm(self, index: int, length: int) -> None:
-        """Make free slot `index`, whose positions [0, length) were last written, the warm
+    def _keep_warm(self, length: int) -> None:
+        """Make slot 0, free now and its positions [0, length) the last written, the warm
         slot: zero those positions in place (their pages stay backed) and give back every
         other page of it. Every position reads as zeros afterwards, as on a fresh page:
         an attention call reads a shorter sequence's slot past its length (masked), and a
@@ -149,15 +146,13 @@ class SlotKVCache:
         Only when the base goes idle, so the zeroing (3.5-4 ms for 1,100 positions of
         bf16 SmolLM2) delays no running stream, and no later release in the same step
         gives the zeroed pages back unused."""
-        per_position = 2 * self.n_layers * self.n_kv_heads * self.head_dim \
-            * self.k.element_size()
-        if not 0 < length <= self.capacity or length * per_position > _WARM_BYTES:
-            self._give_back(index)
+        if not 0 < length <= self.capacity or length * self._position_bytes > _WARM_BYTES:
+            self._give_back(0)
             return
-        self.k[:, index, :, :length].zero_()
-        self.v[:, index, :, :length].zero_()
-        self._give_back(index, start=length)  # what a failed step may have written past it
-        self._warm, self._warm_length = index, length
+        self.k[:, 0, :, :length].zero_()
+        self.v[:, 0, :, :length].zero_()
+        self._give_back(0, start=length)  # what a failed step may have written past it
+        self._warm_length = length
 
     def _keeps_reservation(self) -> bool:
         """Whether the cache keeps its address space while no sequence is live: where it
@@ -175,8 +170,7 @@ class SlotKVCache:
             return
         if length > self.max_length:
             raise ValueError(f"{length} positions exceed the cache's maximum {self.max_length}")
-        per_position = 2 * self.n_layers * self.max_slots * self.n_kv_heads * self.head_dim \
-            * self.k.element_size()
+        per_position = self.max_slots * self._position_bytes  # every slot's
         # the full context where the address space allows; past a shorter reservation,
         # twice the last one (each growth copies every live slot)
         first = _MIN_CAPACITY if _reservations_cost_memory() else \
@@ -197,7 +191,7 @@ class SlotKVCache:
             k[:, :len(self.slots), :, :filled] = self.k[:, :len(self.slots), :, :filled]
             v[:, :len(self.slots), :, :filled] = self.v[:, :len(self.slots), :, :filled]
         self.k, self.v, self.capacity, self._memory = k, v, capacity, memory
-        self._warm, self._warm_length = None, 0  # its free slots are fresh
+        self._warm_length = 0  # its free slots are fresh
 
     def _give_back(self, index: int, start: int = 0) -> None:
         """Make slot `index`'s positions from `start` on (all layers and heads, keys and
@@ -242,16 +236,20 @@ class SlotKVCache:
         self.v = torch.empty(0, dtype=self.dtype)
         self.capacity = 0
         self._memory = None
-        self._warm, self._warm_length = None, 0
+        self._warm_length = 0
 
     @property
     def nbytes(self) -> int:
         """Bytes of the positions the live sequences filled and of the warm slot's: about
         what the cache holds in memory (the system backs whole pages; where released
         slots cannot give theirs back, off Linux, they stay until the base goes idle)."""
-        per_position = 2 * self.n_layers * self.n_kv_heads * self.head_dim \
-            * self.k.element_size()
-        return per_position * (sum(slot.length for slot in self.slots) + self._warm_length)
+        return self._position_bytes * (sum(slot.length for slot in self.slots)
+                                       + self._warm_length)
+
+    @property
+    def _position_bytes(self) -> int:
+        """Bytes of one position of one slot: keys and values of every layer and head."""
+        return 2 * self.n_layers * self.n_kv_heads * self.head_dim * self.k.element_size()
 
 
 def _reserve(shape: tuple[int, ...], dtype: torch.dtype
