@@ -577,6 +577,69 @@ def test_a_decode_step_is_taken_only_where_every_part_is_native(tiny_dirs, kerne
                                inter=64, eps=1e-6, scale=0.35, dtype=torch.bfloat16)
 
 
+@pytest.mark.parametrize("gemv_rows", [2, 4])
+def test_fused_weights_are_freed_where_the_packed_and_native_copies_serve_every_step(
+        tiny_dirs, kernel, monkeypatch, gemv_rows):
+    """bf16 Llama with oneDNN-packed batches and native steps of 1 to `gemv_rows` rows:
+    the fused q/k/v and gate/up weights the runner made are freed, the model's modules
+    keep the checkpoint's own, and steps of every size give the bits of a runner that
+    keeps the fused weights. Where a product still reads them (ATen's GEMV for 1-2 rows,
+    fp32 weights) they stay; 4-bit layers never read them, nor PyTorch's 4-bit copy
+    where the native 4-bit kernel takes every step."""
+    from transformers import AutoModelForCausalLM
+
+    from gptstore.inference.models.base import can_pack
+
+    if not can_pack(torch.bfloat16):
+        pytest.skip("oneDNN cannot pack bf16 weights on this CPU: every step may read them")
+
+    def load(dtype=torch.bfloat16):  # type: ignore[no-untyped-def]
+        return AutoModelForCausalLM.from_pretrained(tiny_dirs["llama"], dtype=dtype).eval()
+
+    model = load()
+    lean = build_runner(model, max_slots=8, gemv="native", gemv_rows=gemv_rows)
+    assert not any(layer.qkv.holds_plain or layer.gate_up.holds_plain
+                   for layer in lean.layers)
+    assert all(layer.o.holds_plain and layer.down.holds_plain for layer in lean.layers)
+    assert lean.layers[0].qkv.weight_t.shape == (32, 64)  # q 32 + k 16 + v 16 outputs
+    for name, tensor in load().state_dict().items():  # the modules were left alone
+        assert torch.equal(model.state_dict()[name], tensor), name
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Linear, "drop_plain", lambda self: None)
+        full = build_runner(load(), max_slots=8, gemv="native", gemv_rows=gemv_rows)
+    assert all(layer.qkv.holds_plain for layer in full.layers)
+    assert full.extra_nbytes == lean.extra_nbytes  # the copies beside them are the same
+
+    def steps(runner):  # type: ignore[no-untyped-def]
+        """Prompts of 1 to 8 tokens in one step, then decode steps of 1 to 8 rows."""
+        slots = [runner.allocate() for _ in range(8)]
+        prompts = [list(range(3 + i, 4 + 2 * i)) for i in range(8)]
+        seen = [runner.forward([RowInput(s, p, 0) for s, p in zip(slots, prompts,
+                                                                    strict=True)])]
+        lengths = [len(p) for p in prompts]
+        for rows in range(1, 9):
+            seen.append(runner.forward([RowInput(slots[i], [7 + i], lengths[i])
+                                        for i in range(rows)]))
+            lengths[:rows] = [n + 1 for n in lengths[:rows]]
+        return seen
+
+    for a, b in zip(steps(lean), steps(full), strict=True):
+        assert torch.equal(a, b)
+
+    aten = build_runner(load(), max_slots=2, gemv="aten")
+    assert all(layer.qkv.holds_plain for layer in aten.layers)
+    fp32 = build_runner(load(torch.float32), max_slots=2, decode_dtype=torch.bfloat16,
+                        gemv="native")
+    assert all(layer.qkv.holds_plain for layer in fp32.layers)
+    int4 = build_runner(load(), max_slots=2, quantize="int4", int4_gemv="native")
+    assert not any(layer.qkv.holds_plain for layer in int4.layers)
+    assert all(layer.qkv.qweight is not None for layer in int4.layers)  # 3+ row steps
+    every_step = build_runner(load(), max_slots=2, quantize="int4", int4_gemv="native-all")
+    assert all(layer.qkv.qweight is None for layer in every_step.layers)  # never read
+    assert every_step.extra_nbytes < int4.extra_nbytes
+
+
 def test_engine_config_names_the_kernels_it_knows():
     from gptstore.errors import InvalidRequest
     from gptstore.inference.types import EngineConfig

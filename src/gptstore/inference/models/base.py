@@ -203,6 +203,32 @@ class Linear:
             else:
                 self.decode_weight_t = copy
 
+    @property
+    def plain_needed(self) -> bool:
+        """Whether some product may still run on `weight_t` itself. Not for bf16 weights
+        whose packed copy serves every step of 3+ rows while the native kernel serves the
+        1-2 row steps (`copy_allowed`: those copies hold the same values), nor where the
+        packed copy serves every step (`gemv="onednn"`)."""
+        if self.weight_t.dtype != torch.bfloat16 or self.packed is None:
+            return True
+        if self.packed_min_rows == 1:
+            return False
+        return self.decode_native is None or self.packed_min_rows > self.native_rows + 1
+
+    def drop_plain(self) -> None:
+        """Free `weight_t` where no product reads it (`plain_needed`): for a copy made
+        for this layer alone (a runner's fused q/k/v or gate/up), whose memory would
+        otherwise sit beside the packed and native copies unread. What stays is a tensor
+        without storage of the same shape, strides and dtype."""
+        if not self.plain_needed:
+            w = self.weight_t
+            self.weight_t = torch.empty_strided(w.shape, w.stride(), dtype=w.dtype,
+                                                device="meta")
+
+    @property
+    def holds_plain(self) -> bool:
+        return not self.weight_t.is_meta
+
     @classmethod
     def of(cls, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
            pack: bool = False, decode_dtype: torch.dtype | None = None,
@@ -243,6 +269,9 @@ class Linear:
                                                           [], "")
             return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.packed,
                                                              self.bias, "add")
+        if not self.holds_plain:  # drop_plain promised this never happens
+            raise RuntimeError(f"no kernel for a {x.shape[0]}-row product: the plain "
+                               "weights were dropped (Linear.plain_needed)")
         toggle = self.gemv_toggle and x.shape[0] <= _GEMV_MAX_ROWS and \
             torch._C._get_mkldnn_enabled()
         if toggle:
@@ -298,8 +327,9 @@ class Int4Linear(Linear):
     kernel on a copy of the 4-bit weights in the order it reads them (native.py
     `gemv_q4`: it quantises each group of 32 activations to int8, as llama.cpp does);
     "native-all" runs every step there (prefill and batches too: its AVX-512 VNNI path
-    takes any number of rows); "torch" keeps PyTorch's kernel. The profile picks by
-    measurement (precision.py, `MachineProfile.int4_gemv`). On the Zen 4 EPYC, all of
+    takes any number of rows), and PyTorch's copy of the weights is not made; "torch"
+    keeps PyTorch's kernel. The profile picks by measurement (precision.py,
+    `MachineProfile.int4_gemv`). On the Zen 4 EPYC, all of
     SmolLM2's projections at one row, two threads: PyTorch's kernel 4.6-4.7 ms (~18
     GB/s of weights), the native one 3.1 ms (~27 GB/s).
     """
@@ -318,22 +348,30 @@ class Int4Linear(Linear):
         low, high = groups.amin(-1), groups.amax(-1)
         scale = torch.where(high > low, (high - low) / 15, torch.ones_like(low))
         q = ((groups - low[..., None]) / scale[..., None]).round_().clamp_(0, 15)
-        self.qweight = torch._convert_weight_to_int4pack_for_cpu(
-            q.reshape(n_out, n_in).to(torch.int32), 1)
-        # The kernel computes (q - 8) * scale + zero: zero = min + 8 * scale.
-        self.scales_zeros = torch.stack([scale.t(), (low + 8 * scale).t()], dim=-1) \
-            .to(torch.bfloat16).contiguous()  # [in / 32, out, 2]
         self.decode_q4: torch.Tensor | None = None
         self.q4_max_rows: int | None = _GEMV_MAX_ROWS
         if kernel != INT4_TORCH and native.fits_q4(n_in) and native.library() is not None:
             self.decode_q4 = native.pack_q4(q.reshape(n_out, n_in), scale, low)
             if kernel == INT4_NATIVE_ALL:
                 self.q4_max_rows = None  # every step
+        # PyTorch's kernel and its layout, for the steps the native one does not take
+        self.qweight: torch.Tensor | None = None
+        self.scales_zeros: torch.Tensor | None = None
+        if self.q4_max_rows is not None:
+            self.qweight = torch._convert_weight_to_int4pack_for_cpu(
+                q.reshape(n_out, n_in).to(torch.int32), 1)
+            # The kernel computes (q - 8) * scale + zero: zero = min + 8 * scale.
+            self.scales_zeros = torch.stack([scale.t(), (low + 8 * scale).t()], dim=-1) \
+                .to(torch.bfloat16).contiguous()  # [in / 32, out, 2]
 
     @staticmethod
     def fits(weight_t: torch.Tensor) -> bool:
         n_in, n_out = weight_t.shape
         return n_in % Int4Linear.GROUP == 0 and n_out % 16 == 0
+
+    @property
+    def plain_needed(self) -> bool:
+        return False  # every product runs on the 4-bit weights
 
     @property
     def extra_nbytes(self) -> int:
@@ -345,6 +383,8 @@ class Int4Linear(Linear):
                                            or x.shape[0] <= self.q4_max_rows):
             return native.gemv_q4(x.to(torch.bfloat16), self.decode_q4,
                                   self.weight_t.shape[1], self.bias, residual)
+        # built wherever the native kernel leaves steps to PyTorch's
+        assert self.qweight is not None and self.scales_zeros is not None
         y = torch._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16).contiguous(), self.qweight,
                                               self.GROUP, self.scales_zeros)
         if self.bias is not None:
@@ -482,17 +522,23 @@ class DecoderRunner(Runner):
             native.attention_fits(head_dim) and native.library() is not None
         self._linears: list[Linear] = []
 
-    def linear(self, weight_t: torch.Tensor, bias: torch.Tensor | None = None) -> Linear:
+    def linear(self, weight_t: torch.Tensor, bias: torch.Tensor | None = None, *,
+               own_copy: bool = False) -> Linear:
         """A projection of this model (packed when the runner packs, 4-bit when it
         quantizes and the shape fits the kernel, with a decode copy when the runner
         decodes in a lower precision), from [in, out]. A 4-bit or bf16 LM head picks the
-        top candidates; `_refine_top` recomputes their logits from the exact weights."""
+        top candidates; `_refine_top` recomputes their logits from the exact weights.
+
+        `own_copy`: `weight_t` was made for this layer alone (fused weights); it is
+        freed where the layer's other copies serve every product (`Linear.drop_plain`)."""
         layer: Linear
         if self.quantize == "int4" and Int4Linear.fits(weight_t):
             layer = Int4Linear(weight_t, bias, kernel=self.int4_gemv)
         else:
             layer = Linear(weight_t, bias, pack=self.pack, decode_dtype=self.decode_dtype,
                            gemv=self.gemv, gemv_rows=self.gemv_rows)
+        if own_copy:
+            layer.drop_plain()
         self._linears.append(layer)
         return layer
 

@@ -5,9 +5,11 @@ Reads the weights of a loaded `transformers` model (`*ForCausalLM` or
 (see models/base.py for why): q/k/v fused into one matmul, gate/up fused into one,
 residual adds folded into the matmul (models/base.py `Linear`), rotary tables
 precomputed for every position once, RMSNorm as one fused LayerNorm (see `rms_norm`).
-The fused weights replace the model's own parameters (the modules keep views into
-them), so the base weights live in memory once (plus a packed copy for batched steps,
-see `Linear`).
+Where the layer's packed and native copies serve every product, the fused weights
+are freed once those are made (`Linear.drop_plain`; 139 MB of SmolLM2's bf16
+weights, docs/design.md); elsewhere they replace the model's own parameters (the
+modules keep views into them), so the base weights live in memory once beside the
+copies `Linear` makes.
 
 Numerics follow `transformers` (same rotary tables computed by the model's own rotary
 module, same order of operations in the rotation), so fp32 greedy decoding gives the
@@ -97,8 +99,7 @@ class _Layer:
 
 
 def _fuse(modules: list[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Concatenate the weights (and biases) of linear layers along their outputs and
-    point the modules at views of the result, so nothing is stored twice."""
+    """Concatenate the weights (and biases) of linear layers along their outputs."""
     weight = torch.cat([m.weight.detach() for m in modules], dim=0).contiguous()
     has_bias = [m.bias is not None for m in modules]
     bias = None
@@ -106,6 +107,16 @@ def _fuse(modules: list[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
         bias = torch.cat([m.bias.detach() if m.bias is not None
                           else torch.zeros(m.out_features, dtype=weight.dtype)
                           for m in modules]).contiguous()
+    return weight, bias
+
+
+def _share(modules: list[Any], linear: Linear) -> None:
+    """Point the modules at views of the fused weights `linear` keeps, so nothing is
+    stored twice; where it dropped them (`Linear.drop_plain`) the modules keep their
+    own (the checkpoint's file mapping, where the model was loaded in its dtype)."""
+    if not linear.holds_plain:
+        return
+    weight, bias = linear.weight_t.t(), linear.bias
     row = 0
     for m in modules:
         n = m.weight.shape[0]
@@ -113,7 +124,6 @@ def _fuse(modules: list[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
         if m.bias is not None and bias is not None:
             m.bias.data = bias[row:row + n]
         row += n
-    return weight, bias
 
 
 class LlamaRunner(DecoderRunner):
@@ -148,14 +158,17 @@ class LlamaRunner(DecoderRunner):
         self.layers: list[_Layer] = []
         for layer in decoder.layers:
             attn, mlp = layer.self_attn, layer.mlp
-            w_qkv, b_qkv = _fuse([attn.q_proj, attn.k_proj, attn.v_proj])
-            w_gu, b_gu = _fuse([mlp.gate_proj, mlp.up_proj])
+            fused = [attn.q_proj, attn.k_proj, attn.v_proj], [mlp.gate_proj, mlp.up_proj]
+            qkv, gate_up = (self.linear(w.t(), b, own_copy=True)
+                            for w, b in map(_fuse, fused))
+            for modules, linear in zip(fused, (qkv, gate_up), strict=True):
+                _share(modules, linear)
             self.layers.append(_Layer(
                 norm1=_doubled(layer.input_layernorm.weight),
-                qkv=self.linear(w_qkv.t(), b_qkv),
+                qkv=qkv,
                 o=self.linear(attn.o_proj.weight.detach().t(), _bias(attn.o_proj)),
                 norm2=_doubled(layer.post_attention_layernorm.weight),
-                gate_up=self.linear(w_gu.t(), b_gu),
+                gate_up=gate_up,
                 down=self.linear(mlp.down_proj.weight.detach().t(), _bias(mlp.down_proj)),
             ))
         lm_head = getattr(model, "lm_head", None)
