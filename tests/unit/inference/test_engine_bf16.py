@@ -74,6 +74,38 @@ def test_bf16_step_of_prompt_chunks_only_wants_no_logits(tiny_dirs, arch):
     assert rest[0].argmax() == whole[0].argmax()
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_the_top_layers_mlp_runs_only_on_the_rows_whose_logits_are_wanted(tiny_dirs, arch):
+    """Past the top layer's attention (whose keys and values the cache keeps) only the
+    rows whose logits are wanted matter: a prompt read for its last token sends one row
+    through the top layer's MLP, a chunk wanting no logits none, a scored prompt all;
+    the layers below always see every token. The logits are those of a runner whose
+    top layer sees every token."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dirs[arch], dtype=torch.float32)
+    runner = build_runner(model.eval(), max_slots=4)
+    seen: dict[str, list[int]] = {"top": [], "below": []}
+
+    def spy(linear, key):  # type: ignore[no-untyped-def]
+        def call(x, residual=None):  # type: ignore[no-untyped-def]
+            seen[key].append(x.shape[0])
+            return linear(x, residual)
+        return call
+
+    top, below = runner.layers[-1], runner.layers[0]
+    name = "down" if arch == "llama" else "out"
+    setattr(top, name, spy(getattr(top, name), "top"))
+    setattr(below, name, spy(getattr(below, name), "below"))
+    prompt = list(range(10, 19))
+    logits = runner.forward([RowInput(runner.allocate(), prompt, 0)])
+    chunk = runner.forward([RowInput(runner.allocate(), prompt[:5], 0, want_logits=False)])
+    scored = runner.forward([RowInput(runner.allocate(), prompt, 0, all_logits=True)])
+    assert seen == {"top": [1, 9], "below": [9, 5, 9]}
+    assert chunk.shape[0] == 0
+    assert (logits[0] - scored[-1]).abs().max() < 1e-5  # top layer on 1 row vs on all 9
+
+
 def test_a_scoring_step_of_one_token_stays_off_the_native_decode_steps_copy(tiny_dirs):
     """A scored prompt's last chunk of one token is a decode row; where every layer runs
     as one native call on the bf16 copy of fp32 weights, an exact step (one that scores

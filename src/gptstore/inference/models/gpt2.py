@@ -120,6 +120,8 @@ class GPT2Runner(DecoderRunner):
     def hidden_states(self, plan: StepPlan, lora: LoraBatch | None) -> torch.Tensor:
         n, d, hd, n_heads, eps = plan.n_tokens, self.hidden, self.head_dim, self.n_heads, self.eps
         x = F.embedding(plan.token_ids, self.wte) + F.embedding(plan.positions, self.wpe)
+        last, top = plan.last_index, len(self.layers) - 1
+        outputs_only = False  # whether x holds only the rows whose logits are wanted
         for i, w in enumerate(self.layers):
             h = F.layer_norm(x, (d,), w.ln1_w, w.ln1_b, eps)
             qkv = w.attn(h)  # [N, 3D]
@@ -129,18 +131,23 @@ class GPT2Runner(DecoderRunner):
             k = qkv[:, d:2 * d].view(n, n_heads, hd)
             v = qkv[:, 2 * d:].view(n, n_heads, hd)
             attn = self.attend(plan, i, q, k, v, w.scale)
+            if i == top and len(last) < n:  # as in the Llama runner
+                if len(last) == 0:
+                    return x[last]
+                x, attn, outputs_only = x[last], attn[last], True
             out = w.proj(attn)
             if lora is not None:
-                lora.apply(i, "o", attn, out)
+                lora.apply(i, "o", attn, out, rows=outputs_only)
             x = x + out
             h = F.layer_norm(x, (d,), w.ln2_w, w.ln2_b, eps)
             f = w.fc(h)
             if lora is not None:
-                lora.apply(i, "up", h, f)
+                lora.apply(i, "up", h, f, rows=outputs_only)
             f = self.act(f)
             out = w.out(f)
             if lora is not None:
-                lora.apply(i, "down", f, out)
+                lora.apply(i, "down", f, out, rows=outputs_only)
             x = x + out
-        x = x[plan.last_index]
+        if not outputs_only:
+            x = x[last]
         return F.layer_norm(x, (d,), self.ln_f[0], self.ln_f[1], eps)

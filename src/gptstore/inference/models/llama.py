@@ -319,6 +319,8 @@ class LlamaRunner(DecoderRunner):
             cos = self.cos[plan.positions][:, None, :]
             sin = self.sin_signed[plan.positions][:, None, :]
         x = F.embedding(plan.token_ids, self.embed)  # [N, D]
+        last, top = plan.last_index, len(self.layers) - 1
+        outputs_only = False  # whether x holds only the rows whose logits are wanted
         for i, w in enumerate(self.layers):
             # attention block
             h = norm(x, w.norm1, eps)
@@ -335,19 +337,27 @@ class LlamaRunner(DecoderRunner):
                 swapped = qk.unflatten(-1, (2, hd // 2)).flip(-2).flatten(-2)
                 qk = torch.addcmul(qk * cos, swapped, sin)  # q * cos + rotate_half(q) * sin
                 attn = self.attend(plan, i, qk[:, :n_q], qk[:, n_q:], v, self.scale)
+            if i == top and len(last) < n:
+                # the top layer's keys and values are cached: past its attention only
+                # the rows whose logits are wanted count (a prompt read for its last
+                # token skips ~84% of the layer's products), with each row's adapter
+                if len(last) == 0:
+                    return x[last]  # a prompt chunk wanting no logits
+                x, attn, outputs_only = x[last], attn[last], True
             x = w.o(attn, residual=x)
             if lora is not None:
-                lora.apply(i, "o", attn, x)
+                lora.apply(i, "o", attn, x, rows=outputs_only)
             # MLP block
             h = norm(x, w.norm2, eps)
             gate_up = w.gate_up(h)  # [N, 2 I]
             if lora is not None:
-                lora.apply(i, "gate_up", h, gate_up)
+                lora.apply(i, "gate_up", h, gate_up, rows=outputs_only)
             act = swiglu(gate_up, inter)
             x = w.down(act, residual=x)
             if lora is not None:
-                lora.apply(i, "down", act, x)
-        x = x[plan.last_index]
+                lora.apply(i, "down", act, x, rows=outputs_only)
+        if not outputs_only:
+            x = x[last]
         return norm(x, self.final_norm, eps)
 
 
