@@ -167,6 +167,10 @@ def _load() -> Any:
     library.gptstore_decode_attention.argtypes = [ptr, i64, i64, ptr, ptr, ptr, ptr, ptr,
                                                   ptr, ptr, i64, i64, ptr, i64, i64, i64, i64,
                                                   ctypes.c_float, ptr, c_int, c_int]
+    library.gptstore_chunk_attention.restype = c_int
+    library.gptstore_chunk_attention.argtypes = [ptr, i64, i64, ptr, ptr, i64, i64, ptr, i64,
+                                                 i64, i64, i64, ctypes.c_float, ptr, c_int,
+                                                 c_int]
     library.gptstore_rms_norm.restype = None
     library.gptstore_rms_norm.argtypes = [ptr, i64, i64, ptr, i64, ctypes.c_float, ptr, c_int]
     library.gptstore_silu_mul.restype = None
@@ -332,17 +336,25 @@ class DecodeAttention:
 
     Rows sit on consecutive cache slots from `slot0`; row r attends to its first
     `lengths[r]` positions, its new token's included. The caches are one layer's
-    [slots, kv_heads, cap, head_dim] (kv_cache.py)."""
+    [slots, kv_heads, cap, head_dim] (kv_cache.py).
+
+    `one_slot`: the rows are a prompt chunk's tokens, all on slot `slot0` (row r at
+    position lengths[r] - 1): the caller writes their keys and values first, since
+    each row reads the others'."""
 
     def __init__(self, slot0: int, lengths: Sequence[int], n_heads: int, n_kv: int,
-                 head_dim: int) -> None:
-        self.function = _required().gptstore_decode_attention
+                 head_dim: int, *, one_slot: bool = False) -> None:
+        library = _required()
+        self.one_slot = one_slot
+        self.function = library.gptstore_chunk_attention if one_slot \
+            else library.gptstore_decode_attention
         if not attention_fits(head_dim) or n_heads % n_kv:
             raise ValueError(f"the native attention cannot take head_dim {head_dim} with "
                              f"{n_heads} query and {n_kv} kv heads")
         if not lengths or min(lengths) < 1 or slot0 < 0:
             raise ValueError("each row needs a slot and at least one cached position")
         self.slot0, self.rows, self.longest = slot0, len(lengths), max(lengths)
+        self.slots = 1 if one_slot else self.rows  # how many slots the rows read
         self.n_heads, self.n_kv, self.head_dim = n_heads, n_kv, head_dim
         self.counts = (ctypes.c_int64 * self.rows)(*lengths)
 
@@ -358,7 +370,7 @@ class DecodeAttention:
         slots, n_kv, cap, head_dim = k_cache.shape
         if q.shape != (self.rows, self.n_heads, self.head_dim) or n_kv != self.n_kv \
                 or head_dim != self.head_dim or v_cache.shape != k_cache.shape \
-                or self.slot0 + self.rows > slots or self.longest > cap:
+                or self.slot0 + self.slots > slots or self.longest > cap:
             raise ValueError("q or the caches do not match the prepared attention")
         dtype = q.dtype
         if dtype not in (torch.float32, torch.bfloat16) or k_cache.dtype != dtype \
@@ -369,6 +381,19 @@ class DecodeAttention:
         if q.stride(-1) != 1:
             q = q.contiguous()
         new_k = new_v = strides = None
+        if self.one_slot:
+            if k_new is not None or v_new is not None or rotary is not None:
+                raise ValueError("a chunk's rows read each other's keys: write them first")
+            out = torch.empty(self.rows, self.n_heads * self.head_dim, dtype=dtype)
+            status = self.function(q.data_ptr(), q.stride(0), q.stride(1), k_cache.data_ptr(),
+                                   v_cache.data_ptr(), self.slot0, self.rows, self.counts,
+                                   self.n_heads, self.n_kv, self.head_dim, cap, scale,
+                                   out.data_ptr(), int(dtype == torch.bfloat16),
+                                   torch.get_num_threads())
+            if status != 0:
+                raise MemoryError("the native attention could not allocate its scratch "
+                                  "memory")
+            return out
         if k_new is not None and v_new is not None:
             if k_new.shape != (self.rows, self.n_kv, self.head_dim) \
                     or v_new.shape != k_new.shape or k_new.stride(-1) != 1 \

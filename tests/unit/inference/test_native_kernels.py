@@ -399,6 +399,39 @@ def test_runner_decodes_the_same_tokens_with_the_native_attention(tiny_dirs, arc
         assert (a - b).abs().max() < 1e-4
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_few_tokens_after_a_cached_prefix_attend_on_the_native_kernel(tiny_dirs, arch,
+                                                                         dtype, kernel):
+    """A scored continuation of 2 to `CHUNK_NATIVE_ROWS` tokens after 23 cached
+    positions, beside a decode row of another slot: each token a decode row of its
+    slot on the native kernel (its neighbours' keys written first), every position's
+    logits as with SDPA's masked attention; one token more stays on SDPA."""
+    from transformers import AutoModelForCausalLM
+
+    from gptstore.inference.models.base import CHUNK_NATIVE_ROWS
+
+    prefix, other = list(range(10, 33)), [5, 6, 7, 8]
+
+    def run(attention: str, n: int) -> tuple[torch.Tensor, list[bool]]:
+        model = AutoModelForCausalLM.from_pretrained(tiny_dirs[arch], dtype=dtype)
+        runner = build_runner(model.eval(), max_slots=4, attention=attention)
+        a, b = runner.allocate(), runner.allocate()
+        runner.forward([RowInput(a, prefix, 0), RowInput(b, other, 0)])
+        rows = [RowInput(b, [9], len(other)),
+                RowInput(a, list(range(40, 40 + n)), len(prefix), all_logits=True)]
+        kinds = [g.native is not None and not g.decode for g in runner.plan(rows).groups]
+        return runner.forward(rows), kinds
+
+    tolerance = 1e-4 if dtype == torch.float32 else 0.05
+    for n in (2, 5, CHUNK_NATIVE_ROWS, CHUNK_NATIVE_ROWS + 1):
+        (expected, _), (got, kinds) = run("sdpa", n), run("native", n)
+        assert kinds == [False, n <= CHUNK_NATIVE_ROWS]
+        assert got.shape == expected.shape == (1 + n, expected.shape[-1])
+        assert (got - expected).abs().max() < tolerance * max(1.0, expected.abs().max())
+        assert torch.equal(got.argmax(-1), expected.argmax(-1))
+
+
 def test_bf16_llama_steps_on_the_native_kernels_follow_pytorchs(tiny_dirs, kernel):
     """A bf16 Llama decoding 16 rows a step with the native attention (which then also
     rotates q and k, and runs RMSNorm and SwiGLU natively) against SDPA with PyTorch's

@@ -8,7 +8,8 @@
  *
  * Layout: the cache is [slots, n_kv, cap, head_dim] (kv_cache.py), fp32 or bf16 like
  * q and out; row r of the group reads slot slot0 + r and its first lengths[r]
- * positions (its own new token already written). Query head j attends with kv head
+ * positions (its own new token already written); `gptstore_chunk_attention` runs the
+ * rows of one prompt chunk, all on one slot, the same way. Query head j attends with kv head
  * j / (n_heads / n_kv), as transformers' repeat_kv pairs them. Scores, softmax and the
  * weighted sum are fp32; exp is a vectorised polynomial (Cephes' expf, relative error
  * ~2e-7). head_dim must be a multiple of 8, at most 256. Threads: OpenMP over
@@ -214,6 +215,14 @@ static void attend_paired(const float *qf, float *qp, float *scores, int64_t str
  * them q and k_new are rotated at position lengths[r] - 1 (k_new is then required).
  * out: [n_rows, n_heads * head_dim] contiguous. Returns 0, or -1 when scratch memory
  * could not be allocated (nothing written then). */
+static int attend_rows(const void *q, int64_t q_row_stride, int64_t q_head_stride,
+                       const void *k_new, const void *v_new, const int64_t *new_strides,
+                       const void *rot_cos, const void *rot_sin, void *k_cache,
+                       void *v_cache, int64_t slot0, int64_t slot_step, int64_t n_rows,
+                       const int64_t *lengths, int64_t n_heads, int64_t n_kv,
+                       int64_t head_dim, int64_t cap, float scale, void *out, int bf16,
+                       int n_threads);
+
 int gptstore_decode_attention(const void *q, int64_t q_row_stride, int64_t q_head_stride,
                               const void *k_new, const void *v_new,
                               const int64_t *new_strides, const void *rot_cos,
@@ -222,6 +231,32 @@ int gptstore_decode_attention(const void *q, int64_t q_row_stride, int64_t q_hea
                               int64_t n_rows, const int64_t *lengths, int64_t n_heads,
                               int64_t n_kv, int64_t head_dim, int64_t cap, float scale,
                               void *out, int bf16, int n_threads) {
+    return attend_rows(q, q_row_stride, q_head_stride, k_new, v_new, new_strides, rot_cos,
+                       rot_sin, k_cache, v_cache, slot0, 1, n_rows, lengths, n_heads, n_kv,
+                       head_dim, cap, scale, out, bf16, n_threads);
+}
+
+/* The rows of a prompt chunk read after a cached prefix: all on slot `slot`, row r at
+ * position lengths[r] - 1 attending to positions [0, lengths[r]), its keys and values
+ * (and the other rows') already written by the caller and q already rotated. The same
+ * arithmetic as a decode row's; only the slot is shared. */
+int gptstore_chunk_attention(const void *q, int64_t q_row_stride, int64_t q_head_stride,
+                             void *k_cache, void *v_cache, int64_t slot, int64_t n_rows,
+                             const int64_t *lengths, int64_t n_heads, int64_t n_kv,
+                             int64_t head_dim, int64_t cap, float scale, void *out, int bf16,
+                             int n_threads) {
+    return attend_rows(q, q_row_stride, q_head_stride, NULL, NULL, NULL, NULL, NULL, k_cache,
+                       v_cache, slot, 0, n_rows, lengths, n_heads, n_kv, head_dim, cap,
+                       scale, out, bf16, n_threads);
+}
+
+static int attend_rows(const void *q, int64_t q_row_stride, int64_t q_head_stride,
+                       const void *k_new, const void *v_new, const int64_t *new_strides,
+                       const void *rot_cos, const void *rot_sin, void *k_cache,
+                       void *v_cache, int64_t slot0, int64_t slot_step, int64_t n_rows,
+                       const int64_t *lengths, int64_t n_heads, int64_t n_kv,
+                       int64_t head_dim, int64_t cap, float scale, void *out, int bf16,
+                       int n_threads) {
     const int64_t group = n_heads / n_kv, n_tasks = n_rows * n_kv, vecs = head_dim / 8;
     int64_t longest = 1;
     for (int64_t r = 0; r < n_rows; r++)
@@ -239,7 +274,7 @@ int gptstore_decode_attention(const void *q, int64_t q_row_stride, int64_t q_hea
     for (int64_t task = 0; task < n_tasks; task++) {
         const int64_t r = task / n_kv, h = task % n_kv, length = lengths[r];
         float *scores = scratch + omp_get_thread_num() * per_task, *qf = scores + group * stride;
-        const int64_t base = ((slot0 + r) * n_kv + h) * cap * head_dim;
+        const int64_t base = ((slot0 + r * slot_step) * n_kv + h) * cap * head_dim;
         const int64_t table = (length - 1) * head_dim;  /* this row's rotary position */
         if (k_new && v_new) {
             const int64_t item = bf16 ? 2 : 4, to = base + (length - 1) * head_dim;
