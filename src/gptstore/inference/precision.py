@@ -33,7 +33,8 @@ alternating, on one thread (`MEASURE_THREADS`), in well under a second:
   measure it when they print the machine, as the decode ceiling's numerator.
 
 The result is cached as JSON in the store home (`precision.json`), keyed by the CPU
-model string and the torch version, written atomically (temp file, then rename), and
+model string, its kernel flags, the usable CPUs and the torch version (`machine_key`),
+written atomically (temp file, then rename), and
 kept in memory for the process. A measurement taken while the machine was busy (load
 average above its cores) serves this process but is not cached: the next process
 measures again. A use picks bf16 only where it measured at least `BF16_MARGIN` times
@@ -246,9 +247,23 @@ def cpu_flags() -> list[str]:
 
 
 def machine_key() -> str:
+    """What a profile measured here holds for: the CPU's model name, the flags that bear
+    on its kernels, the CPUs this process may use, and the torch version. Not the name
+    alone: virtual machines of different CPUs report the same one (an AVX2-only EPYC
+    and an AVX-512 one both say "AMD EPYC" here), and a home may move between them or
+    to a machine with more cores; a profile taken on the wrong one picks kernels that
+    are slower, bf16 training where bf16 has no arithmetic at worst."""
     import torch
 
-    return f"{cpu_model()} | torch {torch.__version__}"
+    flags = " ".join(cpu_flags()) or "none of the listed flags"
+    return f"{cpu_model()} | {flags} | {usable_cpus()} CPUs | torch {torch.__version__}"
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 # ------------------------------------------------------------------------ measuring

@@ -304,6 +304,31 @@ def test_profile_is_keyed_by_cpu_and_torch_version(tmp_path, measured, monkeypat
     assert len(measured) == 2
 
 
+@pytest.mark.parametrize("change", ["flags", "cpus"])
+def test_a_cpu_of_the_same_name_with_other_flags_or_cores_is_measured_again(
+        tmp_path, measured, monkeypatch, change):
+    """Two EPYC kinds here both call themselves "AMD EPYC", one without AVX-512 (where
+    bf16 has no arithmetic): a home moved between them, or to more cores, must not reuse
+    the other's choices."""
+    monkeypatch.setattr(precision, "cpu_model", lambda: "AMD EPYC")
+    monkeypatch.setattr(precision, "cpu_flag_set", lambda: {"avx2", "fma", "avx512f",
+                                                            "avx512_bf16"})
+    monkeypatch.setattr(precision, "usable_cpus", lambda: 2)
+    zen4 = profile_doc({"training": "bf16", "batched": "bf16", "decode": "bf16"})
+    write_cache(tmp_path, zen4)
+    assert machine_profile(tmp_path).choices["training"] == "bf16" and not measured
+    precision._memo.clear()
+    if change == "flags":
+        monkeypatch.setattr(precision, "cpu_flag_set", lambda: {"avx2", "fma"})
+    else:
+        monkeypatch.setattr(precision, "usable_cpus", lambda: 8)
+    assert machine_key() != zen4["key"] and machine_key().startswith("AMD EPYC | ")
+    machine_profile(tmp_path)
+    assert len(measured) == 1
+    assert set(json.loads((tmp_path / precision.CACHE_FILE).read_text())) == {
+        zen4["key"], machine_key()}
+
+
 def test_damaged_cache_is_measured_again_and_rewritten(tmp_path, measured):
     tmp_path.mkdir(exist_ok=True)
     (tmp_path / precision.CACHE_FILE).write_text("{not json")
