@@ -10,7 +10,9 @@ Prints the machine (CPU, GEMM GFLOP/s in fp32 and bf16, memory bandwidth), then 
 round and as best / median over rounds:
   * single stream: decode tokens/s after the first token of `generate` (the peer, in its
     own process on its main thread, `from_pretrained` defaults: benchmarks/peer_generate.py)
-    and of the engine, with the ceiling bandwidth / weight bytes per token;
+    and of the engine, with the ceiling bandwidth / weight bytes per token (the bandwidth
+    read just before each round's single stream: the reading moves from minute to
+    minute on a shared host);
   * 16 concurrent streams: total tokens/s of the engine vs `generate` one request after
     another (the peer serves one request at a time).
 Rounds alternate the two, and the engine is shut down while the peer runs (its idle
@@ -33,7 +35,7 @@ from typing import Any
 
 import torch
 from finetune_vs_hf import open_store
-from machine import OtherLoad, describe_machine
+from machine import OtherLoad, bandwidth_now, describe_machine
 from peer_generate import run_peer
 
 from gptstore.inference import Engine, EngineConfig, GenerationRequest, ModelSpec, SamplingParams
@@ -42,7 +44,6 @@ from gptstore.inference.precision import (
     decode_dtype_name,
     int4_profile,
     machine_profile,
-    read_bandwidth,
 )
 from gptstore.inference.types import ATTENTION_KERNELS, GEMV_KERNELS, INT4_TORCH
 
@@ -176,7 +177,7 @@ def main() -> None:
           f"({weight_bytes / 1e6:.0f} MB of weights), {args.tokens} new tokens", flush=True)
 
     rows: dict[str, list[float]] = {k: [] for k in ("peer", "peer_seq", "ours", "many",
-                                                    "lora", "lora_many")}
+                                                    "lora", "lora_many", "bandwidth")}
     other = OtherLoad()
     peer_dtype = "?"
     for r in range(args.rounds):
@@ -195,6 +196,7 @@ def main() -> None:
                                                          int4_gemv=int4_gemv))
         engine.tokenizer("m")  # load
         engine_single(engine, batch[0][:8], 4)  # warm-up
+        rows["bandwidth"].append(bandwidth_now())
         rows["ours"].append(engine_single(engine, batch[r % len(batch)], args.tokens))
         rows["many"].append(engine_many(engine, batch, args.tokens))
         adapter = ""
@@ -208,18 +210,22 @@ def main() -> None:
                 f"{args.streams} streams (every other) {rows['lora_many'][-1]:6.1f} tok/s"
         engine.shutdown()
         print(f"round {r + 1}: generate ({peer_dtype}) {rows['peer'][-1]:5.1f} tok/s | engine "
-              f"1 stream {rows['ours'][-1]:5.1f} tok/s | engine {args.streams} streams "
+              f"1 stream {rows['ours'][-1]:5.1f} tok/s (memory read "
+              f"{rows['bandwidth'][-1]:.1f} GB/s just before) | engine {args.streams} streams "
               f"{rows['many'][-1]:6.1f} tok/s{adapter} | other processes' CPU: "
               f"{peer_other:.0%} (peer), {other():.0%} (engine)", flush=True)
 
     read_bytes = weight_bytes // 2 if decode_dtype else weight_bytes  # what a 1-row step reads
-    ceiling = read_bandwidth() * 1e9 / read_bytes
+    # each round's single stream against the ceiling of the bandwidth read just before it
+    shares = [ours * read_bytes / (gbs * 1e9)
+              for ours, gbs in zip(rows["ours"], rows["bandwidth"], strict=True)]
     for label, pick in (("best", max), ("median", statistics.median)):
         peer_rate, ours, many = pick(rows["peer"]), pick(rows["ours"]), pick(rows["many"])
         seq = pick(rows["peer_seq"])
         # the ceiling is for the weights as loaded; 4-bit projections read fewer bytes
         share = "" if int4 else \
-            f" ({ours / ceiling:.0%} of the bandwidth ceiling {ceiling:.0f} tok/s)"
+            f" ({pick(shares):.0%} of the bandwidth ceiling, {label} of the rounds' " \
+            f"{', '.join(f'{gbs * 1e9 / read_bytes:.0f}' for gbs in rows['bandwidth'])} tok/s)"
         print(f"{label:6s}: single stream {ours:.1f} vs generate {peer_rate:.1f} tok/s = "
               f"{ours / peer_rate:.2f}x{share}; {args.streams} streams {many:.1f} tok/s = "
               f"{many / seq:.1f}x generate one after another")

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from engine_decode import engine_single, load, prompts
 from finetune_vs_hf import open_store
-from machine import OtherLoad, describe_machine
+from machine import OtherLoad, bandwidth_now, describe_machine
 
 from gptstore.catalog.importers import builtin_gguf_path
 from gptstore.inference import Engine, EngineConfig, ModelSpec
@@ -40,7 +40,6 @@ from gptstore.inference.precision import (
     cpu_flag_set,
     int4_profile,
     machine_profile,
-    read_bandwidth,
 )
 from gptstore.inference.types import INT4_KERNELS
 
@@ -153,7 +152,7 @@ def main() -> None:
               f"{our_rates[-1]:6.1f} tok/s | other processes' CPU: {peer_other:.0%} (peer), "
               f"{other():.0%} (gptstore)", flush=True)
 
-    ceiling = read_bandwidth() * 1e9 / gguf.stat().st_size
+    ceiling = bandwidth_now() * 1e9 / gguf.stat().st_size
     for label, pick in (("best", max), ("median", statistics.median)):
         ours, theirs = pick(our_rates), pick(peer_rates)
         print(f"{label:6s}: gptstore int4 {ours:.1f} vs llama.cpp {theirs:.1f} tok/s = "
