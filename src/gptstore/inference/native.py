@@ -163,14 +163,10 @@ def _load() -> Any:
     library.gptstore_gemv_q4_use_vnni.argtypes = [c_int]
     library.gptstore_gemv_q4_vnni.restype = c_int
     library.gptstore_gemv_q4_vnni.argtypes = []
-    library.gptstore_decode_attention.restype = c_int
-    library.gptstore_decode_attention.argtypes = [ptr, i64, i64, ptr, ptr, ptr, ptr, ptr,
-                                                  ptr, ptr, i64, i64, ptr, i64, i64, i64, i64,
-                                                  ctypes.c_float, ptr, c_int, c_int]
-    library.gptstore_chunk_attention.restype = c_int
-    library.gptstore_chunk_attention.argtypes = [ptr, i64, i64, ptr, ptr, i64, i64, ptr, i64,
-                                                 i64, i64, i64, ctypes.c_float, ptr, c_int,
-                                                 c_int]
+    library.gptstore_attention_rows.restype = c_int
+    library.gptstore_attention_rows.argtypes = [ptr, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr,
+                                                ptr, i64, i64, i64, ptr, i64, i64, i64, i64,
+                                                ctypes.c_float, ptr, c_int, c_int]
     library.gptstore_rms_norm.restype = None
     library.gptstore_rms_norm.argtypes = [ptr, i64, i64, ptr, i64, ctypes.c_float, ptr, c_int]
     library.gptstore_silu_mul.restype = None
@@ -344,10 +340,8 @@ class DecodeAttention:
 
     def __init__(self, slot0: int, lengths: Sequence[int], n_heads: int, n_kv: int,
                  head_dim: int, *, one_slot: bool = False) -> None:
-        library = _required()
+        self.function = _required().gptstore_attention_rows
         self.one_slot = one_slot
-        self.function = library.gptstore_chunk_attention if one_slot \
-            else library.gptstore_decode_attention
         if not attention_fits(head_dim) or n_heads % n_kv:
             raise ValueError(f"the native attention cannot take head_dim {head_dim} with "
                              f"{n_heads} query and {n_kv} kv heads")
@@ -380,20 +374,9 @@ class DecodeAttention:
                              "contiguous")
         if q.stride(-1) != 1:
             q = q.contiguous()
+        if self.one_slot and (k_new is not None or v_new is not None or rotary is not None):
+            raise ValueError("a chunk's rows read each other's keys: write them first")
         new_k = new_v = strides = None
-        if self.one_slot:
-            if k_new is not None or v_new is not None or rotary is not None:
-                raise ValueError("a chunk's rows read each other's keys: write them first")
-            out = torch.empty(self.rows, self.n_heads * self.head_dim, dtype=dtype)
-            status = self.function(q.data_ptr(), q.stride(0), q.stride(1), k_cache.data_ptr(),
-                                   v_cache.data_ptr(), self.slot0, self.rows, self.counts,
-                                   self.n_heads, self.n_kv, self.head_dim, cap, scale,
-                                   out.data_ptr(), int(dtype == torch.bfloat16),
-                                   torch.get_num_threads())
-            if status != 0:
-                raise MemoryError("the native attention could not allocate its scratch "
-                                  "memory")
-            return out
         if k_new is not None and v_new is not None:
             if k_new.shape != (self.rows, self.n_kv, self.head_dim) \
                     or v_new.shape != k_new.shape or k_new.stride(-1) != 1 \
@@ -417,10 +400,10 @@ class DecodeAttention:
         out = torch.empty(self.rows, self.n_heads * self.head_dim, dtype=dtype)
         status = self.function(q.data_ptr(), q.stride(0), q.stride(1), new_k, new_v,
                                strides, cos, sin, k_cache.data_ptr(),
-                               v_cache.data_ptr(), self.slot0, self.rows, self.counts,
-                               self.n_heads, self.n_kv, self.head_dim, cap, scale,
-                               out.data_ptr(), int(dtype == torch.bfloat16),
-                               torch.get_num_threads())
+                               v_cache.data_ptr(), self.slot0, 1 - self.one_slot,
+                               self.rows, self.counts, self.n_heads, self.n_kv,
+                               self.head_dim, cap, scale, out.data_ptr(),
+                               int(dtype == torch.bfloat16), torch.get_num_threads())
         if status != 0:
             raise MemoryError("the native attention could not allocate its scratch memory")
         return out

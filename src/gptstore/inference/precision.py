@@ -239,7 +239,8 @@ class MachineProfile:
 
 
 def cpu_flags() -> list[str]:
-    """The flags of `/proc/cpuinfo` that bear on bf16 speed (for display only)."""
+    """The flags of `/proc/cpuinfo` that bear on the kernels' speed (shown by `gptstore
+    doctor`, and part of `machine_key`)."""
     present = cpu_flag_set()
     wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni",
               "amx_bf16", "amx_tile", "amx_int8")

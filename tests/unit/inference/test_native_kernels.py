@@ -615,10 +615,11 @@ def test_fused_weights_are_freed_where_the_packed_and_native_copies_serve_every_
         tiny_dirs, kernel, monkeypatch, gemv_rows):
     """bf16 Llama with oneDNN-packed batches and native steps of 1 to `gemv_rows` rows:
     the fused q/k/v and gate/up weights the runner made are freed, the model's modules
-    keep the checkpoint's own, and steps of every size give the bits of a runner that
-    keeps the fused weights. Where a product still reads them (ATen's GEMV for 1-2 rows,
-    fp32 weights) they stay; 4-bit layers never read them, nor PyTorch's 4-bit copy
-    where the native 4-bit kernel takes every step."""
+    keep the checkpoint's own, and steps of every size still run (none reaches the freed
+    weights: `Linear` raises if one does) and give the bits of a runner that keeps them.
+    Where a product still reads them (ATen's GEMV for 1-2 rows, fp32 weights) they stay;
+    4-bit layers never read them, nor PyTorch's 4-bit copy where the native 4-bit kernel
+    takes every step."""
     from transformers import AutoModelForCausalLM
 
     from gptstore.inference.models.base import can_pack

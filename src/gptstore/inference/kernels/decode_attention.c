@@ -8,8 +8,9 @@
  *
  * Layout: the cache is [slots, n_kv, cap, head_dim] (kv_cache.py), fp32 or bf16 like
  * q and out; row r of the group reads slot slot0 + r and its first lengths[r]
- * positions (its own new token already written); `gptstore_chunk_attention` runs the
- * rows of one prompt chunk, all on one slot, the same way. Query head j attends with kv head
+ * positions (its own new token already written); with `slot_step` 0
+ * (`gptstore_attention_rows`) the rows of one prompt chunk, all on one slot, the same
+ * way. Query head j attends with kv head
  * j / (n_heads / n_kv), as transformers' repeat_kv pairs them. Scores, softmax and the
  * weighted sum are fp32; exp is a vectorised polynomial (Cephes' expf, relative error
  * ~2e-7). head_dim must be a multiple of 8, at most 256. Threads: OpenMP over
@@ -213,16 +214,19 @@ static void attend_paired(const float *qf, float *qp, float *scores, int64_t str
  * first (else the caller has written them).
  * rot_cos, rot_sin (or NULL): rotary tables, element [p, d] at p * head_dim + d; with
  * them q and k_new are rotated at position lengths[r] - 1 (k_new is then required).
- * Row r reads slot slot0 + r * slot_step (1: consecutive slots, 0: one shared slot).
+ * Row r reads slot slot0 + r * slot_step: 1 for decode rows on consecutive slots; 0 for
+ * the tokens of one prompt chunk after its cached prefix, all on one slot (their keys
+ * and values must then be written by the caller first, since each row reads the
+ * others': k_new must be NULL).
  * out: [n_rows, n_heads * head_dim] contiguous. Returns 0, or -1 when scratch memory
  * could not be allocated (nothing written then). */
-static int attend_rows(const void *q, int64_t q_row_stride, int64_t q_head_stride,
-                       const void *k_new, const void *v_new, const int64_t *new_strides,
-                       const void *rot_cos, const void *rot_sin, void *k_cache,
-                       void *v_cache, int64_t slot0, int64_t slot_step, int64_t n_rows,
-                       const int64_t *lengths, int64_t n_heads, int64_t n_kv,
-                       int64_t head_dim, int64_t cap, float scale, void *out, int bf16,
-                       int n_threads) {
+int gptstore_attention_rows(const void *q, int64_t q_row_stride, int64_t q_head_stride,
+                            const void *k_new, const void *v_new,
+                            const int64_t *new_strides, const void *rot_cos,
+                            const void *rot_sin, void *k_cache, void *v_cache, int64_t slot0,
+                            int64_t slot_step, int64_t n_rows, const int64_t *lengths,
+                            int64_t n_heads, int64_t n_kv, int64_t head_dim, int64_t cap,
+                            float scale, void *out, int bf16, int n_threads) {
     const int64_t group = n_heads / n_kv, n_tasks = n_rows * n_kv, vecs = head_dim / 8;
     int64_t longest = 1;
     for (int64_t r = 0; r < n_rows; r++)
@@ -304,29 +308,3 @@ static int attend_rows(const void *q, int64_t q_row_stride, int64_t q_head_strid
     return 0;
 }
 
-int gptstore_decode_attention(const void *q, int64_t q_row_stride, int64_t q_head_stride,
-                              const void *k_new, const void *v_new,
-                              const int64_t *new_strides, const void *rot_cos,
-                              const void *rot_sin, void *k_cache, void *v_cache,
-                              int64_t slot0,
-                              int64_t n_rows, const int64_t *lengths, int64_t n_heads,
-                              int64_t n_kv, int64_t head_dim, int64_t cap, float scale,
-                              void *out, int bf16, int n_threads) {
-    return attend_rows(q, q_row_stride, q_head_stride, k_new, v_new, new_strides, rot_cos,
-                       rot_sin, k_cache, v_cache, slot0, 1, n_rows, lengths, n_heads, n_kv,
-                       head_dim, cap, scale, out, bf16, n_threads);
-}
-
-/* The rows of a prompt chunk read after a cached prefix: all on slot `slot`, row r at
- * position lengths[r] - 1 attending to positions [0, lengths[r]), its keys and values
- * (and the other rows') already written by the caller and q already rotated. The same
- * arithmetic as a decode row's; only the slot is shared. */
-int gptstore_chunk_attention(const void *q, int64_t q_row_stride, int64_t q_head_stride,
-                             void *k_cache, void *v_cache, int64_t slot, int64_t n_rows,
-                             const int64_t *lengths, int64_t n_heads, int64_t n_kv,
-                             int64_t head_dim, int64_t cap, float scale, void *out, int bf16,
-                             int n_threads) {
-    return attend_rows(q, q_row_stride, q_head_stride, NULL, NULL, NULL, NULL, NULL, k_cache,
-                       v_cache, slot, 0, n_rows, lengths, n_heads, n_kv, head_dim, cap,
-                       scale, out, bf16, n_threads);
-}
