@@ -168,7 +168,7 @@ class ModelRegistry:
                               decode_dtype=decode_dtype, gemv=self.config.gemv,
                               gemv_rows=self.config.gemv_rows,
                               attention=self.config.decode_attention,
-                              int4_gemv=self.config.int4_gemv)
+                              int4_gemv=self.config.int4_gemv, release_weights=True)
         is_classifier = type(model).__name__.endswith(CLASSIFIER_SUFFIX)
         if runner.supports_prefix_cache and self.config.prefix_cache_bytes and not is_classifier:
             runner.prefix_cache = PrefixCache(self.config.prefix_cache_bytes,
@@ -265,6 +265,8 @@ def _model_bytes(model: Any) -> int:
     seen: set[int] = set()
     total = 0
     for tensor in list(model.parameters()) + list(model.buffers()):
+        if tensor.is_meta:  # released to the runner's own copies (build_runner)
+            continue
         storage = tensor.untyped_storage()
         if storage.data_ptr() not in seen:
             seen.add(storage.data_ptr())

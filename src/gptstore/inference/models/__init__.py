@@ -14,7 +14,8 @@ from gptstore.inference.types import ATTENTION_SDPA, GEMV_ATEN, INT4_TORCH
 def build_runner(model: Any, *, max_slots: int, max_context: int | None = None,
                  fast: bool = True, pack: bool = True, quantize: str | None = None,
                  decode_dtype: Any = None, gemv: str = GEMV_ATEN, gemv_rows: int = 2,
-                 attention: str = ATTENTION_SDPA, int4_gemv: str = INT4_TORCH) -> Runner:
+                 attention: str = ATTENTION_SDPA, int4_gemv: str = INT4_TORCH,
+                 release_weights: bool = False) -> Runner:
     """The runner for a loaded `transformers` model (causal LM or sequence classifier).
 
     `pack`: keep a oneDNN-packed copy of the weights for batched steps (models/base.py
@@ -36,11 +37,12 @@ def build_runner(model: Any, *, max_slots: int, max_context: int | None = None,
         return llama.LlamaRunner(model, max_slots=max_slots, max_context=max_context,
                                  pack=pack, quantize=quantize, decode_dtype=decode_dtype,
                                  gemv=gemv, gemv_rows=gemv_rows, attention=attention,
-                                 int4_gemv=int4_gemv)
+                                 int4_gemv=int4_gemv, release_weights=release_weights)
     if fast and gpt2.supports(model):
         return gpt2.GPT2Runner(model, max_slots=max_slots, max_context=max_context, pack=pack,
                                quantize=quantize, decode_dtype=decode_dtype, gemv=gemv,
-                               gemv_rows=gemv_rows, attention=attention, int4_gemv=int4_gemv)
+                               gemv_rows=gemv_rows, attention=attention, int4_gemv=int4_gemv,
+                               release_weights=release_weights)
     return generic.GenericRunner(model, max_slots=max_slots, max_context=max_context)
 
 

@@ -26,6 +26,7 @@ import functools
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -200,6 +201,16 @@ class Linear:
         # fp32 at 3 rows: MKL 23.5 ms vs packed oneDNN 25.9 (all projections); 4: 35 vs 27
         self.packed_min_rows = 1 if packed_gemv else \
             _GEMV_MAX_ROWS + (1 if self.gemv_toggle else 2)
+        if not bf16 and self.decode_native is not None and self.packed is not None:
+            # fp32 weights whose bf16 native copy serves the generated tokens' steps: the
+            # packed copy serves every other one, exact steps of 1-3 rows (a scored
+            # continuation, a classified word) included, so the plain weights serve none
+            # and may go (`plain_needed`): a third of the memory of the weights and their
+            # copies. Those steps are rare, and not slower there: the AVX2 EPYC where
+            # such copies are made, all of SmolLM2's projections at 1 / 3 rows, two
+            # threads, MKL 54 / 109 ms against packed oneDNN 24 / 20 ms (one thread, 1
+            # row: MKL 1.15x faster), scratch `mm2.py`
+            self.packed_min_rows = 1
         self.decode_weight_t: torch.Tensor | None = None
         self.decode_packed: torch.Tensor | None = None
         if decode_dtype is not None and decode_dtype != weight_t.dtype \
@@ -212,14 +223,17 @@ class Linear:
 
     @property
     def plain_needed(self) -> bool:
-        """Whether some product may still run on `weight_t` itself. Not for bf16 weights
-        whose packed copy serves every step of 3+ rows while the native kernel serves the
-        1-2 row steps (`copy_allowed`: those copies hold the same values), nor where the
-        packed copy serves every step (`gemv="onednn"`)."""
-        if self.weight_t.dtype != torch.bfloat16 or self.packed is None:
+        """Whether some product may still run on `weight_t` itself. Not where the packed
+        copy serves every step it is asked to (`gemv="onednn"` for bf16 weights; fp32
+        weights with a native decode copy), nor for bf16 weights whose packed copy serves
+        every step of 3+ rows while the native kernel serves the 1-2 row steps
+        (`copy_allowed`: those copies hold the same values)."""
+        if self.packed is None:
             return True
         if self.packed_min_rows == 1:
             return False
+        if self.weight_t.dtype != torch.bfloat16:
+            return True
         return self.decode_native is None or self.packed_min_rows > self.native_rows + 1
 
     def drop_plain(self) -> None:
@@ -314,6 +328,17 @@ class Linear:
         if residual is not None:
             y += residual
         return y
+
+
+def _release_weight(module: Any) -> None:
+    """Leave a model's module with a weight of the same shape and dtype but no storage
+    (meta), where its runner serves every product from copies of its own
+    (`DecoderRunner.linear`): an fp32 model loaded from a bf16 checkpoint would otherwise
+    hold a converted copy that nothing reads. The module cannot run after this; the
+    model's dtype and shapes still read (the registry's `_dtype`)."""
+    weight = module.weight
+    module.weight = torch.nn.Parameter(torch.empty_like(weight, device="meta"),
+                                       requires_grad=False)
 
 
 class Int4Linear(Linear):
@@ -507,7 +532,7 @@ class DecoderRunner(Runner):
                  max_slots: int, pack: bool, quantize: str | None = None,
                  decode_dtype: torch.dtype | None = None, gemv: str = GEMV_ATEN,
                  gemv_rows: int = _GEMV_MAX_ROWS, attention: str = ATTENTION_SDPA,
-                 int4_gemv: str = INT4_TORCH) -> None:
+                 int4_gemv: str = INT4_TORCH, release_weights: bool = False) -> None:
         if quantize not in (None, "int4"):
             raise ValueError(f"unknown quantization {quantize!r}")
         if quantize and dtype != torch.bfloat16:
@@ -529,25 +554,33 @@ class DecoderRunner(Runner):
         # decode rows' attention on the native kernel, where it measured faster and runs
         self.native_attention = attention == ATTENTION_NATIVE and \
             native.attention_fits(head_dim) and native.library() is not None
+        # leave the model's modules without the weights no product reads (`linear`)
+        self.release_weights = release_weights
         self._linears: list[Linear] = []
 
     def linear(self, weight_t: torch.Tensor, bias: torch.Tensor | None = None, *,
-               own_copy: bool = False) -> Linear:
+               own_copy: bool = False, owners: Sequence[Any] = ()) -> Linear:
         """A projection of this model (packed when the runner packs, 4-bit when it
         quantizes and the shape fits the kernel, with a decode copy when the runner
         decodes in a lower precision), from [in, out]. A 4-bit or bf16 LM head picks the
-        top candidates; `_refine_top` recomputes their logits from the exact weights.
+        top candidates; `_refine_top` recomputes their logits from the exact weights, so
+        a head keeps them (it names neither `own_copy` nor `owners`).
 
-        `own_copy`: `weight_t` was made for this layer alone (fused weights); it is
-        freed where the layer's other copies serve every product (`Linear.drop_plain`)."""
+        Where the layer's other copies serve every product (`Linear.drop_plain`), its
+        plain weights are freed: `own_copy`, `weight_t` was made for this layer alone
+        (fused weights); `owners`, the model's modules whose weights `weight_t` holds,
+        which lose theirs too where the runner was built to `release_weights`."""
         layer: Linear
         if self.quantize == "int4" and Int4Linear.fits(weight_t):
             layer = Int4Linear(weight_t, bias, kernel=self.int4_gemv)
         else:
             layer = Linear(weight_t, bias, pack=self.pack, decode_dtype=self.decode_dtype,
                            gemv=self.gemv, gemv_rows=self.gemv_rows)
-        if own_copy:
+        if own_copy or (self.release_weights and owners):
             layer.drop_plain()
+        if self.release_weights and not layer.holds_plain:
+            for module in owners:
+                _release_weight(module)
         self._linears.append(layer)
         return layer
 

@@ -48,7 +48,7 @@ class GPT2Runner(DecoderRunner):
                  pack: bool = False, quantize: str | None = None,
                  decode_dtype: torch.dtype | None = None, gemv: str = GEMV_ATEN,
                  gemv_rows: int = 2, attention: str = ATTENTION_SDPA,
-                 int4_gemv: str = INT4_TORCH) -> None:
+                 int4_gemv: str = INT4_TORCH, release_weights: bool = False) -> None:
         config = model.config
         tr = model.transformer
         d, n_heads = config.n_embd, config.n_head
@@ -60,7 +60,8 @@ class GPT2Runner(DecoderRunner):
                          head_dim=d // n_heads, vocab_size=config.vocab_size,
                          context_length=context, dtype=dtype, max_slots=max_slots, pack=pack,
                          quantize=quantize, decode_dtype=decode_dtype, gemv=gemv,
-                         gemv_rows=gemv_rows, attention=attention, int4_gemv=int4_gemv)
+                         gemv_rows=gemv_rows, attention=attention, int4_gemv=int4_gemv,
+                         release_weights=release_weights)
         self.hidden = d
         self.eps = float(config.layer_norm_epsilon)
         self.wte = tr.wte.weight.detach()
@@ -97,7 +98,7 @@ class GPT2Runner(DecoderRunner):
             if score is not None else None
 
     def _conv1d(self, module: Any) -> Linear:
-        return self.linear(module.weight.detach(), module.bias.detach())
+        return self.linear(module.weight.detach(), module.bias.detach(), owners=[module])
 
     def default_head(self) -> Head:
         head = self.lm_head or self.score

@@ -7,9 +7,10 @@ residual adds folded into the matmul (models/base.py `Linear`), rotary tables
 precomputed for every position once, RMSNorm as one fused LayerNorm (see `rms_norm`).
 Where the layer's packed and native copies serve every product, the fused weights
 are freed once those are made (`Linear.drop_plain`; 139 MB of SmolLM2's bf16
-weights, docs/design.md); elsewhere they replace the model's own parameters (the
-modules keep views into them), so the base weights live in memory once beside the
-copies `Linear` makes.
+weights, docs/design.md), and so are the modules' own where the runner is built to
+`release_weights` (the engine's: 425 MB of SmolLM2's in fp32); elsewhere the fused
+weights replace the model's own parameters (the modules keep views into them), so the
+base weights live in memory once beside the copies `Linear` makes.
 
 Numerics follow `transformers` (same rotary tables computed by the model's own rotary
 module, same order of operations in the rotation), so fp32 greedy decoding gives the
@@ -131,7 +132,7 @@ class LlamaRunner(DecoderRunner):
                  pack: bool = False, quantize: str | None = None,
                  decode_dtype: torch.dtype | None = None, gemv: str = GEMV_ATEN,
                  gemv_rows: int = 2, attention: str = ATTENTION_SDPA,
-                 int4_gemv: str = INT4_TORCH) -> None:
+                 int4_gemv: str = INT4_TORCH, release_weights: bool = False) -> None:
         config = model.config
         decoder = _decoder(model)
         first = decoder.layers[0].self_attn
@@ -148,7 +149,8 @@ class LlamaRunner(DecoderRunner):
                          head_dim=head_dim, vocab_size=config.vocab_size,
                          context_length=context, dtype=dtype, max_slots=max_slots, pack=pack,
                          quantize=quantize, decode_dtype=decode_dtype, gemv=gemv,
-                         gemv_rows=gemv_rows, attention=attention, int4_gemv=int4_gemv)
+                         gemv_rows=gemv_rows, attention=attention, int4_gemv=int4_gemv,
+                         release_weights=release_weights)
         self.eps = float(config.rms_norm_eps)
         self.hidden = config.hidden_size
         self.intermediate = config.intermediate_size
@@ -159,17 +161,20 @@ class LlamaRunner(DecoderRunner):
         for layer in decoder.layers:
             attn, mlp = layer.self_attn, layer.mlp
             fused = [attn.q_proj, attn.k_proj, attn.v_proj], [mlp.gate_proj, mlp.up_proj]
-            qkv, gate_up = (self.linear(w.t(), b, own_copy=True)
-                            for w, b in map(_fuse, fused))
+            qkv, gate_up = (self.linear(w.t(), b, own_copy=True, owners=modules)
+                            for modules, (w, b) in zip(fused, map(_fuse, fused),
+                                                       strict=True))
             for modules, linear in zip(fused, (qkv, gate_up), strict=True):
                 _share(modules, linear)
             self.layers.append(_Layer(
                 norm1=_doubled(layer.input_layernorm.weight),
                 qkv=qkv,
-                o=self.linear(attn.o_proj.weight.detach().t(), _bias(attn.o_proj)),
+                o=self.linear(attn.o_proj.weight.detach().t(), _bias(attn.o_proj),
+                              owners=[attn.o_proj]),
                 norm2=_doubled(layer.post_attention_layernorm.weight),
                 gate_up=gate_up,
-                down=self.linear(mlp.down_proj.weight.detach().t(), _bias(mlp.down_proj)),
+                down=self.linear(mlp.down_proj.weight.detach().t(), _bias(mlp.down_proj),
+                                 owners=[mlp.down_proj]),
             ))
         lm_head = getattr(model, "lm_head", None)
         self.lm_head = None
