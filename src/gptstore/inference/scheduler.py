@@ -212,16 +212,24 @@ class Scheduler:
                     return
                 jobs = list(self._jobs)
                 self._jobs.clear()
-            for job, _future in jobs:
-                job()
-            self._drop_cancelled()
-            self._admit()
-            for key in list(self._running):
-                seqs = self._running.get(key)
-                if seqs:
-                    self._step_safely(seqs)
-                if not self._running.get(key):
-                    self._running.pop(key, None)
+            try:
+                for job, _future in jobs:
+                    job()  # never raises: run_job hands its error to the caller
+                self._drop_cancelled()
+                self._admit()
+                for key in list(self._running):
+                    seqs = self._running.get(key)
+                    if seqs:
+                        self._step_safely(seqs)
+                    if not self._running.get(key):
+                        self._running.pop(key, None)
+            except Exception as error:
+                # a fault outside a step (admitting a request, copying its cached
+                # prefix, releasing a slot): the running requests fail, the loop goes
+                # on. Were it to end, every request after it would wait forever.
+                log.exception("engine loop failed")
+                for key in list(self._running):
+                    self._fail(self._running.pop(key), error)
 
     def _step_safely(self, seqs: list[Sequence]) -> None:
         """A failing step fails the requests of that base, never the engine thread."""
@@ -230,12 +238,25 @@ class Scheduler:
                 self._step_base(seqs)
         except Exception as error:
             log.exception("engine step failed")
-            # in inference mode: releasing a slot moves another in the cache's tensors
-            with torch.inference_mode():
-                for seq in list(seqs):
-                    seqs.remove(seq)
-                    self._release(seq)
-                    seq.handle._fail(error)
+            self._fail(seqs, error)
+
+    def _fail(self, seqs: list[Sequence], error: Exception) -> None:
+        """Fail each of `seqs` (removing it from the list) with `error`, then give back
+        its slot and its base: the caller hears of the error first, and a give-back that
+        fails as well is logged, not raised, so the rest are still failed and freed."""
+        # in inference mode: releasing a slot moves another in the cache's tensors
+        with torch.inference_mode():
+            for seq in list(seqs):
+                seqs.remove(seq)
+                seq.handle._fail(error)
+                try:
+                    if seq.slot is not None:
+                        seq.base.runner.release(seq.slot)
+                except Exception:
+                    log.exception("releasing a failed request's cache slot failed")
+                finally:
+                    seq.slot = None
+                    self.registry.release(seq.base, seq.adapter)
 
     def _drop_cancelled(self) -> None:
         with torch.inference_mode():  # releasing a slot moves another in the cache

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import mmap
 import sys
+import time
 
 import pytest
 import torch
@@ -178,6 +179,47 @@ def test_a_step_failing_beside_cached_sequences_fails_them_not_the_engine(
     out = engine.generate("m", [5, 6], SamplingParams(max_tokens=3, ignore_eos=True),
                           timeout=30)
     assert len(out.token_ids) == 3
+
+
+@pytest.mark.parametrize("fault", ["prefix copy", "release after a failed step"])
+def test_a_fault_outside_a_step_fails_its_requests_and_the_engine_goes_on(
+        tiny_dirs, make_engine, monkeypatch, fault):
+    """Copying a request's cached prefix at admission, or giving back a failed step's
+    slot, may fail too: the requests it touched get the error and the engine thread
+    lives on to serve the next one (where it died, every later request waited
+    forever)."""
+    engine = make_engine({"m": causal_spec(tiny_dirs["llama"])})
+    engine.tokenizer("m")  # load the base
+    runner = engine.registry._bases[str(tiny_dirs["llama"])].runner
+    patched = {"prefix copy": "load_prefix", "release after a failed step": "release"}[fault]
+    real = getattr(runner, patched)
+    real_forward = runner.forward
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(patched)
+        raise RuntimeError("boom")
+
+    def failing_forward(*args, **kwargs):
+        raise RuntimeError("step boom")
+
+    monkeypatch.setattr(runner, patched, broken)
+    if patched == "release":
+        monkeypatch.setattr(runner, "forward", failing_forward)
+    handle = engine.submit(GenerationRequest([5, 6], "m", SamplingParams(max_tokens=3)))
+    with pytest.raises(RuntimeError, match="boom"):
+        handle.result(timeout=30)
+    assert calls
+    monkeypatch.setattr(runner, patched, real)
+    monkeypatch.setattr(runner, "forward", real_forward)
+    out = engine.generate("m", [5, 6], SamplingParams(max_tokens=3, ignore_eos=True),
+                          timeout=30)
+    assert len(out.token_ids) == 3
+    base = engine.registry._bases[str(tiny_dirs["llama"])]
+    deadline = time.monotonic() + 10  # a finished request is released after its last event
+    while base.pins and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert base.pins == 0  # the failed request gave its base back
 
 
 def test_long_context_grows_rotary_tables_and_cache(tmp_path, make_engine):
