@@ -224,9 +224,10 @@ class Scheduler:
                     if not self._running.get(key):
                         self._running.pop(key, None)
             except Exception as error:
-                # a fault outside a step (admitting a request, copying its cached
-                # prefix, releasing a slot): the running requests fail, the loop goes
-                # on. Were it to end, every request after it would wait forever.
+                # the last resort: a fault outside a step that the parts above do not
+                # take on themselves (a failed admission fails its request alone, a
+                # failed release is logged): the running requests fail, and the loop
+                # goes on. Were it to end, every request after it would wait forever.
                 log.exception("engine loop failed")
                 for key in list(self._running):
                     self._fail(self._running.pop(key), error)
@@ -242,21 +243,13 @@ class Scheduler:
 
     def _fail(self, seqs: list[Sequence], error: Exception) -> None:
         """Fail each of `seqs` (removing it from the list) with `error`, then give back
-        its slot and its base: the caller hears of the error first, and a give-back that
-        fails as well is logged, not raised, so the rest are still failed and freed."""
+        its slot and its base (`_release`): the caller hears of the error first."""
         # in inference mode: releasing a slot moves another in the cache's tensors
         with torch.inference_mode():
             for seq in list(seqs):
                 seqs.remove(seq)
                 seq.handle._fail(error)
-                try:
-                    if seq.slot is not None:
-                        seq.base.runner.release(seq.slot)
-                except Exception:
-                    log.exception("releasing a failed request's cache slot failed")
-                finally:
-                    seq.slot = None
-                    self.registry.release(seq.base, seq.adapter)
+                self._release(seq)
 
     def _drop_cancelled(self) -> None:
         with torch.inference_mode():  # releasing a slot moves another in the cache
@@ -266,38 +259,61 @@ class Scheduler:
                     self._release(seq)
 
     def _admit(self) -> None:
+        """Move waiting requests into free slots, their cached prefixes copied in. A
+        request whose admission fails (a slot or a prefix copy that raises) fails alone;
+        the others keep their places."""
         admitted: list[Sequence] = []
+        failed: list[tuple[Sequence, Exception]] = []
         with self._cond:
             # held for a prefix another prompt computes now; they keep their places
             # (the capacity they will take is not given to requests behind them)
             later: list[Sequence] = []
-            while self._waiting and self.running_count + len(later) < self.config.max_running:
-                seq = self._waiting.popleft()
-                runner = seq.base.runner
-                if runner.free_slots <= sum(s.base is seq.base for s in later):
-                    self._waiting.appendleft(seq)  # no slot left (held requests counted)
-                    break
-                if not seq.held and self._awaits_prefix(seq):
-                    seq.held = True  # once: the other prompt's blocks are cached next step
-                    later.append(seq)
-                    continue
-                seq.slot = runner.allocate()
-                self._running.setdefault(seq.base.key, []).append(seq)
-                admitted.append(seq)
-            self._waiting.extendleft(reversed(later))
+            try:
+                while self._waiting and \
+                        self.running_count + len(later) < self.config.max_running:
+                    seq = self._waiting.popleft()
+                    try:
+                        runner = seq.base.runner
+                        if runner.free_slots <= sum(s.base is seq.base for s in later):
+                            self._waiting.appendleft(seq)  # no slot left (held counted)
+                            break
+                        if not seq.held and self._awaits_prefix(seq):
+                            seq.held = True  # once: its blocks are cached next step
+                            later.append(seq)
+                            continue
+                        seq.slot = runner.allocate()
+                    except Exception as error:
+                        failed.append((seq, error))
+                        continue
+                    self._running.setdefault(seq.base.key, []).append(seq)
+                    admitted.append(seq)
+            finally:
+                self._waiting.extendleft(reversed(later))
         # outside the lock (copying tensors must not block submit()), in inference mode
         # (the cache tensors were made in it, and only there may they be written)
         with torch.inference_mode():
             for seq in admitted:
-                assert seq.slot is not None
-                k = seq.request.params.prompt_logprobs
-                blocks = seq.base.runner.load_prefix(seq.slot, seq.prompt, _namespace(seq), k)
-                seq.computed = sum(block.n_tokens for block in blocks)
-                if seq.scores_prompt:
-                    seq.prompt_scores = _cached_scores(seq, blocks)
-                    # the last cached position runs again: its logits score the token
-                    # after the blocks, which another prompt may have had different
-                    seq.computed = seq.slot.length = max(0, seq.computed - 1)
+                try:
+                    self._load_prefix(seq)
+                except Exception as error:
+                    self._running[seq.base.key].remove(seq)
+                    failed.append((seq, error))
+        for seq, error in failed:
+            log.exception("admitting a request failed", exc_info=error)
+            self._fail([seq], error)
+
+    @staticmethod
+    def _load_prefix(seq: Sequence) -> None:
+        """Copy the cached part of an admitted request's prompt into its slot."""
+        assert seq.slot is not None
+        k = seq.request.params.prompt_logprobs
+        blocks = seq.base.runner.load_prefix(seq.slot, seq.prompt, _namespace(seq), k)
+        seq.computed = sum(block.n_tokens for block in blocks)
+        if seq.scores_prompt:
+            seq.prompt_scores = _cached_scores(seq, blocks)
+            # the last cached position runs again: its logits score the token after the
+            # blocks, which another prompt may have had different
+            seq.computed = seq.slot.length = max(0, seq.computed - 1)
 
     def _awaits_prefix(self, seq: Sequence) -> bool:
         """Whether a prompt that finishes its prefill in the coming step (same base and
@@ -485,10 +501,17 @@ class Scheduler:
         return tail if hit else tail + seq.stopper.flush()
 
     def _release(self, seq: Sequence) -> None:
-        if seq.slot is not None:
-            seq.base.runner.release(seq.slot)
+        """Give back a sequence's cache slot and its pins on its base and adapter. A
+        slot whose release raises is logged and stays taken (one slot fewer until the
+        base is reloaded), not raised: the pins still go, and the engine goes on."""
+        try:
+            if seq.slot is not None:
+                seq.base.runner.release(seq.slot)
+        except Exception:
+            log.exception("releasing a cache slot failed; it stays taken")
+        finally:
             seq.slot = None
-        self.registry.release(seq.base, seq.adapter)
+            self.registry.release(seq.base, seq.adapter)
 
     def _finish(self, seq: Sequence, reason: FinishReason, release: bool = True) -> None:
         if release:

@@ -181,17 +181,18 @@ def test_a_step_failing_beside_cached_sequences_fails_them_not_the_engine(
     assert len(out.token_ids) == 3
 
 
-@pytest.mark.parametrize("fault", ["prefix copy", "release after a failed step"])
+@pytest.mark.parametrize("fault", ["slot", "prefix copy", "release after a failed step"])
 def test_a_fault_outside_a_step_fails_its_requests_and_the_engine_goes_on(
         tiny_dirs, make_engine, monkeypatch, fault):
-    """Copying a request's cached prefix at admission, or giving back a failed step's
-    slot, may fail too: the requests it touched get the error and the engine thread
-    lives on to serve the next one (where it died, every later request waited
-    forever)."""
+    """Taking a slot or copying a cached prefix at admission, or giving back a failed
+    step's slot, may fail too: the request it touched gets the error, its base is given
+    back, and the engine thread lives on to serve the next one (where it died, every
+    later request waited forever)."""
     engine = make_engine({"m": causal_spec(tiny_dirs["llama"])})
     engine.tokenizer("m")  # load the base
     runner = engine.registry._bases[str(tiny_dirs["llama"])].runner
-    patched = {"prefix copy": "load_prefix", "release after a failed step": "release"}[fault]
+    patched = {"slot": "allocate", "prefix copy": "load_prefix",
+               "release after a failed step": "release"}[fault]
     real = getattr(runner, patched)
     real_forward = runner.forward
     calls = []

@@ -685,9 +685,10 @@ def test_an_fp32_model_with_packed_and_native_copies_gives_up_its_plain_weights(
     serves every step the native one does not, exact steps of 1-3 rows included, so a
     runner built to release the model's weights leaves every projection's module
     without storage and keeps no plain copy, and still gives the bits of a runner that
-    keeps them: prompts, decode steps of 1 to 8 rows, scored prompts of 1 to 3 tokens
-    and a classification-sized exact step. What stays is what is read: the embeddings
-    (the tied LM head's exact top candidates are recomputed from them)."""
+    keeps them (nothing reads what was released): prompts, decode steps of 1 to 8 rows,
+    scored prompts of 1 to 3 tokens and a classification-sized exact step. What stays is
+    what is read: the embeddings and the LM head (its top candidates' logits are
+    recomputed from its fp32 weights)."""
     from transformers import AutoModelForCausalLM
 
     from gptstore.inference.models.base import can_pack, exact_products
@@ -709,11 +710,13 @@ def test_an_fp32_model_with_packed_and_native_copies_gives_up_its_plain_weights(
     layers = lean._linears[:-1]  # every projection but the head
     assert layers and all(layer.decode_native is not None and not layer.holds_plain
                           for layer in layers)
-    embedding = model.get_input_embeddings().weight
-    released = [name for name, p in model.named_parameters() if p.is_meta]
-    assert released and all(name.endswith("weight") and "norm" not in name
-                            and "ln_" not in name for name in released)
-    assert not embedding.is_meta and lean._linears[-1].holds_plain  # the tied head
+    projections = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                   "down_proj", "c_attn", "c_proj", "c_fc"}
+    released = {name for name, p in model.named_parameters() if p.is_meta}
+    assert released == {f"{name}.weight" for name, _ in model.named_modules()
+                        if name.rsplit(".", 1)[-1] in projections}
+    assert not model.get_input_embeddings().weight.is_meta
+    assert lean._linears[-1].holds_plain  # the head
     freed = sum(p.numel() * p.element_size() for p in model.parameters() if p.is_meta)
     assert _model_bytes(model) == _model_bytes(load()) - freed  # what the engine counts
     assert not any(p.is_meta for p in kept.parameters())  # not asked to: left alone
