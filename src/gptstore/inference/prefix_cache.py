@@ -8,6 +8,13 @@ root, block by block, and reuses the longest chain found. The root is a *namespa
 (the adapter serving the request, or "" for the base): an adapter that changes the
 key/value projections changes the cached values, so adapters never share blocks.
 
+A lookup that runs out of whole blocks takes part of one more: where a cached block
+after the chain starts with the prompt's next tokens but then differs (the choices of
+a multiple-choice question after one context, whose end falls inside a block), its
+first matching positions are copied too (`PrefixBlock.head`). Keys, values and scores
+of a position depend on the tokens up to it only, so a block's first positions serve
+any prompt that shares them; only whole blocks are stored.
+
 Memory is bounded by `budget_bytes`: before a block is added, the least recently used
 blocks are evicted to make room. A lookup or an insert touches a chain deepest block
 first, so a parent is always more recent than its children and eviction removes leaves
@@ -90,6 +97,16 @@ class PrefixBlock:
         (None: no scores wanted)."""
         return k is None or (self.scores is not None and self.scores.k >= k)
 
+    def head(self, n: int) -> PrefixBlock:
+        """Its first `n` positions, as a block of their own (views, not stored)."""
+        scores = self.scores
+        if scores is not None:
+            scores = BlockScores(scores.logprobs[:n], scores.top_ids[:n],
+                                 scores.top_logprobs[:n])
+        parent, tokens = self.key
+        return PrefixBlock(self.id, (parent, tokens[:n]), self.k[:, :, :n], self.v[:, :, :n],
+                           scores)
+
 
 class PrefixCache:
     """Blocks of prompt keys/values under a byte budget, least recently used evicted."""
@@ -100,6 +117,9 @@ class PrefixCache:
         self.budget_bytes = budget_bytes
         self.block_tokens = block_tokens
         self._blocks: OrderedDict[BlockKey, PrefixBlock] = OrderedDict()  # oldest first
+        # parent -> first token -> the blocks under it: where a lookup's whole blocks end,
+        # the ones that may share its next few tokens
+        self._children: dict[object, dict[int, list[PrefixBlock]]] = {}
         self._ids = count()
         self.nbytes = 0
         self.hit_tokens = 0  # prompt positions served from the cache so far
@@ -111,15 +131,25 @@ class PrefixCache:
     def lookup(self, namespace: str, tokens: Sequence[int], limit: int,
                scores: int | None = None) -> list[PrefixBlock]:
         """The longest chain of cached blocks that starts `tokens`, within its first
-        `limit` tokens (the caller keeps at least one token to compute logits from);
-        with `scores`, only as far as the blocks keep scores with that many
-        alternatives."""
-        chain = self._chain(namespace, tokens[:max(0, limit)], scores)
+        `limit` tokens (the caller keeps at least one token to compute logits from),
+        ended by the first positions of a block that shares only those with the
+        tokens after the chain (`PrefixBlock.head`); with `scores`, only as far as the
+        blocks keep scores with that many alternatives."""
+        tokens = tokens[:max(0, limit)]
+        chain = self._chain(namespace, tokens, scores)
+        served = [*chain]
+        parent: object = chain[-1].id if chain else namespace
+        part = self._partial(parent, tokens[len(chain) * self.block_tokens:], scores)
+        if part is not None:
+            block, n = part
+            served.append(block.head(n))
+            chain.append(block)  # touched with the chain: it serves this prompt too
         self._touch(chain)
         # a scored prompt computes the chain's last position again (its logits score
         # the token after the chain): that one is not served from the cache
-        self.hit_tokens += len(chain) * self.block_tokens - (scores is not None and bool(chain))
-        return chain
+        self.hit_tokens += sum(b.n_tokens for b in served) - (scores is not None and
+                                                              bool(served))
+        return served
 
     def cached_blocks(self, namespace: str, tokens: Sequence[int],
                       scores: int | None = None) -> int:
@@ -154,6 +184,8 @@ class PrefixCache:
             if not self._make_room(block.nbytes, keep=chain):
                 break
             self._blocks[block.key] = block
+            self._children.setdefault(parent, {}).setdefault(block.key[1][0], []) \
+                .append(block)
             self.nbytes += block.nbytes
             chain.append(block)
             parent = block.id
@@ -185,9 +217,44 @@ class PrefixCache:
             if id(oldest) in kept:
                 return False
             del self._blocks[key]
+            self._unlink(oldest)
             self.nbytes -= oldest.nbytes
             self.evicted_blocks += 1
         return True
+
+    def _unlink(self, block: PrefixBlock) -> None:
+        """Drop an evicted block from its parent's children (a leaf: it has none)."""
+        parent, tokens = block.key
+        by_first = self._children.get(parent)
+        if by_first is None:
+            return
+        siblings = by_first.get(tokens[0], [])
+        if block in siblings:
+            siblings.remove(block)
+        if not siblings:
+            by_first.pop(tokens[0], None)
+        if not by_first:
+            del self._children[parent]
+        self._children.pop(block.id, None)
+
+    def _partial(self, parent: object, tokens: Sequence[int],
+                 scores: int | None) -> tuple[PrefixBlock, int] | None:
+        """The cached block under `parent` that shares the most of `tokens`' first
+        positions, fewer than a whole block (a whole one is the chain's), and how many;
+        None where none shares the first."""
+        if not tokens:
+            return None
+        best: tuple[PrefixBlock, int] | None = None
+        most = min(len(tokens), self.block_tokens - 1)
+        for block in self._children.get(parent, {}).get(tokens[0], []):
+            if not block.scored(scores):
+                continue
+            cached, n = block.key[1], 1
+            while n < most and cached[n] == tokens[n]:
+                n += 1
+            if best is None or n > best[1]:
+                best = (block, n)
+        return best
 
     def _chain(self, namespace: str, tokens: Sequence[int],
                scores: int | None = None) -> list[PrefixBlock]:
@@ -210,4 +277,5 @@ class PrefixCache:
 
     def clear(self) -> None:
         self._blocks.clear()
+        self._children.clear()
         self.nbytes = 0

@@ -42,8 +42,10 @@ def test_shared_prefix_is_reused_and_gives_the_same_greedy_tokens(tiny_dirs, mak
     reference, _ = load_causal(tiny_dirs[arch])
     assert with_cache == [hf_greedy(reference, p, 10) for p in prompts]
     stats = cached.stats()
-    # requests 2..4 each found the 64 tokens of SHARED's 4 full blocks
-    assert stats["prefix_cache_hit_tokens"] == 3 * 64
+    # requests 2 and 3 each found SHARED's 4 full blocks and the first 6 positions of
+    # the fifth (SHARED's last 6 tokens, in the block the first request stored from
+    # position 64): 70; the last, SHARED alone, 69 (one token is kept for its logits)
+    assert stats["prefix_cache_hit_tokens"] == 70 + 70 + 69
     assert plain.stats()["prefix_cache_hit_tokens"] == 0
 
 
@@ -193,7 +195,7 @@ def test_adapters_do_not_share_cached_prefixes(tiny_dirs, make_engine, tmp_path)
     assert engine.stats()["prefix_cache_hit_tokens"] == 0  # other namespace: no hit
     assert adapter_out == peft_greedy(base_dir, adapter, prompt, 8)
     again = engine.generate("a", SHARED + SUFFIXES[1], _greedy(8), timeout=60).token_ids
-    assert engine.stats()["prefix_cache_hit_tokens"] == 64
+    assert engine.stats()["prefix_cache_hit_tokens"] == 70  # 4 blocks and 6 of a fifth
     assert again == peft_greedy(base_dir, adapter, SHARED + SUFFIXES[1], 8)
     assert base_out != adapter_out
 
@@ -230,6 +232,43 @@ def test_eviction_takes_leaves_before_the_blocks_they_hang_from():
     assert len(cache.lookup("", [1, 2, 3, 4, 5, 6, 0], 6)) == 2
     assert len(cache.lookup("", [1, 2, 9, 9, 0], 4)) == 2
     assert cache.lookup("x", [1, 2, 3], 2) == []  # another namespace sees nothing
+
+
+def test_a_lookup_takes_the_first_positions_of_a_block_that_shares_only_those():
+    """Where the whole blocks end, a cached block that starts with the prompt's next
+    tokens and then differs (or reaches past `limit`) serves those first positions:
+    their keys, values and scores, as views of the block's. Not a block of another
+    first token, one without the scores asked for, nor one evicted since."""
+    cache = PrefixCache(budget_bytes=10**6, block_tokens=4)
+
+    def read(start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        positions = torch.arange(start, end, dtype=torch.float32).view(1, 1, -1, 1)
+        return positions.expand(2, 1, -1, 3).clone(), -positions.expand(2, 1, -1, 3).clone()
+
+    def scores(start: int, end: int) -> BlockScores:
+        n = end - start
+        return BlockScores(torch.arange(start, end, dtype=torch.float32),
+                           torch.zeros(n, 1, dtype=torch.int32), torch.zeros(n, 1))
+
+    assert cache.insert("", [1, 2, 3, 4, 5, 6, 7, 8], read) == 2
+    blocks = cache.lookup("", [1, 2, 3, 4, 5, 6, 9, 9, 0], 8)
+    assert [b.n_tokens for b in blocks] == [4, 2]
+    assert blocks[1].k[0, 0, :, 0].tolist() == [4.0, 5.0]  # positions 4 and 5
+    assert blocks[1].v[1, 0, :, 2].tolist() == [-4.0, -5.0]
+    assert cache.hit_tokens == 6
+    # the whole second block matches but only 6 positions may be served
+    assert [b.n_tokens for b in cache.lookup("", [1, 2, 3, 4, 5, 6, 7, 8], 6)] == [4, 2]
+    assert [b.n_tokens for b in cache.lookup("", [1, 2, 3, 4, 9, 6, 7, 8, 0], 8)] == [4]
+    assert [b.n_tokens for b in cache.lookup("", [1, 2, 7, 0], 3)] == [2]  # from the root
+    assert cache.lookup("", [1, 2, 3, 4, 5, 0], 5, scores=1) == []  # keeps none
+    assert cache.insert("", [1, 2, 3, 4, 5, 6, 7, 8], read, scores) == 0  # scores added
+    scored = cache.lookup("", [1, 2, 3, 4, 5, 6, 0], 6, scores=1)
+    assert [b.n_tokens for b in scored] == [4, 2]
+    assert scored[1].scores is not None and scored[1].scores.logprobs.tolist() == [4.0, 5.0]
+    # evicted blocks are found neither whole nor in part
+    cache._make_room(cache.budget_bytes, keep=[])
+    assert len(cache) == 0 and cache.lookup("", [1, 2, 3, 4, 5, 0], 5) == []
+    assert cache._children == {}
 
 
 def test_scores_count_in_the_bound_and_are_added_to_cached_blocks_where_room_allows():

@@ -121,6 +121,25 @@ def test_choices_of_one_context_reuse_its_keys_values_and_scores(tiny_dirs, make
     assert engine.stats()["prefix_cache_hit_tokens"] == 2 * (40 - 1)
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_choices_after_a_context_ending_inside_a_block_reuse_all_of_it(tiny_dirs,
+                                                                     make_engine, arch):
+    """A context that ends inside a block: the first choice's prompt stores that block
+    whole (context end and choice), and each later choice takes its first positions,
+    the rest of the context, with their keys, values and scores; the choice's own
+    scores match transformers."""
+    engine = make_engine({"m": causal_spec(tiny_dirs[arch])}, prefix_block_tokens=8)
+    context = PROMPT[:37]
+    prompts = [[*context, 61, 62, 63], [*context, 64, 65, 66], [*context, 67]]
+    reference, _ = load_causal(tiny_dirs[arch])
+    for prompt in prompts:
+        result = engine.generate("m", prompt, _scoring(1, max_tokens=0), timeout=60)
+        _check(result.prompt_logprobs, _reference(reference, prompt), prompt, 1)
+    # choices 2 and 3: the context's 4 whole blocks and 5 of the fifth's positions, the
+    # last of them computed again (its logits score the choice's first token)
+    assert engine.stats()["prefix_cache_hit_tokens"] == 2 * (37 - 1)
+
+
 @pytest.mark.parametrize("gemv", ["aten", "native"])
 def test_an_fp32_models_scores_stay_fp32_where_small_steps_use_a_bf16_copy(tiny_dirs,
                                                                           make_engine, gemv):

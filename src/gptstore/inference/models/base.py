@@ -613,12 +613,13 @@ class DecoderRunner(Runner):
         blocks = cache.lookup(namespace, tokens, len(tokens) - 1, scores)
         if not blocks:
             return []
-        size = cache.block_tokens
-        n = len(blocks) * size
+        n = sum(block.n_tokens for block in blocks)  # whole blocks, the last maybe part
         self.kv.ensure_capacity(n)
-        for i, block in enumerate(blocks):
-            self.kv.k[:, slot.index, :, i * size:(i + 1) * size] = block.k
-            self.kv.v[:, slot.index, :, i * size:(i + 1) * size] = block.v
+        at = 0
+        for block in blocks:
+            self.kv.k[:, slot.index, :, at:at + block.n_tokens] = block.k
+            self.kv.v[:, slot.index, :, at:at + block.n_tokens] = block.v
+            at += block.n_tokens
         slot.length = n
         return blocks
 
