@@ -614,6 +614,20 @@ def test_a_decode_step_is_taken_only_where_every_part_is_native(tiny_dirs, kerne
                                inter=64, eps=1e-6, scale=0.35, dtype=torch.bfloat16)
 
 
+def _steps_of_every_size(runner):  # type: ignore[no-untyped-def]
+    """Prompts of 1 to 8 tokens in one step, then decode steps of 1 to 8 rows: the
+    outputs, the slots and their lengths after."""
+    slots = [runner.allocate() for _ in range(8)]
+    prompts = [list(range(3 + i, 4 + 2 * i)) for i in range(8)]
+    seen = [runner.forward([RowInput(s, p, 0) for s, p in zip(slots, prompts, strict=True)])]
+    lengths = [len(p) for p in prompts]
+    for rows in range(1, 9):
+        seen.append(runner.forward([RowInput(slots[i], [7 + i], lengths[i])
+                                    for i in range(rows)]))
+        lengths[:rows] = [n + 1 for n in lengths[:rows]]
+    return seen, slots, lengths
+
+
 @pytest.mark.parametrize("gemv_rows", [2, 4])
 def test_fused_weights_are_freed_where_the_packed_and_native_copies_serve_every_step(
         tiny_dirs, kernel, monkeypatch, gemv_rows):
@@ -649,20 +663,8 @@ def test_fused_weights_are_freed_where_the_packed_and_native_copies_serve_every_
     assert all(layer.qkv.holds_plain for layer in full.layers)
     assert full.extra_nbytes == lean.extra_nbytes  # the copies beside them are the same
 
-    def steps(runner):  # type: ignore[no-untyped-def]
-        """Prompts of 1 to 8 tokens in one step, then decode steps of 1 to 8 rows."""
-        slots = [runner.allocate() for _ in range(8)]
-        prompts = [list(range(3 + i, 4 + 2 * i)) for i in range(8)]
-        seen = [runner.forward([RowInput(s, p, 0) for s, p in zip(slots, prompts,
-                                                                    strict=True)])]
-        lengths = [len(p) for p in prompts]
-        for rows in range(1, 9):
-            seen.append(runner.forward([RowInput(slots[i], [7 + i], lengths[i])
-                                        for i in range(rows)]))
-            lengths[:rows] = [n + 1 for n in lengths[:rows]]
-        return seen
-
-    for a, b in zip(steps(lean), steps(full), strict=True):
+    for a, b in zip(_steps_of_every_size(lean)[0], _steps_of_every_size(full)[0],
+                    strict=True):
         assert torch.equal(a, b)
 
     aten = build_runner(load(), max_slots=2, gemv="aten")
@@ -722,15 +724,7 @@ def test_an_fp32_model_with_packed_and_native_copies_gives_up_its_plain_weights(
     assert not any(p.is_meta for p in kept.parameters())  # not asked to: left alone
 
     def steps(runner):  # type: ignore[no-untyped-def]
-        slots = [runner.allocate() for _ in range(8)]
-        prompts = [list(range(3 + i, 4 + 2 * i)) for i in range(8)]
-        seen = [runner.forward([RowInput(s, p, 0) for s, p in zip(slots, prompts,
-                                                                    strict=True)])]
-        lengths = [len(p) for p in prompts]
-        for rows in range(1, 9):
-            seen.append(runner.forward([RowInput(slots[i], [7 + i], lengths[i])
-                                        for i in range(rows)]))
-            lengths[:rows] = [n + 1 for n in lengths[:rows]]
+        seen, slots, lengths = _steps_of_every_size(runner)
         for tokens in range(1, 4):  # scored continuations behind a slot's history
             seen.append(runner.forward([RowInput(slots[0], list(range(20, 20 + tokens)),
                                                  lengths[0], all_logits=True)]))
