@@ -66,7 +66,7 @@ MAX_ROWS = 2
 KERNELS = Path(__file__).with_name("kernels")
 SOURCES = tuple(KERNELS / name for name in ("gemv_bf16.c", "gemv_q4.c", "decode_attention.c",
                                             "elementwise.c", "logits.c", "decode_step.c"))
-HEADERS = (KERNELS / "simd.h",)
+HEADERS = (KERNELS / "simd.h", KERNELS / "kernels.h")
 #: head sizes the attention kernel takes: whole AVX vectors, at most 32 of them
 MAX_HEAD_DIM = 256
 # -ffp-contract=off: fused multiply-adds only where the source writes them, so the

@@ -29,6 +29,7 @@
 #include <omp.h>
 #include <stdlib.h>
 
+#include "kernels.h"
 #include "simd.h"
 
 /* x[at .. at + head_dim) rotated at table row `table` (an element offset), into fp32

@@ -13,6 +13,7 @@
  */
 #include <math.h>
 
+#include "kernels.h"
 #include "simd.h"
 
 /* out = weight * (x / sqrt(mean(x^2) + eps)), as transformers' LlamaRMSNorm: in bf16 the

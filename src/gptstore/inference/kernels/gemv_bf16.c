@@ -43,6 +43,7 @@
  */
 #include <stdlib.h>
 
+#include "kernels.h"
 #include "simd.h"
 
 #define ROWS GEMV_BLOCK_ROWS  /* weight rows per block */

@@ -26,6 +26,7 @@
  */
 #include <stdlib.h>
 
+#include "kernels.h"
 #include "simd.h"
 
 #define Q4_ROWS GEMV_BLOCK_ROWS
