@@ -126,12 +126,14 @@ def test_inputs_it_cannot_take_are_refused_by_name(kernel):
 
 @pytest.mark.parametrize("wide", [False, True], ids=["avx2", "avx512"])
 @pytest.mark.parametrize("act", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize(("rows", "n_out"), [(16, 40), (5, 13), (7, 13), (6, 24)])
+@pytest.mark.parametrize(("rows", "n_out"), [(16, 40), (5, 13), (7, 13), (6, 24), (9, 100)])
 def test_many_rows_give_each_rows_own_bits(kernel, act, rows, n_out, wide):
     """A decode step of several rows (`MachineProfile.gemv_rows`) gives each row the bits
-    of that row alone, though the AVX2 path takes rows two at a time and the AVX-512
-    path's bf16 dot products four (5 rows: two pairs and one alone, or four and one; 7
-    and 6: four and three, four and two; 13 outputs: a last weight block of 5 rows)."""
+    of that row alone, though the AVX2 loop takes rows two at a time and the bf16 dot
+    products (bf16 rows from either entry, on a CPU with avx512_bf16) four (5 rows: two
+    pairs and one alone, or four and one; 7 and 6: four and three, four and two; 13
+    outputs: a last weight block of 5 rows; 9 rows of 100: three passes over each of 13
+    blocks, the first bringing in the block two ahead)."""
     if wide and not native.gemv_avx512_supported():
         pytest.skip("this CPU has no AVX-512: the GEMV runs its AVX2 path only")
     generator = torch.Generator().manual_seed(11)

@@ -33,9 +33,9 @@
  * Each 256-bit half does exactly the AVX2 loop's arithmetic for its row, in the same
  * order, so the two paths give the same bits. Where the CPU also has avx512_bf16 and the
  * activations are bf16, that path multiplies with the bf16 dot product instead (block_dp:
- * four rows of x at a time, the same bits), which makes steps of many rows as fast as
- * oneDNN's batched bf16 products and lets them run in the one native call of a decode
- * step (decode_step.c).
+ * four rows of x at a time, the same bits), and so do calls of two or more rows on the
+ * AVX2 entry: steps of many rows then run faster than oneDNN's batched bf16 products, in
+ * the one native call of a decode step (decode_step.c).
  *
  * Every path adds each pair's odd column's product before its even one's, the order of
  * `vdpbf16ps`, and ends a block with hsum8 (hsum's order, eight sums at once), so a row
@@ -166,8 +166,9 @@ static inline GEMV_AVX512 void block_avx512(const uint16_t *block, const float *
  * where it is inlined, so each count gets its own loop. */
 #define DP_ROWS 4
 #define GEMV_AVX512_BF16 __attribute__((target("avx512f,avx512dq,avx512bf16")))
-static inline GEMV_AVX512_BF16 void block_dp(const uint16_t *block, const uint16_t *x,
-                                             int64_t x_stride, int n_rows, int64_t n_in,
+static inline GEMV_AVX512_BF16 void block_dp(const uint16_t *block, const uint16_t *later,
+                                             const uint16_t *x, int64_t x_stride,
+                                             int n_rows, int64_t n_in,
                                              float out[DP_ROWS][ROWS]) {
     __m512 acc[DP_ROWS][ROWS / 2];
     for (int r = 0; r < n_rows; r++)
@@ -178,6 +179,11 @@ static inline GEMV_AVX512_BF16 void block_dp(const uint16_t *block, const uint16
         const char *ahead = (const char *)chunk + PREFETCH_BYTES;
         for (int line = 0; line < ROWS * CHUNK * 2; line += 64)
             _mm_prefetch(ahead + line, _MM_HINT_T0);
+        if (later) {  /* the same chunk of a block read later, into L2 */
+            const char *far = (const char *)(later + c * ROWS);
+            for (int line = 0; line < ROWS * CHUNK * 2; line += 64)
+                _mm_prefetch(far + line, _MM_HINT_T1);
+        }
         __m512i w[ROWS / 2];
         for (int k = 0; k < ROWS / 2; k++)
             w[k] = _mm512_loadu_si512((const void *)(chunk + 2 * k * CHUNK));
@@ -192,25 +198,27 @@ static inline GEMV_AVX512_BF16 void block_dp(const uint16_t *block, const uint16
         _mm256_storeu_ps(out[r], hsum8_avx512(acc[r]));
 }
 
-/* One weight block against rows r0 .. r0 + n_rows - 1 of bf16 x, stored (block_dp). */
-static GEMV_AVX512_BF16 void block_dp_rows(const uint16_t *block, const uint16_t *x,
-                                           int64_t x_stride, int64_t r0, int n_rows,
+/* One weight block against rows r0 .. r0 + n_rows - 1 of bf16 x, stored (block_dp);
+ * `later`: a block to prefetch meanwhile, or NULL. */
+static GEMV_AVX512_BF16 void block_dp_rows(const uint16_t *block, const uint16_t *later,
+                                           const uint16_t *x, int64_t x_stride, int64_t r0,
+                                           int n_rows,
                                            int64_t n_in, int64_t b, int64_t n_out,
                                            const void *bias, const void *residual, void *y) {
     float sums[DP_ROWS][ROWS];
     const uint16_t *xr = x + r0 * x_stride;
     switch (n_rows) {  /* constant counts, so each is its own unrolled loop */
-    case 4: block_dp(block, xr, x_stride, 4, n_in, sums); break;
-    case 3: block_dp(block, xr, x_stride, 3, n_in, sums); break;
-    case 2: block_dp(block, xr, x_stride, 2, n_in, sums); break;
-    default: block_dp(block, xr, x_stride, 1, n_in, sums); break;
+    case 4: block_dp(block, later, xr, x_stride, 4, n_in, sums); break;
+    case 3: block_dp(block, later, xr, x_stride, 3, n_in, sums); break;
+    case 2: block_dp(block, later, xr, x_stride, 2, n_in, sums); break;
+    default: block_dp(block, later, xr, x_stride, 1, n_in, sums); break;
     }
     for (int r = 0; r < n_rows; r++)
         store_block_sums(sums[r], b, r0 + r, n_out, bias, residual, y, 1);
 }
 
-/* Whether this CPU has AVX-512's bf16 dot product (asked once; only on the AVX-512
- * path, which checked the rest of AVX-512 first). */
+/* Whether this CPU has AVX-512's bf16 dot product (asked once; only after
+ * gptstore_gemv_bf16_avx512_supported, which checks the rest of AVX-512). */
 static int dp_supported(void) {
     static int supported = -1;
     if (supported < 0) {
@@ -237,11 +245,29 @@ static int gemv_bf16(const void *x, int64_t n_rows, int64_t x_stride, const uint
                      int64_t n_in, int64_t n_out, const void *bias, const void *residual,
                      void *y, int act_bf16, int n_threads, int use_avx512) {
     const int64_t n_blocks = (n_out + ROWS - 1) / ROWS;
-    if (use_avx512 && act_bf16 && dp_supported()) {
+    /* Several rows of bf16 activations take the dot-product loop from either entry
+     * where the CPU has it (the same bits): the choice between the AVX2 and AVX-512
+     * loops is made by timing one row, a stream from memory where either may win by a
+     * few percent, while with more rows the arithmetic counts and one `vdpbf16ps` does
+     * a shift, a mask and two FMAs' work. On a Zen 4 EPYC whose one row measured faster
+     * on the AVX2 loop, 16-row steps on that loop had lost to oneDNN's batched products
+     * (11.9 against 6.8 ms for six SmolLM2 layers, one thread), so the engine's 16
+     * streams ran on those: 564-581 tok/s, against 615-689 with the steps on this loop
+     * (docs/design.md, "Decode steps of a few rows on the native GEMV"). */
+    if (act_bf16 && (use_avx512 || n_rows > 1) && gptstore_gemv_bf16_avx512_supported()
+            && dp_supported()) {
+        /* More rows than one pass takes read each block several times, from L1 after
+         * the first: that first pass also brings the block two ahead into L2, where
+         * the 4 KB prefetch alone left the passes waiting on memory (a C loop over
+         * 24 SmolLM2 weights, 2 threads, Zen 4 EPYC, median of 15: 16 rows 259-271
+         * -> 283-294 GFLOP/s, 8 rows 197-213 -> 226-251, 5 rows 148-155 -> 180-196). */
         #pragma omp parallel for schedule(static) num_threads(n_threads)
         for (int64_t b = 0; b < n_blocks; b++)
             for (int64_t r = 0; r < n_rows; r += DP_ROWS)
-                block_dp_rows(packed + b * ROWS * n_in, (const uint16_t *)x, x_stride, r,
+                block_dp_rows(packed + b * ROWS * n_in,
+                              n_rows > DP_ROWS && r == 0 && b + 2 < n_blocks
+                                  ? packed + (b + 2) * ROWS * n_in : NULL,
+                              (const uint16_t *)x, x_stride, r,
                               n_rows - r < DP_ROWS ? (int)(n_rows - r) : DP_ROWS, n_in, b,
                               n_out, bias, residual, y);
         return 0;
