@@ -238,7 +238,8 @@ def gemv(x: Any, packed: Any, n_out: int, bias: Any = None, residual: Any = None
     than the batched products (`MachineProfile.gemv_rows`). The result has x's dtype,
     and so must bias and residual. `avx512`: the AVX-512 path (the same bits; where
     `gemv_avx512_supported`), which with bf16 activations on a CPU with avx512_bf16
-    multiplies with its bf16 dot product, four rows at a time (gemv_bf16.c)."""
+    multiplies with its bf16 dot product, four rows at a time; two or more bf16 rows
+    take that dot product from either path (gemv_bf16.c)."""
     lib = _required()
     function = lib.gptstore_gemv_bf16_avx512 if avx512 else lib.gptstore_gemv_bf16
     return _gemv(function, x, packed, n_out, bias, residual)
