@@ -252,7 +252,7 @@ static int gemv_bf16(const void *x, int64_t n_rows, int64_t x_stride, const uint
      * a shift, a mask and two FMAs' work. On a Zen 4 EPYC whose one row measured faster
      * on the AVX2 loop, 16-row steps on that loop had lost to oneDNN's batched products
      * (11.9 against 6.8 ms for six SmolLM2 layers, one thread), so the engine's 16
-     * streams ran on those: 564-581 tok/s, against 615-689 with the steps on this loop
+     * streams ran on those: 564-581 tok/s, against 652-725 with the steps on this loop
      * (docs/design.md, "Decode steps of a few rows on the native GEMV"). */
     if (act_bf16 && (use_avx512 || n_rows > 1) && gptstore_gemv_bf16_avx512_supported()
             && dp_supported()) {
@@ -260,7 +260,7 @@ static int gemv_bf16(const void *x, int64_t n_rows, int64_t x_stride, const uint
          * the first: that first pass also brings the block two ahead into L2, where
          * the 4 KB prefetch alone left the passes waiting on memory (a C loop over
          * 24 SmolLM2 weights, 2 threads, Zen 4 EPYC, median of 15: 16 rows 259-271
-         * -> 283-294 GFLOP/s, 8 rows 197-213 -> 226-251, 5 rows 148-155 -> 180-196). */
+         * -> 283-294 GFLOP/s, 8 rows 197-217 -> 226-266, 5 rows 148-169 -> 180-235). */
         #pragma omp parallel for schedule(static) num_threads(n_threads)
         for (int64_t b = 0; b < n_blocks; b++)
             for (int64_t r = 0; r < n_rows; r += DP_ROWS)
