@@ -148,12 +148,27 @@ def run_gptstore(args: argparse.Namespace, settings: Any, catalog: Any, base: An
     run = finetune(config, settings=settings, catalog=catalog).record
     return {"tokens": run.train_tokens, "seconds": run.train_seconds,
             "tokens_per_second": run.tokens_per_second,
+            "slots": round(run.train_tokens / max(1e-9, 1 - run.padding_fraction)),
             "dev_accuracy": run.final["accuracy"], "padding": run.padding_fraction,
             "precision": run.precision,
             "timings": {k: round(v, 1) for k, v in run.timings.items()}}
 
 
 # ------------------------------------------------------------------ HF Trainer + PEFT
+
+
+class CountingCollator:
+    """The Trainer's collator, counting the token slots (padding included) of the
+    batches it builds: what its matmuls compute. One integer sum a batch."""
+
+    def __init__(self, collate: Any) -> None:
+        self.collate = collate
+        self.slots = 0
+
+    def __call__(self, features: list[dict[str, Any]]) -> Any:
+        batch = self.collate(features)
+        self.slots += int(batch["input_ids"].numel())
+        return batch
 
 
 def run_trainer(args: argparse.Namespace, folder: Path, train_rows: list[tuple[str, str]],
@@ -191,10 +206,12 @@ def run_trainer(args: argparse.Namespace, folder: Path, train_rows: list[tuple[s
             warmup_steps=round(args.warmup * steps), lr_scheduler_type="linear",
             logging_steps=25, save_strategy="no", eval_strategy="no", report_to=[],
             seed=args.seed, use_cpu=True, bf16=args.hf_bf16, disable_tqdm=True)
+        collate = CountingCollator(DataCollatorWithPadding(tokenizer))
         trainer = Trainer(model=model, args=training_args, train_dataset=train_set,
-                          data_collator=DataCollatorWithPadding(tokenizer))
+                          data_collator=collate)
         output = trainer.train()
         seconds = output.metrics["train_runtime"]
+        slots = collate.slots
         evaluating = time.perf_counter()
         # a list of feature dicts, as `train_dataset` above: the Trainer indexes either
         predictions = trainer.predict(dev_set).predictions  # type: ignore[arg-type]
@@ -203,7 +220,7 @@ def run_trainer(args: argparse.Namespace, folder: Path, train_rows: list[tuple[s
     correct = sum(int(p.argmax() == row["labels"]) for p, row in zip(predictions, dev_set,
                                                                      strict=True))
     return {"tokens": tokens, "seconds": round(seconds, 3),
-            "tokens_per_second": round(tokens / seconds, 1),
+            "tokens_per_second": round(tokens / seconds, 1), "slots": slots,
             "dev_accuracy": correct / len(dev_set),
             "precision": "bf16 autocast" if args.hf_bf16 else "fp32",
             "timings": {"train": round(seconds, 1), "evaluate": round(eval_seconds, 1),
@@ -281,9 +298,47 @@ def main() -> None:
         results["end_to_end_ratio"] = round(ours / theirs, 3)
         print(f"end to end: gptstore command -> published model {ours:.1f} s, Trainer load + "
               f"train + evaluate {theirs:.1f} s = {ours / theirs:.2f} of its time")
+        print(matmul_work(results["gptstore"], results["hf"], catalog.snapshot(base)))
     if args.json:
         print(json.dumps(results))
     catalog.close()
+
+
+def matmul_work(ours: dict[str, Any], theirs: dict[str, Any], folder: Path) -> str:
+    """Both sides' matmul work against this machine's own rate for it: the frozen
+    projections' forward and input-gradient products of every token slot (padding
+    included; LoRA's and attention's products left out, ~2% here), in GFLOP/s, as a share
+    of the training-sized matmul's rate in that side's precision, one thread's as the
+    machine line printed it times the torch threads. And the share our side would need
+    for issue 13's 4x."""
+    import torch
+    from machine import measured_profile
+
+    config = json.loads((folder / "config.json").read_text())
+    hidden, layers = int(config["hidden_size"]), int(config["num_hidden_layers"])
+    heads = int(config["num_attention_heads"])
+    head_dim = int(config.get("head_dim") or hidden // heads)
+    kv = int(config.get("num_key_value_heads") or heads) * head_dim
+    per_layer = hidden * (heads * head_dim + 2 * kv) + heads * head_dim * hidden \
+        + 3 * hidden * int(config["intermediate_size"])
+    flop = 2 * 2 * per_layer * layers  # forward and input gradients, 2 FLOP a weight
+    rates = measured_profile().gflops["training"]
+    threads = torch.get_num_threads()
+
+    def share(side: dict[str, Any]) -> tuple[float, float]:
+        dtype = "bf16" if "bf16" in side["precision"] else "fp32"
+        done = side["slots"] * flop / side["seconds"] / 1e9
+        return done, done / (rates[dtype] * threads)
+
+    (ours_rate, ours_share), (theirs_rate, theirs_share) = share(ours), share(theirs)
+    # 4x the Trainer's tokens/s, at our slots per token
+    needed = 4 * theirs["tokens_per_second"] * ours["slots"] / ours["tokens"] * flop / 1e9
+    needed_share = needed / (ours_rate / ours_share)
+    return (f"matmul work ({flop / 1e6:.0f} MFLOP a token slot: frozen projections, forward "
+            f"and input gradients): gptstore {ours['slots']} slots, {ours_rate:.0f} GFLOP/s "
+            f"= {ours_share:.0%} of {threads} x its one-thread training-sized matmul; Trainer "
+            f"{theirs['slots']} slots, {theirs_rate:.0f} GFLOP/s = {theirs_share:.0%}; 4x the "
+            f"Trainer would take gptstore at {needed_share:.0%}")
 
 
 def run_side(side: str, argv: list[str]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ import torch
 from gptstore.inference.precision import (
     BANDWIDTH_BYTES,
     SHAPES,
+    MachineProfile,
     attention_text,
     cpu_flags,
     cpu_model,
@@ -34,6 +35,9 @@ from gptstore.inference.precision import measure as measure_profile
 GEMM_SIZE = 2048
 #: seconds one timed product may take before the GEMM is measured at a smaller size
 GEMM_SLOW_S = 1.0
+#: the profile the last `describe_machine` measured (what its lines show), for a script
+#: that reads its own figures against them
+_measured: list[MachineProfile] = []
 
 
 def gemm_gflops(dtype: torch.dtype, n: int = GEMM_SIZE, reps: int = 3) -> tuple[float, int]:
@@ -83,6 +87,14 @@ def describe_machine() -> str:
     return lines[0]
 
 
+def measured_profile() -> MachineProfile:
+    """The profile behind the lines `describe_machine` returned last (its per-use GFLOP/s
+    are one thread's)."""
+    if not _measured:
+        raise RuntimeError("describe_machine() has not run in this process")
+    return _measured[0]
+
+
 def bandwidth_now() -> float:
     """`read_bandwidth` now, on a short-lived thread (as `describe_machine`, for the same
     reason). On the 2-core hosts here the reading moves between ~28 and ~58 GB/s from
@@ -103,6 +115,7 @@ def _describe() -> str:
     with torch.no_grad():
         (fp32, n32), (bf16, n16) = gemm_gflops(torch.float32), gemm_gflops(torch.bfloat16)
     profile = measure_profile()
+    _measured[:] = [profile]
     bandwidth = read_bandwidth()
     lines = [f"machine: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} "
              f"with {torch.get_num_threads()} threads; flags: {' '.join(cpu_flags())}",
