@@ -325,15 +325,17 @@ def matmul_work(ours: dict[str, Any], theirs: dict[str, Any], folder: Path) -> s
     rates = measured_profile().gflops["training"]
     threads = torch.get_num_threads()
 
-    def share(side: dict[str, Any]) -> tuple[float, float]:
-        dtype = "bf16" if "bf16" in side["precision"] else "fp32"
-        done = side["slots"] * flop / side["seconds"] / 1e9
-        return done, done / (rates[dtype] * threads)
+    def capacity(side: dict[str, Any]) -> float:  # GFLOP/s its precision allows here
+        return rates["bf16" if "bf16" in side["precision"] else "fp32"] * threads
 
-    (ours_rate, ours_share), (theirs_rate, theirs_share) = share(ours), share(theirs)
+    def rate(side: dict[str, Any]) -> float:  # GFLOP/s of its matmul work
+        return side["slots"] * flop / side["seconds"] / 1e9
+
+    ours_rate, theirs_rate = rate(ours), rate(theirs)
+    ours_share, theirs_share = ours_rate / capacity(ours), theirs_rate / capacity(theirs)
     # 4x the Trainer's tokens/s, at our slots per token
     needed = 4 * theirs["tokens_per_second"] * ours["slots"] / ours["tokens"] * flop / 1e9
-    needed_share = needed / (ours_rate / ours_share)
+    needed_share = needed / capacity(ours)
     return (f"matmul work ({flop / 1e6:.0f} MFLOP a token slot: frozen projections, forward "
             f"and input gradients): gptstore {ours['slots']} slots, {ours_rate:.0f} GFLOP/s "
             f"= {ours_share:.0%} of {threads} x its one-thread training-sized matmul; Trainer "
