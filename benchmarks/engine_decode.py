@@ -45,7 +45,7 @@ from gptstore.inference.precision import (
     int4_profile,
     machine_profile,
 )
-from gptstore.inference.types import ATTENTION_KERNELS, GEMV_KERNELS, INT4_TORCH
+from gptstore.inference.types import ATTENTION_KERNELS, GEMV_KERNELS, INT4_TORCH, ROWS_LOOPS
 
 QUESTIONS = [
     "What is the capital of France?", "Write a haiku about the sea.",
@@ -126,6 +126,9 @@ def main() -> None:
     parser.add_argument("--gemv-rows", type=int, default=None,
                         help="most rows of a decode step on the native GEMV (default: as "
                              "measured here)")
+    parser.add_argument("--rows-loop", choices=ROWS_LOOPS,
+                        help="loop of the native GEMV's steps of several bf16 rows "
+                             "(default: measured faster here)")
     parser.add_argument("--attention", choices=ATTENTION_KERNELS,
                         help="kernel of decode rows' attention (default: measured faster here)")
     parser.add_argument("--tokens", type=int, default=128, help="new tokens per request")
@@ -150,6 +153,7 @@ def main() -> None:
     gemv = args.gemv or profile.gemv  # default: measured fastest here
     # the decode steps the native GEMV serves: as measured, or 1-2 rows with --gemv-rows
     gemv_rows = args.gemv_rows or profile.gemv_rows
+    rows_loop = args.rows_loop or profile.rows_loop
     attention = args.attention or profile.attention
     int4_gemv = int4_profile(settings.home).int4_gemv if int4 else INT4_TORCH
     # loaded on a short-lived thread: a team of OpenMP workers left on this main thread
@@ -169,7 +173,8 @@ def main() -> None:
                                                                args.home / "bench-adapter"))
     del model
     copy = f" with a {decode_dtype} copy for decode steps" if decode_dtype else ""
-    copy += f", bf16 1-row kernel {gemv} (decode steps of up to {gemv_rows} rows), " \
+    copy += f", bf16 1-row kernel {gemv} (decode steps of up to {gemv_rows} rows, " \
+        f"their products on the {rows_loop} loop), " \
         f"decode attention {attention}"
     if int4:
         copy += f", 4-bit projections on the {int4_gemv} int4 kernel"
@@ -191,6 +196,7 @@ def main() -> None:
         engine = Engine(specs.__getitem__, EngineConfig(max_running=args.streams,
                                                          decode_dtype=decode_dtype,
                                                          gemv=gemv, gemv_rows=gemv_rows,
+                                                         rows_loop=rows_loop,
                                                          decode_attention=attention,
                                                          quantize="int4" if int4 else None,
                                                          int4_gemv=int4_gemv))

@@ -29,6 +29,7 @@ from gptstore.inference.precision import (
     cpu_model,
     gemv_rates_text,
     read_bandwidth,
+    rows_loop_text,
 )
 from gptstore.inference.precision import measure as measure_profile
 
@@ -128,6 +129,9 @@ def _describe() -> str:
         lines.append(f"  {use} {rows} x {n_in} -> {n_out}: fp32 {rates['fp32']:.1f}, "
                      f"bf16 {rates['bf16']:.1f} GFLOP/s{kernels} -> gptstore picks "
                      f"{profile.choice(use)}")
+    loop = rows_loop_text(profile)
+    if loop:
+        lines.append(f"  bf16 products of several rows: {loop}")
     attention = attention_text(profile)
     if attention:
         lines.append(f"  decode attention {attention}")

@@ -151,14 +151,15 @@ def _load() -> Any:
     library = ctypes.CDLL(str(_build(cc)))
     i64, ptr, c_int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
     library.gptstore_gemv_bf16.restype = c_int
-    library.gptstore_gemv_bf16.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, ptr, ptr,
-                                           c_int, c_int]
+    library.gptstore_gemv_q4.restype = c_int
+    library.gptstore_gemv_q4.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, ptr, ptr, c_int,
+                                         c_int]
+    library.gptstore_gemv_bf16.restype = c_int  # the q4 kernel's, and rows_fma
+    library.gptstore_gemv_bf16.argtypes = [*library.gptstore_gemv_q4.argtypes, c_int]
     library.gptstore_gemv_bf16_avx512.restype = c_int
     library.gptstore_gemv_bf16_avx512.argtypes = library.gptstore_gemv_bf16.argtypes
     library.gptstore_gemv_bf16_avx512_supported.restype = c_int
     library.gptstore_gemv_bf16_avx512_supported.argtypes = []
-    library.gptstore_gemv_q4.restype = c_int
-    library.gptstore_gemv_q4.argtypes = library.gptstore_gemv_bf16.argtypes
     library.gptstore_gemv_q4_use_vnni.restype = c_int
     library.gptstore_gemv_q4_use_vnni.argtypes = [c_int]
     library.gptstore_gemv_q4_vnni.restype = c_int
@@ -175,7 +176,7 @@ def _load() -> Any:
     library.gptstore_llama_decode.argtypes = [ptr, i64, i64, i64, ptr, c_int, i64, i64, i64,
                                               i64, ctypes.c_float, ptr, ptr, i64, i64, i64,
                                               ptr, ctypes.c_float, ptr, ptr, ptr, c_int,
-                                              c_int]
+                                              c_int, c_int]
     library.gptstore_refine_top.restype = c_int
     library.gptstore_refine_top.argtypes = [ptr, i64, i64, i64, ptr, i64, i64, c_int, ptr, i64,
                                             c_int, ptr, i64, c_int]
@@ -231,7 +232,7 @@ def pack(weight: Any) -> Any:
 
 
 def gemv(x: Any, packed: Any, n_out: int, bias: Any = None, residual: Any = None, *,
-         avx512: bool = False) -> Any:
+         avx512: bool = False, rows_fma: bool = False) -> Any:
     """`x @ W^T (+ bias) (+ residual)` for rows of x ([rows, in], fp32 or bf16, its rows
     may be strided): made for 1-2 rows (on AVX2 rows go in pairs over each weight block,
     which the next pair finds in cache), served for more where the machine measured that faster
@@ -239,10 +240,13 @@ def gemv(x: Any, packed: Any, n_out: int, bias: Any = None, residual: Any = None
     and so must bias and residual. `avx512`: the AVX-512 path (the same bits; where
     `gemv_avx512_supported`), which with bf16 activations on a CPU with avx512_bf16
     multiplies with its bf16 dot product, four rows at a time; two or more bf16 rows
-    take that dot product from either path (gemv_bf16.c)."""
+    take that dot product from either path (gemv_bf16.c). `rows_fma`: two or more rows
+    take AVX-512 FMAs instead, four rows per widened weight vector (the same bits; where
+    the machine measured that faster: precision.py `rows_loop`); rows of fp32
+    activations on an AVX-512 CPU always do."""
     lib = _required()
     function = lib.gptstore_gemv_bf16_avx512 if avx512 else lib.gptstore_gemv_bf16
-    return _gemv(function, x, packed, n_out, bias, residual)
+    return _gemv(function, x, packed, n_out, bias, residual, int(rows_fma))
 
 
 def gemv_avx512_supported() -> bool:
@@ -297,7 +301,10 @@ def q4_use_vnni(enable: bool = True) -> bool:
     return bool(_required().gptstore_gemv_q4_use_vnni(int(enable)))
 
 
-def _gemv(function: Any, x: Any, packed: Any, n_out: int, bias: Any, residual: Any) -> Any:
+def _gemv(function: Any, x: Any, packed: Any, n_out: int, bias: Any, residual: Any,
+          *kernel_args: int) -> Any:
+    """Call a GEMV kernel of gemv_bf16.c's or gemv_q4.c's arguments (`kernel_args`:
+    the bf16 kernel's trailing ones)."""
     rows, n_in = x.shape
     act_bf16 = x.dtype == torch.bfloat16
     if not act_bf16 and x.dtype != torch.float32:
@@ -313,7 +320,7 @@ def _gemv(function: Any, x: Any, packed: Any, n_out: int, bias: Any, residual: A
     status = function(x.data_ptr(), rows, x.stride(0), packed.data_ptr(), n_in, n_out,
                       None if bias is None else bias.data_ptr(),
                       None if residual is None else residual.data_ptr(), y.data_ptr(),
-                      int(act_bf16), torch.get_num_threads())
+                      int(act_bf16), torch.get_num_threads(), *kernel_args)
     if status == -3:
         raise ValueError("the native GEMV's AVX-512 path needs a CPU with AVX-512 "
                          "(gemv_avx512_supported() is False here)")
@@ -509,11 +516,11 @@ class LlamaDecodeStep:
     Built once per runner from each layer's weights, which it keeps alive: per layer
     (norm1, qkv, qkv_bias, o, o_bias, norm2, gate_up, gate_up_bias, down, down_bias), the
     products packed for `kernel` ("native" or "native-avx512": `pack`; "q4": `pack_q4`),
-    biases None or of the activations' dtype, norms [dim]."""
+    biases None or of the activations' dtype, norms [dim]. `rows_fma`: as for `gemv`."""
 
     def __init__(self, layers: Sequence[Sequence[Any]], kernel: str, *, dim: int,
                  n_heads: int, n_kv: int, head_dim: int, inter: int, eps: float,
-                 scale: float, dtype: Any) -> None:
+                 scale: float, dtype: Any, rows_fma: bool = False) -> None:
         self.function = _required().gptstore_llama_decode
         if kernel not in DECODE_STEP_KERNELS:
             raise ValueError(f"unknown decode step kernel {kernel!r} (known: "
@@ -553,6 +560,7 @@ class LlamaDecodeStep:
         self.n_layers, self.kernel = len(layers), DECODE_STEP_KERNELS[kernel]
         self.dim, self.n_heads, self.n_kv, self.head_dim = dim, n_heads, n_kv, head_dim
         self.inter, self.eps, self.scale, self.dtype = inter, eps, scale, dtype
+        self.rows_fma = rows_fma
 
     def __call__(self, x: Any, k_cache: Any, v_cache: Any, attention: DecodeAttention,
                  rotary: tuple[Any, Any],
@@ -594,7 +602,8 @@ class LlamaDecodeStep:
                                attention.slot0, attention.counts, self.scale,
                                rotary[0].data_ptr(), rotary[1].data_ptr(),
                                rows_lora,
-                               int(self.dtype == torch.bfloat16), torch.get_num_threads())
+                               int(self.dtype == torch.bfloat16), torch.get_num_threads(),
+                               int(self.rows_fma))
         if status == -3:
             raise ValueError("the native GEMV's AVX-512 path needs a CPU with AVX-512")
         if status != 0:

@@ -24,6 +24,11 @@ alternating, on one thread (`MEASURE_THREADS`), in well under a second:
   PyTorch's int4 kernel and in gptstore's own (native.py `gemv_q4`, where it builds);
   the profile's `int4_gemv`
   says which serves which (`int4_kernel`);
+- *rows loop*: where the native GEMV serves and the CPU has both AVX-512 and its bf16
+  dot product, a 16-row bf16 product over the decode set of weights in each of the
+  kernel's loops for several rows (`vdpbf16ps`, or FMAs on widened weights: the same
+  bits); the faster is the profile's `rows_loop`, and the decode steps of a few rows
+  below are timed with it;
 - *attention*: decode rows' attention over the KV cache, a 1-row and a 16-row group
   (`ATTENTION_SHAPE`) in the served dtype, as the runner calls PyTorch's SDPA (with
   its cache writes) and gptstore's own kernel (native.py), where that builds; the faster
@@ -73,6 +78,8 @@ from gptstore.inference.types import (
     INT4_NATIVE,
     INT4_NATIVE_ALL,
     INT4_TORCH,
+    ROWS_DOT,
+    ROWS_FMA,
 )
 
 Use = Literal["training", "batched", "decode"]
@@ -110,8 +117,9 @@ ATTENTION_ROWS = (1, 16)
 #: the 4-bit kernels' times; 5: the native GEMV's AVX-512 path is timed as a kernel; 6: the
 #: rows of decode steps the native GEMV serves are timed; 7: the native kernels' source
 #: digest is kept, and a profile measured with other kernels is measured again; 8: those
-#: rows are timed as whole decode steps of a runner)
-LAYOUT = 8
+#: rows are timed as whole decode steps of a runner; 9: the loop of those steps'
+#: products is timed)
+LAYOUT = 9
 #: rows of the decode steps timed for `MachineProfile.gemv_rows`, most first
 GEMV_ROWS_TIMED = (16, 8, 4)
 #: the Llama whose decode steps `_time_gemv_rows` times: SmolLM2-135M's layer shapes, a
@@ -157,6 +165,11 @@ class MachineProfile:
     # ("native_<rows>", "batched_<rows>")
     gemv_rows: int = 2
     gemv_rows_us: dict[str, float] = field(default_factory=dict)
+    # the native GEMV's loop for steps of two or more bf16 rows on an AVX-512 CPU:
+    # "bf16-dot" or "fma" (gemv_bf16.c), the one measured faster where the CPU has both
+    # ("fma" where it lacks the dot product); and the microseconds timed per loop
+    rows_loop: str = ROWS_DOT
+    rows_loop_us: dict[str, float] = field(default_factory=dict)
     # kernel of decode rows' attention that measured faster, "sdpa" or "native", and
     # the microseconds of a 1-row plus a 16-row group in each kernel timed
     attention: str = ATTENTION_SDPA
@@ -460,6 +473,47 @@ def gemv_kernel(gflops: dict[str, dict[str, float]]) -> str:
     return best
 
 
+def _time_rows_loop(profile: MachineProfile) -> tuple[str, dict[str, float]]:
+    """The native GEMV's loop for steps of two or more bf16 rows, and the microseconds
+    timed: where the profile's 1-row kernel is native and the CPU has AVX-512 with its
+    bf16 dot product, the faster of the two loops for a 16-row product over the decode
+    set of weights (`SHAPES["batched"]`'s shape, `COPIES["decode"]` distinct weights:
+    more than the caches hold, as a model's are), alternating; "fma" untimed on an
+    AVX-512 CPU without the dot product (the only loop there), "bf16-dot" (unused)
+    elsewhere.
+
+    Why: the two loops give the same bits, and which is faster is the CPU's. On an Intel
+    Xeon (family 6 model 207, `avx512_bf16`, no AMX) a `vdpbf16ps` issued at a quarter
+    of an FMA's rate, half its arithmetic a cycle: 16 rows ran at 226-228 GFLOP/s on the
+    FMAs against 170-175 on the dot product (2 threads, a C loop); on a Zen 4 EPYC, whose
+    512-bit FMAs issue at half that rate, the dot product is the faster
+    (gemv_bf16.c)."""
+    import torch
+
+    from gptstore.inference import native
+
+    if profile.gemv not in (GEMV_NATIVE, GEMV_NATIVE_AVX512) \
+            or not native.gemv_avx512_supported():
+        return ROWS_DOT, {}
+    if "avx512_bf16" not in cpu_flag_set():
+        return ROWS_FMA, {}
+    rows = max(GEMV_ROWS_TIMED)
+    _, n_in, n_out = SHAPES["batched"]
+    generator = torch.Generator().manual_seed(0)
+    weights = [native.pack(torch.randn(n_out, n_in, generator=generator))
+               for _ in range(COPIES["decode"])]
+    x = torch.randn(rows, n_in, generator=generator).to(torch.bfloat16)
+    avx512 = profile.gemv == GEMV_NATIVE_AVX512
+
+    def product(fma: bool) -> Callable[[], object]:
+        return lambda: [native.gemv(x, w, n_out, avx512=avx512, rows_fma=fma) for w in weights]
+
+    best = _alternating_best({ROWS_DOT: product(False), ROWS_FMA: product(True)},
+                             min_reps=3, budget_s=TIME_BUDGET_S, cap_s=TIME_CAP_S)
+    times = {name: round(seconds * 1e6, 1) for name, seconds in best.items()}
+    return (ROWS_FMA if best[ROWS_FMA] < best[ROWS_DOT] else ROWS_DOT), times
+
+
 def _time_gemv_rows(profile: MachineProfile, attention: str) -> tuple[int, dict[str, float]]:
     """The most rows of a decode step the native GEMV should serve, and the microseconds
     timed: 2 where the profile's 1-row kernel is not the native one; else the most of
@@ -480,7 +534,8 @@ def _time_gemv_rows(profile: MachineProfile, attention: str) -> tuple[int, dict[
     16-row product alone measured 2.9 ms on the native kernel against oneDNN's 2.7 (24
     weights, one thread), so 8 rows were chosen, while the engine's 16 streams decoded
     at 860-925 tok/s with 16-row steps on the one native call against 740-800 with the
-    batched products (docs/design.md, "Decode steps of a few rows on the native GEMV")."""
+    batched products (docs/design.md, "Decode steps of a few rows on the native GEMV").
+    The native side's products run on the profile's `rows_loop`."""
     import torch
 
     if profile.gemv not in (GEMV_NATIVE, GEMV_NATIVE_AVX512):
@@ -496,7 +551,8 @@ def _time_gemv_rows(profile: MachineProfile, attention: str) -> tuple[int, dict[
     model = model.to(getattr(torch, profile.serving_dtype_name)).eval()
     decode_dtype = torch.bfloat16 if profile.decode_copy else None
     runners = {name: build_runner(model, max_slots=most, decode_dtype=decode_dtype,
-                                  gemv=profile.gemv, gemv_rows=rows, attention=attention)
+                                  gemv=profile.gemv, gemv_rows=rows,
+                                  rows_loop=profile.rows_loop, attention=attention)
                for name, rows in (("native", most), ("batched", 2))}
     prompt = list(range(1, ROWS_PROMPT + 1))
     slots = {}
@@ -673,6 +729,9 @@ def measure() -> MachineProfile:
         # the cache holds the served dtype
         attention_us = _time_attention(getattr(torch, profile.serving_dtype_name))
         attention = attention_kernel(attention_us)
+        rows_loop, rows_loop_us = _time_rows_loop(profile)
+        profile = dataclasses.replace(profile, rows_loop=rows_loop,
+                                      rows_loop_us=rows_loop_us)
         gemv_rows, gemv_rows_us = _time_gemv_rows(profile, attention)
     finally:
         torch.set_num_threads(threads)
@@ -793,6 +852,17 @@ def gemv_rates_text(profile: MachineProfile) -> str | None:
     return f"{', '.join(timed)} GFLOP/s -> {profile.gemv}" if len(timed) > 1 else None
 
 
+def rows_loop_text(profile: MachineProfile) -> str | None:
+    """"16 rows: bf16 dot product 5.2 ms, FMA 3.9 ms -> fma" (None where nothing was
+    timed)."""
+    times = profile.rows_loop_us
+    if not times:
+        return None
+    names = {ROWS_DOT: "bf16 dot product", ROWS_FMA: "FMA"}
+    timed = ", ".join(f"{names[k]} {times[k] / 1e3:.1f} ms" for k in names if k in times)
+    return f"{max(GEMV_ROWS_TIMED)} rows: {timed} -> {profile.rows_loop}"
+
+
 def attention_text(profile: MachineProfile) -> str | None:
     """"1 + 16 rows x 256 positions: SDPA 410 us, native 250 us -> native" (None where
     nothing was timed)."""
@@ -837,6 +907,9 @@ def report_lines(profile: MachineProfile, bandwidth_gbs: float | None = None) ->
     kernels = gemv_rates_text(profile)
     if kernels:
         lines.append(f"  bf16 1-row kernel: {kernels}")
+    loop = rows_loop_text(profile)
+    if loop:
+        lines.append(f"  bf16 products of several rows: {loop}")
     rows = gemv_rows_text(profile)
     if rows:
         lines.append(f"  decode steps of a few rows: {rows}")

@@ -167,6 +167,7 @@ class ModelRegistry:
                               pack=self.config.pack_weights, quantize=self.config.quantize,
                               decode_dtype=decode_dtype, gemv=self.config.gemv,
                               gemv_rows=self.config.gemv_rows,
+                              rows_loop=self.config.rows_loop,
                               attention=self.config.decode_attention,
                               int4_gemv=self.config.int4_gemv, release_weights=True)
         is_classifier = type(model).__name__.endswith(CLASSIFIER_SUFFIX)

@@ -67,6 +67,7 @@ def engine_config(settings: Settings, **overrides: Any) -> EngineConfig:
         values["decode_dtype"] = profile.decode_dtype_name
     values["gemv"] = profile.gemv  # the 1-row kernel measured faster here, any dtype
     values["gemv_rows"] = profile.gemv_rows  # and the decode steps it serves
+    values["rows_loop"] = profile.rows_loop  # with the loop measured faster for them
     values["decode_attention"] = profile.attention  # likewise decode rows' attention
     values.update(overrides)
     return EngineConfig(**values)

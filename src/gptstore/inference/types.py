@@ -217,6 +217,12 @@ class ModelSpec:
 GEMV_ATEN, GEMV_ONEDNN, GEMV_NATIVE = "aten", "onednn", "native"
 GEMV_NATIVE_AVX512 = "native-avx512"
 GEMV_KERNELS = (GEMV_ATEN, GEMV_ONEDNN, GEMV_NATIVE, GEMV_NATIVE_AVX512)
+#: loops of the native kernel's steps of two or more bf16 rows on an AVX-512 CPU
+#: (gemv_bf16.c): the bf16 dot product (`vdpbf16ps`, where the CPU has it) or FMAs on
+#: widened weights (the same bits); the machine profile's `rows_loop` is the one measured
+#: faster (precision.py)
+ROWS_DOT, ROWS_FMA = "bf16-dot", "fma"
+ROWS_LOOPS = (ROWS_DOT, ROWS_FMA)
 #: kernels of 4-bit products: PyTorch's int4 kernel for every step, gptstore's (native.py)
 #: for steps of 1-2 rows, or gptstore's for every step
 INT4_TORCH, INT4_NATIVE, INT4_NATIVE_ALL = "torch", "native", "native-all"
@@ -250,6 +256,9 @@ class EngineConfig:
     # "native-avx512"): 1-2 rows always, decode steps of more where it measured faster
     # than the batched products (precision.py, `MachineProfile.gemv_rows`)
     gemv_rows: int = 2
+    # the loop of those steps' bf16 products: "bf16-dot" or "fma", the one this CPU
+    # measured faster (precision.py, `MachineProfile.rows_loop`)
+    rows_loop: str = ROWS_DOT
     # kernel of 4-bit products (`quantize="int4"`): "torch", "native" (1-2 row steps) or
     # "native-all" (every step), as this CPU measured (precision.py,
     # `MachineProfile.int4_gemv`)
@@ -280,6 +289,9 @@ class EngineConfig:
         if self.gemv_rows < 1:
             raise InvalidRequest(f"gemv_rows must be at least 1, got {self.gemv_rows}",
                                  param="gemv_rows")
+        if self.rows_loop not in ROWS_LOOPS:
+            raise InvalidRequest(f"unknown rows loop {self.rows_loop!r} (known: "
+                                 f"{', '.join(ROWS_LOOPS)})", param="rows_loop")
         if self.int4_gemv not in INT4_KERNELS:
             raise InvalidRequest(f"unknown int4 kernel {self.int4_gemv!r} (known: "
                                  f"{', '.join(INT4_KERNELS)})", param="int4_gemv")

@@ -124,16 +124,18 @@ def test_inputs_it_cannot_take_are_refused_by_name(kernel):
         native.gemv(torch.randn(1, 32), packed, 8, residual=torch.randn(1, 8).bfloat16())
 
 
+@pytest.mark.parametrize("rows_fma", [False, True], ids=["dot", "fma"])
 @pytest.mark.parametrize("wide", [False, True], ids=["avx2", "avx512"])
 @pytest.mark.parametrize("act", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(("rows", "n_out"), [(16, 40), (5, 13), (7, 13), (6, 24), (9, 100)])
-def test_many_rows_give_each_rows_own_bits(kernel, act, rows, n_out, wide):
+def test_many_rows_give_each_rows_own_bits(kernel, act, rows, n_out, wide, rows_fma):
     """A decode step of several rows (`MachineProfile.gemv_rows`) gives each row the bits
-    of that row alone, though the AVX2 loop takes rows two at a time and the bf16 dot
-    products (bf16 rows from either entry, on a CPU with avx512_bf16) four (5 rows: two
-    pairs and one alone, or four and one; 7 and 6: four and three, four and two; 13
-    outputs: a last weight block of 5 rows; 9 rows of 100: three passes over each of 13
-    blocks, the first bringing in the block two ahead)."""
+    of that row alone, though the AVX2 loop takes rows two at a time, and on an AVX-512
+    CPU the bf16 dot products (bf16 rows from either entry, on a CPU with avx512_bf16)
+    and the FMA loop (`rows_fma`, fp32 rows, a CPU without the dot product) four (5
+    rows: two pairs and one alone, or four and one; 7 and 6: four and three, four and
+    two; 13 outputs: a last weight block of 5 rows; 9 rows of 100: three passes over
+    each of 13 blocks, the first bringing in the block two ahead)."""
     if wide and not native.gemv_avx512_supported():
         pytest.skip("this CPU has no AVX-512: the GEMV runs its AVX2 path only")
     generator = torch.Generator().manual_seed(11)
@@ -143,7 +145,7 @@ def test_many_rows_give_each_rows_own_bits(kernel, act, rows, n_out, wide):
     bias = torch.randn(n_out, generator=generator).to(act)
     residual = torch.randn(rows, n_out, generator=generator).to(act)
     packed = native.pack(weight)
-    together = native.gemv(x, packed, n_out, bias, residual, avx512=wide)
+    together = native.gemv(x, packed, n_out, bias, residual, avx512=wide, rows_fma=rows_fma)
     alone = torch.cat([native.gemv(x[i:i + 1], packed, n_out, bias, residual[i:i + 1],
                                    avx512=wide) for i in range(rows)])
     assert torch.equal(together, alone)
@@ -476,6 +478,8 @@ DECODE_STEP_CASES = {
                                     "gemv_rows": 4}),
     "bf16": (torch.bfloat16, {"gemv": "native"}),
     "bf16-avx512": (torch.bfloat16, {"gemv": "native-avx512"}),
+    "bf16-avx512-fma-4-rows": (torch.bfloat16, {"gemv": "native-avx512", "gemv_rows": 4,
+                                                "rows_loop": "fma"}),
     "int4": (torch.bfloat16, {"quantize": "int4", "int4_gemv": "native"}),
 }
 

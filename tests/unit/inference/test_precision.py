@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from gptstore.errors import InvalidRequest
 from gptstore.inference import native, precision
 from gptstore.inference.precision import MachineProfile, choose, machine_key, machine_profile
 from gptstore.inference.store import engine_config
@@ -67,6 +68,7 @@ def test_first_use_measures_every_use_in_both_dtypes_quickly(tmp_path, measured)
         assert profile.gemv_rows_us[f"native_{max(precision.GEMV_ROWS_TIMED)}"] > 0
     else:
         assert profile.gemv_rows == 2 and not profile.gemv_rows_us
+    assert profile.rows_loop in ("bf16-dot", "fma")
     # "well under a second" on a quiet machine; the test machine is shared, so allow 3 s
     assert profile.seconds < 3.0
 
@@ -236,6 +238,59 @@ def test_decode_steps_of_a_few_rows_go_native_as_far_as_it_measures_faster(monke
         "native_16": 2000.0, "batched_16": 1500.0, "native_8": 1000.0, "batched_8": 1500.0}))
     assert text == ("16 rows: batched 1.5 ms, native 2.0 ms; 8 rows: batched 1.5 ms, "
                     "native 1.0 ms -> native up to 8 rows")
+
+
+def test_steps_of_several_rows_take_the_loop_measured_faster(monkeypatch):
+    """`rows_loop`: where the native GEMV serves and the CPU has AVX-512 and its bf16
+    dot product, a 16-row product is timed on the dot product and on the FMA loop (the
+    same bits) and the faster is kept; untimed elsewhere: "fma" on an AVX-512 CPU
+    without the dot product (its only loop), "bf16-dot" (unused) without AVX-512 or
+    where the native GEMV does not serve."""
+    if native.library() is None or not native.gemv_avx512_supported():
+        pytest.skip("the native kernels' AVX-512 path does not run here")
+    base = MachineProfile.from_dict(profile_doc(
+        {"training": "fp32", "batched": "bf16", "decode": "bf16"}, gemv="native-avx512"))
+    loops: list[set[bool]] = []
+
+    def fake(fma_s: float) -> Any:
+        def best(passes: dict[str, Any], **_: Any) -> dict[str, float]:
+            for run in passes.values():  # each runs its 16-row products
+                out = run()
+                assert len(out) == precision.COPIES["decode"]
+                assert out[0].shape == (16, precision.SHAPES["batched"][2])
+            loops.append(set(passes))
+            return {"bf16-dot": 1.0, "fma": fma_s}
+        return best
+
+    monkeypatch.setattr(precision, "cpu_flag_set", lambda: {"avx512f", "avx512_bf16"})
+    monkeypatch.setattr(precision, "COPIES", {**precision.COPIES, "decode": 2})  # quick
+    monkeypatch.setattr(precision, "_alternating_best", fake(0.5))
+    assert precision._time_rows_loop(base) == ("fma", {"bf16-dot": 1e6, "fma": 5e5})
+    monkeypatch.setattr(precision, "_alternating_best", fake(2.0))
+    assert precision._time_rows_loop(base)[0] == "bf16-dot"
+    assert loops == [{"bf16-dot", "fma"}] * 2
+    assert precision._time_rows_loop(dataclasses.replace(base, gemv="aten")) \
+        == ("bf16-dot", {})
+    monkeypatch.setattr(precision, "cpu_flag_set", lambda: {"avx512f"})
+    assert precision._time_rows_loop(base) == ("fma", {})
+    assert len(loops) == 2  # neither timed
+    text = precision.rows_loop_text(dataclasses.replace(
+        base, rows_loop="fma", rows_loop_us={"bf16-dot": 5200.0, "fma": 3900.0}))
+    assert text == "16 rows: bf16 dot product 5.2 ms, FMA 3.9 ms -> fma"
+    assert precision.rows_loop_text(base) is None
+
+
+def test_engines_run_several_rows_on_the_measured_loop(tmp_path):
+    home = tmp_path / "home"
+    doc = profile_doc({"training": "fp32", "batched": "bf16", "decode": "bf16"},
+                      gemv="native-avx512")
+    write_cache(home, {**doc, "rows_loop": "fma"})
+    assert engine_config(Settings(home=home)).rows_loop == "fma"
+    write_cache(home, doc)
+    assert engine_config(Settings(home=home)).rows_loop == "bf16-dot"
+    assert engine_config(Settings(home=home), rows_loop="fma").rows_loop == "fma"
+    with pytest.raises(InvalidRequest, match="unknown rows loop"):
+        engine_config(Settings(home=home), rows_loop="amx")
 
 
 def test_engines_serve_the_measured_rows_on_the_native_kernel(tmp_path):

@@ -35,7 +35,11 @@
  * activations are bf16, that path multiplies with the bf16 dot product instead (block_dp:
  * four rows of x at a time, the same bits), and so do calls of two or more rows on the
  * AVX2 entry: steps of many rows then run faster than oneDNN's batched bf16 products, in
- * the one native call of a decode step (decode_step.c).
+ * the one native call of a decode step (decode_step.c). Where the caller says so
+ * (`rows_fma`: the machine measured it faster, precision.py `rows_loop`), or where the
+ * dot product cannot serve (fp32 activations, a CPU without avx512_bf16), two or more
+ * rows on an AVX-512 CPU take block_fma instead: block_avx512's shift, mask and FMAs for
+ * four rows of x at once, each widened weight vector feeding them all (the same bits).
  *
  * Every path adds each pair's odd column's product before its even one's, the order of
  * `vdpbf16ps`, and ends a block with hsum8 (hsum's order, eight sums at once), so a row
@@ -152,6 +156,17 @@ static inline GEMV_AVX512 void block_avx512(const uint16_t *block, const float *
     _mm256_storeu_ps(out, hsum8_avx512(acc));
 }
 
+/* The prefetches of a chunk in the loops of several rows: the chunk PREFETCH_BYTES ahead
+ * into L1 and, where `later` is not NULL, the same chunk of a block read later into L2. */
+static inline void prefetch_chunk(const uint16_t *chunk, const uint16_t *later) {
+    const char *ahead = (const char *)chunk + PREFETCH_BYTES;
+    for (int line = 0; line < ROWS * CHUNK * 2; line += 64)
+        _mm_prefetch(ahead + line, _MM_HINT_T0);
+    if (later)
+        for (int line = 0; line < ROWS * CHUNK * 2; line += 64)
+            _mm_prefetch((const char *)later + line, _MM_HINT_T1);
+}
+
 /* The sums of block_avx512 for up to DP_ROWS rows of bf16 x at once, with AVX-512's bf16
  * dot product (`vdpbf16ps`, where the CPU has avx512_bf16): each instruction adds to a
  * fp32 sum the products of a bf16 pair, the odd column's first and then the even one's,
@@ -176,14 +191,7 @@ static inline GEMV_AVX512_BF16 void block_dp(const uint16_t *block, const uint16
             acc[r][k] = _mm512_setzero_ps();
     for (int64_t c = 0; c < n_in; c += CHUNK) {
         const uint16_t *chunk = block + c * ROWS;
-        const char *ahead = (const char *)chunk + PREFETCH_BYTES;
-        for (int line = 0; line < ROWS * CHUNK * 2; line += 64)
-            _mm_prefetch(ahead + line, _MM_HINT_T0);
-        if (later) {  /* the same chunk of a block read later, into L2 */
-            const char *far = (const char *)(later + c * ROWS);
-            for (int line = 0; line < ROWS * CHUNK * 2; line += 64)
-                _mm_prefetch(far + line, _MM_HINT_T1);
-        }
+        prefetch_chunk(chunk, later ? later + c * ROWS : NULL);
         __m512i w[ROWS / 2];
         for (int k = 0; k < ROWS / 2; k++)
             w[k] = _mm512_loadu_si512((const void *)(chunk + 2 * k * CHUNK));
@@ -217,6 +225,67 @@ static GEMV_AVX512_BF16 void block_dp_rows(const uint16_t *block, const uint16_t
         store_block_sums(sums[r], b, r0 + r, n_out, bias, residual, y, 1);
 }
 
+/* The sums of block_avx512 for up to FMA_ROWS rows of x (fp32, each chunk split into its
+ * even and odd halves as block_avx512 reads it) at once: each 64-byte weight load is
+ * widened once (one mask, one shift) and feeds every row's two FMAs, in block_avx512's
+ * order, so each row gets the bits it gets alone. The loop of steps of several rows where
+ * the bf16 dot product is slower than two FMAs: on an Intel Xeon (family 6 model 207,
+ * avx512_bf16, no AMX) `vdpbf16ps` ran 1.6 G instructions/s per core against 6.5 G for
+ * FMAs (a scratch loop of independent sums), so its 64 FLOPs each gave 100 GFLOP/s
+ * against FMAs' 208, and 16 rows over SmolLM2's 24 projections of 6 layers, 2 threads,
+ * ran at 226-228 GFLOP/s on this loop against 170-175 on block_dp (a C loop, scratch
+ * `ab.py`). On a Zen 4 EPYC the dot product's rate is the higher one, so the choice is
+ * measured. Four rows take 26 of the 32 vector registers (16 sums, 8 widened weight
+ * vectors, a row's two x halves); five measured the same. */
+#define FMA_ROWS 4
+static inline GEMV_AVX512 void block_fma(const uint16_t *block, const uint16_t *later,
+                                         const float *xs, int64_t n_in, int n_rows,
+                                         float out[FMA_ROWS][ROWS]) {
+    const __m512i odd_mask = _mm512_set1_epi32((int)0xffff0000u);
+    __m512 acc[FMA_ROWS][ROWS / 2];
+    for (int r = 0; r < n_rows; r++)
+        for (int k = 0; k < ROWS / 2; k++)
+            acc[r][k] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < n_in; c += CHUNK) {
+        const uint16_t *chunk = block + c * ROWS;
+        prefetch_chunk(chunk, later ? later + c * ROWS : NULL);
+        __m512 x_even[FMA_ROWS], x_odd[FMA_ROWS];
+        for (int r = 0; r < n_rows; r++) {
+            x_even[r] = _mm512_broadcast_f32x8(_mm256_load_ps(xs + r * n_in + c));
+            x_odd[r] = _mm512_broadcast_f32x8(_mm256_load_ps(xs + r * n_in + c + CHUNK / 2));
+        }
+        for (int k = 0; k < ROWS / 2; k++) {
+            const __m512i v = _mm512_loadu_si512((const void *)(chunk + 2 * k * CHUNK));
+            const __m512 odd = _mm512_castsi512_ps(_mm512_and_si512(v, odd_mask));
+            const __m512 even = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+            for (int r = 0; r < n_rows; r++) {
+                acc[r][k] = _mm512_fmadd_ps(odd, x_odd[r], acc[r][k]);
+                acc[r][k] = _mm512_fmadd_ps(even, x_even[r], acc[r][k]);
+            }
+        }
+    }
+    for (int r = 0; r < n_rows; r++)
+        _mm256_storeu_ps(out[r], hsum8_avx512(acc[r]));
+}
+
+/* One weight block against rows r0 .. r0 + n_rows - 1 of split fp32 x, stored
+ * (block_fma); `later` as for block_dp_rows. */
+static GEMV_AVX512 void block_fma_rows(const uint16_t *block, const uint16_t *later,
+                                       const float *xs, int64_t n_in, int64_t r0, int n_rows,
+                                       int64_t b, int64_t n_out, const void *bias,
+                                       const void *residual, void *y, int act_bf16) {
+    float sums[FMA_ROWS][ROWS];
+    const float *xr = xs + r0 * n_in;
+    switch (n_rows) {  /* constant counts, so each is its own unrolled loop */
+    case 4: block_fma(block, later, xr, n_in, 4, sums); break;
+    case 3: block_fma(block, later, xr, n_in, 3, sums); break;
+    case 2: block_fma(block, later, xr, n_in, 2, sums); break;
+    default: block_fma(block, later, xr, n_in, 1, sums); break;
+    }
+    for (int r = 0; r < n_rows; r++)
+        store_block_sums(sums[r], b, r0 + r, n_out, bias, residual, y, act_bf16);
+}
+
 /* Whether this CPU has AVX-512's bf16 dot product (asked once; only after
  * gptstore_gemv_bf16_avx512_supported, which checks the rest of AVX-512). */
 static int dp_supported(void) {
@@ -243,10 +312,12 @@ int gptstore_gemv_bf16_avx512_supported(void) {
  * scratch memory could not be allocated (nothing written then). */
 static int gemv_bf16(const void *x, int64_t n_rows, int64_t x_stride, const uint16_t *packed,
                      int64_t n_in, int64_t n_out, const void *bias, const void *residual,
-                     void *y, int act_bf16, int n_threads, int use_avx512) {
+                     void *y, int act_bf16, int n_threads, int use_avx512, int rows_fma) {
     const int64_t n_blocks = (n_out + ROWS - 1) / ROWS;
+    const int wide = gptstore_gemv_bf16_avx512_supported();
     /* Several rows of bf16 activations take the dot-product loop from either entry
-     * where the CPU has it (the same bits): the choice between the AVX2 and AVX-512
+     * where the CPU has it, unless the caller measured block_fma faster (`rows_fma`;
+     * either gives the same bits): the choice between the AVX2 and AVX-512
      * loops is made by timing one row, a stream from memory where either may win by a
      * few percent, while with more rows the arithmetic counts and one `vdpbf16ps` does
      * a shift, a mask and two FMAs' work. On a Zen 4 EPYC whose one row measured faster
@@ -254,8 +325,7 @@ static int gemv_bf16(const void *x, int64_t n_rows, int64_t x_stride, const uint
      * (11.9 against 6.8 ms for six SmolLM2 layers, one thread), so the engine's 16
      * streams ran on those: 564-581 tok/s, against 652-725 with the steps on this loop
      * (docs/design.md, "Decode steps of a few rows on the native GEMV"). */
-    if (act_bf16 && (use_avx512 || n_rows > 1) && gptstore_gemv_bf16_avx512_supported()
-            && dp_supported()) {
+    if (act_bf16 && (n_rows > 1 ? !rows_fma : use_avx512) && wide && dp_supported()) {
         /* More rows than one pass takes read each block several times, from L1 after
          * the first: that first pass also brings the block two ahead into L2, where
          * the 4 KB prefetch alone left the passes waiting on memory (a C loop over
@@ -290,6 +360,14 @@ static int gemv_bf16(const void *x, int64_t n_rows, int64_t x_stride, const uint
     for (int64_t b = 0; b < n_blocks; b++) {
         const uint16_t *block = packed + b * ROWS * n_in;
         int64_t r = 0;  /* rows after the first find the block in cache */
+        if (n_rows > 1 && wide) {  /* block_fma, four rows at a time, from either entry */
+            for (; r < n_rows; r += FMA_ROWS)
+                block_fma_rows(block, n_rows > FMA_ROWS && r == 0 && b + 2 < n_blocks
+                                          ? packed + (b + 2) * ROWS * n_in : NULL,
+                               xs, n_in, r,
+                               n_rows - r < FMA_ROWS ? (int)(n_rows - r) : FMA_ROWS, b,
+                               n_out, bias, residual, y, act_bf16);
+        }
         if (!use_avx512) {
             for (; r + 1 < n_rows; r += 2) {
                 float sums0[ROWS], sums1[ROWS];
@@ -311,22 +389,24 @@ static int gemv_bf16(const void *x, int64_t n_rows, int64_t x_stride, const uint
     return 0;
 }
 
-/* The AVX2 path. */
+/* The AVX2 path (with AVX-512's loops for two or more rows where the CPU has them).
+ * `rows_fma`: two or more rows of bf16 activations on block_fma rather than the bf16
+ * dot product (the same bits; what the machine measured faster). */
 int gptstore_gemv_bf16(const void *x, int64_t n_rows, int64_t x_stride,
                        const uint16_t *packed, int64_t n_in, int64_t n_out,
                        const void *bias, const void *residual, void *y,
-                       int act_bf16, int n_threads) {
+                       int act_bf16, int n_threads, int rows_fma) {
     return gemv_bf16(x, n_rows, x_stride, packed, n_in, n_out, bias, residual, y, act_bf16,
-                     n_threads, 0);
+                     n_threads, 0, rows_fma);
 }
 
 /* The AVX-512 path (same arguments and bits); -3 where the CPU lacks AVX-512. */
 int gptstore_gemv_bf16_avx512(const void *x, int64_t n_rows, int64_t x_stride,
                               const uint16_t *packed, int64_t n_in, int64_t n_out,
                               const void *bias, const void *residual, void *y,
-                              int act_bf16, int n_threads) {
+                              int act_bf16, int n_threads, int rows_fma) {
     if (!gptstore_gemv_bf16_avx512_supported())
         return -3;
     return gemv_bf16(x, n_rows, x_stride, packed, n_in, n_out, bias, residual, y, act_bf16,
-                     n_threads, 1);
+                     n_threads, 1, rows_fma);
 }

@@ -9,11 +9,11 @@
 int gptstore_gemv_bf16(const void *x, int64_t n_rows, int64_t x_stride,
                        const uint16_t *packed, int64_t n_in, int64_t n_out,
                        const void *bias, const void *residual, void *y,
-                       int act_bf16, int n_threads);
+                       int act_bf16, int n_threads, int rows_fma);
 int gptstore_gemv_bf16_avx512(const void *x, int64_t n_rows, int64_t x_stride,
                               const uint16_t *packed, int64_t n_in, int64_t n_out,
                               const void *bias, const void *residual, void *y,
-                              int act_bf16, int n_threads);
+                              int act_bf16, int n_threads, int rows_fma);
 int gptstore_gemv_q4(const void *x, int64_t n_rows, int64_t x_stride, const uint8_t *packed,
                      int64_t n_in, int64_t n_out, const void *bias, const void *residual,
                      void *y, int act_bf16, int n_threads);

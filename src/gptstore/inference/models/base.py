@@ -46,6 +46,9 @@ from gptstore.inference.types import (
     INT4_KERNELS,
     INT4_NATIVE_ALL,
     INT4_TORCH,
+    ROWS_DOT,
+    ROWS_FMA,
+    ROWS_LOOPS,
 )
 
 
@@ -172,13 +175,22 @@ class Linear:
       on a CPU that serves fp32 the bf16 copy halves its bytes. On an AVX2 EPYC the
       engine decoding 4 streams went from 98-103 to 156-184 tok/s with it, 16 streams
       from 196-207 to 250-269 (alternating scratch runs).
+    * `rows_loop`: the native kernel's loop for those steps of several rows on an AVX-512
+      CPU, the bf16 dot product or FMAs on widened weights (the same bits), as measured
+      (`MachineProfile.rows_loop`). On an Intel Xeon without AMX, whose `vdpbf16ps`
+      issues at a quarter of an FMA's rate, SmolLM2's 16-row forward took 28-32 ms on
+      the FMAs against 34-36 on the dot product (alternating, one process).
     """
 
     def __init__(self, weight_t: torch.Tensor, bias: torch.Tensor | None = None, *,
                  pack: bool = False, decode_dtype: torch.dtype | None = None,
-                 gemv: str = GEMV_ATEN, gemv_rows: int = _GEMV_MAX_ROWS) -> None:
+                 gemv: str = GEMV_ATEN, gemv_rows: int = _GEMV_MAX_ROWS,
+                 rows_loop: str = ROWS_DOT) -> None:
         if gemv not in GEMV_KERNELS:
             raise ValueError(f"unknown gemv kernel {gemv!r} (known: {', '.join(GEMV_KERNELS)})")
+        if rows_loop not in ROWS_LOOPS:
+            raise ValueError(f"unknown rows loop {rows_loop!r} (known: "
+                             f"{', '.join(ROWS_LOOPS)})")
         self.weight_t = weight_t  # [in, out]: a transposed view of an nn.Linear weight,
         self.bias = bias  # or a GPT-2 Conv1D weight as it is
         mkldnn = torch.backends.mkldnn.is_available()
@@ -193,8 +205,10 @@ class Linear:
                 and native.fits(weight_t.shape[0]) and native.library() is not None:
             self.decode_native = native.pack(weight_t.t())
         self.native_avx512 = gemv == GEMV_NATIVE_AVX512 and native.gemv_avx512_supported()
-        # the most rows the native kernel serves: 1-2 always, more where measured faster
+        # the most rows the native kernel serves: 1-2 always, more where measured faster,
+        # and their loop
         self.native_rows = max(gemv_rows, _GEMV_MAX_ROWS)
+        self.rows_fma = rows_loop == ROWS_FMA
         # bf16 1-2 row products on the packed weights (`gemv="onednn"`), else ATen's GEMV
         packed_gemv = gemv == GEMV_ONEDNN and bf16 and self.packed is not None
         self.gemv_toggle = bf16 and mkldnn and not packed_gemv
@@ -253,10 +267,11 @@ class Linear:
     @classmethod
     def of(cls, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
            pack: bool = False, decode_dtype: torch.dtype | None = None,
-           gemv: str = GEMV_ATEN, gemv_rows: int = _GEMV_MAX_ROWS) -> Linear:
+           gemv: str = GEMV_ATEN, gemv_rows: int = _GEMV_MAX_ROWS,
+           rows_loop: str = ROWS_DOT) -> Linear:
         """From an `nn.Linear`-style weight [out, in]."""
         return cls(weight.t(), bias, pack=pack, decode_dtype=decode_dtype, gemv=gemv,
-                   gemv_rows=gemv_rows)
+                   gemv_rows=gemv_rows, rows_loop=rows_loop)
 
     @property
     def extra_nbytes(self) -> int:
@@ -281,7 +296,7 @@ class Linear:
         if self.decode_native is not None and x.shape[0] <= self.native_rows and \
                 copy_allowed(self.weight_t.dtype):
             return native.gemv(x, self.decode_native, self.weight_t.shape[1], self.bias,
-                               residual, avx512=self.native_avx512)
+                               residual, avx512=self.native_avx512, rows_fma=self.rows_fma)
         if self.decodes_low(x.shape[0]):
             return self._decode(x, residual)
         if self.packed is not None and x.shape[0] >= self.packed_min_rows:
@@ -531,8 +546,9 @@ class DecoderRunner(Runner):
                  vocab_size: int, context_length: int, dtype: torch.dtype,
                  max_slots: int, pack: bool, quantize: str | None = None,
                  decode_dtype: torch.dtype | None = None, gemv: str = GEMV_ATEN,
-                 gemv_rows: int = _GEMV_MAX_ROWS, attention: str = ATTENTION_SDPA,
-                 int4_gemv: str = INT4_TORCH, release_weights: bool = False) -> None:
+                 gemv_rows: int = _GEMV_MAX_ROWS, rows_loop: str = ROWS_DOT,
+                 attention: str = ATTENTION_SDPA, int4_gemv: str = INT4_TORCH,
+                 release_weights: bool = False) -> None:
         if quantize not in (None, "int4"):
             raise ValueError(f"unknown quantization {quantize!r}")
         if quantize and dtype != torch.bfloat16:
@@ -549,6 +565,8 @@ class DecoderRunner(Runner):
         self.gemv = gemv
         # the most rows of a step the native one serves (`Linear`)
         self.gemv_rows = gemv_rows
+        # with the loop measured faster for its steps of several rows (`Linear`)
+        self.rows_loop = rows_loop
         # and of 4-bit ones (`Int4Linear`)
         self.int4_gemv = int4_gemv
         # decode rows' attention on the native kernel, where it measured faster and runs
@@ -575,7 +593,8 @@ class DecoderRunner(Runner):
             layer = Int4Linear(weight_t, bias, kernel=self.int4_gemv)
         else:
             layer = Linear(weight_t, bias, pack=self.pack, decode_dtype=self.decode_dtype,
-                           gemv=self.gemv, gemv_rows=self.gemv_rows)
+                           gemv=self.gemv, gemv_rows=self.gemv_rows,
+                           rows_loop=self.rows_loop)
         if own_copy or (self.release_weights and owners):
             layer.drop_plain()
         if self.release_weights and not layer.holds_plain:

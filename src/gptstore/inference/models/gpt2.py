@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from gptstore.inference.lora import LoraBatch, SiteTarget
 from gptstore.inference.models.base import DecoderRunner, Head, Linear, StepPlan
-from gptstore.inference.types import ATTENTION_SDPA, GEMV_ATEN, INT4_TORCH
+from gptstore.inference.types import ATTENTION_SDPA, GEMV_ATEN, INT4_TORCH, ROWS_DOT
 
 _TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
@@ -47,8 +47,9 @@ class GPT2Runner(DecoderRunner):
     def __init__(self, model: Any, *, max_slots: int, max_context: int | None = None,
                  pack: bool = False, quantize: str | None = None,
                  decode_dtype: torch.dtype | None = None, gemv: str = GEMV_ATEN,
-                 gemv_rows: int = 2, attention: str = ATTENTION_SDPA,
-                 int4_gemv: str = INT4_TORCH, release_weights: bool = False) -> None:
+                 gemv_rows: int = 2, rows_loop: str = ROWS_DOT,
+                 attention: str = ATTENTION_SDPA, int4_gemv: str = INT4_TORCH,
+                 release_weights: bool = False) -> None:
         config = model.config
         tr = model.transformer
         d, n_heads = config.n_embd, config.n_head
@@ -60,8 +61,8 @@ class GPT2Runner(DecoderRunner):
                          head_dim=d // n_heads, vocab_size=config.vocab_size,
                          context_length=context, dtype=dtype, max_slots=max_slots, pack=pack,
                          quantize=quantize, decode_dtype=decode_dtype, gemv=gemv,
-                         gemv_rows=gemv_rows, attention=attention, int4_gemv=int4_gemv,
-                         release_weights=release_weights)
+                         gemv_rows=gemv_rows, rows_loop=rows_loop, attention=attention,
+                         int4_gemv=int4_gemv, release_weights=release_weights)
         self.hidden = d
         self.eps = float(config.layer_norm_epsilon)
         self.wte = tr.wte.weight.detach()

@@ -37,7 +37,7 @@ from gptstore.inference.models.base import (
     StepPlan,
     copy_allowed,
 )
-from gptstore.inference.types import ATTENTION_SDPA, GEMV_ATEN, INT4_TORCH
+from gptstore.inference.types import ATTENTION_SDPA, GEMV_ATEN, INT4_TORCH, ROWS_DOT, ROWS_FMA
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
@@ -131,8 +131,9 @@ class LlamaRunner(DecoderRunner):
     def __init__(self, model: Any, *, max_slots: int, max_context: int | None = None,
                  pack: bool = False, quantize: str | None = None,
                  decode_dtype: torch.dtype | None = None, gemv: str = GEMV_ATEN,
-                 gemv_rows: int = 2, attention: str = ATTENTION_SDPA,
-                 int4_gemv: str = INT4_TORCH, release_weights: bool = False) -> None:
+                 gemv_rows: int = 2, rows_loop: str = ROWS_DOT,
+                 attention: str = ATTENTION_SDPA, int4_gemv: str = INT4_TORCH,
+                 release_weights: bool = False) -> None:
         config = model.config
         decoder = _decoder(model)
         first = decoder.layers[0].self_attn
@@ -149,8 +150,8 @@ class LlamaRunner(DecoderRunner):
                          head_dim=head_dim, vocab_size=config.vocab_size,
                          context_length=context, dtype=dtype, max_slots=max_slots, pack=pack,
                          quantize=quantize, decode_dtype=decode_dtype, gemv=gemv,
-                         gemv_rows=gemv_rows, attention=attention, int4_gemv=int4_gemv,
-                         release_weights=release_weights)
+                         gemv_rows=gemv_rows, rows_loop=rows_loop, attention=attention,
+                         int4_gemv=int4_gemv, release_weights=release_weights)
         self.eps = float(config.rms_norm_eps)
         self.hidden = config.hidden_size
         self.intermediate = config.intermediate_size
@@ -230,7 +231,8 @@ class LlamaRunner(DecoderRunner):
         step = native.LlamaDecodeStep(layers, kinds.pop(), dim=self.hidden,
                                       n_heads=self.n_heads, n_kv=self.n_kv_heads,
                                       head_dim=self.head_dim, inter=self.intermediate,
-                                      eps=self.eps, scale=self.scale, dtype=self.dtype)
+                                      eps=self.eps, scale=self.scale, dtype=self.dtype,
+                                      rows_fma=self.rows_loop == ROWS_FMA)
         return step, min(most)
 
     def _lora_tables_of(self, lora: LoraBatch, n: int
