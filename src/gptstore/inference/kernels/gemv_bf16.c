@@ -286,6 +286,32 @@ static GEMV_AVX512 void block_fma_rows(const uint16_t *block, const uint16_t *la
         store_block_sums(sums[r], b, r0 + r, n_out, bias, residual, y, act_bf16);
 }
 
+/* One 16-column chunk of x from element `at` (fp32, or bf16 where `act_bf16`) as fp32,
+ * its 8 even columns then its 8 odd ones, into `out` (32-byte aligned): the layout the
+ * FMA loops read. Vectorised because it runs on one thread before every call's parallel
+ * loop (for a 16-row SmolLM2 step, 1.6 M values a step): 16-row products over SmolLM2's
+ * weights ran 1-3% faster than with the scalar copy (C loop, Intel Xeon). bf16 pairs widen
+ * as the weights do (the even value is a pair's low half shifted up, the odd its high
+ * half masked); fp32 values are deinterleaved with two shuffles. */
+static inline void split_chunk(const void *x, int64_t at, int act_bf16, float *out) {
+    if (act_bf16) {
+        const __m256i v = _mm256_loadu_si256((const __m256i *)((const uint16_t *)x + at));
+        _mm256_store_ps(out, _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)));
+        _mm256_store_ps(out + CHUNK / 2, _mm256_castsi256_ps(
+            _mm256_and_si256(v, _mm256_set1_epi32((int)0xffff0000u))));
+        return;
+    }
+    const float *xf = (const float *)x + at;
+    const __m256 lo = _mm256_loadu_ps(xf), hi = _mm256_loadu_ps(xf + CHUNK / 2);
+    /* (lo0 lo2 hi0 hi2 | lo4 lo6 hi4 hi6), then the 64-bit lanes in order 0 2 1 3 */
+    const __m256 even = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0));
+    const __m256 odd = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(3, 1, 3, 1));
+    _mm256_store_ps(out, _mm256_castpd_ps(
+        _mm256_permute4x64_pd(_mm256_castps_pd(even), _MM_SHUFFLE(3, 1, 2, 0))));
+    _mm256_store_ps(out + CHUNK / 2, _mm256_castpd_ps(
+        _mm256_permute4x64_pd(_mm256_castps_pd(odd), _MM_SHUFFLE(3, 1, 2, 0))));
+}
+
 /* Whether this CPU has AVX-512's bf16 dot product (asked once; only after
  * gptstore_gemv_bf16_avx512_supported, which checks the rest of AVX-512). */
 static int dp_supported(void) {
@@ -346,15 +372,9 @@ static int gemv_bf16(const void *x, int64_t n_rows, int64_t x_stride, const uint
     float *xs = (float *)aligned_alloc(32, (size_t)(n_rows * n_in) * sizeof(float) + 32);
     if (!xs)
         return -1;
-    for (int64_t r = 0; r < n_rows; r++) {
-        for (int64_t c = 0; c < n_in; c += CHUNK) {
-            for (int j = 0; j < CHUNK / 2; j++) {
-                xs[r * n_in + c + j] = load_act(x, r * x_stride + c + 2 * j, act_bf16);
-                xs[r * n_in + c + CHUNK / 2 + j] =
-                    load_act(x, r * x_stride + c + 2 * j + 1, act_bf16);
-            }
-        }
-    }
+    for (int64_t r = 0; r < n_rows; r++)
+        for (int64_t c = 0; c < n_in; c += CHUNK)
+            split_chunk(x, r * x_stride + c, act_bf16, xs + r * n_in + c);
 
     #pragma omp parallel for schedule(static) num_threads(n_threads)
     for (int64_t b = 0; b < n_blocks; b++) {
