@@ -154,7 +154,7 @@ def _load() -> Any:
     library.gptstore_gemv_q4.restype = c_int
     library.gptstore_gemv_q4.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, ptr, ptr, c_int,
                                          c_int]
-    library.gptstore_gemv_bf16.restype = c_int  # the q4 kernel's, and rows_fma
+    library.gptstore_gemv_bf16.restype = c_int  # the q4 kernel's arguments and rows_fma
     library.gptstore_gemv_bf16.argtypes = [*library.gptstore_gemv_q4.argtypes, c_int]
     library.gptstore_gemv_bf16_avx512.restype = c_int
     library.gptstore_gemv_bf16_avx512.argtypes = library.gptstore_gemv_bf16.argtypes

@@ -486,8 +486,8 @@ def _time_rows_loop(profile: MachineProfile) -> tuple[str, dict[str, float]]:
     Xeon (family 6 model 207, `avx512_bf16`, no AMX) a `vdpbf16ps` issued at a quarter
     of an FMA's rate, half its arithmetic a cycle: 16 rows ran at 226-228 GFLOP/s on the
     FMAs against 170-175 on the dot product (2 threads, a C loop); on a Zen 4 EPYC, whose
-    512-bit FMAs issue at half that rate, the dot product is the faster
-    (gemv_bf16.c)."""
+    512-bit FMAs issue at half that rate, the dot product should stay the faster (not
+    yet timed there against this loop) (gemv_bf16.c)."""
     import torch
 
     from gptstore.inference import native

@@ -234,9 +234,10 @@ static GEMV_AVX512_BF16 void block_dp_rows(const uint16_t *block, const uint16_t
  * FMAs (a scratch loop of independent sums), so its 64 FLOPs each gave 100 GFLOP/s
  * against FMAs' 208, and 16 rows over SmolLM2's 24 projections of 6 layers, 2 threads,
  * ran at 226-228 GFLOP/s on this loop against 170-175 on block_dp (a C loop, scratch
- * `ab.py`). On a Zen 4 EPYC the dot product's rate is the higher one, so the choice is
- * measured. Four rows take 26 of the 32 vector registers (16 sums, 8 widened weight
- * vectors, a row's two x halves); five measured the same. */
+ * `ab.py`). On a Zen 4 EPYC, whose 512-bit FMAs issue at half an Intel core's rate, the
+ * dot product should stay the faster (not yet timed there against this loop): so the
+ * choice is measured. Four rows take 26 of the 32 vector registers (16 sums, each row's
+ * two x halves, one widened weight vector's two halves); five measured the same. */
 #define FMA_ROWS 4
 static inline GEMV_AVX512 void block_fma(const uint16_t *block, const uint16_t *later,
                                          const float *xs, int64_t n_in, int n_rows,

@@ -178,8 +178,8 @@ class Linear:
     * `rows_loop`: the native kernel's loop for those steps of several rows on an AVX-512
       CPU, the bf16 dot product or FMAs on widened weights (the same bits), as measured
       (`MachineProfile.rows_loop`). On an Intel Xeon without AMX, whose `vdpbf16ps`
-      issues at a quarter of an FMA's rate, SmolLM2's 16-row forward took 28-32 ms on
-      the FMAs against 34-36 on the dot product (alternating, one process).
+      issues at a quarter of an FMA's rate, SmolLM2's 16-row forward took 30-32 ms on
+      the FMAs against 35-36 on the dot product (medians, alternating in one process).
     """
 
     def __init__(self, weight_t: torch.Tensor, bias: torch.Tensor | None = None, *,
