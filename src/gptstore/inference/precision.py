@@ -75,6 +75,7 @@ from gptstore.inference.types import (
     GEMV_NATIVE,
     GEMV_NATIVE_AVX512,
     GEMV_ONEDNN,
+    GEMV_ROWS_ALL,
     INT4_NATIVE,
     INT4_NATIVE_ALL,
     INT4_TORCH,
@@ -118,7 +119,7 @@ ATTENTION_ROWS = (1, 16)
 #: rows of decode steps the native GEMV serves are timed; 7: the native kernels' source
 #: digest is kept, and a profile measured with other kernels is measured again; 8: those
 #: rows are timed as whole decode steps of a runner; 9: the loop of those steps'
-#: products is timed)
+#: products is timed, and a prompt chunk where native won the most rows timed)
 LAYOUT = 9
 #: rows of the decode steps timed for `MachineProfile.gemv_rows`, most first
 GEMV_ROWS_TIMED = (16, 8, 4)
@@ -130,6 +131,8 @@ ROWS_MODEL = {"hidden_size": 576, "intermediate_size": 1536, "num_attention_head
               "max_position_embeddings": 256, "tie_word_embeddings": True}
 #: tokens in each timed row's cache before its step
 ROWS_PROMPT = 32
+#: tokens of the prompt chunk timed where the native GEMV won the most rows timed
+PREFILL_TOKENS_TIMED = 64
 #: torch threads of the timing. One: the choice needs the ratio of the two dtypes, and
 #: multi-threaded kernels on a machine shared with other processes stall on their
 #: barriers (2 threads at load average 8 on 2 cores: 1.4 GFLOP/s for a 16-row fp32 step
@@ -535,7 +538,16 @@ def _time_gemv_rows(profile: MachineProfile, attention: str) -> tuple[int, dict[
     weights, one thread), so 8 rows were chosen, while the engine's 16 streams decoded
     at 860-925 tok/s with 16-row steps on the one native call against 740-800 with the
     batched products (docs/design.md, "Decode steps of a few rows on the native GEMV").
-    The native side's products run on the profile's `rows_loop`."""
+    The native side's products run on the profile's `rows_loop`.
+
+    Where it wins the most rows timed and the served weights are bf16 (its products are
+    then exactly theirs, no copy), a prompt chunk of `PREFILL_TOKENS_TIMED` tokens is
+    timed the same way, and where native takes no longer there too the result is
+    `GEMV_ROWS_ALL`: the native kernel serves every step. On an Intel Xeon without AMX,
+    whose oneDNN bf16 products run at about half its fp32 ones, 24 SmolLM2 projections at
+    31 / 64 / 128 / 512 rows ran at 138 / 174 / 211 / 235 GFLOP/s on the native FMA loop
+    against 109 / 152 / 164 / 193 packed in oneDNN (2 threads, medians). A prompt's
+    products then get their bits whatever shares its step."""
     import torch
 
     if profile.gemv not in (GEMV_NATIVE, GEMV_NATIVE_AVX512):
@@ -550,10 +562,12 @@ def _time_gemv_rows(profile: MachineProfile, attention: str) -> tuple[int, dict[
         model = LlamaForCausalLM(LlamaConfig(**ROWS_MODEL))
     model = model.to(getattr(torch, profile.serving_dtype_name)).eval()
     decode_dtype = torch.bfloat16 if profile.decode_copy else None
-    runners = {name: build_runner(model, max_slots=most, decode_dtype=decode_dtype,
-                                  gemv=profile.gemv, gemv_rows=rows,
-                                  rows_loop=profile.rows_loop, attention=attention)
-               for name, rows in (("native", most), ("batched", 2))}
+    def make_runner(rows: int, slots: int = most) -> Any:
+        return build_runner(model, max_slots=slots, decode_dtype=decode_dtype,
+                            gemv=profile.gemv, gemv_rows=rows, rows_loop=profile.rows_loop,
+                            attention=attention)
+
+    runners = {"native": make_runner(most), "batched": make_runner(2, most + 1)}
     prompt = list(range(1, ROWS_PROMPT + 1))
     slots = {}
     with torch.inference_mode():
@@ -572,8 +586,37 @@ def _time_gemv_rows(profile: MachineProfile, attention: str) -> tuple[int, dict[
         times.update({f"{name}_{rows}": round(seconds * 1e6, 1)
                       for name, seconds in best.items()})
         if best["native"] <= best["batched"]:
+            if rows == most and profile.serving == "bf16":
+                return _time_prompt_rows(runners["batched"],
+                                         make_runner(GEMV_ROWS_ALL, 1), most, times)
             return rows, times
     return 2, times
+
+
+def _time_prompt_rows(batched: Any, native_all: Any, most: int, times: dict[str, float]
+                      ) -> tuple[int, dict[str, float]]:
+    """`_time_gemv_rows` past the decode steps: a prompt chunk of
+    `PREFILL_TOKENS_TIMED` tokens on a runner whose native GEMV serves every step against
+    `batched` (a free slot each); `GEMV_ROWS_ALL` where native takes no longer, else
+    `most`; with `times` and the chunk's."""
+    import torch
+
+    from gptstore.inference.models import RowInput
+
+    tokens = PREFILL_TOKENS_TIMED
+    chunk = [(3 * i) % 200 + 1 for i in range(tokens)]
+    chunks = {}
+    for name, runner in (("native", native_all), ("batched", batched)):
+        # at position 0 each time: the chunk overwrites its own keys
+        chunks[name] = (runner, [RowInput(runner.allocate(), chunk, 0)])
+    with torch.inference_mode():
+        best = _alternating_best(
+            {name: (lambda r=runner, rows=rows: r.forward(rows))
+             for name, (runner, rows) in chunks.items()},
+            min_reps=3, budget_s=TIME_BUDGET_S, cap_s=TIME_CAP_S)
+    times = {**times, **{f"{name}_prompt_{tokens}": round(seconds * 1e6, 1)
+                         for name, seconds in best.items()}}
+    return (GEMV_ROWS_ALL if best["native"] <= best["batched"] else most), times
 
 
 def gemv_rows_text(profile: MachineProfile) -> str | None:
@@ -584,7 +627,14 @@ def gemv_rows_text(profile: MachineProfile) -> str | None:
     parts = [f"{rows} rows: batched {times[f'batched_{rows}'] / 1e3:.1f} ms, native "
              f"{times[f'native_{rows}'] / 1e3:.1f} ms"
              for rows in GEMV_ROWS_TIMED if f"native_{rows}" in times]
-    return f"{'; '.join(parts)} -> native up to {profile.gemv_rows} rows"
+    prompt = f"native_prompt_{PREFILL_TOKENS_TIMED}"
+    if prompt in times:
+        parts.append(f"a {PREFILL_TOKENS_TIMED}-token prompt: batched "
+                     f"{times[f'batched_prompt_{PREFILL_TOKENS_TIMED}'] / 1e3:.1f} ms, "
+                     f"native {times[prompt] / 1e3:.1f} ms")
+    most = "every step" if profile.gemv_rows >= GEMV_ROWS_ALL else \
+        f"up to {profile.gemv_rows} rows"
+    return f"{'; '.join(parts)} -> native {most}"
 
 
 def _time_int4() -> dict[str, float]:
@@ -709,10 +759,11 @@ def measure() -> MachineProfile:
 
     # the native kernels are built (a few seconds with the system compiler, once per
     # machine) or loaded before the clock starts: the build is not part of what is timed;
-    # nor is importing transformers (~2 s where nothing has yet), whose Llama the decode
-    # steps of a few rows are timed on (`_time_gemv_rows`)
+    # nor is importing transformers' Llama (~2-3 s where nothing has yet: transformers
+    # imports a model's module on first use), whose decode steps of a few rows are timed
+    # (`_time_gemv_rows`)
     native.library()
-    import transformers  # noqa: F401
+    from transformers import LlamaConfig, LlamaForCausalLM  # noqa: F401
     started = time.perf_counter()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     gflops: dict[str, dict[str, float]] = {}

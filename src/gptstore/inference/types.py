@@ -223,6 +223,9 @@ GEMV_KERNELS = (GEMV_ATEN, GEMV_ONEDNN, GEMV_NATIVE, GEMV_NATIVE_AVX512)
 #: faster (precision.py)
 ROWS_DOT, ROWS_FMA = "bf16-dot", "fma"
 ROWS_LOOPS = (ROWS_DOT, ROWS_FMA)
+#: `gemv_rows` that has the native kernel serve every step, prompts included (where the
+#: machine measured it faster than the batched products for a prompt chunk too)
+GEMV_ROWS_ALL = 1 << 20
 #: kernels of 4-bit products: PyTorch's int4 kernel for every step, gptstore's (native.py)
 #: for steps of 1-2 rows, or gptstore's for every step
 INT4_TORCH, INT4_NATIVE, INT4_NATIVE_ALL = "torch", "native", "native-all"

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from gptstore.inference import native
 from gptstore.inference.models import RowInput, build_runner
 from gptstore.inference.models.base import Linear
+from gptstore.inference.types import GEMV_ROWS_ALL
 
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11, 12, 13], [40, 41], [100, 101, 102]]
 
@@ -684,6 +685,58 @@ def test_fused_weights_are_freed_where_the_packed_and_native_copies_serve_every_
     every_step = build_runner(load(), max_slots=2, quantize="int4", int4_gemv="native-all")
     assert all(layer.qkv.qweight is None for layer in every_step.layers)  # never read
     assert every_step.extra_nbytes < int4.extra_nbytes
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_where_the_native_kernel_serves_every_step_prompts_run_on_it_alone(
+        tiny_dirs, kernel, arch):
+    """`gemv_rows` at `GEMV_ROWS_ALL` (bf16 weights, where the machine measured the
+    native kernel faster for a prompt chunk too): every product of every step runs on
+    it, so no oneDNN copy is made and no projection keeps its plain weights (the head
+    keeps them for its refined logits; a product that reached them would raise), and
+    prompts read whole, in chunks or beside another prompt, and the decode steps after
+    them, give the tokens of the runner that serves prompts on oneDNN (within bf16
+    rounding)."""
+    from transformers import AutoModelForCausalLM
+
+    def load():  # type: ignore[no-untyped-def]
+        return AutoModelForCausalLM.from_pretrained(tiny_dirs[arch],
+                                                    dtype=torch.bfloat16).eval()
+
+    every = build_runner(load(), max_slots=4, gemv="native", gemv_rows=GEMV_ROWS_ALL,
+                         release_weights=True)
+    head = every.default_head().linear
+    for linear in every._linears:
+        assert linear.packed is None and linear.native_serves_all
+        assert linear.holds_plain == (linear is head)
+    usual = build_runner(load(), max_slots=4, gemv="native", gemv_rows=2)
+    assert every.extra_nbytes < usual.extra_nbytes
+
+    prompt = [5, 9, 2, 7, 11, 3, 8, 4, 6, 10, 1, 12, 13, 14, 15, 16, 17, 18, 19, 20]
+    other = [21, 22, 23, 24, 25, 26, 27, 28]
+
+    def read(runner, chunks, beside=False):  # type: ignore[no-untyped-def]
+        slot, at, logits = runner.allocate(), 0, None
+        extra = runner.allocate() if beside else None
+        for n in chunks:
+            rows = [RowInput(slot, prompt[at:at + n], at)]
+            if extra is not None:
+                rows.append(RowInput(extra, other[:n], 0))
+            logits = runner.forward(rows)[:1]
+            at += n
+        steps = [logits]
+        for i in range(3):  # decode steps after it
+            steps.append(runner.forward([RowInput(slot, [30 + i], at + i)]))
+        runner.release(slot)
+        if extra is not None:
+            runner.release(extra)
+        return steps
+
+    reference = read(usual, [20])
+    for chunks, beside in (([20], False), ([20], True), ([7, 7, 6], False), ([12, 8], True)):
+        for a, b in zip(reference, read(every, chunks, beside), strict=True):
+            assert torch.equal(a.argmax(-1), b.argmax(-1))
+            assert torch.allclose(a, b, atol=0.05 * a.abs().max().item() + 0.05)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])

@@ -15,6 +15,7 @@ from gptstore.errors import InvalidRequest
 from gptstore.inference import native, precision
 from gptstore.inference.precision import MachineProfile, choose, machine_key, machine_profile
 from gptstore.inference.store import engine_config
+from gptstore.inference.types import GEMV_ROWS_ALL
 from gptstore.settings import Settings
 
 
@@ -63,7 +64,7 @@ def test_first_use_measures_every_use_in_both_dtypes_quickly(tmp_path, measured)
     assert profile.choices == choose(profile.gflops)
     assert profile.key == machine_key() and profile.cpu in profile.key
     # the few-row rule: timed where the native GEMV is the 1-row kernel, else 1-2 rows
-    assert profile.gemv_rows in (2, *precision.GEMV_ROWS_TIMED)
+    assert profile.gemv_rows in (2, *precision.GEMV_ROWS_TIMED, GEMV_ROWS_ALL)
     if profile.gemv in ("native", "native-avx512"):
         assert profile.gemv_rows_us[f"native_{max(precision.GEMV_ROWS_TIMED)}"] > 0
     else:
@@ -291,6 +292,50 @@ def test_engines_run_several_rows_on_the_measured_loop(tmp_path):
     assert engine_config(Settings(home=home), rows_loop="fma").rows_loop == "fma"
     with pytest.raises(InvalidRequest, match="unknown rows loop"):
         engine_config(Settings(home=home), rows_loop="amx")
+
+
+def test_where_native_wins_the_most_rows_a_prompt_chunk_decides_every_step(monkeypatch):
+    """Served bf16 and the native GEMV faster at 16 rows: a prompt chunk of
+    `PREFILL_TOKENS_TIMED` tokens is timed on a runner whose native GEMV serves every
+    step against the batched products; native no slower there gives `GEMV_ROWS_ALL`,
+    slower 16. Not timed where the served weights are fp32 (the native kernel would read
+    their bf16 copy: not the served model's products)."""
+    if native.library() is None:
+        pytest.skip("the native kernels do not build here")
+    base = MachineProfile.from_dict(profile_doc(
+        {"training": "fp32", "batched": "bf16", "decode": "bf16"}, gemv="native"))
+    assert base.serving == "bf16"
+    timed: list[str] = []
+
+    def fake(prompt_native_s: float) -> Any:
+        def best(passes: dict[str, Any], **_: Any) -> dict[str, float]:
+            rows = int(passes["batched"]().shape[0])  # logits: one row per decode row
+            assert int(passes["native"]().shape[0]) == rows
+            timed.append("prompt" if rows == 1 else f"{rows} rows")
+            native_s = prompt_native_s if rows == 1 else 1.0
+            return {"native": native_s, "batched": 1.5}
+        return best
+
+    monkeypatch.setitem(precision.ROWS_MODEL, "num_hidden_layers", 1)  # quick
+    monkeypatch.setattr(precision, "_alternating_best", fake(1.0))
+    rows, times = precision._time_gemv_rows(base, "native")
+    assert rows == GEMV_ROWS_ALL and timed == ["16 rows", "prompt"]
+    tokens = precision.PREFILL_TOKENS_TIMED
+    assert set(times) == {"native_16", "batched_16", f"native_prompt_{tokens}",
+                          f"batched_prompt_{tokens}"}
+    assert precision.gemv_rows_text(dataclasses.replace(
+        base, gemv_rows=rows, gemv_rows_us=times)) == (
+        f"16 rows: batched 1500.0 ms, native 1000.0 ms; a {tokens}-token prompt: batched "
+        "1500.0 ms, native 1000.0 ms -> native every step")
+    timed.clear()
+    monkeypatch.setattr(precision, "_alternating_best", fake(2.0))
+    assert precision._time_gemv_rows(base, "native")[0] == 16
+    timed.clear()
+    fp32 = dataclasses.replace(base, choices={**base.choices, "batched": "fp32"},
+                               gflops={**base.gflops, "batched": {"fp32": 300.0,
+                                                                  "bf16": 50.0}})
+    assert fp32.serving == "fp32"
+    assert precision._time_gemv_rows(fp32, "native")[0] == 16 and timed == ["16 rows"]
 
 
 def test_engines_serve_the_measured_rows_on_the_native_kernel(tmp_path):

@@ -43,6 +43,7 @@ from gptstore.inference.types import (
     GEMV_NATIVE,
     GEMV_NATIVE_AVX512,
     GEMV_ONEDNN,
+    GEMV_ROWS_ALL,
     INT4_KERNELS,
     INT4_NATIVE_ALL,
     INT4_TORCH,
@@ -194,9 +195,6 @@ class Linear:
         self.weight_t = weight_t  # [in, out]: a transposed view of an nn.Linear weight,
         self.bias = bias  # or a GPT-2 Conv1D weight as it is
         mkldnn = torch.backends.mkldnn.is_available()
-        self.packed = None
-        if pack and can_pack(weight_t.dtype):
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight_t.t(), None)
         bf16 = weight_t.dtype == torch.bfloat16
         # gptstore's GEMV for 1-2 rows, on bf16 weights or as an fp32 model's decode copy
         self.decode_native: torch.Tensor | None = None
@@ -209,6 +207,9 @@ class Linear:
         # and their loop
         self.native_rows = max(gemv_rows, _GEMV_MAX_ROWS)
         self.rows_fma = rows_loop == ROWS_FMA
+        self.packed = None  # not where the native kernel serves every product
+        if pack and can_pack(weight_t.dtype) and not self.native_serves_all:
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight_t.t(), None)
         # bf16 1-2 row products on the packed weights (`gemv="onednn"`), else ATen's GEMV
         packed_gemv = gemv == GEMV_ONEDNN and bf16 and self.packed is not None
         self.gemv_toggle = bf16 and mkldnn and not packed_gemv
@@ -236,12 +237,23 @@ class Linear:
                 self.decode_weight_t = copy
 
     @property
+    def native_serves_all(self) -> bool:
+        """Whether the native kernel serves every product of these weights (bf16 weights
+        with `gemv_rows` at `GEMV_ROWS_ALL`): no packed copy is made then, and the plain
+        weights go where the runner drops them."""
+        return self.weight_t.dtype == torch.bfloat16 and self.decode_native is not None \
+            and self.native_rows >= GEMV_ROWS_ALL
+
+    @property
     def plain_needed(self) -> bool:
         """Whether some product may still run on `weight_t` itself. Not where the packed
         copy serves every step it is asked to (`gemv="onednn"` for bf16 weights; fp32
         weights with a native decode copy), nor for bf16 weights whose packed copy serves
         every step of 3+ rows while the native kernel serves the 1-2 row steps
-        (`copy_allowed`: those copies hold the same values)."""
+        (`copy_allowed`: those copies hold the same values), nor where the native kernel
+        serves them all."""
+        if self.native_serves_all:
+            return False
         if self.packed is None:
             return True
         if self.packed_min_rows == 1:
