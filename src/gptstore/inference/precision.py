@@ -27,8 +27,11 @@ alternating, on one thread (`MEASURE_THREADS`), in well under a second:
 - *rows loop*: where the native GEMV serves and the CPU has both AVX-512 and its bf16
   dot product, a 16-row bf16 product over the decode set of weights in each of the
   kernel's loops for several rows (`vdpbf16ps`, or FMAs on widened weights: the same
-  bits); the faster is the profile's `rows_loop`, and the decode steps of a few rows
-  below are timed with it;
+  bits); the faster is the profile's `rows_loop`;
+- *steps of a few rows*: where the native GEMV is the 1-row kernel, decode steps of 16,
+  8 and 4 rows of a small Llama on it (with that loop) against the batched products,
+  and where it wins 16 rows on bf16 weights a 64-token prompt as well: the profile's
+  `gemv_rows`, up to every step (`_time_gemv_rows`);
 - *attention*: decode rows' attention over the KV cache, a 1-row and a 16-row group
   (`ATTENTION_SHAPE`) in the served dtype, as the runner calls PyTorch's SDPA (with
   its cache writes) and gptstore's own kernel (native.py), where that builds; the faster
@@ -164,8 +167,9 @@ class MachineProfile:
     gemv: str = GEMV_ATEN
     # the most rows of a decode step the native GEMV serves (where `gemv` is native): 2,
     # or the most of `GEMV_ROWS_TIMED` at which it measured at least as fast as the
-    # batched products of the served dtype; and the microseconds timed
-    # ("native_<rows>", "batched_<rows>")
+    # batched products of the served dtype, or `GEMV_ROWS_ALL` (every step) where a
+    # prompt chunk did too; and the microseconds timed ("native_<rows>",
+    # "batched_<rows>", "native_prompt_<tokens>", "batched_prompt_<tokens>")
     gemv_rows: int = 2
     gemv_rows_us: dict[str, float] = field(default_factory=dict)
     # the native GEMV's loop for steps of two or more bf16 rows on an AVX-512 CPU:

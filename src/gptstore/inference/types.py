@@ -257,7 +257,8 @@ class EngineConfig:
     gemv: str = GEMV_ATEN
     # the most rows of a step the native kernel serves (`gemv` "native" or
     # "native-avx512"): 1-2 rows always, decode steps of more where it measured faster
-    # than the batched products (precision.py, `MachineProfile.gemv_rows`)
+    # than the batched products, every step (`GEMV_ROWS_ALL`) where a prompt chunk too
+    # (precision.py, `MachineProfile.gemv_rows`)
     gemv_rows: int = 2
     # the loop of those steps' bf16 products: "bf16-dot" or "fma", the one this CPU
     # measured faster (precision.py, `MachineProfile.rows_loop`)
