@@ -251,7 +251,7 @@ def test_steps_of_several_rows_take_the_loop_measured_faster(monkeypatch):
         pytest.skip("the native kernels' AVX-512 path does not run here")
     base = MachineProfile.from_dict(profile_doc(
         {"training": "fp32", "batched": "bf16", "decode": "bf16"}, gemv="native-avx512"))
-    loops: list[set[bool]] = []
+    loops: list[set[str]] = []
 
     def fake(fma_s: float) -> Any:
         def best(passes: dict[str, Any], **_: Any) -> dict[str, float]:

@@ -334,6 +334,16 @@ int gptstore_gemv_bf16_avx512_supported(void) {
     return supported;
 }
 
+/* The block a pass over block `b` (rows r .. r + per_pass - 1 of n_rows) brings into L2
+ * meanwhile (`later` of block_dp and block_fma), or NULL: the first pass over a block that
+ * several passes read prefetches the block two ahead (the rest read it from L1). */
+static inline const uint16_t *block_ahead(const uint16_t *packed, int64_t b, int64_t n_blocks,
+                                          int64_t n_in, int64_t r, int64_t n_rows,
+                                          int per_pass) {
+    return n_rows > per_pass && r == 0 && b + 2 < n_blocks ? packed + (b + 2) * ROWS * n_in
+                                                           : NULL;
+}
+
 /* x: [n_rows, n_in] with row stride x_stride (elements); y, residual: [n_rows, n_out]
  * contiguous; bias: [n_out] or NULL; residual may be NULL. Returns 0, or -1 when the
  * scratch memory could not be allocated (nothing written then). */
@@ -362,8 +372,7 @@ static int gemv_bf16(const void *x, int64_t n_rows, int64_t x_stride, const uint
         for (int64_t b = 0; b < n_blocks; b++)
             for (int64_t r = 0; r < n_rows; r += DP_ROWS)
                 block_dp_rows(packed + b * ROWS * n_in,
-                              n_rows > DP_ROWS && r == 0 && b + 2 < n_blocks
-                                  ? packed + (b + 2) * ROWS * n_in : NULL,
+                              block_ahead(packed, b, n_blocks, n_in, r, n_rows, DP_ROWS),
                               (const uint16_t *)x, x_stride, r,
                               n_rows - r < DP_ROWS ? (int)(n_rows - r) : DP_ROWS, n_in, b,
                               n_out, bias, residual, y);
@@ -383,8 +392,8 @@ static int gemv_bf16(const void *x, int64_t n_rows, int64_t x_stride, const uint
         int64_t r = 0;  /* rows after the first find the block in cache */
         if (n_rows > 1 && wide) {  /* block_fma, four rows at a time, from either entry */
             for (; r < n_rows; r += FMA_ROWS)
-                block_fma_rows(block, n_rows > FMA_ROWS && r == 0 && b + 2 < n_blocks
-                                          ? packed + (b + 2) * ROWS * n_in : NULL,
+                block_fma_rows(block,
+                               block_ahead(packed, b, n_blocks, n_in, r, n_rows, FMA_ROWS),
                                xs, n_in, r,
                                n_rows - r < FMA_ROWS ? (int)(n_rows - r) : FMA_ROWS, b,
                                n_out, bias, residual, y, act_bf16);
