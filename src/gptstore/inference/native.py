@@ -4,7 +4,8 @@
   every weight per token, and on AVX2 CPUs ATen's bf16 GEMV streams weights at about
   half the rate memory delivers them (gemv_bf16.c says why). Its AVX-512 path (the same
   bits, with a software prefetch) is a kernel of its own to the machine's profile,
-  which times both.
+  which times both. Steps of several rows run on the loop the profile measured fastest
+  (`rows_loop`): AVX-512's bf16 dot product, FMAs, or AMX tiles where the CPU has them.
 - `gemv_q4`: the same with 4-bit weights (`int4` serving), where PyTorch's int4 kernel
   streams them at under half that rate (gemv_q4.c; AVX2, and AVX-512 VNNI where the
   CPU has it, chosen at run time).
@@ -54,6 +55,7 @@ import torch  # loaded before the kernels, so they share its libgomp (one OpenMP
 import torch.nn.functional as F
 
 from gptstore.inference.cpu import cpu_flag_set
+from gptstore.inference.types import ROWS_AMX, ROWS_DOT, ROWS_FMA
 from gptstore.settings import NATIVE_KERNELS_ENV
 
 #: the weights' block shape in the packed layout (the C file's ROWS and CHUNK)
@@ -154,12 +156,14 @@ def _load() -> Any:
     library.gptstore_gemv_q4.restype = c_int
     library.gptstore_gemv_q4.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, ptr, ptr, c_int,
                                          c_int]
-    library.gptstore_gemv_bf16.restype = c_int  # the q4 kernel's arguments and rows_fma
+    library.gptstore_gemv_bf16.restype = c_int  # the q4 kernel's arguments and rows_loop
     library.gptstore_gemv_bf16.argtypes = [*library.gptstore_gemv_q4.argtypes, c_int]
     library.gptstore_gemv_bf16_avx512.restype = c_int
     library.gptstore_gemv_bf16_avx512.argtypes = library.gptstore_gemv_bf16.argtypes
     library.gptstore_gemv_bf16_avx512_supported.restype = c_int
     library.gptstore_gemv_bf16_avx512_supported.argtypes = []
+    library.gptstore_amx_supported.restype = c_int
+    library.gptstore_amx_supported.argtypes = []
     library.gptstore_gemv_q4_use_vnni.restype = c_int
     library.gptstore_gemv_q4_use_vnni.argtypes = [c_int]
     library.gptstore_gemv_q4_vnni.restype = c_int
@@ -232,21 +236,35 @@ def pack(weight: Any) -> Any:
 
 
 def gemv(x: Any, packed: Any, n_out: int, bias: Any = None, residual: Any = None, *,
-         avx512: bool = False, rows_fma: bool = False) -> Any:
+         avx512: bool = False, rows_loop: str = ROWS_DOT) -> Any:
     """`x @ W^T (+ bias) (+ residual)` for rows of x ([rows, in], fp32 or bf16, its rows
     may be strided): made for 1-2 rows (on AVX2 rows go in pairs over each weight block,
     which the next pair finds in cache), served for more where the machine measured that faster
     than the batched products (`MachineProfile.gemv_rows`). The result has x's dtype,
     and so must bias and residual. `avx512`: the AVX-512 path (the same bits; where
-    `gemv_avx512_supported`), which with bf16 activations on a CPU with avx512_bf16
-    multiplies with its bf16 dot product, four rows at a time; two or more bf16 rows
-    take that dot product from either path (gemv_bf16.c). `rows_fma`: two or more rows
-    take AVX-512 FMAs instead, four rows per widened weight vector (the same bits; where
-    the machine measured that faster: precision.py `rows_loop`); rows of fp32
-    activations on an AVX-512 CPU always do."""
+    `gemv_avx512_supported`). `rows_loop` (types.ROWS_LOOPS), for two or more rows on an
+    AVX-512 CPU: "bf16-dot", bf16 rows on its bf16 dot product where the CPU has
+    avx512_bf16, four rows at a time; "fma", AVX-512 FMAs, four rows per widened weight
+    vector (the same bits); "amx", bf16 rows from 4 on AMX tiles where `amx_supported`
+    (a row's bits may differ from the other loops' in the last place, never with the
+    rows beside it), fewer on the FMAs. What the machine measured fastest:
+    precision.py `rows_loop`. Rows of fp32 activations on an AVX-512 CPU always take
+    the FMAs."""
     lib = _required()
     function = lib.gptstore_gemv_bf16_avx512 if avx512 else lib.gptstore_gemv_bf16
-    return _gemv(function, x, packed, n_out, bias, residual, int(rows_fma))
+    return _gemv(function, x, packed, n_out, bias, residual, rows_loop_code(rows_loop))
+
+
+#: the C kernels' codes of the rows loops (kernels.h ROWS_LOOP_*)
+ROWS_LOOP_CODES = {ROWS_DOT: 0, ROWS_FMA: 1, ROWS_AMX: 2}
+
+
+def rows_loop_code(rows_loop: str) -> int:
+    try:
+        return ROWS_LOOP_CODES[rows_loop]
+    except KeyError:
+        raise ValueError(f"unknown rows loop {rows_loop!r} (known: "
+                         f"{', '.join(ROWS_LOOP_CODES)})") from None
 
 
 def gemv_avx512_supported() -> bool:
@@ -254,6 +272,14 @@ def gemv_avx512_supported() -> bool:
     AVX-512)."""
     library_ = library()
     return library_ is not None and bool(library_.gptstore_gemv_bf16_avx512_supported())
+
+
+def amx_supported() -> bool:
+    """Whether `gemv(..., rows_loop="amx")` multiplies on AMX here: the kernels build
+    with a compiler that knows AMX, the CPU has its tiles and bf16 products, and Linux
+    (5.16 or later) lets the process use them."""
+    library_ = library()
+    return library_ is not None and bool(library_.gptstore_amx_supported())
 
 
 def fits_q4(n_in: int) -> bool:
@@ -516,12 +542,13 @@ class LlamaDecodeStep:
     Built once per runner from each layer's weights, which it keeps alive: per layer
     (norm1, qkv, qkv_bias, o, o_bias, norm2, gate_up, gate_up_bias, down, down_bias), the
     products packed for `kernel` ("native" or "native-avx512": `pack`; "q4": `pack_q4`),
-    biases None or of the activations' dtype, norms [dim]. `rows_fma`: as for `gemv`."""
+    biases None or of the activations' dtype, norms [dim]. `rows_loop`: as for `gemv`."""
 
     def __init__(self, layers: Sequence[Sequence[Any]], kernel: str, *, dim: int,
                  n_heads: int, n_kv: int, head_dim: int, inter: int, eps: float,
-                 scale: float, dtype: Any, rows_fma: bool = False) -> None:
+                 scale: float, dtype: Any, rows_loop: str = ROWS_DOT) -> None:
         self.function = _required().gptstore_llama_decode
+        self.rows_loop = rows_loop_code(rows_loop)
         if kernel not in DECODE_STEP_KERNELS:
             raise ValueError(f"unknown decode step kernel {kernel!r} (known: "
                              f"{', '.join(DECODE_STEP_KERNELS)})")
@@ -560,7 +587,6 @@ class LlamaDecodeStep:
         self.n_layers, self.kernel = len(layers), DECODE_STEP_KERNELS[kernel]
         self.dim, self.n_heads, self.n_kv, self.head_dim = dim, n_heads, n_kv, head_dim
         self.inter, self.eps, self.scale, self.dtype = inter, eps, scale, dtype
-        self.rows_fma = rows_fma
 
     def __call__(self, x: Any, k_cache: Any, v_cache: Any, attention: DecodeAttention,
                  rotary: tuple[Any, Any],
@@ -603,7 +629,7 @@ class LlamaDecodeStep:
                                rotary[0].data_ptr(), rotary[1].data_ptr(),
                                rows_lora,
                                int(self.dtype == torch.bfloat16), torch.get_num_threads(),
-                               int(self.rows_fma))
+                               self.rows_loop)
         if status == -3:
             raise ValueError("the native GEMV's AVX-512 path needs a CPU with AVX-512")
         if status != 0:

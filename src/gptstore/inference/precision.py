@@ -82,6 +82,7 @@ from gptstore.inference.types import (
     INT4_NATIVE,
     INT4_NATIVE_ALL,
     INT4_TORCH,
+    ROWS_AMX,
     ROWS_DOT,
     ROWS_FMA,
 )
@@ -122,8 +123,9 @@ ATTENTION_ROWS = (1, 16)
 #: rows of decode steps the native GEMV serves are timed; 7: the native kernels' source
 #: digest is kept, and a profile measured with other kernels is measured again; 8: those
 #: rows are timed as whole decode steps of a runner; 9: the loop of those steps'
-#: products is timed, and a prompt chunk where native won the most rows timed)
-LAYOUT = 9
+#: products is timed, and a prompt chunk where native won the most rows timed; 10: AMX
+#: joined the loops timed, and a long prompt chunk is timed after a short one)
+LAYOUT = 10
 #: rows of the decode steps timed for `MachineProfile.gemv_rows`, most first
 GEMV_ROWS_TIMED = (16, 8, 4)
 #: the Llama whose decode steps `_time_gemv_rows` times: SmolLM2-135M's layer shapes, a
@@ -131,11 +133,12 @@ GEMV_ROWS_TIMED = (16, 8, 4)
 #: a model's are), a small vocabulary (the head is not what is compared)
 ROWS_MODEL = {"hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9,
               "num_key_value_heads": 3, "num_hidden_layers": 6, "vocab_size": 256,
-              "max_position_embeddings": 256, "tie_word_embeddings": True}
+              "max_position_embeddings": 640, "tie_word_embeddings": True}
 #: tokens in each timed row's cache before its step
 ROWS_PROMPT = 32
-#: tokens of the prompt chunk timed where the native GEMV won the most rows timed
-PREFILL_TOKENS_TIMED = 64
+#: tokens of the prompt chunks timed, shortest first, where the native GEMV won the most
+#: rows timed
+PREFILL_TOKENS_TIMED = (64, 512)
 #: torch threads of the timing. One: the choice needs the ratio of the two dtypes, and
 #: multi-threaded kernels on a machine shared with other processes stall on their
 #: barriers (2 threads at load average 8 on 2 cores: 1.4 GFLOP/s for a 16-row fp32 step
@@ -483,18 +486,20 @@ def gemv_kernel(gflops: dict[str, dict[str, float]]) -> str:
 def _time_rows_loop(profile: MachineProfile) -> tuple[str, dict[str, float]]:
     """The native GEMV's loop for steps of two or more bf16 rows, and the microseconds
     timed: where the profile's 1-row kernel is native and the CPU has AVX-512 with its
-    bf16 dot product, the faster of the two loops for a 16-row product over the decode
+    bf16 dot product, the fastest of the loops for a 16-row product over the decode
     set of weights (`SHAPES["batched"]`'s shape, `COPIES["decode"]` distinct weights:
-    more than the caches hold, as a model's are), alternating; "fma" untimed on an
-    AVX-512 CPU without the dot product (the only loop there), "bf16-dot" (unused)
-    elsewhere.
+    more than the caches hold, as a model's are), alternating: the dot product, FMAs,
+    and AMX tiles where the kernels can use them here (`native.amx_supported`); "fma"
+    untimed on an AVX-512 CPU without the dot product (the only loop there), "bf16-dot"
+    (unused) elsewhere.
 
-    Why: the two loops give the same bits, and which is faster is the CPU's. On an Intel
-    Xeon (family 6 model 207, `avx512_bf16`, no AMX) a `vdpbf16ps` issued at a quarter
-    of an FMA's rate, half its arithmetic a cycle: 16 rows ran at 226-228 GFLOP/s on the
-    FMAs against 170-175 on the dot product (2 threads, a C loop); on a Zen 4 EPYC, whose
-    512-bit FMAs issue at half that rate, the dot product should stay the faster (not
-    yet timed there against this loop) (gemv_bf16.c)."""
+    Why: which is fastest is the CPU's. On an Intel Xeon (family 6 model 207,
+    `avx512_bf16`, no AMX) a `vdpbf16ps` issued at a quarter of an FMA's rate, half its
+    arithmetic a cycle: 16 rows ran at 226-228 GFLOP/s on the FMAs against 170-175 on
+    the dot product (2 threads, a C loop); on a Zen 4 EPYC, whose 512-bit FMAs issue at
+    half that rate, the dot product should stay the faster (not yet timed there against
+    the FMAs). On an AMX Sapphire Rapids VM, SmolLM2's layer weights at 16 rows took
+    13.8 ms on AMX tiles against 24.5 on the FMAs (2 threads, a C loop; gemv_bf16.c)."""
     import torch
 
     from gptstore.inference import native
@@ -512,13 +517,15 @@ def _time_rows_loop(profile: MachineProfile) -> tuple[str, dict[str, float]]:
     x = torch.randn(rows, n_in, generator=generator).to(torch.bfloat16)
     avx512 = profile.gemv == GEMV_NATIVE_AVX512
 
-    def product(fma: bool) -> Callable[[], object]:
-        return lambda: [native.gemv(x, w, n_out, avx512=avx512, rows_fma=fma) for w in weights]
+    def product(loop: str) -> Callable[[], object]:
+        return lambda: [native.gemv(x, w, n_out, avx512=avx512, rows_loop=loop)
+                        for w in weights]
 
-    best = _alternating_best({ROWS_DOT: product(False), ROWS_FMA: product(True)},
+    loops = [ROWS_DOT, ROWS_FMA] + ([ROWS_AMX] if native.amx_supported() else [])
+    best = _alternating_best({loop: product(loop) for loop in loops},
                              min_reps=3, budget_s=TIME_BUDGET_S, cap_s=TIME_CAP_S)
     times = {name: round(seconds * 1e6, 1) for name, seconds in best.items()}
-    return (ROWS_FMA if best[ROWS_FMA] < best[ROWS_DOT] else ROWS_DOT), times
+    return min(loops, key=lambda loop: best[loop]), times
 
 
 def _time_gemv_rows(profile: MachineProfile, attention: str) -> tuple[int, dict[str, float]]:
@@ -545,13 +552,17 @@ def _time_gemv_rows(profile: MachineProfile, attention: str) -> tuple[int, dict[
     The native side's products run on the profile's `rows_loop`.
 
     Where it wins the most rows timed and the served weights are bf16 (its products are
-    then exactly theirs, no copy), a prompt chunk of `PREFILL_TOKENS_TIMED` tokens is
-    timed the same way, and where native takes no longer there too the result is
-    `GEMV_ROWS_ALL`: the native kernel serves every step. On an Intel Xeon without AMX,
-    whose oneDNN bf16 products run at about half its fp32 ones, 24 SmolLM2 projections at
-    31 / 64 / 128 / 512 rows ran at 138 / 174 / 211 / 235 GFLOP/s on the native FMA loop
-    against 109 / 152 / 164 / 193 packed in oneDNN (2 threads, medians). A prompt's
-    products then get their bits whatever shares its step."""
+    then exactly theirs, no copy), prompt chunks of `PREFILL_TOKENS_TIMED` tokens are
+    timed the same way, shortest first: native serves steps up to the longest chunk on
+    which it took no longer, and where it won them all the result is `GEMV_ROWS_ALL`:
+    it serves every step. On an Intel Xeon without AMX, whose oneDNN bf16 products run
+    at about half its fp32 ones, 24 SmolLM2 projections at 31 / 64 / 128 / 512 rows ran
+    at 138 / 174 / 211 / 235 GFLOP/s on the native FMA loop against 109 / 152 / 164 /
+    193 packed in oneDNN (2 threads, medians); a prompt's products then get their bits
+    whatever shares its step. On an AMX Sapphire Rapids VM the native AMX loop won 64
+    rows (472 against 401 GFLOP/s over SmolLM2's layers) and lost 512 (644 against
+    1,295): oneDNN's AMX products tile the weights more widely than the packed layout
+    lets this loop."""
     import torch
 
     if profile.gemv not in (GEMV_NATIVE, GEMV_NATIVE_AVX512):
@@ -600,28 +611,33 @@ def _time_gemv_rows(profile: MachineProfile, attention: str) -> tuple[int, dict[
 
 def _time_prompt_rows(batched: Any, native_all: Any, most: int, times: dict[str, float]
                       ) -> tuple[int, dict[str, float]]:
-    """`_time_gemv_rows` past the decode steps: a prompt chunk of
-    `PREFILL_TOKENS_TIMED` tokens on a runner whose native GEMV serves every step against
-    `batched` (a free slot each); `GEMV_ROWS_ALL` where native takes no longer, else
-    `most`; with `times` and the chunk's."""
+    """`_time_gemv_rows` past the decode steps: prompt chunks of `PREFILL_TOKENS_TIMED`
+    tokens, shortest first, on a runner whose native GEMV serves every step against
+    `batched` (a free slot each); `GEMV_ROWS_ALL` where native took no longer on every
+    chunk, else the longest chunk it won (`most` for none); with `times` and the
+    chunks'."""
     import torch
 
     from gptstore.inference.models import RowInput
 
-    tokens = PREFILL_TOKENS_TIMED
-    chunk = [(3 * i) % 200 + 1 for i in range(tokens)]
-    chunks = {}
-    for name, runner in (("native", native_all), ("batched", batched)):
+    slots = {"native": native_all.allocate(), "batched": batched.allocate()}
+    runners = {"native": native_all, "batched": batched}
+    won = most
+    for tokens in PREFILL_TOKENS_TIMED:
+        chunk = [(3 * i) % 200 + 1 for i in range(tokens)]
         # at position 0 each time: the chunk overwrites its own keys
-        chunks[name] = (runner, [RowInput(runner.allocate(), chunk, 0)])
-    with torch.inference_mode():
-        best = _alternating_best(
-            {name: (lambda r=runner, rows=rows: r.forward(rows))
-             for name, (runner, rows) in chunks.items()},
-            min_reps=3, budget_s=TIME_BUDGET_S, cap_s=TIME_CAP_S)
-    times = {**times, **{f"{name}_prompt_{tokens}": round(seconds * 1e6, 1)
-                         for name, seconds in best.items()}}
-    return (GEMV_ROWS_ALL if best["native"] <= best["batched"] else most), times
+        rows = {name: [RowInput(slot, chunk, 0)] for name, slot in slots.items()}
+        with torch.inference_mode():
+            best = _alternating_best(
+                {name: (lambda r=runners[name], rows=rows[name]: r.forward(rows))
+                 for name in runners},
+                min_reps=3, budget_s=TIME_BUDGET_S, cap_s=TIME_CAP_S)
+        times = {**times, **{f"{name}_prompt_{tokens}": round(seconds * 1e6, 1)
+                             for name, seconds in best.items()}}
+        if best["native"] > best["batched"]:
+            return won, times
+        won = tokens
+    return GEMV_ROWS_ALL, times
 
 
 def gemv_rows_text(profile: MachineProfile) -> str | None:
@@ -632,11 +648,9 @@ def gemv_rows_text(profile: MachineProfile) -> str | None:
     parts = [f"{rows} rows: batched {times[f'batched_{rows}'] / 1e3:.1f} ms, native "
              f"{times[f'native_{rows}'] / 1e3:.1f} ms"
              for rows in GEMV_ROWS_TIMED if f"native_{rows}" in times]
-    prompt = f"native_prompt_{PREFILL_TOKENS_TIMED}"
-    if prompt in times:
-        parts.append(f"a {PREFILL_TOKENS_TIMED}-token prompt: batched "
-                     f"{times[f'batched_prompt_{PREFILL_TOKENS_TIMED}'] / 1e3:.1f} ms, "
-                     f"native {times[prompt] / 1e3:.1f} ms")
+    parts += [f"a {tokens}-token prompt: batched {times[f'batched_prompt_{tokens}'] / 1e3:.1f}"
+              f" ms, native {times[f'native_prompt_{tokens}'] / 1e3:.1f} ms"
+              for tokens in PREFILL_TOKENS_TIMED if f"native_prompt_{tokens}" in times]
     most = "every step" if profile.gemv_rows >= GEMV_ROWS_ALL else \
         f"up to {profile.gemv_rows} rows"
     return f"{'; '.join(parts)} -> native {most}"
@@ -926,7 +940,7 @@ def rows_loop_text(profile: MachineProfile) -> str | None:
     times = profile.rows_loop_us
     if not times:
         return None
-    names = {ROWS_DOT: "bf16 dot product", ROWS_FMA: "FMA"}
+    names = {ROWS_DOT: "bf16 dot product", ROWS_FMA: "FMA", ROWS_AMX: "AMX"}
     timed = ", ".join(f"{names[k]} {times[k] / 1e3:.1f} ms" for k in names if k in times)
     return f"{max(GEMV_ROWS_TIMED)} rows: {timed} -> {profile.rows_loop}"
 

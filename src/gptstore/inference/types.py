@@ -218,11 +218,12 @@ GEMV_ATEN, GEMV_ONEDNN, GEMV_NATIVE = "aten", "onednn", "native"
 GEMV_NATIVE_AVX512 = "native-avx512"
 GEMV_KERNELS = (GEMV_ATEN, GEMV_ONEDNN, GEMV_NATIVE, GEMV_NATIVE_AVX512)
 #: loops of the native kernel's steps of two or more bf16 rows on an AVX-512 CPU
-#: (gemv_bf16.c): the bf16 dot product (`vdpbf16ps`, where the CPU has it) or FMAs on
-#: widened weights (the same bits); the machine profile's `rows_loop` is the one measured
-#: faster (precision.py)
-ROWS_DOT, ROWS_FMA = "bf16-dot", "fma"
-ROWS_LOOPS = (ROWS_DOT, ROWS_FMA)
+#: (gemv_bf16.c): the bf16 dot product (`vdpbf16ps`, where the CPU has it), FMAs on
+#: widened weights (the same bits), or AMX tiles from 4 rows (where the CPU has AMX; FMAs
+#: below that, and where it has none); the machine profile's `rows_loop` is the one
+#: measured fastest (precision.py)
+ROWS_DOT, ROWS_FMA, ROWS_AMX = "bf16-dot", "fma", "amx"
+ROWS_LOOPS = (ROWS_DOT, ROWS_FMA, ROWS_AMX)
 #: `gemv_rows` that has the native kernel serve every step, prompts included (where the
 #: machine measured it faster than the batched products for a prompt chunk too)
 GEMV_ROWS_ALL = 1 << 20

@@ -125,15 +125,15 @@ def test_inputs_it_cannot_take_are_refused_by_name(kernel):
         native.gemv(torch.randn(1, 32), packed, 8, residual=torch.randn(1, 8).bfloat16())
 
 
-@pytest.mark.parametrize("rows_fma", [False, True], ids=["dot", "fma"])
+@pytest.mark.parametrize("rows_loop", ["bf16-dot", "fma"])
 @pytest.mark.parametrize("wide", [False, True], ids=["avx2", "avx512"])
 @pytest.mark.parametrize("act", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(("rows", "n_out"), [(16, 40), (5, 13), (7, 13), (6, 24), (9, 100)])
-def test_many_rows_give_each_rows_own_bits(kernel, act, rows, n_out, wide, rows_fma):
+def test_many_rows_give_each_rows_own_bits(kernel, act, rows, n_out, wide, rows_loop):
     """A decode step of several rows (`MachineProfile.gemv_rows`) gives each row the bits
     of that row alone, though the AVX2 loop takes rows two at a time, and on an AVX-512
     CPU the bf16 dot products (bf16 rows from either entry, on a CPU with avx512_bf16)
-    and the FMA loop (`rows_fma`, fp32 rows, a CPU without the dot product) four (5
+    and the FMA loop (`rows_loop="fma"`, fp32 rows, a CPU without the dot product) four (5
     rows: two pairs and one alone, or four and one; 7 and 6: four and three, four and
     two; 13 outputs: a last weight block of 5 rows; 9 rows of 100: three passes over
     each of 13 blocks, the first bringing in the block two ahead)."""
@@ -146,7 +146,7 @@ def test_many_rows_give_each_rows_own_bits(kernel, act, rows, n_out, wide, rows_
     bias = torch.randn(n_out, generator=generator).to(act)
     residual = torch.randn(rows, n_out, generator=generator).to(act)
     packed = native.pack(weight)
-    together = native.gemv(x, packed, n_out, bias, residual, avx512=wide, rows_fma=rows_fma)
+    together = native.gemv(x, packed, n_out, bias, residual, avx512=wide, rows_loop=rows_loop)
     alone = torch.cat([native.gemv(x[i:i + 1], packed, n_out, bias, residual[i:i + 1],
                                    avx512=wide) for i in range(rows)])
     assert torch.equal(together, alone)
@@ -154,6 +154,62 @@ def test_many_rows_give_each_rows_own_bits(kernel, act, rows, n_out, wide, rows_
     narrow = torch.cat([native.gemv(x[i:i + 1], packed, n_out, bias, residual[i:i + 1])
                         for i in range(rows)])
     assert torch.equal(together, narrow)
+
+
+@pytest.mark.parametrize("wide", [False, True], ids=["avx2", "avx512"])
+@pytest.mark.parametrize(("rows", "n_in", "n_out"),
+                         [(4, 64, 40), (16, 64, 13), (17, 96, 100), (40, 1536, 48)])
+def test_rows_on_amx_tiles_match_the_other_loops_and_ignore_their_neighbours(
+        kernel, rows, n_in, n_out, wide):
+    """`rows_loop="amx"`: bf16 rows from 4 on AMX tiles (groups of 16 rows, weight blocks
+    three at a time; 17 and 40 rows: a last group part empty; 13 and 100 outputs: a
+    last block of 5 rows, blocks left over after the threes). The tile unit adds in its
+    own order, so a value may differ from the FMA loop's in the last place (both are
+    within half a bf16 step of the exact sum, plus the fp32 sums' error), but a row's
+    bits are its own: the same with other rows beside it, at another place in its
+    group. Fewer rows, and fp32 rows, take the FMA loop (its bits)."""
+    if not native.amx_supported():
+        pytest.skip("no AMX here (CPU, compiler or kernel)")
+    if wide and not native.gemv_avx512_supported():
+        pytest.skip("this CPU has no AVX-512")
+    generator = torch.Generator().manual_seed(13)
+    weight = torch.randn(n_out, n_in, generator=generator) / n_in ** 0.5
+    x = torch.randn(rows, 2 * n_in, generator=generator)[:, :n_in].bfloat16()  # strided
+    bias = torch.randn(n_out, generator=generator).bfloat16()
+    residual = torch.randn(rows, n_out, generator=generator).bfloat16()
+    packed = native.pack(weight)
+
+    def gemv(x: torch.Tensor, residual: torch.Tensor, loop: str) -> torch.Tensor:
+        return native.gemv(x, packed, n_out, bias, residual, avx512=wide, rows_loop=loop)
+
+    tiles, fma = gemv(x, residual, "amx"), gemv(x, residual, "fma")
+    w64 = weight.bfloat16().double()
+    exact = x.double() @ w64.t() + bias.double() + residual.double()
+    # half a bf16 step of the result, and fp32's rounding over every term added
+    bound = exact.abs() * 2.0 ** -8 + (n_in + 2) * 2.0 ** -24 * (
+        x.double().abs() @ w64.abs().t() + bias.double().abs() + residual.double().abs())
+    for out in (tiles, fma):
+        assert ((out.double() - exact).abs() <= bound).all()
+    assert not torch.equal(tiles, torch.zeros_like(tiles))
+    # each row's bits whatever rows are beside it, wherever it sits in its group
+    flipped = gemv(x.flip(0), residual.flip(0), "amx").flip(0)
+    assert torch.equal(flipped, tiles)
+    others = torch.randn(rows, n_in, generator=generator).bfloat16()
+    others[0] = x[0]
+    assert torch.equal(gemv(others, residual, "amx")[0], tiles[0])
+    # fewer rows than AMX takes, and fp32 rows: the FMA loop
+    assert torch.equal(gemv(x[:3], residual[:3], "amx"), gemv(x[:3], residual[:3], "fma"))
+    x32, r32 = x.float(), residual.float()
+    assert torch.equal(native.gemv(x32, packed, n_out, bias.float(), r32, avx512=wide,
+                                   rows_loop="amx"),
+                       native.gemv(x32, packed, n_out, bias.float(), r32, avx512=wide,
+                                   rows_loop="fma"))
+
+
+def test_an_unknown_rows_loop_is_refused_by_name(kernel):
+    with pytest.raises(ValueError, match="unknown rows loop 'avx-1024'"):
+        native.gemv(torch.randn(4, 32), native.pack(torch.randn(8, 32)), 8,
+                    rows_loop="avx-1024")
 
 
 def test_a_linear_serves_as_many_rows_natively_as_it_is_told(kernel):
@@ -481,6 +537,8 @@ DECODE_STEP_CASES = {
     "bf16-avx512": (torch.bfloat16, {"gemv": "native-avx512"}),
     "bf16-avx512-fma-4-rows": (torch.bfloat16, {"gemv": "native-avx512", "gemv_rows": 4,
                                                 "rows_loop": "fma"}),
+    "bf16-avx512-amx-4-rows": (torch.bfloat16, {"gemv": "native-avx512", "gemv_rows": 4,
+                                                "rows_loop": "amx"}),
     "int4": (torch.bfloat16, {"quantize": "int4", "int4_gemv": "native"}),
 }
 

@@ -69,7 +69,7 @@ def test_first_use_measures_every_use_in_both_dtypes_quickly(tmp_path, measured)
         assert profile.gemv_rows_us[f"native_{max(precision.GEMV_ROWS_TIMED)}"] > 0
     else:
         assert profile.gemv_rows == 2 and not profile.gemv_rows_us
-    assert profile.rows_loop in ("bf16-dot", "fma")
+    assert profile.rows_loop in ("bf16-dot", "fma", "amx")
     # "well under a second" on a quiet machine; the test machine is shared, so allow 3 s
     assert profile.seconds < 3.0
 
@@ -241,43 +241,60 @@ def test_decode_steps_of_a_few_rows_go_native_as_far_as_it_measures_faster(monke
                     "native 1.0 ms -> native up to 8 rows")
 
 
-def test_steps_of_several_rows_take_the_loop_measured_faster(monkeypatch):
+def test_steps_of_several_rows_take_the_loop_measured_fastest(monkeypatch):
     """`rows_loop`: where the native GEMV serves and the CPU has AVX-512 and its bf16
-    dot product, a 16-row product is timed on the dot product and on the FMA loop (the
-    same bits) and the faster is kept; untimed elsewhere: "fma" on an AVX-512 CPU
-    without the dot product (its only loop), "bf16-dot" (unused) without AVX-512 or
-    where the native GEMV does not serve."""
+    dot product, a 16-row product is timed on the dot product, on the FMA loop (the
+    same bits) and, where the kernels can use AMX here, on AMX tiles, and the fastest
+    is kept; untimed elsewhere: "fma" on an AVX-512 CPU without the dot product (its
+    only loop), "bf16-dot" (unused) without AVX-512 or where the native GEMV does not
+    serve."""
     if native.library() is None or not native.gemv_avx512_supported():
         pytest.skip("the native kernels' AVX-512 path does not run here")
     base = MachineProfile.from_dict(profile_doc(
         {"training": "fp32", "batched": "bf16", "decode": "bf16"}, gemv="native-avx512"))
     loops: list[set[str]] = []
 
-    def fake(fma_s: float) -> Any:
+    def fake(fma_s: float, amx_s: float = 3.0) -> Any:
         def best(passes: dict[str, Any], **_: Any) -> dict[str, float]:
             for run in passes.values():  # each runs its 16-row products
                 out = run()
                 assert len(out) == precision.COPIES["decode"]
                 assert out[0].shape == (16, precision.SHAPES["batched"][2])
             loops.append(set(passes))
-            return {"bf16-dot": 1.0, "fma": fma_s}
+            return {name: seconds for name, seconds in
+                    (("bf16-dot", 1.0), ("fma", fma_s), ("amx", amx_s)) if name in passes}
         return best
 
     monkeypatch.setattr(precision, "cpu_flag_set", lambda: {"avx512f", "avx512_bf16"})
     monkeypatch.setattr(precision, "COPIES", {**precision.COPIES, "decode": 2})  # quick
+    monkeypatch.setattr(native, "amx_supported", lambda: False)
     monkeypatch.setattr(precision, "_alternating_best", fake(0.5))
     assert precision._time_rows_loop(base) == ("fma", {"bf16-dot": 1e6, "fma": 5e5})
     monkeypatch.setattr(precision, "_alternating_best", fake(2.0))
     assert precision._time_rows_loop(base)[0] == "bf16-dot"
     assert loops == [{"bf16-dot", "fma"}] * 2
+    # where AMX can run, it is timed too (its loop falls back to FMAs where it cannot,
+    # so the passes run on any machine)
+    monkeypatch.setattr(native, "amx_supported", lambda: True)
+    monkeypatch.setattr(precision, "_alternating_best", fake(0.5, 0.25))
+    assert precision._time_rows_loop(base) == (
+        "amx", {"bf16-dot": 1e6, "fma": 5e5, "amx": 2.5e5})
+    monkeypatch.setattr(precision, "_alternating_best", fake(0.5, 0.75))
+    assert precision._time_rows_loop(base)[0] == "fma"
+    assert loops[2:] == [{"bf16-dot", "fma", "amx"}] * 2
+    loops.clear()
     assert precision._time_rows_loop(dataclasses.replace(base, gemv="aten")) \
         == ("bf16-dot", {})
     monkeypatch.setattr(precision, "cpu_flag_set", lambda: {"avx512f"})
     assert precision._time_rows_loop(base) == ("fma", {})
-    assert len(loops) == 2  # neither timed
+    assert not loops  # neither timed
     text = precision.rows_loop_text(dataclasses.replace(
         base, rows_loop="fma", rows_loop_us={"bf16-dot": 5200.0, "fma": 3900.0}))
     assert text == "16 rows: bf16 dot product 5.2 ms, FMA 3.9 ms -> fma"
+    text = precision.rows_loop_text(dataclasses.replace(
+        base, rows_loop="amx", rows_loop_us={"bf16-dot": 5200.0, "fma": 3900.0,
+                                             "amx": 2100.0}))
+    assert text == "16 rows: bf16 dot product 5.2 ms, FMA 3.9 ms, AMX 2.1 ms -> amx"
     assert precision.rows_loop_text(base) is None
 
 
@@ -291,45 +308,57 @@ def test_engines_run_several_rows_on_the_measured_loop(tmp_path):
     assert engine_config(Settings(home=home)).rows_loop == "bf16-dot"
     assert engine_config(Settings(home=home), rows_loop="fma").rows_loop == "fma"
     with pytest.raises(InvalidRequest, match="unknown rows loop"):
-        engine_config(Settings(home=home), rows_loop="amx")
+        engine_config(Settings(home=home), rows_loop="avx-1024")
 
 
-def test_where_native_wins_the_most_rows_a_prompt_chunk_decides_every_step(monkeypatch):
-    """Served bf16 and the native GEMV faster at 16 rows: a prompt chunk of
-    `PREFILL_TOKENS_TIMED` tokens is timed on a runner whose native GEMV serves every
-    step against the batched products; native no slower there gives `GEMV_ROWS_ALL`,
-    slower 16. Not timed where the served weights are fp32 (the native kernel would read
-    their bf16 copy: not the served model's products)."""
+def test_where_native_wins_the_most_rows_prompt_chunks_decide_how_many_more(monkeypatch):
+    """Served bf16 and the native GEMV faster at 16 rows: prompt chunks of
+    `PREFILL_TOKENS_TIMED` tokens are timed, shortest first, on a runner whose native
+    GEMV serves every step against the batched products; native no slower on all of
+    them gives `GEMV_ROWS_ALL`, on the short one alone that chunk's rows, on none 16.
+    Not timed where the served weights are fp32 (the native kernel would read their
+    bf16 copy: not the served model's products)."""
     if native.library() is None:
         pytest.skip("the native kernels do not build here")
     base = MachineProfile.from_dict(profile_doc(
         {"training": "fp32", "batched": "bf16", "decode": "bf16"}, gemv="native"))
     assert base.serving == "bf16"
+    short, long = precision.PREFILL_TOKENS_TIMED
     timed: list[str] = []
 
-    def fake(prompt_native_s: float) -> Any:
+    def fake(prompt_native_s: tuple[float, ...]) -> Any:
         def best(passes: dict[str, Any], **_: Any) -> dict[str, float]:
             rows = int(passes["batched"]().shape[0])  # logits: one row per decode row
             assert int(passes["native"]().shape[0]) == rows
-            timed.append("prompt" if rows == 1 else f"{rows} rows")
-            native_s = prompt_native_s if rows == 1 else 1.0
-            return {"native": native_s, "batched": 1.5}
+            if rows > 1:
+                timed.append(f"{rows} rows")
+                return {"native": 1.0, "batched": 1.5}
+            timed.append("prompt")
+            return {"native": prompt_native_s[timed.count("prompt") - 1], "batched": 1.5}
         return best
 
     monkeypatch.setitem(precision.ROWS_MODEL, "num_hidden_layers", 1)  # quick
-    monkeypatch.setattr(precision, "_alternating_best", fake(1.0))
+    monkeypatch.setattr(precision, "_alternating_best", fake((1.0, 1.5)))
     rows, times = precision._time_gemv_rows(base, "native")
-    assert rows == GEMV_ROWS_ALL and timed == ["16 rows", "prompt"]
-    tokens = precision.PREFILL_TOKENS_TIMED
-    assert set(times) == {"native_16", "batched_16", f"native_prompt_{tokens}",
-                          f"batched_prompt_{tokens}"}
+    assert rows == GEMV_ROWS_ALL and timed == ["16 rows", "prompt", "prompt"]
+    assert set(times) == {"native_16", "batched_16", f"native_prompt_{short}",
+                          f"batched_prompt_{short}", f"native_prompt_{long}",
+                          f"batched_prompt_{long}"}
     assert precision.gemv_rows_text(dataclasses.replace(
         base, gemv_rows=rows, gemv_rows_us=times)) == (
-        f"16 rows: batched 1500.0 ms, native 1000.0 ms; a {tokens}-token prompt: batched "
-        "1500.0 ms, native 1000.0 ms -> native every step")
+        f"16 rows: batched 1500.0 ms, native 1000.0 ms; a {short}-token prompt: batched "
+        f"1500.0 ms, native 1000.0 ms; a {long}-token prompt: batched 1500.0 ms, native "
+        "1500.0 ms -> native every step")
     timed.clear()
-    monkeypatch.setattr(precision, "_alternating_best", fake(2.0))
+    monkeypatch.setattr(precision, "_alternating_best", fake((1.0, 1.6)))
+    rows, times = precision._time_gemv_rows(base, "native")
+    assert rows == short and timed == ["16 rows", "prompt", "prompt"]
+    assert precision.gemv_rows_text(dataclasses.replace(
+        base, gemv_rows=rows, gemv_rows_us=times)).endswith(f"-> native up to {short} rows")
+    timed.clear()
+    monkeypatch.setattr(precision, "_alternating_best", fake((2.0,)))
     assert precision._time_gemv_rows(base, "native")[0] == 16
+    assert timed == ["16 rows", "prompt"]  # the long chunk is not timed after a loss
     timed.clear()
     fp32 = dataclasses.replace(base, choices={**base.choices, "batched": "fp32"},
                                gflops={**base.gflops, "batched": {"fp32": 300.0,

@@ -99,17 +99,17 @@ static void lora_delta(const int64_t *lora, int64_t layer, int which, const void
     }
 }
 
-static int project(int kernel, int rows_fma, const void *x, int64_t rows,
+static int project(int kernel, int rows_loop, const void *x, int64_t rows,
                    const void *weights, int64_t n_in, int64_t n_out, const void *bias,
                    const void *residual, void *y, int act_bf16, int n_threads) {
     switch (kernel) {
     case KERNEL_BF16:
         return gptstore_gemv_bf16(x, rows, n_in, (const uint16_t *)weights, n_in, n_out, bias,
-                                  residual, y, act_bf16, n_threads, rows_fma);
+                                  residual, y, act_bf16, n_threads, rows_loop);
     case KERNEL_BF16_AVX512:
         return gptstore_gemv_bf16_avx512(x, rows, n_in, (const uint16_t *)weights, n_in,
                                          n_out, bias, residual, y, act_bf16, n_threads,
-                                         rows_fma);
+                                         rows_loop);
     default:
         return gptstore_gemv_q4(x, rows, n_in, (const uint8_t *)weights, n_in, n_out, bias,
                                 residual, y, act_bf16, n_threads);
@@ -117,17 +117,17 @@ static int project(int kernel, int rows_fma, const void *x, int64_t rows,
 }
 
 /* x: [rows, dim] contiguous, the embeddings in and the last layer's output out (the
- * final norm is the caller's). `rows_fma`: the bf16 products' loop for two or more rows
- * (gemv_bf16.c; the q4 kernel ignores it). Returns 0; -1 when scratch memory could not be
- * allocated, -3 where the CPU lacks the kernel (x is then partly updated: the caller
- * discards the step). */
+ * final norm is the caller's). `rows_loop`: the bf16 products' loop for two or more rows
+ * (kernels.h ROWS_LOOP_*, gemv_bf16.c; the q4 kernel ignores it). Returns 0; -1 when
+ * scratch memory could not be allocated, -3 where the CPU lacks the kernel (x is then
+ * partly updated: the caller discards the step). */
 int gptstore_llama_decode(void *x, int64_t rows, int64_t dim, int64_t n_layers,
                           const int64_t *layers, int kernel, int64_t n_heads, int64_t n_kv,
                           int64_t head_dim, int64_t inter, float eps, void *k_cache,
                           void *v_cache, int64_t n_slots, int64_t cap, int64_t slot0,
                           const int64_t *lengths, float scale, const void *rot_cos,
                           const void *rot_sin, const int64_t *lora, int act_bf16,
-                          int n_threads, int rows_fma) {
+                          int n_threads, int rows_loop) {
     const int64_t item = act_bf16 ? 2 : 4;
     const int64_t q_width = n_heads * head_dim, kv_width = n_kv * head_dim;
     const int64_t qkv_width = q_width + 2 * kv_width;
@@ -145,7 +145,7 @@ int gptstore_llama_decode(void *x, int64_t rows, int64_t dim, int64_t n_layers,
     for (int64_t i = 0; i < n_layers && status == 0; i++) {
         const int64_t *layer = layers + i * LAYER_FIELDS;
         gptstore_rms_norm(x, rows, dim, at(layer, NORM1), dim, eps, h, act_bf16);
-        status = project(kernel, rows_fma, h, rows, at(layer, QKV), dim, qkv_width,
+        status = project(kernel, rows_loop, h, rows, at(layer, QKV), dim, qkv_width,
                          at(layer, QKV_BIAS), NULL, qkv, act_bf16, n_threads);
         if (status)
             break;
@@ -158,14 +158,14 @@ int gptstore_llama_decode(void *x, int64_t rows, int64_t dim, int64_t n_layers,
             head_dim, cap, scale, attn, act_bf16, n_threads);
         if (status)
             break;
-        status = project(kernel, rows_fma, attn, rows, at(layer, O), q_width, dim,
+        status = project(kernel, rows_loop, attn, rows, at(layer, O), q_width, dim,
                          at(layer, O_BIAS), x, mid, act_bf16, n_threads);
         if (status)
             break;
         if (lora)
             lora_delta(lora, i, LORA_O, attn, rows, q_width, mid, dim, act_bf16, n_threads);
         gptstore_rms_norm(mid, rows, dim, at(layer, NORM2), dim, eps, h, act_bf16);
-        status = project(kernel, rows_fma, h, rows, at(layer, GATE_UP), dim, 2 * inter,
+        status = project(kernel, rows_loop, h, rows, at(layer, GATE_UP), dim, 2 * inter,
                          at(layer, GATE_UP_BIAS), NULL, gate_up, act_bf16, n_threads);
         if (status)
             break;
@@ -175,7 +175,7 @@ int gptstore_llama_decode(void *x, int64_t rows, int64_t dim, int64_t n_layers,
         /* one thread under 8 rows, as native.silu_mul calls it */
         gptstore_silu_mul(gate_up, rows, 2 * inter, inter, act, act_bf16,
                           rows >= 8 ? n_threads : 1);
-        status = project(kernel, rows_fma, act, rows, at(layer, DOWN), inter, dim,
+        status = project(kernel, rows_loop, act, rows, at(layer, DOWN), inter, dim,
                          at(layer, DOWN_BIAS), mid, x, act_bf16, n_threads);
         if (status == 0 && lora)
             lora_delta(lora, i, LORA_DOWN, act, rows, inter, x, dim, act_bf16, n_threads);

@@ -36,7 +36,7 @@
  * four rows of x at a time, the same bits), and so do calls of two or more rows on the
  * AVX2 entry: steps of many rows then run faster than oneDNN's batched bf16 products, in
  * the one native call of a decode step (decode_step.c). Where the caller says so
- * (`rows_fma`: the machine measured it faster, precision.py `rows_loop`), or where the
+ * (`rows_loop` ROWS_LOOP_FMA: the machine measured it faster, precision.py), or where the
  * dot product cannot serve (fp32 activations, a CPU without avx512_bf16), two or more
  * rows on an AVX-512 CPU take block_fma instead: block_avx512's shift, mask and FMAs for
  * four rows of x at once, each widened weight vector feeding them all (the same bits).
@@ -44,8 +44,19 @@
  * Every path adds each pair's odd column's product before its even one's, the order of
  * `vdpbf16ps`, and ends a block with hsum8 (hsum's order, eight sums at once), so a row
  * gets the same bits on each path and with any rows beside it.
+ *
+ * Where the CPU has AMX and the caller says so (`rows_loop` ROWS_LOOP_AMX: the machine
+ * measured it fastest), calls of AMX_MIN_ROWS or more rows of bf16 activations multiply
+ * on AMX tiles instead (gemv_amx below), reading the same packed weights. Those sums are
+ * added in the tile unit's own order, so a row's bits may differ from the other paths'
+ * in the last place (in a 16-row check, 1 value in 10,000); each row's still depend on
+ * its own values alone, not on the rows beside it.
  */
+#define _GNU_SOURCE  /* syscall(), to ask Linux for AMX's tile state */
+#include <cpuid.h>
 #include <stdlib.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "kernels.h"
 #include "simd.h"
@@ -287,6 +298,168 @@ static GEMV_AVX512 void block_fma_rows(const uint16_t *block, const uint16_t *la
         store_block_sums(sums[r], b, r0 + r, n_out, bias, residual, y, act_bf16);
 }
 
+/* Calls of at least this many rows take AMX where the caller asks for it; fewer go to
+ * block_fma. On an AMX Sapphire Rapids VM (2 threads, SmolLM2's 30 layers of weights, a
+ * C loop): 2 rows 12.3 ms on AMX against 10.6 on block_fma, 4 rows 13.7 against 14.2,
+ * 8 rows 13.7 against 17.5, 16 rows 13.8 against 24.5 (1 row: 11.5). */
+#define AMX_MIN_ROWS 4
+
+/* AMX needs a compiler that knows its intrinsics (GCC 11, clang 12); elsewhere the
+ * library builds without it and gptstore_amx_supported says 0. */
+#if defined(__clang__)
+#define HAVE_AMX (__clang_major__ >= 12)
+#elif defined(__GNUC__)
+#define HAVE_AMX (__GNUC__ >= 11)
+#else
+#define HAVE_AMX 0
+#endif
+
+/* Whether gemv_amx runs here: the CPU has AMX's tiles and bf16 products (CPUID leaf 7,
+ * EDX bits 24 and 22) and Linux lets this process use their state (arch_prctl
+ * ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA, asked once for the process; Linux 5.16 or
+ * later). */
+int gptstore_amx_supported(void) {
+    static int supported = -1;
+    if (supported < 0) {
+        unsigned a, b, c, d;
+        int ok = HAVE_AMX && __get_cpuid_count(7, 0, &a, &b, &c, &d) &&
+                 (d >> 24 & 1u) && (d >> 22 & 1u);
+        if (ok)
+            ok = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */,
+                         18 /* XFEATURE_XTILEDATA */) == 0;
+        supported = ok;
+    }
+    return supported;
+}
+
+#if HAVE_AMX
+#define GEMV_AMX __attribute__((target("amx-tile,amx-bf16,avx512f,avx512dq")))
+
+/* Blocks one pass over the weights multiplies at once: AMX has eight tile registers, and
+ * each block takes two (its weights, its sums) beside x's one. */
+#define AMX_BLOCKS 3
+/* Bytes ahead in each block's stream that the loop prefetches: 1 KB measured 5-8%
+ * faster than none, 2-16 KB no better (SmolLM2's weights at 16 rows, a C loop). */
+#define AMX_PREFETCH_BYTES 1024
+/* rows of x a tile holds */
+#define AMX_ROWS 16
+
+/* The palette AMX's tile registers take (its layout is fixed by the ISA). */
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t bytes_per_row[16];
+    uint8_t rows[16];
+} tile_config;
+
+/* The products of bf16 rows on AMX (`tdpbf16ps`): C[8 weight rows][16 x rows] += A[8
+ * weight rows][16 columns] B[8 column pairs][16 x rows], where A is one 16-column chunk
+ * of a weight block as the packed layout stores it (8 rows of 32 bytes, contiguous) and
+ * B the same columns of 16 rows of x, pair by pair (the layout the instruction takes,
+ * made once per call in `xt`). One pass over AMX_BLOCKS blocks reads each chunk once
+ * for every group of 16 rows; steps of a few rows read every weight once, as one row
+ * does, with the arithmetic on the tile unit. Why hand-written (docs/design.md, "Decode
+ * steps on AMX"): oneDNN's batched bf16 products at 16 rows, on an AMX Sapphire Rapids
+ * VM, ran SmolLM2's layer weights at 9 GB/s and this loop at 15-16 (a row alone: 18-20),
+ * because the packed layout is already the tile's A operand: no reorder, one stream per
+ * block. x: bf16, row r at x + r * x_stride. Returns 0, or -1 when the scratch memory
+ * could not be allocated (nothing written then). */
+static GEMV_AMX int gemv_amx(const uint16_t *x, int64_t n_rows, int64_t x_stride,
+                             const uint16_t *packed, int64_t n_in, int64_t n_out,
+                             const void *bias, const void *residual, void *y,
+                             int n_threads) {
+    const int64_t n_blocks = (n_out + ROWS - 1) / ROWS;
+    const int64_t n_groups = (n_rows + AMX_ROWS - 1) / AMX_ROWS, pairs = n_in / 2;
+    /* xt[group][pair][16 rows]: each row's bf16 pair as one 32-bit value, zero past
+     * the last row */
+    uint32_t *xt = (uint32_t *)aligned_alloc(64, (size_t)(n_groups * pairs * AMX_ROWS) * 4);
+    if (!xt)
+        return -1;
+    for (int64_t r = 0; r < n_groups * AMX_ROWS; r++) {
+        uint32_t *to = xt + (r / AMX_ROWS) * pairs * AMX_ROWS + r % AMX_ROWS;
+        const uint32_t *from = (const uint32_t *)(x + r * x_stride);
+        for (int64_t p = 0; p < pairs; p++)
+            to[p * AMX_ROWS] = r < n_rows ? from[p] : 0;
+    }
+    const int64_t n_passes = (n_blocks + AMX_BLOCKS - 1) / AMX_BLOCKS;
+    const int64_t block_size = ROWS * n_in;  /* elements */
+    #pragma omp parallel num_threads(n_threads)
+    {
+        /* tile 0: x's pairs (8 x 64 bytes); 1-3: weight chunks (8 x 32); 4-6: sums (8 x
+         * 64). Each thread's own registers, configured for this call. */
+        tile_config config;
+        memset(&config, 0, sizeof config);
+        config.palette = 1;
+        for (int t = 0; t < 1 + 2 * AMX_BLOCKS; t++) {
+            config.rows[t] = ROWS;
+            config.bytes_per_row[t] = t >= 1 && t <= AMX_BLOCKS ? CHUNK * 2 : AMX_ROWS * 4;
+        }
+        _tile_loadconfig(&config);
+        float sums[AMX_BLOCKS][ROWS][AMX_ROWS];
+        #pragma omp for schedule(static)
+        for (int64_t pass = 0; pass < n_passes; pass++) {
+            const int64_t b0 = pass * AMX_BLOCKS;
+            const int blocks = n_blocks - b0 < AMX_BLOCKS ? (int)(n_blocks - b0) : AMX_BLOCKS;
+            const uint16_t *first = packed + b0 * block_size;
+            for (int64_t g = 0; g < n_groups; g++) {
+                const uint32_t *xg = xt + g * pairs * AMX_ROWS;
+                if (blocks == AMX_BLOCKS) {
+                    _tile_zero(4);
+                    _tile_zero(5);
+                    _tile_zero(6);
+                    for (int64_t c = 0; c < n_in; c += CHUNK) {
+                        const uint16_t *chunk = first + c * ROWS;
+                        for (int j = 0; j < AMX_BLOCKS; j++) {
+                            const char *ahead = (const char *)(chunk + j * block_size) +
+                                                AMX_PREFETCH_BYTES;
+                            for (int line = 0; line < ROWS * CHUNK * 2; line += 64)
+                                _mm_prefetch(ahead + line, _MM_HINT_T0);
+                        }
+                        _tile_loadd(0, xg + c / 2 * AMX_ROWS, AMX_ROWS * 4);
+                        _tile_loadd(1, chunk, CHUNK * 2);
+                        _tile_loadd(2, chunk + block_size, CHUNK * 2);
+                        _tile_loadd(3, chunk + 2 * block_size, CHUNK * 2);
+                        _tile_dpbf16ps(4, 1, 0);
+                        _tile_dpbf16ps(5, 2, 0);
+                        _tile_dpbf16ps(6, 3, 0);
+                    }
+                    _tile_stored(4, sums[0], AMX_ROWS * 4);
+                    _tile_stored(5, sums[1], AMX_ROWS * 4);
+                    _tile_stored(6, sums[2], AMX_ROWS * 4);
+                } else {  /* the last blocks of a product, one at a time */
+                    for (int j = 0; j < blocks; j++) {
+                        _tile_zero(4);
+                        for (int64_t c = 0; c < n_in; c += CHUNK) {
+                            _tile_loadd(0, xg + c / 2 * AMX_ROWS, AMX_ROWS * 4);
+                            _tile_loadd(1, first + j * block_size + c * ROWS, CHUNK * 2);
+                            _tile_dpbf16ps(4, 1, 0);
+                        }
+                        _tile_stored(4, sums[j], AMX_ROWS * 4);
+                    }
+                }
+                for (int j = 0; j < blocks; j++)
+                    for (int64_t r = g * AMX_ROWS; r < n_rows && r < (g + 1) * AMX_ROWS; r++) {
+                        float row[ROWS];
+                        for (int k = 0; k < ROWS; k++)
+                            row[k] = sums[j][k][r % AMX_ROWS];
+                        store_block_sums(row, b0 + j, r, n_out, bias, residual, y, 1);
+                    }
+            }
+        }
+        _tile_release();  /* the registers' state need not follow the thread around */
+    }
+    free(xt);
+    return 0;
+}
+#else
+static int gemv_amx(const uint16_t *x, int64_t n_rows, int64_t x_stride,
+                    const uint16_t *packed, int64_t n_in, int64_t n_out, const void *bias,
+                    const void *residual, void *y, int n_threads) {
+    (void)x, (void)n_rows, (void)x_stride, (void)packed, (void)n_in, (void)n_out;
+    (void)bias, (void)residual, (void)y, (void)n_threads;
+    return -3;  /* never called: gptstore_amx_supported() is 0 */
+}
+#endif
+
 /* One 16-column chunk of x from element `at` (fp32, or bf16 where `act_bf16`) as fp32,
  * its 8 even columns then its 8 odd ones, into `out` (32-byte aligned): the layout the
  * FMA loops read. Vectorised because it runs on one thread before every call's parallel
@@ -349,7 +522,13 @@ static inline const uint16_t *block_ahead(const uint16_t *packed, int64_t b, int
  * scratch memory could not be allocated (nothing written then). */
 static int gemv_bf16(const void *x, int64_t n_rows, int64_t x_stride, const uint16_t *packed,
                      int64_t n_in, int64_t n_out, const void *bias, const void *residual,
-                     void *y, int act_bf16, int n_threads, int use_avx512, int rows_fma) {
+                     void *y, int act_bf16, int n_threads, int use_avx512, int rows_loop) {
+    if (rows_loop == ROWS_LOOP_AMX && act_bf16 && n_rows >= AMX_MIN_ROWS &&
+            gptstore_amx_supported())
+        return gemv_amx((const uint16_t *)x, n_rows, x_stride, packed, n_in, n_out, bias,
+                        residual, y, n_threads);
+    /* fewer rows under AMX take the FMA loop, as they would where AMX is not there */
+    const int rows_fma = rows_loop != ROWS_LOOP_DOT;
     const int64_t n_blocks = (n_out + ROWS - 1) / ROWS;
     const int wide = gptstore_gemv_bf16_avx512_supported();
     /* Several rows of bf16 activations take the dot-product loop from either entry
@@ -420,23 +599,24 @@ static int gemv_bf16(const void *x, int64_t n_rows, int64_t x_stride, const uint
 }
 
 /* The AVX2 path (with AVX-512's loops for two or more rows where the CPU has them).
- * `rows_fma`: two or more rows of bf16 activations on block_fma rather than the bf16
- * dot product (the same bits; what the machine measured faster). */
+ * `rows_loop` (kernels.h): two or more rows of bf16 activations on the bf16 dot product,
+ * on block_fma (the same bits), or from AMX_MIN_ROWS rows on AMX tiles (gemv_amx), as
+ * the machine measured fastest. */
 int gptstore_gemv_bf16(const void *x, int64_t n_rows, int64_t x_stride,
                        const uint16_t *packed, int64_t n_in, int64_t n_out,
                        const void *bias, const void *residual, void *y,
-                       int act_bf16, int n_threads, int rows_fma) {
+                       int act_bf16, int n_threads, int rows_loop) {
     return gemv_bf16(x, n_rows, x_stride, packed, n_in, n_out, bias, residual, y, act_bf16,
-                     n_threads, 0, rows_fma);
+                     n_threads, 0, rows_loop);
 }
 
 /* The AVX-512 path (same arguments and bits); -3 where the CPU lacks AVX-512. */
 int gptstore_gemv_bf16_avx512(const void *x, int64_t n_rows, int64_t x_stride,
                               const uint16_t *packed, int64_t n_in, int64_t n_out,
                               const void *bias, const void *residual, void *y,
-                              int act_bf16, int n_threads, int rows_fma) {
+                              int act_bf16, int n_threads, int rows_loop) {
     if (!gptstore_gemv_bf16_avx512_supported())
         return -3;
     return gemv_bf16(x, n_rows, x_stride, packed, n_in, n_out, bias, residual, y, act_bf16,
-                     n_threads, 1, rows_fma);
+                     n_threads, 1, rows_loop);
 }

@@ -6,14 +6,18 @@
 
 #include <stdint.h>
 
+/* the loop of bf16 products of several rows (`rows_loop` below; native.py ROWS_LOOP_CODES):
+ * AVX-512's bf16 dot product, FMAs on widened weights, or AMX tiles (gemv_bf16.c) */
+enum { ROWS_LOOP_DOT, ROWS_LOOP_FMA, ROWS_LOOP_AMX };
+
 int gptstore_gemv_bf16(const void *x, int64_t n_rows, int64_t x_stride,
                        const uint16_t *packed, int64_t n_in, int64_t n_out,
                        const void *bias, const void *residual, void *y,
-                       int act_bf16, int n_threads, int rows_fma);
+                       int act_bf16, int n_threads, int rows_loop);
 int gptstore_gemv_bf16_avx512(const void *x, int64_t n_rows, int64_t x_stride,
                               const uint16_t *packed, int64_t n_in, int64_t n_out,
                               const void *bias, const void *residual, void *y,
-                              int act_bf16, int n_threads, int rows_fma);
+                              int act_bf16, int n_threads, int rows_loop);
 int gptstore_gemv_q4(const void *x, int64_t n_rows, int64_t x_stride, const uint8_t *packed,
                      int64_t n_in, int64_t n_out, const void *bias, const void *residual,
                      void *y, int act_bf16, int n_threads);

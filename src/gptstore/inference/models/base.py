@@ -48,7 +48,6 @@ from gptstore.inference.types import (
     INT4_NATIVE_ALL,
     INT4_TORCH,
     ROWS_DOT,
-    ROWS_FMA,
     ROWS_LOOPS,
 )
 
@@ -177,10 +176,11 @@ class Linear:
       engine decoding 4 streams went from 98-103 to 156-184 tok/s with it, 16 streams
       from 196-207 to 250-269 (alternating scratch runs).
     * `rows_loop`: the native kernel's loop for those steps of several rows on an AVX-512
-      CPU, the bf16 dot product or FMAs on widened weights (the same bits), as measured
-      (`MachineProfile.rows_loop`). On an Intel Xeon without AMX, whose `vdpbf16ps`
-      issues at a quarter of an FMA's rate, SmolLM2's 16-row forward took 30-32 ms on
-      the FMAs against 35-36 on the dot product (medians, alternating in one process).
+      CPU, the bf16 dot product or FMAs on widened weights (the same bits), or AMX tiles,
+      as measured (`MachineProfile.rows_loop`). On an Intel Xeon without AMX, whose
+      `vdpbf16ps` issues at a quarter of an FMA's rate, SmolLM2's 16-row forward took
+      30-32 ms on the FMAs against 35-36 on the dot product (medians, alternating in one
+      process).
     """
 
     def __init__(self, weight_t: torch.Tensor, bias: torch.Tensor | None = None, *,
@@ -206,7 +206,7 @@ class Linear:
         # the most rows the native kernel serves: 1-2 always, more where measured faster,
         # and their loop
         self.native_rows = max(gemv_rows, _GEMV_MAX_ROWS)
-        self.rows_fma = rows_loop == ROWS_FMA
+        self.rows_loop = rows_loop
         self.packed = None  # not where the native kernel serves every product
         if pack and can_pack(weight_t.dtype) and not self.native_serves_all:
             self.packed = torch.ops.mkldnn._reorder_linear_weight(weight_t.t(), None)
@@ -308,7 +308,7 @@ class Linear:
         if self.decode_native is not None and x.shape[0] <= self.native_rows and \
                 copy_allowed(self.weight_t.dtype):
             return native.gemv(x, self.decode_native, self.weight_t.shape[1], self.bias,
-                               residual, avx512=self.native_avx512, rows_fma=self.rows_fma)
+                               residual, avx512=self.native_avx512, rows_loop=self.rows_loop)
         if self.decodes_low(x.shape[0]):
             return self._decode(x, residual)
         if self.packed is not None and x.shape[0] >= self.packed_min_rows:

@@ -37,7 +37,7 @@ from gptstore.inference.models.base import (
     StepPlan,
     copy_allowed,
 )
-from gptstore.inference.types import ATTENTION_SDPA, GEMV_ATEN, INT4_TORCH, ROWS_DOT, ROWS_FMA
+from gptstore.inference.types import ATTENTION_SDPA, GEMV_ATEN, INT4_TORCH, ROWS_DOT
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
@@ -232,7 +232,7 @@ class LlamaRunner(DecoderRunner):
                                       n_heads=self.n_heads, n_kv=self.n_kv_heads,
                                       head_dim=self.head_dim, inter=self.intermediate,
                                       eps=self.eps, scale=self.scale, dtype=self.dtype,
-                                      rows_fma=self.rows_loop == ROWS_FMA)
+                                      rows_loop=self.rows_loop)
         return step, min(most)
 
     def _lora_tables_of(self, lora: LoraBatch, n: int
