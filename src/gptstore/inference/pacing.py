@@ -29,6 +29,15 @@ once chunked, a prompt stays paced to its end (`Sequence.chunked`). The cost fal
 the streams already decoding, once per arrival: 64 tokens add ~30 ms to a ~35 ms step
 there, ~290 ms to an ~80 ms fp32 step on an AVX2-only EPYC.
 
+Where the runner's steps change kernels at a row count (`fast_rows`: the native GEMV
+serves steps up to `MachineProfile.gemv_rows` rows, the batched products larger ones),
+a chunk beside decoding rows stays within it while that leaves at least `min_tokens`:
+past it, a step costs a jump the per-token model above does not hold, and chunks sized
+on one side of it measure the other. On an AMX Sapphire Rapids VM whose native AMX
+steps served up to 64 rows, 15 streams decoding in 21 ms steps and a chunk beside them
+(the runner alone): 8 tokens 41 ms, 49 tokens 57 ms within the 64 rows, 64 tokens 62.5
+ms past them, 128 tokens 78 ms; with 16 native rows, 8 tokens already took 47 ms.
+
 Only the size of the chunks changes, never what is computed: chunked and whole prompts
 give the same tokens (tested).
 """
@@ -50,15 +59,19 @@ class PrefillPacer:
     whole_tokens: int = 64  # a prompt with at most this many left is prefilled whole
     decode_step_s: float | None = None  # average step with decode rows only
     token_s: float | None = None  # average seconds one prefill token adds to a step
+    fast_rows: int | None = None  # the most rows of a step on the faster kernel, if any
 
     def budget(self, decoding: int) -> int:
         """Prompt tokens the next step may prefill while `decoding` sequences decode."""
         if decoding == 0:
             return self.max_tokens
         if self.decode_step_s is None or self.token_s is None or self.token_s <= 0:
-            return min(self.max_tokens, self.start_tokens)
-        tokens = int(self.ratio * self.decode_step_s / self.token_s)
-        return max(min(self.min_tokens, self.max_tokens), min(self.max_tokens, tokens))
+            tokens = self.start_tokens
+        else:
+            tokens = max(self.min_tokens, int(self.ratio * self.decode_step_s / self.token_s))
+        if self.fast_rows is not None and self.fast_rows - decoding >= self.min_tokens:
+            tokens = min(tokens, self.fast_rows - decoding)  # the step stays on its kernel
+        return max(1, min(self.max_tokens, tokens))
 
     def takes_whole(self, remaining: int, step_tokens: int) -> bool:
         """Whether a prompt with `remaining` tokens still to compute is prefilled whole

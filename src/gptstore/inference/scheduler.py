@@ -335,7 +335,7 @@ class Scheduler:
             return False
         have = cache.cached_blocks(namespace, tokens, k)
         running = self._running.get(seq.base.key, [])
-        pacer, budget = self._prefill_budget(seq.base.key, running)
+        pacer, budget = self._prefill_budget(seq.base, running)
         for other in running:
             remaining = len(other.prompt) - other.computed
             # the rule of _step_base: a short prompt whole, a long one in budget chunks
@@ -350,10 +350,13 @@ class Scheduler:
                 return True
         return False
 
-    def _prefill_budget(self, key: str, seqs: list[Sequence]) -> tuple[PrefillPacer, int]:
-        """The pacer of base `key` and how many prompt tokens its next step may prefill
+    def _prefill_budget(self, base: LoadedBase, seqs: list[Sequence]) -> tuple[PrefillPacer, int]:
+        """The pacer of `base` and how many prompt tokens its next step may prefill
         beside its running `seqs` (a short prompt may exceed it: pacing.py)."""
-        pacer = self._pacers.setdefault(key, PrefillPacer(self.config.max_step_tokens))
+        pacer = self._pacers.get(base.key)
+        if pacer is None:
+            pacer = self._pacers[base.key] = PrefillPacer(
+                self.config.max_step_tokens, fast_rows=base.runner.fast_step_rows)
         if not self.config.paced_prefill:
             return pacer, self.config.max_step_tokens
         decoding = sum(1 for s in seqs if s.computed >= len(s.prompt) - 1)
@@ -364,7 +367,7 @@ class Scheduler:
         seqs.sort(key=lambda s: s.slot.index if s.slot else 0)
         rows: list[RowInput] = []
         stepped: list[Sequence] = []
-        pacer, budget = self._prefill_budget(seqs[0].base.key, seqs)
+        pacer, budget = self._prefill_budget(seqs[0].base, seqs)
         prefill_tokens = 0
         for seq in seqs:
             total = len(seq.prompt) + len(seq.output)

@@ -11,7 +11,7 @@ import torch
 from inference_helpers import causal_spec, hf_greedy, load_causal
 from test_engine_lora import make_adapter, peft_greedy
 
-from gptstore.inference import GenerationRequest, SamplingParams, kv_cache
+from gptstore.inference import GenerationRequest, SamplingParams, kv_cache, native
 from gptstore.inference.pacing import PrefillPacer
 from gptstore.inference.prefix_cache import BlockScores, PrefixCache
 
@@ -310,6 +310,40 @@ def test_pacer_bounds_prefill_chunks_while_others_decode():
     assert slow.takes_whole(slow.whole_tokens, step_tokens=0)
     assert not slow.takes_whole(slow.whole_tokens + 1, step_tokens=0)
     assert not slow.takes_whole(40, step_tokens=500)  # 540 > max_tokens
+
+
+def test_pacer_keeps_a_chunk_on_the_kernel_of_the_decoding_rows():
+    """Where the runner's steps leave the native kernel past `fast_rows` rows, a chunk
+    beside decoding rows stays within that while it leaves at least `min_tokens`; past
+    that it is paced as before (the prompt still progresses), and alone it takes the
+    biggest chunk."""
+    pacer = PrefillPacer(max_tokens=512, ratio=1.0, decode_step_s=0.04, token_s=0.001,
+                         fast_rows=64)
+    assert pacer.budget(decoding=15) == 40  # the pace wants fewer than the room left
+    assert pacer.budget(decoding=30) == 34  # the room left is less than the pace
+    assert pacer.budget(decoding=60) == 40  # too little room: paced across it
+    assert pacer.budget(decoding=0) == 512
+    assert PrefillPacer(max_tokens=512, fast_rows=64).budget(decoding=15) == 49  # unmeasured
+    assert PrefillPacer(max_tokens=512, ratio=1.0, decode_step_s=0.04, token_s=0.001,
+                        ).budget(decoding=30) == 40  # no such boundary
+
+
+def test_a_runner_names_the_rows_its_native_steps_stop_at(tiny_dirs):
+    """`fast_step_rows`: the native GEMV's `gemv_rows` where steps beyond it move to the
+    batched products; None where it serves 1-2 rows only, every step, or not at all."""
+    from transformers import AutoModelForCausalLM
+
+    from gptstore.inference.models import build_runner
+    from gptstore.inference.types import GEMV_ROWS_ALL
+
+    if native.library() is None:
+        pytest.skip("the native kernels do not build here")
+    model = AutoModelForCausalLM.from_pretrained(tiny_dirs["llama"],
+                                                 dtype=torch.bfloat16).eval()
+    for gemv, rows, expected in (("native", 16, 16), ("native", 2, None),
+                                 ("native", GEMV_ROWS_ALL, None), ("aten", 16, None)):
+        runner = build_runner(model, max_slots=2, gemv=gemv, gemv_rows=rows)
+        assert runner.fast_step_rows == expected, (gemv, rows)
 
 
 def test_short_prompts_arriving_while_streams_decode_are_prefilled_whole(

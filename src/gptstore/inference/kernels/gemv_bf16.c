@@ -358,11 +358,12 @@ typedef struct {
  * made once per call in `xt`). One pass over AMX_BLOCKS blocks reads each chunk once
  * for every group of 16 rows; steps of a few rows read every weight once, as one row
  * does, with the arithmetic on the tile unit. Why hand-written (docs/design.md, "Decode
- * steps on AMX"): oneDNN's batched bf16 products at 16 rows, on an AMX Sapphire Rapids
- * VM, ran SmolLM2's layer weights at 9 GB/s and this loop at 15-16 (a row alone: 18-20),
- * because the packed layout is already the tile's A operand: no reorder, one stream per
- * block. x: bf16, row r at x + r * x_stride. Returns 0, or -1 when the scratch memory
- * could not be allocated (nothing written then). */
+ * steps of a few rows on the native GEMV"): on an AMX Sapphire Rapids VM, 16 rows over
+ * SmolLM2's layer weights (2 threads) streamed them at 7-8 GB/s in oneDNN's batched bf16
+ * products and at 13-16 in this loop (a row alone: 18-20), because the packed layout is
+ * already the tile's A operand: no reorder, one stream per block. x: bf16, row r at x +
+ * r * x_stride. Returns 0, or -1 when the scratch memory could not be allocated
+ * (nothing written then). */
 static GEMV_AMX int gemv_amx(const uint16_t *x, int64_t n_rows, int64_t x_stride,
                              const uint16_t *packed, int64_t n_in, int64_t n_out,
                              const void *bias, const void *residual, void *y,

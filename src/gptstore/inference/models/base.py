@@ -588,6 +588,19 @@ class DecoderRunner(Runner):
         self.release_weights = release_weights
         self._linears: list[Linear] = []
 
+    @property
+    def fast_step_rows(self) -> int | None:
+        """The most rows of a step whose products all stay on the native kernel where
+        larger steps move to the batched products (`gemv_rows` beyond 1-2 rows, short of
+        every step), or None where the kernels do not change with the rows that way. The
+        prefill pacer keeps a chunk beside decoding rows within it (pacing.py)."""
+        rows = {linear.native_rows for linear in self._linears
+                if linear.decode_native is not None}
+        if len(rows) != 1:
+            return None
+        most = rows.pop()
+        return most if _GEMV_MAX_ROWS < most < GEMV_ROWS_ALL else None
+
     def linear(self, weight_t: torch.Tensor, bias: torch.Tensor | None = None, *,
                own_copy: bool = False, owners: Sequence[Any] = ()) -> Linear:
         """A projection of this model (packed when the runner packs, 4-bit when it
