@@ -19,11 +19,10 @@ alternating, on one thread (`MEASURE_THREADS`), in well under a second:
   own where the CPU has AVX-512), and the fastest is the profile's
   `gemv` (which kernel wins differs between CPUs: models/base.py, `Linear`);
 - *int4* (not part of the first-use timing: measured by `int4_profile` the first time
-  int4 is served, or by `gptstore doctor`, then cached with the rest): the decode pass
-  and the batched pass with 4-bit weights (`GPTSTORE_INFERENCE_DTYPE=int4`), in
-  PyTorch's int4 kernel and in gptstore's own (native.py `gemv_q4`, where it builds);
-  the profile's `int4_gemv`
-  says which serves which (`int4_kernel`);
+  int4 is served, or by `gptstore doctor`, then cached with the rest): decode steps of
+  1 and 16 rows with 4-bit weights (`GPTSTORE_INFERENCE_DTYPE=int4`), in PyTorch's int4
+  kernel and in gptstore's own (native.py `gemv_q4`, where it builds); the profile's
+  `int4_gemv` says which serves which (`int4_kernel`);
 - *rows loop*: where the native GEMV serves and the CPU has both AVX-512 and its bf16
   dot product, a 16-row bf16 product over the decode set of weights in each of the
   kernel's loops for several rows (`vdpbf16ps`, or FMAs on widened weights: the same
@@ -124,7 +123,8 @@ ATTENTION_ROWS = (1, 16)
 #: digest is kept, and a profile measured with other kernels is measured again; 8: those
 #: rows are timed as whole decode steps of a runner; 9: the loop of those steps'
 #: products is timed, and a prompt chunk where native won the most rows timed; 10: AMX
-#: joined the loops timed, and a long prompt chunk is timed after a short one)
+#: joined the loops timed, and a long prompt chunk is timed after a short one; the int4
+#: kernels are timed as decode steps)
 LAYOUT = 10
 #: rows of the decode steps timed for `MachineProfile.gemv_rows`, most first
 GEMV_ROWS_TIMED = (16, 8, 4)
@@ -656,31 +656,49 @@ def gemv_rows_text(profile: MachineProfile) -> str | None:
     return f"{'; '.join(parts)} -> native {most}"
 
 
-def _time_int4() -> dict[str, float]:
-    """Microseconds of the decode pass (`SHAPES["decode"]` x `COPIES["decode"]`, one
-    row) and of the batched pass (`SHAPES["batched"]` x `COPIES["batched"]`) with 4-bit
-    weights, in PyTorch's int4 kernel ("torch", "torch_batched") and, where it builds,
-    gptstore's ("native", "native_batched").
-    Alternating, best of each."""
+def _time_int4(attention: str) -> dict[str, float]:
+    """Microseconds of a 1-row and a `max(GEMV_ROWS_TIMED)`-row decode step ("_batched")
+    with 4-bit weights, in PyTorch's int4 kernel ("torch") and, where it builds,
+    gptstore's serving every step ("native"): the decode steps of a runner built for a
+    Llama of SmolLM2's layer shapes (`ROWS_MODEL`, random weights, quantized as the
+    engine quantizes them) with the profile's `attention` kernel, as `_time_gemv_rows`
+    times bf16 steps, so where every product is native the step is one native call.
+    Alternating, best of each.
+
+    Why whole steps: each product alone (24 weights of 576 x 1536, as timed until
+    profile layout 10) measured the two kernels within a few percent on an AMX Sapphire
+    Rapids VM (PyTorch 1648 us against native 1796 on 2026-12-06, so PyTorch's; 1792
+    against 1767 on 2026-12-07), while the engine decoded at 80.5 tok/s on PyTorch's
+    kernel and 139.5 on the native one (`int4_vs_llamacpp.py`): a product alone leaves
+    out the calls between products that the one native call of a step saves. The
+    steps measured the difference: 1 row 2.5 against 1.3 ms (6 layers, one thread)."""
     import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     from gptstore.inference import native
-    from gptstore.inference.models.base import Int4Linear
+    from gptstore.inference.models import RowInput, build_runner
 
-    generator = torch.Generator().manual_seed(0)
-    kernels = {INT4_TORCH: INT4_TORCH}  # timed name -> the `Int4Linear` kernel it runs
+    kernels = {INT4_TORCH: INT4_TORCH}  # timed name -> the runner's int4 kernel
     if native.library() is not None:  # every step where it can, so 16 rows are timed too
         kernels[INT4_NATIVE] = INT4_NATIVE_ALL
+    with torch.random.fork_rng():  # random weights without moving the caller's generator
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig(**ROWS_MODEL))
+    model = model.to(torch.bfloat16).eval()
+    most = max(GEMV_ROWS_TIMED)
+    prompt = list(range(1, ROWS_PROMPT + 1))
     passes: dict[str, Callable[[], object]] = {}
-    for use, suffix in (("decode", ""), ("batched", "_batched")):
-        rows, n_in, n_out = SHAPES[use]
-        weights = [torch.randn(n_in, n_out, generator=generator).to(torch.bfloat16)
-                   for _ in range(COPIES[use])]
-        x = torch.randn(rows, n_in, generator=generator).to(torch.bfloat16)
+    with torch.inference_mode():
         for name, kernel in kernels.items():
-            linears = [Int4Linear(w, kernel=kernel) for w in weights]
-            passes[name + suffix] = lambda linears=linears, x=x: [linear(x) for linear in linears]
-    best = _alternating_best(passes, min_reps=3, budget_s=TIME_BUDGET_S, cap_s=TIME_CAP_S)
+            runner = build_runner(model, max_slots=most, quantize="int4", int4_gemv=kernel,
+                                  attention=attention)
+            slots = [runner.allocate() for _ in range(most)]
+            runner.forward([RowInput(slot, prompt, 0) for slot in slots])
+            for rows, suffix in ((1, ""), (most, "_batched")):
+                # the same token at the same position each time: it overwrites its keys
+                step = [RowInput(slot, [7], ROWS_PROMPT) for slot in slots[:rows]]
+                passes[name + suffix] = lambda runner=runner, step=step: runner.forward(step)
+        best = _alternating_best(passes, min_reps=3, budget_s=TIME_BUDGET_S, cap_s=TIME_CAP_S)
     return {name: round(seconds * 1e6, 1) for name, seconds in best.items()}
 
 
@@ -858,8 +876,9 @@ def machine_profile(home: Path, *, remeasure: bool = False) -> MachineProfile:
 
 def int4_profile(home: Path) -> MachineProfile:
     """This machine's profile with its int4 kernels timed (`int4_us`, `int4_gemv`): the
-    first time they are asked for on this machine (~0.5 s: only int4 serving, an
-    opt-in, needs them), then cached with the rest."""
+    first time they are asked for on this machine (~0.5 s, and transformers' Llama
+    module's import where nothing has loaded it: only int4 serving, an opt-in, needs
+    them), then cached with the rest."""
     import torch
 
     profile = machine_profile(home)
@@ -868,7 +887,7 @@ def int4_profile(home: Path) -> MachineProfile:
     threads = torch.get_num_threads()
     torch.set_num_threads(MEASURE_THREADS)
     try:
-        times = _time_int4()
+        times = _time_int4(profile.attention)
     finally:
         torch.set_num_threads(threads)
     profile = dataclasses.replace(profile, int4_gemv=int4_kernel(times), int4_us=times)
@@ -959,15 +978,15 @@ def attention_text(profile: MachineProfile) -> str | None:
 
 
 def int4_text(profile: MachineProfile) -> str | None:
-    """"1 row: PyTorch 1226 us, native 879 us; 16 rows: PyTorch 1900 us, native 700 us
-    -> native-all": the passes with 4-bit weights in each kernel timed (None where
+    """"1 row: PyTorch 2480 us, native 1330 us; 16 rows: PyTorch 11400 us, native 6300 us
+    -> native-all": the decode steps with 4-bit weights in each kernel timed (None where
     nothing was timed)."""
     times = profile.int4_us
     if not times:
         return None
     names = {INT4_TORCH: "PyTorch", INT4_NATIVE: "native"}
     parts = []
-    for suffix, rows in (("", SHAPES["decode"][0]), ("_batched", SHAPES["batched"][0])):
+    for suffix, rows in (("", 1), ("_batched", max(GEMV_ROWS_TIMED))):
         timed = ", ".join(f"{names[k]} {times[k + suffix]:.0f} us" for k in names
                           if k + suffix in times)
         if timed:

@@ -147,10 +147,13 @@ def test_int4_kernels_are_timed_on_first_use_and_the_faster_is_kept(tmp_path, me
     assert profile.int4_us == {}  # int4 is opt-in: not part of the first-use timing
     timed = []
     real = precision._time_int4
-    monkeypatch.setattr(precision, "_time_int4", lambda: timed.append(1) or real())
+    monkeypatch.setitem(precision.ROWS_MODEL, "num_hidden_layers", 1)  # quick
+    monkeypatch.setattr(precision, "_time_int4",
+                        lambda attention: timed.append(attention) or real(attention))
     profile = precision.int4_profile(tmp_path)
     again = precision.int4_profile(tmp_path)
     assert len(timed) == (1 if profile.quiet else 2)  # cached once measured (when quiet)
+    assert timed[0] == profile.attention  # the steps run on the profile's attention kernel
     if profile.quiet:
         assert again == profile and machine_profile(tmp_path).int4_us == profile.int4_us
     assert profile.int4_gemv == precision.int4_kernel(profile.int4_us)
@@ -170,12 +173,13 @@ def test_int4_kernels_are_timed_on_first_use_and_the_faster_is_kept(tmp_path, me
     config = engine_config(Settings(home=tmp_path / "home", inference_dtype="int4"))
     assert (config.quantize, config.int4_gemv) == ("int4", "native")  # cached: no timing
     # an explicit kernel wins over the measured one, without timing anything
-    monkeypatch.setattr(precision, "_time_int4", lambda: pytest.fail("timed"))
+    monkeypatch.setattr(precision, "_time_int4", lambda attention: pytest.fail("timed"))
     forced = engine_config(Settings(home=tmp_path / "other", inference_dtype="int4",
                                     int4_kernel="native-all"))
     assert forced.int4_gemv == "native-all"
     text = "\n".join(precision.report_lines(profile))
     assert "int4 kernels" in text and f"-> {profile.int4_gemv}" in text
+    assert "1 row: PyTorch" in text and "16 rows: PyTorch" in text
     with pytest.raises(InvalidRequest, match="int4 kernel"):
         EngineConfig(int4_gemv="fbgemm")
 
