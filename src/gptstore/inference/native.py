@@ -170,8 +170,8 @@ def _load() -> Any:
     library.gptstore_gemv_q4_vnni.argtypes = []
     library.gptstore_attention_rows.restype = c_int
     library.gptstore_attention_rows.argtypes = [ptr, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr,
-                                                ptr, i64, i64, i64, ptr, i64, i64, i64, i64,
-                                                ctypes.c_float, ptr, c_int, c_int]
+                                                ptr, i64, i64, ptr, i64, ptr, i64, i64, i64,
+                                                i64, ctypes.c_float, ptr, c_int, c_int]
     library.gptstore_rms_norm.restype = None
     library.gptstore_rms_norm.argtypes = [ptr, i64, i64, ptr, i64, ctypes.c_float, ptr, c_int]
     library.gptstore_silu_mul.restype = None
@@ -179,7 +179,7 @@ def _load() -> Any:
     library.gptstore_llama_decode.restype = c_int
     library.gptstore_llama_decode.argtypes = [ptr, i64, i64, i64, ptr, c_int, i64, i64, i64,
                                               i64, ctypes.c_float, ptr, ptr, i64, i64, i64,
-                                              ptr, ctypes.c_float, ptr, ptr, ptr, c_int,
+                                              ptr, ptr, ctypes.c_float, ptr, ptr, ptr, c_int,
                                               c_int, c_int]
     library.gptstore_refine_top.restype = c_int
     library.gptstore_refine_top.argtypes = [ptr, i64, i64, i64, ptr, i64, i64, c_int, ptr, i64,
@@ -370,10 +370,16 @@ class DecodeAttention:
 
     `one_slot`: the rows are a prompt chunk's tokens, all on slot `slot0` (row r at
     position lengths[r] - 1): the caller writes their keys and values first, since
-    each row reads the others'."""
+    each row reads the others'.
+
+    `slots`: row r on slot slots[r] instead (`slot0` unused): decode rows and prompt
+    chunks in one group, a chunk's tokens as rows of one slot at consecutive positions
+    (a step of both in one native call, `LlamaDecodeStep`); the kernel writes every
+    row's new key and value before any row attends."""
 
     def __init__(self, slot0: int, lengths: Sequence[int], n_heads: int, n_kv: int,
-                 head_dim: int, *, one_slot: bool = False) -> None:
+                 head_dim: int, *, one_slot: bool = False,
+                 slots: Sequence[int] | None = None) -> None:
         self.function = _required().gptstore_attention_rows
         self.one_slot = one_slot
         if not attention_fits(head_dim) or n_heads % n_kv:
@@ -381,8 +387,13 @@ class DecodeAttention:
                              f"{n_heads} query and {n_kv} kv heads")
         if not lengths or min(lengths) < 1 or slot0 < 0:
             raise ValueError("each row needs a slot and at least one cached position")
+        if slots is not None and (one_slot or len(slots) != len(lengths) or min(slots) < 0):
+            raise ValueError("one slot per row, for rows not all of one chunk")
         self.slot0, self.rows, self.longest = slot0, len(lengths), max(lengths)
         self.slots = 1 if one_slot else self.rows  # how many slots the rows read
+        self.row_slots = None if slots is None else (ctypes.c_int64 * self.rows)(*slots)
+        # the slots the rows reach: slot0 + self.slots, or one past the highest named
+        self.slot_end = self.slot0 + self.slots if slots is None else max(slots) + 1
         self.n_heads, self.n_kv, self.head_dim = n_heads, n_kv, head_dim
         self.counts = (ctypes.c_int64 * self.rows)(*lengths)
 
@@ -398,7 +409,7 @@ class DecodeAttention:
         slots, n_kv, cap, head_dim = k_cache.shape
         if q.shape != (self.rows, self.n_heads, self.head_dim) or n_kv != self.n_kv \
                 or head_dim != self.head_dim or v_cache.shape != k_cache.shape \
-                or self.slot0 + self.slots > slots or self.longest > cap:
+                or self.slot_end > slots or self.longest > cap:
             raise ValueError("q or the caches do not match the prepared attention")
         dtype = q.dtype
         if dtype not in (torch.float32, torch.bfloat16) or k_cache.dtype != dtype \
@@ -408,6 +419,9 @@ class DecodeAttention:
                              "contiguous")
         if q.stride(-1) != 1:
             q = q.contiguous()
+        if self.row_slots is not None and k_new is None:
+            raise ValueError("rows of named slots are attended with their new keys and "
+                             "values (the kernel writes them all first)")
         if self.one_slot and (k_new is not None or v_new is not None or rotary is not None):
             raise ValueError("a chunk's rows read each other's keys: write them first")
         new_k = new_v = strides = None
@@ -435,7 +449,7 @@ class DecodeAttention:
         status = self.function(q.data_ptr(), q.stride(0), q.stride(1), new_k, new_v,
                                strides, cos, sin, k_cache.data_ptr(),
                                v_cache.data_ptr(), self.slot0, 1 - self.one_slot,
-                               self.rows, self.counts, self.n_heads, self.n_kv,
+                               self.row_slots, self.rows, self.counts, self.n_heads, self.n_kv,
                                self.head_dim, cap, scale, out.data_ptr(),
                                int(dtype == torch.bfloat16), torch.get_num_threads())
         if status != 0:
@@ -614,8 +628,8 @@ class LlamaDecodeStep:
         if layers != self.n_layers or n_kv != self.n_kv or head_dim != self.head_dim \
                 or v_cache.shape != k_cache.shape or k_cache.dtype != self.dtype \
                 or v_cache.dtype != self.dtype or not k_cache.is_contiguous() \
-                or not v_cache.is_contiguous() or attention.slot0 + rows > slots \
-                or attention.longest > cap:
+                or not v_cache.is_contiguous() or attention.slot_end > slots \
+                or attention.longest > cap or attention.one_slot:
             raise ValueError("the caches do not match the layers or the prepared attention")
         for table in rotary:
             if table.dtype != self.dtype or not table.is_contiguous() \
@@ -625,7 +639,8 @@ class LlamaDecodeStep:
         status = self.function(x.data_ptr(), rows, self.dim, self.n_layers, self.table,
                                self.kernel, self.n_heads, self.n_kv, self.head_dim, self.inter,
                                self.eps, k_cache.data_ptr(), v_cache.data_ptr(), slots, cap,
-                               attention.slot0, attention.counts, self.scale,
+                               attention.slot0, attention.row_slots, attention.counts,
+                               self.scale,
                                rotary[0].data_ptr(), rotary[1].data_ptr(),
                                rows_lora,
                                int(self.dtype == torch.bfloat16), torch.get_num_threads(),

@@ -14,8 +14,12 @@ The chunk never drops below `min_tokens`, so a long prompt still makes progress 
 machine where a single token costs more than a decode step. It was 32: on an AVX2-only
 EPYC serving fp32 (a prompt token ~4.5 ms, a 15-row decode step ~80 ms) the pacer
 asked for ~13 tokens and the floor made it 32, and the streams' gap p95 grew 3.9x
-while a 2,000-token prompt was read; 8 keeps the floor below what the pacer asks for
-on the machines seen.
+while a 2,000-token prompt was read. Then 8, and now 4: on an AMX Sapphire Rapids VM
+whose 15 streams decode in ~21 ms steps, a token late in a 2,000-token prompt costs
+~3.5 ms in attention alone (it reads the ~2,000 cached positions in each of 30 layers),
+so the pacer asks for ~5: with 8 tokens the gap p95 read 2.26x (the long prompt's first
+token after 6.6 s), with 4 1.76x and 1.82x (5.9 and 6.0 s) in two runs of
+`serve_latency.py` (f).
 
 A short prompt (at most `whole_tokens` still to compute: a chat turn, or the new part
 of one behind a cached prefix) is not paced: it is prefilled whole in the next step, as
@@ -54,7 +58,7 @@ SMOOTHING = 0.3
 class PrefillPacer:
     max_tokens: int  # EngineConfig.max_step_tokens
     ratio: float = 0.8  # prefill time per step, as a multiple of a decode step
-    min_tokens: int = 8
+    min_tokens: int = 4
     start_tokens: int = 64
     whole_tokens: int = 64  # a prompt with at most this many left is prefilled whole
     decode_step_s: float | None = None  # average step with decode rows only

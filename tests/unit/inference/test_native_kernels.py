@@ -593,6 +593,90 @@ def test_a_decode_step_in_one_call_gives_the_separate_calls_bits(kernel, tmp_pat
     assert torch.equal(k_ours, k_theirs) and torch.equal(v_ours, v_theirs)
 
 
+#: runner settings whose one call takes 16 rows, by the kernel of their products
+MIXED_STEP_CASES = {
+    "bf16-amx": (torch.bfloat16, {"gemv": "native-avx512", "gemv_rows": 16,
+                                  "rows_loop": "amx"}),
+    "bf16-fma": (torch.bfloat16, {"gemv": "native", "gemv_rows": 16, "rows_loop": "fma"}),
+    "fp32": (torch.float32, {"decode_dtype": torch.bfloat16, "gemv": "native",
+                             "gemv_rows": 16}),
+    "int4": (torch.bfloat16, {"quantize": "int4", "int4_gemv": "native-all"}),
+    "bf16-2-rows": DECODE_STEP_CASES["bf16"],  # only the scattered 2-row step fits
+}
+
+
+@pytest.mark.parametrize("case", MIXED_STEP_CASES)
+def test_decode_rows_and_prompt_chunks_share_the_one_call(kernel, tmp_path, case):
+    """Steps that are not one run of decode rows on consecutive slots (decode rows on
+    scattered slots, a new prompt's chunks beside them, from position 0 and after its
+    first chunk) run in the one native call too (`StepPlan.step_attention`), where every
+    row's key is written before any row attends: their logits match the separate
+    calls' within the rounding of another attention kernel and product order (both fed
+    the tokens the one call chose; each choice the other's greedy token or within
+    rounding of it), and the caches hold the same keys."""
+    from transformers import AutoModelForCausalLM
+
+    from gptstore.testing.tiny import make_tiny_model
+
+    dtype, settings = MIXED_STEP_CASES[case]
+    if settings.get("gemv") == "native-avx512" and not native.gemv_avx512_supported():
+        pytest.skip("this CPU has no AVX-512: the GEMV runs its AVX2 path only")
+    folder = make_tiny_model("llama", tmp_path / "model", seed=3, initializer_range=0.2)
+
+    def run(one_call: bool, fed: list[int] | None = None
+            ) -> tuple[list[torch.Tensor], list[int], torch.Tensor, int]:
+        chosen: list[int] = []
+
+        def pick(logits: torch.Tensor) -> int:  # this run's greedy token, or the fed one
+            token = int(logits.argmax()) if fed is None else fed[len(chosen)]
+            chosen.append(token)
+            return token
+
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
+        runner = build_runner(model, max_slots=6, attention="native", **settings)
+        assert runner.decode_step is not None
+        calls: list[int] = []
+        step = runner.decode_step
+
+        def counted(*args):  # type: ignore[no-untyped-def]
+            calls.append(args[0].shape[0])
+            return step(*args)
+
+        runner.decode_step = counted if one_call else None
+        slots = [runner.allocate() for _ in range(6)]
+        seen = [runner.forward([RowInput(slots[i], p, 0) for i, p in
+                                ((0, [5, 6, 7]), (2, [40, 41]), (4, [7, 8, 9, 10]))])]
+        last = {i: pick(seen[0][j]) for j, i in enumerate((0, 2, 4))}
+        lengths = {0: 3, 2: 2, 4: 4}
+        new_prompt = [11, 12, 13, 14, 15, 16, 17]
+        steps = [((0, 2, 4), None), ((0, 4), (0, 4)), ((0, 2, 4), (4, 7)), ((2, 4), None)]
+        for live, chunk in steps:
+            rows = [RowInput(slots[i], [last[i]], lengths[i]) for i in live]
+            if chunk is not None:  # the new prompt on slot 5, in two chunks
+                a, b = chunk
+                rows.append(RowInput(slots[5], new_prompt[a:b], a, want_logits=b == 7))
+            out = runner.forward(rows)
+            seen.append(out)
+            for j, i in enumerate(live):
+                last[i], lengths[i] = pick(out[j]), lengths[i] + 1
+        return seen, chosen, runner.kv.k, len(calls)
+
+    ours, tokens, k_ours, calls = run(True)
+    theirs, _, k_theirs, _ = run(False, tokens)
+    # every step took the one call, the three prompts' first included, where it takes
+    # that many rows
+    assert calls == (1 if case == "bf16-2-rows" else 5)
+    for a, b in zip(ours, theirs, strict=True):
+        assert a.shape == b.shape
+        tolerance = 0.05 * a.abs().max() + 0.05
+        assert (a - b).abs().max() < tolerance
+        # the one call's greedy tokens: the separate calls' too, or within its rounding
+        picked = b.gather(-1, a.argmax(-1, keepdim=True)).squeeze(-1)
+        assert (picked >= b.max(-1).values - 2 * tolerance).all()
+    assert (k_ours.float() - k_theirs.float()).abs().max() < \
+        0.05 * k_theirs.float().abs().max() + 0.05
+
+
 @pytest.mark.parametrize("case", ["fp32", "fp32-4-rows", "bf16", "int4"])
 @pytest.mark.parametrize("mix", ["one adapter", "mixed"])
 def test_a_decode_step_in_one_call_applies_each_rows_adapter(kernel, tmp_path, case, mix):

@@ -218,16 +218,39 @@ static void attend_paired(const float *qf, float *qp, float *scores, int64_t str
  * Row r reads slot slot0 + r * slot_step: 1 for decode rows on consecutive slots; 0 for
  * the tokens of one prompt chunk after its cached prefix, all on one slot (their keys
  * and values must then be written by the caller first, since each row reads the
- * others': k_new must be NULL).
+ * others': k_new must be NULL). Or, where `row_slots` is not NULL, slot row_slots[r]:
+ * rows of any slots, several of one prompt chunk on one slot among them (a step of
+ * decode rows and prompt chunks in one call, decode_step.c); with k_new every row's
+ * key and value is then written before any row attends.
  * out: [n_rows, n_heads * head_dim] contiguous. Returns 0, or -1 when scratch memory
  * could not be allocated (nothing written then). */
+/* Row r's new key and value for kv head h written at its position (lengths[r] - 1) of
+ * the cache row block `base`, the key rotated there where the tables are given. */
+static void write_new(const void *k_new, const void *v_new, const int64_t *new_strides,
+                      const void *rot_cos, const void *rot_sin, void *k_cache, void *v_cache,
+                      int64_t base, int64_t r, int64_t h, int64_t length, int64_t head_dim,
+                      int bf16) {
+    const int64_t item = bf16 ? 2 : 4, to = base + (length - 1) * head_dim;
+    const int64_t k_at = r * new_strides[0] + h * new_strides[1];
+    if (rot_cos)
+        rotate(k_new, k_at, rot_cos, rot_sin, (length - 1) * head_dim, head_dim, bf16, NULL,
+               k_cache, to);
+    else
+        memcpy((char *)k_cache + to * item, (const char *)k_new + k_at * item,
+               (size_t)(head_dim * item));
+    memcpy((char *)v_cache + to * item,
+           (const char *)v_new + (r * new_strides[2] + h * new_strides[3]) * item,
+           (size_t)(head_dim * item));
+}
+
 int gptstore_attention_rows(const void *q, int64_t q_row_stride, int64_t q_head_stride,
                             const void *k_new, const void *v_new,
                             const int64_t *new_strides, const void *rot_cos,
                             const void *rot_sin, void *k_cache, void *v_cache, int64_t slot0,
-                            int64_t slot_step, int64_t n_rows, const int64_t *lengths,
-                            int64_t n_heads, int64_t n_kv, int64_t head_dim, int64_t cap,
-                            float scale, void *out, int bf16, int n_threads) {
+                            int64_t slot_step, const int64_t *row_slots, int64_t n_rows,
+                            const int64_t *lengths, int64_t n_heads, int64_t n_kv,
+                            int64_t head_dim, int64_t cap, float scale, void *out, int bf16,
+                            int n_threads) {
     const int64_t group = n_heads / n_kv, n_tasks = n_rows * n_kv, vecs = head_dim / 8;
     int64_t longest = 1;
     for (int64_t r = 0; r < n_rows; r++)
@@ -240,25 +263,29 @@ int gptstore_attention_rows(const void *q, int64_t q_row_stride, int64_t q_head_
     float *scratch = (float *)aligned_alloc(32, (size_t)(workers * per_task) * sizeof(float) + 32);
     if (!scratch)
         return -1;
+    /* rows that may share a slot (`row_slots`) read each other's keys: all are written
+     * before any row attends */
+    const int write_first = row_slots && k_new && v_new;
+    if (write_first) {
+        #pragma omp parallel for schedule(static) num_threads(workers)
+        for (int64_t task = 0; task < n_tasks; task++) {
+            const int64_t r = task / n_kv, h = task % n_kv;
+            write_new(k_new, v_new, new_strides, rot_cos, rot_sin, k_cache, v_cache,
+                      (row_slots[r] * n_kv + h) * cap * head_dim, r, h, lengths[r], head_dim,
+                      bf16);
+        }
+    }
 
     #pragma omp parallel for schedule(static) num_threads(workers)
     for (int64_t task = 0; task < n_tasks; task++) {
         const int64_t r = task / n_kv, h = task % n_kv, length = lengths[r];
         float *scores = scratch + omp_get_thread_num() * per_task, *qf = scores + group * stride;
-        const int64_t base = ((slot0 + r * slot_step) * n_kv + h) * cap * head_dim;
+        const int64_t slot = row_slots ? row_slots[r] : slot0 + r * slot_step;
+        const int64_t base = (slot * n_kv + h) * cap * head_dim;
         const int64_t table = (length - 1) * head_dim;  /* this row's rotary position */
-        if (k_new && v_new) {
-            const int64_t item = bf16 ? 2 : 4, to = base + (length - 1) * head_dim;
-            const int64_t k_at = r * new_strides[0] + h * new_strides[1];
-            if (rot_cos)
-                rotate(k_new, k_at, rot_cos, rot_sin, table, head_dim, bf16, NULL, k_cache, to);
-            else
-                memcpy((char *)k_cache + to * item, (const char *)k_new + k_at * item,
-                       (size_t)(head_dim * item));
-            memcpy((char *)v_cache + to * item,
-                   (const char *)v_new + (r * new_strides[2] + h * new_strides[3]) * item,
-                   (size_t)(head_dim * item));
-        }
+        if (k_new && v_new && !write_first)
+            write_new(k_new, v_new, new_strides, rot_cos, rot_sin, k_cache, v_cache, base, r,
+                      h, length, head_dim, bf16);
         for (int64_t j = 0; j < group; j++) {
             const int64_t at = r * q_row_stride + (h * group + j) * q_head_stride;
             if (rot_cos)

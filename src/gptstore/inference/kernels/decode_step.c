@@ -17,7 +17,10 @@
  * RMSNorm weights are [dim] of the activations' dtype. Activations (x, the rotary
  * tables, the caches, the biases) are all fp32 or all bf16 (`act_bf16`).
  * The caches are [layers, slots, n_kv, cap, head_dim] (kv_cache.py), the rows on
- * consecutive slots from `slot0`, row r at position lengths[r] - 1.
+ * consecutive slots from `slot0`, row r at position lengths[r] - 1; or, where
+ * `row_slots` is not NULL, row r on slot row_slots[r]: a step of decode rows and prompt
+ * chunks, a chunk's tokens as rows of one slot at consecutive positions (each row's key
+ * and value is written before any row attends).
  *
  * LoRA adapters (`lora`: per row the address of its adapter's table, per layer
  * LORA_SITES site records, or 0 for a row without one; NULL when no row has one) add
@@ -125,9 +128,9 @@ int gptstore_llama_decode(void *x, int64_t rows, int64_t dim, int64_t n_layers,
                           const int64_t *layers, int kernel, int64_t n_heads, int64_t n_kv,
                           int64_t head_dim, int64_t inter, float eps, void *k_cache,
                           void *v_cache, int64_t n_slots, int64_t cap, int64_t slot0,
-                          const int64_t *lengths, float scale, const void *rot_cos,
-                          const void *rot_sin, const int64_t *lora, int act_bf16,
-                          int n_threads, int rows_loop) {
+                          const int64_t *row_slots, const int64_t *lengths, float scale,
+                          const void *rot_cos, const void *rot_sin, const int64_t *lora,
+                          int act_bf16, int n_threads, int rows_loop) {
     const int64_t item = act_bf16 ? 2 : 4;
     const int64_t q_width = n_heads * head_dim, kv_width = n_kv * head_dim;
     const int64_t qkv_width = q_width + 2 * kv_width;
@@ -154,8 +157,8 @@ int gptstore_llama_decode(void *x, int64_t rows, int64_t dim, int64_t n_layers,
         status = gptstore_attention_rows(
             qkv, qkv_width, head_dim, qkv + q_width * item, qkv + (q_width + kv_width) * item,
             new_strides, rot_cos, rot_sin, (char *)k_cache + i * layer_cache * item,
-            (char *)v_cache + i * layer_cache * item, slot0, 1, rows, lengths, n_heads, n_kv,
-            head_dim, cap, scale, attn, act_bf16, n_threads);
+            (char *)v_cache + i * layer_cache * item, slot0, 1, row_slots, rows, lengths,
+            n_heads, n_kv, head_dim, cap, scale, attn, act_bf16, n_threads);
         if (status)
             break;
         status = project(kernel, rows_loop, attn, rows, at(layer, O), q_width, dim,

@@ -25,9 +25,10 @@ int gptstore_attention_rows(const void *q, int64_t q_row_stride, int64_t q_head_
                             const void *k_new, const void *v_new,
                             const int64_t *new_strides, const void *rot_cos,
                             const void *rot_sin, void *k_cache, void *v_cache, int64_t slot0,
-                            int64_t slot_step, int64_t n_rows, const int64_t *lengths,
-                            int64_t n_heads, int64_t n_kv, int64_t head_dim, int64_t cap,
-                            float scale, void *out, int bf16, int n_threads);
+                            int64_t slot_step, const int64_t *row_slots, int64_t n_rows,
+                            const int64_t *lengths, int64_t n_heads, int64_t n_kv,
+                            int64_t head_dim, int64_t cap, float scale, void *out, int bf16,
+                            int n_threads);
 void gptstore_rms_norm(const void *x, int64_t rows, int64_t x_stride, const void *weight,
                        int64_t dim, float eps, void *out, int bf16);
 void gptstore_silu_mul(const void *gate_up, int64_t rows, int64_t stride, int64_t inter,

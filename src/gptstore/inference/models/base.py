@@ -78,6 +78,12 @@ _GEMV_MAX_ROWS = 2  # up to this many rows a bf16 matmul is a matrix-vector prod
 #: cached positions 192 / 62 us, 8 rows 275 / 224 us, 18 rows 472 / 498 us (each row
 #: reads every key again, where SDPA's blocks share them)
 CHUNK_NATIVE_ROWS = 8
+#: the longest prompt chunk a step may hold and still run in a Llama runner's one native
+#: call beside decode rows (`StepPlan.step_attention`; the step's rows must also be
+#: within the call's `decode_step_rows`). The call attends each token as a row of its
+#: own, reading its keys again where SDPA's blocks share them, so long chunks stay on
+#: the separate calls (see docs/design.md, "Prefix caching and paced chunked prefill").
+ONE_CALL_CHUNK_TOKENS = 64
 REFINE_TOP = 32  # bf16 logits: the top candidates recomputed in fp32 (see _refine_top)
 
 #: True during a step that scores a prompt (`RowInput.all_logits`) or classifies texts
@@ -511,6 +517,13 @@ class Runner(ABC):
         """Memory the runner holds beyond the model's own tensors (packed weights)."""
         return 0
 
+    @property
+    def fast_step_rows(self) -> int | None:
+        """The most rows of a step that stays on a faster kernel where larger steps
+        move to a slower one, if the runner's kernels change so (`DecoderRunner`); the
+        prefill pacer keeps a chunk beside decoding rows within it (pacing.py)."""
+        return None
+
 
 @dataclass
 class _AttnGroup:
@@ -546,6 +559,11 @@ class StepPlan:
     # every token is a decode row on the native attention kernel, which writes the new
     # keys/values into the cache itself (no separate write)
     kernel_writes: bool = False
+    # every token as a row of the native attention kernel on its own slot and position,
+    # where the step is not one run of decode rows: decode rows on any slots and short
+    # prompt chunks (`ONE_CALL_CHUNK_TOKENS`) beside them, for a runner's one native call
+    # (llama.py `LlamaRunner.hidden_states`), which writes every key first
+    step_attention: native.DecodeAttention | None = None
 
 
 class DecoderRunner(Runner):
@@ -592,8 +610,7 @@ class DecoderRunner(Runner):
     def fast_step_rows(self) -> int | None:
         """The most rows of a step whose products all stay on the native kernel where
         larger steps move to the batched products (`gemv_rows` beyond 1-2 rows, short of
-        every step), or None where the kernels do not change with the rows that way. The
-        prefill pacer keeps a chunk beside decoding rows within it (pacing.py)."""
+        every step), or None where the kernels do not change with the rows that way."""
         rows = {linear.native_rows for linear in self._linears
                 if linear.decode_native is not None}
         if len(rows) != 1:
@@ -756,6 +773,14 @@ class DecoderRunner(Runner):
         if need:
             self.kv.ensure_capacity(need)
         n_tokens = len(ids)
+        kernel_writes = bool(groups) and all(g.native is not None and g.decode for g in groups)
+        step_attention = None
+        if self.native_attention and not (kernel_writes and len(groups) == 1) and rows \
+                and all(r.slot is not None and len(r.token_ids) <= ONE_CALL_CHUNK_TOKENS
+                        for r in rows):
+            step_attention = native.DecodeAttention(
+                0, [p + 1 for p in positions], self.n_heads, self.n_kv_heads, self.head_dim,
+                slots=w_slots)
         write_rows: torch.Tensor | slice | None = None
         if w_rows:
             write_rows = slice(0, n_tokens) if len(w_rows) == n_tokens else torch.tensor(w_rows)
@@ -769,8 +794,8 @@ class DecoderRunner(Runner):
             groups=groups,
             last_index=torch.tensor(last, dtype=torch.long),
             max_position=max((r.start + len(r.token_ids) for r in rows), default=0),
-            kernel_writes=bool(groups) and all(g.native is not None and g.decode
-                                               for g in groups),
+            kernel_writes=kernel_writes,
+            step_attention=step_attention,
         )
 
     # -- attention ----------------------------------------------------------------------

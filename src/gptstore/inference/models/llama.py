@@ -37,7 +37,13 @@ from gptstore.inference.models.base import (
     StepPlan,
     copy_allowed,
 )
-from gptstore.inference.types import ATTENTION_SDPA, GEMV_ATEN, INT4_TORCH, ROWS_DOT
+from gptstore.inference.types import (
+    ATTENTION_SDPA,
+    GEMV_ATEN,
+    GEMV_ROWS_ALL,
+    INT4_TORCH,
+    ROWS_DOT,
+)
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
@@ -214,7 +220,7 @@ class LlamaRunner(DecoderRunner):
                 if isinstance(linear, Int4Linear):
                     # 1-2 rows with the int4 kernel "native", every step with "native-all"
                     weights, kind = linear.decode_q4, "q4"
-                    rows = linear.q4_max_rows or self.kv.max_slots
+                    rows = linear.q4_max_rows or GEMV_ROWS_ALL
                 else:
                     weights, rows = linear.decode_native, linear.native_rows
                     kind = "native-avx512" if linear.native_avx512 else "native"
@@ -299,19 +305,24 @@ class LlamaRunner(DecoderRunner):
         n, hd = plan.n_tokens, self.head_dim
         n_q, n_kv, inter, eps = self.n_heads, self.n_kv_heads, self.intermediate, self.eps
         # (its products run on the bf16 copy of fp32 weights: not in an exact step)
-        if self.decode_step is not None and plan.kernel_writes \
-                and n <= self.decode_step_rows and len(plan.groups) == 1 \
+        attention = None
+        if self.decode_step is not None and n <= self.decode_step_rows \
                 and copy_allowed(self.dtype):
-            # decode rows on consecutive slots: every layer in one native call, with each
-            # row's adapter where the rows have any
+            if plan.kernel_writes and len(plan.groups) == 1:  # decode rows, consecutive slots
+                attention = plan.groups[0].native
+            else:  # decode rows on any slots, short prompt chunks beside them
+                attention = plan.step_attention
+        if attention is not None:
+            # every layer in one native call, with each row's adapter where the rows have
+            # any
             tables = self._lora_tables_of(lora, n) if lora is not None else None
             if lora is None or tables is not None:
                 self._ensure_rotary(plan.max_position)
                 x = F.embedding(plan.token_ids, self.embed)  # [N, D], updated in place
-                attention = plan.groups[0].native
-                assert attention is not None
                 self.decode_step(x, self.kv.k, self.kv.v, attention,
                                  (self.cos, self.sin_signed), tables)
+                if len(plan.last_index) == 0:
+                    return x[plan.last_index]  # a prompt chunk wanting no logits
                 return native_rms_norm(x[plan.last_index], self.final_norm, eps)
         # steps of decode rows (or 1-2 tokens) where the native decode kernels measured
         # faster (`native_attention`): RMSNorm and SiLU * up in one native call each
