@@ -39,8 +39,9 @@ a chunk beside decoding rows stays within it while that leaves at least `min_tok
 past it, a step costs a jump the per-token model above does not hold, and chunks sized
 on one side of it measure the other. On an AMX Sapphire Rapids VM whose native AMX
 steps served up to 64 rows, 15 streams decoding in 21 ms steps and a chunk beside them
-(the runner alone): 8 tokens 41 ms, 49 tokens 57 ms within the 64 rows, 64 tokens 62.5
-ms past them, 128 tokens 78 ms; with 16 native rows, 8 tokens already took 47 ms.
+(the runner alone, chunks at position 0): 8 tokens 26 ms, 49 tokens 38.5 ms within the
+64 rows, where such a step is one native call (models/base.py `ONE_CALL_CHUNK_TOKENS`),
+64 tokens 59.8 ms past them.
 
 Only the size of the chunks changes, never what is computed: chunked and whole prompts
 give the same tokens (tested).
