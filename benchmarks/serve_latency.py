@@ -146,10 +146,11 @@ def main() -> None:
     settings, catalog, _base = open_store(args.home)
     tokenizer = load_tokenizer(catalog, BUILTIN_NAME)
     other = OtherLoad()
-    # (f) first: engines built in a process after (e)'s, which read long prompts behind
-    # a prefix cache, decoded ~1.7x slower (AMX Sapphire Rapids VM: 15 streams' step 40
-    # against 23 ms; the same engine before and after a long prompt: 23 either way), and
-    # a slower step moves (f)'s ratio. A server runs one engine per process, as (f) now
+    # (f) first: engines built in a process after (e)'s often decoded ~1.7x slower (AMX
+    # Sapphire Rapids VM: 15 streams' step 30-43 against 23 ms): their base measured its
+    # two-thread pass slower than one thread's (libgomp's throttled spin once several
+    # threads have run OpenMP teams, docs/design.md "Threads") and ran on one thread, and
+    # a slower step moves (f)'s ratio. A server runs one engine for its life, as (f) now
     # does.
     f = part_f(settings, catalog, tokenizer, args.streams, args.long_tokens)
     for label, r in f.items():
