@@ -390,10 +390,10 @@ class DecodeAttention:
         if slots is not None and (one_slot or len(slots) != len(lengths) or min(slots) < 0):
             raise ValueError("one slot per row, for rows not all of one chunk")
         self.slot0, self.rows, self.longest = slot0, len(lengths), max(lengths)
-        self.slots = 1 if one_slot else self.rows  # how many slots the rows read
         self.row_slots = None if slots is None else (ctypes.c_int64 * self.rows)(*slots)
-        # the slots the rows reach: slot0 + self.slots, or one past the highest named
-        self.slot_end = self.slot0 + self.slots if slots is None else max(slots) + 1
+        # one past the last slot the rows read
+        self.slot_end = max(slots) + 1 if slots is not None else \
+            slot0 + (1 if one_slot else self.rows)
         self.n_heads, self.n_kv, self.head_dim = n_heads, n_kv, head_dim
         self.counts = (ctypes.c_int64 * self.rows)(*lengths)
 

@@ -63,7 +63,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -528,6 +528,38 @@ def _time_rows_loop(profile: MachineProfile) -> tuple[str, dict[str, float]]:
     return min(loops, key=lambda loop: best[loop]), times
 
 
+def _rows_model(dtype: Any) -> Any:
+    """The Llama whose decode steps the profile times (`ROWS_MODEL`: SmolLM2's layer
+    shapes), random weights in `dtype`, the same ones each time (the caller's random
+    generator does not move)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig(**ROWS_MODEL))
+    return model.to(dtype).eval()
+
+
+def _decode_steps(runner: Any, counts: Sequence[int]) -> dict[int, Callable[[], object]]:
+    """`runner` with `max(counts)` slots, each holding a `ROWS_PROMPT`-token prompt, and
+    for each count a pass of one decode step of that many rows: the same token at the
+    same position each time, so it overwrites its own keys."""
+    import torch
+
+    from gptstore.inference.models import RowInput
+
+    prompt = list(range(1, ROWS_PROMPT + 1))
+    slots = [runner.allocate() for _ in range(max(counts))]
+    with torch.inference_mode():
+        runner.forward([RowInput(slot, prompt, 0) for slot in slots])
+    steps: dict[int, Callable[[], object]] = {}
+    for n in counts:
+        rows = [RowInput(slot, [7], ROWS_PROMPT) for slot in slots[:n]]
+        steps[n] = lambda rows=rows: runner.forward(rows)
+    return steps
+
+
 def _time_gemv_rows(profile: MachineProfile, attention: str) -> tuple[int, dict[str, float]]:
     """The most rows of a decode step the native GEMV should serve, and the microseconds
     timed: 2 where the profile's 1-row kernel is not the native one; else the most of
@@ -567,15 +599,10 @@ def _time_gemv_rows(profile: MachineProfile, attention: str) -> tuple[int, dict[
 
     if profile.gemv not in (GEMV_NATIVE, GEMV_NATIVE_AVX512):
         return 2, {}
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from gptstore.inference.models import RowInput, build_runner
+    from gptstore.inference.models import build_runner
 
     most = max(GEMV_ROWS_TIMED)
-    with torch.random.fork_rng():  # random weights without moving the caller's generator
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(LlamaConfig(**ROWS_MODEL))
-    model = model.to(getattr(torch, profile.serving_dtype_name)).eval()
+    model = _rows_model(getattr(torch, profile.serving_dtype_name))
     decode_dtype = torch.bfloat16 if profile.decode_copy else None
 
     def make_runner(rows: int, slots: int = most) -> Any:
@@ -584,20 +611,10 @@ def _time_gemv_rows(profile: MachineProfile, attention: str) -> tuple[int, dict[
                             attention=attention)
 
     runners = {"native": make_runner(most), "batched": make_runner(2, most + 1)}
-    prompt = list(range(1, ROWS_PROMPT + 1))
-    slots = {}
-    with torch.inference_mode():
-        for name, runner in runners.items():
-            slots[name] = [runner.allocate() for _ in range(most)]
-            runner.forward([RowInput(slot, prompt, 0) for slot in slots[name]])
+    steps = {name: _decode_steps(runner, GEMV_ROWS_TIMED) for name, runner in runners.items()}
     times: dict[str, float] = {}
     for rows in GEMV_ROWS_TIMED:
-        def step(name: str, rows: int = rows) -> Callable[[], object]:
-            # the same token at the same position each time: it overwrites its own keys
-            step_rows = [RowInput(slot, [7], ROWS_PROMPT) for slot in slots[name][:rows]]
-            return lambda: runners[name].forward(step_rows)
-
-        best = _alternating_best({name: step(name) for name in runners},
+        best = _alternating_best({name: steps[name][rows] for name in runners},
                                  min_reps=3, budget_s=TIME_BUDGET_S, cap_s=TIME_CAP_S)
         times.update({f"{name}_{rows}": round(seconds * 1e6, 1)
                       for name, seconds in best.items()})
@@ -673,31 +690,22 @@ def _time_int4(attention: str) -> dict[str, float]:
     out the calls between products that the one native call of a step saves. The
     steps measured the difference: 1 row 2.5 against 1.3 ms (6 layers, one thread)."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     from gptstore.inference import native
-    from gptstore.inference.models import RowInput, build_runner
+    from gptstore.inference.models import build_runner
 
     kernels = {INT4_TORCH: INT4_TORCH}  # timed name -> the runner's int4 kernel
     if native.library() is not None:  # every step where it can, so 16 rows are timed too
         kernels[INT4_NATIVE] = INT4_NATIVE_ALL
-    with torch.random.fork_rng():  # random weights without moving the caller's generator
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(LlamaConfig(**ROWS_MODEL))
-    model = model.to(torch.bfloat16).eval()
+    model = _rows_model(torch.bfloat16)
     most = max(GEMV_ROWS_TIMED)
-    prompt = list(range(1, ROWS_PROMPT + 1))
     passes: dict[str, Callable[[], object]] = {}
+    for name, kernel in kernels.items():
+        runner = build_runner(model, max_slots=most, quantize="int4", int4_gemv=kernel,
+                              attention=attention)
+        steps = _decode_steps(runner, (1, most))
+        passes[name], passes[name + "_batched"] = steps[1], steps[most]
     with torch.inference_mode():
-        for name, kernel in kernels.items():
-            runner = build_runner(model, max_slots=most, quantize="int4", int4_gemv=kernel,
-                                  attention=attention)
-            slots = [runner.allocate() for _ in range(most)]
-            runner.forward([RowInput(slot, prompt, 0) for slot in slots])
-            for rows, suffix in ((1, ""), (most, "_batched")):
-                # the same token at the same position each time: it overwrites its keys
-                step = [RowInput(slot, [7], ROWS_PROMPT) for slot in slots[:rows]]
-                passes[name + suffix] = lambda runner=runner, step=step: runner.forward(step)
         best = _alternating_best(passes, min_reps=3, budget_s=TIME_BUDGET_S, cap_s=TIME_CAP_S)
     return {name: round(seconds * 1e6, 1) for name, seconds in best.items()}
 

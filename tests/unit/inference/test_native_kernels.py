@@ -609,7 +609,7 @@ MIXED_STEP_CASES = {
 def test_decode_rows_and_prompt_chunks_share_the_one_call(kernel, tmp_path, case):
     """Steps that are not one run of decode rows on consecutive slots (decode rows on
     scattered slots, a new prompt's chunks beside them, from position 0 and after its
-    first chunk) run in the one native call too (`StepPlan.step_attention`), where every
+    first chunk) run in the one native call too (`DecoderRunner.step_attention`), where every
     row's key is written before any row attends: their logits match the separate
     calls' within the rounding of another attention kernel and product order (both fed
     the tokens the one call chose; each choice the other's greedy token or within

@@ -208,22 +208,6 @@ static void attend_paired(const float *qf, float *qp, float *scores, int64_t str
     }
 }
 
-/* q: element [r, j, d] at q + r * q_row_stride + j * q_head_stride + d.
- * k_new, v_new (or NULL): the rows' new keys and values, element [r, h, d] at
- * r * new_strides[0] + h * new_strides[1] + d of k_new and r * new_strides[2] +
- * h * new_strides[3] + d of v_new, written into the cache at position lengths[r] - 1
- * first (else the caller has written them).
- * rot_cos, rot_sin (or NULL): rotary tables, element [p, d] at p * head_dim + d; with
- * them q and k_new are rotated at position lengths[r] - 1 (k_new is then required).
- * Row r reads slot slot0 + r * slot_step: 1 for decode rows on consecutive slots; 0 for
- * the tokens of one prompt chunk after its cached prefix, all on one slot (their keys
- * and values must then be written by the caller first, since each row reads the
- * others': k_new must be NULL). Or, where `row_slots` is not NULL, slot row_slots[r]:
- * rows of any slots, several of one prompt chunk on one slot among them (a step of
- * decode rows and prompt chunks in one call, decode_step.c); with k_new every row's
- * key and value is then written before any row attends.
- * out: [n_rows, n_heads * head_dim] contiguous. Returns 0, or -1 when scratch memory
- * could not be allocated (nothing written then). */
 /* Row r's new key and value for kv head h written at its position (lengths[r] - 1) of
  * the cache row block `base`, the key rotated there where the tables are given. */
 static void write_new(const void *k_new, const void *v_new, const int64_t *new_strides,
@@ -243,6 +227,22 @@ static void write_new(const void *k_new, const void *v_new, const int64_t *new_s
            (size_t)(head_dim * item));
 }
 
+/* q: element [r, j, d] at q + r * q_row_stride + j * q_head_stride + d.
+ * k_new, v_new (or NULL): the rows' new keys and values, element [r, h, d] at
+ * r * new_strides[0] + h * new_strides[1] + d of k_new and r * new_strides[2] +
+ * h * new_strides[3] + d of v_new, written into the cache at position lengths[r] - 1
+ * first (else the caller has written them).
+ * rot_cos, rot_sin (or NULL): rotary tables, element [p, d] at p * head_dim + d; with
+ * them q and k_new are rotated at position lengths[r] - 1 (k_new is then required).
+ * Row r reads slot slot0 + r * slot_step: 1 for decode rows on consecutive slots; 0 for
+ * the tokens of one prompt chunk after its cached prefix, all on one slot (their keys
+ * and values must then be written by the caller first, since each row reads the
+ * others': k_new must be NULL). Or, where `row_slots` is not NULL, slot row_slots[r]:
+ * rows of any slots, several of one prompt chunk on one slot among them (a step of
+ * decode rows and prompt chunks in one call, decode_step.c); with k_new every row's
+ * key and value is then written before any row attends.
+ * out: [n_rows, n_heads * head_dim] contiguous. Returns 0, or -1 when scratch memory
+ * could not be allocated (nothing written then). */
 int gptstore_attention_rows(const void *q, int64_t q_row_stride, int64_t q_head_stride,
                             const void *k_new, const void *v_new,
                             const int64_t *new_strides, const void *rot_cos,

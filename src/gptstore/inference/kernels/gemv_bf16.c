@@ -451,14 +451,6 @@ static GEMV_AMX int gemv_amx(const uint16_t *x, int64_t n_rows, int64_t x_stride
     free(xt);
     return 0;
 }
-#else
-static int gemv_amx(const uint16_t *x, int64_t n_rows, int64_t x_stride,
-                    const uint16_t *packed, int64_t n_in, int64_t n_out, const void *bias,
-                    const void *residual, void *y, int n_threads) {
-    (void)x, (void)n_rows, (void)x_stride, (void)packed, (void)n_in, (void)n_out;
-    (void)bias, (void)residual, (void)y, (void)n_threads;
-    return -3;  /* never called: gptstore_amx_supported() is 0 */
-}
 #endif
 
 /* One 16-column chunk of x from element `at` (fp32, or bf16 where `act_bf16`) as fp32,
@@ -524,10 +516,12 @@ static inline const uint16_t *block_ahead(const uint16_t *packed, int64_t b, int
 static int gemv_bf16(const void *x, int64_t n_rows, int64_t x_stride, const uint16_t *packed,
                      int64_t n_in, int64_t n_out, const void *bias, const void *residual,
                      void *y, int act_bf16, int n_threads, int use_avx512, int rows_loop) {
+#if HAVE_AMX
     if (rows_loop == ROWS_LOOP_AMX && act_bf16 && n_rows >= AMX_MIN_ROWS &&
             gptstore_amx_supported())
         return gemv_amx((const uint16_t *)x, n_rows, x_stride, packed, n_in, n_out, bias,
                         residual, y, n_threads);
+#endif
     /* fewer rows under AMX take the FMA loop, as they would where AMX is not there */
     const int rows_fma = rows_loop != ROWS_LOOP_DOT;
     const int64_t n_blocks = (n_out + ROWS - 1) / ROWS;

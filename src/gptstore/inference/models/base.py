@@ -79,7 +79,7 @@ _GEMV_MAX_ROWS = 2  # up to this many rows a bf16 matmul is a matrix-vector prod
 #: reads every key again, where SDPA's blocks share them)
 CHUNK_NATIVE_ROWS = 8
 #: the longest prompt chunk a step may hold and still run in a Llama runner's one native
-#: call beside decode rows (`StepPlan.step_attention`; the step's rows must also be
+#: call beside decode rows (`DecoderRunner.step_attention`; the step's rows must also be
 #: within the call's `decode_step_rows`). The call attends each token as a row of its
 #: own, reading its keys again where SDPA's blocks share them, so long chunks stay on
 #: the separate calls (see docs/design.md, "Prefix caching and paced chunked prefill").
@@ -559,11 +559,6 @@ class StepPlan:
     # every token is a decode row on the native attention kernel, which writes the new
     # keys/values into the cache itself (no separate write)
     kernel_writes: bool = False
-    # every token as a row of the native attention kernel on its own slot and position,
-    # where the step is not one run of decode rows: decode rows on any slots and short
-    # prompt chunks (`ONE_CALL_CHUNK_TOKENS`) beside them, for a runner's one native call
-    # (llama.py `LlamaRunner.hidden_states`), which writes every key first
-    step_attention: native.DecodeAttention | None = None
 
 
 class DecoderRunner(Runner):
@@ -773,14 +768,6 @@ class DecoderRunner(Runner):
         if need:
             self.kv.ensure_capacity(need)
         n_tokens = len(ids)
-        kernel_writes = bool(groups) and all(g.native is not None and g.decode for g in groups)
-        step_attention = None
-        if self.native_attention and not (kernel_writes and len(groups) == 1) and rows \
-                and all(r.slot is not None and len(r.token_ids) <= ONE_CALL_CHUNK_TOKENS
-                        for r in rows):
-            step_attention = native.DecodeAttention(
-                0, [p + 1 for p in positions], self.n_heads, self.n_kv_heads, self.head_dim,
-                slots=w_slots)
         write_rows: torch.Tensor | slice | None = None
         if w_rows:
             write_rows = slice(0, n_tokens) if len(w_rows) == n_tokens else torch.tensor(w_rows)
@@ -794,9 +781,25 @@ class DecoderRunner(Runner):
             groups=groups,
             last_index=torch.tensor(last, dtype=torch.long),
             max_position=max((r.start + len(r.token_ids) for r in rows), default=0),
-            kernel_writes=kernel_writes,
-            step_attention=step_attention,
+            kernel_writes=bool(groups) and all(g.native is not None and g.decode
+                                               for g in groups),
         )
+
+    def step_attention(self, plan: StepPlan) -> native.DecodeAttention | None:
+        """The native attention of every token of `plan` as a row on its own slot and
+        position (`DecodeAttention(slots=...)`, which writes every key first), for a
+        runner's one native call (llama.py `LlamaRunner.hidden_states`) in a step that is
+        not one run of decode rows on consecutive slots: decode rows on any slots and
+        prompt chunks of up to `ONE_CALL_CHUNK_TOKENS` tokens beside them, each row with a
+        slot. None where the step has another kind of row."""
+        if not self.native_attention or plan.write_slots is None \
+                or len(plan.write_slots) != plan.n_tokens \
+                or any(not g.decode and g.t1 - g.t0 > ONE_CALL_CHUNK_TOKENS
+                       for g in plan.groups):
+            return None
+        return native.DecodeAttention(0, (plan.positions + 1).tolist(), self.n_heads,
+                                      self.n_kv_heads, self.head_dim,
+                                      slots=plan.write_slots.tolist())
 
     # -- attention ----------------------------------------------------------------------
 

@@ -311,7 +311,7 @@ class LlamaRunner(DecoderRunner):
             if plan.kernel_writes and len(plan.groups) == 1:  # decode rows, consecutive slots
                 attention = plan.groups[0].native
             else:  # decode rows on any slots, short prompt chunks beside them
-                attention = plan.step_attention
+                attention = self.step_attention(plan)
         if attention is not None:
             # every layer in one native call, with each row's adapter where the rows have
             # any
