@@ -43,13 +43,26 @@ steps served up to 64 rows, 15 streams decoding in 21 ms steps and a chunk besid
 64 rows, where such a step is one native call (models/base.py `ONE_CALL_CHUNK_TOKENS`),
 64 tokens 59.8 ms past them.
 
+What a decode-only step costs depends on how many rows decode in it (on an AVX2-only
+EPYC serving fp32: one row ~15 ms, 15 rows 50-70 ms), so the pacer keeps it per count of
+decoding rows, and a count it has not measured yet (or not for `refresh_steps` steps
+with prompt tokens: the streams' positions, and so their attention, grow meanwhile) gets
+one step without prompt tokens first, which measures it. It kept one average over every
+count: measured on a warm-up's 1-row steps and applied to 15 streams, the decode step
+read 14.7 ms where it took ~70, each prompt token seemed to cost 15-21 ms against ~2,
+and a 2,000-token prompt arriving as the 15 streams began was read 4 tokens a step, its
+first token after 32.6-35.3 s against 12.8 s with the baseline measured (the engine, on
+that EPYC, scratch `tracef.py`). A count whose probe step took prompt tokens anyway
+(short prompts are taken whole) is not probed again at once: the nearest count measured
+stands in, so a long prompt is never held back more than one step for it.
+
 Only the size of the chunks changes, never what is computed: chunked and whole prompts
 give the same tokens (tested).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 #: exponential moving average weight of the newest measurement
 SMOOTHING = 0.3
@@ -62,21 +75,42 @@ class PrefillPacer:
     min_tokens: int = 4
     start_tokens: int = 64
     whole_tokens: int = 64  # a prompt with at most this many left is prefilled whole
-    decode_step_s: float | None = None  # average step with decode rows only
     token_s: float | None = None  # average seconds one prefill token adds to a step
     fast_rows: int | None = None  # the most rows of a step on the faster kernel, if any
+    refresh_steps: int = 64  # steps with prompt tokens after which a count is re-measured
+    #: average decode-only step by the number of rows decoding in it
+    decode_steps: dict[int, float] = field(default_factory=dict)
+    #: per count of decoding rows: steps with prompt tokens since its last decode-only
+    #: step, and whether a step meant to measure it took prompt tokens anyway
+    _mixed: dict[int, int] = field(default_factory=dict)
+    _missed: set[int] = field(default_factory=set)
 
     def budget(self, decoding: int) -> int:
-        """Prompt tokens the next step may prefill while `decoding` sequences decode."""
+        """Prompt tokens the next step may prefill while `decoding` sequences decode: 0
+        where that count's decode-only step is to be measured first."""
         if decoding == 0:
             return self.max_tokens
-        if self.decode_step_s is None or self.token_s is None or self.token_s <= 0:
+        due = decoding not in self.decode_steps or \
+            self._mixed.get(decoding, 0) >= self.refresh_steps
+        if due and decoding not in self._missed:
+            return 0
+        step_s = self.decode_step(decoding)
+        if step_s is None or self.token_s is None or self.token_s <= 0:
             tokens = self.start_tokens
         else:
-            tokens = max(self.min_tokens, int(self.ratio * self.decode_step_s / self.token_s))
+            tokens = max(self.min_tokens, int(self.ratio * step_s / self.token_s))
         if self.fast_rows is not None and self.fast_rows - decoding >= self.min_tokens:
             tokens = min(tokens, self.fast_rows - decoding)  # the step stays on its kernel
         return max(1, min(self.max_tokens, tokens))
+
+    def decode_step(self, rows: int) -> float | None:
+        """The decode-only step of `rows` rows as measured, else of the nearest count
+        measured (the fewer rows on a tie), else None."""
+        if rows in self.decode_steps:
+            return self.decode_steps[rows]
+        if not self.decode_steps:
+            return None
+        return self.decode_steps[min(self.decode_steps, key=lambda n: (abs(n - rows), n))]
 
     def takes_whole(self, remaining: int, step_tokens: int) -> bool:
         """Whether a prompt with `remaining` tokens still to compute is prefilled whole
@@ -88,14 +122,22 @@ class PrefillPacer:
         one-token rows."""
         if prefill_tokens == 0:
             if decode_rows:
-                self.decode_step_s = _average(self.decode_step_s, seconds)
+                self.decode_steps[decode_rows] = _average(self.decode_steps.get(decode_rows),
+                                                          seconds)
+                self._mixed[decode_rows] = 0
+                self._missed.discard(decode_rows)
             return
+        if decode_rows:
+            self._mixed[decode_rows] = self._mixed.get(decode_rows, 0) + 1
+            if decode_rows not in self.decode_steps or \
+                    self._mixed[decode_rows] > self.refresh_steps:
+                self._missed.add(decode_rows)  # its probe took prompt tokens
         # what a decode-only step costs is the step's fixed part (every weight read once,
         # per-layer overheads) whether or not rows decode in it: what remains is what the
-        # prompt tokens added. Without that baseline yet, a short prefill-only step
-        # charges its fixed part to its tokens: an overestimate, so chunks start small
-        # and grow as decode steps are measured.
-        per_token = max(seconds - (self.decode_step_s or 0.0), 0.0) / prefill_tokens
+        # prompt tokens added. A prefill-only step takes the fewest rows measured as its
+        # fixed part; without any yet, it charges that part to its tokens: an
+        # overestimate, so chunks start small and grow as decode steps are measured.
+        per_token = max(seconds - (self.decode_step(decode_rows) or 0.0), 0.0) / prefill_tokens
         self.token_s = _average(self.token_s, per_token)
 
 

@@ -298,13 +298,15 @@ def test_scores_count_in_the_bound_and_are_added_to_cached_blocks_where_room_all
 def test_pacer_bounds_prefill_chunks_while_others_decode():
     pacer = PrefillPacer(max_tokens=512, ratio=1.0)
     assert pacer.budget(decoding=0) == 512  # alone: the biggest chunk
-    assert pacer.budget(decoding=3) == 64  # nothing measured yet: a cautious start
-    pacer.observe(0.5, prefill_tokens=500, decode_rows=0)  # 1 ms per prompt token
+    assert pacer.budget(decoding=3) == 0  # 3 rows' step not measured: one without prompt
+    pacer.observe(0.02, prefill_tokens=0, decode_rows=3)
+    assert pacer.budget(decoding=3) == 64  # no prompt token measured yet: a cautious start
+    pacer.observe(0.5, prefill_tokens=500, decode_rows=0)  # ~1 ms per prompt token
     for _ in range(5):
         pacer.observe(0.04, prefill_tokens=0, decode_rows=15)  # 40 ms decode steps
-    assert pacer.budget(decoding=15) == pytest.approx(40, abs=1)
+    assert pacer.budget(decoding=15) == pytest.approx(40, abs=2)
     assert pacer.budget(decoding=0) == 512
-    slow = PrefillPacer(max_tokens=512, decode_step_s=0.001, token_s=0.01)
+    slow = PrefillPacer(max_tokens=512, decode_steps={1: 0.001}, token_s=0.01)
     assert slow.budget(decoding=1) == slow.min_tokens > 0  # the prompt still progresses
     # a short prompt is taken whole whatever the budget, within the step's token cap
     assert slow.takes_whole(slow.whole_tokens, step_tokens=0)
@@ -312,19 +314,51 @@ def test_pacer_bounds_prefill_chunks_while_others_decode():
     assert not slow.takes_whole(40, step_tokens=500)  # 540 > max_tokens
 
 
+def test_pacer_paces_by_the_decode_step_of_as_many_rows():
+    """A decode step's cost depends on its rows: measured on a warm-up's 1-row steps, one
+    average would make each prompt token beside 15 streams seem to cost several times
+    what it does, and read a long prompt `min_tokens` a step. Each count of decoding rows
+    gets one decode-only step first, again after `refresh_steps` steps with prompt
+    tokens; a probe that took prompt tokens anyway is not repeated (the nearest count
+    stands in), so a prompt is never held back more than a step for it."""
+    pacer = PrefillPacer(max_tokens=512, ratio=1.0)
+    for _ in range(3):
+        pacer.observe(0.015, prefill_tokens=0, decode_rows=1)  # a warm-up's steps
+    assert pacer.budget(decoding=15) == 0  # 15 rows: their decode step is measured first
+    pacer.observe(0.07, prefill_tokens=0, decode_rows=15)
+    pacer.observe(0.086, prefill_tokens=8, decode_rows=15)  # 2 ms a prompt token
+    assert pacer.token_s == pytest.approx(0.002)
+    assert pacer.budget(decoding=15) == pytest.approx(35, abs=1)  # 70 ms / 2 ms
+    for _ in range(pacer.refresh_steps - 2):  # 64 steps with prompt tokens in all
+        pacer.observe(0.086, prefill_tokens=8, decode_rows=15)
+        assert pacer.budget(decoding=15) > 0
+    pacer.observe(0.086, prefill_tokens=8, decode_rows=15)
+    assert pacer.budget(decoding=15) == 0  # the streams moved on: measured again
+    pacer.observe(0.08, prefill_tokens=0, decode_rows=15)
+    assert pacer.decode_steps[15] == pytest.approx(0.073)  # averaged in
+    assert pacer.budget(decoding=15) > 0
+    assert pacer.budget(decoding=14) == 0
+    pacer.observe(0.2, prefill_tokens=40, decode_rows=14)  # a short prompt taken whole
+    assert pacer.budget(decoding=14) == int(pacer.decode_steps[15] / pacer.token_s)
+    assert pacer.decode_step(2) == pacer.decode_steps[1]  # the nearest count measured
+    assert PrefillPacer(max_tokens=512).decode_step(3) is None
+
+
 def test_pacer_keeps_a_chunk_on_the_kernel_of_the_decoding_rows():
     """Where the runner's steps leave the native kernel past `fast_rows` rows, a chunk
     beside decoding rows stays within that while it leaves at least `min_tokens`; past
     that it is paced as before (the prompt still progresses), and alone it takes the
     biggest chunk."""
-    pacer = PrefillPacer(max_tokens=512, ratio=1.0, decode_step_s=0.04, token_s=0.001,
+    steps = {15: 0.04, 30: 0.04, 61: 0.04}
+    pacer = PrefillPacer(max_tokens=512, ratio=1.0, decode_steps=steps, token_s=0.001,
                          fast_rows=64)
     assert pacer.budget(decoding=15) == 40  # the pace wants fewer than the room left
     assert pacer.budget(decoding=30) == 34  # the room left is less than the pace
     assert pacer.budget(decoding=61) == 40  # too little room: paced across it
     assert pacer.budget(decoding=0) == 512
-    assert PrefillPacer(max_tokens=512, fast_rows=64).budget(decoding=15) == 49  # unmeasured
-    assert PrefillPacer(max_tokens=512, ratio=1.0, decode_step_s=0.04, token_s=0.001,
+    assert PrefillPacer(max_tokens=512, fast_rows=64, decode_steps=steps,
+                        ).budget(decoding=15) == 49  # no prompt token measured
+    assert PrefillPacer(max_tokens=512, ratio=1.0, decode_steps=steps, token_s=0.001,
                         ).budget(decoding=30) == 40  # no such boundary
 
 
