@@ -852,7 +852,12 @@ def test_where_the_native_kernel_serves_every_step_prompts_run_on_it_alone(
         assert linear.packed is None and linear.native_serves_all
         assert linear.holds_plain == (linear is head)
     usual = build_runner(load(), max_slots=4, gemv="native", gemv_rows=2)
-    assert every.extra_nbytes < usual.extra_nbytes
+    from gptstore.inference.models.base import can_pack
+
+    if can_pack(torch.bfloat16):  # else the usual runner has no oneDNN copy either
+        assert every.extra_nbytes < usual.extra_nbytes
+    else:
+        assert every.extra_nbytes == usual.extra_nbytes
 
     prompt = [5, 9, 2, 7, 11, 3, 8, 4, 6, 10, 1, 12, 13, 14, 15, 16, 17, 18, 19, 20]
     other = [21, 22, 23, 24, 25, 26, 27, 28]
