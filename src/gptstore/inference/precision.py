@@ -73,6 +73,7 @@ from gptstore.inference.types import (
     ATTENTION_NATIVE,
     ATTENTION_SDPA,
     GEMV_ATEN,
+    GEMV_DECODE_ROWS,
     GEMV_KERNELS,
     GEMV_NATIVE,
     GEMV_NATIVE_AVX512,
@@ -124,10 +125,11 @@ ATTENTION_ROWS = (1, 16)
 #: rows are timed as whole decode steps of a runner; 9: the loop of those steps'
 #: products is timed, and a prompt chunk where native won the most rows timed; 10: AMX
 #: joined the loops timed, and a long prompt chunk is timed after a short one; the int4
-#: kernels are timed as decode steps)
-LAYOUT = 10
+#: kernels are timed as decode steps; 11: prompt chunks are timed where fp32 is served
+#: with a bf16 copy too, and a 32-token chunk first)
+LAYOUT = 11
 #: rows of the decode steps timed for `MachineProfile.gemv_rows`, most first
-GEMV_ROWS_TIMED = (16, 8, 4)
+GEMV_ROWS_TIMED = (GEMV_DECODE_ROWS, 8, 4)
 #: the Llama whose decode steps `_time_gemv_rows` times: SmolLM2-135M's layer shapes, a
 #: few layers (their weights, ~40 MB in bf16, are more than the L3 caches seen hold, as
 #: a model's are), a small vocabulary (the head is not what is compared)
@@ -137,8 +139,10 @@ ROWS_MODEL = {"hidden_size": 576, "intermediate_size": 1536, "num_attention_head
 #: tokens in each timed row's cache before its step
 ROWS_PROMPT = 32
 #: tokens of the prompt chunks timed, shortest first, where the native GEMV won the most
-#: rows timed
-PREFILL_TOKENS_TIMED = (64, 512)
+#: rows timed. 32: where native wins a 32-token chunk but not a 64-token one (an AVX2-only
+#: EPYC serving fp32, one thread: 23.1 against 24.0 ms, 46.4 against 42.0), a chunk beside
+#: 15 decoding rows still stays on it (pacing.py `fast_rows`)
+PREFILL_TOKENS_TIMED = (32, 64, 512)
 #: torch threads of the timing. One: the choice needs the ratio of the two dtypes, and
 #: multi-threaded kernels on a machine shared with other processes stall on their
 #: barriers (2 threads at load average 8 on 2 cores: 1.4 GFLOP/s for a 16-row fp32 step
@@ -531,14 +535,16 @@ def _time_rows_loop(profile: MachineProfile) -> tuple[str, dict[str, float]]:
 def _rows_model(dtype: Any) -> Any:
     """The Llama whose decode steps the profile times (`ROWS_MODEL`: SmolLM2's layer
     shapes), random weights in `dtype`, the same ones each time (the caller's random
-    generator does not move)."""
+    generator does not move). They are bf16 values in either dtype, as a bf16
+    checkpoint's are: an fp32 runner's bf16 copy then serves the steps it serves for such
+    a model (models/base.py `Linear`)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = LlamaForCausalLM(LlamaConfig(**ROWS_MODEL))
-    return model.to(dtype).eval()
+    return model.to(torch.bfloat16).to(dtype).eval()
 
 
 def _decode_steps(runner: Any, counts: Sequence[int]) -> dict[int, Callable[[], object]]:
@@ -584,10 +590,16 @@ def _time_gemv_rows(profile: MachineProfile, attention: str) -> tuple[int, dict[
     The native side's products run on the profile's `rows_loop`.
 
     Where it wins the most rows timed and the served weights are bf16 (its products are
-    then exactly theirs, no copy), prompt chunks of `PREFILL_TOKENS_TIMED` tokens are
-    timed the same way, shortest first: native serves steps up to the longest chunk on
-    which it took no longer, and where it won them all the result is `GEMV_ROWS_ALL`:
-    it serves every step. On an Intel Xeon without AMX, whose oneDNN bf16 products run
+    then exactly theirs, no copy), or fp32 with a bf16 copy (which serves the larger
+    steps only of weights it holds exactly: models/base.py `Linear`), prompt chunks of
+    `PREFILL_TOKENS_TIMED` tokens are timed the same way, shortest first: native serves
+    steps up to the longest chunk on which it took no longer, and where it won them all
+    the result is `GEMV_ROWS_ALL`: it serves every step. On an AVX2-only EPYC serving
+    fp32, a step of 15 decode rows took 57 ms on the native kernel; a few prompt tokens
+    beside them moved it to oneDNN's fp32 products, +35 ms for 4 tokens and +67 ms for
+    16, against +19 and +34 ms on the native kernel (the runner alone, SmolLM2, 2
+    threads, scratch `mixed.py`), so a long prompt beside 15 streams was read a few tokens
+    a step. On an Intel Xeon without AMX, whose oneDNN bf16 products run
     at about half its fp32 ones, 24 SmolLM2 projections at 31 / 64 / 128 / 512 rows ran
     at 138 / 174 / 211 / 235 GFLOP/s on the native FMA loop against 109 / 152 / 164 /
     193 packed in oneDNN (2 threads, medians); a prompt's products then get their bits
@@ -619,7 +631,7 @@ def _time_gemv_rows(profile: MachineProfile, attention: str) -> tuple[int, dict[
         times.update({f"{name}_{rows}": round(seconds * 1e6, 1)
                       for name, seconds in best.items()})
         if best["native"] <= best["batched"]:
-            if rows == most and profile.serving == "bf16":
+            if rows == most and (profile.serving == "bf16" or profile.decode_copy):
                 return _time_prompt_rows(runners["batched"],
                                          make_runner(GEMV_ROWS_ALL, 1), most, times)
             return rows, times
@@ -1035,8 +1047,14 @@ def report_lines(profile: MachineProfile, bandwidth_gbs: float | None = None) ->
         lines.append(f"  native kernels not available: {reason}")
     if bandwidth_gbs is not None:
         lines.append(f"memory read: {bandwidth_gbs:.1f} GB/s")
-    copy = f" (with a bf16 copy for decode steps of 1-{profile.gemv_rows} rows)" \
-        if profile.decode_copy else ""
+    copy = ""
+    if profile.decode_copy and profile.gemv_rows <= GEMV_DECODE_ROWS:
+        copy = f" (with a bf16 copy for decode steps of 1-{profile.gemv_rows} rows)"
+    elif profile.decode_copy:
+        steps = "every step" if profile.gemv_rows >= GEMV_ROWS_ALL else \
+            f"steps of 1-{profile.gemv_rows} rows"
+        copy = f" (with a bf16 copy for {steps} where the weights are bf16 values, else " \
+            f"for decode steps of 1-{GEMV_DECODE_ROWS} rows)"
     lines.append(f"served weights: {profile.serving}{copy}; training autocast: "
                  f"{profile.choice('training')} (bf16 where it measured >= {BF16_MARGIN}x fp32)")
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(profile.measured_at))

@@ -227,6 +227,10 @@ ROWS_LOOPS = (ROWS_DOT, ROWS_FMA, ROWS_AMX)
 #: `gemv_rows` that has the native kernel serve every step, prompts included (where the
 #: machine measured it faster than the batched products for a prompt chunk too)
 GEMV_ROWS_ALL = 1 << 20
+#: the most rows of the decode steps the machine profile times for `gemv_rows`; an fp32
+#: model's bf16 copy serves larger steps only where it holds the weights exactly
+#: (models/base.py `Linear`)
+GEMV_DECODE_ROWS = 16
 #: kernels of 4-bit products: PyTorch's int4 kernel for every step, gptstore's (native.py)
 #: for steps of 1-2 rows, or gptstore's for every step
 INT4_TORCH, INT4_NATIVE, INT4_NATIVE_ALL = "torch", "native", "native-all"

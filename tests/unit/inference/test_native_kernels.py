@@ -829,6 +829,30 @@ def test_fused_weights_are_freed_where_the_packed_and_native_copies_serve_every_
     assert every_step.extra_nbytes < int4.extra_nbytes
 
 
+def test_an_fp32_models_bf16_copy_serves_larger_steps_only_where_it_is_exact(kernel):
+    """fp32 weights with a bf16 copy on the native kernel and `gemv_rows` past the decode
+    steps (a prompt chunk beside 15 decode rows): where every weight is a bf16 value (a
+    bf16 checkpoint loaded in fp32) the copy serves those steps, with the fp32 products
+    but for the order of the adds; where not, it serves the decode steps alone and the
+    larger ones keep the exact fp32 products."""
+    from gptstore.inference.types import GEMV_DECODE_ROWS
+
+    generator = torch.Generator().manual_seed(3)
+    exact_w = torch.randn(48, 64, generator=generator).to(torch.bfloat16).float()
+    lossy_w = torch.randn(48, 64, generator=generator)
+    x = torch.randn(40, 64, generator=generator)
+    for weight, rows in ((exact_w, 64), (lossy_w, GEMV_DECODE_ROWS)):
+        linear = Linear.of(weight, pack=True, decode_dtype=torch.bfloat16, gemv="native",
+                           gemv_rows=64)
+        assert linear.native_rows == rows
+        assert linear.decodes_low(GEMV_DECODE_ROWS) and \
+            linear.decodes_low(40) == (weight is exact_w)
+        expected = x.double() @ weight.double().T
+        assert (linear(x).double() - expected).abs().max() < 1e-4
+        if weight is lossy_w:  # past the decode steps: the plain fp32 product's bits
+            assert torch.equal(linear(x[:20]), Linear.of(weight, pack=True)(x[:20]))
+
+
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_where_the_native_kernel_serves_every_step_prompts_run_on_it_alone(
         tiny_dirs, kernel, arch):

@@ -317,18 +317,18 @@ def test_engines_run_several_rows_on_the_measured_loop(tmp_path):
 
 
 def test_where_native_wins_the_most_rows_prompt_chunks_decide_how_many_more(monkeypatch):
-    """Served bf16 and the native GEMV faster at 16 rows: prompt chunks of
-    `PREFILL_TOKENS_TIMED` tokens are timed, shortest first, on a runner whose native
-    GEMV serves every step against the batched products; native no slower on all of
-    them gives `GEMV_ROWS_ALL`, on the short one alone that chunk's rows, on none 16.
-    Not timed where the served weights are fp32 (the native kernel would read their
-    bf16 copy: not the served model's products)."""
+    """Served bf16 (or fp32 with a bf16 copy) and the native GEMV faster at 16 rows:
+    prompt chunks of `PREFILL_TOKENS_TIMED` tokens are timed, shortest first, on a
+    runner whose native GEMV serves every step against the batched products; native no
+    slower on all of them gives `GEMV_ROWS_ALL`, on the first ones alone the longest of
+    those chunks, on none 16. Not timed where fp32 is served without the copy (the
+    native kernel does not serve its steps)."""
     if native.library() is None:
         pytest.skip("the native kernels do not build here")
     base = MachineProfile.from_dict(profile_doc(
         {"training": "fp32", "batched": "bf16", "decode": "bf16"}, gemv="native"))
     assert base.serving == "bf16"
-    short, long = precision.PREFILL_TOKENS_TIMED
+    chunks = precision.PREFILL_TOKENS_TIMED
     timed: list[str] = []
 
     def fake(prompt_native_s: tuple[float, ...]) -> Any:
@@ -343,33 +343,40 @@ def test_where_native_wins_the_most_rows_prompt_chunks_decide_how_many_more(monk
         return best
 
     monkeypatch.setitem(precision.ROWS_MODEL, "num_hidden_layers", 1)  # quick
-    monkeypatch.setattr(precision, "_alternating_best", fake((1.0, 1.5)))
+    monkeypatch.setattr(precision, "_alternating_best", fake((1.0, 1.0, 1.5)))
     rows, times = precision._time_gemv_rows(base, "native")
-    assert rows == GEMV_ROWS_ALL and timed == ["16 rows", "prompt", "prompt"]
-    assert set(times) == {"native_16", "batched_16", f"native_prompt_{short}",
-                          f"batched_prompt_{short}", f"native_prompt_{long}",
-                          f"batched_prompt_{long}"}
+    assert rows == GEMV_ROWS_ALL and timed == ["16 rows"] + ["prompt"] * len(chunks)
+    assert set(times) == {"native_16", "batched_16"} | {
+        f"{side}_prompt_{tokens}" for side in ("native", "batched") for tokens in chunks}
     assert precision.gemv_rows_text(dataclasses.replace(
         base, gemv_rows=rows, gemv_rows_us=times)) == (
-        f"16 rows: batched 1500.0 ms, native 1000.0 ms; a {short}-token prompt: batched "
-        f"1500.0 ms, native 1000.0 ms; a {long}-token prompt: batched 1500.0 ms, native "
-        "1500.0 ms -> native every step")
+        "16 rows: batched 1500.0 ms, native 1000.0 ms; " + "; ".join(
+            f"a {tokens}-token prompt: batched 1500.0 ms, native "
+            f"{1500.0 if tokens == chunks[-1] else 1000.0} ms" for tokens in chunks)
+        + " -> native every step")
     timed.clear()
     monkeypatch.setattr(precision, "_alternating_best", fake((1.0, 1.6)))
     rows, times = precision._time_gemv_rows(base, "native")
-    assert rows == short and timed == ["16 rows", "prompt", "prompt"]
+    assert rows == chunks[0] and timed == ["16 rows", "prompt", "prompt"]
     assert precision.gemv_rows_text(dataclasses.replace(
-        base, gemv_rows=rows, gemv_rows_us=times)).endswith(f"-> native up to {short} rows")
+        base, gemv_rows=rows, gemv_rows_us=times)).endswith(
+        f"-> native up to {chunks[0]} rows")
     timed.clear()
     monkeypatch.setattr(precision, "_alternating_best", fake((2.0,)))
     assert precision._time_gemv_rows(base, "native")[0] == 16
-    assert timed == ["16 rows", "prompt"]  # the long chunk is not timed after a loss
+    assert timed == ["16 rows", "prompt"]  # the longer chunks are not timed after a loss
     timed.clear()
-    fp32 = dataclasses.replace(base, choices={**base.choices, "batched": "fp32"},
+    copy = dataclasses.replace(base, choices={**base.choices, "batched": "fp32"},
                                gflops={**base.gflops, "batched": {"fp32": 300.0,
                                                                   "bf16": 50.0}})
-    assert fp32.serving == "fp32"
-    assert precision._time_gemv_rows(fp32, "native")[0] == 16 and timed == ["16 rows"]
+    assert copy.serving == "fp32" and copy.decode_copy
+    monkeypatch.setattr(precision, "_alternating_best", fake((1.0, 1.6)))
+    assert precision._time_gemv_rows(copy, "native")[0] == chunks[0]
+    assert timed == ["16 rows", "prompt", "prompt"]
+    timed.clear()
+    exact = dataclasses.replace(copy, choices={**copy.choices, "decode": "fp32"})
+    assert exact.serving == "fp32" and not exact.decode_copy
+    assert precision._time_gemv_rows(exact, "native")[0] == 16 and timed == ["16 rows"]
 
 
 def test_engines_serve_the_measured_rows_on_the_native_kernel(tmp_path):

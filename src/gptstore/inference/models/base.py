@@ -39,6 +39,7 @@ from gptstore.inference.types import (
     ATTENTION_NATIVE,
     ATTENTION_SDPA,
     GEMV_ATEN,
+    GEMV_DECODE_ROWS,
     GEMV_KERNELS,
     GEMV_NATIVE,
     GEMV_NATIVE_AVX512,
@@ -112,6 +113,11 @@ def exact_step() -> bool:
     return _EXACT_STEP.get()
 
 
+def _exact_in_bf16(weight: torch.Tensor) -> bool:
+    """Whether every value of `weight` is a bf16 value (a bf16 copy loses nothing)."""
+    return torch.equal(weight.to(torch.bfloat16).to(weight.dtype), weight)
+
+
 def copy_allowed(weights: torch.dtype) -> bool:
     """Whether products of weights of dtype `weights` may run on their bf16 copy now:
     always for bf16 weights (the copy holds the same values, in another layout), for
@@ -178,7 +184,9 @@ class Linear:
     * `gemv_rows`: the native kernel also serves steps of up to that many rows, where
       the machine measured it no slower than the batched products
       (`MachineProfile.gemv_rows`): such a step is still a pass over every weight, and
-      on a CPU that serves fp32 the bf16 copy halves its bytes. On an AVX2 EPYC the
+      on a CPU that serves fp32 the bf16 copy halves its bytes. For fp32 weights it
+      serves steps of more than `GEMV_DECODE_ROWS` rows (a prompt chunk beside decode
+      rows) only where they are bf16 values, so its products are the fp32 ones. On an AVX2 EPYC the
       engine decoding 4 streams went from 98-103 to 156-184 tok/s with it, 16 streams
       from 196-207 to 250-269 (alternating scratch runs).
     * `rows_loop`: the native kernel's loop for those steps of several rows on an AVX-512
@@ -210,8 +218,13 @@ class Linear:
             self.decode_native = native.pack(weight_t.t())
         self.native_avx512 = gemv == GEMV_NATIVE_AVX512 and native.gemv_avx512_supported()
         # the most rows the native kernel serves: 1-2 always, more where measured faster,
-        # and their loop
+        # and their loop; on an fp32 model's bf16 copy, steps past the decode steps only
+        # where the copy holds the weights exactly (a bf16 checkpoint loaded in fp32, as
+        # SmolLM2's is): its products are then the fp32 ones but for the order of the adds
         self.native_rows = max(gemv_rows, _GEMV_MAX_ROWS)
+        if not bf16 and self.decode_native is not None and \
+                self.native_rows > GEMV_DECODE_ROWS and not _exact_in_bf16(weight_t):
+            self.native_rows = GEMV_DECODE_ROWS
         self.rows_loop = rows_loop
         self.packed = None  # not where the native kernel serves every product
         if pack and can_pack(weight_t.dtype) and not self.native_serves_all:
