@@ -39,6 +39,8 @@ GEMM_SLOW_S = 1.0
 #: the profile the last `describe_machine` measured (what its lines show), for a script
 #: that reads its own figures against them
 _measured: list[MachineProfile] = []
+#: the GEMM GFLOP/s (fp32, bf16) behind those lines
+_gemm: list[tuple[float, float]] = []
 
 
 def gemm_gflops(dtype: torch.dtype, n: int = GEMM_SIZE, reps: int = 3) -> tuple[float, int]:
@@ -96,6 +98,13 @@ def measured_profile() -> MachineProfile:
     return _measured[0]
 
 
+def gemm_rates() -> tuple[float, float]:
+    """The fp32 and bf16 GEMM GFLOP/s of the lines `describe_machine` returned last."""
+    if not _gemm:
+        raise RuntimeError("describe_machine() has not run in this process")
+    return _gemm[0]
+
+
 def bandwidth_now() -> float:
     """`read_bandwidth` now, on a short-lived thread (as `describe_machine`, for the same
     reason). On the 2-core hosts here the reading moves between ~28 and ~58 GB/s from
@@ -115,6 +124,7 @@ def _describe() -> str:
     load = os.getloadavg()[0]
     with torch.no_grad():
         (fp32, n32), (bf16, n16) = gemm_gflops(torch.float32), gemm_gflops(torch.bfloat16)
+    _gemm[:] = [(fp32, bf16)]
     profile = measure_profile()
     _measured[:] = [profile]
     bandwidth = read_bandwidth()

@@ -8,6 +8,8 @@ Prints:
  (b) aggregate tokens/s of 16 concurrent streaming HTTP clients against `gptstore serve`
      vs the same 16 requests sent one after another to `generate`;
  (c) time to first token p50 / p95 under that load;
+ (b)'s ceiling from the machine line: 2 FLOPs per weight matrix entry a new token costs,
+     at the machine's best GEMM rate (at most what any number of streams can reach);
  (d) resident memory of 1 base + 20 LoRA adapters loaded vs the base alone, against the
      adapters' own file sizes (measured in a fresh process: see `part_d`).
 Every figure is a ratio against a peer measured in the same run (this machine is noisy).
@@ -32,7 +34,7 @@ from typing import Any, cast
 
 import httpx
 import torch
-from machine import describe_machine
+from machine import describe_machine, gemm_rates
 from peer_generate import run_peer
 
 from gptstore.catalog.importers import BUILTIN_NAME, ensure_builtin
@@ -145,6 +147,19 @@ def part_bc(home: Path, catalog: Catalog, prompts: list[list[int]], dtype: str
             "ttft_p95_s": p95, "completion_tokens": total}
 
 
+def flops_per_token(catalog: Catalog) -> float:
+    """2 FLOPs per weight of every matrix a new token is multiplied by: the layers'
+    projections and the LM head (the embedding itself where the two are tied; the
+    embedding lookup is no product)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(catalog.snapshot(catalog.resolve(BUILTIN_NAME)))
+    hidden, inter = config.hidden_size, config.intermediate_size
+    kv = hidden // config.num_attention_heads * config.num_key_value_heads
+    layer = hidden * (2 * hidden + 2 * kv) + 3 * hidden * inter  # q, o, k, v; gate, up, down
+    return 2.0 * (config.num_hidden_layers * layer + config.vocab_size * hidden)
+
+
 def adapter_name(i: int) -> str:
     return f"bench/adapter-{i}"
 
@@ -254,6 +269,16 @@ def main() -> None:
           f"{bc['gptstore_16_clients_tok_s']:.1f} tok/s, {args.clients} sequential generate: "
           f"{bc['hf_sequential_tok_s']:.1f} tok/s -> "
           f"{bc['ratio']:.2f}x", flush=True)
+    # what the machine's own GEMM rate allows (b): each new token is a pass of
+    # matrix-vector products over every weight matrix, 2 FLOPs a weight, whatever else
+    # the step does; the rate of an ideal 2048^3 product bounds it from above
+    rate, dtype = max(zip(gemm_rates(), ("fp32", "bf16"), strict=True))
+    flops = flops_per_token(catalog)
+    ceiling = rate * 1e9 / flops
+    print(f"(b) compute ceiling: {flops / 1e6:.0f} MFLOP a token at "
+          f"this machine's {dtype} GEMM rate ({rate:.0f} GFLOP/s) is at most {ceiling:.0f} "
+          f"tok/s for any number of streams, {ceiling / bc['hf_sequential_tok_s']:.1f}x "
+          "sequential generate", flush=True)
     print(f"(c) time to first token under that load: p50 {bc['ttft_p50_s']:.2f} s, "
           f"p95 {bc['ttft_p95_s']:.2f} s", flush=True)
     d: dict[str, float] = {}
@@ -264,7 +289,7 @@ def main() -> None:
               f"{d['adapter_files_mb']:.1f} MB -> growth {d['rss_growth_over_files']:.2f}x "
               f"their size (the engine counts {d['adapter_tensors_mb']:.1f} MB of adapter "
               "tensors)", flush=True)
-    json.dump({"a": a, "bc": bc, "d": d}, sys.stdout)
+    json.dump({"a": a, "bc": {**bc, "compute_ceiling_tok_s": ceiling}, "d": d}, sys.stdout)
     print()
     catalog.close()
 
