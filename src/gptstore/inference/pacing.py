@@ -49,12 +49,14 @@ decoding rows, and a count it has not measured yet (or not for `refresh_steps` s
 with prompt tokens: the streams' positions, and so their attention, grow meanwhile) gets
 one step without prompt tokens first, which measures it. It kept one average over every
 count: measured on a warm-up's 1-row steps and applied to 15 streams, the decode step
-read 14.7 ms where it took ~70, each prompt token seemed to cost 15-21 ms against ~2,
+read 14.7 ms where it took ~70, each prompt token seemed to cost 15-21 ms against ~2-4,
 and a 2,000-token prompt arriving as the 15 streams began was read 4 tokens a step, its
-first token after 32.6-35.3 s against 12.8 s with the baseline measured (the engine, on
-that EPYC, scratch `tracef.py`). A count whose probe step took prompt tokens anyway
-(short prompts are taken whole) is not probed again at once: the nearest count measured
-stands in, so a long prompt is never held back more than one step for it.
+first token after 32.6-43.5 s (the engine on that EPYC, scratch `tracef.py`; a
+simulation on its measured step costs: 41-50 s, against 23 s with each count's own
+baseline, docs/design.md). A count whose probe step took prompt tokens anyway (short
+prompts are taken whole) is not probed again until a decode-only step comes: its last
+measurement, or the nearest count's, stands in, so a long prompt is never held back
+more than one step for it.
 
 Only the size of the chunks changes, never what is computed: chunked and whole prompts
 give the same tokens (tested).

@@ -184,11 +184,11 @@ class Linear:
     * `gemv_rows`: the native kernel also serves steps of up to that many rows, where
       the machine measured it no slower than the batched products
       (`MachineProfile.gemv_rows`): such a step is still a pass over every weight, and
-      on a CPU that serves fp32 the bf16 copy halves its bytes. For fp32 weights it
-      serves steps of more than `GEMV_DECODE_ROWS` rows (a prompt chunk beside decode
-      rows) only where they are bf16 values, so its products are the fp32 ones. On an AVX2 EPYC the
+      on a CPU that serves fp32 the bf16 copy halves its bytes. On an AVX2 EPYC the
       engine decoding 4 streams went from 98-103 to 156-184 tok/s with it, 16 streams
-      from 196-207 to 250-269 (alternating scratch runs).
+      from 196-207 to 250-269 (alternating scratch runs). For fp32 weights the copy
+      serves steps of more than `GEMV_DECODE_ROWS` rows (a prompt chunk beside decode
+      rows) only where every weight is a bf16 value, so its products are the fp32 ones.
     * `rows_loop`: the native kernel's loop for those steps of several rows on an AVX-512
       CPU, the bf16 dot product or FMAs on widened weights (the same bits), or AMX tiles,
       as measured (`MachineProfile.rows_loop`). On an Intel Xeon without AMX, whose
