@@ -136,8 +136,10 @@ GEMV_ROWS_TIMED = (GEMV_DECODE_ROWS, 8, 4)
 ROWS_MODEL = {"hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9,
               "num_key_value_heads": 3, "num_hidden_layers": 6, "vocab_size": 256,
               "max_position_embeddings": 640, "tie_word_embeddings": True}
-#: tokens in each timed row's cache before its step
-ROWS_PROMPT = 32
+#: tokens in each timed row's cache before its step (16: the 16 slots' prefill is the
+#: timing's largest fixed cost, 0.3 s a runner with 32 on an AVX2-only EPYC, one thread;
+#: the steps' attention over them is a small part of a step either way)
+ROWS_PROMPT = 16
 #: tokens of the prompt chunks timed, shortest first, where the native GEMV won the most
 #: rows timed. 32: where native wins a 32-token chunk but not a 64-token one (an AVX2-only
 #: EPYC serving fp32, one thread: 23.1 against 24.0 ms, 46.4 against 42.0), a chunk beside
