@@ -312,15 +312,9 @@ def matmul_work(ours: dict[str, Any], theirs: dict[str, Any], folder: Path) -> s
     machine line printed it times the torch threads. And the share our side would need
     for issue 13's 4x."""
     import torch
-    from machine import measured_profile
+    from machine import measured_profile, projection_weights
 
-    config = json.loads((folder / "config.json").read_text())
-    hidden, layers = int(config["hidden_size"]), int(config["num_hidden_layers"])
-    heads = int(config["num_attention_heads"])
-    head_dim = int(config.get("head_dim") or hidden // heads)
-    kv = int(config.get("num_key_value_heads") or heads) * head_dim
-    per_layer = hidden * (heads * head_dim + 2 * kv) + heads * head_dim * hidden \
-        + 3 * hidden * int(config["intermediate_size"])
+    per_layer, layers, _config = projection_weights(folder)
     flop = 2 * 2 * per_layer * layers  # forward and input gradients, 2 FLOP a weight
     rates = measured_profile().gflops["training"]
     threads = torch.get_num_threads()

@@ -13,6 +13,7 @@ process tree used, so peers run in child processes count as ours.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -96,6 +97,19 @@ def measured_profile() -> MachineProfile:
     if not _measured:
         raise RuntimeError("describe_machine() has not run in this process")
     return _measured[0]
+
+
+def projection_weights(folder: Path) -> tuple[int, int, dict]:
+    """The weights of one decoder layer's projections (q, k, v, o; gate, up, down) of a
+    Llama-style model folder, its layer count, and its config.json: the matrices every
+    token is multiplied by, for the scripts' FLOP counts."""
+    config = json.loads((folder / "config.json").read_text())
+    hidden, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
+    head_dim = int(config.get("head_dim") or hidden // heads)
+    kv = int(config.get("num_key_value_heads") or heads) * head_dim
+    per_layer = hidden * (heads * head_dim + 2 * kv) + heads * head_dim * hidden \
+        + 3 * hidden * int(config["intermediate_size"])
+    return per_layer, int(config["num_hidden_layers"]), config
 
 
 def gemm_rates() -> tuple[float, float]:

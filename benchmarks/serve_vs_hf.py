@@ -34,7 +34,7 @@ from typing import Any, cast
 
 import httpx
 import torch
-from machine import describe_machine, gemm_rates
+from machine import describe_machine, gemm_rates, projection_weights
 from peer_generate import run_peer
 
 from gptstore.catalog.importers import BUILTIN_NAME, ensure_builtin
@@ -151,13 +151,9 @@ def flops_per_token(catalog: Catalog) -> float:
     """2 FLOPs per weight of every matrix a new token is multiplied by: the layers'
     projections and the LM head (the embedding itself where the two are tied; the
     embedding lookup is no product)."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(catalog.snapshot(catalog.resolve(BUILTIN_NAME)))
-    hidden, inter = config.hidden_size, config.intermediate_size
-    kv = hidden // config.num_attention_heads * config.num_key_value_heads
-    layer = hidden * (2 * hidden + 2 * kv) + 3 * hidden * inter  # q, o, k, v; gate, up, down
-    return 2.0 * (config.num_hidden_layers * layer + config.vocab_size * hidden)
+    per_layer, layers, config = projection_weights(catalog.snapshot(
+        catalog.resolve(BUILTIN_NAME)))
+    return 2.0 * (layers * per_layer + int(config["vocab_size"]) * int(config["hidden_size"]))
 
 
 def adapter_name(i: int) -> str:
