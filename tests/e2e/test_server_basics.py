@@ -59,6 +59,9 @@ def test_preloaded_models_load_as_the_server_starts(tmp_path: Path,
             engine = httpx.get(server.url + "/api/engine").json()
         assert engine["started"] and len(engine["loaded"]) == 1  # type: ignore[arg-type]
         assert engine["steps"] == 0  # loaded without a request
+        # the threads its steps run on, measured as it loaded (threads.py checks them on)
+        assert engine["step_threads"].keys() == engine["loaded"].keys()  # type: ignore[attr-defined]
+        assert all(n >= 1 for n in engine["step_threads"].values())  # type: ignore[attr-defined]
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
         # sampled: the tiny model's end-of-text token comes up about once in 100
         # three-token completions (measured in the engine), so it is ignored here

@@ -296,6 +296,7 @@ class Engine:
             "waiting": self.scheduler.waiting_count,
             "steps": self.scheduler.steps,
             "loaded": self.registry.loaded(),
+            "step_threads": self.registry.step_threads(),
             "base_bytes": self.registry.base_bytes,
             "adapter_bytes": self.registry.adapter_bytes,
             "kv_cache_bytes": self.registry.kv_cache_bytes,

@@ -23,6 +23,7 @@ from gptstore.errors import InvalidRequest
 from gptstore.inference.lora import LoraAdapter, load_lora_adapter
 from gptstore.inference.models import Runner, build_runner
 from gptstore.inference.prefix_cache import PrefixCache
+from gptstore.inference.threads import StepThreads
 from gptstore.inference.types import EngineConfig, ModelSpec
 from gptstore.tasks import CLASSIFIER_SUFFIX
 
@@ -39,8 +40,9 @@ class LoadedBase:
     eos_token_ids: frozenset[int]
     is_classifier: bool
     label_names: list[str] | None
-    #: torch intra-op threads of this base's steps (precision.step_threads)
-    threads: int = 1
+    #: torch intra-op threads of this base's steps: measured on loading
+    #: (precision.step_threads), then checked on its steps (threads.py)
+    threads: StepThreads = field(default_factory=lambda: StepThreads(1))
     pins: int = 0
     last_used: float = field(default_factory=time.monotonic)
 
@@ -117,6 +119,11 @@ class ModelRegistry:
                 out.setdefault(base_key, []).append(folder)
             return out
 
+    def step_threads(self) -> dict[str, int]:
+        """Base keys -> the intra-op threads their steps run with now."""
+        with self._lock:
+            return {key: base.threads.chosen for key, base in self._bases.items()}
+
     def prefix_cache_stats(self) -> dict[str, int]:
         """Bytes, blocks, reused prompt tokens and evictions of the bases' prefix caches."""
         with self._lock:
@@ -183,10 +190,11 @@ class ModelRegistry:
             nbytes=_model_bytes(model) + runner.extra_nbytes,
             eos_token_ids=_eos_ids(model, tokenizer),
             is_classifier=is_classifier, label_names=labels,
-            threads=self._threads_for(model, decode_dtype),
+            threads=StepThreads(self._threads_for(model, decode_dtype), most=self.threads,
+                                checked=not self.config.num_threads),
         )
         log.info("loaded base %s (%s, %.0f MB, %d threads) in %.1f s", spec.base_key,
-                 type(runner).__name__, base.nbytes / 1e6, base.threads,
+                 type(runner).__name__, base.nbytes / 1e6, base.threads.chosen,
                  time.monotonic() - started)
         return base
 

@@ -397,14 +397,18 @@ class Scheduler:
             [a for a, r in zip(adapters, rows, strict=True) for _ in r.token_ids],
             [a for a, r in zip(adapters, rows, strict=True) for _ in range(r.n_outputs)],
         )
-        runner = stepped[0].base.runner
-        if stepped[0].base.threads != self._threads:  # measured per base on loading
-            self._threads = stepped[0].base.threads
-            torch.set_num_threads(self._threads)
+        runner, threads = stepped[0].base.runner, stepped[0].base.threads
+        decode_rows = len(rows) - sum(1 for r in rows if len(r.token_ids) > 1)
+        step_threads = threads.next(prefill_tokens, decode_rows)
+        if step_threads != self._threads:  # per base: measured, then checked (threads.py)
+            self._threads = step_threads
+            torch.set_num_threads(step_threads)
         started = time.perf_counter()
         logits = runner.forward(rows, lora)
-        pacer.observe(time.perf_counter() - started, prefill_tokens,
-                      len(rows) - sum(1 for r in rows if len(r.token_ids) > 1))
+        seconds = time.perf_counter() - started
+        if self._threads == threads.chosen:  # a check's other side would mislead the pacer
+            pacer.observe(seconds, prefill_tokens, decode_rows)
+        threads.observe(self._threads, seconds, prefill_tokens, decode_rows)
         self.steps += 1
         sampled: list[Sequence] = []
         sample_rows: list[int] = []  # each sampled sequence's row of `logits`

@@ -259,6 +259,7 @@ def test_engine_stats_show_loaded_models_to_administrators_only(client: TestClie
         body = client.get("/api/engine", headers={"Authorization": f"Bearer {root_key}"}
                           ).json()
         assert body["loaded"] == {"sha256:abc": ["/snapshots/alice--secret"]}
+        assert body["step_threads"] == {"sha256:abc": 2}
     finally:
         client.app.state.engine = None  # type: ignore[attr-defined]
 
@@ -270,7 +271,7 @@ class _FakeEngine:
     def stats(self) -> dict[str, Any]:
         return {"running": 1, "waiting": 0, "steps": 7,
                 "loaded": {"sha256:abc": ["/snapshots/alice--secret"]},
-                "base_bytes": 10, "adapter_bytes": 2}
+                "step_threads": {"sha256:abc": 2}, "base_bytes": 10, "adapter_bytes": 2}
 
     def shutdown(self) -> None:
         pass

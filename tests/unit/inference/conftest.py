@@ -17,6 +17,17 @@ from gptstore.errors import NotFound
 from gptstore.inference import Engine, EngineConfig, ModelSpec
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_restored() -> Iterator[None]:
+    """A test that steps a scheduler on its own thread (start=False) leaves that step's
+    intra-op threads on the main thread: later tests get torch's count back."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from gptstore.testing.tiny import make_tiny_model

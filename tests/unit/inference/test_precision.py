@@ -647,3 +647,53 @@ def test_the_engine_steps_a_base_with_its_measured_threads(
                            .result(timeout=30).token_ids)
         assert set(stepped_with) == {config.num_threads or measured_threads}
     assert outputs[0] == outputs[1]
+
+
+def test_the_engine_checks_a_bases_threads_on_its_steps(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A base measured on loading to run on one thread is checked on its decode steps
+    (threads.py): a few run on the engine's threads, the faster side is kept, the greedy
+    tokens are those of a base that never changed threads, and the stats show it."""
+    import functools
+
+    import torch
+
+    from gptstore.inference import Engine, EngineConfig, GenerationRequest, SamplingParams, registry
+    from gptstore.inference.scheduler import Scheduler
+    from gptstore.inference.threads import StepThreads
+    from gptstore.testing.tiny import make_tiny_model
+
+    if torch.get_num_threads() < 2:
+        pytest.skip("one intra-op thread here: nothing to check")
+    folder = make_tiny_model("llama", tmp_path / "tiny", seed=0)
+    from inference_helpers import causal_spec
+
+    stepped_with: list[int] = []
+    real_step = Scheduler._step_base
+
+    def spy(self: Scheduler, seqs: Any) -> None:
+        real_step(self, seqs)
+        stepped_with.append(torch.get_num_threads())
+
+    monkeypatch.setattr(Scheduler, "_step_base", spy)
+    monkeypatch.setattr(precision, "step_threads", lambda *_a, **_kw: 1)
+    monkeypatch.setattr(registry, "StepThreads",
+                        functools.partial(StepThreads, first_check=3, samples=2))
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+    outputs = []
+    for config in (EngineConfig(num_threads=1), EngineConfig()):
+        stepped_with.clear()
+        with Engine(lambda _name: causal_spec(folder), config) as engine:
+            outputs.append(engine.submit(GenerationRequest([5, 6, 7], "m", params))
+                           .result(timeout=30).token_ids)
+            (key, chosen), = engine.stats()["step_threads"].items()
+            base = engine.registry._bases[key]
+        if config.num_threads:
+            assert set(stepped_with) == {1} and base.threads.checks == 0
+        else:
+            most = torch.get_num_threads()
+            assert stepped_with[:4] == [1, 1, 1, 1]  # the prompt, then 3 decode steps
+            assert sorted(stepped_with[4:8]) == [1, 1, most, most]  # the check
+            assert base.threads.checks == 1 and chosen in (1, most)
+            assert set(stepped_with[8:]) == {chosen}
+    assert outputs[0] == outputs[1]

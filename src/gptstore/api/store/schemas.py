@@ -149,6 +149,9 @@ class EngineStats(StoreBaseModel):
     steps: int | None = Field(default=None, description="Scheduler steps so far.")
     loaded: dict[str, list[str]] | None = Field(
         default=None, description="Loaded base weights -> their loaded adapter folders.")
+    step_threads: dict[str, int] | None = Field(
+        default=None, description="Loaded base -> the intra-op threads its steps run with "
+                                  "(measured on loading, checked on its steps).")
     base_bytes: int | None = Field(default=None, description="Bytes of loaded bases.")
     adapter_bytes: int | None = Field(default=None, description="Bytes of loaded adapters.")
     kv_cache_bytes: int | None = Field(
