@@ -10,6 +10,9 @@ Prints:
  (c) time to first token p50 / p95 under that load;
  (b)'s ceiling from the machine line: 2 FLOPs per weight matrix entry a new token costs,
      at the machine's best GEMM rate (at most what any number of streams can reach);
+ (c)'s floor the same way: the clients' prompt tokens the server did not find in its
+     prefix cache (`usage.prompt_tokens_details.cached_tokens`), each a pass over the
+     weights, at that rate (the least time before the last client's first token);
  (d) resident memory of 1 base + 20 LoRA adapters loaded vs the base alone, against the
      adapters' own file sizes (measured in a fresh process: see `part_d`).
 Every figure is a ratio against a peer measured in the same run (this machine is noisy).
@@ -98,7 +101,7 @@ def stream_one(http: httpx.Client, url: str, question: str,
             "stream_options": {"include_usage": True}}
     start = time.perf_counter()
     first = None
-    tokens = 0
+    tokens = prompt = cached = 0
     with http.stream("POST", url + "/v1/chat/completions", json=body) as resp:
         resp.raise_for_status()
         for line in resp.iter_lines():
@@ -106,11 +109,14 @@ def stream_one(http: httpx.Client, url: str, question: str,
                 continue
             chunk = json.loads(line[6:])
             if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
+                usage = chunk["usage"]
+                tokens = usage["completion_tokens"]
+                prompt = usage["prompt_tokens"]
+                cached = usage["prompt_tokens_details"]["cached_tokens"]
             elif chunk["choices"] and chunk["choices"][0]["delta"].get("content") and not first:
                 first = time.perf_counter() - start
-    results.append({"ttft": first or 0.0, "tokens": tokens,
-                    "seconds": time.perf_counter() - start})
+    results.append({"ttft": first or 0.0, "tokens": tokens, "prompt_tokens": prompt,
+                    "cached_tokens": cached, "seconds": time.perf_counter() - start})
 
 
 def part_bc(home: Path, catalog: Catalog, prompts: list[list[int]], dtype: str
@@ -144,16 +150,19 @@ def part_bc(home: Path, catalog: Catalog, prompts: list[list[int]], dtype: str
     p95 = ttfts[min(len(ttfts) - 1, round(0.95 * (len(ttfts) - 1)))]
     return {"hf_sequential_tok_s": hf_rate, "gptstore_16_clients_tok_s": total / elapsed,
             "ratio": total / elapsed / hf_rate, "ttft_p50_s": statistics.median(ttfts),
-            "ttft_p95_s": p95, "completion_tokens": total}
+            "ttft_p95_s": p95, "completion_tokens": total,
+            "prompt_tokens": sum(r["prompt_tokens"] for r in results),
+            "cached_prompt_tokens": sum(r["cached_tokens"] for r in results)}
 
 
-def flops_per_token(catalog: Catalog) -> float:
-    """2 FLOPs per weight of every matrix a new token is multiplied by: the layers'
-    projections and the LM head (the embedding itself where the two are tied; the
-    embedding lookup is no product)."""
+def flops_per_token(catalog: Catalog) -> tuple[float, float]:
+    """2 FLOPs per weight of every matrix a new token is multiplied by: (the layers'
+    projections, the LM head: the embedding itself where the two are tied; the
+    embedding lookup is no product). A prompt token takes the first; only a prompt's
+    last token, whose logits give the first new token, takes the head too."""
     per_layer, layers, config = projection_weights(catalog.snapshot(
         catalog.resolve(BUILTIN_NAME)))
-    return 2.0 * (layers * per_layer + int(config["vocab_size"]) * int(config["hidden_size"]))
+    return 2.0 * layers * per_layer, 2.0 * int(config["vocab_size"]) * int(config["hidden_size"])
 
 
 def adapter_name(i: int) -> str:
@@ -269,7 +278,8 @@ def main() -> None:
     # matrix-vector products over every weight matrix, 2 FLOPs a weight, whatever else
     # the step does; the rate of an ideal 2048^3 product bounds it from above
     rate, dtype = max(zip(gemm_rates(), ("fp32", "bf16"), strict=True))
-    flops = flops_per_token(catalog)
+    layer_flops, head_flops = flops_per_token(catalog)
+    flops = layer_flops + head_flops
     ceiling = rate * 1e9 / flops
     print(f"(b) compute ceiling: {flops / 1e6:.0f} MFLOP a token at "
           f"this machine's {dtype} GEMM rate ({rate:.0f} GFLOP/s) is at most {ceiling:.0f} "
@@ -277,6 +287,15 @@ def main() -> None:
           "sequential generate", flush=True)
     print(f"(c) time to first token under that load: p50 {bc['ttft_p50_s']:.2f} s, "
           f"p95 {bc['ttft_p95_s']:.2f} s", flush=True)
+    # what the same rate allows (c): the last client's first token needs every prompt
+    # token not found in the prefix cache computed, each a pass over the layers' weights,
+    # and each prompt's logits (attention left out: a floor)
+    computed = bc["prompt_tokens"] - bc["cached_prompt_tokens"]
+    floor = (computed * layer_flops + args.clients * head_flops) / (rate * 1e9)
+    print(f"(c) compute floor: {bc['prompt_tokens']} prompt tokens, "
+          f"{bc['cached_prompt_tokens']} of them from the prefix cache; the other "
+          f"{computed} take at least {floor:.2f} s at that GEMM rate before the last "
+          f"client's first token", flush=True)
     d: dict[str, float] = {}
     if args.adapters:  # --adapters 0 skips (d)
         d = part_d(args.home, catalog, args.dtype, args.adapters)
@@ -285,7 +304,8 @@ def main() -> None:
               f"{d['adapter_files_mb']:.1f} MB -> growth {d['rss_growth_over_files']:.2f}x "
               f"their size (the engine counts {d['adapter_tensors_mb']:.1f} MB of adapter "
               "tensors)", flush=True)
-    json.dump({"a": a, "bc": {**bc, "compute_ceiling_tok_s": ceiling}, "d": d}, sys.stdout)
+    json.dump({"a": a, "bc": {**bc, "compute_ceiling_tok_s": ceiling,
+                              "ttft_compute_floor_s": floor}, "d": d}, sys.stdout)
     print()
     catalog.close()
 

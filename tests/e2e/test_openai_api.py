@@ -120,6 +120,38 @@ def test_chat_streaming(client: openai.OpenAI, server: RemoteServer) -> None:
     assert all(line.startswith("data: ") for line in lines)
 
 
+def test_usage_counts_the_prompt_tokens_read_from_the_prefix_cache(
+        client: openai.OpenAI) -> None:
+    """`usage.prompt_tokens_details.cached_tokens`, as OpenAI reports prompt caching: a
+    second chat behind the same system prompt reads it from the cache and says so,
+    streamed or not, with `n` choices and in the completions API too."""
+    system = {"role": "system", "content": "You answer in one short sentence. " * 6}
+    first = client.chat.completions.create(
+        model="acme/tiny", messages=[system, {"role": "user", "content": "Hi there"}],
+        max_tokens=2, temperature=0).usage
+    second = client.chat.completions.create(
+        model="acme/tiny", messages=[system, {"role": "user", "content": "Tell me more"}],
+        max_tokens=2, temperature=0, n=2).usage
+    assert first.prompt_tokens_details.cached_tokens < 16
+    cached = second.prompt_tokens_details.cached_tokens
+    # all but what follows the shared part (the user's turn, told apart within 8 tokens)
+    assert second.prompt_tokens - 16 <= cached < second.prompt_tokens
+    streamed = list(client.chat.completions.create(
+        model="acme/tiny", messages=[system, {"role": "user", "content": "Tell me more"}],
+        max_tokens=2, temperature=0, stream=True, stream_options={"include_usage": True}))
+    # the same prompt again: all of it but what is left of its last block of 8 tokens
+    usage = streamed[-1].usage
+    assert usage.prompt_tokens - 8 <= usage.prompt_tokens_details.cached_tokens > cached
+    assert usage.prompt_tokens_details.cached_tokens < usage.prompt_tokens
+    prompt = "Once upon a time there was a tiny model that told long stories. " * 3
+    plain = client.completions.create(model="acme/tiny", prompt=[prompt, prompt + "Then"],
+                                      max_tokens=2, temperature=0).usage
+    again = client.completions.create(model="acme/tiny", prompt=[prompt, prompt + "Then"],
+                                      max_tokens=2, temperature=0).usage
+    assert again.prompt_tokens_details.cached_tokens > plain.prompt_tokens_details.cached_tokens
+    assert again.prompt_tokens_details.cached_tokens < again.prompt_tokens
+
+
 def test_completions(client: openai.OpenAI, store: dict[str, Path]) -> None:
     from transformers import AutoTokenizer
 

@@ -76,6 +76,7 @@ class Sequence:
     output: list[int] = field(default_factory=list)
     slot: Slot | None = None
     computed: int = 0  # tokens whose keys/values are in the cache
+    cached: int = 0  # prompt tokens the prefix cache gave it (not computed)
     chunked: bool = False  # its prompt is being prefilled in paced chunks (pacing.py)
     cancelled: bool = False
     held: bool = False  # held in the queue for a prefix another prompt computed
@@ -86,6 +87,9 @@ class Sequence:
     @property
     def prompt(self) -> list[int]:
         return self.request.prompt_ids
+
+    def usage(self) -> Usage:
+        return Usage(len(self.prompt), len(self.output), self.cached)
 
     @property
     def scores_prompt(self) -> bool:
@@ -164,7 +168,7 @@ class Scheduler:
             self._finish(seq, "cancelled")
         else:  # the consumer returns now; the slot is freed before the next step
             seq.handle._push(TokenEvent(token_id=None, text="", finish_reason="cancelled",
-                                        usage=Usage(len(seq.prompt), len(seq.output))))
+                                        usage=seq.usage()))
 
     def run_job(self, job: Callable[[], Any]) -> Future[Any]:
         """Run `job` on the engine thread between steps; its result comes as a Future."""
@@ -314,6 +318,7 @@ class Scheduler:
             # the last cached position runs again: its logits score the token after the
             # blocks, which another prompt may have had different
             seq.computed = seq.slot.length = max(0, seq.computed - 1)
+        seq.cached = seq.computed
 
     def _awaits_prefix(self, seq: Sequence) -> bool:
         """Whether a prompt that finishes its prefill in the coming step (same base and
@@ -483,7 +488,7 @@ class Scheduler:
         top_list = None
         if top is not None:
             top_list = [TopLogprob(t, tokenizer.decode([t]), lp) for t, lp in top]
-        usage = Usage(len(seq.prompt), len(seq.output)) if reason else None
+        usage = seq.usage() if reason else None
         if seq.cancelled:
             return reason or "cancelled"
         seq.handle._push(TokenEvent(token_id=token, text=text, logprob=logprob,
@@ -524,7 +529,7 @@ class Scheduler:
         if release:
             self._release(seq)
         seq.handle._push(TokenEvent(token_id=None, text="", finish_reason=reason,
-                                    usage=Usage(len(seq.prompt), len(seq.output)),
+                                    usage=seq.usage(),
                                     prompt_logprobs=self._take_scores(seq)))
 
 

@@ -144,6 +144,9 @@ class PromptLogprobs:
 class Usage:
     prompt_tokens: int
     completion_tokens: int
+    #: prompt tokens whose keys/values came from the prefix cache instead of being
+    #: computed (OpenAI's `usage.prompt_tokens_details.cached_tokens`)
+    cached_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:

@@ -47,6 +47,14 @@ def test_shared_prefix_is_reused_and_gives_the_same_greedy_tokens(tiny_dirs, mak
     # position 64): 70; the last, SHARED alone, 69 (one token is kept for its logits)
     assert stats["prefix_cache_hit_tokens"] == 70 + 70 + 69
     assert plain.stats()["prefix_cache_hit_tokens"] == 0
+    # each request's usage says how many of its prompt tokens came from the cache
+    # (what the API reports as `usage.prompt_tokens_details.cached_tokens`)
+    fresh = make_engine({"m": causal_spec(tiny_dirs[arch])}, prefix_block_tokens=BLOCK)
+    usages = [fresh.generate("m", p, _greedy(10), timeout=60).usage for p in prompts]
+    assert [u.cached_tokens for u in usages] == [0, 70, 70, 69]
+    assert [u.prompt_tokens for u in usages] == [len(p) for p in prompts]
+    assert [plain.generate("m", p, _greedy(3), timeout=60).usage.cached_tokens
+            for p in prompts] == [0, 0, 0, 0]
 
 
 def test_requests_arriving_together_compute_a_new_shared_prefix_once(tiny_dirs,

@@ -62,10 +62,17 @@ class StreamOptions(OpenAIBaseModel):
     include_usage: bool = False
 
 
+class PromptTokensDetails(OpenAIBaseModel):
+    #: prompt tokens read from the prefix cache instead of computed (shared system
+    #: prompts, chat history): with several choices, the fewest any of them was given
+    cached_tokens: int = 0
+
+
 class UsageInfo(OpenAIBaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    prompt_tokens_details: PromptTokensDetails = Field(default_factory=PromptTokensDetails)
 
 
 Temperature = Annotated[float, Field(ge=0, le=2)]

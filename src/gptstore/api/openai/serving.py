@@ -226,6 +226,9 @@ class OpenAIServing:
             return self._chat_stream(request, tokenizer, choices)
         results = await _results(choices)
         usage = UsageInfo(prompt_tokens=len(prompt_ids))
+        usage.prompt_tokens_details.cached_tokens = _cached_tokens(
+            request.n, {c.index: r.usage.cached_tokens
+                        for c, r in zip(choices, results, strict=True)})
         out = []
         for choice, result in zip(choices, results, strict=True):
             usage.completion_tokens += result.usage.completion_tokens
@@ -252,6 +255,7 @@ class OpenAIServing:
                                                    finish_reason=finish, logprobs=logprobs)]))
 
         usage = UsageInfo()
+        cached: dict[int, int] = {}  # choice index -> its prompt tokens from the cache
         try:
             for choice in choices:
                 yield chunk(choice.index, DeltaMessage(role="assistant", content=""))
@@ -265,9 +269,11 @@ class OpenAIServing:
                     if event.usage is not None:
                         usage.prompt_tokens = event.usage.prompt_tokens
                         usage.completion_tokens += event.usage.completion_tokens
+                        cached[index] = event.usage.cached_tokens
                     yield chunk(index, DeltaMessage(), _finish(event.finish_reason))
             if include_usage:
                 usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
+                usage.prompt_tokens_details.cached_tokens = _cached_tokens(request.n, cached)
                 yield sse(ChatCompletionChunk(id=chunk_id, created=created, model=request.model,
                                               choices=[], usage=usage))
             yield "data: [DONE]\n\n"
@@ -337,6 +343,9 @@ class OpenAIServing:
                                            sum(len(p) for p in prompts))
         results = await _results(choices)
         usage = UsageInfo(prompt_tokens=sum(len(p) for p in prompts))
+        usage.prompt_tokens_details.cached_tokens = _cached_tokens(
+            request.n, {c.index: r.usage.cached_tokens
+                        for c, r in zip(choices, results, strict=True)})
         out = []
         for choice, result in zip(choices, results, strict=True):
             usage.completion_tokens += result.usage.completion_tokens
@@ -368,6 +377,7 @@ class OpenAIServing:
                                                                     logprobs=logprobs)]))
 
         by_index = {choice.index: choice for choice in choices}
+        cached: dict[int, int] = {}  # choice index -> its prompt tokens from the cache
         try:
             if request.echo and not want_logprobs:
                 for choice in choices:
@@ -383,9 +393,11 @@ class OpenAIServing:
                 if event.finish_reason is not None:
                     if event.usage is not None:
                         usage.completion_tokens += event.usage.completion_tokens
+                        cached[index] = event.usage.cached_tokens
                     yield chunk(index, "", _finish(event.finish_reason))
             if include_usage:
                 usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
+                usage.prompt_tokens_details.cached_tokens = _cached_tokens(request.n, cached)
                 yield sse(CompletionResponse(id=cmpl_id, created=created, model=request.model,
                                              choices=[], usage=usage))
             yield "data: [DONE]\n\n"
@@ -411,6 +423,16 @@ class OpenAIServing:
         return ClassificationResponse(model=request.model, data=data,
                                       usage=UsageInfo(prompt_tokens=prompt_tokens,
                                                       total_tokens=prompt_tokens))
+
+
+def _cached_tokens(n: int, cached: dict[int, int]) -> int:
+    """A response's `cached_tokens` from its choices' (index -> prompt tokens the prefix
+    cache gave it; choice p * n + j is prompt p's j-th): per prompt, the fewest any of
+    its choices was given (the prompt is counted once in `prompt_tokens`), summed."""
+    fewest: dict[int, int] = {}
+    for index, tokens in cached.items():
+        fewest[index // n] = min(tokens, fewest.get(index // n, tokens))
+    return sum(fewest.values())
 
 
 def _events_from(result: Any) -> list[Any]:
