@@ -38,7 +38,14 @@ from finetune_vs_hf import open_store
 from machine import OtherLoad, bandwidth_now, describe_machine
 from peer_generate import run_peer
 
-from gptstore.inference import Engine, EngineConfig, GenerationRequest, ModelSpec, SamplingParams
+from gptstore.inference import (
+    Engine,
+    EngineConfig,
+    GenerationRequest,
+    ModelSpec,
+    SamplingParams,
+    native,
+)
 from gptstore.inference.loader import preferred_dtype
 from gptstore.inference.precision import (
     decode_dtype_name,
@@ -173,9 +180,11 @@ def main() -> None:
                                                                args.home / "bench-adapter"))
     del model
     copy = f" with a {decode_dtype} copy for decode steps" if decode_dtype else ""
+    # the rows loop is a choice only where the CPU has AVX-512 (precision._time_rows_loop)
+    loop = f"their products on the {rows_loop} loop" if native.gemv_avx512_supported() \
+        else "their products on the AVX2 loop, two rows at a time"
     copy += f", bf16 1-row kernel {gemv} (decode steps of up to {gemv_rows} rows, " \
-        f"their products on the {rows_loop} loop), " \
-        f"decode attention {attention}"
+        f"{loop}), decode attention {attention}"
     if int4:
         copy += f", 4-bit projections on the {int4_gemv} int4 kernel"
     print(f"{folder.name}: gptstore {str(dtype).removeprefix('torch.')}{copy} "
