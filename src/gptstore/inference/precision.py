@@ -126,8 +126,9 @@ ATTENTION_ROWS = (1, 16)
 #: products is timed, and a prompt chunk where native won the most rows timed; 10: AMX
 #: joined the loops timed, and a long prompt chunk is timed after a short one; the int4
 #: kernels are timed as decode steps; 11: prompt chunks are timed where fp32 is served
-#: with a bf16 copy too, and a 32-token chunk first)
-LAYOUT = 11
+#: with a bf16 copy too, and a 32-token chunk first; 12: the longest chunk is timed on
+#: `LONG_CHUNK_LAYERS` layers)
+LAYOUT = 12
 #: rows of the decode steps timed for `MachineProfile.gemv_rows`, most first
 GEMV_ROWS_TIMED = (GEMV_DECODE_ROWS, 8, 4)
 #: the Llama whose decode steps `_time_gemv_rows` times: SmolLM2-135M's layer shapes, a
@@ -145,6 +146,19 @@ ROWS_PROMPT = 16
 #: EPYC serving fp32, one thread: 23.1 against 24.0 ms, 46.4 against 42.0), a chunk beside
 #: 15 decoding rows still stays on it (pacing.py `fast_rows`)
 PREFILL_TOKENS_TIMED = (32, 64, 512)
+#: layers of the runners that time the longest prompt chunk: 512 rows are compute-bound
+#: on every machine seen, so two layers compare the same rates as six in a third of the
+#: time (on an AVX2-only EPYC the six-layer chunk was 1.47 s of a 4.1 s profile, and CI
+#: measured the profile at 3.7 s against its test's 3 s)
+LONG_CHUNK_LAYERS = 2
+#: the longest chunk is timed only where native beat the batched products on the chunk
+#: before it by this factor: native's lead shrank with the rows on every machine seen
+#: (an AVX2-only EPYC, six profiles: 32 tokens 0.82-0.94x the batched time, 64 tokens
+#: 0.97-1.29x, 512 tokens 1.03-1.18x; an AMX VM: 64 rows 0.85x, 512 2x; an Intel Xeon
+#: without AMX: 64 rows 0.87x, 512 0.82x, where native serves every step)
+LONG_CHUNK_MARGIN = 1.1
+#: one round of a use's timing is enough where the dtypes' times differ this much
+DECIDED_RATIO = 4.0
 #: torch threads of the timing. One: the choice needs the ratio of the two dtypes, and
 #: multi-threaded kernels on a machine shared with other processes stall on their
 #: barriers (2 threads at load average 8 on 2 cores: 1.4 GFLOP/s for a 16-row fp32 step
@@ -430,11 +444,15 @@ def decode_kernels() -> list[str]:
 
 
 def _alternating_best(passes: dict[str, Callable[[], object]], *, min_reps: int,
-                      budget_s: float, cap_s: float) -> dict[str, float]:
+                      budget_s: float, cap_s: float,
+                      decided: float | None = None) -> dict[str, float]:
     """Best seconds of each pass: one warm-up call each (oneDNN builds its kernels on
     the first), then the passes in turn, so a burst of load from other processes hits
     all alike instead of deciding the comparison; at least `min_reps` rounds and
-    `budget_s`, at most `cap_s`."""
+    `budget_s`, at most `cap_s`. With `decided`, one round is enough where every pass
+    took at least that many times the fastest's time or at most 1/that (the order is
+    clear): a bf16 training matmul on an AVX2-only EPYC takes ~9x fp32's 10 ms, and
+    its two more rounds were 0.2 s of the profile."""
     import torch
 
     best = {name: float("inf") for name in passes}
@@ -451,6 +469,14 @@ def _alternating_best(passes: dict[str, Callable[[], object]], *, min_reps: int,
             spent = time.perf_counter() - start
             if (reps >= min_reps and spent >= budget_s) or spent >= cap_s:
                 return best
+            if decided is not None and _clear_order(best, decided):
+                return best
+
+
+def _clear_order(best: dict[str, float], ratio: float) -> bool:
+    """Whether each of the times in `best` is the fastest or at least `ratio` x it."""
+    fastest = min(best.values())
+    return all(t == fastest or t >= ratio * fastest for t in best.values())
 
 
 def _time_use(use: Use) -> dict[str, float]:
@@ -468,7 +494,7 @@ def _time_use(use: Use) -> dict[str, float]:
     else:
         passes["bf16"] = _pass(use, torch.bfloat16)
     best = _alternating_best(passes, min_reps=3, budget_s=2 * TIME_BUDGET_S,
-                             cap_s=2 * TIME_CAP_S)
+                             cap_s=2 * TIME_CAP_S, decided=DECIDED_RATIO)
     rows, n_in, n_out = SHAPES[use]
     flops = 2 * rows * n_in * n_out * COPIES[use]
     rates = {name: round(flops / seconds / 1e9, 2) for name, seconds in best.items()}
@@ -534,18 +560,19 @@ def _time_rows_loop(profile: MachineProfile) -> tuple[str, dict[str, float]]:
     return min(loops, key=lambda loop: best[loop]), times
 
 
-def _rows_model(dtype: Any) -> Any:
+def _rows_model(dtype: Any, layers: int | None = None) -> Any:
     """The Llama whose decode steps the profile times (`ROWS_MODEL`: SmolLM2's layer
-    shapes), random weights in `dtype`, the same ones each time (the caller's random
-    generator does not move). They are bf16 values in either dtype, as a bf16
-    checkpoint's are: an fp32 runner's bf16 copy then serves the steps it serves for such
-    a model (models/base.py `Linear`)."""
+    shapes; `layers` of them where given), random weights in `dtype`, the same ones each
+    time (the caller's random generator does not move). They are bf16 values in either
+    dtype, as a bf16 checkpoint's are: an fp32 runner's bf16 copy then serves the steps
+    it serves for such a model (models/base.py `Linear`)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    config = ROWS_MODEL if layers is None else {**ROWS_MODEL, "num_hidden_layers": layers}
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        model = LlamaForCausalLM(LlamaConfig(**ROWS_MODEL))
+        model = LlamaForCausalLM(LlamaConfig(**config))
     return model.to(torch.bfloat16).to(dtype).eval()
 
 
@@ -619,10 +646,14 @@ def _time_gemv_rows(profile: MachineProfile, attention: str) -> tuple[int, dict[
     model = _rows_model(getattr(torch, profile.serving_dtype_name))
     decode_dtype = torch.bfloat16 if profile.decode_copy else None
 
-    def make_runner(rows: int, slots: int = most) -> Any:
-        return build_runner(model, max_slots=slots, decode_dtype=decode_dtype,
+    def make_runner(rows: int, slots: int = most, of: Any = model) -> Any:
+        return build_runner(of, max_slots=slots, decode_dtype=decode_dtype,
                             gemv=profile.gemv, gemv_rows=rows, rows_loop=profile.rows_loop,
                             attention=attention)
+
+    def long_runners() -> tuple[Any, Any]:  # (batched, native on every step)
+        fewer = _rows_model(getattr(torch, profile.serving_dtype_name), LONG_CHUNK_LAYERS)
+        return make_runner(2, 1, fewer), make_runner(GEMV_ROWS_ALL, 1, fewer)
 
     runners = {"native": make_runner(most), "batched": make_runner(2, most + 1)}
     steps = {name: _decode_steps(runner, GEMV_ROWS_TIMED) for name, runner in runners.items()}
@@ -635,26 +666,32 @@ def _time_gemv_rows(profile: MachineProfile, attention: str) -> tuple[int, dict[
         if best["native"] <= best["batched"]:
             if rows == most and (profile.serving == "bf16" or profile.decode_copy):
                 return _time_prompt_rows(runners["batched"],
-                                         make_runner(GEMV_ROWS_ALL, 1), most, times)
+                                         make_runner(GEMV_ROWS_ALL, 1), most, times,
+                                         long_runners)
             return rows, times
     return 2, times
 
 
-def _time_prompt_rows(batched: Any, native_all: Any, most: int, times: dict[str, float]
+def _time_prompt_rows(batched: Any, native_all: Any, most: int, times: dict[str, float],
+                      long_runners: Callable[[], tuple[Any, Any]]
                       ) -> tuple[int, dict[str, float]]:
     """`_time_gemv_rows` past the decode steps: prompt chunks of `PREFILL_TOKENS_TIMED`
     tokens, shortest first, on a runner whose native GEMV serves every step against
-    `batched` (a free slot each); `GEMV_ROWS_ALL` where native took no longer on every
+    `batched` (a free slot each; the longest chunk on the `long_runners()` pair, of
+    `LONG_CHUNK_LAYERS` layers); `GEMV_ROWS_ALL` where native took no longer on every
     chunk, else the longest chunk it won (`most` for none); with `times` and the
     chunks'."""
     import torch
 
     from gptstore.inference.models import RowInput
 
-    slots = {"native": native_all.allocate(), "batched": batched.allocate()}
     runners = {"native": native_all, "batched": batched}
+    slots = {name: runner.allocate() for name, runner in runners.items()}
     won = most
     for tokens in PREFILL_TOKENS_TIMED:
+        if tokens == max(PREFILL_TOKENS_TIMED):  # on fewer layers (LONG_CHUNK_LAYERS)
+            runners["batched"], runners["native"] = long_runners()
+            slots = {name: runner.allocate() for name, runner in runners.items()}
         chunk = [(3 * i) % 200 + 1 for i in range(tokens)]
         # at position 0 each time: the chunk overwrites its own keys
         rows = {name: [RowInput(slot, chunk, 0)] for name, slot in slots.items()}
@@ -668,7 +705,17 @@ def _time_prompt_rows(batched: Any, native_all: Any, most: int, times: dict[str,
         if best["native"] > best["batched"]:
             return won, times
         won = tokens
+        longer = [t for t in PREFILL_TOKENS_TIMED if t > tokens]
+        if longer and longer[0] == max(PREFILL_TOKENS_TIMED) and \
+                best["native"] * LONG_CHUNK_MARGIN > best["batched"]:
+            return won, times  # too close to win the longest: it was not timed
     return GEMV_ROWS_ALL, times
+
+
+def _layers_text(tokens: int) -> str:
+    layers = LONG_CHUNK_LAYERS if tokens == max(PREFILL_TOKENS_TIMED) else \
+        ROWS_MODEL["num_hidden_layers"]
+    return f" ({layers} layer{'s' if layers > 1 else ''})"
 
 
 def gemv_rows_text(profile: MachineProfile) -> str | None:
@@ -679,8 +726,9 @@ def gemv_rows_text(profile: MachineProfile) -> str | None:
     parts = [f"{rows} rows: batched {times[f'batched_{rows}'] / 1e3:.1f} ms, native "
              f"{times[f'native_{rows}'] / 1e3:.1f} ms"
              for rows in GEMV_ROWS_TIMED if f"native_{rows}" in times]
-    parts += [f"a {tokens}-token prompt: batched {times[f'batched_prompt_{tokens}'] / 1e3:.1f}"
-              f" ms, native {times[f'native_prompt_{tokens}'] / 1e3:.1f} ms"
+    parts += [f"a {tokens}-token prompt{_layers_text(tokens)}: batched "
+              f"{times[f'batched_prompt_{tokens}'] / 1e3:.1f} ms, native "
+              f"{times[f'native_prompt_{tokens}'] / 1e3:.1f} ms"
               for tokens in PREFILL_TOKENS_TIMED if f"native_prompt_{tokens}" in times]
     most = "every step" if profile.gemv_rows >= GEMV_ROWS_ALL else \
         f"up to {profile.gemv_rows} rows"

@@ -148,7 +148,8 @@ def test_int4_kernels_are_timed_on_first_use_and_the_faster_is_kept(tmp_path, me
     assert profile.int4_us == {}  # int4 is opt-in: not part of the first-use timing
     timed = []
     real = precision._time_int4
-    monkeypatch.setitem(precision.ROWS_MODEL, "num_hidden_layers", 1)  # quick
+    monkeypatch.setitem(precision.ROWS_MODEL, "num_hidden_layers", 2)  # quick
+    monkeypatch.setattr(precision, "LONG_CHUNK_LAYERS", 1)
     monkeypatch.setattr(precision, "_time_int4",
                         lambda attention: timed.append(attention) or real(attention))
     profile = precision.int4_profile(tmp_path)
@@ -230,7 +231,8 @@ def test_decode_steps_of_a_few_rows_go_native_as_far_as_it_measures_faster(monke
             return {"native": native_s, "batched": 1.5}
         return best
 
-    monkeypatch.setitem(precision.ROWS_MODEL, "num_hidden_layers", 1)  # quick
+    monkeypatch.setitem(precision.ROWS_MODEL, "num_hidden_layers", 2)  # quick
+    monkeypatch.setattr(precision, "LONG_CHUNK_LAYERS", 1)
     monkeypatch.setattr(precision, "_alternating_best", fake(8))
     rows, times = precision._time_gemv_rows(base, "native")
     assert rows == 8 and timed == [16, 8]
@@ -321,8 +323,9 @@ def test_where_native_wins_the_most_rows_prompt_chunks_decide_how_many_more(monk
     prompt chunks of `PREFILL_TOKENS_TIMED` tokens are timed, shortest first, on a
     runner whose native GEMV serves every step against the batched products; native no
     slower on all of them gives `GEMV_ROWS_ALL`, on the first ones alone the longest of
-    those chunks, on none 16. Not timed where fp32 is served without the copy (the
-    native kernel does not serve its steps)."""
+    those chunks, on none 16; the longest chunk (on `LONG_CHUNK_LAYERS` layers) only
+    where native won the one before it by `LONG_CHUNK_MARGIN`. Not timed where fp32 is
+    served without the copy (the native kernel does not serve its steps)."""
     if native.library() is None:
         pytest.skip("the native kernels do not build here")
     base = MachineProfile.from_dict(profile_doc(
@@ -342,7 +345,8 @@ def test_where_native_wins_the_most_rows_prompt_chunks_decide_how_many_more(monk
             return {"native": prompt_native_s[timed.count("prompt") - 1], "batched": 1.5}
         return best
 
-    monkeypatch.setitem(precision.ROWS_MODEL, "num_hidden_layers", 1)  # quick
+    monkeypatch.setitem(precision.ROWS_MODEL, "num_hidden_layers", 2)  # quick
+    monkeypatch.setattr(precision, "LONG_CHUNK_LAYERS", 1)
     monkeypatch.setattr(precision, "_alternating_best", fake((1.0, 1.0, 1.5)))
     rows, times = precision._time_gemv_rows(base, "native")
     assert rows == GEMV_ROWS_ALL and timed == ["16 rows"] + ["prompt"] * len(chunks)
@@ -351,8 +355,9 @@ def test_where_native_wins_the_most_rows_prompt_chunks_decide_how_many_more(monk
     assert precision.gemv_rows_text(dataclasses.replace(
         base, gemv_rows=rows, gemv_rows_us=times)) == (
         "16 rows: batched 1500.0 ms, native 1000.0 ms; " + "; ".join(
-            f"a {tokens}-token prompt: batched 1500.0 ms, native "
-            f"{1500.0 if tokens == chunks[-1] else 1000.0} ms" for tokens in chunks)
+            f"a {tokens}-token prompt ({'1 layer' if tokens == chunks[-1] else '2 layers'}):"
+            f" batched 1500.0 ms, native {1500.0 if tokens == chunks[-1] else 1000.0} ms"
+            for tokens in chunks)
         + " -> native every step")
     timed.clear()
     monkeypatch.setattr(precision, "_alternating_best", fake((1.0, 1.6)))
@@ -361,6 +366,11 @@ def test_where_native_wins_the_most_rows_prompt_chunks_decide_how_many_more(monk
     assert precision.gemv_rows_text(dataclasses.replace(
         base, gemv_rows=rows, gemv_rows_us=times)).endswith(
         f"-> native up to {chunks[0]} rows")
+    timed.clear()
+    # no slower on the chunk before the longest, but not by the margin: that one wins
+    monkeypatch.setattr(precision, "_alternating_best", fake((1.0, 1.45)))
+    rows, _times = precision._time_gemv_rows(base, "native")
+    assert rows == chunks[-2] and timed == ["16 rows", "prompt", "prompt"]
     timed.clear()
     monkeypatch.setattr(precision, "_alternating_best", fake((2.0,)))
     assert precision._time_gemv_rows(base, "native")[0] == 16
@@ -697,3 +707,27 @@ def test_the_engine_checks_a_bases_threads_on_its_steps(
             assert base.threads.checks == 1 and chosen in (1, most)
             assert set(stepped_with[8:]) == {chosen}
     assert outputs[0] == outputs[1]
+
+
+def test_a_timing_whose_order_is_clear_stops_after_one_round() -> None:
+    """`_alternating_best(decided=...)`: one round after the warm-up where every pass is
+    the fastest or that many times slower (a bf16 matmul without bf16 arithmetic); the
+    rounds asked for where the passes are close."""
+    import time as _time
+
+    calls = {"fast": 0, "slow": 0, "close": 0}
+
+    def counted(name: str, seconds: float) -> Any:
+        def run() -> None:
+            calls[name] += 1
+            _time.sleep(seconds)
+        return run
+
+    precision._alternating_best({"fast": counted("fast", 0.0), "slow": counted("slow", 0.02)},
+                                min_reps=3, budget_s=0.0, cap_s=5.0, decided=4.0)
+    assert calls["fast"] == calls["slow"] == 2  # the warm-up and one round
+    calls.update(fast=0)
+    precision._alternating_best({"fast": counted("fast", 0.005),
+                                 "close": counted("close", 0.006)},
+                                min_reps=3, budget_s=0.0, cap_s=5.0, decided=4.0)
+    assert calls["fast"] == calls["close"] == 4  # the warm-up and three rounds
