@@ -620,20 +620,14 @@ def test_step_threads_measures_nothing_for_one_thread(monkeypatch: pytest.Monkey
     assert seen == []
 
 
-def test_the_engine_steps_a_base_with_its_measured_threads(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """A base measured not worth splitting runs its steps on one thread, greedy tokens
-    unchanged; a configured thread count wins over the measurement."""
+def _threads_of_steps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The intra-op threads each engine step ran with, as the steps run (each on the
+    engine's thread)."""
     import threading
 
     import torch
 
-    from gptstore.inference import Engine, EngineConfig, GenerationRequest, SamplingParams
     from gptstore.inference.scheduler import Scheduler
-    from gptstore.testing.tiny import make_tiny_model
-
-    folder = make_tiny_model("llama", tmp_path / "tiny", seed=0)
-    from inference_helpers import causal_spec
 
     stepped_with: list[int] = []
     real_step = Scheduler._step_base
@@ -644,6 +638,22 @@ def test_the_engine_steps_a_base_with_its_measured_threads(
         assert threading.current_thread() is self._thread
 
     monkeypatch.setattr(Scheduler, "_step_base", spy)
+    return stepped_with
+
+
+def test_the_engine_steps_a_base_with_its_measured_threads(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A base measured not worth splitting runs its steps on one thread, greedy tokens
+    unchanged; a configured thread count wins over the measurement."""
+
+
+    from gptstore.inference import Engine, EngineConfig, GenerationRequest, SamplingParams
+    from gptstore.testing.tiny import make_tiny_model
+
+    folder = make_tiny_model("llama", tmp_path / "tiny", seed=0)
+    from inference_helpers import causal_spec
+
+    stepped_with = _threads_of_steps(monkeypatch)
     params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
     outputs = []
     for config, measured_threads in ((EngineConfig(num_threads=2), None),
@@ -669,7 +679,6 @@ def test_the_engine_checks_a_bases_threads_on_its_steps(
     import torch
 
     from gptstore.inference import Engine, EngineConfig, GenerationRequest, SamplingParams, registry
-    from gptstore.inference.scheduler import Scheduler
     from gptstore.inference.threads import StepThreads
     from gptstore.testing.tiny import make_tiny_model
 
@@ -678,14 +687,7 @@ def test_the_engine_checks_a_bases_threads_on_its_steps(
     folder = make_tiny_model("llama", tmp_path / "tiny", seed=0)
     from inference_helpers import causal_spec
 
-    stepped_with: list[int] = []
-    real_step = Scheduler._step_base
-
-    def spy(self: Scheduler, seqs: Any) -> None:
-        real_step(self, seqs)
-        stepped_with.append(torch.get_num_threads())
-
-    monkeypatch.setattr(Scheduler, "_step_base", spy)
+    stepped_with = _threads_of_steps(monkeypatch)
     monkeypatch.setattr(precision, "step_threads", lambda *_a, **_kw: 1)
     monkeypatch.setattr(registry, "StepThreads",
                         functools.partial(StepThreads, first_check=3, samples=2))
