@@ -450,9 +450,9 @@ def _alternating_best(passes: dict[str, Callable[[], object]], *, min_reps: int,
     the first), then the passes in turn, so a burst of load from other processes hits
     all alike instead of deciding the comparison; at least `min_reps` rounds and
     `budget_s`, at most `cap_s`. With `decided`, one round is enough where every pass
-    took at least that many times the fastest's time or at most 1/that (the order is
-    clear): a bf16 training matmul on an AVX2-only EPYC takes ~9x fp32's 10 ms, and
-    its two more rounds were 0.2 s of the profile."""
+    but the fastest took at least `decided` times its time (the order is clear): a bf16
+    training matmul on an AVX2-only EPYC takes ~9x fp32's 10 ms, and its two more
+    rounds were 0.2 s of the profile."""
     import torch
 
     best = {name: float("inf") for name in passes}
@@ -689,7 +689,7 @@ def _time_prompt_rows(batched: Any, native_all: Any, most: int, times: dict[str,
     slots = {name: runner.allocate() for name, runner in runners.items()}
     won = most
     for tokens in PREFILL_TOKENS_TIMED:
-        if tokens == max(PREFILL_TOKENS_TIMED):  # on fewer layers (LONG_CHUNK_LAYERS)
+        if tokens == PREFILL_TOKENS_TIMED[-1]:  # on fewer layers (LONG_CHUNK_LAYERS)
             runners["batched"], runners["native"] = long_runners()
             slots = {name: runner.allocate() for name, runner in runners.items()}
         chunk = [(3 * i) % 200 + 1 for i in range(tokens)]
@@ -705,15 +705,14 @@ def _time_prompt_rows(batched: Any, native_all: Any, most: int, times: dict[str,
         if best["native"] > best["batched"]:
             return won, times
         won = tokens
-        longer = [t for t in PREFILL_TOKENS_TIMED if t > tokens]
-        if longer and longer[0] == max(PREFILL_TOKENS_TIMED) and \
+        if tokens == PREFILL_TOKENS_TIMED[-2] and \
                 best["native"] * LONG_CHUNK_MARGIN > best["batched"]:
-            return won, times  # too close to win the longest: it was not timed
+            return won, times  # too close to win the longest: it is not timed
     return GEMV_ROWS_ALL, times
 
 
 def _layers_text(tokens: int) -> str:
-    layers = LONG_CHUNK_LAYERS if tokens == max(PREFILL_TOKENS_TIMED) else \
+    layers = LONG_CHUNK_LAYERS if tokens == PREFILL_TOKENS_TIMED[-1] else \
         ROWS_MODEL["num_hidden_layers"]
     return f" ({layers} layer{'s' if layers > 1 else ''})"
 
