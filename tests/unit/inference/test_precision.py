@@ -75,6 +75,26 @@ def test_first_use_measures_every_use_in_both_dtypes_quickly(tmp_path, measured)
     assert profile.seconds < 3.0
 
 
+def test_the_timed_llamas_layers_each_hold_their_own_weights() -> None:
+    """One layer is initialised and copied (`_rows_model`): each copy must sit in its own
+    memory, or a step would read one layer's weights from cache and time less than a
+    model's pass; and the model must be the same each time."""
+    import torch
+
+    for layers in (None, precision.LONG_CHUNK_LAYERS):
+        model = precision._rows_model(torch.bfloat16, layers)
+        count = layers or precision.ROWS_MODEL["num_hidden_layers"]
+        stack = model.model.layers
+        assert len(stack) == model.config.num_hidden_layers == count
+        assert [layer.self_attn.layer_idx for layer in stack] == list(range(count))
+        pointers = {p.data_ptr() for layer in stack for p in layer.parameters()}
+        assert len(pointers) == count * len(list(stack[0].parameters()))
+        assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    first, again = (precision._rows_model(torch.bfloat16).state_dict() for _ in range(2))
+    assert first.keys() == again.keys()
+    assert all(torch.equal(first[name], again[name]) for name in first)
+
+
 def test_one_row_bf16_is_timed_in_every_kernel_here_and_the_fastest_is_kept(tmp_path, measured):
     """Which kernel serves a bf16 row fastest differs between CPUs (ATen's GEMV on one,
     packed oneDNN on an AMX Sapphire Rapids, the native one on an AVX2 EPYC), so each
