@@ -570,8 +570,8 @@ def _rows_model(dtype: Any, layers: int | None = None) -> Any:
     One layer is initialised and the others are copies of it, each in its own memory: a
     step reads every layer's weights from memory all the same, and transformers' random
     initialisation of six layers had been the profile's largest cost that is not a
-    timing (0.15 s of a 1.2 s profile on a Zen 5 EPYC, 0.23-0.41 s on an AVX2-only one;
-    one layer and five copies 0.03-0.06 s there)."""
+    timing (0.15 s of a 1.2 s profile on a Zen 5 EPYC, where one layer and five copies
+    took 0.03-0.06 s; 0.23-0.41 s on an AVX2-only one, not timed there since)."""
     import copy
 
     import torch

@@ -665,8 +665,6 @@ def test_the_engine_steps_a_base_with_its_measured_threads(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A base measured not worth splitting runs its steps on one thread, greedy tokens
     unchanged; a configured thread count wins over the measurement."""
-
-
     from gptstore.inference import Engine, EngineConfig, GenerationRequest, SamplingParams
     from gptstore.testing.tiny import make_tiny_model
 
